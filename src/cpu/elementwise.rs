@@ -1,0 +1,64 @@
+//! Elementwise activations and the row softmax. Backward kernels accumulate into `dx`.
+
+use crate::real::Real;
+use rayon::prelude::*;
+
+pub fn silu_forward<T: Real>(x: &[T], y: &mut [T]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x / (T::one() + (-x).exp()));
+}
+pub fn silu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
+    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+        let s = T::one() / (T::one() + (-x).exp());
+        *dx = *dx + dy * s * (T::one() + x * (T::one() - s));
+    }
+}
+
+/// Exact (erf) GELU, PyTorch's `nn.GELU()` default.
+pub fn gelu_forward<T: Real>(x: &[T], y: &mut [T]) {
+    let r = T::f(std::f64::consts::FRAC_1_SQRT_2);
+    let half = T::f(0.5);
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y = half * x * (T::one() + (x * r).erf()));
+}
+pub fn gelu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
+    let r = T::f(std::f64::consts::FRAC_1_SQRT_2);
+    let pdf_scale = T::f(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+    let half = T::f(0.5);
+    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+        let cdf = half * (T::one() + (x * r).erf());
+        let pdf = pdf_scale * (-half * x * x).exp();
+        *dx = *dx + dy * (cdf + x * pdf);
+    }
+}
+
+pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y = if x > T::zero() { x } else { T::zero() });
+}
+pub fn relu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
+    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+        if x > T::zero() {
+            *dx = *dx + dy;
+        }
+    }
+}
+
+/// Softmax over the last dimension: `x, y: [rows, cols]`.
+pub fn softmax_forward<T: Real>(x: &[T], y: &mut [T], cols: usize) {
+    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(y, x)| {
+        let max = x.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
+        let mut sum = T::zero();
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = (x - max).exp();
+            sum = sum + *y;
+        }
+        y.iter_mut().for_each(|y| *y = *y / sum);
+    });
+}
+/// `dx += y * (dy - sum(dy * y))` per row.
+pub fn softmax_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T], cols: usize) {
+    dx.par_chunks_mut(cols).zip(y.par_chunks(cols).zip(dy.par_chunks(cols))).for_each(|(dx, (y, dy))| {
+        let dot: T = y.iter().zip(dy).map(|(&y, &dy)| y * dy).sum();
+        for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+            *dx = *dx + y * (dy - dot);
+        }
+    });
+}

@@ -1,0 +1,494 @@
+//! A minimal reverse-mode autodiff tape over the CPU kernels in `crate::cpu`.
+//!
+//! A model's forward pass records one `Node` per operation (its value, shape and what its backward
+//! pass needs); `backward` walks the nodes in reverse, calling each family's backward kernel.
+//! Every tensor is a flat row-major buffer; operations that act "per row" use the last dimension as
+//! the row length. See `params.rs` for the gradient-accumulation contract.
+
+pub mod params;
+
+use crate::cpu::{
+    attention::{attention_backward, attention_forward, AttentionShape},
+    elementwise as ew,
+    energy::{energy_backward, energy_forward, EnergyShape},
+    gemm::matmul,
+    norm,
+    selection::{gumbel_st_backward, gumbel_st_forward},
+};
+use crate::real::Real;
+pub use params::{Param, ParamId, Params};
+use std::sync::Arc;
+
+/// A handle to a node of the tape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Var(usize);
+
+#[derive(Clone, Copy, Debug)]
+enum Unary {
+    Silu,
+    Gelu,
+    Relu,
+}
+
+/// What each node is and what its backward pass needs (inputs by handle, saved statistics inline).
+enum Op<T> {
+    /// Data, or an input whose gradient a test wants (`requires_grad`).
+    Leaf,
+    Param(ParamId),
+    /// `op(a)[m, k] @ op(b)[k, n]`
+    MatMul { a: Var, b: Var, trans_a: bool, trans_b: bool, m: usize, k: usize, n: usize },
+    Add { a: Var, b: Var },
+    /// `x[rows, cols] + bias[cols]`
+    AddBias { x: Var, bias: Var },
+    Mul { a: Var, b: Var },
+    Scale { x: Var, factor: f64 },
+    Sum { x: Var },
+    Unary { x: Var, kind: Unary },
+    Softmax { x: Var },
+    RmsNorm { x: Var, w: Var, rstd: Vec<T> },
+    LayerNorm { x: Var, w: Var, b: Var, mean: Vec<T>, rstd: Vec<T> },
+    Attention { q: Var, k: Var, v: Var, shape: AttentionShape, lse: Vec<T> },
+    /// `out[i] = table[index[i]]` (rows)
+    Gather { table: Var, index: Vec<usize> },
+    /// along the last dimension
+    Concat { parts: Vec<(Var, usize)> },
+    SliceCols { x: Var, start: usize, width: usize },
+    Reshape { x: Var },
+    Energy { pred: Var, obs: Var, shape: EnergyShape },
+    GumbelSt { logits: Var, soft: Vec<T>, tau: f64 },
+}
+
+struct Node<T> {
+    value: Arc<Vec<T>>,
+    shape: Vec<usize>,
+    op: Op<T>,
+    needs_grad: bool,
+}
+
+pub struct Tape<T> {
+    nodes: Vec<Node<T>>,
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+fn cols_of(shape: &[usize]) -> usize {
+    *shape.last().unwrap_or(&1)
+}
+
+impl<T: Real> Default for Tape<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Real> Tape<T> {
+    pub fn new() -> Self {
+        Tape { nodes: Vec::new() }
+    }
+
+    fn push(&mut self, value: Vec<T>, shape: Vec<usize>, op: Op<T>, needs_grad: bool) -> Var {
+        debug_assert_eq!(value.len(), numel(&shape));
+        self.nodes.push(Node { value: Arc::new(value), shape, op, needs_grad });
+        Var(self.nodes.len() - 1)
+    }
+    fn needs(&self, vars: &[Var]) -> bool {
+        vars.iter().any(|v| self.nodes[v.0].needs_grad)
+    }
+
+    pub fn value(&self, v: Var) -> &[T] {
+        &self.nodes[v.0].value
+    }
+    pub fn shape(&self, v: Var) -> &[usize] {
+        &self.nodes[v.0].shape
+    }
+    pub fn scalar(&self, v: Var) -> T {
+        self.nodes[v.0].value[0]
+    }
+
+    /// Data that needs no gradient.
+    pub fn constant(&mut self, shape: &[usize], value: Vec<T>) -> Var {
+        assert_eq!(value.len(), numel(shape), "constant: {} values for shape {shape:?}", value.len());
+        self.push(value, shape.to_vec(), Op::Leaf, false)
+    }
+    /// An input whose gradient is kept (used by the gradient tests).
+    pub fn input(&mut self, shape: &[usize], value: Vec<T>) -> Var {
+        assert_eq!(value.len(), numel(shape), "input: {} values for shape {shape:?}", value.len());
+        self.push(value, shape.to_vec(), Op::Leaf, true)
+    }
+    pub fn param(&mut self, params: &Params<T>, id: ParamId) -> Var {
+        let p = params.get(id);
+        self.nodes.push(Node { value: p.value.clone(), shape: p.shape.clone(), op: Op::Param(id), needs_grad: p.trainable });
+        Var(self.nodes.len() - 1)
+    }
+
+    /// 2-D matrix product; with `trans_*` the operand is stored transposed.
+    pub fn matmul(&mut self, a: Var, b: Var, trans_a: bool, trans_b: bool) -> Var {
+        let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
+        assert!(sa.len() == 2 && sb.len() == 2, "matmul needs 2-D operands, got {sa:?} and {sb:?}");
+        let (m, k) = if trans_a { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
+        let (k2, n) = if trans_b { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
+        assert_eq!(k, k2, "matmul: inner dimensions {sa:?} x {sb:?} (trans {trans_a}, {trans_b})");
+        let mut out = vec![T::zero(); m * n];
+        matmul(self.value(a), self.value(b), &mut out, m, k, n, trans_a, trans_b, false);
+        let needs = self.needs(&[a, b]);
+        self.push(out, vec![m, n], Op::MatMul { a, b, trans_a, trans_b, m, k, n }, needs)
+    }
+
+    /// `x[..., in] @ w[out, in]^T (+ bias[out])`: PyTorch's `nn.Linear` weight layout.
+    pub fn linear(&mut self, x: Var, w: Var, bias: Option<Var>) -> Var {
+        let shape = self.shape(x).to_vec();
+        let rows = numel(&shape) / cols_of(&shape);
+        let x2 = self.reshape(x, &[rows, cols_of(&shape)]);
+        let y = self.matmul(x2, w, false, true);
+        let y = match bias {
+            Some(b) => self.add_bias(y, b),
+            None => y,
+        };
+        let mut out_shape = shape;
+        *out_shape.last_mut().unwrap() = self.shape(w)[0];
+        self.reshape(y, &out_shape)
+    }
+
+    pub fn add(&mut self, a: Var, b: Var) -> Var {
+        assert_eq!(self.shape(a), self.shape(b), "add: shapes differ");
+        let out = self.value(a).iter().zip(self.value(b)).map(|(&x, &y)| x + y).collect();
+        let needs = self.needs(&[a, b]);
+        self.push(out, self.shape(a).to_vec(), Op::Add { a, b }, needs)
+    }
+    pub fn add_bias(&mut self, x: Var, bias: Var) -> Var {
+        let cols = cols_of(self.shape(x));
+        assert_eq!(self.value(bias).len(), cols, "add_bias: bias length vs last dim of {:?}", self.shape(x));
+        let b = self.value(bias);
+        let out = self.value(x).chunks(cols).flat_map(|r| r.iter().zip(b).map(|(&x, &b)| x + b)).collect();
+        let needs = self.needs(&[x, bias]);
+        self.push(out, self.shape(x).to_vec(), Op::AddBias { x, bias }, needs)
+    }
+    pub fn mul(&mut self, a: Var, b: Var) -> Var {
+        assert_eq!(self.shape(a), self.shape(b), "mul: shapes differ");
+        let out = self.value(a).iter().zip(self.value(b)).map(|(&x, &y)| x * y).collect();
+        let needs = self.needs(&[a, b]);
+        self.push(out, self.shape(a).to_vec(), Op::Mul { a, b }, needs)
+    }
+    pub fn scale(&mut self, x: Var, factor: f64) -> Var {
+        let f = T::f(factor);
+        let out = self.value(x).iter().map(|&v| v * f).collect();
+        let needs = self.needs(&[x]);
+        self.push(out, self.shape(x).to_vec(), Op::Scale { x, factor }, needs)
+    }
+    pub fn sum(&mut self, x: Var) -> Var {
+        let s = self.value(x).iter().copied().sum();
+        let needs = self.needs(&[x]);
+        self.push(vec![s], vec![1], Op::Sum { x }, needs)
+    }
+    pub fn mean(&mut self, x: Var) -> Var {
+        let n = self.value(x).len().max(1);
+        let s = self.sum(x);
+        self.scale(s, 1.0 / n as f64)
+    }
+
+    fn unary(&mut self, x: Var, kind: Unary) -> Var {
+        let mut out = vec![T::zero(); self.value(x).len()];
+        match kind {
+            Unary::Silu => ew::silu_forward(self.value(x), &mut out),
+            Unary::Gelu => ew::gelu_forward(self.value(x), &mut out),
+            Unary::Relu => ew::relu_forward(self.value(x), &mut out),
+        }
+        let needs = self.needs(&[x]);
+        self.push(out, self.shape(x).to_vec(), Op::Unary { x, kind }, needs)
+    }
+    pub fn silu(&mut self, x: Var) -> Var {
+        self.unary(x, Unary::Silu)
+    }
+    pub fn gelu(&mut self, x: Var) -> Var {
+        self.unary(x, Unary::Gelu)
+    }
+    pub fn relu(&mut self, x: Var) -> Var {
+        self.unary(x, Unary::Relu)
+    }
+    pub fn softmax(&mut self, x: Var) -> Var {
+        let mut out = vec![T::zero(); self.value(x).len()];
+        ew::softmax_forward(self.value(x), &mut out, cols_of(self.shape(x)));
+        let needs = self.needs(&[x]);
+        self.push(out, self.shape(x).to_vec(), Op::Softmax { x }, needs)
+    }
+
+    pub fn rmsnorm(&mut self, x: Var, w: Var, eps: f64) -> Var {
+        let cols = cols_of(self.shape(x));
+        assert_eq!(self.value(w).len(), cols, "rmsnorm: weight length vs last dim");
+        let rows = self.value(x).len() / cols;
+        let (mut out, mut rstd) = (vec![T::zero(); rows * cols], vec![T::zero(); rows]);
+        norm::rmsnorm_forward(self.value(x), self.value(w), eps, &mut out, &mut rstd);
+        let needs = self.needs(&[x, w]);
+        self.push(out, self.shape(x).to_vec(), Op::RmsNorm { x, w, rstd }, needs)
+    }
+    pub fn layernorm(&mut self, x: Var, w: Var, b: Var, eps: f64) -> Var {
+        let cols = cols_of(self.shape(x));
+        assert!(self.value(w).len() == cols && self.value(b).len() == cols, "layernorm: weight/bias length vs last dim");
+        let rows = self.value(x).len() / cols;
+        let (mut out, mut mean, mut rstd) = (vec![T::zero(); rows * cols], vec![T::zero(); rows], vec![T::zero(); rows]);
+        norm::layernorm_forward(self.value(x), self.value(w), self.value(b), eps, &mut out, &mut mean, &mut rstd);
+        let needs = self.needs(&[x, w, b]);
+        self.push(out, self.shape(x).to_vec(), Op::LayerNorm { x, w, b, mean, rstd }, needs)
+    }
+
+    /// Attention within each set; `q, k, v: [sets * cells, heads * head_dim]`.
+    pub fn attention(&mut self, q: Var, k: Var, v: Var, shape: AttentionShape) -> Var {
+        let mut out = vec![T::zero(); self.value(q).len()];
+        let mut lse = vec![T::zero(); shape.sets * shape.heads * shape.cells];
+        attention_forward(self.value(q), self.value(k), self.value(v), shape, &mut out, &mut lse);
+        let needs = self.needs(&[q, k, v]);
+        self.push(out, self.shape(q).to_vec(), Op::Attention { q, k, v, shape, lse }, needs)
+    }
+
+    /// Rows of `table[rows, cols]` picked by `index` (embedding lookup; also broadcasts a per-set
+    /// row to every cell of the set). Out-of-range indices are a caller bug and panic.
+    pub fn gather(&mut self, table: Var, index: &[usize]) -> Var {
+        let cols = cols_of(self.shape(table));
+        let rows = self.value(table).len() / cols;
+        let t = self.value(table);
+        let mut out = Vec::with_capacity(index.len() * cols);
+        for &i in index {
+            assert!(i < rows, "gather: index {i} out of {rows} rows");
+            out.extend_from_slice(&t[i * cols..][..cols]);
+        }
+        let needs = self.needs(&[table]);
+        self.push(out, vec![index.len(), cols], Op::Gather { table, index: index.to_vec() }, needs)
+    }
+
+    /// Concatenate along the last dimension; all parts have the same number of rows.
+    pub fn concat(&mut self, parts: &[Var]) -> Var {
+        let rows = self.value(parts[0]).len() / cols_of(self.shape(parts[0]));
+        let widths: Vec<usize> = parts.iter().map(|&p| cols_of(self.shape(p))).collect();
+        for (&p, &w) in parts.iter().zip(&widths) {
+            assert_eq!(self.value(p).len(), rows * w, "concat: parts have different row counts");
+        }
+        let total: usize = widths.iter().sum();
+        let mut out = Vec::with_capacity(rows * total);
+        for r in 0..rows {
+            for (&p, &w) in parts.iter().zip(&widths) {
+                out.extend_from_slice(&self.value(p)[r * w..][..w]);
+            }
+        }
+        let needs = self.needs(parts);
+        let mut shape = self.shape(parts[0]).to_vec();
+        *shape.last_mut().unwrap() = total;
+        self.push(out, shape, Op::Concat { parts: parts.iter().copied().zip(widths).collect() }, needs)
+    }
+    /// Columns `start..start + width` of the last dimension (the inverse of `concat`).
+    pub fn slice_cols(&mut self, x: Var, start: usize, width: usize) -> Var {
+        let cols = cols_of(self.shape(x));
+        assert!(start + width <= cols, "slice_cols: {start}+{width} > {cols}");
+        let out = self.value(x).chunks(cols).flat_map(|r| r[start..start + width].iter().copied()).collect();
+        let needs = self.needs(&[x]);
+        let mut shape = self.shape(x).to_vec();
+        *shape.last_mut().unwrap() = width;
+        self.push(out, shape, Op::SliceCols { x, start, width }, needs)
+    }
+    pub fn split(&mut self, x: Var, widths: &[usize]) -> Vec<Var> {
+        let mut start = 0;
+        widths
+            .iter()
+            .map(|&w| {
+                let v = self.slice_cols(x, start, w);
+                start += w;
+                v
+            })
+            .collect()
+    }
+    pub fn reshape(&mut self, x: Var, shape: &[usize]) -> Var {
+        assert_eq!(numel(shape), self.value(x).len(), "reshape {:?} -> {shape:?}", self.shape(x));
+        let value = self.nodes[x.0].value.clone();
+        let needs = self.needs(&[x]);
+        self.nodes.push(Node { value, shape: shape.to_vec(), op: Op::Reshape { x }, needs_grad: needs });
+        Var(self.nodes.len() - 1)
+    }
+
+    /// Per-set (half) energy distance, `[sets]`; see `cpu::energy`.
+    pub fn energy(&mut self, pred: Var, obs: Var, shape: EnergyShape) -> Var {
+        let mut out = vec![T::zero(); shape.sets];
+        energy_forward(self.value(pred), self.value(obs), shape, &mut out);
+        let needs = self.needs(&[pred]);
+        self.push(out, vec![shape.sets], Op::Energy { pred, obs, shape }, needs)
+    }
+
+    /// Straight-through Gumbel-Softmax over the last dimension with supplied Gumbel noise.
+    pub fn gumbel_st(&mut self, logits: Var, noise: &[T], tau: f64) -> Var {
+        let classes = cols_of(self.shape(logits));
+        let n = self.value(logits).len();
+        assert_eq!(noise.len(), n, "gumbel_st: noise length");
+        let (mut soft, mut hard) = (vec![T::zero(); n], vec![T::zero(); n]);
+        gumbel_st_forward(self.value(logits), noise, tau, classes, &mut soft, &mut hard);
+        let needs = self.needs(&[logits]);
+        self.push(hard, self.shape(logits).to_vec(), Op::GumbelSt { logits, soft, tau }, needs)
+    }
+
+    /// Reverse pass from a scalar (or a tensor, seeded with ones). Returns the gradients of leaves
+    /// marked `input` and of parameters; intermediate gradients are freed as soon as they are used.
+    pub fn backward(&self, root: Var) -> Gradients<T> {
+        let mut grads: Vec<Option<Vec<T>>> = (0..self.nodes.len()).map(|_| None).collect();
+        grads[root.0] = Some(vec![T::one(); self.value(root).len()]);
+        for i in (0..=root.0).rev() {
+            let node = &self.nodes[i];
+            if !node.needs_grad || matches!(node.op, Op::Leaf | Op::Param(_)) {
+                continue;
+            }
+            let Some(g) = grads[i].take() else { continue };
+            self.backward_node(node, &g, &mut grads);
+        }
+        Gradients { grads }
+    }
+
+    fn backward_node(&self, node: &Node<T>, g: &[T], grads: &mut [Option<Vec<T>>]) {
+        let val = |v: Var| -> &[T] { &self.nodes[v.0].value };
+        // Accumulate a fully computed contribution into an input's gradient.
+        let mut add = |v: Var, contrib: &[T]| {
+            if !self.nodes[v.0].needs_grad {
+                return;
+            }
+            let slot = grads[v.0].get_or_insert_with(|| vec![T::zero(); contrib.len()]);
+            slot.iter_mut().zip(contrib).for_each(|(s, &c)| *s = *s + c);
+        };
+        let zeros = |v: Var| vec![T::zero(); self.nodes[v.0].value.len()];
+        match &node.op {
+            Op::Leaf | Op::Param(_) => {}
+            &Op::MatMul { a, b, trans_a, trans_b, m, k, n } => {
+                if self.nodes[a.0].needs_grad {
+                    // C = A B: dA = dC B^T (stored as A^T when trans_a: dA^T = B dC^T)
+                    let mut da = zeros(a);
+                    if trans_a {
+                        matmul(val(b), g, &mut da, k, n, m, trans_b, true, false);
+                    } else {
+                        matmul(g, val(b), &mut da, m, n, k, false, !trans_b, false);
+                    }
+                    add(a, &da);
+                }
+                if self.nodes[b.0].needs_grad {
+                    // dB = A^T dC (stored as B^T when trans_b: dB^T = dC^T A)
+                    let mut db = zeros(b);
+                    if trans_b {
+                        matmul(g, val(a), &mut db, n, m, k, true, trans_a, false);
+                    } else {
+                        matmul(val(a), g, &mut db, k, m, n, !trans_a, false, false);
+                    }
+                    add(b, &db);
+                }
+            }
+            &Op::Add { a, b } => {
+                add(a, g);
+                add(b, g);
+            }
+            &Op::AddBias { x, bias } => {
+                add(x, g);
+                let cols = val(bias).len();
+                let mut db = vec![T::zero(); cols];
+                for r in g.chunks(cols) {
+                    db.iter_mut().zip(r).for_each(|(d, &v)| *d = *d + v);
+                }
+                add(bias, &db);
+            }
+            &Op::Mul { a, b } => {
+                let da: Vec<T> = g.iter().zip(val(b)).map(|(&g, &b)| g * b).collect();
+                let db: Vec<T> = g.iter().zip(val(a)).map(|(&g, &a)| g * a).collect();
+                add(a, &da);
+                add(b, &db);
+            }
+            &Op::Scale { x, factor } => {
+                let f = T::f(factor);
+                add(x, &g.iter().map(|&g| g * f).collect::<Vec<_>>());
+            }
+            &Op::Sum { x } => add(x, &vec![g[0]; val(x).len()]),
+            &Op::Unary { x, kind } => {
+                let mut dx = zeros(x);
+                match kind {
+                    Unary::Silu => ew::silu_backward(val(x), g, &mut dx),
+                    Unary::Gelu => ew::gelu_backward(val(x), g, &mut dx),
+                    Unary::Relu => ew::relu_backward(val(x), g, &mut dx),
+                }
+                add(x, &dx);
+            }
+            &Op::Softmax { x } => {
+                let mut dx = zeros(x);
+                ew::softmax_backward(&node.value, g, &mut dx, cols_of(&node.shape));
+                add(x, &dx);
+            }
+            Op::RmsNorm { x, w, rstd } => {
+                let (mut dx, mut dw) = (zeros(*x), zeros(*w));
+                norm::rmsnorm_backward(val(*x), val(*w), rstd, g, &mut dx, &mut dw);
+                add(*x, &dx);
+                add(*w, &dw);
+            }
+            Op::LayerNorm { x, w, b, mean, rstd } => {
+                let (mut dx, mut dw, mut db) = (zeros(*x), zeros(*w), zeros(*b));
+                norm::layernorm_backward(val(*x), val(*w), mean, rstd, g, &mut dx, &mut dw, &mut db);
+                add(*x, &dx);
+                add(*w, &dw);
+                add(*b, &db);
+            }
+            Op::Attention { q, k, v, shape, lse } => {
+                let (mut dq, mut dk, mut dv) = (zeros(*q), zeros(*k), zeros(*v));
+                attention_backward(val(*q), val(*k), val(*v), &node.value, lse, g, *shape, &mut dq, &mut dk, &mut dv);
+                add(*q, &dq);
+                add(*k, &dk);
+                add(*v, &dv);
+            }
+            Op::Gather { table, index } => {
+                let mut dt = zeros(*table);
+                let cols = cols_of(&node.shape);
+                for (r, &i) in index.iter().enumerate() {
+                    dt[i * cols..][..cols].iter_mut().zip(&g[r * cols..][..cols]).for_each(|(d, &v)| *d = *d + v);
+                }
+                add(*table, &dt);
+            }
+            Op::Concat { parts } => {
+                let total = cols_of(&node.shape);
+                let mut start = 0;
+                for &(p, w) in parts {
+                    let dp: Vec<T> = g.chunks(total).flat_map(|r| r[start..start + w].iter().copied()).collect();
+                    add(p, &dp);
+                    start += w;
+                }
+            }
+            &Op::SliceCols { x, start, width } => {
+                let cols = cols_of(self.shape(x));
+                let mut dx = zeros(x);
+                for (d, s) in dx.chunks_mut(cols).zip(g.chunks(width)) {
+                    d[start..start + width].copy_from_slice(s);
+                }
+                add(x, &dx);
+            }
+            &Op::Reshape { x } => add(x, g),
+            &Op::Energy { pred, obs, shape } => {
+                let mut dp = zeros(pred);
+                energy_backward(val(pred), val(obs), shape, g, &mut dp);
+                add(pred, &dp);
+            }
+            Op::GumbelSt { logits, soft, tau } => {
+                let mut dl = zeros(*logits);
+                gumbel_st_backward(soft, g, *tau, cols_of(&node.shape), &mut dl);
+                add(*logits, &dl);
+            }
+        }
+    }
+}
+
+/// The gradients one `backward` produced, for inputs and parameters.
+pub struct Gradients<T> {
+    grads: Vec<Option<Vec<T>>>,
+}
+
+impl<T: Real> Gradients<T> {
+    pub fn get(&self, v: Var) -> Option<&[T]> {
+        self.grads[v.0].as_deref()
+    }
+    /// Adds (`+=`) every parameter node's gradient into `params` (a parameter used by several nodes
+    /// receives all contributions).
+    pub fn accumulate_into(&self, tape: &Tape<T>, params: &mut Params<T>) {
+        for (node, g) in tape.nodes.iter().zip(&self.grads) {
+            if let (Op::Param(id), Some(g)) = (&node.op, g) {
+                let p = &mut params.entries[id.0];
+                p.grad.iter_mut().zip(g).for_each(|(p, &g)| *p = *p + g);
+            }
+        }
+    }
+}
