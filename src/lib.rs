@@ -1,8 +1,12 @@
 //! ptrag-engine: PT-RAG perturbation-response prediction (see README.md).
 
 pub mod cpu;
+pub mod data;
 pub mod error;
+pub mod progress;
 pub mod real;
 pub mod tape;
 
 pub use error::{Error, Result};
+pub mod model;
+pub mod train;

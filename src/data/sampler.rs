@@ -1,0 +1,89 @@
+//! Sets and batches. A set is S cells of one (perturbation, cell type) condition; every cell is
+//! paired with a control cell of the same cell type drawn at random (with replacement), which is
+//! the model's basal input. Training sets are drawn with replacement when a condition has fewer
+//! than S cells; evaluation uses each condition's real cells in order, in sets of at most S.
+
+use super::split::{Condition, Fold};
+use super::store::Store;
+use rand::Rng;
+
+/// `B` sets of `S` cells each, flattened set-major (`[B, S, genes]`).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub sets: usize,
+    pub cells: usize,
+    pub genes: usize,
+    pub control: Vec<f32>,
+    pub target: Vec<f32>,
+    /// `[B]`: the perturbation of each set.
+    pub perturbation: Vec<u32>,
+    /// `[B]`: the cell type of each set.
+    pub cell_type: Vec<u32>,
+    /// `[B * S]`: the batch (gem group) of each target cell.
+    pub batch: Vec<u32>,
+}
+
+impl Batch {
+    fn with_capacity(sets: usize, cells: usize, genes: usize) -> Batch {
+        let n = sets * cells;
+        Batch {
+            sets,
+            cells,
+            genes,
+            control: Vec::with_capacity(n * genes),
+            target: Vec::with_capacity(n * genes),
+            perturbation: Vec::with_capacity(sets),
+            cell_type: Vec::with_capacity(sets),
+            batch: Vec::with_capacity(n),
+        }
+    }
+
+    fn push_set(&mut self, store: &Store, condition: &Condition, cells: &[u32], controls: &[u32], rng: &mut impl Rng) {
+        let g = self.genes;
+        let mut row = vec![0.0f32; g];
+        for &cell in cells {
+            store.expression_row(cell as usize, &mut row);
+            self.target.extend_from_slice(&row);
+            let ctrl = controls[rng.gen_range(0..controls.len())];
+            store.expression_row(ctrl as usize, &mut row);
+            self.control.extend_from_slice(&row);
+            self.batch.push(store.cell_batch[cell as usize]);
+        }
+        self.perturbation.push(condition.perturbation);
+        self.cell_type.push(condition.cell_type);
+    }
+}
+
+/// S cells of a condition: without replacement when it has enough, with replacement otherwise.
+fn draw_cells(condition: &Condition, s: usize, rng: &mut impl Rng) -> Vec<u32> {
+    let n = condition.cells.len();
+    if n >= s {
+        rand::seq::index::sample(rng, n, s).into_iter().map(|i| condition.cells[i]).collect()
+    } else {
+        (0..s).map(|_| condition.cells[rng.gen_range(0..n)]).collect()
+    }
+}
+
+/// A training batch: `sets` conditions drawn uniformly from the fold's training conditions.
+pub fn training_batch(store: &Store, fold: &Fold, sets: usize, cells: usize, rng: &mut impl Rng) -> Batch {
+    let mut batch = Batch::with_capacity(sets, cells, store.n_genes());
+    for _ in 0..sets {
+        let condition = &fold.train[rng.gen_range(0..fold.train.len())];
+        let chosen = draw_cells(condition, cells, rng);
+        batch.push_set(store, condition, &chosen, &fold.controls[condition.cell_type as usize], rng);
+    }
+    batch
+}
+
+/// One evaluation set (a batch of one set) per chunk of at most `cells` real cells of the condition.
+pub fn evaluation_sets(store: &Store, fold: &Fold, condition: &Condition, cells: usize, rng: &mut impl Rng) -> Vec<Batch> {
+    condition
+        .cells
+        .chunks(cells)
+        .map(|chunk| {
+            let mut batch = Batch::with_capacity(1, chunk.len(), store.n_genes());
+            batch.push_set(store, condition, chunk, &fold.controls[condition.cell_type as usize], rng);
+            batch
+        })
+        .collect()
+}

@@ -1,0 +1,171 @@
+//! The cross-cell-type few-shot protocol: split files and the folds built from them.
+//!
+//! Split files use the cell-load TOML layout users already have:
+//! `[fewshot."<dataset>.<cellline>"]` with `val = [...]` and `test = [...]` perturbation lists
+//! (cell-line names matched case-insensitively). For a target cell type, its val/test
+//! perturbations are held out in that cell type only; every other (perturbation, cell type)
+//! condition, controls included, is training data.
+
+use super::store::Store;
+use crate::{Error, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+/// Held-out perturbations of one target cell type.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeldOut {
+    pub val: Vec<String>,
+    pub test: Vec<String>,
+}
+
+/// Per target cell line (lower-case), its held-out lists.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SplitFile {
+    pub dataset: String,
+    pub fewshot: BTreeMap<String, HeldOut>,
+}
+
+/// The proportions of the real Replogle-Nadig split files: 104 val and 624 test of 2024 perturbations.
+pub const DEFAULT_VAL_FRACTION: f64 = 104.0 / 2024.0;
+pub const DEFAULT_TEST_FRACTION: f64 = 624.0 / 2024.0;
+
+impl SplitFile {
+    pub fn read(path: &Path) -> Result<SplitFile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<SplitFile> {
+        let doc: toml::Table = text.parse().map_err(|e| Error::bad_file(path, "toml", format!("valid TOML: {e}")))?;
+        let fewshot = doc
+            .get("fewshot")
+            .and_then(|v| v.as_table())
+            .ok_or_else(|| Error::bad_file(path, "fewshot", "a [fewshot] table with \"dataset.cellline\" sections"))?;
+        let mut out = SplitFile::default();
+        for (key, section) in fewshot {
+            let (dataset, line) = key
+                .rsplit_once('.')
+                .ok_or_else(|| Error::bad_file(path, format!("fewshot.\"{key}\""), "a section name of the form \"dataset.cellline\""))?;
+            out.dataset = dataset.to_string();
+            let list = |field: &str| -> Result<Vec<String>> {
+                let arr = section
+                    .get(field)
+                    .and_then(|v| v.as_array())
+                    .ok_or_else(|| Error::bad_file(path, format!("fewshot.\"{key}\".{field}"), "a list of perturbation names"))?;
+                arr.iter()
+                    .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::bad_file(path, format!("fewshot.\"{key}\".{field}"), "strings only")))
+                    .collect()
+            };
+            out.fewshot.insert(line.to_lowercase(), HeldOut { val: list("val")?, test: list("test")? });
+        }
+        if out.fewshot.is_empty() {
+            return Err(Error::bad_file(path, "fewshot", "at least one \"dataset.cellline\" section"));
+        }
+        Ok(out)
+    }
+
+    pub fn to_toml(&self) -> String {
+        let list = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        let mut s = format!(
+            "# cell-load style few-shot split (written by ptrag-engine)\n[datasets]\n{0} = \"{0}\"\n\n[training]\n{0} = \"train\"\n\n[zeroshot]\n\n[fewshot]\n",
+            self.dataset
+        );
+        for (line, h) in &self.fewshot {
+            s += &format!("\n[fewshot.\"{}.{}\"]\nval = [{}]\ntest = [{}]\n", self.dataset, line, list(&h.val), list(&h.test));
+        }
+        s
+    }
+
+    /// A seeded split with the real files' proportions: one shuffled list of non-control
+    /// perturbations gives the val and test lists, the same for every cell line (as in the real files).
+    pub fn generate(dataset: &str, perturbations: &[String], cell_types: &[String], val_fraction: f64, test_fraction: f64, seed: u64) -> Result<SplitFile> {
+        if !(0.0..1.0).contains(&val_fraction) || !(0.0..1.0).contains(&test_fraction) || val_fraction + test_fraction >= 1.0 {
+            return Err(Error::invalid("split fractions", format!("val {val_fraction} and test {test_fraction} must be in [0, 1) and sum below 1")));
+        }
+        let mut names = perturbations.to_vec();
+        names.sort();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        names.shuffle(&mut rng);
+        let n_val = (names.len() as f64 * val_fraction).round() as usize;
+        let n_test = (names.len() as f64 * test_fraction).round() as usize;
+        let held = HeldOut { val: names[..n_val].to_vec(), test: names[n_val..n_val + n_test].to_vec() };
+        Ok(SplitFile { dataset: dataset.to_string(), fewshot: cell_types.iter().map(|c| (c.to_lowercase(), held.clone())).collect() })
+    }
+}
+
+/// All cells of one perturbation in one cell type.
+#[derive(Clone, Debug)]
+pub struct Condition {
+    pub perturbation: u32,
+    pub cell_type: u32,
+    pub cells: Vec<u32>,
+}
+
+/// The conditions of one target cell type's fold, and the control-cell pools per cell type.
+pub struct Fold {
+    pub target: usize,
+    pub train: Vec<Condition>,
+    pub val: Vec<Condition>,
+    pub test: Vec<Condition>,
+    pub controls: Vec<Vec<u32>>,
+}
+
+/// Groups the store's cells by (perturbation, cell type), in order of first appearance.
+pub fn conditions(store: &Store) -> Vec<Condition> {
+    let mut index: HashMap<(u32, u32), usize> = HashMap::new();
+    let mut out: Vec<Condition> = Vec::new();
+    for cell in 0..store.n_cells() {
+        let key = (store.cell_perturbation[cell], store.cell_type[cell]);
+        let i = *index.entry(key).or_insert_with(|| {
+            out.push(Condition { perturbation: key.0, cell_type: key.1, cells: Vec::new() });
+            out.len() - 1
+        });
+        out[i].cells.push(cell as u32);
+    }
+    out
+}
+
+impl Fold {
+    pub fn new(store: &Store, split: &SplitFile, split_path: &Path, target: usize) -> Result<Fold> {
+        let target_name = &store.manifest.cell_types[target];
+        let held = split.fewshot.get(&target_name.to_lowercase()).ok_or_else(|| {
+            Error::bad_file(split_path, "fewshot", format!("a section for cell type `{target_name}` (found: {})", split.fewshot.keys().cloned().collect::<Vec<_>>().join(", ")))
+        })?;
+        let resolve = |names: &[String], field: &str| -> Result<HashSet<u32>> {
+            names
+                .iter()
+                .map(|n| {
+                    store.perturbation_index(n).map(|i| i as u32).ok_or_else(|| {
+                        Error::bad_file(split_path, format!("fewshot.{}.{field}", target_name.to_lowercase()), format!("perturbations present in the store; `{n}` is not"))
+                    })
+                })
+                .collect()
+        };
+        let (val, test) = (resolve(&held.val, "val")?, resolve(&held.test, "test")?);
+        if let Some(p) = val.intersection(&test).next() {
+            return Err(Error::bad_file(split_path, "fewshot", format!("disjoint val and test lists; `{}` is in both", store.manifest.perturbations[*p as usize])));
+        }
+        let mut fold = Fold { target, train: vec![], val: vec![], test: vec![], controls: vec![vec![]; store.manifest.cell_types.len()] };
+        for c in conditions(store) {
+            if c.perturbation == store.control_index {
+                fold.controls[c.cell_type as usize].extend(&c.cells);
+            }
+            let in_target = c.cell_type as usize == target;
+            if in_target && val.contains(&c.perturbation) {
+                fold.val.push(c);
+            } else if in_target && test.contains(&c.perturbation) {
+                fold.test.push(c);
+            } else {
+                fold.train.push(c);
+            }
+        }
+        for (ct, pool) in fold.controls.iter().enumerate() {
+            if pool.is_empty() {
+                return Err(Error::bad_file(store.dir.join("manifest.json"), "control", format!("control cells (`{}`) in every cell type; `{}` has none", store.manifest.control, store.manifest.cell_types[ct])));
+            }
+        }
+        Ok(fold)
+    }
+}

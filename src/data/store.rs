@@ -1,0 +1,280 @@
+//! The dataset store: one directory holding `manifest.json` and flat little-endian arrays.
+//!
+//! | file                    | contents                                   |
+//! |-------------------------|--------------------------------------------|
+//! | `manifest.json`         | sizes, dtypes, names (see `Manifest`)      |
+//! | `expression.bin`        | cells x genes, f16 or f32, log-normalised  |
+//! | `cell_perturbation.u32` | per cell, index into `perturbations`       |
+//! | `cell_type.u32`         | per cell, index into `cell_types`          |
+//! | `cell_batch.u32`        | per cell, batch (gem group) in 0..n_batches|
+//! | `genept.f32`            | perturbations x embed_dim (control row 0)  |
+//! | `split.toml`            | cell-load style few-shot split             |
+//!
+//! Opening checks every size against the manifest and every code against its range, so a
+//! truncated or corrupt store is an error naming the file, never a panic or an out-of-bounds read.
+//! Writing goes to `<dir>.partial` and is renamed into place only when complete.
+
+use crate::{Error, Result};
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "ptrag-store";
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExprDtype {
+    F16,
+    F32,
+}
+impl ExprDtype {
+    pub fn size(self) -> usize {
+        match self {
+            ExprDtype::F16 => 2,
+            ExprDtype::F32 => 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    /// Where the data came from (e.g. `synth preset=small seed=42`); used to validate caches.
+    pub source: String,
+    pub n_cells: usize,
+    pub expression_dtype: ExprDtype,
+    pub genes: Vec<String>,
+    pub perturbations: Vec<String>,
+    /// The control label; must be one of `perturbations`.
+    pub control: String,
+    pub cell_types: Vec<String>,
+    pub n_batches: usize,
+    pub embed_dim: usize,
+}
+
+impl Manifest {
+    pub fn n_genes(&self) -> usize {
+        self.genes.len()
+    }
+    pub fn n_perturbations(&self) -> usize {
+        self.perturbations.len()
+    }
+}
+
+/// An opened, validated store.
+pub struct Store {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    expression: Mmap,
+    genept: Mmap,
+    pub cell_perturbation: Vec<u32>,
+    pub cell_type: Vec<u32>,
+    pub cell_batch: Vec<u32>,
+    pub control_index: u32,
+    pub split_path: PathBuf,
+}
+
+fn read_codes(path: &Path, n: usize, limit: usize, what: &str) -> Result<Vec<u32>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.len() != n * 4 {
+        return Err(Error::bad_file(path, what, format!("{n} little-endian u32 values ({} bytes), found {} bytes", n * 4, bytes.len())));
+    }
+    let codes: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    if let Some((i, &c)) = codes.iter().enumerate().find(|(_, &c)| c as usize >= limit) {
+        return Err(Error::bad_file(path, what, format!("codes below {limit}; cell {i} has {c}")));
+    }
+    Ok(codes)
+}
+
+fn map_exact(path: &Path, expected: usize, what: &str) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
+    if len != expected {
+        return Err(Error::bad_file(path, what, format!("{expected} bytes from the manifest's sizes, found {len} (truncated or wrong store?)")));
+    }
+    if len == 0 {
+        return Err(Error::bad_file(path, what, "a non-empty array"));
+    }
+    // SAFETY: the mapping is read-only and we only read it through bounds-checked slices of the
+    // length verified above. Another process truncating the file while mapped would fault; stores
+    // are written once (to a temporary directory, then renamed) and never modified in place.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+fn check_unique(path: &Path, field: &str, names: &[String]) -> Result<()> {
+    let mut seen = HashSet::new();
+    for n in names {
+        if !seen.insert(n.as_str()) {
+            return Err(Error::bad_file(path, field, format!("unique names; `{n}` appears twice")));
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        let mpath = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::bad_file(&mpath, "manifest", format!("valid JSON manifest: {e}")))?;
+        if manifest.format != FORMAT || manifest.version != VERSION {
+            return Err(Error::bad_file(&mpath, "format/version", format!("{FORMAT} version {VERSION}, found {} version {}", manifest.format, manifest.version)));
+        }
+        check_unique(&mpath, "genes", &manifest.genes)?;
+        check_unique(&mpath, "perturbations", &manifest.perturbations)?;
+        check_unique(&mpath, "cell_types", &manifest.cell_types)?;
+        let control_index = manifest
+            .perturbations
+            .iter()
+            .position(|p| *p == manifest.control)
+            .ok_or_else(|| Error::bad_file(&mpath, "control", format!("the control label `{}` among the perturbations", manifest.control)))? as u32;
+        if manifest.n_cells == 0 || manifest.genes.is_empty() || manifest.cell_types.is_empty() || manifest.n_batches == 0 || manifest.embed_dim == 0 {
+            return Err(Error::bad_file(&mpath, "sizes", "non-zero cells, genes, cell types, batches and embedding dimension"));
+        }
+        let (n, g) = (manifest.n_cells, manifest.n_genes());
+        let expression = map_exact(&dir.join("expression.bin"), n * g * manifest.expression_dtype.size(), "expression")?;
+        let genept = map_exact(&dir.join("genept.f32"), manifest.n_perturbations() * manifest.embed_dim * 4, "genept")?;
+        let cell_perturbation = read_codes(&dir.join("cell_perturbation.u32"), n, manifest.n_perturbations(), "cell_perturbation")?;
+        let cell_type = read_codes(&dir.join("cell_type.u32"), n, manifest.cell_types.len(), "cell_type")?;
+        let cell_batch = read_codes(&dir.join("cell_batch.u32"), n, manifest.n_batches, "cell_batch")?;
+        let split_path = dir.join("split.toml");
+        Ok(Store { dir, manifest, expression, genept, cell_perturbation, cell_type, cell_batch, control_index, split_path })
+    }
+
+    pub fn n_cells(&self) -> usize {
+        self.manifest.n_cells
+    }
+    pub fn n_genes(&self) -> usize {
+        self.manifest.n_genes()
+    }
+
+    /// Copies cell `cell`'s expression into `out` (length n_genes), converting to f32.
+    pub fn expression_row(&self, cell: usize, out: &mut [f32]) {
+        let g = self.n_genes();
+        debug_assert_eq!(out.len(), g);
+        match self.manifest.expression_dtype {
+            ExprDtype::F16 => {
+                let bytes = &self.expression[cell * g * 2..(cell + 1) * g * 2];
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            ExprDtype::F32 => {
+                let bytes = &self.expression[cell * g * 4..(cell + 1) * g * 4];
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+        }
+    }
+
+    /// The GenePT-like embedding of perturbation `p` (the control's is all zeros).
+    pub fn genept_row(&self, p: usize) -> Vec<f32> {
+        let d = self.manifest.embed_dim;
+        self.genept[p * d * 4..(p + 1) * d * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    pub fn perturbation_index(&self, name: &str) -> Option<usize> {
+        self.manifest.perturbations.iter().position(|p| p == name)
+    }
+    pub fn cell_type_index(&self, name: &str) -> Option<usize> {
+        self.manifest.cell_types.iter().position(|c| c.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Streams a store to `<dir>.partial`, renamed to `<dir>` by `finish`. Dropping it unfinished
+/// removes the partial directory.
+pub struct StoreWriter {
+    final_dir: PathBuf,
+    tmp_dir: PathBuf,
+    expression: BufWriter<File>,
+    dtype: ExprDtype,
+    n_genes: usize,
+    cell_perturbation: Vec<u32>,
+    cell_type: Vec<u32>,
+    cell_batch: Vec<u32>,
+    finished: bool,
+}
+
+impl StoreWriter {
+    pub fn create(dir: impl AsRef<Path>, n_genes: usize, dtype: ExprDtype) -> Result<Self> {
+        let final_dir = dir.as_ref().to_path_buf();
+        let tmp_dir = PathBuf::from(format!("{}.partial", final_dir.display()));
+        if tmp_dir.exists() {
+            std::fs::remove_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        }
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        let path = tmp_dir.join("expression.bin");
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(StoreWriter {
+            final_dir,
+            tmp_dir,
+            expression: BufWriter::with_capacity(1 << 22, file),
+            dtype,
+            n_genes,
+            cell_perturbation: Vec::new(),
+            cell_type: Vec::new(),
+            cell_batch: Vec::new(),
+            finished: false,
+        })
+    }
+
+    pub fn push_cell(&mut self, expression: &[f32], perturbation: u32, cell_type: u32, batch: u32) -> Result<()> {
+        assert_eq!(expression.len(), self.n_genes);
+        let path = || self.tmp_dir.join("expression.bin");
+        let mut buf = Vec::with_capacity(self.n_genes * self.dtype.size());
+        match self.dtype {
+            ExprDtype::F16 => expression.iter().for_each(|&v| buf.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())),
+            ExprDtype::F32 => expression.iter().for_each(|&v| buf.extend_from_slice(&v.to_le_bytes())),
+        }
+        self.expression.write_all(&buf).map_err(|e| Error::io(path(), e))?;
+        self.cell_perturbation.push(perturbation);
+        self.cell_type.push(cell_type);
+        self.cell_batch.push(batch);
+        Ok(())
+    }
+
+    pub fn n_cells(&self) -> usize {
+        self.cell_type.len()
+    }
+
+    /// Writes the remaining files and renames the directory into place (replacing an older store).
+    pub fn finish(mut self, mut manifest: Manifest, genept: &[f32], split_toml: &str, extra: &[(&str, String)]) -> Result<PathBuf> {
+        manifest.n_cells = self.n_cells();
+        manifest.expression_dtype = self.dtype;
+        assert_eq!(genept.len(), manifest.n_perturbations() * manifest.embed_dim);
+        let tmp = self.tmp_dir.clone();
+        self.expression.flush().map_err(|e| Error::io(tmp.join("expression.bin"), e))?;
+        let le = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let write = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(|e| Error::io(tmp.join(name), e));
+        write("cell_perturbation.u32", &le(&self.cell_perturbation))?;
+        write("cell_type.u32", &le(&self.cell_type))?;
+        write("cell_batch.u32", &le(&self.cell_batch))?;
+        write("genept.f32", &genept.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+        write("split.toml", split_toml.as_bytes())?;
+        for (name, text) in extra {
+            write(name, text.as_bytes())?;
+        }
+        // The manifest goes last: a directory without one is never a store.
+        write("manifest.json", serde_json::to_string_pretty(&manifest).expect("manifest serialises").as_bytes())?;
+        if self.final_dir.exists() {
+            std::fs::remove_dir_all(&self.final_dir).map_err(|e| Error::io(&self.final_dir, e))?;
+        }
+        std::fs::rename(&tmp, &self.final_dir).map_err(|e| Error::io(&self.final_dir, e))?;
+        self.finished = true;
+        Ok(self.final_dir.clone())
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_dir_all(&self.tmp_dir);
+        }
+    }
+}

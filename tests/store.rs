@@ -1,0 +1,170 @@
+//! The dataset store, the synthetic generator and split files: round trips, determinism, and a
+//! clear error (naming the file and field) for every kind of corruption.
+
+use ptrag_engine::data::split::{Fold, SplitFile};
+use ptrag_engine::data::store::Store;
+use ptrag_engine::data::synth::{self, SynthConfig};
+use std::path::Path;
+
+fn tiny(dir: &Path) -> Store {
+    let cfg = SynthConfig::preset("tiny", 7).unwrap();
+    synth::generate(&cfg, dir, false).unwrap();
+    Store::open(dir).unwrap()
+}
+
+fn err_of(dir: &Path) -> String {
+    match Store::open(dir) {
+        Ok(_) => panic!("opening {} should have failed", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn synth_store_opens_with_expected_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny(&tmp.path().join("s"));
+    let cfg = SynthConfig::preset("tiny", 7).unwrap();
+    assert_eq!(store.n_genes(), cfg.genes);
+    assert_eq!(store.manifest.n_perturbations(), cfg.perturbations + 1);
+    assert_eq!(store.manifest.cell_types.len(), 4);
+    assert_eq!(store.manifest.perturbations[store.control_index as usize], "non-targeting");
+    // every GenePT row is unit norm except the control's, which is zero
+    for p in 0..store.manifest.n_perturbations() {
+        let norm: f32 = store.genept_row(p).iter().map(|x| x * x).sum::<f32>().sqrt();
+        let want = if p == store.control_index as usize { 0.0 } else { 1.0 };
+        assert!((norm - want).abs() < 1e-4, "perturbation {p}: norm {norm}");
+    }
+    // log-normalised expression: finite, non-negative, and not all zero
+    let mut row = vec![0.0; store.n_genes()];
+    let mut total = 0.0;
+    for c in 0..store.n_cells() {
+        store.expression_row(c, &mut row);
+        assert!(row.iter().all(|v| v.is_finite() && *v >= 0.0));
+        total += row.iter().sum::<f32>();
+    }
+    assert!(total > 0.0);
+    assert!(!tmp.path().join("s.partial").exists(), "no partial directory left behind");
+}
+
+#[test]
+fn synth_is_deterministic_per_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig::preset("tiny", 3).unwrap();
+    synth::generate(&cfg, &tmp.path().join("a"), false).unwrap();
+    synth::generate(&cfg, &tmp.path().join("b"), false).unwrap();
+    let other = SynthConfig { seed: 4, ..cfg };
+    synth::generate(&other, &tmp.path().join("c"), false).unwrap();
+    for f in ["expression.bin", "genept.f32", "cell_perturbation.u32", "cell_batch.u32", "split.toml"] {
+        let read = |d: &str| std::fs::read(tmp.path().join(d).join(f)).unwrap();
+        assert_eq!(read("a"), read("b"), "{f} differs between two runs with the same seed");
+    }
+    assert_ne!(std::fs::read(tmp.path().join("a/expression.bin")).unwrap(), std::fs::read(tmp.path().join("c/expression.bin")).unwrap());
+}
+
+#[test]
+fn truncated_arrays_are_reported_with_file_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    tiny(&dir);
+    for (file, field) in [("expression.bin", "expression"), ("genept.f32", "genept"), ("cell_type.u32", "cell_type")] {
+        let path = dir.join(file);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        let e = err_of(&dir);
+        assert!(e.contains(file) && e.contains(field), "{file}: {e}");
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    Store::open(&dir).unwrap();
+}
+
+#[test]
+fn corrupt_manifest_and_codes_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    tiny(&dir);
+    let mpath = dir.join("manifest.json");
+    let manifest = std::fs::read_to_string(&mpath).unwrap();
+
+    std::fs::write(&mpath, &manifest[..manifest.len() / 2]).unwrap();
+    assert!(err_of(&dir).contains("manifest.json"));
+
+    std::fs::write(&mpath, manifest.replace("\"control\": \"non-targeting\"", "\"control\": \"DMSO\"")).unwrap();
+    let e = err_of(&dir);
+    assert!(e.contains("control") && e.contains("DMSO"), "{e}");
+
+    std::fs::write(&mpath, manifest.replace("\"version\": 1", "\"version\": 9")).unwrap();
+    assert!(err_of(&dir).contains("version"));
+
+    std::fs::write(&mpath, manifest.replace("\"GENE0001\"", "\"GENE0000\"")).unwrap();
+    let e = err_of(&dir);
+    assert!(e.contains("genes") && e.contains("twice"), "{e}");
+    std::fs::write(&mpath, &manifest).unwrap();
+
+    // a cell whose perturbation code is out of range
+    let cpath = dir.join("cell_perturbation.u32");
+    let mut codes = std::fs::read(&cpath).unwrap();
+    codes[4..8].copy_from_slice(&1000u32.to_le_bytes());
+    std::fs::write(&cpath, &codes).unwrap();
+    let e = err_of(&dir);
+    assert!(e.contains("cell_perturbation") && e.contains("cell 1 has 1000"), "{e}");
+
+    std::fs::remove_file(&cpath).unwrap();
+    assert!(err_of(&dir).contains("cell_perturbation.u32"));
+}
+
+#[test]
+fn split_toml_round_trips_and_matches_cell_lines_case_insensitively() {
+    let text = r#"
+[datasets]
+replogle = "/somewhere"
+[training]
+replogle = "train"
+[zeroshot]
+[fewshot]
+[fewshot."replogle.k562"]
+val = ['A', 'B']
+test = ['C']
+[fewshot."replogle.hepg2"]
+val = []
+test = ['D', 'E']
+"#;
+    let split = SplitFile::parse(Path::new("x.toml"), text).unwrap();
+    assert_eq!(split.dataset, "replogle");
+    assert_eq!(split.fewshot["k562"].val, vec!["A", "B"]);
+    assert_eq!(split.fewshot["hepg2"].test, vec!["D", "E"]);
+    let again = SplitFile::parse(Path::new("y.toml"), &split.to_toml()).unwrap();
+    assert_eq!(again, split);
+
+    let e = SplitFile::parse(Path::new("bad.toml"), "[fewshot.\"d.k562\"]\nval = [1]\ntest = []").unwrap_err().to_string();
+    assert!(e.contains("bad.toml") && e.contains("fewshot.\"d.k562\".val"), "{e}");
+    let e = SplitFile::parse(Path::new("bad.toml"), "[training]\n").unwrap_err().to_string();
+    assert!(e.contains("fewshot"), "{e}");
+}
+
+#[test]
+fn folds_hold_out_only_the_target_cell_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny(&tmp.path().join("s"));
+    let split = SplitFile::read(&store.split_path).unwrap();
+    let fold = Fold::new(&store, &split, &store.split_path, 0).unwrap();
+    let held = &split.fewshot["k562"];
+    assert!(!fold.test.is_empty() && !fold.val.is_empty());
+    for c in fold.val.iter().chain(&fold.test) {
+        assert_eq!(c.cell_type, 0);
+    }
+    for c in &fold.train {
+        let name = &store.manifest.perturbations[c.perturbation as usize];
+        assert!(c.cell_type != 0 || !(held.val.contains(name) || held.test.contains(name)), "{name} leaked into training");
+    }
+    // the held-out perturbations are still trained on in the other cell types
+    let test_pert = fold.test[0].perturbation;
+    assert!(fold.train.iter().any(|c| c.perturbation == test_pert && c.cell_type != 0));
+    // every cell is in exactly one condition
+    let total: usize = fold.train.iter().chain(&fold.val).chain(&fold.test).map(|c| c.cells.len()).sum();
+    assert_eq!(total, store.n_cells());
+
+    let mut bad = split.clone();
+    bad.fewshot.get_mut("k562").unwrap().test.push("NOT_A_GENE".into());
+    let e = Fold::new(&store, &bad, Path::new("my_split.toml"), 0).err().unwrap().to_string();
+    assert!(e.contains("my_split.toml") && e.contains("NOT_A_GENE") && e.contains("k562.test"), "{e}");
+}
