@@ -1,1 +1,50 @@
-fn main(){}
+//! criterion benchmarks of the CPU kernel families at the paper's shapes (group `cpu/<family>`).
+//! Throughput is in FLOPs (reported by criterion as elements/s = FLOP/s).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ptrag_engine::cpu::{attention, energy, gemm, norm};
+
+fn filled(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
+}
+
+fn benches(c: &mut Criterion) {
+    // 64 sets x 64 cells = 4096 rows, hidden 128 -> SwiGLU 2784: the largest GEMM of a step.
+    let (m, k, n) = (4096, 128, 2784);
+    let (a, b, mut out) = (filled(m * k, 1), filled(n * k, 2), vec![0.0f32; m * n]);
+    let mut g = c.benchmark_group("cpu/gemm");
+    g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+    g.bench_function("4096x128x2784", |bench| bench.iter(|| gemm::matmul(&a, &b, &mut out, m, k, n, false, true, false)));
+    g.finish();
+
+    let shape = attention::AttentionShape { sets: 64, cells: 64, heads: 12, head_dim: 58, causal: false };
+    let len = 64 * 64 * 12 * 58;
+    let (q, kk, v) = (filled(len, 3), filled(len, 4), filled(len, 5));
+    let (mut o, mut lse) = (vec![0.0f32; len], vec![0.0f32; 64 * 12 * 64]);
+    let mut g = c.benchmark_group("cpu/attention");
+    g.throughput(Throughput::Elements(4 * 64 * 12 * 64 * 64 * 58u64));
+    g.bench_function("forward_64x64_12x58", |bench| bench.iter(|| attention::attention_forward(&q, &kk, &v, shape, &mut o, &mut lse)));
+    g.finish();
+
+    let es = energy::EnergyShape { sets: 64, cells_pred: 64, cells_obs: 64, genes: 2000 };
+    let (x, y, mut e) = (filled(64 * 64 * 2000, 6), filled(64 * 64 * 2000, 7), vec![0.0f32; 64]);
+    let mut g = c.benchmark_group("cpu/energy");
+    g.throughput(Throughput::Elements(64 * 3 * 2 * 64 * 64 * 2000u64));
+    g.bench_function("forward_64sets_64x64x2000", |bench| bench.iter(|| energy::energy_forward(&x, &y, es, &mut e)));
+    g.finish();
+
+    let (rows, cols) = (4096, 128);
+    let (x, w) = (filled(rows * cols, 8), vec![1.0f32; cols]);
+    let (mut y, mut r) = (vec![0.0f32; rows * cols], vec![0.0f32; rows]);
+    let mut g = c.benchmark_group("cpu/norm");
+    g.throughput(Throughput::Bytes((2 * rows * cols * 4) as u64));
+    g.bench_function("rmsnorm_4096x128", |bench| bench.iter(|| norm::rmsnorm_forward(&x, &w, 1e-6, &mut y, &mut r)));
+    g.finish();
+}
+
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().sample_size(10);
+    targets = benches
+}
+criterion_main!(cpu);

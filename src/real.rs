@@ -3,9 +3,7 @@
 
 use std::fmt::Debug;
 
-pub trait Real:
-    num_traits::Float + num_traits::FromPrimitive + Default + Debug + Send + Sync + std::iter::Sum + 'static
-{
+pub trait Real: num_traits::Float + num_traits::FromPrimitive + Default + Debug + Send + Sync + std::iter::Sum + 'static {
     fn f(x: f64) -> Self {
         <Self as num_traits::FromPrimitive>::from_f64(x).unwrap_or_else(Self::nan)
     }

@@ -60,18 +60,16 @@ pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], shape: AttentionSha
     assert!(q.len() == n * w && k.len() == n * w && v.len() == n * w && out.len() == n * w);
     assert_eq!(lse.len(), shape.sets * shape.heads * shape.cells);
     let (set_len, cells) = (shape.set_len(), shape.cells);
-    out.par_chunks_mut(set_len.max(1)).zip(lse.par_chunks_mut((shape.heads * cells).max(1))).enumerate().for_each(
-        |(b, (out, lse))| {
-            let (q, k, v) = (&q[b * set_len..][..set_len], &k[b * set_len..][..set_len], &v[b * set_len..][..set_len]);
-            let mut p = vec![T::zero(); cells * cells];
-            for h in 0..shape.heads {
-                let blk = shape.head_block(h);
-                matmul_strided(q, blk, k, blk.t(), &mut p, Strided::block(0, cells, cells, cells), false);
-                probabilities(&mut p, cells, shape.scale(), shape.causal, &mut lse[h * cells..][..cells]);
-                matmul_strided(&p, Strided::block(0, cells, cells, cells), v, blk, out, blk, false);
-            }
-        },
-    );
+    out.par_chunks_mut(set_len.max(1)).zip(lse.par_chunks_mut((shape.heads * cells).max(1))).enumerate().for_each(|(b, (out, lse))| {
+        let (q, k, v) = (&q[b * set_len..][..set_len], &k[b * set_len..][..set_len], &v[b * set_len..][..set_len]);
+        let mut p = vec![T::zero(); cells * cells];
+        for h in 0..shape.heads {
+            let blk = shape.head_block(h);
+            matmul_strided(q, blk, k, blk.t(), &mut p, Strided::block(0, cells, cells, cells), false);
+            probabilities(&mut p, cells, shape.scale(), shape.causal, &mut lse[h * cells..][..cells]);
+            matmul_strided(&p, Strided::block(0, cells, cells, cells), v, blk, out, blk, false);
+        }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

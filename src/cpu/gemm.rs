@@ -5,17 +5,7 @@ use crate::real::Real;
 /// `c[m, n] = beta * c + op(a) @ op(b)` where `op(a)` is `a[m, k]` or, with `trans_a`, `a[k, m]`
 /// transposed (likewise `b[k, n]` or `b[n, k]` with `trans_b`). `beta` is 0 (overwrite) or 1 (accumulate).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul<T: Real>(
-    a: &[T],
-    b: &[T],
-    c: &mut [T],
-    m: usize,
-    k: usize,
-    n: usize,
-    trans_a: bool,
-    trans_b: bool,
-    accumulate: bool,
-) {
+pub fn matmul<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, accumulate: bool) {
     assert_eq!(a.len(), m * k, "matmul: a has {} elements, expected {m}x{k}", a.len());
     assert_eq!(b.len(), k * n, "matmul: b has {} elements, expected {k}x{n}", b.len());
     assert_eq!(c.len(), m * n, "matmul: c has {} elements, expected {m}x{n}", c.len());

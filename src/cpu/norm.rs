@@ -22,15 +22,13 @@ pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], eps: f64, y: &mut [T], rstd: &
 pub fn rmsnorm_backward<T: Real>(x: &[T], w: &[T], rstd: &[T], dy: &[T], dx: &mut [T], dw: &mut [T]) {
     let cols = w.len();
     let n = T::f(cols as f64);
-    dx.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(dy.par_chunks(cols)).zip(rstd.par_iter()).for_each(
-        |(((dx, x), dy), &r)| {
-            // xhat = x * r; d/dx = r * (g - xhat * mean(g * xhat)) with g = dy * w
-            let dot: T = x.iter().zip(dy).zip(w).map(|((&x, &dy), &w)| dy * w * x * r).sum::<T>() / n;
-            for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
-                *dx = *dx + r * (dy * w - x * r * dot);
-            }
-        },
-    );
+    dx.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(dy.par_chunks(cols)).zip(rstd.par_iter()).for_each(|(((dx, x), dy), &r)| {
+        // xhat = x * r; d/dx = r * (g - xhat * mean(g * xhat)) with g = dy * w
+        let dot: T = x.iter().zip(dy).zip(w).map(|((&x, &dy), &w)| dy * w * x * r).sum::<T>() / n;
+        for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
+            *dx = *dx + r * (dy * w - x * r * dot);
+        }
+    });
     for ((x, dy), &r) in x.chunks(cols).zip(dy.chunks(cols)).zip(rstd) {
         for ((dw, &x), &dy) in dw.iter_mut().zip(x).zip(dy) {
             *dw = *dw + dy * x * r;
@@ -43,31 +41,20 @@ pub fn layernorm_forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64, y: &mut [
     let cols = w.len();
     let n = T::f(cols as f64);
     let eps = T::f(eps);
-    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(
-        |((y, x), (mean, rstd))| {
-            let mu = x.iter().copied().sum::<T>() / n;
-            let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<T>() / n;
-            let r = T::one() / (var + eps).sqrt();
-            *mean = mu;
-            *rstd = r;
-            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
-                *y = (x - mu) * r * w + b;
-            }
-        },
-    );
+    y.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).for_each(|((y, x), (mean, rstd))| {
+        let mu = x.iter().copied().sum::<T>() / n;
+        let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<T>() / n;
+        let r = T::one() / (var + eps).sqrt();
+        *mean = mu;
+        *rstd = r;
+        for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+            *y = (x - mu) * r * w + b;
+        }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_backward<T: Real>(
-    x: &[T],
-    w: &[T],
-    mean: &[T],
-    rstd: &[T],
-    dy: &[T],
-    dx: &mut [T],
-    dw: &mut [T],
-    db: &mut [T],
-) {
+pub fn layernorm_backward<T: Real>(x: &[T], w: &[T], mean: &[T], rstd: &[T], dy: &[T], dx: &mut [T], dw: &mut [T], db: &mut [T]) {
     let cols = w.len();
     let n = T::f(cols as f64);
     dx.par_chunks_mut(cols).zip(x.par_chunks(cols).zip(dy.par_chunks(cols))).zip(mean.par_iter().zip(rstd)).for_each(

@@ -3,7 +3,18 @@
 /// PyTorch's `torch.optim.Adam` update for one tensor (`step` counts from 1). `weight_decay` is the
 /// classic L2 term added to the gradient (Adam, not AdamW), as PyTorch does.
 #[allow(clippy::too_many_arguments)]
-pub fn adam_update(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, step: u64) {
+pub fn adam_update(
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    step: u64,
+) {
     let bias1 = 1.0 - beta1.powi(step as i32);
     let bias2_sqrt = (1.0 - beta2.powi(step as i32)).sqrt();
     let step_size = lr / bias1;

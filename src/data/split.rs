@@ -55,7 +55,11 @@ impl SplitFile {
                     .and_then(|v| v.as_array())
                     .ok_or_else(|| Error::bad_file(path, format!("fewshot.\"{key}\".{field}"), "a list of perturbation names"))?;
                 arr.iter()
-                    .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::bad_file(path, format!("fewshot.\"{key}\".{field}"), "strings only")))
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| Error::bad_file(path, format!("fewshot.\"{key}\".{field}"), "strings only"))
+                    })
                     .collect()
             };
             out.fewshot.insert(line.to_lowercase(), HeldOut { val: list("val")?, test: list("test")? });
@@ -80,9 +84,19 @@ impl SplitFile {
 
     /// A seeded split with the real files' proportions: one shuffled list of non-control
     /// perturbations gives the val and test lists, the same for every cell line (as in the real files).
-    pub fn generate(dataset: &str, perturbations: &[String], cell_types: &[String], val_fraction: f64, test_fraction: f64, seed: u64) -> Result<SplitFile> {
+    pub fn generate(
+        dataset: &str,
+        perturbations: &[String],
+        cell_types: &[String],
+        val_fraction: f64,
+        test_fraction: f64,
+        seed: u64,
+    ) -> Result<SplitFile> {
         if !(0.0..1.0).contains(&val_fraction) || !(0.0..1.0).contains(&test_fraction) || val_fraction + test_fraction >= 1.0 {
-            return Err(Error::invalid("split fractions", format!("val {val_fraction} and test {test_fraction} must be in [0, 1) and sum below 1")));
+            return Err(Error::invalid(
+                "split fractions",
+                format!("val {val_fraction} and test {test_fraction} must be in [0, 1) and sum below 1"),
+            ));
         }
         let mut names = perturbations.to_vec();
         names.sort();
@@ -131,21 +145,36 @@ impl Fold {
     pub fn new(store: &Store, split: &SplitFile, split_path: &Path, target: usize) -> Result<Fold> {
         let target_name = &store.manifest.cell_types[target];
         let held = split.fewshot.get(&target_name.to_lowercase()).ok_or_else(|| {
-            Error::bad_file(split_path, "fewshot", format!("a section for cell type `{target_name}` (found: {})", split.fewshot.keys().cloned().collect::<Vec<_>>().join(", ")))
+            Error::bad_file(
+                split_path,
+                "fewshot",
+                format!(
+                    "a section for cell type `{target_name}` (found: {})",
+                    split.fewshot.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
         })?;
         let resolve = |names: &[String], field: &str| -> Result<HashSet<u32>> {
             names
                 .iter()
                 .map(|n| {
                     store.perturbation_index(n).map(|i| i as u32).ok_or_else(|| {
-                        Error::bad_file(split_path, format!("fewshot.{}.{field}", target_name.to_lowercase()), format!("perturbations present in the store; `{n}` is not"))
+                        Error::bad_file(
+                            split_path,
+                            format!("fewshot.{}.{field}", target_name.to_lowercase()),
+                            format!("perturbations present in the store; `{n}` is not"),
+                        )
                     })
                 })
                 .collect()
         };
         let (val, test) = (resolve(&held.val, "val")?, resolve(&held.test, "test")?);
         if let Some(p) = val.intersection(&test).next() {
-            return Err(Error::bad_file(split_path, "fewshot", format!("disjoint val and test lists; `{}` is in both", store.manifest.perturbations[*p as usize])));
+            return Err(Error::bad_file(
+                split_path,
+                "fewshot",
+                format!("disjoint val and test lists; `{}` is in both", store.manifest.perturbations[*p as usize]),
+            ));
         }
         let mut fold = Fold { target, train: vec![], val: vec![], test: vec![], controls: vec![vec![]; store.manifest.cell_types.len()] };
         for c in conditions(store) {
@@ -163,7 +192,14 @@ impl Fold {
         }
         for (ct, pool) in fold.controls.iter().enumerate() {
             if pool.is_empty() {
-                return Err(Error::bad_file(store.dir.join("manifest.json"), "control", format!("control cells (`{}`) in every cell type; `{}` has none", store.manifest.control, store.manifest.cell_types[ct])));
+                return Err(Error::bad_file(
+                    store.dir.join("manifest.json"),
+                    "control",
+                    format!(
+                        "control cells (`{}`) in every cell type; `{}` has none",
+                        store.manifest.control, store.manifest.cell_types[ct]
+                    ),
+                ));
             }
         }
         Ok(fold)

@@ -95,7 +95,11 @@ fn map_exact(path: &Path, expected: usize, what: &str) -> Result<Mmap> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len() as usize;
     if len != expected {
-        return Err(Error::bad_file(path, what, format!("{expected} bytes from the manifest's sizes, found {len} (truncated or wrong store?)")));
+        return Err(Error::bad_file(
+            path,
+            what,
+            format!("{expected} bytes from the manifest's sizes, found {len} (truncated or wrong store?)"),
+        ));
     }
     if len == 0 {
         return Err(Error::bad_file(path, what, "a non-empty array"));
@@ -121,19 +125,27 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         let mpath = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Error::bad_file(&mpath, "manifest", format!("valid JSON manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| Error::bad_file(&mpath, "manifest", format!("valid JSON manifest: {e}")))?;
         if manifest.format != FORMAT || manifest.version != VERSION {
-            return Err(Error::bad_file(&mpath, "format/version", format!("{FORMAT} version {VERSION}, found {} version {}", manifest.format, manifest.version)));
+            return Err(Error::bad_file(
+                &mpath,
+                "format/version",
+                format!("{FORMAT} version {VERSION}, found {} version {}", manifest.format, manifest.version),
+            ));
         }
         check_unique(&mpath, "genes", &manifest.genes)?;
         check_unique(&mpath, "perturbations", &manifest.perturbations)?;
         check_unique(&mpath, "cell_types", &manifest.cell_types)?;
-        let control_index = manifest
-            .perturbations
-            .iter()
-            .position(|p| *p == manifest.control)
-            .ok_or_else(|| Error::bad_file(&mpath, "control", format!("the control label `{}` among the perturbations", manifest.control)))? as u32;
-        if manifest.n_cells == 0 || manifest.genes.is_empty() || manifest.cell_types.is_empty() || manifest.n_batches == 0 || manifest.embed_dim == 0 {
+        let control_index = manifest.perturbations.iter().position(|p| *p == manifest.control).ok_or_else(|| {
+            Error::bad_file(&mpath, "control", format!("the control label `{}` among the perturbations", manifest.control))
+        })? as u32;
+        if manifest.n_cells == 0
+            || manifest.genes.is_empty()
+            || manifest.cell_types.is_empty()
+            || manifest.n_batches == 0
+            || manifest.embed_dim == 0
+        {
             return Err(Error::bad_file(&mpath, "sizes", "non-zero cells, genes, cell types, batches and embedding dimension"));
         }
         let (n, g) = (manifest.n_cells, manifest.n_genes());

@@ -52,7 +52,17 @@ impl SynthConfig {
             "replogle" => (2000, 2023, 60, 1536, 75, 10000, 14),
             _ => return Err(Error::invalid("preset", format!("`{name}`: expected tiny, small or replogle"))),
         };
-        Ok(SynthConfig { preset: name.into(), seed, genes, perturbations, pathways, embed_dim, cells_per_condition, controls_per_cell_type, batches_per_cell_type })
+        Ok(SynthConfig {
+            preset: name.into(),
+            seed,
+            genes,
+            perturbations,
+            pathways,
+            embed_dim,
+            cells_per_condition,
+            controls_per_cell_type,
+            batches_per_cell_type,
+        })
     }
     pub fn source(&self) -> String {
         format!("synth {}", serde_json::to_string(self).expect("config serialises"))
@@ -73,12 +83,12 @@ pub struct Truth {
 
 struct Model {
     cfg: SynthConfig,
-    base: Vec<Vec<f32>>,          // [ct][g]: baseline log-expression
-    substates: Vec<Vec<Vec<f32>>>, // [ct][s][g]
-    batch_offset: Vec<Vec<f32>>,  // [batch][g]
-    programs: Vec<Vec<f32>>,      // [pathway][g]
-    activity: Vec<Vec<f32>>,      // [ct][pathway]
-    generic: Vec<Vec<f32>>,       // [ct][g]
+    base: Vec<Vec<f32>>,            // [ct][g]: baseline log-expression
+    substates: Vec<Vec<Vec<f32>>>,  // [ct][s][g]
+    batch_offset: Vec<Vec<f32>>,    // [batch][g]
+    programs: Vec<Vec<f32>>,        // [pathway][g]
+    activity: Vec<Vec<f32>>,        // [ct][pathway]
+    generic: Vec<Vec<f32>>,         // [ct][g]
     pert_pathways: Vec<Vec<usize>>, // [pert] (index 0 = control)
     strength: Vec<f32>,
     penetrance: Vec<f32>,
@@ -103,7 +113,9 @@ impl Model {
         let substates = (0..n_ct).map(|_| (0..3).map(|_| sparse(&mut rng, g, 0.1, 0.5)).collect()).collect();
         let batch_offset = (0..cfg.n_batches()).map(|_| (0..g).map(|_| normal(&mut rng, 0.08)).collect()).collect();
         let programs = (0..cfg.pathways).map(|_| sparse(&mut rng, g, 0.08, 1.0)).collect();
-        let activity = (0..n_ct).map(|_| (0..cfg.pathways).map(|_| if rng.gen_bool(0.25) { 0.0 } else { rng.gen_range(0.3..1.5) }).collect()).collect();
+        let activity = (0..n_ct)
+            .map(|_| (0..cfg.pathways).map(|_| if rng.gen_bool(0.25) { 0.0 } else { rng.gen_range(0.3..1.5) }).collect())
+            .collect();
         let generic = (0..n_ct).map(|_| sparse(&mut rng, g, 0.05, 0.5)).collect();
         let mut pert_pathways = vec![vec![]];
         for _ in 0..cfg.perturbations {
@@ -121,11 +133,31 @@ impl Model {
         let strength = (0..np).map(|j| if j == 0 { 0.0 } else { rng.gen_range(0.6..1.4) }).collect();
         let penetrance = (0..np).map(|_| rng.gen_range(0.6..0.95)).collect();
         let idiosyncratic = (0..np)
-            .map(|j| if j == 0 { vec![] } else { (0..g).filter_map(|i| if rng.gen_bool(0.02) { Some((i, normal(&mut rng, 0.3))) } else { None }).collect() })
+            .map(|j| {
+                if j == 0 {
+                    vec![]
+                } else {
+                    (0..g).filter_map(|i| if rng.gen_bool(0.02) { Some((i, normal(&mut rng, 0.3))) } else { None }).collect()
+                }
+            })
             .collect();
         // A quarter of the perturbations knock down a measured gene (as in HVG-restricted data).
         let target_gene = (0..np).map(|j| if j > 0 && j <= g / 4 { Some(j - 1) } else { None }).collect();
-        Model { cfg: cfg.clone(), base, substates, batch_offset, programs, activity, generic, pert_pathways, strength, penetrance, idiosyncratic, target_gene, library_mean: (2 * g) as f32 }
+        Model {
+            cfg: cfg.clone(),
+            base,
+            substates,
+            batch_offset,
+            programs,
+            activity,
+            generic,
+            pert_pathways,
+            strength,
+            penetrance,
+            idiosyncratic,
+            target_gene,
+            library_mean: (2 * g) as f32,
+        }
     }
 
     /// Mean log-expression shift of perturbation `p` in cell type `ct` (responding cells).

@@ -19,6 +19,9 @@ pub struct ModelConfig {
     pub rms_eps: f64,
     /// Causal attention over the set (reference-compatibility); the default is bidirectional.
     pub causal: bool,
+    /// PyTorch `nn.Linear` initialisation of the one-hot perturbation encoder, as the reference
+    /// (default: embedding-style N(0, 1), see `state.rs`).
+    pub reference_init: bool,
     /// From the data: genes, perturbations (control included), batch groups.
     pub genes: usize,
     pub perturbations: usize,
@@ -27,7 +30,19 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn paper(genes: usize, perturbations: usize, batches: usize) -> Self {
-        ModelConfig { hidden: 128, layers: 8, heads: 12, head_dim: 58, mlp: 2784, rms_eps: 1e-6, causal: false, genes, perturbations, batches }
+        ModelConfig {
+            hidden: 128,
+            layers: 8,
+            heads: 12,
+            head_dim: 58,
+            mlp: 2784,
+            rms_eps: 1e-6,
+            causal: false,
+            reference_init: false,
+            genes,
+            perturbations,
+            batches,
+        }
     }
 }
 

@@ -57,13 +57,20 @@ impl StateModel {
         let mut add = |name: &str, shape: &[usize], v: Vec<f32>| params.add(name, shape, T::from_f32_slice(&v));
         let basal_w = add("basal.weight", &[h, g], uniform_fan_in(rng, h * g, g));
         let basal_b = add("basal.bias", &[h], uniform_fan_in(rng, h, g));
-        let pert_table = add("pert.weight_t", &[p, h], uniform_fan_in(rng, p * h, p));
+        // One-hot Linear(P -> H) is an embedding lookup; by default it is initialised like one
+        // (N(0, 1), as `nn.Embedding`): every perturbation starts with a distinct code of the same
+        // scale as the basal and batch terms, so the shared backbone can tell them apart from step 0.
+        // `reference_init` keeps `nn.Linear`'s U(+-1/sqrt(P)), whose codes are ~sqrt(P) times smaller
+        // and need tens of thousands of steps to grow (the paper's schedule).
+        let pert_init = if cfg.reference_init { uniform_fan_in(rng, p * h, p) } else { normal(rng, p * h, 1.0) };
+        let pert_table = add("pert.weight_t", &[p, h], pert_init);
         let pert_b = add("pert.bias", &[h], uniform_fan_in(rng, h, p));
         let batch_table = add("batch.weight", &[cfg.batches, h], normal(rng, cfg.batches * h, 1.0));
         // The backbone follows the Llama initialisation: N(0, 0.02) weights, unit norm scales.
         let layers = (0..cfg.layers)
             .map(|l| {
-                let mut lin = |name: &str, out: usize, inp: usize| add(&format!("layers.{l}.{name}"), &[out, inp], normal(rng, out * inp, 0.02));
+                let mut lin =
+                    |name: &str, out: usize, inp: usize| add(&format!("layers.{l}.{name}"), &[out, inp], normal(rng, out * inp, 0.02));
                 let (q, k, v, o) = (lin("q", width, h), lin("k", width, h), lin("v", width, h), lin("o", h, width));
                 let (gate, up, down) = (lin("gate", cfg.mlp, h), lin("up", cfg.mlp, h), lin("down", h, cfg.mlp));
                 let attn_norm = add(&format!("layers.{l}.attn_norm"), &[h], vec![1.0; h]);
@@ -75,6 +82,14 @@ impl StateModel {
         let head_w = add("head.weight", &[g, h], uniform_fan_in(rng, g * h, h));
         let head_b = add("head.bias", &[g], uniform_fan_in(rng, g, h));
         StateModel { cfg: cfg.clone(), basal_w, basal_b, pert_table, pert_b, batch_table, layers, final_norm, head_w, head_b }
+    }
+
+    /// Sets the output bias to `mean` (typically the training cells' mean expression), so that a
+    /// short run starts from the population mean instead of spending its first steps learning it.
+    pub fn set_output_bias<T: Real>(&self, params: &mut Params<T>, mean: &[f32]) {
+        let bias = &mut params.entries[self.head_b.0];
+        assert_eq!(bias.value.len(), mean.len(), "output bias length");
+        bias.value = std::sync::Arc::new(T::from_f32_slice(mean));
     }
 
     /// The backbone: `x: [sets * cells, H]` -> `[sets * cells, H]`.

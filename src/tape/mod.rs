@@ -36,26 +36,88 @@ enum Op<T> {
     Leaf,
     Param(ParamId),
     /// `op(a)[m, k] @ op(b)[k, n]`
-    MatMul { a: Var, b: Var, trans_a: bool, trans_b: bool, m: usize, k: usize, n: usize },
-    Add { a: Var, b: Var },
+    MatMul {
+        a: Var,
+        b: Var,
+        trans_a: bool,
+        trans_b: bool,
+        m: usize,
+        k: usize,
+        n: usize,
+    },
+    Add {
+        a: Var,
+        b: Var,
+    },
     /// `x[rows, cols] + bias[cols]`
-    AddBias { x: Var, bias: Var },
-    Mul { a: Var, b: Var },
-    Scale { x: Var, factor: f64 },
-    Sum { x: Var },
-    Unary { x: Var, kind: Unary },
-    Softmax { x: Var },
-    RmsNorm { x: Var, w: Var, rstd: Vec<T> },
-    LayerNorm { x: Var, w: Var, b: Var, mean: Vec<T>, rstd: Vec<T> },
-    Attention { q: Var, k: Var, v: Var, shape: AttentionShape, lse: Vec<T> },
+    AddBias {
+        x: Var,
+        bias: Var,
+    },
+    Mul {
+        a: Var,
+        b: Var,
+    },
+    Scale {
+        x: Var,
+        factor: f64,
+    },
+    Sum {
+        x: Var,
+    },
+    Unary {
+        x: Var,
+        kind: Unary,
+    },
+    Softmax {
+        x: Var,
+    },
+    RmsNorm {
+        x: Var,
+        w: Var,
+        rstd: Vec<T>,
+    },
+    LayerNorm {
+        x: Var,
+        w: Var,
+        b: Var,
+        mean: Vec<T>,
+        rstd: Vec<T>,
+    },
+    Attention {
+        q: Var,
+        k: Var,
+        v: Var,
+        shape: AttentionShape,
+        lse: Vec<T>,
+    },
     /// `out[i] = table[index[i]]` (rows)
-    Gather { table: Var, index: Vec<usize> },
+    Gather {
+        table: Var,
+        index: Vec<usize>,
+    },
     /// along the last dimension
-    Concat { parts: Vec<(Var, usize)> },
-    SliceCols { x: Var, start: usize, width: usize },
-    Reshape { x: Var },
-    Energy { pred: Var, obs: Var, shape: EnergyShape },
-    GumbelSt { logits: Var, soft: Vec<T>, tau: f64 },
+    Concat {
+        parts: Vec<(Var, usize)>,
+    },
+    SliceCols {
+        x: Var,
+        start: usize,
+        width: usize,
+    },
+    Reshape {
+        x: Var,
+    },
+    Energy {
+        pred: Var,
+        obs: Var,
+        shape: EnergyShape,
+    },
+    GumbelSt {
+        logits: Var,
+        soft: Vec<T>,
+        tau: f64,
+    },
 }
 
 struct Node<T> {
@@ -341,13 +403,16 @@ impl<T: Real> Tape<T> {
 
     fn backward_node(&self, node: &Node<T>, g: &[T], grads: &mut [Option<Vec<T>>]) {
         let val = |v: Var| -> &[T] { &self.nodes[v.0].value };
-        // Accumulate a fully computed contribution into an input's gradient.
-        let mut add = |v: Var, contrib: &[T]| {
+        // Accumulate a fully computed contribution into an input's gradient: the first one is moved
+        // into place (no zero-fill, no copy), later ones are added.
+        let mut put = |v: Var, contrib: Vec<T>| {
             if !self.nodes[v.0].needs_grad {
                 return;
             }
-            let slot = grads[v.0].get_or_insert_with(|| vec![T::zero(); contrib.len()]);
-            slot.iter_mut().zip(contrib).for_each(|(s, &c)| *s = *s + c);
+            match &mut grads[v.0] {
+                Some(slot) => slot.iter_mut().zip(&contrib).for_each(|(s, &c)| *s = *s + c),
+                empty => *empty = Some(contrib),
+            }
         };
         let zeros = |v: Var| vec![T::zero(); self.nodes[v.0].value.len()];
         match &node.op {
@@ -361,7 +426,7 @@ impl<T: Real> Tape<T> {
                     } else {
                         matmul(g, val(b), &mut da, m, n, k, false, !trans_b, false);
                     }
-                    add(a, &da);
+                    put(a, da);
                 }
                 if self.nodes[b.0].needs_grad {
                     // dB = A^T dC (stored as B^T when trans_b: dB^T = dC^T A)
@@ -371,33 +436,33 @@ impl<T: Real> Tape<T> {
                     } else {
                         matmul(val(a), g, &mut db, k, m, n, !trans_a, false, false);
                     }
-                    add(b, &db);
+                    put(b, db);
                 }
             }
             &Op::Add { a, b } => {
-                add(a, g);
-                add(b, g);
+                put(a, g.to_vec());
+                put(b, g.to_vec());
             }
             &Op::AddBias { x, bias } => {
-                add(x, g);
+                put(x, g.to_vec());
                 let cols = val(bias).len();
                 let mut db = vec![T::zero(); cols];
                 for r in g.chunks(cols) {
                     db.iter_mut().zip(r).for_each(|(d, &v)| *d = *d + v);
                 }
-                add(bias, &db);
+                put(bias, db);
             }
             &Op::Mul { a, b } => {
                 let da: Vec<T> = g.iter().zip(val(b)).map(|(&g, &b)| g * b).collect();
                 let db: Vec<T> = g.iter().zip(val(a)).map(|(&g, &a)| g * a).collect();
-                add(a, &da);
-                add(b, &db);
+                put(a, da);
+                put(b, db);
             }
             &Op::Scale { x, factor } => {
                 let f = T::f(factor);
-                add(x, &g.iter().map(|&g| g * f).collect::<Vec<_>>());
+                put(x, g.iter().map(|&g| g * f).collect());
             }
-            &Op::Sum { x } => add(x, &vec![g[0]; val(x).len()]),
+            &Op::Sum { x } => put(x, vec![g[0]; val(x).len()]),
             &Op::Unary { x, kind } => {
                 let mut dx = zeros(x);
                 match kind {
@@ -405,32 +470,32 @@ impl<T: Real> Tape<T> {
                     Unary::Gelu => ew::gelu_backward(val(x), g, &mut dx),
                     Unary::Relu => ew::relu_backward(val(x), g, &mut dx),
                 }
-                add(x, &dx);
+                put(x, dx);
             }
             &Op::Softmax { x } => {
                 let mut dx = zeros(x);
                 ew::softmax_backward(&node.value, g, &mut dx, cols_of(&node.shape));
-                add(x, &dx);
+                put(x, dx);
             }
             Op::RmsNorm { x, w, rstd } => {
                 let (mut dx, mut dw) = (zeros(*x), zeros(*w));
                 norm::rmsnorm_backward(val(*x), val(*w), rstd, g, &mut dx, &mut dw);
-                add(*x, &dx);
-                add(*w, &dw);
+                put(*x, dx);
+                put(*w, dw);
             }
             Op::LayerNorm { x, w, b, mean, rstd } => {
                 let (mut dx, mut dw, mut db) = (zeros(*x), zeros(*w), zeros(*b));
                 norm::layernorm_backward(val(*x), val(*w), mean, rstd, g, &mut dx, &mut dw, &mut db);
-                add(*x, &dx);
-                add(*w, &dw);
-                add(*b, &db);
+                put(*x, dx);
+                put(*w, dw);
+                put(*b, db);
             }
             Op::Attention { q, k, v, shape, lse } => {
                 let (mut dq, mut dk, mut dv) = (zeros(*q), zeros(*k), zeros(*v));
                 attention_backward(val(*q), val(*k), val(*v), &node.value, lse, g, *shape, &mut dq, &mut dk, &mut dv);
-                add(*q, &dq);
-                add(*k, &dk);
-                add(*v, &dv);
+                put(*q, dq);
+                put(*k, dk);
+                put(*v, dv);
             }
             Op::Gather { table, index } => {
                 let mut dt = zeros(*table);
@@ -438,14 +503,14 @@ impl<T: Real> Tape<T> {
                 for (r, &i) in index.iter().enumerate() {
                     dt[i * cols..][..cols].iter_mut().zip(&g[r * cols..][..cols]).for_each(|(d, &v)| *d = *d + v);
                 }
-                add(*table, &dt);
+                put(*table, dt);
             }
             Op::Concat { parts } => {
                 let total = cols_of(&node.shape);
                 let mut start = 0;
                 for &(p, w) in parts {
                     let dp: Vec<T> = g.chunks(total).flat_map(|r| r[start..start + w].iter().copied()).collect();
-                    add(p, &dp);
+                    put(p, dp);
                     start += w;
                 }
             }
@@ -455,18 +520,18 @@ impl<T: Real> Tape<T> {
                 for (d, s) in dx.chunks_mut(cols).zip(g.chunks(width)) {
                     d[start..start + width].copy_from_slice(s);
                 }
-                add(x, &dx);
+                put(x, dx);
             }
-            &Op::Reshape { x } => add(x, g),
+            &Op::Reshape { x } => put(x, g.to_vec()),
             &Op::Energy { pred, obs, shape } => {
                 let mut dp = zeros(pred);
                 energy_backward(val(pred), val(obs), shape, g, &mut dp);
-                add(pred, &dp);
+                put(pred, dp);
             }
             Op::GumbelSt { logits, soft, tau } => {
                 let mut dl = zeros(*logits);
                 gumbel_st_backward(soft, g, *tau, cols_of(&node.shape), &mut dl);
-                add(*logits, &dl);
+                put(*logits, dl);
             }
         }
     }

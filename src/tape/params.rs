@@ -34,7 +34,13 @@ impl<T: Real> Params<T> {
         let numel: usize = shape.iter().product();
         assert_eq!(value.len(), numel, "parameter {name}: {} values for shape {shape:?}", value.len());
         assert!(self.entries.iter().all(|p| p.name != name), "parameter {name} defined twice");
-        self.entries.push(Param { name: name.to_string(), shape: shape.to_vec(), value: Arc::new(value), grad: vec![T::zero(); numel], trainable: true });
+        self.entries.push(Param {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            value: Arc::new(value),
+            grad: vec![T::zero(); numel],
+            trainable: true,
+        });
         ParamId(self.entries.len() - 1)
     }
     pub fn get(&self, id: ParamId) -> &Param<T> {

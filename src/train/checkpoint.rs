@@ -29,8 +29,10 @@ pub fn save(path: &Path, params: &Params<f32>, adam: &Adam, step: usize, config_
         owned.push((format!("adam_m.{}", p.name), p.shape.clone(), le_bytes(&adam.m[i])));
         owned.push((format!("adam_v.{}", p.name), p.shape.clone(), le_bytes(&adam.v[i])));
     }
-    let views: Vec<(String, TensorView)> =
-        owned.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match by construction"))).collect();
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match by construction")))
+        .collect();
     let meta: HashMap<String, String> = [
         ("format".to_string(), FORMAT.to_string()),
         ("step".to_string(), step.to_string()),
@@ -38,7 +40,8 @@ pub fn save(path: &Path, params: &Params<f32>, adam: &Adam, step: usize, config_
         ("config".to_string(), config_json.to_string()),
     ]
     .into();
-    let bytes = safetensors::tensor::serialize(views, &Some(meta)).map_err(|e| Error::bad_file(path, "safetensors", format!("serialisable tensors: {e}")))?;
+    let bytes = safetensors::tensor::serialize(views, &Some(meta))
+        .map_err(|e| Error::bad_file(path, "safetensors", format!("serialisable tensors: {e}")))?;
     write_atomic(path, &bytes)
 }
 
@@ -49,9 +52,11 @@ pub fn read_meta(path: &Path) -> Result<CheckpointMeta> {
 }
 
 fn meta_of(path: &Path, bytes: &[u8]) -> Result<(CheckpointMeta, u64)> {
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::bad_file(path, "header", format!("a safetensors file ({e})")))?;
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| Error::bad_file(path, "header", format!("a safetensors file ({e})")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let get = |k: &str| meta.get(k).ok_or_else(|| Error::bad_file(path, format!("metadata.{k}"), "present (is this a ptrag-engine checkpoint?)"));
+    let get =
+        |k: &str| meta.get(k).ok_or_else(|| Error::bad_file(path, format!("metadata.{k}"), "present (is this a ptrag-engine checkpoint?)"));
     if get("format")? != FORMAT {
         return Err(Error::bad_file(path, "metadata.format", format!("{FORMAT}, found {}", get("format")?)));
     }
@@ -63,7 +68,8 @@ fn meta_of(path: &Path, bytes: &[u8]) -> Result<(CheckpointMeta, u64)> {
 pub fn load(path: &Path, params: &mut Params<f32>, adam: &mut Adam) -> Result<CheckpointMeta> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (meta, adam_step) = meta_of(path, &bytes)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::bad_file(path, "tensors", format!("a complete safetensors file ({e})")))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| Error::bad_file(path, "tensors", format!("a complete safetensors file ({e})")))?;
     let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
         let t = st.tensor(name).map_err(|_| Error::bad_file(path, name, "present (checkpoint from another model or configuration?)"))?;
         if t.dtype() != Dtype::F32 || t.shape() != shape {

@@ -31,6 +31,9 @@ pub struct TrainConfig {
     /// Validate (energy on the validation perturbations) every this many steps; 0 = only at the end.
     pub val_every: usize,
     pub target_cell_type: String,
+    /// Initialise the output bias to the mean expression of (a sample of) the training cells.
+    /// PyTorch's default initialisation (the reference's) when false.
+    pub head_bias_from_data: bool,
 }
 
 fn rng_stream(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -84,7 +87,10 @@ impl<'s> Trainer<'s> {
             return Err(Error::invalid("batch shape", "sets per batch and cells per set must be at least 1"));
         }
         let target = store.cell_type_index(&cfg.target_cell_type).ok_or_else(|| {
-            Error::invalid("target cell type", format!("`{}` is not in the data (have: {})", cfg.target_cell_type, store.manifest.cell_types.join(", ")))
+            Error::invalid(
+                "target cell type",
+                format!("`{}` is not in the data (have: {})", cfg.target_cell_type, store.manifest.cell_types.join(", ")),
+            )
         })?;
         let fold = Fold::new(store, split, split_path, target)?;
         if fold.train.is_empty() {
@@ -92,6 +98,9 @@ impl<'s> Trainer<'s> {
         }
         let mut params = Params::new();
         let model = StateModel::new(&cfg.model, &mut params, &mut rng_stream(cfg.seed, INIT_STREAM));
+        if cfg.head_bias_from_data {
+            model.set_output_bias(&mut params, &training_mean(store, &fold, &mut rng_stream(cfg.seed, INIT_STREAM)));
+        }
         let adam = Adam::new(cfg.adam.clone(), &params);
         Ok(Trainer { cfg, store, fold, model, params, adam, step: 0 })
     }
@@ -206,8 +215,8 @@ impl<'s> Trainer<'s> {
     /// Restores weights, optimiser state and step from a checkpoint of the same configuration.
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
         let meta = checkpoint::read_meta(path)?;
-        let saved: TrainConfig =
-            serde_json::from_str(&meta.config_json).map_err(|e| Error::bad_file(path, "metadata.config", format!("a ptrag-engine training config ({e})")))?;
+        let saved: TrainConfig = serde_json::from_str(&meta.config_json)
+            .map_err(|e| Error::bad_file(path, "metadata.config", format!("a ptrag-engine training config ({e})")))?;
         if saved.model != self.cfg.model {
             return Err(Error::bad_file(path, "metadata.config.model", "the same model architecture as this run"));
         }
@@ -215,6 +224,19 @@ impl<'s> Trainer<'s> {
         self.step = meta.step;
         Ok(())
     }
+}
+
+/// Mean expression of up to 4096 training cells drawn at random (training conditions only).
+fn training_mean(store: &Store, fold: &Fold, rng: &mut impl rand::Rng) -> Vec<f32> {
+    let g = store.n_genes();
+    let (mut sum, mut row) = (vec![0.0f64; g], vec![0.0f32; g]);
+    let draws = 4096;
+    for _ in 0..draws {
+        let cond = &fold.train[rng.gen_range(0..fold.train.len())];
+        store.expression_row(cond.cells[rng.gen_range(0..cond.cells.len())] as usize, &mut row);
+        sum.iter_mut().zip(&row).for_each(|(s, &v)| *s += v as f64);
+    }
+    sum.iter().map(|s| (s / draws as f64) as f32).collect()
 }
 
 /// What `run` returns (also written to `metrics.json`).
@@ -252,8 +274,13 @@ pub fn run(cfg: TrainConfig, store: &Store, split: &SplitFile, split_path: &Path
         if trainer.fold.val.is_empty() {
             return Ok(());
         }
-        let val = trainer.evaluate(&trainer.fold.val).energy;
-        append_line(log, &log_path, serde_json::json!({"step": trainer.step, "val_energy": val}))?;
+        let summary = trainer.evaluate(&trainer.fold.val);
+        let val = summary.energy;
+        append_line(
+            log,
+            &log_path,
+            serde_json::json!({"step": trainer.step, "val_energy": val, "val_mse_change": summary.mse_change, "val_mse_change_control_baseline": summary.mse_change_control_baseline}),
+        )?;
         if val < best_val {
             best_val = val;
             best_step = trainer.step;
@@ -290,6 +317,9 @@ pub fn run(cfg: TrainConfig, store: &Store, split: &SplitFile, split_path: &Path
     }
     let test = trainer.evaluate(&trainer.fold.test);
     let summary = RunSummary { run_dir: run_dir.to_path_buf(), steps, best_step, best_val_energy: best_val, cells_per_second, test };
-    crate::data::write_atomic(&run_dir.join("metrics.json"), serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes())?;
+    crate::data::write_atomic(
+        &run_dir.join("metrics.json"),
+        serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes(),
+    )?;
     Ok(summary)
 }

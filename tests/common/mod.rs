@@ -18,7 +18,13 @@ pub fn assert_close(actual: &[f64], expected: &[f64], atol: f64, rtol: f64, what
     }
     if !bad.is_empty() {
         let first: Vec<String> = bad.iter().take(5).map(|(i, a, e)| format!("[{i}] got {a:.9e} want {e:.9e}")).collect();
-        panic!("{what}: {} of {} differ (atol {atol}, rtol {rtol}); worst index {}; first: {}", bad.len(), actual.len(), worst.0, first.join(", "));
+        panic!(
+            "{what}: {} of {} differ (atol {atol}, rtol {rtol}); worst index {}; first: {}",
+            bad.len(),
+            actual.len(),
+            worst.0,
+            first.join(", ")
+        );
     }
 }
 
