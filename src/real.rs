@@ -7,21 +7,14 @@ pub trait Real: num_traits::Float + num_traits::FromPrimitive + Default + Debug 
     fn f(x: f64) -> Self {
         <Self as num_traits::FromPrimitive>::from_f64(x).unwrap_or_else(Self::nan)
     }
-    fn to_f64(self) -> f64 {
-        num_traits::ToPrimitive::to_f64(&self).unwrap_or(f64::NAN)
-    }
     /// The Gauss error function (exact GELU needs it; std has none).
     fn erf(self) -> Self;
-    fn as_f32_vec(v: &[Self]) -> Vec<f32>;
     fn from_f32_slice(v: &[f32]) -> Vec<Self>;
 }
 
 impl Real for f32 {
     fn erf(self) -> Self {
         libm::erff(self)
-    }
-    fn as_f32_vec(v: &[Self]) -> Vec<f32> {
-        v.to_vec()
     }
     fn from_f32_slice(v: &[f32]) -> Vec<Self> {
         v.to_vec()
@@ -31,9 +24,6 @@ impl Real for f32 {
 impl Real for f64 {
     fn erf(self) -> Self {
         libm::erf(self)
-    }
-    fn as_f32_vec(v: &[Self]) -> Vec<f32> {
-        v.iter().map(|&x| x as f32).collect()
     }
     fn from_f32_slice(v: &[f32]) -> Vec<Self> {
         v.iter().map(|&x| x as f64).collect()

@@ -43,6 +43,7 @@ fn rng_stream(seed: u64, stream: u64) -> ChaCha8Rng {
 }
 const INIT_STREAM: u64 = 0;
 const EVAL_STREAM: u64 = u64::MAX;
+const DATA_MEAN_STREAM: u64 = u64::MAX - 1;
 
 pub struct StepStats {
     pub loss: f64,
@@ -99,7 +100,7 @@ impl<'s> Trainer<'s> {
         let mut params = Params::new();
         let model = StateModel::new(&cfg.model, &mut params, &mut rng_stream(cfg.seed, INIT_STREAM));
         if cfg.head_bias_from_data {
-            model.set_output_bias(&mut params, &training_mean(store, &fold, &mut rng_stream(cfg.seed, INIT_STREAM)));
+            model.set_output_bias(&mut params, &training_mean(store, &fold, &mut rng_stream(cfg.seed, DATA_MEAN_STREAM)));
         }
         let adam = Adam::new(cfg.adam.clone(), &params);
         Ok(Trainer { cfg, store, fold, model, params, adam, step: 0 })
@@ -310,7 +311,8 @@ pub fn run(cfg: TrainConfig, store: &Store, split: &SplitFile, split_path: &Path
     bar.finish_and_clear();
     trainer.save_checkpoint(&last_path)?;
     let cells_per_second = cells_per_step * steps as f64 / start.elapsed().as_secs_f64().max(1e-9);
-    if best_step > 0 || best_path.exists() {
+    // Evaluate the best-on-validation weights (this run's: best_step is only set when it saved them).
+    if best_step > 0 {
         trainer.load_checkpoint(&best_path)?;
     } else {
         best_step = trainer.step;
