@@ -210,6 +210,8 @@ pub struct StoreWriter {
     cell_perturbation: Vec<u32>,
     cell_type: Vec<u32>,
     cell_batch: Vec<u32>,
+    /// One encoded row, reused for every cell.
+    row_bytes: Vec<u8>,
     finished: bool,
 }
 
@@ -232,19 +234,20 @@ impl StoreWriter {
             cell_perturbation: Vec::new(),
             cell_type: Vec::new(),
             cell_batch: Vec::new(),
+            row_bytes: Vec::with_capacity(n_genes * dtype.size()),
             finished: false,
         })
     }
 
     pub fn push_cell(&mut self, expression: &[f32], perturbation: u32, cell_type: u32, batch: u32) -> Result<()> {
         assert_eq!(expression.len(), self.n_genes);
-        let path = || self.tmp_dir.join("expression.bin");
-        let mut buf = Vec::with_capacity(self.n_genes * self.dtype.size());
+        let buf = &mut self.row_bytes;
+        buf.clear();
         match self.dtype {
             ExprDtype::F16 => expression.iter().for_each(|&v| buf.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())),
             ExprDtype::F32 => expression.iter().for_each(|&v| buf.extend_from_slice(&v.to_le_bytes())),
         }
-        self.expression.write_all(&buf).map_err(|e| Error::io(path(), e))?;
+        self.expression.write_all(&self.row_bytes).map_err(|e| Error::io(self.tmp_dir.join("expression.bin"), e))?;
         self.cell_perturbation.push(perturbation);
         self.cell_type.push(cell_type);
         self.cell_batch.push(batch);

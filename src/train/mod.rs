@@ -167,7 +167,7 @@ impl<'s> Trainer<'s> {
         let mut per_condition = Vec::with_capacity(conditions.len());
         for cond in conditions {
             let ct = cond.cell_type as usize;
-            let ctrl = control_means[ct].get_or_insert_with(|| self.control_mean(ct)).clone();
+            let ctrl = control_means[ct].get_or_insert_with(|| self.control_mean(ct));
             let (mut pred_sum, mut real_sum) = (vec![0.0f64; g], vec![0.0f64; g]);
             let mut energy = 0.0;
             let sets = evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, &mut rng);
