@@ -17,7 +17,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("4096x128x2784", |bench| bench.iter(|| gemm::matmul(&a, &b, &mut out, m, k, n, false, true, false)));
     g.finish();
 
-    let shape = attention::AttentionShape { sets: 64, cells: 64, heads: 12, head_dim: 58, causal: false };
+    let shape = attention::AttentionShape::within_sets(64, 64, 12, 58, false);
     let len = 64 * 64 * 12 * 58;
     let (q, kk, v) = (filled(len, 3), filled(len, 4), filled(len, 5));
     let (mut o, mut lse) = (vec![0.0f32; len], vec![0.0f32; 64 * 12 * 64]);

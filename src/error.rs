@@ -21,6 +21,10 @@ pub enum Error {
     #[error("training stopped at step {step}: {why}")]
     Numerical { step: usize, why: String },
 
+    /// The user interrupted training (Ctrl-C); the run was checkpointed and can be resumed.
+    #[error("interrupted at step {step}; saved {}; continue with `ptrag-engine train --resume {}`", checkpoint.display(), run_dir.display())]
+    Interrupted { step: usize, checkpoint: PathBuf, run_dir: PathBuf },
+
     /// Shapes of tensors given to an operation do not fit together (a programming error caught early).
     #[error("shape mismatch in {op}: {why}")]
     Shape { op: &'static str, why: String },

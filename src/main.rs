@@ -4,10 +4,11 @@ use clap::{Parser, Subcommand};
 use ptrag_engine::data::split::SplitFile;
 use ptrag_engine::data::store::Store;
 use ptrag_engine::data::synth::{self, SynthConfig};
-use ptrag_engine::model::ModelConfig;
-use ptrag_engine::train::{self, optim::AdamConfig, TrainConfig};
+use ptrag_engine::train::options::TrainOptions;
+use ptrag_engine::train::run::{self, RunControl, RunRecord};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 // A caching allocator: a training step allocates and frees many multi-megabyte buffers, which
 // glibc serves with fresh mmap pages (page faults, zeroing) every time.
@@ -24,6 +25,8 @@ struct Cli {
     quiet: bool,
 }
 
+// (parsed once; the size of the options struct does not matter)
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Generate the built-in synthetic Perturb-seq benchmark as a dataset store.
@@ -37,118 +40,102 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Train STATE on a dataset store (default: the built-in `small` data, generated and cached).
-    Train(TrainArgs),
+    /// Train STATE, STATE+GenePT, Vanilla RAG or PT-RAG on a dataset store (default: the built-in
+    /// `small` data, generated and cached).
+    Train(TrainOptions),
 }
 
-#[derive(clap::Args)]
-struct TrainArgs {
-    /// A dataset store directory; without it the built-in data of `--preset` is used.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Built-in data preset when `--data` is not given.
-    #[arg(long, default_value = "small")]
-    preset: String,
-    /// cell-load style split TOML (default: the store's split.toml).
-    #[arg(long)]
-    split: Option<PathBuf>,
-    /// The held-out target cell type (default: the store's first cell type).
-    #[arg(long)]
-    target_cell_type: Option<String>,
-    /// Optimisation steps. The defaults (400 steps of 16 sets x 16 cells) are a ~3-minute run on
-    /// 2 cores on the `small` data; the paper ran 50,000 steps of 64 x 64.
-    #[arg(long, default_value_t = 400)]
-    steps: usize,
-    #[arg(long, default_value_t = 16)]
-    sets_per_batch: usize,
-    #[arg(long, default_value_t = 16)]
-    cells_per_set: usize,
-    #[arg(long, default_value_t = 128)]
-    hidden: usize,
-    #[arg(long, default_value_t = 8)]
-    layers: usize,
-    #[arg(long, default_value_t = 12)]
-    heads: usize,
-    #[arg(long, default_value_t = 58)]
-    head_dim: usize,
-    #[arg(long, default_value_t = 2784)]
-    mlp: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f32,
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
-    /// Gradient-norm clipping threshold (0 = off).
-    #[arg(long, default_value_t = 10.0)]
-    clip_norm: f32,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Validate every N steps (0 = only at the end).
-    #[arg(long, default_value_t = 100)]
-    val_every: usize,
-    /// Initialise as the reference code does: PyTorch defaults for the output bias and the one-hot
-    /// perturbation encoder (slower to train on short schedules).
-    #[arg(long)]
-    reference_init: bool,
-    /// Keep PyTorch's default output-bias initialisation instead of the training mean expression.
-    #[arg(long)]
-    default_head_init: bool,
-    /// Run directory (default: runs/state-<target>-<seed>).
-    #[arg(long)]
-    run_dir: Option<PathBuf>,
+fn open_data(data: Option<&PathBuf>, preset: &str, progress: bool) -> ptrag_engine::Result<Store> {
+    match data {
+        Some(dir) => Store::open(dir),
+        None => synth::ensure(&SynthConfig::preset(preset, 42)?, &PathBuf::from(format!("data/synth-{preset}")), progress),
+    }
 }
 
-fn train_command(args: TrainArgs, progress: bool) -> ptrag_engine::Result<()> {
-    let store = match &args.data {
-        Some(dir) => Store::open(dir)?,
+/// Ctrl-C sets `STOP`; training checkpoints after the current step and exits. A second Ctrl-C exits at once.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<()> {
+    let opts = opts.with_config_file()?;
+    let (record, run_dir, resume) = match &opts.resume {
+        Some(dir) => {
+            let extra: Vec<String> = opts.set_names().into_iter().filter(|n| n != "--steps").collect();
+            if !extra.is_empty() {
+                return Err(ptrag_engine::Error::invalid(
+                    "--resume",
+                    format!(
+                        "continues the configuration recorded in {}; only --steps may change (got {})",
+                        dir.join("config.toml").display(),
+                        extra.join(", ")
+                    ),
+                ));
+            }
+            let mut record = RunRecord::read(dir)?;
+            if let Some(steps) = opts.steps {
+                record.train.steps = steps;
+            }
+            (record, dir.clone(), true)
+        }
         None => {
-            let cfg = SynthConfig::preset(&args.preset, 42)?;
-            synth::ensure(&cfg, &PathBuf::from(format!("data/synth-{}", args.preset)), progress)?
+            let store = open_data(opts.data.as_ref(), opts.preset.as_deref().unwrap_or("small"), progress)?;
+            let target = opts.target_cell_type.clone().unwrap_or_else(|| store.manifest.cell_types[0].clone());
+            let train = opts.resolve(&store, &target)?;
+            let data = std::fs::canonicalize(&store.dir).map_err(|e| ptrag_engine::Error::io(&store.dir, e))?;
+            let split = match &opts.split {
+                Some(p) => std::fs::canonicalize(p).map_err(|e| ptrag_engine::Error::io(p, e))?,
+                None => data.join("split.toml"),
+            };
+            let run_dir = opts.run_dir(&train);
+            (RunRecord { data, split, train }, run_dir, false)
         }
     };
-    let split_path = args.split.clone().unwrap_or_else(|| store.split_path.clone());
-    let split = SplitFile::read(&split_path)?;
-    let target = args.target_cell_type.clone().unwrap_or_else(|| store.manifest.cell_types[0].clone());
-    let m = &store.manifest;
-    let mut model = ModelConfig::paper(m.n_genes(), m.n_perturbations(), m.n_batches);
-    model.reference_init = args.reference_init;
-    (model.hidden, model.layers, model.heads, model.head_dim, model.mlp) = (args.hidden, args.layers, args.heads, args.head_dim, args.mlp);
-    if model.hidden == 0 || model.layers == 0 || model.heads == 0 || model.head_dim == 0 || model.mlp == 0 {
-        return Err(ptrag_engine::Error::invalid("model size", "hidden, layers, heads, head-dim and mlp must be at least 1"));
-    }
-    let adam = AdamConfig { lr: args.lr, weight_decay: args.weight_decay, clip_norm: args.clip_norm, ..AdamConfig::default() };
-    let cfg = TrainConfig {
-        model,
-        adam,
-        steps: args.steps,
-        sets_per_batch: args.sets_per_batch,
-        cells_per_set: args.cells_per_set,
-        seed: args.seed,
-        val_every: args.val_every,
-        target_cell_type: target.clone(),
-        head_bias_from_data: !(args.default_head_init || args.reference_init),
-    };
-    let run_dir = args.run_dir.unwrap_or_else(|| PathBuf::from(format!("runs/state-{}-{}", target.to_lowercase(), args.seed)));
+    let store = Store::open(&record.data)?;
+    let split = SplitFile::read(&record.split)?;
+    let t = &record.train;
     eprintln!(
-        "training STATE on {} ({} cells, {} genes), target cell type {target}, {} steps of {} sets x {} cells -> {}",
+        "{} {} on {} ({} cells, {} genes), target cell type {}, {} steps of {} sets x {} cells -> {}",
+        if resume { "resuming" } else { "training" },
+        t.model.kind.label(),
         store.dir.display(),
         store.n_cells(),
         store.n_genes(),
-        cfg.steps,
-        cfg.sets_per_batch,
-        cfg.cells_per_set,
+        t.target_cell_type,
+        t.steps,
+        t.sets_per_batch,
+        t.cells_per_set,
         run_dir.display()
     );
-    let s = train::run(cfg, &store, &split, &split_path, &run_dir, progress)?;
-    let t = &s.test;
-    println!(
-        "trained {} steps at {:.0} cells/s; best validation energy {:.4} at step {}",
-        s.steps, s.cells_per_second, s.best_val_energy, s.best_step
-    );
-    println!("test split ({} conditions of {target}):", t.conditions);
-    println!("  energy distance (half, as the loss)      {:.4}", t.energy);
-    println!("  MSE of mean expression change, STATE     {:.5}", t.mse_change);
-    println!("  MSE of mean expression change, control   {:.5}  (baseline: predict the control mean)", t.mse_change_control_baseline);
-    println!("run directory: {}", s.run_dir.display());
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+    })
+    .map_err(|e| ptrag_engine::Error::invalid("Ctrl-C handler", e.to_string()))?;
+    let ctl = RunControl { progress, stop: Some(&STOP) };
+    let summaries = run::execute(&record, &store, &split, &run_dir, resume, &ctl)?;
+    for s in &summaries {
+        let t = &s.test;
+        println!(
+            "{} on {}: {} steps at {:.0} cells/s; best validation energy {} at step {}; {} of {} parameters trained",
+            s.model,
+            s.target_cell_type,
+            s.steps,
+            s.cells_per_second,
+            s.best_val_energy.map_or("-".to_string(), |v| format!("{v:.4}")),
+            s.best_step,
+            s.trainable_parameters,
+            s.parameters
+        );
+        println!("  test split ({} conditions):", t.conditions);
+        println!("    energy distance (half, as the loss)      {:.4}", t.energy);
+        println!("    MSE of mean expression change, model     {:.5}", t.mse_change);
+        println!("    MSE of mean expression change, control   {:.5}  (baseline: predict the control mean)", t.mse_change_control_baseline);
+        if let Some(k) = t.mean_selected {
+            println!("    candidates selected per cell (of {})    {k:.2}", record.train.model.top_k);
+        }
+        println!("  run directory: {}", s.run_dir.display());
+    }
     Ok(())
 }
 
@@ -175,6 +162,10 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ptrag_engine::Error::Interrupted { .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

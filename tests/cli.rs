@@ -1,6 +1,7 @@
 //! The binary: errors are one line on stderr with a non-zero exit code; `synth` and `train` run.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 fn cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ptrag-engine"))
@@ -29,27 +30,179 @@ fn unknown_preset_and_cell_type_are_rejected() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Neuron"));
 }
 
-#[test]
-fn train_on_tiny_data_writes_a_run_directory() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("s");
+fn tiny_store(dir: &Path) -> PathBuf {
+    let store = dir.join("s");
     assert!(cli().args(["synth", "--preset", "tiny", "--quiet", "--out"]).arg(&store).status().unwrap().success());
+    store
+}
+
+/// `train` on the tiny store with a small architecture.
+fn train(store: &Path, run: &Path, extra: &[&str]) -> Output {
+    cli()
+        .args(["train", "--quiet", "--sets-per-batch", "2", "--cells-per-set", "8"])
+        .args(["--hidden", "16", "--layers", "1", "--heads", "2", "--head-dim", "4", "--mlp", "16", "--data"])
+        .arg(store)
+        .arg("--run-dir")
+        .arg(run)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn each_model_trains_and_writes_a_run_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    for model in ["state", "state-genept", "vanilla-rag", "pt-rag"] {
+        let run = tmp.path().join(model);
+        let mut args = vec!["--model", model, "--steps", "4", "--val-every", "2"];
+        if model.ends_with("rag") {
+            args.extend(["--top-k", "4"]);
+        }
+        let out = train(&store, &run, &args);
+        assert!(out.status.success(), "{model}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("energy distance") && stdout.contains("control mean"), "{stdout}");
+        for f in ["config.toml", "log.jsonl", "metrics.json", "checkpoint-best.safetensors", "checkpoint-last.safetensors"] {
+            assert!(run.join(f).exists(), "{model}: {f} missing");
+        }
+        assert_eq!(run.join("retrieval-test.jsonl").exists(), model.ends_with("rag"), "{model}: retrieval record");
+        let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+        assert_eq!(log.lines().filter(|l| l.contains("\"loss\"")).count(), 4);
+        assert_eq!(log.lines().filter(|l| l.contains("val_energy")).count(), 2);
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(config.contains(&format!("kind = \"{model}\"")), "{config}");
+    }
+}
+
+#[test]
+fn options_come_from_a_toml_file_with_flags_winning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let options = tmp.path().join("run.toml");
+    std::fs::write(&options, "model = \"pt-rag\"\ntop-k = 3\nsteps = 2\ncompat = \"reference\"\nsparsity = 0.5\n").unwrap();
     let run = tmp.path().join("run");
-    let out = cli()
-        .args(["train", "--quiet", "--steps", "4", "--val-every", "2", "--sets-per-batch", "2", "--cells-per-set", "8"])
+    let out = train(&store, &run, &["--config", options.to_str().unwrap(), "--sparsity", "0.25", "--frozen-backbone", "false"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    for line in [
+        "kind = \"pt-rag\"",
+        "top_k = 3",
+        "steps = 2",
+        "sparsity = 0.25",
+        "causal = true",
+        "rope_theta = 10000.0",
+        "frozen_backbone = false",
+    ] {
+        assert!(config.contains(line), "missing `{line}` in\n{config}");
+    }
+    for line in [
+        "eval_selection = \"sampled\"",
+        "retrieval_database = \"training\"",
+        "self_exclusion = \"first-set-in-training\"",
+        "reference_init = true",
+    ] {
+        assert!(config.contains(line), "compat reference should set `{line}` in\n{config}");
+    }
+
+    std::fs::write(&options, "modle = \"pt-rag\"\n").unwrap();
+    let out = train(&store, &tmp.path().join("run2"), &["--config", options.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("run.toml") && stderr(&out).contains("modle"), "{}", stderr(&out));
+
+    let out = train(&store, &tmp.path().join("run3"), &["--model", "state", "--top-k", "4"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--top-k") && stderr(&out).contains("not state"), "{}", stderr(&out));
+}
+
+#[test]
+fn resume_extends_a_run_and_refuses_other_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let (short, straight) = (tmp.path().join("short"), tmp.path().join("straight"));
+    assert!(train(&store, &short, &["--model", "pt-rag", "--top-k", "4", "--steps", "3", "--val-every", "0"]).status.success());
+    assert!(train(&store, &straight, &["--model", "pt-rag", "--top-k", "4", "--steps", "5", "--val-every", "0"]).status.success());
+    let out = cli().args(["train", "--quiet", "--resume"]).arg(&short).args(["--steps", "5"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let losses = |dir: &Path| -> Vec<String> {
+        let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+        log.lines()
+            .filter(|l| l.contains("\"loss\""))
+            .map(|l| l.split("\"loss\":").nth(1).unwrap().split(',').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(losses(&short), losses(&straight), "steps 4 and 5 of the extended run repeat the straight run");
+
+    let out = cli().args(["train", "--quiet", "--resume"]).arg(&short).args(["--lr", "0.1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("only --steps may change") && stderr(&out).contains("--lr"), "{}", stderr(&out));
+
+    let out = train(&store, &short, &["--steps", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already holds a run"), "{}", stderr(&out));
+}
+
+#[test]
+fn ctrl_c_checkpoints_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let run = tmp.path().join("run");
+    let child = cli()
+        .args(["train", "--quiet", "--steps", "100000", "--val-every", "0", "--sets-per-batch", "2", "--cells-per-set", "8"])
         .args(["--hidden", "16", "--layers", "1", "--heads", "2", "--head-dim", "4", "--mlp", "16", "--data"])
         .arg(&store)
         .arg("--run-dir")
         .arg(&run)
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("energy distance") && stdout.contains("control mean"), "{stdout}");
-    for f in ["config.json", "log.jsonl", "metrics.json", "checkpoint-best.safetensors", "checkpoint-last.safetensors"] {
-        assert!(run.join(f).exists(), "{f} missing");
+    let log = run.join("log.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |l| l.lines().count()) < 3 {
+        assert!(start.elapsed().as_secs() < 60, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
-    assert_eq!(log.lines().filter(|l| l.contains("\"loss\"")).count(), 4);
-    assert_eq!(log.lines().filter(|l| l.contains("val_energy")).count(), 2);
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(last.contains("interrupted"), "{last}");
+    let step: u64 = serde_json::from_str::<serde_json::Value>(last).unwrap()["step"].as_u64().unwrap();
+    // Resume to a few steps past the interruption.
+    let target = (step + 2).to_string();
+    let out = cli().args(["train", "--quiet", "--resume"]).arg(&run).args(["--steps", &target]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains("\"loss\"")).count() as u64, step + 2);
+}
+
+#[test]
+fn every_fold_runs_in_turn_with_results_kept_per_fold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let run = tmp.path().join("all");
+    let out = train(&store, &run, &["--target-cell-type", "all", "--steps", "2", "--val-every", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for ct in ["k562", "rpe1", "jurkat", "hepg2"] {
+        assert!(run.join(ct).join("metrics.json").exists(), "{ct}");
+    }
+    let folds: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("folds.json")).unwrap()).unwrap();
+    assert_eq!(folds.as_array().unwrap().len(), 4);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("test split").count(), 4);
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_the_kept_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let out = train(&store, &tmp.path().join("run"), &["--steps", "20", "--lr", "1e30", "--clip-norm", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("training stopped at step") && err.contains("checkpoint-last.safetensors"), "{err}");
 }

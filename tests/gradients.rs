@@ -4,7 +4,10 @@
 
 mod common;
 use common::{assert_close, TestRng};
-use ptrag_engine::cpu::{attention::AttentionShape, energy::EnergyShape};
+use ptrag_engine::cpu::{
+    attention::{AttentionShape, Rope},
+    energy::EnergyShape,
+};
 use ptrag_engine::tape::{Params, Tape, Var};
 
 const H: f64 = 1e-6;
@@ -12,7 +15,7 @@ const H: f64 = 1e-6;
 /// Builds `f` on fresh inputs, reduces its output to `sum(out * r)` with a fixed random `r`, and
 /// compares the tape's gradient of every input with central differences.
 fn check(name: &str, inputs: &[(Vec<usize>, Vec<f64>)], f: impl Fn(&mut Tape<f64>, &[Var]) -> Var) {
-    let run = |values: &[Vec<f64>]| -> (f64, Option<Vec<Vec<f64>>>, Tape<f64>, Vec<Var>, Var) {
+    let run = |values: &[Vec<f64>]| -> (f64, Tape<f64>, Vec<Var>, Var) {
         let mut tape = Tape::new();
         let vars: Vec<Var> = inputs.iter().zip(values).map(|((s, _), v)| tape.input(s, v.clone())).collect();
         let out = f(&mut tape, &vars);
@@ -21,10 +24,10 @@ fn check(name: &str, inputs: &[(Vec<usize>, Vec<f64>)], f: impl Fn(&mut Tape<f64
         let flat = tape.reshape(out, &[n]);
         let prod = tape.mul(flat, r);
         let loss = tape.sum(prod);
-        (tape.scalar(loss), None, tape, vars, loss)
+        (tape.scalar(loss), tape, vars, loss)
     };
     let base: Vec<Vec<f64>> = inputs.iter().map(|(_, v)| v.clone()).collect();
-    let (_, _, tape, vars, loss) = run(&base);
+    let (_, tape, vars, loss) = run(&base);
     let grads = tape.backward(loss);
     for (i, var) in vars.iter().enumerate() {
         let analytic = grads.get(*var).map(|g| g.to_vec()).unwrap_or_else(|| vec![0.0; base[i].len()]);
@@ -93,13 +96,59 @@ fn norms() {
 #[test]
 fn set_attention_bidirectional_and_causal() {
     for causal in [false, true] {
-        let shape = AttentionShape { sets: 2, cells: 5, heads: 3, head_dim: 4, causal };
+        let shape = AttentionShape::within_sets(2, 5, 3, 4, causal);
         let dims = [shape.sets * shape.cells, shape.heads * shape.head_dim];
         check(&format!("attention causal={causal}"), &[rand(1, &dims), rand(2, &dims), rand(3, &dims)], |t, v| {
             let q = t.scale(v[0], 2.0);
             t.attention(q, v[1], v[2], shape)
         });
     }
+}
+
+#[test]
+fn cross_attention_to_fewer_keys() {
+    // Vanilla RAG: every cell of a set attends to the set's K candidates.
+    let shape = AttentionShape { sets: 2, cells: 5, keys: 3, heads: 2, head_dim: 4, causal: false };
+    let w = shape.heads * shape.head_dim;
+    check("cross attention", &[rand(1, &[10, w]), rand(2, &[6, w]), rand(3, &[6, w])], |t, v| {
+        let q = t.scale(v[0], 2.0);
+        t.attention(q, v[1], v[2], shape)
+    });
+}
+
+#[test]
+fn rotary_encoding_is_a_rotation_per_position() {
+    let rope = Rope { cells: 4, heads: 2, head_dim: 6, theta: 10000.0 };
+    check("rope", &[rand(1, &[8, 12])], |t, v| t.rope(v[0], rope));
+    // Position 0 is left unchanged; every row keeps its norm per head.
+    let x = TestRng::new(3).vec(8 * 12);
+    let mut tape = Tape::new();
+    let xv = tape.constant(&[8, 12], x.clone());
+    let y = tape.rope(xv, rope);
+    let y = tape.value(y);
+    assert_eq!(&y[..12], &x[..12]);
+    assert_eq!(&y[48..60], &x[48..60], "the second set starts again at position 0");
+    for (a, b) in x.chunks(6).zip(y.chunks(6)) {
+        let (na, nb): (f64, f64) = (a.iter().map(|v| v * v).sum(), b.iter().map(|v| v * v).sum());
+        assert!((na - nb).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn row_scaling_group_sums_and_std_scaling() {
+    check("scale_rows", &[rand(1, &[6, 3]), rand(2, &[6])], |t, v| t.scale_rows(v[0], v[1]));
+    check("sum_groups", &[rand(1, &[6, 3])], |t, v| t.sum_groups(v[0], 3));
+    check("scale_by_std", &[rand(1, &[5, 2])], |t, v| t.scale_by_std(v[0], 1e-6));
+    // Below the floor the std is a constant.
+    check("scale_by_std clamped", &[rand(1, &[5, 2])], |t, v| {
+        let tiny = t.scale(v[0], 1e-9);
+        t.scale_by_std(tiny, 1e-3)
+    });
+    let mut tape = Tape::<f64>::new();
+    let x = tape.constant(&[4], vec![1.0, 2.0, 3.0, 4.0]);
+    let y = tape.scale_by_std(x, 1e-6);
+    let sd = (5.0f64 / 3.0).sqrt(); // unbiased: sum of squared deviations 5, over n - 1 = 3
+    assert_close(tape.value(y), &[1.0 / sd, 2.0 / sd, 3.0 / sd, 4.0 / sd], 1e-15, 0.0, "scale_by_std values");
 }
 
 #[test]

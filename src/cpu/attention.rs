@@ -1,10 +1,12 @@
-//! Multi-head attention within each set of cells (the set transformer's mixing step).
+//! Multi-head attention within each set (the set transformer's mixing step, and Vanilla RAG's
+//! cross-attention from a set's cells to its retrieved candidates), plus rotary position encoding
+//! for the reference-compatibility mode.
 //!
-//! Shapes: `q, k, v, out: [sets * cells, heads * head_dim]` (one row per cell, heads side by side in
-//! the columns), `lse: [sets, heads, cells]` (log-sum-exp of each query row's scores, saved for the
-//! backward pass, as a flash-attention kernel does). Scores are scaled by `1/sqrt(head_dim)`.
-//! Bidirectional by default (a set has no order); `causal` masks keys after the query (the
-//! reference-compatibility mode).
+//! Shapes: `q, out: [sets * cells, heads * head_dim]` (one row per query, heads side by side in the
+//! columns), `k, v: [sets * keys, heads * head_dim]`, `lse: [sets, heads, cells]` (log-sum-exp of
+//! each query row's scores, saved for the backward pass, as a flash-attention kernel does). Scores
+//! are scaled by `1/sqrt(head_dim)`. Bidirectional by default (a set has no order); `causal` masks
+//! keys after the query (the reference-compatibility mode; needs `keys == cells`).
 //! Backward recomputes the probabilities from `lse` and accumulates into `dq, dk, dv`.
 
 use super::gemm::{matmul_strided, Strided};
@@ -14,31 +16,41 @@ use rayon::prelude::*;
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionShape {
     pub sets: usize,
+    /// Query rows per set.
     pub cells: usize,
+    /// Key/value rows per set (`cells` for self-attention).
+    pub keys: usize,
     pub heads: usize,
     pub head_dim: usize,
     pub causal: bool,
 }
 
 impl AttentionShape {
+    /// Self-attention over the cells of each set.
+    pub fn within_sets(sets: usize, cells: usize, heads: usize, head_dim: usize, causal: bool) -> Self {
+        AttentionShape { sets, cells, keys: cells, heads, head_dim, causal }
+    }
     fn width(&self) -> usize {
         self.heads * self.head_dim
     }
-    fn set_len(&self) -> usize {
-        self.cells * self.width()
-    }
-    fn head_block(&self, h: usize) -> Strided {
-        Strided::block(h * self.head_dim, self.cells, self.head_dim, self.width())
+    fn head_block(&self, h: usize, rows: usize) -> Strided {
+        Strided::block(h * self.head_dim, rows, self.head_dim, self.width())
     }
     fn scale<T: Real>(&self) -> T {
         T::one() / T::f(self.head_dim as f64).sqrt()
     }
+    fn check(&self, q: usize, k: usize, v: usize) {
+        let w = self.width();
+        assert!(q == self.sets * self.cells * w && k == self.sets * self.keys * w && v == k, "attention: buffer sizes vs {self:?}");
+        assert!(!self.causal || self.keys == self.cells, "causal attention needs as many keys as queries");
+    }
 }
 
-/// Softmax probabilities of one (set, head) from raw scores, in place; returns log-sum-exp per row.
-fn probabilities<T: Real>(scores: &mut [T], cells: usize, scale: T, causal: bool, lse: &mut [T]) {
-    for (i, row) in scores.chunks_mut(cells).enumerate() {
-        let visible = if causal { i + 1 } else { cells };
+/// Softmax probabilities of one (set, head) from raw scores `[cells, keys]`, in place; returns the
+/// log-sum-exp of every row.
+fn probabilities<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) {
+    for (i, row) in scores.chunks_mut(keys).enumerate() {
+        let visible = if causal { i + 1 } else { keys };
         let mut max = T::neg_infinity();
         for s in row[..visible].iter_mut() {
             *s = *s * scale;
@@ -56,18 +68,19 @@ fn probabilities<T: Real>(scores: &mut [T], cells: usize, scale: T, causal: bool
 }
 
 pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], shape: AttentionShape, out: &mut [T], lse: &mut [T]) {
-    let (n, w) = (shape.sets * shape.cells, shape.width());
-    assert!(q.len() == n * w && k.len() == n * w && v.len() == n * w && out.len() == n * w);
-    assert_eq!(lse.len(), shape.sets * shape.heads * shape.cells);
-    let (set_len, cells) = (shape.set_len(), shape.cells);
-    out.par_chunks_mut(set_len.max(1)).zip(lse.par_chunks_mut((shape.heads * cells).max(1))).enumerate().for_each(|(b, (out, lse))| {
-        let (q, k, v) = (&q[b * set_len..][..set_len], &k[b * set_len..][..set_len], &v[b * set_len..][..set_len]);
-        let mut p = vec![T::zero(); cells * cells];
+    shape.check(q.len(), k.len(), v.len());
+    assert!(out.len() == q.len() && lse.len() == shape.sets * shape.heads * shape.cells);
+    let (w, cells, keys) = (shape.width(), shape.cells, shape.keys);
+    let (q_len, kv_len) = (cells * w, keys * w);
+    let sq = Strided::block(0, cells, keys, keys);
+    out.par_chunks_mut(q_len.max(1)).zip(lse.par_chunks_mut((shape.heads * cells).max(1))).enumerate().for_each(|(b, (out, lse))| {
+        let (q, k, v) = (&q[b * q_len..][..q_len], &k[b * kv_len..][..kv_len], &v[b * kv_len..][..kv_len]);
+        let mut p = vec![T::zero(); cells * keys];
         for h in 0..shape.heads {
-            let blk = shape.head_block(h);
-            matmul_strided(q, blk, k, blk.t(), &mut p, Strided::block(0, cells, cells, cells), false);
-            probabilities(&mut p, cells, shape.scale(), shape.causal, &mut lse[h * cells..][..cells]);
-            matmul_strided(&p, Strided::block(0, cells, cells, cells), v, blk, out, blk, false);
+            let (qb, kb) = (shape.head_block(h, cells), shape.head_block(h, keys));
+            matmul_strided(q, qb, k, kb.t(), &mut p, sq, false);
+            probabilities(&mut p, keys, shape.scale(), shape.causal, &mut lse[h * cells..][..cells]);
+            matmul_strided(&p, sq, v, kb, out, qb, false);
         }
     });
 }
@@ -85,40 +98,90 @@ pub fn attention_backward<T: Real>(
     dk: &mut [T],
     dv: &mut [T],
 ) {
-    let (set_len, cells, scale) = (shape.set_len(), shape.cells, shape.scale::<T>());
-    let sq = Strided::block(0, cells, cells, cells);
-    dq.par_chunks_mut(set_len.max(1)).zip(dk.par_chunks_mut(set_len.max(1))).zip(dv.par_chunks_mut(set_len.max(1))).enumerate().for_each(
+    shape.check(q.len(), k.len(), v.len());
+    let (w, cells, keys, scale) = (shape.width(), shape.cells, shape.keys, shape.scale::<T>());
+    let (q_len, kv_len) = (cells * w, keys * w);
+    let sq = Strided::block(0, cells, keys, keys);
+    dq.par_chunks_mut(q_len.max(1)).zip(dk.par_chunks_mut(kv_len.max(1))).zip(dv.par_chunks_mut(kv_len.max(1))).enumerate().for_each(
         |(b, ((dq, dk), dv))| {
-            let r = b * set_len..(b + 1) * set_len;
-            let (q, k, v, out, dout) = (&q[r.clone()], &k[r.clone()], &v[r.clone()], &out[r.clone()], &dout[r]);
-            let mut p = vec![T::zero(); cells * cells];
-            let mut dp = vec![T::zero(); cells * cells];
+            let (rq, rk) = (b * q_len..(b + 1) * q_len, b * kv_len..(b + 1) * kv_len);
+            let (q, out, dout) = (&q[rq.clone()], &out[rq.clone()], &dout[rq]);
+            let (k, v) = (&k[rk.clone()], &v[rk]);
+            let mut p = vec![T::zero(); cells * keys];
+            let mut dp = vec![T::zero(); cells * keys];
             for h in 0..shape.heads {
-                let blk = shape.head_block(h);
+                let (qb, kb) = (shape.head_block(h, cells), shape.head_block(h, keys));
                 let lse = &lse[(b * shape.heads + h) * cells..][..cells];
                 // Recompute P = exp(scale * q k^T - lse), masked.
-                matmul_strided(q, blk, k, blk.t(), &mut p, sq, false);
-                for (i, row) in p.chunks_mut(cells).enumerate() {
+                matmul_strided(q, qb, k, kb.t(), &mut p, sq, false);
+                for (i, row) in p.chunks_mut(keys).enumerate() {
                     for (j, s) in row.iter_mut().enumerate() {
                         *s = if shape.causal && j > i { T::zero() } else { (*s * scale - lse[i]).exp() };
                     }
                 }
                 // dV += P^T dO ; dP = dO V^T
-                matmul_strided(&p, sq.t(), dout, blk, dv, blk, true);
-                matmul_strided(dout, blk, v, blk.t(), &mut dp, sq, false);
+                matmul_strided(&p, sq.t(), dout, qb, dv, kb, true);
+                matmul_strided(dout, qb, v, kb.t(), &mut dp, sq, false);
                 // dS = P * (dP - rowsum(dO * O)), then scaled
                 for i in 0..cells {
-                    let base = i * shape.width() + h * shape.head_dim;
+                    let base = i * w + h * shape.head_dim;
                     let delta: T = (0..shape.head_dim).map(|d| dout[base + d] * out[base + d]).sum();
-                    for j in 0..cells {
-                        let idx = i * cells + j;
+                    for j in 0..keys {
+                        let idx = i * keys + j;
                         dp[idx] = p[idx] * (dp[idx] - delta) * scale;
                     }
                 }
                 // dQ += dS K ; dK += dS^T Q
-                matmul_strided(&dp, sq, k, blk, dq, blk, true);
-                matmul_strided(&dp, sq.t(), q, blk, dk, blk, true);
+                matmul_strided(&dp, sq, k, kb, dq, qb, true);
+                matmul_strided(&dp, sq.t(), q, qb, dk, kb, true);
             }
         },
     );
+}
+
+/// Rotary position encoding (Llama's "rotate half" layout) of `x: [sets * cells, heads * head_dim]`:
+/// the position of a row is its index within its set. For `i < head_dim / 2`, the pair
+/// `(x[i], x[i + head_dim/2])` of every head is rotated by `position * theta^(-2i / head_dim)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rope {
+    pub cells: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub theta: f64,
+}
+
+impl Rope {
+    /// Rotates every row by its position's angles; `inverse` rotates back (the backward pass, as a
+    /// rotation's transpose is its inverse). Accumulates into `out` when `accumulate`.
+    fn apply<T: Real>(&self, x: &[T], out: &mut [T], inverse: bool, accumulate: bool) {
+        let (half, width) = (self.head_dim / 2, self.heads * self.head_dim);
+        assert!(self.head_dim % 2 == 0, "rotary encoding needs an even head dimension");
+        assert!(x.len() == out.len() && x.len() % (width * self.cells).max(1) == 0, "rope: buffer sizes");
+        let freq: Vec<f64> = (0..half).map(|i| self.theta.powf(-2.0 * i as f64 / self.head_dim as f64)).collect();
+        for (r, (xr, yr)) in x.chunks(width).zip(out.chunks_mut(width)).enumerate() {
+            let pos = (r % self.cells) as f64;
+            for h in 0..self.heads {
+                let (xh, yh) = (&xr[h * self.head_dim..][..self.head_dim], &mut yr[h * self.head_dim..][..self.head_dim]);
+                for i in 0..half {
+                    let (sin, cos) = (pos * freq[i]).sin_cos();
+                    let (sin, cos) = (T::f(if inverse { -sin } else { sin }), T::f(cos));
+                    let (a, b) = (xh[i], xh[i + half]);
+                    let (ya, yb) = (a * cos - b * sin, b * cos + a * sin);
+                    if accumulate {
+                        yh[i] = yh[i] + ya;
+                        yh[i + half] = yh[i + half] + yb;
+                    } else {
+                        yh[i] = ya;
+                        yh[i + half] = yb;
+                    }
+                }
+            }
+        }
+    }
+    pub fn forward<T: Real>(&self, x: &[T], y: &mut [T]) {
+        self.apply(x, y, false, false);
+    }
+    pub fn backward<T: Real>(&self, dy: &[T], dx: &mut [T]) {
+        self.apply(dy, dx, true, true);
+    }
 }

@@ -14,4 +14,5 @@ pub mod energy;
 pub mod gemm;
 pub mod norm;
 pub mod optim;
+pub mod retrieval;
 pub mod selection;

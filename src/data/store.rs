@@ -191,6 +191,11 @@ impl Store {
         self.genept[p * d * 4..(p + 1) * d * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
     }
 
+    /// All GenePT-like embeddings, `[perturbations, embed_dim]`.
+    pub fn genept_table(&self) -> Vec<f32> {
+        self.genept.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
     pub fn perturbation_index(&self, name: &str) -> Option<usize> {
         self.manifest.perturbations.iter().position(|p| p == name)
     }

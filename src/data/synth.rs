@@ -12,6 +12,7 @@
 //!   `library_size * softmax(log-expression)`, then library-size normalised to 1e4 and log1p'd;
 //! - GenePT-like embeddings (unit norm) sit near their pathways' centroids plus noise, around a
 //!   shared direction (real GenePT vectors are anisotropic); the control has a zero vector.
+//!
 //! A held-out perturbation's response in the target cell type = its pathway's program scaled by
 //! that cell type's activity, which the model can only learn from OTHER perturbations of the same
 //! pathway observed in the target cell type: exactly what embedding-space retrieval finds.

@@ -1,15 +1,85 @@
-//! Models. STATE is here; STATE+GenePT, Vanilla RAG and PT-RAG build on the same backbone.
+//! The four models of the paper. They share the basal (control-cell) encoder, the batch embedding,
+//! the Llama backbone over each set and the output head; they differ in how the perturbation is
+//! encoded and in what the backbone receives (REFERENCE.md §1):
+//!
+//! | model        | perturbation encoder        | backbone input                                   |
+//! |--------------|-----------------------------|--------------------------------------------------|
+//! | STATE        | one-hot, Linear(P -> H)     | basal + pert + batch                             |
+//! | STATE+GenePT | GenePT, Linear(E -> H)      | basal + pert + batch                             |
+//! | Vanilla RAG  | GenePT, Linear(E -> H)      | cross-attention(basal + pert -> top-K) + batch   |
+//! | PT-RAG       | GenePT, Linear(E -> H)      | sum of selected projected triplets + batch       |
+//!
+//! and `pred = ReLU(Linear(H -> G)(backbone(x) + basal))` for all four.
+//!
+//! Retrieval and candidate encoding depend only on a set's perturbation, so they run once per set
+//! (stage one) and once per distinct candidate in the batch (encoding). `per_cell_retrieval` runs
+//! them once per cell instead, as the reference code does; the results are identical (tested).
 
-pub mod state;
+pub mod backbone;
+pub mod context;
+pub mod knowledge;
+pub mod layers;
 
 use crate::cpu::energy::EnergyShape;
 use crate::real::Real;
-use crate::tape::{Tape, Var};
+use crate::tape::{ParamId, Params, Tape, Var};
+use crate::{Error, Result};
+use backbone::Backbone;
+use context::{CrossAttention, Selector};
+use knowledge::Knowledge;
+use layers::{normal, uniform_fan_in, Linear};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// Architecture sizes; defaults are the paper's (REFERENCE.md §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelKind {
+    State,
+    StateGenept,
+    VanillaRag,
+    PtRag,
+}
+
+impl ModelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::State => "state",
+            ModelKind::StateGenept => "state-genept",
+            ModelKind::VanillaRag => "vanilla-rag",
+            ModelKind::PtRag => "pt-rag",
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            ModelKind::State => "STATE",
+            ModelKind::StateGenept => "STATE+GenePT",
+            ModelKind::VanillaRag => "Vanilla RAG",
+            ModelKind::PtRag => "PT-RAG",
+        }
+    }
+    pub fn uses_genept(self) -> bool {
+        self != ModelKind::State
+    }
+    pub fn retrieves(self) -> bool {
+        matches!(self, ModelKind::VanillaRag | ModelKind::PtRag)
+    }
+}
+
+/// Which perturbation a query may not retrieve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelfExclusion {
+    /// Every query excludes itself (the paper's text; our default).
+    Always,
+    /// The reference code's indexing bug: in training only the first set of a batch excludes its
+    /// own perturbation, so the others retrieve themselves first; evaluation excludes correctly.
+    FirstSetInTraining,
+}
+
+/// Architecture and retrieval settings; `ModelConfig::paper` gives the paper's (REFERENCE.md §1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
+    pub kind: ModelKind,
     pub hidden: usize,
     pub layers: usize,
     pub heads: usize,
@@ -19,18 +89,34 @@ pub struct ModelConfig {
     pub rms_eps: f64,
     /// Causal attention over the set (reference-compatibility); the default is bidirectional.
     pub causal: bool,
-    /// PyTorch `nn.Linear` initialisation of the one-hot perturbation encoder, as the reference
-    /// (default: embedding-style N(0, 1), see `state.rs`).
+    /// Rotary positions in the backbone's attention with this base (reference: 10000); none by default.
+    pub rope_theta: Option<f64>,
+    /// Keep the backbone and the output head at their initialisation (the reference trained only
+    /// the encoders and the selection module).
+    pub frozen_backbone: bool,
+    /// PyTorch's `nn.Linear` initialisation for the perturbation encoder, as the reference (default:
+    /// codes of unit scale, see `Model::new`).
     pub reference_init: bool,
-    /// From the data: genes, perturbations (control included), batch groups.
+    /// Candidates retrieved per query (K).
+    pub top_k: usize,
+    /// Gumbel-Softmax temperature.
+    pub tau: f64,
+    /// Dropout in PT-RAG's scorer MLP (training only).
+    pub scorer_dropout: f64,
+    pub self_exclusion: SelfExclusion,
+    /// Retrieve and encode candidates once per cell (the reference's formulation) instead of once per set.
+    pub per_cell_retrieval: bool,
+    /// From the data: genes, perturbations (control included), batch groups, GenePT width (0 for STATE).
     pub genes: usize,
     pub perturbations: usize,
     pub batches: usize,
+    pub genept_dim: usize,
 }
 
 impl ModelConfig {
-    pub fn paper(genes: usize, perturbations: usize, batches: usize) -> Self {
+    pub fn paper(kind: ModelKind, genes: usize, perturbations: usize, batches: usize, genept_dim: usize) -> Self {
         ModelConfig {
+            kind,
             hidden: 128,
             layers: 8,
             heads: 12,
@@ -38,12 +124,50 @@ impl ModelConfig {
             mlp: 2784,
             rms_eps: 1e-6,
             causal: false,
+            rope_theta: None,
+            frozen_backbone: false,
             reference_init: false,
+            top_k: 32,
+            tau: 0.5,
+            scorer_dropout: 0.1,
+            self_exclusion: SelfExclusion::Always,
+            per_cell_retrieval: false,
             genes,
             perturbations,
             batches,
+            genept_dim: if kind.uses_genept() { genept_dim } else { 0 },
         }
     }
+
+    /// Checks sizes and options that are not caught by the type system.
+    pub fn validate(&self) -> Result<()> {
+        let sizes = [self.hidden, self.layers, self.heads, self.head_dim, self.mlp];
+        if sizes.contains(&0) {
+            return Err(Error::invalid("model size", "hidden, layers, heads, head-dim and mlp must be at least 1"));
+        }
+        if self.rope_theta.is_some() && self.head_dim % 2 != 0 {
+            return Err(Error::invalid("rotary positions", format!("need an even head dimension, have {}", self.head_dim)));
+        }
+        if self.kind.retrieves() && self.top_k == 0 {
+            return Err(Error::invalid("top-k", "retrieval needs at least one candidate (top-k >= 1)"));
+        }
+        if !(self.tau > 0.0 && self.tau.is_finite()) {
+            return Err(Error::invalid("tau", format!("the Gumbel-Softmax temperature must be positive, got {}", self.tau)));
+        }
+        if !(0.0..1.0).contains(&self.scorer_dropout) {
+            return Err(Error::invalid("scorer dropout", format!("must be in [0, 1), got {}", self.scorer_dropout)));
+        }
+        Ok(())
+    }
+}
+
+/// The random parts of PT-RAG's forward pass, drawn by the caller so that they can be fixed.
+#[derive(Clone, Debug)]
+pub struct Noise {
+    /// `[cells, K, 2]` standard Gumbel samples for (exclude, include).
+    pub gumbel: Vec<f32>,
+    /// `[cells, K, hidden]` dropout keep-mask of the scorer (1 keep, 0 drop); none = no dropout.
+    pub dropout_keep: Option<Vec<f32>>,
 }
 
 /// One batch of model inputs: `sets` sets of `cells` cells.
@@ -56,11 +180,245 @@ pub struct ModelInput<'a> {
     pub perturbation: &'a [u32],
     /// `[sets * cells]`
     pub batch: &'a [u32],
+    /// A training forward pass (the reference's self-exclusion bug acts only there).
+    pub training: bool,
+    /// PT-RAG's Gumbel noise and dropout; none = deterministic selection (include iff the include
+    /// logit is larger), no dropout.
+    pub noise: Option<&'a Noise>,
 }
 
 impl<'a> ModelInput<'a> {
-    pub fn from_batch(b: &'a crate::data::sampler::Batch) -> Self {
-        ModelInput { sets: b.sets, cells: b.cells, control: &b.control, perturbation: &b.perturbation, batch: &b.batch }
+    pub fn from_batch(b: &'a crate::data::sampler::Batch, training: bool, noise: Option<&'a Noise>) -> Self {
+        ModelInput { sets: b.sets, cells: b.cells, control: &b.control, perturbation: &b.perturbation, batch: &b.batch, training, noise }
+    }
+}
+
+/// Stage one's result for a batch: `rows` queries (one per set, or one per cell) with `K` candidates.
+pub struct Retrieval {
+    pub rows: usize,
+    /// `[rows, K]` perturbation indices, best first.
+    pub candidates: Vec<u32>,
+    /// `[rows, K]` cosine similarities.
+    pub similarity: Vec<f32>,
+}
+
+/// What a forward pass produces.
+pub struct Forward {
+    /// `[sets * cells, genes]` predicted expression.
+    pub pred: Var,
+    /// PT-RAG: `[sets * cells * K, 1]`, the straight-through selection weights (exactly 0 or 1).
+    pub selection: Option<Var>,
+    pub retrieval: Option<Retrieval>,
+}
+
+enum PertEncoder {
+    /// The one-hot Linear(P -> H), stored as its transposed weight (a `[P, H]` table) so that encoding
+    /// is a row lookup: identical result and parameter count.
+    OneHot {
+        table: ParamId,
+        bias: ParamId,
+    },
+    Genept(Linear),
+}
+
+enum Context {
+    None,
+    CrossAttention(CrossAttention),
+    Selector(Selector),
+}
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    basal: Linear,
+    pert: PertEncoder,
+    batch_table: ParamId,
+    context: Context,
+    backbone: Backbone,
+    head: Linear,
+    knowledge: Option<Knowledge>,
+}
+
+impl Model {
+    /// Registers the parameters (initialised from `rng`) and returns the model. GenePT-based models
+    /// need `knowledge`; retrieval needs more than `top_k` perturbations in its database.
+    pub fn new<T: Real>(cfg: &ModelConfig, knowledge: Option<Knowledge>, params: &mut Params<T>, rng: &mut impl Rng) -> Result<Self> {
+        cfg.validate()?;
+        let (g, h, p) = (cfg.genes, cfg.hidden, cfg.perturbations);
+        let knowledge = if cfg.kind.uses_genept() {
+            let k = knowledge.ok_or_else(|| Error::invalid("model", format!("{} needs GenePT vectors", cfg.kind.label())))?;
+            if k.dim != cfg.genept_dim || k.in_database.len() != p {
+                return Err(Error::invalid("GenePT table", format!("expected {p} vectors of dimension {}", cfg.genept_dim)));
+            }
+            // K candidates plus the query itself, which is excluded.
+            if cfg.kind.retrieves() && k.database_size() < cfg.top_k + 1 {
+                return Err(Error::invalid(
+                    "top-k",
+                    format!(
+                        "top-{} retrieval needs at least {} perturbations in the database; it has {}",
+                        cfg.top_k,
+                        cfg.top_k + 1,
+                        k.database_size()
+                    ),
+                ));
+            }
+            Some(k)
+        } else {
+            None
+        };
+        let basal = Linear::new(params, rng, "basal", g, h, true);
+        let pert = match &knowledge {
+            None => {
+                // By default the one-hot codes start like an embedding, N(0, 1): every perturbation has a
+                // distinct code of the same scale as the basal and batch terms from step 0. The reference's
+                // U(+-1/sqrt(P)) codes are ~sqrt(P) times smaller and need the paper's long schedule to grow.
+                let init = if cfg.reference_init { uniform_fan_in(rng, p * h, p) } else { normal(rng, p * h, 1.0) };
+                let table = params.add("pert.weight_t", &[p, h], T::from_f32_slice(&init));
+                let bias = params.add("pert.bias", &[h], T::from_f32_slice(&uniform_fan_in(rng, h, p)));
+                PertEncoder::OneHot { table, bias }
+            }
+            Some(k) => {
+                let lin = Linear::new(params, rng, "pert", k.dim, h, true);
+                if !cfg.reference_init {
+                    // The same reasoning for GenePT: N(0, 1/rms norm) weights give encodings of unit scale
+                    // (PyTorch's default gives ~1/sqrt(3E) = 0.015 for unit-norm vectors).
+                    let sd = (1.0 / k.mean_squared_norm().sqrt()) as f32;
+                    params.entries[lin.weight.0].value = std::sync::Arc::new(T::from_f32_slice(&normal(rng, h * k.dim, sd)));
+                }
+                PertEncoder::Genept(lin)
+            }
+        };
+        let batch_table = params.add("batch.weight", &[cfg.batches, h], T::from_f32_slice(&normal(rng, cfg.batches * h, 1.0)));
+        let context = match cfg.kind {
+            ModelKind::State | ModelKind::StateGenept => Context::None,
+            ModelKind::VanillaRag => Context::CrossAttention(CrossAttention::new(params, rng, h)),
+            ModelKind::PtRag => Context::Selector(Selector::new(params, rng, h)),
+        };
+        let backbone = Backbone::new(cfg, params, rng);
+        let head = Linear::new(params, rng, "head", h, g, true);
+        if cfg.frozen_backbone {
+            for p in params.entries.iter_mut() {
+                if p.name.starts_with("layers.") || p.name == "final_norm" || p.name.starts_with("head.") {
+                    p.trainable = false;
+                }
+            }
+        }
+        Ok(Model { cfg: cfg.clone(), basal, pert, batch_table, context, backbone, head, knowledge })
+    }
+
+    pub fn knowledge(&self) -> Option<&Knowledge> {
+        self.knowledge.as_ref()
+    }
+
+    /// Sets the output bias to `mean` (typically the training cells' mean expression), so that a
+    /// short run starts from the population mean instead of spending its first steps learning it.
+    pub fn set_output_bias<T: Real>(&self, params: &mut Params<T>, mean: &[f32]) {
+        let bias = &mut params.entries[self.head.bias.expect("the head has a bias").0];
+        assert_eq!(bias.value.len(), mean.len(), "output bias length");
+        bias.value = std::sync::Arc::new(T::from_f32_slice(mean));
+    }
+
+    /// Draws PT-RAG's Gumbel noise for `sets x cells` cells (and the scorer's dropout mask when
+    /// `training`); none for the other models.
+    pub fn sample_noise(&self, sets: usize, cells: usize, training: bool, rng: &mut impl Rng) -> Option<Noise> {
+        if self.cfg.kind != ModelKind::PtRag {
+            return None;
+        }
+        let rows = sets * cells * self.cfg.top_k;
+        // A standard Gumbel sample is -ln(E) with E ~ Exp(1) (as torch.nn.functional.gumbel_softmax).
+        let gumbel = (0..rows * 2).map(|_| -(rng.sample::<f64, _>(rand_distr::Exp1).max(f64::MIN_POSITIVE)).ln() as f32).collect();
+        let p = self.cfg.scorer_dropout;
+        let dropout_keep =
+            (training && p > 0.0).then(|| (0..rows * self.cfg.hidden).map(|_| if rng.gen::<f64>() < p { 0.0 } else { 1.0 }).collect());
+        Some(Noise { gumbel, dropout_keep })
+    }
+
+    /// GenePT vectors of `perts` through the perturbation encoder: `[perts.len(), H]`.
+    fn encode_genept<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32]) -> Var {
+        let (k, PertEncoder::Genept(lin)) = (self.knowledge.as_ref().expect("GenePT model has knowledge"), &self.pert) else {
+            unreachable!("encode_genept on a one-hot model")
+        };
+        let rows: Vec<T> = perts.iter().flat_map(|&p| k.vectors[p as usize * k.dim..][..k.dim].iter().map(|&v| T::f(v as f64))).collect();
+        let x = tape.constant(&[perts.len(), k.dim], rows);
+        lin.apply(tape, params, x)
+    }
+
+    /// Encodes every perturbation of `perts` once (the distinct ones) and returns `[perts.len(), H]`.
+    fn encode_distinct<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32]) -> Var {
+        let mut distinct = perts.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let encoded = self.encode_genept(tape, params, &distinct);
+        let rows: Vec<usize> = perts.iter().map(|p| distinct.binary_search(p).expect("present")).collect();
+        tape.gather(encoded, &rows)
+    }
+
+    /// Stage one for every query row, and the encodings of queries `[rows, H]` and candidates `[rows * K, H]`.
+    fn retrieve<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, input: &ModelInput) -> (Retrieval, Var, Var) {
+        let k = self.cfg.top_k;
+        let knowledge = self.knowledge.as_ref().expect("retrieval model has knowledge");
+        let per_cell = self.cfg.per_cell_retrieval;
+        let rows = if per_cell { input.sets * input.cells } else { input.sets };
+        let set_of_row = |r: usize| if per_cell { r / input.cells } else { r };
+        let queries: Vec<u32> = (0..rows).map(|r| input.perturbation[set_of_row(r)]).collect();
+        let exclude: Vec<Option<usize>> = (0..rows)
+            .map(|r| {
+                let buggy = self.cfg.self_exclusion == SelfExclusion::FirstSetInTraining && input.training && set_of_row(r) > 0;
+                (!buggy).then_some(queries[r] as usize)
+            })
+            .collect();
+        let (candidates, similarity) = knowledge.retrieve(&queries, &exclude, k);
+        let (query_enc, cand_enc) = if per_cell {
+            // The reference's formulation: every cell encodes its own query and candidates.
+            (self.encode_genept(tape, params, &queries), self.encode_genept(tape, params, &candidates))
+        } else {
+            (self.encode_genept(tape, params, &queries), self.encode_distinct(tape, params, &candidates))
+        };
+        (Retrieval { rows, candidates, similarity }, query_enc, cand_enc)
+    }
+
+    /// Predicted expression (and, for PT-RAG, the selection) for one batch.
+    pub fn forward<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, input: &ModelInput) -> Forward {
+        let (n, g) = (input.sets * input.cells, self.cfg.genes);
+        assert_eq!(input.control.len(), n * g, "control cells: expected {n} x {g} values");
+        assert!(input.perturbation.len() == input.sets && input.batch.len() == n, "model input sizes");
+        let control = tape.constant(&[n, g], T::from_f32_slice(input.control));
+        let basal = self.basal.apply(tape, params, control);
+        let set_of_cell: Vec<usize> = (0..n).map(|i| i / input.cells).collect();
+
+        let (x, selection, retrieval) = match &self.context {
+            Context::None => {
+                let pert = match &self.pert {
+                    PertEncoder::OneHot { table, bias } => {
+                        let table = tape.param(params, *table);
+                        let per_set: Vec<usize> = input.perturbation.iter().map(|&p| p as usize).collect();
+                        let pert = tape.gather(table, &per_set);
+                        let bias = tape.param(params, *bias);
+                        tape.add_bias(pert, bias)
+                    }
+                    PertEncoder::Genept(_) => self.encode_genept(tape, params, input.perturbation),
+                };
+                let pert = tape.gather(pert, &set_of_cell);
+                (tape.add(basal, pert), None, None)
+            }
+            Context::CrossAttention(attn) => {
+                let (r, query_enc, cand_enc) = self.retrieve(tape, params, input);
+                (attn.forward(tape, params, basal, query_enc, cand_enc, r.rows, self.cfg.top_k), None, Some(r))
+            }
+            Context::Selector(sel) => {
+                let (r, query_enc, cand_enc) = self.retrieve(tape, params, input);
+                let (z, w) = sel.forward(&self.cfg, tape, params, basal, query_enc, cand_enc, r.rows, input.noise);
+                (z, Some(w), Some(r))
+            }
+        };
+
+        let batch_table = tape.param(params, self.batch_table);
+        let batch_ids: Vec<usize> = input.batch.iter().map(|&b| b as usize).collect();
+        let batch = tape.gather(batch_table, &batch_ids);
+        let x = tape.add(x, batch);
+        let x = self.backbone.forward(&self.cfg, tape, params, x, input.sets, input.cells);
+        let x = tape.add(x, basal);
+        let out = self.head.apply(tape, params, x);
+        Forward { pred: tape.relu(out), selection, retrieval }
     }
 }
 

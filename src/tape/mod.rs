@@ -8,7 +8,7 @@
 pub mod params;
 
 use crate::cpu::{
-    attention::{attention_backward, attention_forward, AttentionShape},
+    attention::{attention_backward, attention_forward, AttentionShape, Rope},
     elementwise as ew,
     energy::{energy_backward, energy_forward, EnergyShape},
     gemm::matmul,
@@ -117,6 +117,27 @@ enum Op<T> {
         logits: Var,
         soft: Vec<T>,
         tau: f64,
+    },
+    Rope {
+        x: Var,
+        rope: Rope,
+    },
+    /// `x[rows, cols] * w[rows]` (each row scaled by its weight)
+    ScaleRows {
+        x: Var,
+        w: Var,
+    },
+    /// sums of consecutive groups of `group` rows
+    SumGroups {
+        x: Var,
+        group: usize,
+    },
+    /// `x / std(x)` with one global (unbiased) standard deviation, `clamped` when it hit the floor
+    StdScale {
+        x: Var,
+        mean: T,
+        std: T,
+        clamped: bool,
     },
 }
 
@@ -385,6 +406,50 @@ impl<T: Real> Tape<T> {
         self.push(hard, self.shape(logits).to_vec(), Op::GumbelSt { logits, soft, tau }, needs)
     }
 
+    /// Rotary position encoding of `x: [sets * cells, heads * head_dim]` (see `cpu::attention::Rope`).
+    pub fn rope(&mut self, x: Var, rope: Rope) -> Var {
+        let mut out = vec![T::zero(); self.value(x).len()];
+        rope.forward(self.value(x), &mut out);
+        let needs = self.needs(&[x]);
+        self.push(out, self.shape(x).to_vec(), Op::Rope { x, rope }, needs)
+    }
+
+    /// Every row of `x[rows, cols]` times its weight `w[rows]` (any shape with `rows` elements).
+    pub fn scale_rows(&mut self, x: Var, w: Var) -> Var {
+        let cols = cols_of(self.shape(x));
+        assert_eq!(self.value(x).len(), self.value(w).len() * cols, "scale_rows: one weight per row of {:?}", self.shape(x));
+        let out = self.value(x).chunks(cols).zip(self.value(w)).flat_map(|(r, &w)| r.iter().map(move |&v| v * w)).collect();
+        let needs = self.needs(&[x, w]);
+        self.push(out, self.shape(x).to_vec(), Op::ScaleRows { x, w }, needs)
+    }
+
+    /// `[rows, cols] -> [rows / group, cols]`: the sum of every `group` consecutive rows.
+    pub fn sum_groups(&mut self, x: Var, group: usize) -> Var {
+        let cols = cols_of(self.shape(x));
+        let rows = self.value(x).len() / cols;
+        assert!(group > 0 && rows % group == 0, "sum_groups: {rows} rows in groups of {group}");
+        let mut out = vec![T::zero(); rows / group * cols];
+        for (r, row) in self.value(x).chunks(cols).enumerate() {
+            out[r / group * cols..][..cols].iter_mut().zip(row).for_each(|(o, &v)| *o = *o + v);
+        }
+        let needs = self.needs(&[x]);
+        self.push(out, vec![rows / group, cols], Op::SumGroups { x, group }, needs)
+    }
+
+    /// `x / max(std(x), floor)` with the unbiased standard deviation over all elements (PyTorch's
+    /// `x / x.std().clamp(min=floor)`, differentiated through the std as PyTorch does).
+    pub fn scale_by_std(&mut self, x: Var, floor: f64) -> Var {
+        let v = self.value(x);
+        let n = v.len();
+        assert!(n > 1, "scale_by_std: needs at least two elements");
+        let mean = v.iter().copied().sum::<T>() / T::f(n as f64);
+        let var = v.iter().map(|&x| (x - mean) * (x - mean)).sum::<T>() / T::f((n - 1) as f64);
+        let (std, clamped) = if var.sqrt() < T::f(floor) { (T::f(floor), true) } else { (var.sqrt(), false) };
+        let out = v.iter().map(|&x| x / std).collect();
+        let needs = self.needs(&[x]);
+        self.push(out, self.shape(x).to_vec(), Op::StdScale { x, mean, std, clamped }, needs)
+    }
+
     /// Reverse pass from a scalar (or a tensor, seeded with ones). Returns the gradients of leaves
     /// marked `input` and of parameters; intermediate gradients are freed as soon as they are used.
     pub fn backward(&self, root: Var) -> Gradients<T> {
@@ -532,6 +597,36 @@ impl<T: Real> Tape<T> {
                 let mut dl = zeros(*logits);
                 gumbel_st_backward(soft, g, *tau, cols_of(&node.shape), &mut dl);
                 put(*logits, dl);
+            }
+            Op::Rope { x, rope } => {
+                let mut dx = zeros(*x);
+                rope.backward(g, &mut dx);
+                put(*x, dx);
+            }
+            &Op::ScaleRows { x, w } => {
+                let cols = cols_of(&node.shape);
+                let dx = g.chunks(cols).zip(val(w)).flat_map(|(r, &w)| r.iter().map(move |&g| g * w)).collect();
+                let dw = g.chunks(cols).zip(val(x).chunks(cols)).map(|(g, x)| g.iter().zip(x).map(|(&g, &x)| g * x).sum()).collect();
+                put(x, dx);
+                put(w, dw);
+            }
+            &Op::SumGroups { x, group } => {
+                let cols = cols_of(&node.shape);
+                let rows = val(x).len() / cols;
+                put(x, (0..rows).flat_map(|r| g[r / group * cols..][..cols].iter().copied()).collect());
+            }
+            &Op::StdScale { x, mean, std, clamped } => {
+                let xs = val(x);
+                let dx = if clamped {
+                    g.iter().map(|&g| g / std).collect()
+                } else {
+                    // y = x / s, ds/dx_i = (x_i - mean) / ((n - 1) s)
+                    let n1 = T::f((xs.len() - 1) as f64);
+                    let gx: T = g.iter().zip(xs).map(|(&g, &x)| g * x).sum();
+                    let c = gx / (std * std * std * n1);
+                    g.iter().zip(xs).map(|(&g, &x)| g / std - c * (x - mean)).collect()
+                };
+                put(x, dx);
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Checkpoints: one safetensors file with every parameter (`param.<name>`), Adam's moments
-//! (`adam_m.<name>`, `adam_v.<name>`) and metadata (format, step, Adam step, the run config as JSON).
+//! (`adam_m.<name>`, `adam_v.<name>`) and metadata (format, step, Adam step, the run config as JSON,
+//! and the run's own state, e.g. the best validation so far, as JSON).
 //! Written atomically; loading checks every name, shape and dtype and names what is wrong.
 
 use super::optim::Adam;
@@ -11,18 +12,19 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub const FORMAT: &str = "ptrag-checkpoint-v1";
+pub const FORMAT: &str = "ptrag-checkpoint-v2";
 
 pub struct CheckpointMeta {
     pub step: usize,
     pub config_json: String,
+    pub run_state: String,
 }
 
 fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-pub fn save(path: &Path, params: &Params<f32>, adam: &Adam, step: usize, config_json: &str) -> Result<()> {
+pub fn save(path: &Path, params: &Params<f32>, adam: &Adam, step: usize, config_json: &str, run_state: &str) -> Result<()> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, p) in params.entries.iter().enumerate() {
         owned.push((format!("param.{}", p.name), p.shape.clone(), le_bytes(&p.value)));
@@ -38,6 +40,7 @@ pub fn save(path: &Path, params: &Params<f32>, adam: &Adam, step: usize, config_
         ("step".to_string(), step.to_string()),
         ("adam_step".to_string(), adam.step.to_string()),
         ("config".to_string(), config_json.to_string()),
+        ("run_state".to_string(), run_state.to_string()),
     ]
     .into();
     let bytes = safetensors::tensor::serialize(views, &Some(meta))
@@ -61,7 +64,8 @@ fn meta_of(path: &Path, bytes: &[u8]) -> Result<(CheckpointMeta, u64)> {
         return Err(Error::bad_file(path, "metadata.format", format!("{FORMAT}, found {}", get("format")?)));
     }
     let num = |k: &str| get(k)?.parse::<u64>().map_err(|_| Error::bad_file(path, format!("metadata.{k}"), "a non-negative integer"));
-    Ok((CheckpointMeta { step: num("step")? as usize, config_json: get("config")?.clone() }, num("adam_step")?))
+    let run_state = meta.get("run_state").cloned().unwrap_or_else(|| "{}".to_string());
+    Ok((CheckpointMeta { step: num("step")? as usize, config_json: get("config")?.clone(), run_state }, num("adam_step")?))
 }
 
 /// Loads weights and optimiser state into already-built `params` / `adam` (same architecture).

@@ -1,39 +1,67 @@
-//! Training under the cross-cell-type few-shot protocol, validation, and the end-of-run report.
+//! Training under the cross-cell-type few-shot protocol, and evaluation of a fold's conditions.
 //!
-//! Determinism: every step's batch comes from its own RNG stream (`seed`, step), and the model's
-//! initialisation from stream 0, so a run resumed from a checkpoint continues with exactly the
-//! batches, and on the CPU exactly the losses, of an uninterrupted run.
+//! Determinism: every step's batch, Gumbel noise and dropout come from that step's own RNG stream
+//! (`seed`, 1 + step), the initialisation from stream 0 and evaluation from its own stream, so a run
+//! resumed from a checkpoint continues with exactly the batches, and on the CPU exactly the losses,
+//! of an uninterrupted run.
 
 pub mod checkpoint;
 pub mod optim;
+pub mod options;
+pub mod run;
 
 use crate::data::sampler::{evaluation_sets, training_batch, Batch};
 use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
-use crate::model::{energy_loss, state::StateModel, ModelConfig, ModelInput};
+use crate::model::knowledge::Knowledge;
+use crate::model::{energy_loss, Model, ModelConfig, ModelInput};
 use crate::tape::{Params, Tape};
 use crate::{Error, Result};
 use optim::{Adam, AdamConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+/// How PT-RAG selects candidates at evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalSelection {
+    /// Include a candidate iff its include logit is larger (our default: a prediction is a function of its input).
+    Deterministic,
+    /// Gumbel noise is sampled at evaluation too (the reference code).
+    Sampled,
+}
+
+/// Which perturbations stage one may retrieve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetrievalDatabase {
+    /// Every perturbation with a GenePT vector, the control excluded (embeddings are public
+    /// knowledge, not responses): our default.
+    All,
+    /// Only perturbations of this fold's training conditions (the paper's text).
+    Training,
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    pub model: ModelConfig,
-    pub adam: AdamConfig,
+    pub target_cell_type: String,
     pub steps: usize,
     pub sets_per_batch: usize,
     pub cells_per_set: usize,
     pub seed: u64,
     /// Validate (energy on the validation perturbations) every this many steps; 0 = only at the end.
     pub val_every: usize,
-    pub target_cell_type: String,
     /// Initialise the output bias to the mean expression of (a sample of) the training cells.
     /// PyTorch's default initialisation (the reference's) when false.
     pub head_bias_from_data: bool,
+    /// PT-RAG's sparsity weight: the loss adds `sparsity * mean(w)`.
+    pub sparsity: f64,
+    pub eval_selection: EvalSelection,
+    pub retrieval_database: RetrievalDatabase,
+    pub adam: AdamConfig,
+    pub model: ModelConfig,
 }
 
 fn rng_stream(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -46,12 +74,16 @@ const EVAL_STREAM: u64 = u64::MAX;
 const DATA_MEAN_STREAM: u64 = u64::MAX - 1;
 
 pub struct StepStats {
+    /// The full loss (energy plus the sparsity term).
     pub loss: f64,
+    pub energy: f64,
+    /// PT-RAG: mean number of candidates selected per cell.
+    pub selected: Option<f64>,
     pub grad_norm: f64,
 }
 
 /// Per-condition evaluation results.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConditionResult {
     pub perturbation: String,
     pub cell_type: String,
@@ -61,14 +93,32 @@ pub struct ConditionResult {
     pub mse_change: f64,
     /// The same for the baseline that predicts the control mean (a change of zero).
     pub mse_change_control_baseline: f64,
+    /// PT-RAG: mean number of candidates selected per cell.
+    pub mean_selected: Option<f64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// Which candidates one evaluated set retrieved and (PT-RAG) how many of its cells selected each.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetrievalRecord {
+    pub perturbation: String,
+    pub cell_type: String,
+    /// Index of the set within its condition.
+    pub set: usize,
+    pub cells: usize,
+    /// Candidate perturbations, most similar first.
+    pub retrieved: Vec<String>,
+    pub similarity: Vec<f32>,
+    /// PT-RAG: per candidate, the number of the set's cells that selected it.
+    pub selected_counts: Option<Vec<u32>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalSummary {
     pub conditions: usize,
     pub energy: f64,
     pub mse_change: f64,
     pub mse_change_control_baseline: f64,
+    pub mean_selected: Option<f64>,
     pub per_condition: Vec<ConditionResult>,
 }
 
@@ -76,10 +126,25 @@ pub struct Trainer<'s> {
     pub cfg: TrainConfig,
     pub store: &'s Store,
     pub fold: Fold,
-    pub model: StateModel,
+    pub model: Model,
     pub params: Params<f32>,
     pub adam: Adam,
     pub step: usize,
+}
+
+/// The GenePT table of a store and the retrieval database that `which` selects for `fold`.
+pub fn knowledge_for(store: &Store, fold: &Fold, which: RetrievalDatabase) -> Result<Knowledge> {
+    let p = store.manifest.n_perturbations();
+    let mut in_db = match which {
+        RetrievalDatabase::All => vec![true; p],
+        RetrievalDatabase::Training => {
+            let mut v = vec![false; p];
+            fold.train.iter().for_each(|c| v[c.perturbation as usize] = true);
+            v
+        }
+    };
+    in_db[store.control_index as usize] = false;
+    Knowledge::new(store.genept_table(), store.manifest.embed_dim, in_db)
 }
 
 impl<'s> Trainer<'s> {
@@ -87,18 +152,29 @@ impl<'s> Trainer<'s> {
         if cfg.sets_per_batch == 0 || cfg.cells_per_set == 0 {
             return Err(Error::invalid("batch shape", "sets per batch and cells per set must be at least 1"));
         }
+        if !(cfg.sparsity >= 0.0 && cfg.sparsity.is_finite()) {
+            return Err(Error::invalid("sparsity", format!("the sparsity weight must be >= 0, got {}", cfg.sparsity)));
+        }
+        let m = &store.manifest;
+        let data_dims = (m.n_genes(), m.n_perturbations(), m.n_batches);
+        if (cfg.model.genes, cfg.model.perturbations, cfg.model.batches) != data_dims
+            || (cfg.model.kind.uses_genept() && cfg.model.genept_dim != m.embed_dim)
+        {
+            return Err(Error::invalid("model config", format!("sized for different data than {}", store.dir.display())));
+        }
         let target = store.cell_type_index(&cfg.target_cell_type).ok_or_else(|| {
             Error::invalid(
                 "target cell type",
-                format!("`{}` is not in the data (have: {})", cfg.target_cell_type, store.manifest.cell_types.join(", ")),
+                format!("`{}` is not in the data (have: {}, or `all`)", cfg.target_cell_type, m.cell_types.join(", ")),
             )
         })?;
         let fold = Fold::new(store, split, split_path, target)?;
         if fold.train.is_empty() {
             return Err(Error::invalid("split", "no training conditions left for this target cell type"));
         }
+        let knowledge = if cfg.model.kind.uses_genept() { Some(knowledge_for(store, &fold, cfg.retrieval_database)?) } else { None };
         let mut params = Params::new();
-        let model = StateModel::new(&cfg.model, &mut params, &mut rng_stream(cfg.seed, INIT_STREAM));
+        let model = Model::new(&cfg.model, knowledge, &mut params, &mut rng_stream(cfg.seed, INIT_STREAM))?;
         if cfg.head_bias_from_data {
             model.set_output_bias(&mut params, &training_mean(store, &fold, &mut rng_stream(cfg.seed, DATA_MEAN_STREAM)));
         }
@@ -106,44 +182,54 @@ impl<'s> Trainer<'s> {
         Ok(Trainer { cfg, store, fold, model, params, adam, step: 0 })
     }
 
-    pub fn config_json(&self) -> String {
-        serde_json::to_string(&self.cfg).expect("config serialises")
-    }
-
-    /// The batch of step `step` (a pure function of the seed and the step).
-    pub fn batch_for_step(&self, step: usize) -> Batch {
+    /// The batch of step `step` and that step's RNG, positioned after the batch (for the noise):
+    /// a pure function of the seed and the step.
+    pub fn batch_for_step(&self, step: usize) -> (Batch, ChaCha8Rng) {
         let mut rng = rng_stream(self.cfg.seed, 1 + step as u64);
-        training_batch(self.store, &self.fold, self.cfg.sets_per_batch, self.cfg.cells_per_set, &mut rng)
+        let batch = training_batch(self.store, &self.fold, self.cfg.sets_per_batch, self.cfg.cells_per_set, &mut rng);
+        (batch, rng)
     }
 
-    /// One optimisation step: forward, backward, clip, Adam. Fails on a non-finite loss or gradient.
+    /// One optimisation step: forward, backward, clip, Adam. Fails, leaving the weights untouched,
+    /// on a non-finite loss or gradient.
     pub fn train_step(&mut self) -> Result<StepStats> {
-        let batch = self.batch_for_step(self.step);
+        let (batch, mut rng) = self.batch_for_step(self.step);
+        let noise = self.model.sample_noise(batch.sets, batch.cells, true, &mut rng);
         self.params.zero_grad();
         let mut tape = Tape::<f32>::new();
-        let pred = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(&batch));
+        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(&batch, true, noise.as_ref()));
         let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.clone());
-        let loss = energy_loss(&mut tape, pred, target, batch.sets, batch.cells, batch.genes);
+        let energy = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
+        let energy_value = tape.scalar(energy) as f64;
+        let (mut loss, mut selected) = (energy, None);
+        if let Some(w) = out.selection {
+            let mean_w = tape.mean(w);
+            selected = Some(tape.scalar(mean_w) as f64 * self.cfg.model.top_k as f64);
+            if self.cfg.sparsity > 0.0 {
+                let term = tape.scale(mean_w, self.cfg.sparsity);
+                loss = tape.add(energy, term);
+            }
+        }
         let loss_value = tape.scalar(loss) as f64;
         if !loss_value.is_finite() {
-            return Err(Error::Numerical { step: self.step, why: format!("loss is {loss_value}") });
+            return Err(Error::Numerical { step: self.step, why: format!("the loss is {loss_value}") });
         }
         tape.backward(loss).accumulate_into(&tape, &mut self.params);
         drop(tape);
         let grad_norm = Adam::grad_norm(&self.params);
         if !grad_norm.is_finite() {
-            return Err(Error::Numerical { step: self.step, why: format!("gradient norm is {grad_norm}") });
+            return Err(Error::Numerical { step: self.step, why: format!("the gradient norm is {grad_norm}") });
         }
         self.adam.step(&mut self.params);
         self.step += 1;
-        Ok(StepStats { loss: loss_value, grad_norm })
+        Ok(StepStats { loss: loss_value, energy: energy_value, selected, grad_norm })
     }
 
-    /// Predicted expression for a batch, `[sets * cells, genes]`.
+    /// Prediction for a batch in evaluation mode without noise (deterministic selection), `[sets * cells, genes]`.
     pub fn predict(&self, batch: &Batch) -> Vec<f32> {
         let mut tape = Tape::<f32>::new();
-        let pred = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(batch));
-        tape.value(pred).to_vec()
+        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(batch, false, None));
+        tape.value(out.pred).to_vec()
     }
 
     fn control_mean(&self, cell_type: usize) -> Vec<f64> {
@@ -159,27 +245,57 @@ impl<'s> Trainer<'s> {
         mean
     }
 
-    /// Energy distance and mean-change MSE per condition (evaluation sets of at most S real cells).
-    pub fn evaluate(&self, conditions: &[Condition]) -> EvalSummary {
+    /// Predicts every condition in sets of at most S real cells: energy distance and mean-change MSE
+    /// per condition, and what retrieval returned and selected for every set.
+    pub fn evaluate(&self, conditions: &[Condition]) -> (EvalSummary, Vec<RetrievalRecord>) {
         let g = self.store.n_genes();
+        let names = &self.store.manifest.perturbations;
         let mut rng = rng_stream(self.cfg.seed, EVAL_STREAM);
         let mut control_means: Vec<Option<Vec<f64>>> = vec![None; self.store.manifest.cell_types.len()];
         let mut per_condition = Vec::with_capacity(conditions.len());
+        let mut records = Vec::new();
         for cond in conditions {
             let ct = cond.cell_type as usize;
             let ctrl = control_means[ct].get_or_insert_with(|| self.control_mean(ct));
             let (mut pred_sum, mut real_sum) = (vec![0.0f64; g], vec![0.0f64; g]);
-            let mut energy = 0.0;
+            let (mut energy, mut selected) = (0.0, 0.0);
             let sets = evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, &mut rng);
-            for set in &sets {
-                let pred = self.predict(set);
+            for (set_index, set) in sets.iter().enumerate() {
+                let noise = match self.cfg.eval_selection {
+                    EvalSelection::Sampled => self.model.sample_noise(set.sets, set.cells, false, &mut rng),
+                    EvalSelection::Deterministic => None,
+                };
+                let mut tape = Tape::<f32>::new();
+                let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(set, false, noise.as_ref()));
+                let pred = tape.value(out.pred);
                 let mut e = [0.0f32];
                 let shape = crate::cpu::energy::EnergyShape { sets: 1, cells_pred: set.cells, cells_obs: set.cells, genes: g };
-                crate::cpu::energy::energy_forward(&pred, &set.target, shape, &mut e);
+                crate::cpu::energy::energy_forward(pred, &set.target, shape, &mut e);
                 energy += e[0] as f64 * set.cells as f64;
                 for (row_p, row_r) in pred.chunks(g).zip(set.target.chunks(g)) {
                     pred_sum.iter_mut().zip(row_p).for_each(|(s, &v)| *s += v as f64);
                     real_sum.iter_mut().zip(row_r).for_each(|(s, &v)| *s += v as f64);
+                }
+                if let Some(r) = &out.retrieval {
+                    // Every query row of a set shares the set's perturbation: the first one is the set's.
+                    let k = self.cfg.model.top_k;
+                    let counts = out.selection.map(|w| {
+                        let mut counts = vec![0u32; k];
+                        for cell in tape.value(w).chunks(k) {
+                            counts.iter_mut().zip(cell).for_each(|(c, &x)| *c += (x > 0.5) as u32);
+                        }
+                        selected += counts.iter().sum::<u32>() as f64;
+                        counts
+                    });
+                    records.push(RetrievalRecord {
+                        perturbation: names[cond.perturbation as usize].clone(),
+                        cell_type: self.store.manifest.cell_types[ct].clone(),
+                        set: set_index,
+                        cells: set.cells,
+                        retrieved: r.candidates[..k].iter().map(|&c| names[c as usize].clone()).collect(),
+                        similarity: r.similarity[..k].to_vec(),
+                        selected_counts: counts,
+                    });
                 }
             }
             let n = cond.cells.len() as f64;
@@ -191,30 +307,35 @@ impl<'s> Trainer<'s> {
                 base += real_change.powi(2);
             }
             per_condition.push(ConditionResult {
-                perturbation: self.store.manifest.perturbations[cond.perturbation as usize].clone(),
+                perturbation: names[cond.perturbation as usize].clone(),
                 cell_type: self.store.manifest.cell_types[ct].clone(),
                 cells: cond.cells.len(),
                 energy: energy / n,
                 mse_change: mse / g as f64,
                 mse_change_control_baseline: base / g as f64,
+                mean_selected: (self.cfg.model.kind == crate::model::ModelKind::PtRag).then_some(selected / n),
             });
         }
-        let mean = |f: fn(&ConditionResult) -> f64| per_condition.iter().map(f).sum::<f64>() / per_condition.len().max(1) as f64;
-        EvalSummary {
+        let mean = |f: &dyn Fn(&ConditionResult) -> f64| per_condition.iter().map(f).sum::<f64>() / per_condition.len().max(1) as f64;
+        let summary = EvalSummary {
             conditions: per_condition.len(),
-            energy: mean(|c| c.energy),
-            mse_change: mean(|c| c.mse_change),
-            mse_change_control_baseline: mean(|c| c.mse_change_control_baseline),
+            energy: mean(&|c| c.energy),
+            mse_change: mean(&|c| c.mse_change),
+            mse_change_control_baseline: mean(&|c| c.mse_change_control_baseline),
+            mean_selected: per_condition.first().and_then(|c| c.mean_selected).map(|_| mean(&|c| c.mean_selected.unwrap_or(0.0))),
             per_condition,
-        }
+        };
+        (summary, records)
     }
 
-    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        checkpoint::save(path, &self.params, &self.adam, self.step, &self.config_json())
+    pub fn save_checkpoint(&self, path: &Path, run_state: &str) -> Result<()> {
+        let config = serde_json::to_string(&self.cfg).expect("config serialises");
+        checkpoint::save(path, &self.params, &self.adam, self.step, &config, run_state)
     }
 
-    /// Restores weights, optimiser state and step from a checkpoint of the same configuration.
-    pub fn load_checkpoint(&mut self, path: &Path) -> Result<()> {
+    /// Restores weights, optimiser state and step from a checkpoint of the same model; returns its
+    /// run state (best validation so far), as saved.
+    pub fn load_checkpoint(&mut self, path: &Path) -> Result<String> {
         let meta = checkpoint::read_meta(path)?;
         let saved: TrainConfig = serde_json::from_str(&meta.config_json)
             .map_err(|e| Error::bad_file(path, "metadata.config", format!("a ptrag-engine training config ({e})")))?;
@@ -223,7 +344,7 @@ impl<'s> Trainer<'s> {
         }
         let meta = checkpoint::load(path, &mut self.params, &mut self.adam)?;
         self.step = meta.step;
-        Ok(())
+        Ok(meta.run_state)
     }
 }
 
@@ -240,88 +361,23 @@ fn training_mean(store: &Store, fold: &Fold, rng: &mut impl rand::Rng) -> Vec<f3
     sum.iter().map(|s| (s / draws as f64) as f32).collect()
 }
 
-/// What `run` returns (also written to `metrics.json`).
-#[derive(Serialize)]
-pub struct RunSummary {
-    pub run_dir: PathBuf,
-    pub steps: usize,
-    pub best_step: usize,
-    pub best_val_energy: f64,
-    pub cells_per_second: f64,
-    pub test: EvalSummary,
-}
-
-fn append_line(file: &mut std::fs::File, path: &Path, value: serde_json::Value) -> Result<()> {
-    writeln!(file, "{value}").map_err(|e| Error::io(path, e))
-}
-
-/// Trains for `cfg.steps` in `run_dir` (log.jsonl, config.json, best/last checkpoints, metrics.json),
-/// then evaluates the best checkpoint on the test split.
-pub fn run(cfg: TrainConfig, store: &Store, split: &SplitFile, split_path: &Path, run_dir: &Path, progress: bool) -> Result<RunSummary> {
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    let mut trainer = Trainer::new(cfg, store, split, split_path)?;
-    let config_path = run_dir.join("config.json");
-    crate::data::write_atomic(&config_path, serde_json::to_string_pretty(&trainer.cfg).expect("config serialises").as_bytes())?;
-    let log_path = run_dir.join("log.jsonl");
-    let mut log = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
-    let (best_path, last_path) = (run_dir.join("checkpoint-best.safetensors"), run_dir.join("checkpoint-last.safetensors"));
-
-    let steps = trainer.cfg.steps;
-    let cells_per_step = (trainer.cfg.sets_per_batch * trainer.cfg.cells_per_set) as f64;
-    let bar = crate::progress::bar(steps as u64, "steps", progress);
-    let start = std::time::Instant::now();
-    let (mut best_val, mut best_step) = (f64::INFINITY, 0);
-    let mut validate = |trainer: &Trainer, log: &mut std::fs::File| -> Result<()> {
-        if trainer.fold.val.is_empty() {
-            return Ok(());
-        }
-        let summary = trainer.evaluate(&trainer.fold.val);
-        let val = summary.energy;
-        append_line(
-            log,
-            &log_path,
-            serde_json::json!({"step": trainer.step, "val_energy": val, "val_mse_change": summary.mse_change, "val_mse_change_control_baseline": summary.mse_change_control_baseline}),
-        )?;
-        if val < best_val {
-            best_val = val;
-            best_step = trainer.step;
-            trainer.save_checkpoint(&best_path)?;
-        }
-        Ok(())
-    };
-    let mut smoothed = None;
-    while trainer.step < steps {
-        let t0 = std::time::Instant::now();
-        let stats = trainer.train_step()?;
-        let rate = cells_per_step / t0.elapsed().as_secs_f64();
-        append_line(
-            &mut log,
-            &log_path,
-            serde_json::json!({"step": trainer.step, "loss": stats.loss, "grad_norm": stats.grad_norm, "cells_per_s": rate, "elapsed_s": start.elapsed().as_secs_f64()}),
-        )?;
-        let s = smoothed.map_or(stats.loss, |s: f64| 0.9 * s + 0.1 * stats.loss);
-        smoothed = Some(s);
-        bar.set_message(format!("loss {s:.4} | {rate:.0} cells/s"));
-        bar.inc(1);
-        if trainer.cfg.val_every > 0 && trainer.step % trainer.cfg.val_every == 0 && trainer.step < steps {
-            validate(&trainer, &mut log)?;
+impl TrainConfig {
+    /// The paper's settings for `kind` on `store`, with this project's short-schedule defaults.
+    pub fn defaults(kind: crate::model::ModelKind, store: &Store, target_cell_type: &str) -> Self {
+        let m = &store.manifest;
+        TrainConfig {
+            target_cell_type: target_cell_type.to_string(),
+            steps: 400,
+            sets_per_batch: 16,
+            cells_per_set: 16,
+            seed: 42,
+            val_every: 100,
+            head_bias_from_data: true,
+            sparsity: 0.1,
+            eval_selection: EvalSelection::Deterministic,
+            retrieval_database: RetrievalDatabase::All,
+            adam: AdamConfig::default(),
+            model: ModelConfig::paper(kind, m.n_genes(), m.n_perturbations(), m.n_batches, m.embed_dim),
         }
     }
-    validate(&trainer, &mut log)?;
-    bar.finish_and_clear();
-    trainer.save_checkpoint(&last_path)?;
-    let cells_per_second = cells_per_step * steps as f64 / start.elapsed().as_secs_f64().max(1e-9);
-    // Evaluate the best-on-validation weights (this run's: best_step is only set when it saved them).
-    if best_step > 0 {
-        trainer.load_checkpoint(&best_path)?;
-    } else {
-        best_step = trainer.step;
-    }
-    let test = trainer.evaluate(&trainer.fold.test);
-    let summary = RunSummary { run_dir: run_dir.to_path_buf(), steps, best_step, best_val_energy: best_val, cells_per_second, test };
-    crate::data::write_atomic(
-        &run_dir.join("metrics.json"),
-        serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes(),
-    )?;
-    Ok(summary)
 }

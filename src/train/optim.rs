@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamConfig {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
     /// Global L2 norm above which gradients are scaled down (PyTorch `clip_grad_norm_`); 0 = off.
-    pub clip_norm: f32,
+    pub clip_norm: f64,
 }
 
 impl Default for AdamConfig {
@@ -48,7 +48,7 @@ impl Adam {
         let norm = Self::grad_norm(params);
         let c = &self.cfg;
         if c.clip_norm > 0.0 {
-            let coef = c.clip_norm as f64 / (norm + 1e-6);
+            let coef = c.clip_norm / (norm + 1e-6);
             if coef < 1.0 {
                 for p in params.entries.iter_mut().filter(|p| p.trainable) {
                     p.grad.iter_mut().for_each(|g| *g *= coef as f32);
@@ -59,7 +59,18 @@ impl Adam {
         for ((p, m), v) in params.entries.iter_mut().zip(&mut self.m).zip(&mut self.v) {
             if p.trainable {
                 let value = Arc::make_mut(&mut p.value);
-                adam_update(value, &p.grad, m, v, c.lr, c.beta1, c.beta2, c.eps, c.weight_decay, self.step);
+                adam_update(
+                    value,
+                    &p.grad,
+                    m,
+                    v,
+                    c.lr as f32,
+                    c.beta1 as f32,
+                    c.beta2 as f32,
+                    c.eps as f32,
+                    c.weight_decay as f32,
+                    self.step,
+                );
             }
         }
         norm

@@ -1,0 +1,129 @@
+//! What the retrieval models feed the backbone instead of `basal + pert`.
+//!
+//! Shapes: `basal: [N, H]` (N = sets x cells), `query_enc: [rows, H]`, `cand_enc: [rows * K, H]`, where
+//! a "row" is one retrieval query: a set (default) or a cell (the reference's per-cell formulation).
+//! Cell `c` belongs to row `c / (N / rows)`.
+
+use super::layers::{norm_scale, norm_shift, Linear};
+use super::{ModelConfig, Noise};
+use crate::cpu::attention::AttentionShape;
+use crate::real::Real;
+use crate::tape::{ParamId, Params, Tape, Var};
+use rand::Rng;
+
+fn row_of_cells(cells: usize, rows: usize) -> Vec<usize> {
+    let per_row = cells / rows;
+    (0..cells).map(|c| c / per_row).collect()
+}
+
+/// Vanilla RAG: single-head cross-attention from every cell (query `basal + pert`) to its K
+/// encoded candidates, with no learned selection; the result is the backbone input.
+pub struct CrossAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+}
+
+impl CrossAttention {
+    pub fn new<T: Real>(params: &mut Params<T>, rng: &mut impl Rng, hidden: usize) -> Self {
+        let mut lin = |name: &str| Linear::new(params, rng, name, hidden, hidden, false);
+        CrossAttention { q: lin("context.q"), k: lin("context.k"), v: lin("context.v") }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<T: Real>(
+        &self,
+        tape: &mut Tape<T>,
+        params: &Params<T>,
+        basal: Var,
+        query_enc: Var,
+        cand_enc: Var,
+        rows: usize,
+        k: usize,
+    ) -> Var {
+        let (n, h) = (tape.shape(basal)[0], tape.shape(basal)[1]);
+        let pert = tape.gather(query_enc, &row_of_cells(n, rows));
+        let query = tape.add(basal, pert);
+        let (q, kk, v) = (self.q.apply(tape, params, query), self.k.apply(tape, params, cand_enc), self.v.apply(tape, params, cand_enc));
+        let shape = AttentionShape { sets: rows, cells: n / rows, keys: k, heads: 1, head_dim: h, causal: false };
+        tape.attention(q, kk, v, shape)
+    }
+}
+
+/// PT-RAG's stage two: for every cell and candidate the triplet `[h_ctrl; h_pert; h_k]` (3H),
+/// LayerNorm, a scorer MLP `Linear(3H -> H) GELU Dropout Linear(H -> 2)` giving (exclude, include)
+/// logits divided by their global standard deviation, straight-through Gumbel-Softmax (hard 0/1
+/// forward, soft gradient), and `z = sum_k w_k * Linear(3H -> H)(triplet_k)`, not normalised by the count.
+pub struct Selector {
+    norm_w: ParamId,
+    norm_b: ParamId,
+    score_hidden: Linear,
+    score_out: Linear,
+    proj: Linear,
+}
+
+/// PyTorch's LayerNorm epsilon and the floor of the logits' standard deviation (the reference's).
+const LAYER_NORM_EPS: f64 = 1e-5;
+const STD_FLOOR: f64 = 1e-6;
+
+impl Selector {
+    pub fn new<T: Real>(params: &mut Params<T>, rng: &mut impl Rng, hidden: usize) -> Self {
+        let width = 3 * hidden;
+        Selector {
+            norm_w: norm_scale(params, "select.norm.weight", width),
+            norm_b: norm_shift(params, "select.norm.bias", width),
+            score_hidden: Linear::new(params, rng, "select.score_hidden", width, hidden, true),
+            score_out: Linear::new(params, rng, "select.score_out", hidden, 2, true),
+            proj: Linear::new(params, rng, "select.proj", width, hidden, true),
+        }
+    }
+
+    /// Returns `(z [N, H], w [N * K, 1])`. Without `noise` the selection is deterministic (include iff
+    /// the include logit is larger; ties exclude) and there is no dropout.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<T: Real>(
+        &self,
+        cfg: &ModelConfig,
+        tape: &mut Tape<T>,
+        params: &Params<T>,
+        basal: Var,
+        query_enc: Var,
+        cand_enc: Var,
+        rows: usize,
+        noise: Option<&Noise>,
+    ) -> (Var, Var) {
+        let (n, k) = (tape.shape(basal)[0], cfg.top_k);
+        let row = row_of_cells(n, rows);
+        // Triplet rows are ordered (cell, candidate).
+        let cell_of: Vec<usize> = (0..n * k).map(|i| i / k).collect();
+        let query_of: Vec<usize> = cell_of.iter().map(|&c| row[c]).collect();
+        let cand_of: Vec<usize> = (0..n * k).map(|i| row[i / k] * k + i % k).collect();
+        let ctrl = tape.gather(basal, &cell_of);
+        let pert = tape.gather(query_enc, &query_of);
+        let cand = tape.gather(cand_enc, &cand_of);
+        let triplet = tape.concat(&[ctrl, pert, cand]);
+        let (nw, nb) = (tape.param(params, self.norm_w), tape.param(params, self.norm_b));
+        let triplet = tape.layernorm(triplet, nw, nb, LAYER_NORM_EPS);
+
+        let hidden = self.score_hidden.apply(tape, params, triplet);
+        let mut hidden = tape.gelu(hidden);
+        if let Some(keep) = noise.and_then(|n| n.dropout_keep.as_ref()) {
+            let scale = 1.0 / (1.0 - cfg.scorer_dropout);
+            let mask: Vec<T> = keep.iter().map(|&m| T::f(m as f64 * scale)).collect();
+            let mask = tape.constant(tape.shape(hidden).to_vec().as_slice(), mask);
+            hidden = tape.mul(hidden, mask);
+        }
+        let logits = self.score_out.apply(tape, params, hidden);
+        let logits = tape.scale_by_std(logits, STD_FLOOR);
+        let gumbel: Vec<T> = match noise {
+            Some(noise) => T::from_f32_slice(&noise.gumbel),
+            None => vec![T::zero(); n * k * 2],
+        };
+        let choice = tape.gumbel_st(logits, &gumbel, cfg.tau);
+        let w = tape.slice_cols(choice, 1, 1);
+
+        let projected = self.proj.apply(tape, params, triplet);
+        let weighted = tape.scale_rows(projected, w);
+        (tape.sum_groups(weighted, k), w)
+    }
+}

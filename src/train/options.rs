@@ -1,0 +1,253 @@
+//! `train`'s options: command-line flags and the same keys in a TOML run config (`--config`), flags
+//! winning; resolved against the data into a complete `TrainConfig` that the run directory records.
+
+use super::{EvalSelection, RetrievalDatabase, TrainConfig};
+use crate::data::store::Store;
+use crate::model::{ModelKind, SelfExclusion};
+use crate::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Presets of the reference-compatibility switches (REFERENCE.md §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compat {
+    /// Our corrected behaviour (the default).
+    None,
+    /// Everything as the paper's code ran: causal attention with rotary positions, frozen backbone and
+    /// head, selection sampled at evaluation, retrieval from training perturbations only, the
+    /// self-exclusion bug in training, PyTorch's default initialisation.
+    Reference,
+}
+
+/// Every flag is optional so that a TOML file can supply it; unset means the default shown.
+/// Boolean switches take an optional value: `--frozen-backbone` is `--frozen-backbone true`.
+#[derive(clap::Args, Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TrainOptions {
+    /// Read options from this TOML file (keys are the flag names, e.g. `top-k = 16`); flags win.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint, with its recorded configuration
+    /// (only `--steps` may change, to extend it).
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
+    /// Model [default: state].
+    #[arg(long, value_enum)]
+    pub model: Option<ModelKind>,
+    /// A dataset store directory; without it the built-in data of `--preset` is used.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Built-in data preset when `--data` is not given [default: small].
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// cell-load style split TOML [default: the store's split.toml].
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+    /// The held-out target cell type, or `all` for every fold in turn [default: the store's first].
+    #[arg(long)]
+    pub target_cell_type: Option<String>,
+    /// Run directory [default: runs/<model>-<target>-<seed>].
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Optimisation steps [default: 400; the paper ran 50,000 of 64 x 64].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// [default: 16; paper 64]
+    #[arg(long)]
+    pub sets_per_batch: Option<usize>,
+    /// [default: 16; paper 64]
+    #[arg(long)]
+    pub cells_per_set: Option<usize>,
+    /// [default: 128]
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// [default: 8]
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// [default: 12]
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// [default: 58]
+    #[arg(long)]
+    pub head_dim: Option<usize>,
+    /// SwiGLU width [default: 2784]
+    #[arg(long)]
+    pub mlp: Option<usize>,
+    /// [default: 0.001]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// [default: 0]
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Gradient-norm clipping threshold, 0 = off [default: 10]
+    #[arg(long)]
+    pub clip_norm: Option<f64>,
+    /// [default: 42]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Validate every N steps, 0 = only at the end [default: 100]
+    #[arg(long)]
+    pub val_every: Option<usize>,
+    /// Candidates retrieved per query (retrieval models) [default: 32]
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// PT-RAG's sparsity weight lambda [default: 0.1]
+    #[arg(long)]
+    pub sparsity: Option<f64>,
+    /// PT-RAG's Gumbel-Softmax temperature [default: 0.5]
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// PT-RAG's scorer dropout [default: 0.1]
+    #[arg(long)]
+    pub scorer_dropout: Option<f64>,
+    /// Reference-compatibility preset; the finer switches below override it [default: none]
+    #[arg(long, value_enum)]
+    pub compat: Option<Compat>,
+    /// Causal attention with rotary positions (theta 10000) over the set, as the reference.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub causal_rope: Option<bool>,
+    /// Keep the backbone and output head at their initialisation, as the reference.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub frozen_backbone: Option<bool>,
+    /// Sample PT-RAG's Gumbel noise at evaluation too, as the reference.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub sample_selection: Option<bool>,
+    /// Which perturbations retrieval may return [default: all]
+    #[arg(long, value_enum)]
+    pub retrieval_db: Option<RetrievalDatabase>,
+    /// The reference's training-time indexing bug: only the first set of a batch excludes itself.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub self_retrieval_bug: Option<bool>,
+    /// PyTorch's default initialisation of the perturbation encoder and output bias, as the reference.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub reference_init: Option<bool>,
+    /// PyTorch's default output-bias initialisation instead of the training mean expression.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub default_head_init: Option<bool>,
+}
+
+macro_rules! fields {
+    ($m:ident) => {
+        $m!(
+            model,
+            data,
+            preset,
+            split,
+            target_cell_type,
+            run_dir,
+            steps,
+            sets_per_batch,
+            cells_per_set,
+            hidden,
+            layers,
+            heads,
+            head_dim,
+            mlp,
+            lr,
+            weight_decay,
+            clip_norm,
+            seed,
+            val_every,
+            top_k,
+            sparsity,
+            tau,
+            scorer_dropout,
+            compat,
+            causal_rope,
+            frozen_backbone,
+            sample_selection,
+            retrieval_db,
+            self_retrieval_bug,
+            reference_init,
+            default_head_init
+        )
+    };
+}
+
+impl TrainOptions {
+    /// These options over the TOML file's (when `--config` was given).
+    pub fn with_config_file(self) -> Result<Self> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let file: TrainOptions =
+            toml::from_str(&text).map_err(|e| Error::bad_file(&path, "toml", format!("train options ({})", e.message())))?;
+        let mut merged = self;
+        macro_rules! merge {
+            ($($f:ident),*) => { $( if merged.$f.is_none() { merged.$f = file.$f; } )* };
+        }
+        fields!(merge);
+        Ok(merged)
+    }
+
+    /// The flag names of the options that are set (to refuse them on `--resume`).
+    pub fn set_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        macro_rules! named {
+            ($($f:ident),*) => { $( if self.$f.is_some() { names.push(format!("--{}", stringify!($f).replace('_', "-"))); } )* };
+        }
+        fields!(named);
+        names
+    }
+
+    /// The complete configuration for `store`, for the target cell type `target` (a name or `all`).
+    pub fn resolve(&self, store: &Store, target: &str) -> Result<TrainConfig> {
+        let kind = self.model.unwrap_or(ModelKind::State);
+        let reference = self.compat == Some(Compat::Reference);
+        let mut c = TrainConfig::defaults(kind, store, target);
+        let only = |flag: &str, set: bool, ok: bool, models: &str| -> Result<()> {
+            if set && !ok {
+                return Err(Error::invalid(format!("--{flag}"), format!("applies to {models}, not {}", kind.name())));
+            }
+            Ok(())
+        };
+        let pt_rag = kind == ModelKind::PtRag;
+        only("top-k", self.top_k.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
+        only("retrieval-db", self.retrieval_db.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
+        only("self-retrieval-bug", self.self_retrieval_bug.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
+        only("sparsity", self.sparsity.is_some(), pt_rag, "pt-rag")?;
+        only("tau", self.tau.is_some(), pt_rag, "pt-rag")?;
+        only("scorer-dropout", self.scorer_dropout.is_some(), pt_rag, "pt-rag")?;
+        only("sample-selection", self.sample_selection.is_some(), pt_rag, "pt-rag")?;
+
+        macro_rules! set {
+            ($($dst:expr => $src:ident),*) => { $( if let Some(v) = self.$src.clone() { $dst = v; } )* };
+        }
+        set!(c.steps => steps, c.sets_per_batch => sets_per_batch, c.cells_per_set => cells_per_set, c.seed => seed,
+             c.val_every => val_every, c.sparsity => sparsity, c.adam.lr => lr, c.adam.weight_decay => weight_decay,
+             c.adam.clip_norm => clip_norm, c.model.hidden => hidden, c.model.layers => layers, c.model.heads => heads,
+             c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau,
+             c.model.scorer_dropout => scorer_dropout);
+        let causal = self.causal_rope.unwrap_or(reference);
+        c.model.causal = causal;
+        c.model.rope_theta = causal.then_some(10000.0);
+        c.model.frozen_backbone = self.frozen_backbone.unwrap_or(reference);
+        c.model.reference_init = self.reference_init.unwrap_or(reference);
+        c.head_bias_from_data = !self.default_head_init.unwrap_or(c.model.reference_init);
+        c.eval_selection = if self.sample_selection.unwrap_or(reference) { EvalSelection::Sampled } else { EvalSelection::Deterministic };
+        c.retrieval_database = self.retrieval_db.unwrap_or(if reference { RetrievalDatabase::Training } else { RetrievalDatabase::All });
+        c.model.self_exclusion =
+            if self.self_retrieval_bug.unwrap_or(reference) { SelfExclusion::FirstSetInTraining } else { SelfExclusion::Always };
+
+        if !(c.adam.lr > 0.0 && c.adam.lr.is_finite()) {
+            return Err(Error::invalid("--lr", format!("must be a positive number, got {}", c.adam.lr)));
+        }
+        if !(c.adam.clip_norm >= 0.0 && c.adam.weight_decay >= 0.0) {
+            return Err(Error::invalid("--clip-norm / --weight-decay", "must be >= 0"));
+        }
+        if c.steps == 0 {
+            return Err(Error::invalid("--steps", "must be at least 1"));
+        }
+        c.model.validate()?;
+        Ok(c)
+    }
+
+    /// `runs/<model>-<target>-<seed>` unless `--run-dir` was given.
+    pub fn run_dir(&self, cfg: &TrainConfig) -> PathBuf {
+        self.run_dir.clone().unwrap_or_else(|| {
+            Path::new("runs").join(format!("{}-{}-{}", cfg.model.kind.name(), cfg.target_cell_type.to_lowercase(), cfg.seed))
+        })
+    }
+}

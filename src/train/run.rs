@@ -1,0 +1,280 @@
+//! A training run in its directory, and its management: fresh start or `--resume`, the four folds one
+//! after another (`all`), Ctrl-C, and NaN/Inf.
+//!
+//! A run directory holds `config.toml` (the data, the split and the resolved `TrainConfig`: enough to
+//! resume), `log.jsonl` (one line per step, validation and event), `checkpoint-last.safetensors`
+//! (written at the start, at every validation, on Ctrl-C and at the end: always a state whose loss
+//! was finite), `checkpoint-best.safetensors` (best validation energy), and at the end
+//! `metrics.json` and `retrieval-test.jsonl` (retrieval models: what every test set retrieved and
+//! selected). A run of every fold keeps one such directory per cell type and a `folds.json`.
+
+use super::{RetrievalRecord, TrainConfig, Trainer};
+use crate::data::split::SplitFile;
+use crate::data::store::Store;
+use crate::data::write_atomic;
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub const ALL_FOLDS: &str = "all";
+const CONFIG: &str = "config.toml";
+const LOG: &str = "log.jsonl";
+const LAST: &str = "checkpoint-last.safetensors";
+const BEST: &str = "checkpoint-best.safetensors";
+const METRICS: &str = "metrics.json";
+const RETRIEVAL: &str = "retrieval-test.jsonl";
+
+/// What `config.toml` records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub data: PathBuf,
+    pub split: PathBuf,
+    pub train: TrainConfig,
+}
+
+impl RunRecord {
+    pub fn read(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join(CONFIG);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        toml::from_str(&text).map_err(|e| Error::bad_file(&path, "toml", format!("a ptrag-engine run record ({})", e.message())))
+    }
+    fn write(&self, run_dir: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).expect("run record serialises");
+        write_atomic(&run_dir.join(CONFIG), text.as_bytes())
+    }
+}
+
+/// How a run is driven from outside.
+pub struct RunControl<'a> {
+    pub progress: bool,
+    /// Set (by a Ctrl-C handler) to stop after the current step, with a checkpoint.
+    pub stop: Option<&'a AtomicBool>,
+}
+
+/// What one fold's run returns (also its `metrics.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_dir: PathBuf,
+    pub model: String,
+    pub target_cell_type: String,
+    pub steps: usize,
+    pub best_step: usize,
+    pub best_val_energy: Option<f64>,
+    pub cells_per_second: f64,
+    pub parameters: usize,
+    pub trainable_parameters: usize,
+    pub test: super::EvalSummary,
+}
+
+/// Best validation so far, carried in the checkpoints so that a resumed run keeps it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct BestSoFar {
+    best_val_energy: Option<f64>,
+    best_step: usize,
+}
+
+fn append(log: &mut std::fs::File, path: &Path, value: serde_json::Value) -> Result<()> {
+    writeln!(log, "{value}").map_err(|e| Error::io(path, e))
+}
+
+/// Runs `record` in `run_dir`: one fold, or every cell type in turn when the target is `all`.
+/// `resume` continues what the directory holds (finished folds are kept).
+pub fn execute(
+    record: &RunRecord,
+    store: &Store,
+    split: &SplitFile,
+    run_dir: &Path,
+    resume: bool,
+    ctl: &RunControl,
+) -> Result<Vec<RunSummary>> {
+    if !record.train.target_cell_type.eq_ignore_ascii_case(ALL_FOLDS) {
+        return Ok(vec![run_fold(record, store, split, run_dir, resume, ctl)?]);
+    }
+    prepare_dir(record, run_dir, resume)?;
+    let mut summaries = Vec::new();
+    for cell_type in &store.manifest.cell_types {
+        let mut fold = record.clone();
+        fold.train.target_cell_type = cell_type.clone();
+        let dir = run_dir.join(cell_type.to_lowercase());
+        let done = dir.join(METRICS);
+        let summary = if resume && done.exists() && RunRecord::read(&dir)?.train.steps == fold.train.steps {
+            let text = std::fs::read_to_string(&done).map_err(|e| Error::io(&done, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::bad_file(&done, "json", format!("a run summary ({e})")))?
+        } else {
+            if ctl.progress {
+                eprintln!("fold: target cell type {cell_type} -> {}", dir.display());
+            }
+            run_fold(&fold, store, split, &dir, resume && dir.join(CONFIG).exists(), ctl)?
+        };
+        summaries.push(summary);
+    }
+    write_atomic(&run_dir.join("folds.json"), serde_json::to_string_pretty(&summaries).expect("summaries serialise").as_bytes())?;
+    Ok(summaries)
+}
+
+/// Creates the directory and records the configuration; refuses to overwrite another run.
+fn prepare_dir(record: &RunRecord, run_dir: &Path, resume: bool) -> Result<()> {
+    if !resume && run_dir.join(CONFIG).exists() {
+        return Err(Error::invalid(
+            "run directory",
+            format!("{} already holds a run; continue it with --resume {0} or choose another --run-dir", run_dir.display()),
+        ));
+    }
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    record.write(run_dir)
+}
+
+/// Keeps the log lines up to `step` (a resumed run rewrites what followed its checkpoint).
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write_atomic(path, kept.as_bytes())
+}
+
+fn run_fold(record: &RunRecord, store: &Store, split: &SplitFile, run_dir: &Path, resume: bool, ctl: &RunControl) -> Result<RunSummary> {
+    let cfg = record.train.clone();
+    let mut trainer = Trainer::new(cfg, store, split, &record.split)?;
+    let (last_path, best_path, log_path) = (run_dir.join(LAST), run_dir.join(BEST), run_dir.join(LOG));
+    let mut best = BestSoFar { best_val_energy: None, best_step: 0 };
+    if resume {
+        let saved = RunRecord::read(run_dir)?;
+        if saved.train.model != trainer.cfg.model {
+            return Err(Error::bad_file(run_dir.join(CONFIG), "train.model", "the model of the run being resumed"));
+        }
+        let state = trainer.load_checkpoint(&last_path)?;
+        best = serde_json::from_str(&state)
+            .map_err(|e| Error::bad_file(&last_path, "metadata.run_state", format!("best-so-far JSON ({e})")))?;
+        if trainer.step > trainer.cfg.steps {
+            return Err(Error::invalid("--steps", format!("the checkpoint is at step {}, past {}", trainer.step, trainer.cfg.steps)));
+        }
+        record.write(run_dir)?;
+        truncate_log(&log_path, trainer.step)?;
+    } else {
+        prepare_dir(record, run_dir, false)?;
+        std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    }
+    let run_state = |b: &BestSoFar| serde_json::to_string(b).expect("serialises");
+    let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
+    let mut last_saved = trainer.step;
+    if !resume {
+        trainer.save_checkpoint(&last_path, &run_state(&best))?;
+    }
+
+    let steps = trainer.cfg.steps;
+    let cells_per_step = (trainer.cfg.sets_per_batch * trainer.cfg.cells_per_set) as f64;
+    let bar = crate::progress::bar(steps as u64, "steps", ctl.progress);
+    bar.set_position(trainer.step as u64);
+    let start = std::time::Instant::now();
+    let first_step = trainer.step;
+    let stopped = |what: String, trainer: &Trainer, last_saved: usize| {
+        Error::Numerical {
+        step: trainer.step,
+        why: format!(
+            "{what}; the last good checkpoint (step {last_saved}) is kept at {}; continue from it with `--resume {}` (e.g. after lowering --lr in {})",
+            last_path.display(),
+            run_dir.display(),
+            run_dir.join(CONFIG).display()
+        ),
+    }
+    };
+
+    // Validation: logs, keeps the best weights, and checkpoints the run.
+    let validate = |trainer: &Trainer, log: &mut std::fs::File, best: &mut BestSoFar, last_saved: &mut usize| -> Result<()> {
+        if !trainer.fold.val.is_empty() {
+            let (summary, _) = trainer.evaluate(&trainer.fold.val);
+            append(
+                log,
+                &log_path,
+                serde_json::json!({"step": trainer.step, "val_energy": summary.energy, "val_mse_change": summary.mse_change,
+                    "val_mse_change_control_baseline": summary.mse_change_control_baseline, "val_mean_selected": summary.mean_selected}),
+            )?;
+            if !summary.energy.is_finite() {
+                return Err(stopped(format!("the validation energy is {}", summary.energy), trainer, *last_saved));
+            }
+            if best.best_val_energy.map_or(true, |b| summary.energy < b) {
+                *best = BestSoFar { best_val_energy: Some(summary.energy), best_step: trainer.step };
+                trainer.save_checkpoint(&best_path, &run_state(best))?;
+            }
+        }
+        trainer.save_checkpoint(&last_path, &run_state(best))?;
+        *last_saved = trainer.step;
+        Ok(())
+    };
+
+    let mut smoothed: Option<f64> = None;
+    while trainer.step < steps {
+        let t0 = std::time::Instant::now();
+        let stats = match trainer.train_step() {
+            Ok(s) => s,
+            Err(Error::Numerical { step, why }) => {
+                append(&mut log, &log_path, serde_json::json!({"step": step, "event": "stopped", "why": why}))?;
+                return Err(stopped(why, &trainer, last_saved));
+            }
+            Err(e) => return Err(e),
+        };
+        let rate = cells_per_step / t0.elapsed().as_secs_f64();
+        append(
+            &mut log,
+            &log_path,
+            serde_json::json!({"step": trainer.step, "loss": stats.loss, "energy": stats.energy, "selected": stats.selected,
+                "grad_norm": stats.grad_norm, "cells_per_s": rate, "elapsed_s": start.elapsed().as_secs_f64()}),
+        )?;
+        let s = smoothed.map_or(stats.loss, |s| 0.9 * s + 0.1 * stats.loss);
+        smoothed = Some(s);
+        let sel = stats.selected.map(|k| format!(" | selected {k:.1}")).unwrap_or_default();
+        bar.set_message(format!("loss {s:.4}{sel} | {rate:.0} cells/s"));
+        bar.inc(1);
+        if ctl.stop.is_some_and(|f| f.load(Ordering::SeqCst)) {
+            bar.finish_and_clear();
+            trainer.save_checkpoint(&last_path, &run_state(&best))?;
+            append(&mut log, &log_path, serde_json::json!({"step": trainer.step, "event": "interrupted"}))?;
+            return Err(Error::Interrupted { step: trainer.step, checkpoint: last_path.clone(), run_dir: run_dir.to_path_buf() });
+        }
+        if trainer.cfg.val_every > 0 && trainer.step % trainer.cfg.val_every == 0 && trainer.step < steps {
+            validate(&trainer, &mut log, &mut best, &mut last_saved)?;
+        }
+    }
+    if last_saved != trainer.step || first_step == steps {
+        validate(&trainer, &mut log, &mut best, &mut last_saved)?;
+    }
+    bar.finish_and_clear();
+    let trained = (trainer.step - first_step) as f64;
+    let cells_per_second = cells_per_step * trained / start.elapsed().as_secs_f64().max(1e-9);
+    // Test the best-on-validation weights (the last ones when there is no validation split).
+    if best.best_val_energy.is_some() {
+        trainer.load_checkpoint(&best_path)?;
+    }
+    let (test, records) = trainer.evaluate(&trainer.fold.test);
+    if trainer.cfg.model.kind.retrieves() {
+        write_records(&run_dir.join(RETRIEVAL), &records)?;
+    }
+    let summary = RunSummary {
+        run_dir: run_dir.to_path_buf(),
+        model: trainer.cfg.model.kind.name().to_string(),
+        target_cell_type: trainer.cfg.target_cell_type.clone(),
+        steps,
+        best_step: if best.best_val_energy.is_some() { best.best_step } else { steps },
+        best_val_energy: best.best_val_energy,
+        cells_per_second,
+        parameters: trainer.params.count(),
+        trainable_parameters: trainer.params.trainable_count(),
+        test,
+    };
+    write_atomic(&run_dir.join(METRICS), serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes())?;
+    Ok(summary)
+}
+
+fn write_records(path: &Path, records: &[RetrievalRecord]) -> Result<()> {
+    let text: String = records.iter().map(|r| serde_json::to_string(r).expect("record serialises") + "\n").collect();
+    write_atomic(path, text.as_bytes())
+}
