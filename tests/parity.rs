@@ -15,7 +15,7 @@
 //! case); we allow 5e-4. The retrieved candidates and the hard selection must be identical.
 
 use ptrag_engine::model::knowledge::Knowledge;
-use ptrag_engine::model::{energy_loss, Model, ModelConfig, ModelInput, ModelKind, Noise, SelfExclusion};
+use ptrag_engine::model::{energy_loss, Model, ModelConfig, ModelInput, ModelKind, Noise, Selection, SelfExclusion};
 use ptrag_engine::real::Real;
 use ptrag_engine::tape::{Params, Tape};
 use ptrag_engine::train::optim::{Adam, AdamConfig};
@@ -58,7 +58,7 @@ fn case_config(case: &str) -> TrainConfig {
         val_every: 0,
         head_bias_from_data: false,
         sparsity: 0.1,
-        eval_selection: EvalSelection::Deterministic,
+        eval_selection: EvalSelection::Hard,
         retrieval_database: RetrievalDatabase::All,
         adam: AdamConfig::default(),
         model,
@@ -151,7 +151,11 @@ fn tensor_f64(st: &SafeTensors, name: &str) -> Vec<f64> {
 fn load_case(case: &str) -> (Case, Params<f32>) {
     let ckpt = dir().join(format!("{case}.checkpoint.safetensors"));
     let meta = checkpoint::read_meta(&ckpt).unwrap();
-    let cfg: TrainConfig = serde_json::from_str(&meta.config_json).unwrap();
+    // Only the model and the sparsity weight matter here (other run settings may change over time).
+    let run: serde_json::Value = serde_json::from_str(&meta.config_json).unwrap();
+    let mut cfg = case_config(case);
+    cfg.model = serde_json::from_value(run["model"].clone()).unwrap();
+    cfg.sparsity = run["sparsity"].as_f64().unwrap();
     let bytes = read_file(&dir().join(format!("{case}.batch.safetensors")));
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let f32s = |name: &str| tensor_f64(&st, name).iter().map(|&v| v as f32).collect::<Vec<f32>>();
@@ -190,8 +194,15 @@ fn run_ours<T: Real>(c: &Case, params32: &Params<f32>) -> Ours {
     }
     let n = SETS * CELLS;
     let noise = (c.cfg.model.kind == ModelKind::PtRag).then_some(&c.noise);
-    let input =
-        ModelInput { sets: SETS, cells: CELLS, control: &c.control, perturbation: &c.perturbation, batch: &c.batch, training: true, noise };
+    let input = ModelInput {
+        sets: SETS,
+        cells: CELLS,
+        control: &c.control,
+        perturbation: &c.perturbation,
+        batch: &c.batch,
+        training: true,
+        selection: Selection::from_noise(noise),
+    };
     let mut tape = Tape::<T>::new();
     let out = model.forward(&mut tape, &params, &input);
     let target = tape.constant(&[n, GENES], T::from_f32_slice(&c.target));

@@ -2,15 +2,13 @@
 //! cell (the reference's) must give the same predictions, selections and gradients.
 
 mod common;
-use common::{assert_close, TestRng};
+use common::{assert_close, small_config, tiny_store, trainer, TestRng};
 use ptrag_engine::cpu::retrieval::{cosine_topk, normalise_rows};
 use ptrag_engine::data::split::SplitFile;
-use ptrag_engine::data::store::Store;
-use ptrag_engine::data::synth::{self, SynthConfig};
 use ptrag_engine::model::knowledge::Knowledge;
-use ptrag_engine::model::{energy_loss, Model, ModelInput, ModelKind, SelfExclusion};
+use ptrag_engine::model::{energy_loss, Model, ModelInput, ModelKind, Selection, SelfExclusion};
 use ptrag_engine::tape::{Params, Tape};
-use ptrag_engine::train::{knowledge_for, RetrievalDatabase, TrainConfig, Trainer};
+use ptrag_engine::train::{knowledge_for, RetrievalDatabase, Trainer};
 use rand::SeedableRng;
 
 #[test]
@@ -47,25 +45,12 @@ fn cosine_topk_matches_brute_force_and_honours_database_and_exclusion() {
     }
 }
 
-fn setup(dir: &std::path::Path) -> Store {
-    synth::generate(&SynthConfig::preset("tiny", 11).unwrap(), dir, false).unwrap();
-    Store::open(dir).unwrap()
-}
-
-fn config(store: &Store, kind: ModelKind) -> TrainConfig {
-    let mut c = TrainConfig::defaults(kind, store, "K562");
-    (c.model.hidden, c.model.layers, c.model.heads, c.model.head_dim, c.model.mlp, c.model.top_k) = (16, 1, 2, 4, 24, 4);
-    (c.sets_per_batch, c.cells_per_set, c.seed) = (3, 5, 9);
-    c
-}
-
 #[test]
 fn per_set_and_per_cell_retrieval_give_identical_outputs_and_gradients() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = setup(&tmp.path().join("s"));
+    let (_tmp, store) = tiny_store();
     let split = SplitFile::read(&store.split_path).unwrap();
     for kind in [ModelKind::VanillaRag, ModelKind::PtRag] {
-        let cfg = config(&store, kind);
+        let cfg = small_config(&store, kind);
         let t = Trainer::new(cfg.clone(), &store, &split, &store.split_path).unwrap();
         let (batch, rng) = t.batch_for_step(0);
         let run = |per_cell: bool| {
@@ -76,7 +61,7 @@ fn per_set_and_per_cell_retrieval_give_identical_outputs_and_gradients() {
             let model = Model::new(&mcfg, Some(knowledge), &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3)).unwrap();
             let noise = model.sample_noise(batch.sets, batch.cells, true, &mut rng.clone());
             let mut tape = Tape::new();
-            let out = model.forward(&mut tape, &params, &ModelInput::from_batch(&batch, true, noise.as_ref()));
+            let out = model.forward(&mut tape, &params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
             let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.iter().map(|&x| x as f64).collect());
             let mut loss = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
             let w = out.selection.map(|w| tape.value(w).to_vec());
@@ -110,15 +95,14 @@ fn per_set_and_per_cell_retrieval_give_identical_outputs_and_gradients() {
 
 #[test]
 fn retrieval_excludes_the_query_and_the_reference_bug_is_reachable() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = setup(&tmp.path().join("s"));
+    let (_tmp, store) = tiny_store();
     let split = SplitFile::read(&store.split_path).unwrap();
-    let mut cfg = config(&store, ModelKind::PtRag);
+    let mut cfg = small_config(&store, ModelKind::PtRag);
     let t = Trainer::new(cfg.clone(), &store, &split, &store.split_path).unwrap();
     let (batch, _) = t.batch_for_step(0);
     let candidates = |t: &Trainer, training: bool| {
         let mut tape = Tape::new();
-        t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, training, None)).retrieval.unwrap().candidates
+        t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, training, Selection::Hard)).retrieval.unwrap().candidates
     };
     let k = cfg.model.top_k;
     let fixed = candidates(&t, true);
@@ -138,10 +122,9 @@ fn retrieval_excludes_the_query_and_the_reference_bug_is_reachable() {
 
 #[test]
 fn the_training_database_holds_only_training_perturbations() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = setup(&tmp.path().join("s"));
+    let (_tmp, store) = tiny_store();
     let split = SplitFile::read(&store.split_path).unwrap();
-    let mut cfg = config(&store, ModelKind::PtRag);
+    let mut cfg = small_config(&store, ModelKind::PtRag);
     cfg.retrieval_database = RetrievalDatabase::Training;
     let t = Trainer::new(cfg, &store, &split, &store.split_path).unwrap();
     let knowledge: &Knowledge = t.model.knowledge().unwrap();
@@ -155,11 +138,36 @@ fn the_training_database_holds_only_training_perturbations() {
 
 #[test]
 fn too_large_a_top_k_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = setup(&tmp.path().join("s"));
+    let (_tmp, store) = tiny_store();
     let split = SplitFile::read(&store.split_path).unwrap();
-    let mut cfg = config(&store, ModelKind::VanillaRag);
+    let mut cfg = small_config(&store, ModelKind::VanillaRag);
     cfg.model.top_k = 500;
     let err = Trainer::new(cfg, &store, &split, &store.split_path).err().unwrap().to_string();
     assert!(err.contains("top-500") && err.contains("database"), "{err}");
+}
+
+#[test]
+fn expected_selection_is_the_mean_of_sampled_selections_and_hard_its_rounding() {
+    let (_tmp, store) = tiny_store();
+    let t = trainer(&store, small_config(&store, ModelKind::PtRag));
+    let (batch, mut rng) = t.batch_for_step(0);
+    let weights = |selection: Selection| {
+        let mut tape = Tape::<f32>::new();
+        let out = t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, false, selection));
+        tape.value(out.selection.unwrap()).iter().map(|&w| w as f64).collect::<Vec<f64>>()
+    };
+    let expected = weights(Selection::Expected);
+    assert!(expected.iter().all(|&p| p > 0.0 && p < 1.0));
+    let draws = 4000;
+    let mut mean = vec![0.0; expected.len()];
+    for _ in 0..draws {
+        let noise = t.model.sample_noise(batch.sets, batch.cells, false, &mut rng).unwrap();
+        assert!(noise.dropout_keep.is_none(), "no dropout at evaluation");
+        mean.iter_mut().zip(weights(Selection::Sampled(&noise))).for_each(|(m, w)| *m += w / draws as f64);
+    }
+    // Binomial standard error <= 0.5 / sqrt(4000) = 0.008; 5 standard errors.
+    assert_close(&mean, &expected, 0.04, 0.0, "sampled frequency vs expected weight");
+    let hard = weights(Selection::Hard);
+    let rounded: Vec<f64> = expected.iter().map(|&p| if p > 0.5 { 1.0 } else { 0.0 }).collect();
+    assert_eq!(hard, rounded, "hard selection includes exactly the candidates with probability above 1/2");
 }

@@ -2,51 +2,31 @@
 //! gradients, frozen backbone, numerical stops, checkpoint errors, and that training lowers the loss.
 
 mod common;
-use common::{assert_close, TestRng};
+use common::{assert_close, small_config, tiny_store, trainer, TestRng};
 use ptrag_engine::data::sampler::Batch;
 use ptrag_engine::data::split::SplitFile;
-use ptrag_engine::data::store::Store;
-use ptrag_engine::data::synth::{self, SynthConfig};
-use ptrag_engine::model::{energy_loss, Model, ModelInput, ModelKind};
+use ptrag_engine::model::{energy_loss, Model, ModelInput, ModelKind, Selection};
 use ptrag_engine::tape::{Params, Tape};
 use ptrag_engine::train::run::{execute, RunControl, RunRecord};
-use ptrag_engine::train::{knowledge_for, TrainConfig, Trainer};
+use ptrag_engine::train::{knowledge_for, TrainConfig};
 use rand::SeedableRng;
 use std::path::Path;
 
 const KINDS: [ModelKind; 4] = [ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag, ModelKind::PtRag];
 
-fn tiny_store(dir: &Path) -> Store {
-    synth::generate(&SynthConfig::preset("tiny", 11).unwrap(), dir, false).unwrap();
-    Store::open(dir).unwrap()
-}
-
-fn config(store: &Store, kind: ModelKind) -> TrainConfig {
-    let mut c = TrainConfig::defaults(kind, store, "K562");
-    (c.model.hidden, c.model.layers, c.model.heads, c.model.head_dim, c.model.mlp, c.model.top_k) = (16, 2, 2, 4, 24, 4);
-    (c.steps, c.sets_per_batch, c.cells_per_set, c.seed, c.val_every) = (6, 3, 8, 5, 0);
-    c
-}
-
-fn trainer(store: &Store, cfg: TrainConfig) -> Trainer<'_> {
-    let split = SplitFile::read(&store.split_path).unwrap();
-    Trainer::new(cfg, store, &split, &store.split_path).unwrap()
-}
-
 #[test]
 fn resume_from_checkpoint_gives_bit_identical_losses() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(&tmp.path().join("s"));
+    let (tmp, store) = tiny_store();
     for kind in [ModelKind::State, ModelKind::PtRag] {
-        let mut straight = trainer(&store, config(&store, kind));
+        let mut straight = trainer(&store, small_config(&store, kind));
         let reference: Vec<f64> = (0..6).map(|_| straight.train_step().unwrap().loss).collect();
 
-        let mut first = trainer(&store, config(&store, kind));
+        let mut first = trainer(&store, small_config(&store, kind));
         let mut resumed: Vec<f64> = (0..3).map(|_| first.train_step().unwrap().loss).collect();
         let ckpt = tmp.path().join("ckpt.safetensors");
         first.save_checkpoint(&ckpt, "{}").unwrap();
         drop(first);
-        let mut second = trainer(&store, config(&store, kind));
+        let mut second = trainer(&store, small_config(&store, kind));
         second.load_checkpoint(&ckpt).unwrap();
         assert_eq!(second.step, 3);
         resumed.extend((0..3).map(|_| second.train_step().unwrap().loss));
@@ -56,10 +36,9 @@ fn resume_from_checkpoint_gives_bit_identical_losses() {
 
 #[test]
 fn an_interrupted_run_resumed_ends_where_an_uninterrupted_run_ends() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(&tmp.path().join("s"));
+    let (tmp, store) = tiny_store();
     let split = SplitFile::read(&store.split_path).unwrap();
-    let mut train = config(&store, ModelKind::PtRag);
+    let mut train = small_config(&store, ModelKind::PtRag);
     train.val_every = 2;
     let record = RunRecord { data: store.dir.clone(), split: store.split_path.clone(), train };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
@@ -98,10 +77,9 @@ fn an_interrupted_run_resumed_ends_where_an_uninterrupted_run_ends() {
 
 #[test]
 fn training_lowers_the_loss() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(&tmp.path().join("s"));
+    let (_tmp, store) = tiny_store();
     for kind in KINDS {
-        let mut t = trainer(&store, TrainConfig { steps: 60, ..config(&store, kind) });
+        let mut t = trainer(&store, TrainConfig { steps: 60, ..small_config(&store, kind) });
         let losses: Vec<f64> = (0..60).map(|_| t.train_step().unwrap().energy).collect();
         let head: f64 = losses[..10].iter().sum::<f64>() / 10.0;
         let tail: f64 = losses[50..].iter().sum::<f64>() / 10.0;
@@ -112,10 +90,9 @@ fn training_lowers_the_loss() {
 
 #[test]
 fn data_mean_output_bias_starts_from_a_lower_loss_than_the_reference_init() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(&tmp.path().join("s"));
+    let (_tmp, store) = tiny_store();
     let first_loss = |head_bias_from_data: bool| {
-        trainer(&store, TrainConfig { head_bias_from_data, ..config(&store, ModelKind::State) }).train_step().unwrap().loss
+        trainer(&store, TrainConfig { head_bias_from_data, ..small_config(&store, ModelKind::State) }).train_step().unwrap().loss
     };
     let (from_data, reference) = (first_loss(true), first_loss(false));
     assert!(from_data < reference, "first-step loss {from_data} (data-mean bias) vs {reference} (PyTorch init)");
@@ -138,10 +115,9 @@ fn permute(batch: &Batch, perm: &[usize]) -> Batch {
 
 #[test]
 fn predictions_do_not_depend_on_cell_order() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(&tmp.path().join("s"));
+    let (_tmp, store) = tiny_store();
     for kind in KINDS {
-        let mut t = trainer(&store, config(&store, kind));
+        let mut t = trainer(&store, small_config(&store, kind));
         for _ in 0..3 {
             t.train_step().unwrap(); // not just the initial weights
         }
@@ -160,7 +136,7 @@ fn predictions_do_not_depend_on_cell_order() {
         assert_close(&to64(&pred_perm), &to64(&expected), 1e-5, 1e-4, &format!("{kind:?}: permuted prediction"));
 
         // and the causal reference mode (with rotary positions) does depend on order, so the check above can fail
-        let mut causal_cfg = config(&store, kind);
+        let mut causal_cfg = small_config(&store, kind);
         (causal_cfg.model.causal, causal_cfg.model.rope_theta) = (true, Some(10000.0));
         let tc = trainer(&store, causal_cfg);
         let (a, b) = (tc.predict(&batch), tc.predict(&permute(&batch, &perm)));
@@ -174,10 +150,9 @@ fn predictions_do_not_depend_on_cell_order() {
 /// pass; for them `tests/parity.rs` compares with PyTorch's implementation of the same estimator.
 #[test]
 fn whole_model_gradients_match_finite_differences() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(&tmp.path().join("s"));
+    let (_tmp, store) = tiny_store();
     for kind in KINDS {
-        let mut cfg = config(&store, kind);
+        let mut cfg = small_config(&store, kind);
         cfg.model.layers = 1;
         let t = trainer(&store, cfg.clone());
         let (batch, mut rng) = t.batch_for_step(0);
@@ -187,7 +162,7 @@ fn whole_model_gradients_match_finite_differences() {
         let noise = model.sample_noise(batch.sets, batch.cells, true, &mut rng);
         let loss_of = |params: &Params<f64>| -> (f64, Tape<f64>, ptrag_engine::tape::Var) {
             let mut tape = Tape::new();
-            let out = model.forward(&mut tape, params, &ModelInput::from_batch(&batch, true, noise.as_ref()));
+            let out = model.forward(&mut tape, params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
             let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.iter().map(|&x| x as f64).collect());
             let mut loss = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
             if let Some(w) = out.selection {
@@ -225,9 +200,8 @@ fn whole_model_gradients_match_finite_differences() {
 
 #[test]
 fn frozen_backbone_trains_only_encoders_and_selection() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(&tmp.path().join("s"));
-    let mut cfg = config(&store, ModelKind::PtRag);
+    let (_tmp, store) = tiny_store();
+    let mut cfg = small_config(&store, ModelKind::PtRag);
     cfg.model.frozen_backbone = true;
     let mut t = trainer(&store, cfg);
     let before = t.params.clone();
@@ -254,10 +228,9 @@ fn frozen_backbone_trains_only_encoders_and_selection() {
 
 #[test]
 fn a_diverging_run_stops_naming_the_step_and_keeps_a_finite_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(&tmp.path().join("s"));
+    let (tmp, store) = tiny_store();
     let split = SplitFile::read(&store.split_path).unwrap();
-    let mut train = config(&store, ModelKind::State);
+    let mut train = small_config(&store, ModelKind::State);
     train.adam.lr = 1e30;
     train.adam.clip_norm = 0.0;
     let record = RunRecord { data: store.dir.clone(), split: store.split_path.clone(), train };
@@ -275,9 +248,8 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_a_finite_checkpoint() {
 
 #[test]
 fn bad_checkpoints_give_clear_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(&tmp.path().join("s"));
-    let mut t = trainer(&store, config(&store, ModelKind::State));
+    let (tmp, store) = tiny_store();
+    let mut t = trainer(&store, small_config(&store, ModelKind::State));
     t.train_step().unwrap();
     let good = tmp.path().join("good.safetensors");
     t.save_checkpoint(&good, "{}").unwrap();
@@ -285,23 +257,25 @@ fn bad_checkpoints_give_clear_errors() {
 
     let truncated = tmp.path().join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let e = trainer(&store, config(&store, ModelKind::State)).load_checkpoint(&truncated).unwrap_err().to_string();
+    let e = trainer(&store, small_config(&store, ModelKind::State)).load_checkpoint(&truncated).unwrap_err().to_string();
     assert!(e.contains("truncated.safetensors"), "{e}");
 
     let garbage = tmp.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"not a checkpoint at all").unwrap();
-    let e = trainer(&store, config(&store, ModelKind::State)).load_checkpoint(&garbage).unwrap_err().to_string();
+    let e = trainer(&store, small_config(&store, ModelKind::State)).load_checkpoint(&garbage).unwrap_err().to_string();
     assert!(e.contains("garbage.safetensors") && e.contains("header"), "{e}");
 
-    let mut other = config(&store, ModelKind::State);
+    let mut other = small_config(&store, ModelKind::State);
     other.model.hidden = 8;
     let e = trainer(&store, other).load_checkpoint(&good).unwrap_err().to_string();
     assert!(e.contains("architecture"), "{e}");
 
-    let e = trainer(&store, config(&store, ModelKind::PtRag)).load_checkpoint(&good).unwrap_err().to_string();
+    let e = trainer(&store, small_config(&store, ModelKind::PtRag)).load_checkpoint(&good).unwrap_err().to_string();
     assert!(e.contains("architecture"), "{e}");
 
-    let e =
-        trainer(&store, config(&store, ModelKind::State)).load_checkpoint(&tmp.path().join("missing.safetensors")).unwrap_err().to_string();
+    let e = trainer(&store, small_config(&store, ModelKind::State))
+        .load_checkpoint(&tmp.path().join("missing.safetensors"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing.safetensors"), "{e}");
 }

@@ -5,7 +5,7 @@
 //! Cell `c` belongs to row `c / (N / rows)`.
 
 use super::layers::{norm_scale, norm_shift, Linear};
-use super::{ModelConfig, Noise};
+use super::{ModelConfig, Noise, Selection};
 use crate::cpu::attention::AttentionShape;
 use crate::real::Real;
 use crate::tape::{ParamId, Params, Tape, Var};
@@ -78,8 +78,8 @@ impl Selector {
         }
     }
 
-    /// Returns `(z [N, H], w [N * K, 1])`. Without `noise` the selection is deterministic (include iff
-    /// the include logit is larger; ties exclude) and there is no dropout.
+    /// Returns `(z [N, H], w [N * K, 1])`. Only `Selection::Sampled` applies dropout; hard selection
+    /// breaks ties towards exclusion.
     #[allow(clippy::too_many_arguments)]
     pub fn forward<T: Real>(
         &self,
@@ -90,7 +90,7 @@ impl Selector {
         query_enc: Var,
         cand_enc: Var,
         rows: usize,
-        noise: Option<&Noise>,
+        selection: Selection,
     ) -> (Var, Var) {
         let (n, k) = (tape.shape(basal)[0], cfg.top_k);
         let row = row_of_cells(n, rows);
@@ -107,7 +107,7 @@ impl Selector {
 
         let hidden = self.score_hidden.apply(tape, params, triplet);
         let mut hidden = tape.gelu(hidden);
-        if let Some(keep) = noise.and_then(|n| n.dropout_keep.as_ref()) {
+        if let Selection::Sampled(Noise { dropout_keep: Some(keep), .. }) = selection {
             let scale = 1.0 / (1.0 - cfg.scorer_dropout);
             let mask: Vec<T> = keep.iter().map(|&m| T::f(m as f64 * scale)).collect();
             let mask = tape.constant(tape.shape(hidden).to_vec().as_slice(), mask);
@@ -115,11 +115,12 @@ impl Selector {
         }
         let logits = self.score_out.apply(tape, params, hidden);
         let logits = tape.scale_by_std(logits, STD_FLOOR);
-        let gumbel: Vec<T> = match noise {
-            Some(noise) => T::from_f32_slice(&noise.gumbel),
-            None => vec![T::zero(); n * k * 2],
+        let choice = match selection {
+            Selection::Sampled(noise) => tape.gumbel_st(logits, &T::from_f32_slice(&noise.gumbel), cfg.tau),
+            Selection::Hard => tape.gumbel_st(logits, &vec![T::zero(); n * k * 2], cfg.tau),
+            // The Gumbel-max sample includes with probability softmax(logits) (whatever tau is).
+            Selection::Expected => tape.softmax(logits),
         };
-        let choice = tape.gumbel_st(logits, &gumbel, cfg.tau);
         let w = tape.slice_cols(choice, 1, 1);
 
         let projected = self.proj.apply(tape, params, triplet);

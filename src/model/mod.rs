@@ -170,6 +170,25 @@ pub struct Noise {
     pub dropout_keep: Option<Vec<f32>>,
 }
 
+/// How PT-RAG turns its scores into candidate weights in a forward pass.
+#[derive(Clone, Copy, Debug)]
+pub enum Selection<'a> {
+    /// Straight-through Gumbel-Softmax with this noise (and the scorer's dropout, if any): training.
+    Sampled(&'a Noise),
+    /// Include iff the include logit is larger: exactly 0/1 and deterministic.
+    Hard,
+    /// The probability that a sample includes the candidate, `softmax(logits)[include]`: the
+    /// expectation of the sampled weights, deterministic.
+    Expected,
+}
+
+impl<'a> Selection<'a> {
+    /// Sampled when there is noise, else hard.
+    pub fn from_noise(noise: Option<&'a Noise>) -> Self {
+        noise.map_or(Selection::Hard, Selection::Sampled)
+    }
+}
+
 /// One batch of model inputs: `sets` sets of `cells` cells.
 pub struct ModelInput<'a> {
     pub sets: usize,
@@ -182,14 +201,21 @@ pub struct ModelInput<'a> {
     pub batch: &'a [u32],
     /// A training forward pass (the reference's self-exclusion bug acts only there).
     pub training: bool,
-    /// PT-RAG's Gumbel noise and dropout; none = deterministic selection (include iff the include
-    /// logit is larger), no dropout.
-    pub noise: Option<&'a Noise>,
+    /// PT-RAG's selection (ignored by the other models).
+    pub selection: Selection<'a>,
 }
 
 impl<'a> ModelInput<'a> {
-    pub fn from_batch(b: &'a crate::data::sampler::Batch, training: bool, noise: Option<&'a Noise>) -> Self {
-        ModelInput { sets: b.sets, cells: b.cells, control: &b.control, perturbation: &b.perturbation, batch: &b.batch, training, noise }
+    pub fn from_batch(b: &'a crate::data::sampler::Batch, training: bool, selection: Selection<'a>) -> Self {
+        ModelInput {
+            sets: b.sets,
+            cells: b.cells,
+            control: &b.control,
+            perturbation: &b.perturbation,
+            batch: &b.batch,
+            training,
+            selection,
+        }
     }
 }
 
@@ -206,7 +232,7 @@ pub struct Retrieval {
 pub struct Forward {
     /// `[sets * cells, genes]` predicted expression.
     pub pred: Var,
-    /// PT-RAG: `[sets * cells * K, 1]`, the straight-through selection weights (exactly 0 or 1).
+    /// PT-RAG: `[sets * cells * K, 1]`, the selection weights (exactly 0 or 1 unless `Selection::Expected`).
     pub selection: Option<Var>,
     pub retrieval: Option<Retrieval>,
 }
@@ -406,7 +432,7 @@ impl Model {
             }
             Context::Selector(sel) => {
                 let (r, query_enc, cand_enc) = self.retrieve(tape, params, input);
-                let (z, w) = sel.forward(&self.cfg, tape, params, basal, query_enc, cand_enc, r.rows, input.noise);
+                let (z, w) = sel.forward(&self.cfg, tape, params, basal, query_enc, cand_enc, r.rows, input.selection);
                 (z, Some(w), Some(r))
             }
         };

@@ -14,7 +14,7 @@ use crate::data::sampler::{evaluation_sets, training_batch, Batch};
 use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
 use crate::model::knowledge::Knowledge;
-use crate::model::{energy_loss, Model, ModelConfig, ModelInput};
+use crate::model::{energy_loss, Model, ModelConfig, ModelInput, Selection};
 use crate::tape::{Params, Tape};
 use crate::{Error, Result};
 use optim::{Adam, AdamConfig};
@@ -23,12 +23,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// How PT-RAG selects candidates at evaluation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How PT-RAG selects candidates at evaluation (see `model::Selection`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum EvalSelection {
-    /// Include a candidate iff its include logit is larger (our default: a prediction is a function of its input).
-    Deterministic,
+    /// Include a candidate iff its include logit is larger.
+    Hard,
+    /// Weight each candidate by its inclusion probability under sampling.
+    Expected,
     /// Gumbel noise is sampled at evaluation too (the reference code).
     Sampled,
 }
@@ -197,7 +199,7 @@ impl<'s> Trainer<'s> {
         let noise = self.model.sample_noise(batch.sets, batch.cells, true, &mut rng);
         self.params.zero_grad();
         let mut tape = Tape::<f32>::new();
-        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(&batch, true, noise.as_ref()));
+        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
         let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.clone());
         let energy = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
         let energy_value = tape.scalar(energy) as f64;
@@ -225,10 +227,11 @@ impl<'s> Trainer<'s> {
         Ok(StepStats { loss: loss_value, energy: energy_value, selected, grad_norm })
     }
 
-    /// Prediction for a batch in evaluation mode without noise (deterministic selection), `[sets * cells, genes]`.
+    /// Prediction for a batch in evaluation mode (`eval_selection`, unless sampled: then hard), `[sets * cells, genes]`.
     pub fn predict(&self, batch: &Batch) -> Vec<f32> {
+        let selection = if self.cfg.eval_selection == EvalSelection::Expected { Selection::Expected } else { Selection::Hard };
         let mut tape = Tape::<f32>::new();
-        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(batch, false, None));
+        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(batch, false, selection));
         tape.value(out.pred).to_vec()
     }
 
@@ -263,10 +266,15 @@ impl<'s> Trainer<'s> {
             for (set_index, set) in sets.iter().enumerate() {
                 let noise = match self.cfg.eval_selection {
                     EvalSelection::Sampled => self.model.sample_noise(set.sets, set.cells, false, &mut rng),
-                    EvalSelection::Deterministic => None,
+                    EvalSelection::Hard | EvalSelection::Expected => None,
+                };
+                let selection = match (&noise, self.cfg.eval_selection) {
+                    (Some(noise), _) => Selection::Sampled(noise),
+                    (None, EvalSelection::Expected) => Selection::Expected,
+                    (None, _) => Selection::Hard,
                 };
                 let mut tape = Tape::<f32>::new();
-                let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(set, false, noise.as_ref()));
+                let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(set, false, selection));
                 let pred = tape.value(out.pred);
                 let mut e = [0.0f32];
                 let shape = crate::cpu::energy::EnergyShape { sets: 1, cells_pred: set.cells, cells_obs: set.cells, genes: g };
@@ -279,12 +287,14 @@ impl<'s> Trainer<'s> {
                 if let Some(r) = &out.retrieval {
                     // Every query row of a set shares the set's perturbation: the first one is the set's.
                     let k = self.cfg.model.top_k;
+                    // Counts of hard decisions (weight > 1/2); `selected` sums the weights (the expected
+                    // count under `Expected`, the same number otherwise).
                     let counts = out.selection.map(|w| {
                         let mut counts = vec![0u32; k];
                         for cell in tape.value(w).chunks(k) {
                             counts.iter_mut().zip(cell).for_each(|(c, &x)| *c += (x > 0.5) as u32);
+                            selected += cell.iter().map(|&x| x as f64).sum::<f64>();
                         }
-                        selected += counts.iter().sum::<u32>() as f64;
                         counts
                     });
                     records.push(RetrievalRecord {
@@ -374,7 +384,7 @@ impl TrainConfig {
             val_every: 100,
             head_bias_from_data: true,
             sparsity: 0.1,
-            eval_selection: EvalSelection::Deterministic,
+            eval_selection: EvalSelection::Expected,
             retrieval_database: RetrievalDatabase::All,
             adam: AdamConfig::default(),
             model: ModelConfig::paper(kind, m.n_genes(), m.n_perturbations(), m.n_batches, m.embed_dim),

@@ -112,9 +112,10 @@ pub struct TrainOptions {
     /// Keep the backbone and output head at their initialisation, as the reference.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub frozen_backbone: Option<bool>,
-    /// Sample PT-RAG's Gumbel noise at evaluation too, as the reference.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub sample_selection: Option<bool>,
+    /// PT-RAG's selection at evaluation: `expected` (inclusion probabilities), `hard` (include iff the
+    /// include logit is larger) or `sampled` (Gumbel noise, as the reference) [default: expected]
+    #[arg(long, value_enum)]
+    pub eval_selection: Option<EvalSelection>,
     /// Which perturbations retrieval may return [default: all]
     #[arg(long, value_enum)]
     pub retrieval_db: Option<RetrievalDatabase>,
@@ -158,7 +159,7 @@ macro_rules! fields {
             compat,
             causal_rope,
             frozen_backbone,
-            sample_selection,
+            eval_selection,
             retrieval_db,
             self_retrieval_bug,
             reference_init,
@@ -210,7 +211,7 @@ impl TrainOptions {
         only("sparsity", self.sparsity.is_some(), pt_rag, "pt-rag")?;
         only("tau", self.tau.is_some(), pt_rag, "pt-rag")?;
         only("scorer-dropout", self.scorer_dropout.is_some(), pt_rag, "pt-rag")?;
-        only("sample-selection", self.sample_selection.is_some(), pt_rag, "pt-rag")?;
+        only("eval-selection", self.eval_selection.is_some(), pt_rag, "pt-rag")?;
 
         macro_rules! set {
             ($($dst:expr => $src:ident),*) => { $( if let Some(v) = self.$src.clone() { $dst = v; } )* };
@@ -226,7 +227,7 @@ impl TrainOptions {
         c.model.frozen_backbone = self.frozen_backbone.unwrap_or(reference);
         c.model.reference_init = self.reference_init.unwrap_or(reference);
         c.head_bias_from_data = !self.default_head_init.unwrap_or(c.model.reference_init);
-        c.eval_selection = if self.sample_selection.unwrap_or(reference) { EvalSelection::Sampled } else { EvalSelection::Deterministic };
+        c.eval_selection = self.eval_selection.unwrap_or(if reference { EvalSelection::Sampled } else { EvalSelection::Expected });
         c.retrieval_database = self.retrieval_db.unwrap_or(if reference { RetrievalDatabase::Training } else { RetrievalDatabase::All });
         c.model.self_exclusion =
             if self.self_retrieval_bug.unwrap_or(reference) { SelfExclusion::FirstSetInTraining } else { SelfExclusion::Always };

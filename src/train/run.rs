@@ -90,7 +90,7 @@ pub fn execute(
     ctl: &RunControl,
 ) -> Result<Vec<RunSummary>> {
     if !record.train.target_cell_type.eq_ignore_ascii_case(ALL_FOLDS) {
-        return Ok(vec![run_fold(record, store, split, run_dir, resume, ctl)?]);
+        return Ok(vec![run_fold(record, store, split, run_dir, run_dir, resume, ctl)?]);
     }
     prepare_dir(record, run_dir, resume)?;
     let mut summaries = Vec::new();
@@ -106,7 +106,7 @@ pub fn execute(
             if ctl.progress {
                 eprintln!("fold: target cell type {cell_type} -> {}", dir.display());
             }
-            run_fold(&fold, store, split, &dir, resume && dir.join(CONFIG).exists(), ctl)?
+            run_fold(&fold, store, split, &dir, run_dir, resume && dir.join(CONFIG).exists(), ctl)?
         };
         summaries.push(summary);
     }
@@ -141,7 +141,17 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     write_atomic(path, kept.as_bytes())
 }
 
-fn run_fold(record: &RunRecord, store: &Store, split: &SplitFile, run_dir: &Path, resume: bool, ctl: &RunControl) -> Result<RunSummary> {
+/// Trains and tests one fold in `run_dir`; messages tell the user to resume `resume_dir` (the
+/// top-level directory of a run of every fold).
+fn run_fold(
+    record: &RunRecord,
+    store: &Store,
+    split: &SplitFile,
+    run_dir: &Path,
+    resume_dir: &Path,
+    resume: bool,
+    ctl: &RunControl,
+) -> Result<RunSummary> {
     let cfg = record.train.clone();
     let mut trainer = Trainer::new(cfg, store, split, &record.split)?;
     let (last_path, best_path, log_path) = (run_dir.join(LAST), run_dir.join(BEST), run_dir.join(LOG));
@@ -182,8 +192,8 @@ fn run_fold(record: &RunRecord, store: &Store, split: &SplitFile, run_dir: &Path
         why: format!(
             "{what}; the last good checkpoint (step {last_saved}) is kept at {}; continue from it with `--resume {}` (e.g. after lowering --lr in {})",
             last_path.display(),
-            run_dir.display(),
-            run_dir.join(CONFIG).display()
+            resume_dir.display(),
+            resume_dir.join(CONFIG).display()
         ),
     }
     };
@@ -234,14 +244,15 @@ fn run_fold(record: &RunRecord, store: &Store, split: &SplitFile, run_dir: &Path
         let sel = stats.selected.map(|k| format!(" | selected {k:.1}")).unwrap_or_default();
         bar.set_message(format!("loss {s:.4}{sel} | {rate:.0} cells/s"));
         bar.inc(1);
+        if trainer.cfg.val_every > 0 && trainer.step % trainer.cfg.val_every == 0 && trainer.step < steps {
+            validate(&trainer, &mut log, &mut best, &mut last_saved)?;
+        }
+        // After this step's validation, so that a resumed run does not skip it.
         if ctl.stop.is_some_and(|f| f.load(Ordering::SeqCst)) {
             bar.finish_and_clear();
             trainer.save_checkpoint(&last_path, &run_state(&best))?;
             append(&mut log, &log_path, serde_json::json!({"step": trainer.step, "event": "interrupted"}))?;
-            return Err(Error::Interrupted { step: trainer.step, checkpoint: last_path.clone(), run_dir: run_dir.to_path_buf() });
-        }
-        if trainer.cfg.val_every > 0 && trainer.step % trainer.cfg.val_every == 0 && trainer.step < steps {
-            validate(&trainer, &mut log, &mut best, &mut last_saved)?;
+            return Err(Error::Interrupted { step: trainer.step, checkpoint: last_path.clone(), run_dir: resume_dir.to_path_buf() });
         }
     }
     if last_saved != trainer.step || first_step == steps {

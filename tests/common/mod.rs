@@ -49,3 +49,31 @@ impl TestRng {
         (0..n).map(|_| self.uniform()).collect()
     }
 }
+
+use ptrag_engine::data::split::SplitFile;
+use ptrag_engine::data::store::Store;
+use ptrag_engine::data::synth::{self, SynthConfig};
+use ptrag_engine::model::ModelKind;
+use ptrag_engine::train::{TrainConfig, Trainer};
+
+/// The built-in `tiny` data in a temporary directory (deleted when the guard drops).
+pub fn tiny_store() -> (tempfile::TempDir, Store) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    synth::generate(&SynthConfig::preset("tiny", 11).unwrap(), &dir, false).unwrap();
+    let store = Store::open(&dir).unwrap();
+    (tmp, store)
+}
+
+/// A small configuration of `kind` for the tiny data: hidden 16, 2 layers, top-4, 3 sets of 8 cells, 6 steps.
+pub fn small_config(store: &Store, kind: ModelKind) -> TrainConfig {
+    let mut c = TrainConfig::defaults(kind, store, "K562");
+    (c.model.hidden, c.model.layers, c.model.heads, c.model.head_dim, c.model.mlp, c.model.top_k) = (16, 2, 2, 4, 24, 4);
+    (c.steps, c.sets_per_batch, c.cells_per_set, c.seed, c.val_every) = (6, 3, 8, 5, 0);
+    c
+}
+
+pub fn trainer(store: &Store, cfg: TrainConfig) -> Trainer<'_> {
+    let split = SplitFile::read(&store.split_path).unwrap();
+    Trainer::new(cfg, store, &split, &store.split_path).unwrap()
+}
