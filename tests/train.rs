@@ -69,7 +69,8 @@ fn an_interrupted_run_resumed_ends_where_an_uninterrupted_run_ends() {
     let records = std::fs::read_to_string(a.join("retrieval-test.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(records.lines().next().unwrap()).unwrap();
     assert_eq!(first["retrieved"].as_array().unwrap().len(), 4);
-    assert!(first["selected_counts"].as_array().unwrap().iter().all(|c| c.as_u64().unwrap() <= first["cells"].as_u64().unwrap()));
+    let selected = first["selected"].as_array().unwrap();
+    assert!(selected.iter().all(|c| (0.0..=first["cells"].as_f64().unwrap()).contains(&c.as_f64().unwrap())), "{first}");
     // A fresh start refuses to overwrite a run.
     let err = execute(&record, &store, &split, &a, false, &RunControl { progress: false, stop: None }).unwrap_err().to_string();
     assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");

@@ -110,8 +110,9 @@ pub struct RetrievalRecord {
     /// Candidate perturbations, most similar first.
     pub retrieved: Vec<String>,
     pub similarity: Vec<f32>,
-    /// PT-RAG: per candidate, the number of the set's cells that selected it.
-    pub selected_counts: Option<Vec<u32>>,
+    /// PT-RAG: per candidate, the number of the set's cells that selected it (under `expected`
+    /// selection, the expected number).
+    pub selected: Option<Vec<f64>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -287,14 +288,14 @@ impl<'s> Trainer<'s> {
                 if let Some(r) = &out.retrieval {
                     // Every query row of a set shares the set's perturbation: the first one is the set's.
                     let k = self.cfg.model.top_k;
-                    // Counts of hard decisions (weight > 1/2); `selected` sums the weights (the expected
-                    // count under `Expected`, the same number otherwise).
+                    // Per candidate, the sum of its weights over the set's cells: how many cells selected
+                    // it (the expected number under `Expected` selection).
                     let counts = out.selection.map(|w| {
-                        let mut counts = vec![0u32; k];
+                        let mut counts = vec![0.0f64; k];
                         for cell in tape.value(w).chunks(k) {
-                            counts.iter_mut().zip(cell).for_each(|(c, &x)| *c += (x > 0.5) as u32);
-                            selected += cell.iter().map(|&x| x as f64).sum::<f64>();
+                            counts.iter_mut().zip(cell).for_each(|(c, &x)| *c += x as f64);
                         }
+                        selected += counts.iter().sum::<f64>();
                         counts
                     });
                     records.push(RetrievalRecord {
@@ -304,7 +305,7 @@ impl<'s> Trainer<'s> {
                         cells: set.cells,
                         retrieved: r.candidates[..k].iter().map(|&c| names[c as usize].clone()).collect(),
                         similarity: r.similarity[..k].to_vec(),
-                        selected_counts: counts,
+                        selected: counts,
                     });
                 }
             }

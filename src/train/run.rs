@@ -68,11 +68,14 @@ pub struct RunSummary {
     pub test: super::EvalSummary,
 }
 
-/// Best validation so far, carried in the checkpoints so that a resumed run keeps it.
+/// Carried in the checkpoints so that a resumed run keeps it: the best validation so far and the
+/// time spent in training steps (for the run's cells/s).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct BestSoFar {
+struct RunState {
     best_val_energy: Option<f64>,
     best_step: usize,
+    #[serde(default)]
+    train_seconds: f64,
 }
 
 fn append(log: &mut std::fs::File, path: &Path, value: serde_json::Value) -> Result<()> {
@@ -155,15 +158,15 @@ fn run_fold(
     let cfg = record.train.clone();
     let mut trainer = Trainer::new(cfg, store, split, &record.split)?;
     let (last_path, best_path, log_path) = (run_dir.join(LAST), run_dir.join(BEST), run_dir.join(LOG));
-    let mut best = BestSoFar { best_val_energy: None, best_step: 0 };
+    let mut best = RunState { best_val_energy: None, best_step: 0, train_seconds: 0.0 };
     if resume {
         let saved = RunRecord::read(run_dir)?;
         if saved.train.model != trainer.cfg.model {
             return Err(Error::bad_file(run_dir.join(CONFIG), "train.model", "the model of the run being resumed"));
         }
         let state = trainer.load_checkpoint(&last_path)?;
-        best = serde_json::from_str(&state)
-            .map_err(|e| Error::bad_file(&last_path, "metadata.run_state", format!("best-so-far JSON ({e})")))?;
+        best =
+            serde_json::from_str(&state).map_err(|e| Error::bad_file(&last_path, "metadata.run_state", format!("run state JSON ({e})")))?;
         if trainer.step > trainer.cfg.steps {
             return Err(Error::invalid("--steps", format!("the checkpoint is at step {}, past {}", trainer.step, trainer.cfg.steps)));
         }
@@ -173,7 +176,7 @@ fn run_fold(
         prepare_dir(record, run_dir, false)?;
         std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
     }
-    let run_state = |b: &BestSoFar| serde_json::to_string(b).expect("serialises");
+    let run_state = |b: &RunState| serde_json::to_string(b).expect("serialises");
     let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).map_err(|e| Error::io(&log_path, e))?;
     let mut last_saved = trainer.step;
     if !resume {
@@ -199,7 +202,7 @@ fn run_fold(
     };
 
     // Validation: logs, keeps the best weights, and checkpoints the run.
-    let validate = |trainer: &Trainer, log: &mut std::fs::File, best: &mut BestSoFar, last_saved: &mut usize| -> Result<()> {
+    let validate = |trainer: &Trainer, log: &mut std::fs::File, best: &mut RunState, last_saved: &mut usize| -> Result<()> {
         if !trainer.fold.val.is_empty() {
             let (summary, _) = trainer.evaluate(&trainer.fold.val);
             append(
@@ -212,7 +215,7 @@ fn run_fold(
                 return Err(stopped(format!("the validation energy is {}", summary.energy), trainer, *last_saved));
             }
             if best.best_val_energy.map_or(true, |b| summary.energy < b) {
-                *best = BestSoFar { best_val_energy: Some(summary.energy), best_step: trainer.step };
+                *best = RunState { best_val_energy: Some(summary.energy), best_step: trainer.step, ..*best };
                 trainer.save_checkpoint(&best_path, &run_state(best))?;
             }
         }
@@ -232,7 +235,9 @@ fn run_fold(
             }
             Err(e) => return Err(e),
         };
-        let rate = cells_per_step / t0.elapsed().as_secs_f64();
+        let seconds = t0.elapsed().as_secs_f64();
+        best.train_seconds += seconds;
+        let rate = cells_per_step / seconds;
         append(
             &mut log,
             &log_path,
@@ -259,8 +264,8 @@ fn run_fold(
         validate(&trainer, &mut log, &mut best, &mut last_saved)?;
     }
     bar.finish_and_clear();
-    let trained = (trainer.step - first_step) as f64;
-    let cells_per_second = cells_per_step * trained / start.elapsed().as_secs_f64().max(1e-9);
+    // Training steps only (validation excluded), over every invocation of this run.
+    let cells_per_second = cells_per_step * trainer.step as f64 / best.train_seconds.max(1e-9);
     // Test the best-on-validation weights (the last ones when there is no validation split).
     if best.best_val_energy.is_some() {
         trainer.load_checkpoint(&best_path)?;
