@@ -280,3 +280,23 @@ fn bad_checkpoints_give_clear_errors() {
         .to_string();
     assert!(e.contains("missing.safetensors"), "{e}");
 }
+
+/// The reference trained only the encoders and the selection module: about 0.56 M parameters at
+/// the paper's sizes (REFERENCE.md §1). Counted here: basal 2000x128+128, GenePT encoder
+/// 1536x128+128, batch 56x128, LayerNorm 2x384, scorer 384x128+128 and 128x2+2, projection 384x128+128.
+#[test]
+fn frozen_pt_rag_at_the_papers_sizes_trains_the_references_parameter_count() {
+    let (p, e) = (2024, 1536);
+    let cfg = ptrag_engine::model::ModelConfig {
+        frozen_backbone: true,
+        ..ptrag_engine::model::ModelConfig::paper(ModelKind::PtRag, 2000, p, 56, e)
+    };
+    let mut rng = TestRng::new(1);
+    let vectors: Vec<f32> = (0..p * e).map(|_| rng.uniform() as f32).collect();
+    let knowledge = ptrag_engine::model::knowledge::Knowledge::new(vectors, e, vec![true; p]).unwrap();
+    let mut params = Params::<f32>::new();
+    Model::new(&cfg, Some(knowledge), &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
+    let expected = (2000 * 128 + 128) + (1536 * 128 + 128) + 56 * 128 + 2 * 384 + (384 * 128 + 128) + (128 * 2 + 2) + (384 * 128 + 128);
+    assert_eq!(params.trainable_count(), expected);
+    assert_eq!(expected, 559_618);
+}
