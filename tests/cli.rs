@@ -195,6 +195,17 @@ fn every_fold_runs_in_turn_with_results_kept_per_fold() {
     let folds: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("folds.json")).unwrap()).unwrap();
     assert_eq!(folds.as_array().unwrap().len(), 4);
     assert_eq!(String::from_utf8_lossy(&out.stdout).matches("test split").count(), 4);
+    // Resuming a finished run keeps its folds; extending it continues every fold.
+    let before = std::fs::read_to_string(run.join("rpe1/log.jsonl")).unwrap();
+    let out = cli().args(["train", "--quiet", "--resume"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(run.join("rpe1/log.jsonl")).unwrap(), before, "a finished fold is not re-run");
+    let out = cli().args(["train", "--quiet", "--resume"]).arg(&run).args(["--steps", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for ct in ["k562", "rpe1", "jurkat", "hepg2"] {
+        let log = std::fs::read_to_string(run.join(ct).join("log.jsonl")).unwrap();
+        assert_eq!(log.lines().filter(|l| l.contains("\"loss\"")).count(), 3, "{ct}");
+    }
 }
 
 #[test]
