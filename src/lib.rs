@@ -8,5 +8,6 @@ pub mod real;
 pub mod tape;
 
 pub use error::{Error, Result};
+pub mod eval;
 pub mod model;
 pub mod train;

@@ -1,0 +1,5 @@
+//! Evaluation: the paper's per-condition metrics (`metrics`) and the statistics that compare models
+//! (`stats`).
+
+pub mod metrics;
+pub mod stats;

@@ -1,0 +1,164 @@
+//! Metrics and statistics against values computed by hand or by an independent derivation; the
+//! source of every expected value is next to it.
+
+mod common;
+use common::{assert_close, TestRng};
+use ptrag_engine::eval::metrics::*;
+use ptrag_engine::eval::stats::*;
+
+#[test]
+fn welch_t_test_matches_an_independent_integration() {
+    // a = 1..5 (mean 3, variance 2.5), b = 2, 4, .., 10 (mean 6, variance 10): t = -3 / sqrt(0.5 + 2)
+    // = -1.8974, Welch-Satterthwaite df = 2.5^2 / (0.5^2/4 + 2^2/4) = 5.882. Expected p from Simpson's
+    // rule (200,000 intervals) on the Student t density written with lgamma, in plain Python:
+    // p = 1 - 2 * integral_0^1.8974 f(t) dt = 0.10753119493063323.
+    let p = welch_t_test((3.0, 2.5, 5), (6.0, 10.0, 5));
+    assert_close(&[p], &[0.10753119493063323], 1e-10, 0.0, "Welch p");
+    assert_eq!(welch_t_test((1.0, 0.0, 3), (1.0, 0.0, 3)), 1.0, "identical constant samples");
+    assert_eq!(welch_t_test((1.0, 0.0, 3), (2.0, 0.0, 3)), 0.0, "different constant samples");
+}
+
+#[test]
+fn mann_whitney_matches_the_scipy_documentation_example() {
+    // SciPy's `mannwhitneyu` documentation (data from Conover, Practical Nonparametric Statistics):
+    // males [19, 22, 16, 29, 24], females [20, 11, 17, 12]: U = 17, asymptotic two-sided
+    // p = 0.11134688653314041. By hand: ranks of the males 5, 7, 3, 9, 8 (sum 32), U = 32 - 15 = 17,
+    // z = (17 - 10 - 0.5) / sqrt(5 * 4 * 10 / 12) = 1.592, p = erfc(z / sqrt 2).
+    let r = mann_whitney_u(&[19.0, 22.0, 16.0, 29.0, 24.0], &[20.0, 11.0, 17.0, 12.0]);
+    assert_eq!(r.u, 17.0);
+    assert_close(&[r.p], &[0.11134688653314041], 1e-9, 0.0, "Mann-Whitney p"); // (statrs's erfc is good to ~1e-10)
+}
+
+#[test]
+fn mann_whitney_corrects_for_ties() {
+    // x = [1, 2, 2], y = [2, 3, 3], by hand: pooled ranks 1, 3, 3 | 3, 5.5, 5.5 (ties of sizes 3 and
+    // 2), U = 7 - 6 = 1; variance = 3*3/12 * (7 - (24 + 6) / 30) = 0.75 * 6 = 4.5;
+    // z = (8 - 4.5 - 0.5) / sqrt(4.5) = 1.41421, p = erfc(z / sqrt 2) = 0.15729920705028513.
+    let r = mann_whitney_u(&[1.0, 2.0, 2.0], &[2.0, 3.0, 3.0]);
+    assert_eq!(r.u, 1.0);
+    assert_close(&[r.p], &[0.15729920705028513], 1e-9, 0.0, "tie-corrected p");
+    assert_eq!(mann_whitney_u(&[1.0, 1.0], &[1.0, 1.0]).p, 1.0, "all tied");
+}
+
+#[test]
+fn benjamini_hochberg_matches_the_original_papers_example() {
+    // Benjamini & Hochberg (1995), J. R. Statist. Soc. B 57:289-300, section 4: the 15 p-values of
+    // the thrombolysis example; at level 0.05 the procedure rejects the four smallest. Adjusted
+    // values by hand, q_(i) = min_{j >= i} 15 p_(j) / j.
+    let p = [0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.3240, 0.4262, 0.5719, 0.6528, 0.7590, 1.0];
+    let q = benjamini_hochberg(&p);
+    assert_eq!(q.iter().filter(|&&q| q <= 0.05).count(), 4);
+    let hand = [
+        0.0015,
+        0.003,
+        0.0095,
+        0.035625,
+        0.0603,
+        0.0298 * 15.0 / 7.0,
+        0.0298 * 15.0 / 7.0,
+        0.0645,
+        0.0765,
+        0.486,
+        0.4262 * 15.0 / 11.0,
+        0.5719 * 15.0 / 12.0,
+        0.6528 * 15.0 / 13.0,
+        0.7590 * 15.0 / 14.0,
+        1.0,
+    ];
+    assert_close(&q, &hand, 1e-12, 0.0, "BH adjusted p");
+    // Input order is kept.
+    let shuffled = benjamini_hochberg(&[p[9], p[0], p[4]]);
+    assert_close(&shuffled, &[0.3240, 0.0003, 0.0201 * 3.0 / 2.0], 1e-12, 0.0, "order");
+    assert_eq!(
+        (significance_mark(0.005), significance_mark(0.03), significance_mark(0.07), significance_mark(0.2)),
+        ("***", "**", "*", "")
+    );
+}
+
+#[test]
+fn correlations_by_hand() {
+    // [1,2,3,4] vs [1,3,2,4]: deviations (-1.5,-.5,.5,1.5) and (-1.5,.5,-.5,1.5), cross sum 4, sums of
+    // squares 5 and 5: r = 0.8.
+    assert_close(&[pearson(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0])], &[0.8], 1e-15, 0.0, "pearson");
+    assert_close(&[pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0])], &[-1.0], 1e-15, 0.0, "anti");
+    assert_eq!(pearson(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), 0.0, "constant side");
+    // Ranks of [1,2,2,3] are (1, 2.5, 2.5, 4): deviations (-1.5,0,0,1.5) vs (-1.5,-.5,.5,1.5) give
+    // 4.5 / sqrt(4.5 * 5) = 0.9486832980505138.
+    assert_close(&[spearman(&[1.0, 2.0, 2.0, 3.0], &[10.0, 20.0, 30.0, 40.0])], &[0.9486832980505138], 1e-15, 0.0, "spearman");
+}
+
+#[test]
+fn degs_follow_the_chosen_rule() {
+    // Gene 0 differs strongly, gene 1 is identical, gene 2 differs a little with large noise.
+    let control = [0.0, 1.0, 0.0, 0.1, 1.0, 2.0, -0.1, 1.0, -2.0, 0.0, 1.0, 0.5];
+    let real = [2.0, 1.0, 0.3, 2.1, 1.0, -1.5, 1.9, 1.0, 2.2, 2.0, 1.0, -0.4];
+    assert_eq!(deg_mask(&real, &control, 3, DegRule::Paper), vec![true, false, false]);
+    assert_eq!(deg_mask(&real, &control, 3, DegRule::Reference), vec![true, false, false]);
+    // No gene passes: all genes are used.
+    assert_eq!(deg_mask(&control, &control, 3, DegRule::Paper), vec![true; 3]);
+}
+
+#[test]
+fn distances_between_clouds_by_hand() {
+    // 1-D: x = {0, 2}, y = {1}: E|X-Y| = 1, E|X-X'| = (0 + 2 + 2 + 0) / 4 = 1, E|Y-Y'| = 0 -> 2 - 1 = 1.
+    assert_close(&[energy_distance(&[0.0, 2.0], &[1.0], 1)], &[1.0], 1e-15, 0.0, "energy");
+    // x = {0}, y = {1}: one pooled distance, bandwidth 1: MMD^2 = 1 + 1 - 2 exp(-1/2).
+    assert_close(&[mmd_rbf(&[0.0], &[1.0], 1)], &[2.0 - 2.0 * (-0.5f64).exp()], 1e-15, 0.0, "mmd");
+    assert!(mmd_rbf(&[0.0, 1.0, 3.0], &[0.0, 1.0, 3.0], 1).abs() < 1e-15);
+
+    // 2-D: x = {(0,0), (2,0)}, y listed in the other order {(2,1), (0,1)}: the optimal matching pairs
+    // points one unit apart, W1 = W2 = 1.
+    let (w1, w2) = wasserstein(&[0.0, 0.0, 2.0, 0.0], &[2.0, 1.0, 0.0, 1.0], 2).unwrap();
+    assert_close(&[w1, w2], &[1.0, 1.0], 1e-15, 0.0, "W on a square");
+    // 1-D x = {0, 1}, y = {1, 2}: both matchings cost 2 in W1 (W1 = 1), but W2 prefers (0-1, 1-2):
+    // sqrt((1 + 1) / 2) = 1, not sqrt((4 + 0) / 2).
+    let (w1, w2) = wasserstein(&[0.0, 1.0], &[1.0, 2.0], 1).unwrap();
+    assert_close(&[w1, w2], &[1.0, 1.0], 1e-15, 0.0, "W1 vs W2");
+    assert!(wasserstein(&[0.0, 1.0], &[1.0], 1).unwrap_err().to_string().contains("same size"));
+}
+
+#[test]
+fn assignment_is_optimal_against_brute_force_and_1d_sorting() {
+    // Brute force over all 720 matchings of 6 random 3-D points.
+    let mut rng = TestRng::new(7);
+    for _ in 0..20 {
+        let (x, y) = (rng.vec(18), rng.vec(18));
+        let (w1, w2) = wasserstein(&x, &y, 3).unwrap();
+        let (mut best1, mut best2) = (f64::INFINITY, f64::INFINITY);
+        let mut perm: Vec<usize> = (0..6).collect();
+        permutations(&mut perm, 0, &mut |p| {
+            let d = |i: usize| (0..3).map(|k| (x[i * 3 + k] - y[p[i] * 3 + k]).powi(2)).sum::<f64>();
+            best1 = best1.min((0..6).map(|i| d(i).sqrt()).sum::<f64>() / 6.0);
+            best2 = best2.min((0..6).map(d).sum::<f64>() / 6.0);
+        });
+        assert_close(&[w1, w2], &[best1, best2.sqrt()], 1e-12, 0.0, "assignment vs brute force");
+    }
+    // In 1-D the optimal plan matches sorted order (a standard property of 1-D transport).
+    let (mut x, mut y) = (rng.vec(40), rng.vec(40));
+    let (w1, w2) = wasserstein(&x, &y, 1).unwrap();
+    x.sort_by(f64::total_cmp);
+    y.sort_by(f64::total_cmp);
+    let sorted_w1 = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).sum::<f64>() / 40.0;
+    let sorted_w2 = (x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / 40.0).sqrt();
+    assert_close(&[w1, w2], &[sorted_w1, sorted_w2], 1e-12, 0.0, "1-D sorted matching");
+}
+
+fn permutations(p: &mut Vec<usize>, k: usize, f: &mut impl FnMut(&[usize])) {
+    if k == p.len() {
+        f(p);
+        return;
+    }
+    for i in k..p.len() {
+        p.swap(k, i);
+        permutations(p, k + 1, f);
+        p.swap(k, i);
+    }
+}
+
+#[test]
+fn pseudobulk_errors_by_hand() {
+    let cells = [1.0, 2.0, 3.0, 6.0];
+    assert_eq!(mean_rows(&cells, 2), vec![2.0, 4.0]);
+    assert_eq!(mse(&[1.0, 2.0], &[2.0, 4.0]), 2.5);
+    assert_eq!(mae(&[1.0, 2.0], &[2.0, 4.0]), 1.5);
+}
