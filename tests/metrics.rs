@@ -162,3 +162,49 @@ fn pseudobulk_errors_by_hand() {
     assert_eq!(mse(&[1.0, 2.0], &[2.0, 4.0]), 2.5);
     assert_eq!(mae(&[1.0, 2.0], &[2.0, 4.0]), 1.5);
 }
+
+#[test]
+fn jacobi_eigen_by_hand() {
+    // [[2,1,0],[1,2,0],[0,0,5]]: eigenvalues 5 (0,0,1), 3 ((1,1,0)/sqrt 2), 1 ((1,-1,0)/sqrt 2).
+    let (values, vectors) = ptrag_engine::eval::pca::symmetric_eigen(&[2.0, 1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 5.0], 3);
+    assert_close(&values, &[5.0, 3.0, 1.0], 1e-12, 0.0, "eigenvalues");
+    let h = 0.5f64.sqrt();
+    for (row, want) in vectors.chunks(3).zip([[0.0, 0.0, 1.0], [h, h, 0.0], [h, -h, 0.0]]) {
+        let sign = if row.iter().zip(&want).map(|(a, b)| a * b).sum::<f64>() < 0.0 { -1.0 } else { 1.0 };
+        assert_close(&row.iter().map(|v| v * sign).collect::<Vec<_>>(), &want, 1e-12, 0.0, "eigenvector");
+    }
+}
+
+#[test]
+fn pca_recovers_planted_directions_and_variances() {
+    // Cells = mean + 3 a u1 + 2 b u2 + 1 c u3 with u orthonormal in 8-D and (a, b, c) running over
+    // all sign patterns of (+-1, +-1, +-1), each pattern twice: the sample covariance (n - 1 = 15)
+    // has eigenvalues 9, 4, 1 times 16/15 along u1, u2, u3, and 0 elsewhere.
+    let g = 8;
+    let mut rng = TestRng::new(11);
+    let mut u = rng.vec(3 * g);
+    for i in 0..3 {
+        for j in 0..i {
+            let d: f64 = (0..g).map(|c| u[i * g + c] * u[j * g + c]).sum();
+            (0..g).for_each(|c| u[i * g + c] -= d * u[j * g + c]);
+        }
+        let n = (0..g).map(|c| u[i * g + c].powi(2)).sum::<f64>().sqrt();
+        (0..g).for_each(|c| u[i * g + c] /= n);
+    }
+    let mean = rng.vec(g);
+    let mut cells = Vec::new();
+    for pattern in 0..16 {
+        let s = |bit: usize| if pattern >> bit & 1 == 1 { 1.0 } else { -1.0 };
+        let (a, b, c) = (3.0 * s(0), 2.0 * s(1), s(2));
+        cells.extend((0..g).map(|k| mean[k] + a * u[k] + b * u[g + k] + c * u[2 * g + k]));
+    }
+    let pca = ptrag_engine::eval::pca::Pca::fit(&cells, g, 3);
+    assert_close(&pca.variance, &[9.0 * 16.0 / 15.0, 4.0 * 16.0 / 15.0, 16.0 / 15.0], 1e-9, 0.0, "variances");
+    for i in 0..3 {
+        let dot: f64 = (0..g).map(|k| pca.components[i * g + k] * u[i * g + k]).sum();
+        assert_close(&[dot.abs()], &[1.0], 1e-9, 0.0, "component direction");
+    }
+    // Projections of the first cell are (3, 2, 1) * signs (-1,-1,-1) up to each component's sign.
+    let p = pca.project(&cells[..g]);
+    assert_close(&p.iter().map(|v| v.abs()).collect::<Vec<_>>(), &[3.0, 2.0, 1.0], 1e-9, 0.0, "projection");
+}

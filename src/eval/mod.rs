@@ -2,4 +2,5 @@
 //! (`stats`).
 
 pub mod metrics;
+pub mod pca;
 pub mod stats;
