@@ -43,6 +43,21 @@ enum Command {
     /// Train STATE, STATE+GenePT, Vanilla RAG or PT-RAG on a dataset store (default: the built-in
     /// `small` data, generated and cached).
     Train(TrainOptions),
+    /// Evaluate trained runs on their test conditions with the paper's metrics, the control and
+    /// training-mean baselines, and Mann-Whitney U / Benjamini-Hochberg between models.
+    Evaluate {
+        /// Run directories (one per model; an `all` run counts every fold).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Report directory.
+        #[arg(long, default_value = "runs/evaluation")]
+        out: PathBuf,
+        /// DEG rule: paper (Welch p < 0.05) or reference (p <= 0.1 and |log2 FC| >= 0.05).
+        #[arg(long, value_enum, default_value = "paper")]
+        deg_rule: ptrag_engine::eval::metrics::DegRule,
+        #[arg(long, default_value_t = 50)]
+        pca_components: usize,
+    },
 }
 
 fn open_data(data: Option<&PathBuf>, preset: &str, progress: bool) -> ptrag_engine::Result<Store> {
@@ -155,6 +170,15 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             );
         }
         Command::Train(args) => train_command(args, !cli.quiet)?,
+        Command::Evaluate { runs, out, deg_rule, pca_components } => {
+            use ptrag_engine::eval::report::{evaluate_runs, markdown, summarise, write_report, EvalOptions};
+            let opts = EvalOptions { deg_rule, pca_components, ..EvalOptions::default() };
+            let rows = evaluate_runs(&runs, &opts, !cli.quiet)?;
+            let summary = summarise(&rows);
+            write_report(&rows, &summary, &opts, &out)?;
+            println!("{}", markdown(&summary, &opts).split("\n## ").next().unwrap_or_default());
+            println!("per-condition values, summary and report in {}", out.display());
+        }
     }
     Ok(())
 }

@@ -217,3 +217,27 @@ fn a_diverging_run_stops_with_the_step_and_the_kept_checkpoint() {
     let err = stderr(&out);
     assert!(err.contains("training stopped at step") && err.contains("checkpoint-last.safetensors"), "{err}");
 }
+
+#[test]
+fn evaluate_reports_every_model_and_both_baselines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let (a, b) = (tmp.path().join("state"), tmp.path().join("pt-rag"));
+    assert!(train(&store, &a, &["--steps", "2", "--val-every", "0"]).status.success());
+    assert!(train(&store, &b, &["--model", "pt-rag", "--top-k", "4", "--steps", "2", "--val-every", "0"]).status.success());
+    let out_dir = tmp.path().join("eval");
+    let out = cli().args(["evaluate", "--quiet", "--pca-components", "5", "--out"]).arg(&out_dir).arg(&a).arg(&b).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = std::fs::read_to_string(out_dir.join("per_condition.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(header.starts_with("model,target,perturbation,cell_type,cells,pearson_deg"), "{header}");
+    for model in ["state", "pt-rag", "control", "training-mean"] {
+        let n = csv.lines().filter(|l| l.starts_with(&format!("{model},"))).count();
+        assert!(n > 0, "{model} rows missing");
+    }
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(report.contains("Mann-Whitney") && report.contains("| pearson_deg"), "{report}");
+    let err = cli().args(["evaluate", "--quiet"]).arg(tmp.path().join("nowhere")).output().unwrap();
+    assert_eq!(err.status.code(), Some(1));
+    assert!(stderr(&err).contains("nowhere/config.toml"), "{}", stderr(&err));
+}

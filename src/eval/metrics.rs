@@ -13,7 +13,7 @@ use super::stats::{mean_var, welch_t_test};
 use crate::{Error, Result};
 
 /// Which genes count as differentially expressed.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DegRule {
     /// The paper: Welch p < 0.05.

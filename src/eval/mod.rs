@@ -3,4 +3,5 @@
 
 pub mod metrics;
 pub mod pca;
+pub mod report;
 pub mod stats;

@@ -27,7 +27,8 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum EvalSelection {
-    /// Include a candidate iff its include logit is larger.
+    /// Include a candidate iff its include logit is larger (`deterministic` in early run records).
+    #[serde(alias = "deterministic")]
     Hard,
     /// Weight each candidate by its inclusion probability under sampling.
     Expected,
@@ -236,6 +237,41 @@ impl<'s> Trainer<'s> {
         tape.value(out.pred).to_vec()
     }
 
+    /// An evaluation forward pass with the configured selection (sampled noise drawn from `rng`).
+    fn eval_forward(&self, set: &Batch, rng: &mut ChaCha8Rng) -> (Tape<f32>, crate::model::Forward) {
+        let noise = match self.cfg.eval_selection {
+            EvalSelection::Sampled => self.model.sample_noise(set.sets, set.cells, false, rng),
+            EvalSelection::Hard | EvalSelection::Expected => None,
+        };
+        let selection = match (&noise, self.cfg.eval_selection) {
+            (Some(noise), _) => Selection::Sampled(noise),
+            (None, EvalSelection::Expected) => Selection::Expected,
+            (None, _) => Selection::Hard,
+        };
+        let mut tape = Tape::<f32>::new();
+        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(set, false, selection));
+        (tape, out)
+    }
+
+    /// The RNG evaluation draws from (control pairing, sampled selection): the same for every model
+    /// of a run's seed, so models are compared on the same paired controls.
+    pub fn eval_rng(&self) -> ChaCha8Rng {
+        rng_stream(self.cfg.seed, EVAL_STREAM)
+    }
+
+    /// One condition's real cells, in sets of at most S, with their paired control cells and the
+    /// model's predictions: `(predicted, real, paired controls)`, each `[cells, genes]`.
+    pub fn predict_condition(&self, cond: &Condition, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (mut pred, mut real, mut control) = (Vec::new(), Vec::new(), Vec::new());
+        for set in evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, rng) {
+            let (tape, out) = self.eval_forward(&set, rng);
+            pred.extend_from_slice(tape.value(out.pred));
+            real.extend_from_slice(&set.target);
+            control.extend_from_slice(&set.control);
+        }
+        (pred, real, control)
+    }
+
     fn control_mean(&self, cell_type: usize) -> Vec<f64> {
         let g = self.store.n_genes();
         let pool = &self.fold.controls[cell_type];
@@ -265,17 +301,7 @@ impl<'s> Trainer<'s> {
             let (mut energy, mut selected) = (0.0, 0.0);
             let sets = evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, &mut rng);
             for (set_index, set) in sets.iter().enumerate() {
-                let noise = match self.cfg.eval_selection {
-                    EvalSelection::Sampled => self.model.sample_noise(set.sets, set.cells, false, &mut rng),
-                    EvalSelection::Hard | EvalSelection::Expected => None,
-                };
-                let selection = match (&noise, self.cfg.eval_selection) {
-                    (Some(noise), _) => Selection::Sampled(noise),
-                    (None, EvalSelection::Expected) => Selection::Expected,
-                    (None, _) => Selection::Hard,
-                };
-                let mut tape = Tape::<f32>::new();
-                let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(set, false, selection));
+                let (tape, out) = self.eval_forward(set, &mut rng);
                 let pred = tape.value(out.pred);
                 let mut e = [0.0f32];
                 let shape = crate::cpu::energy::EnergyShape { sets: 1, cells_pred: set.cells, cells_obs: set.cells, genes: g };

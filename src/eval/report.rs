@@ -1,0 +1,243 @@
+//! `evaluate`: every test condition of one or more run directories through the paper's metrics,
+//! with the two baselines, summarised per model with Mann-Whitney U tests between every pair of
+//! models and Benjamini-Hochberg over all tests.
+//!
+//! Baselines, per fold: `control` predicts each real cell by its paired control cell (no change);
+//! `training-mean` adds to it the mean change of the target cell type's training perturbations
+//! (training cells' mean minus the control mean).
+
+use super::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
+use super::pca::Pca;
+use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark};
+use crate::data::split::SplitFile;
+use crate::data::store::Store;
+use crate::train::run::{RunRecord, ALL_FOLDS};
+use crate::train::Trainer;
+use crate::{Error, Result};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub deg_rule: DegRule,
+    pub pca_components: usize,
+    /// Training cells sampled to fit the PCA.
+    pub pca_cells: usize,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { deg_rule: DegRule::Paper, pca_components: 50, pca_cells: 4096 }
+    }
+}
+
+pub const METRICS: [&str; 11] = ["pearson_deg", "spearman_deg", "mse", "rmse", "mae", "mse_pca", "w1", "w2", "energy", "mmd", "degs"];
+/// Whether a larger value is better, per metric of `METRICS`.
+pub const HIGHER_IS_BETTER: [bool; 11] = [true, true, false, false, false, false, false, false, false, false, false];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConditionRow {
+    pub model: String,
+    pub target: String,
+    pub perturbation: String,
+    pub cell_type: String,
+    pub cells: usize,
+    /// In the order of `METRICS`.
+    pub values: Vec<f64>,
+}
+
+/// The metrics of one condition: predicted and real cells `[n, genes]`, all control cells of the
+/// cell type `[m, genes]`; in the order of `METRICS`.
+pub fn condition_metrics(pred: &[f64], real: &[f64], controls: &[f64], genes: usize, pca: &Pca, rule: DegRule) -> Result<Vec<f64>> {
+    let degs = deg_mask(real, controls, genes, rule);
+    let (ctrl, p, r) = (mean_rows(controls, genes), mean_rows(pred, genes), mean_rows(real, genes));
+    let pick = |m: &[f64]| m.iter().zip(&ctrl).zip(&degs).filter(|(_, &d)| d).map(|((x, c), _)| x - c).collect::<Vec<f64>>();
+    let (dp, dr) = (pick(&p), pick(&r));
+    let (pp, rp) = (pca.project(pred), pca.project(real));
+    let k = pca.n_components();
+    let (w1, w2) = wasserstein(&pp, &rp, k)?;
+    let m = mse(&p, &r);
+    Ok(vec![
+        pearson(&dp, &dr),
+        spearman(&dp, &dr),
+        m,
+        m.sqrt(),
+        mae(&p, &r),
+        mse(&mean_rows(&pp, k), &mean_rows(&rp, k)),
+        w1,
+        w2,
+        energy_distance(&pp, &rp, k),
+        mmd_rbf(&pp, &rp, k),
+        degs.iter().filter(|&&d| d).count() as f64,
+    ])
+}
+
+fn rows_f64(store: &Store, cells: impl Iterator<Item = u32>) -> Vec<f64> {
+    let g = store.n_genes();
+    let mut row = vec![0.0f32; g];
+    let mut out = Vec::new();
+    for c in cells {
+        store.expression_row(c as usize, &mut row);
+        out.extend(row.iter().map(|&v| v as f64));
+    }
+    out
+}
+fn to_f64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// The fold directories of a run directory (itself, or one per cell type for an `all` run).
+fn fold_dirs(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let record = RunRecord::read(run_dir)?;
+    if !record.train.target_cell_type.eq_ignore_ascii_case(ALL_FOLDS) {
+        return Ok(vec![run_dir.to_path_buf()]);
+    }
+    let store = Store::open(&record.data)?;
+    Ok(store.manifest.cell_types.iter().map(|c| run_dir.join(c.to_lowercase())).filter(|d| d.join("config.toml").exists()).collect())
+}
+
+/// Per-condition metrics of every model and both baselines.
+pub fn evaluate_runs(run_dirs: &[PathBuf], opts: &EvalOptions, progress: bool) -> Result<Vec<ConditionRow>> {
+    let mut rows = Vec::new();
+    let mut baselines_done: Vec<(PathBuf, PathBuf, String, u64)> = Vec::new();
+    for dir in run_dirs.iter().map(|d| fold_dirs(d)).collect::<Result<Vec<_>>>()?.concat() {
+        let record = RunRecord::read(&dir)?;
+        let store = Store::open(&record.data)?;
+        let split = SplitFile::read(&record.split)?;
+        let mut trainer = Trainer::new(record.train.clone(), &store, &split, &record.split)?;
+        let best = dir.join("checkpoint-best.safetensors");
+        let ckpt = if best.exists() { best } else { dir.join("checkpoint-last.safetensors") };
+        trainer.load_checkpoint(&ckpt)?;
+        let (g, target) = (store.n_genes(), trainer.cfg.target_cell_type.clone());
+        let ct = trainer.fold.target as usize;
+        let model = trainer.cfg.model.kind.name().to_string();
+        if progress {
+            eprintln!("evaluating {model} on {target} ({} test conditions) from {}", trainer.fold.test.len(), ckpt.display());
+        }
+
+        // PCA on training cells of the fold, and the target cell type's controls and training mean.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x9CA);
+        let train = &trainer.fold.train;
+        let sample = (0..opts.pca_cells).map(|_| {
+            let c = &train[rng.gen_range(0..train.len())];
+            c.cells[rng.gen_range(0..c.cells.len())]
+        });
+        let pca = Pca::fit(&rows_f64(&store, sample), g, opts.pca_components);
+        let controls = rows_f64(&store, trainer.fold.controls[ct].iter().copied());
+        let target_train: Vec<u32> = train.iter().filter(|c| c.cell_type as usize == ct).flat_map(|c| c.cells.iter().copied()).collect();
+        let shift: Vec<f64> = if target_train.is_empty() {
+            vec![0.0; g]
+        } else {
+            let picked = (0..opts.pca_cells.min(target_train.len())).map(|_| target_train[rng.gen_range(0..target_train.len())]);
+            let tm = mean_rows(&rows_f64(&store, picked), g);
+            tm.iter().zip(mean_rows(&controls, g)).map(|(t, c)| t - c).collect()
+        };
+        let key = (record.data.clone(), record.split.clone(), target.clone(), trainer.cfg.seed);
+        let with_baselines = !baselines_done.contains(&key);
+        baselines_done.push(key);
+
+        let mut eval_rng = trainer.eval_rng();
+        for cond in &trainer.fold.test {
+            let (pred, real, paired) = trainer.predict_condition(cond, &mut eval_rng);
+            let (pred, real, paired) = (to_f64(&pred), to_f64(&real), to_f64(&paired));
+            let row = |model: &str, values: Vec<f64>| ConditionRow {
+                model: model.to_string(),
+                target: target.clone(),
+                perturbation: store.manifest.perturbations[cond.perturbation as usize].clone(),
+                cell_type: store.manifest.cell_types[ct].clone(),
+                cells: cond.cells.len(),
+                values,
+            };
+            rows.push(row(&model, condition_metrics(&pred, &real, &controls, g, &pca, opts.deg_rule)?));
+            if with_baselines {
+                rows.push(row("control", condition_metrics(&paired, &real, &controls, g, &pca, opts.deg_rule)?));
+                let shifted: Vec<f64> = paired.chunks(g).flat_map(|r| r.iter().zip(&shift).map(|(x, s)| (x + s).max(0.0))).collect();
+                rows.push(row("training-mean", condition_metrics(&shifted, &real, &controls, g, &pca, opts.deg_rule)?));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// model -> metric -> (mean, standard deviation, conditions)
+    pub models: BTreeMap<String, BTreeMap<String, (f64, f64, usize)>>,
+    /// (metric, model a, model b, Mann-Whitney U of a, p, BH q)
+    pub tests: Vec<(String, String, String, f64, f64, f64)>,
+}
+
+pub fn summarise(rows: &[ConditionRow]) -> Summary {
+    let mut by_model: BTreeMap<String, Vec<&ConditionRow>> = BTreeMap::new();
+    rows.iter().for_each(|r| by_model.entry(r.model.clone()).or_default().push(r));
+    let column = |rs: &[&ConditionRow], m: usize| -> Vec<f64> { rs.iter().map(|r| r.values[m]).filter(|v| v.is_finite()).collect() };
+    let mut models = BTreeMap::new();
+    for (model, rs) in &by_model {
+        let mut per = BTreeMap::new();
+        for (m, name) in METRICS.iter().enumerate() {
+            let v = column(rs, m);
+            let (mean, var) = super::stats::mean_var(&v);
+            per.insert(name.to_string(), (mean, var.sqrt(), v.len()));
+        }
+        models.insert(model.clone(), per);
+    }
+    let names: Vec<&String> = by_model.keys().collect();
+    let mut tests = Vec::new();
+    for (m, metric) in METRICS.iter().enumerate().take(METRICS.len() - 1) {
+        for i in 0..names.len() {
+            for j in i + 1..names.len() {
+                let r = mann_whitney_u(&column(&by_model[names[i]], m), &column(&by_model[names[j]], m));
+                tests.push((metric.to_string(), names[i].clone(), names[j].clone(), r.u, r.p, 0.0));
+            }
+        }
+    }
+    let q = benjamini_hochberg(&tests.iter().map(|t| t.4).collect::<Vec<_>>());
+    tests.iter_mut().zip(q).for_each(|(t, q)| t.5 = q);
+    Summary { models, tests }
+}
+
+/// A Markdown table like the paper's Table 1 (mean +- sd per metric and model), then every test.
+pub fn markdown(summary: &Summary, opts: &EvalOptions) -> String {
+    let mut s = format!(
+        "# Evaluation\n\nDEGs: {:?} rule. Distributional metrics in a {}-component PCA fitted on training cells (exact W1/W2).\n\n| metric |",
+        opts.deg_rule, opts.pca_components
+    );
+    let models: Vec<&String> = summary.models.keys().collect();
+    models.iter().for_each(|m| s += &format!(" {m} |"));
+    s += "\n|---|";
+    models.iter().for_each(|_| s += "---|");
+    s += "\n";
+    for (m, metric) in METRICS.iter().enumerate() {
+        let label = match (*metric, HIGHER_IS_BETTER[m]) {
+            ("degs", _) => "degs (count in the real cells)".to_string(),
+            (_, true) => format!("{metric} (higher is better)"),
+            (_, false) => format!("{metric} (lower is better)"),
+        };
+        s += &format!("| {label} |");
+        for model in &models {
+            let (mean, sd, _) = summary.models[*model][*metric];
+            s += &format!(" {mean:.4} ± {sd:.4} |");
+        }
+        s += "\n";
+    }
+    s += "\n## Mann-Whitney U between models (two-sided), Benjamini-Hochberg over all tests\n\n| metric | a | b | U | p | q | |\n|---|---|---|---|---|---|---|\n";
+    for (metric, a, b, u, p, q) in &summary.tests {
+        s += &format!("| {metric} | {a} | {b} | {u} | {p:.3e} | {q:.3e} | {} |\n", significance_mark(*q));
+    }
+    s
+}
+
+/// Writes `per_condition.csv`, `summary.json` and `report.md` into `out`.
+pub fn write_report(rows: &[ConditionRow], summary: &Summary, opts: &EvalOptions, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut csv = format!("model,target,perturbation,cell_type,cells,{}\n", METRICS.join(","));
+    for r in rows {
+        let values: Vec<String> = r.values.iter().map(|v| format!("{v}")).collect();
+        csv += &format!("{},{},{},{},{},{}\n", r.model, r.target, r.perturbation, r.cell_type, r.cells, values.join(","));
+    }
+    crate::data::write_atomic(&out.join("per_condition.csv"), csv.as_bytes())?;
+    crate::data::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(summary).expect("summary serialises").as_bytes())?;
+    crate::data::write_atomic(&out.join("report.md"), markdown(summary, opts).as_bytes())
+}
