@@ -57,6 +57,10 @@ enum Command {
         deg_rule: ptrag_engine::eval::metrics::DegRule,
         #[arg(long, default_value_t = 50)]
         pca_components: usize,
+        /// Compatibility: W1/W2/energy/MMD as means of 1-D distances per principal component, as the
+        /// paper's evaluator computed them (labelled in the report).
+        #[arg(long)]
+        per_component: bool,
     },
 }
 
@@ -170,9 +174,9 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             );
         }
         Command::Train(args) => train_command(args, !cli.quiet)?,
-        Command::Evaluate { runs, out, deg_rule, pca_components } => {
+        Command::Evaluate { runs, out, deg_rule, pca_components, per_component } => {
             use ptrag_engine::eval::report::{evaluate_runs, markdown, summarise, write_report, EvalOptions};
-            let opts = EvalOptions { deg_rule, pca_components, ..EvalOptions::default() };
+            let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
             let rows = evaluate_runs(&runs, &opts, !cli.quiet)?;
             let summary = summarise(&rows);
             write_report(&rows, &summary, &opts, &out)?;

@@ -208,3 +208,12 @@ fn pca_recovers_planted_directions_and_variances() {
     let p = pca.project(&cells[..g]);
     assert_close(&p.iter().map(|v| v.abs()).collect::<Vec<_>>(), &[3.0, 2.0, 1.0], 1e-9, 0.0, "projection");
 }
+
+#[test]
+fn per_component_compatibility_mode_by_hand() {
+    // x = {(0,0), (2,0)}, y = {(0,1), (2,1)}. Component 0: identical samples, all four distances 0.
+    // Component 1: {0,0} vs {1,1}: W1 = W2 = 1, energy 2 * 1 - 0 - 0 = 2, MMD^2 = 2 - 2 exp(-1/2)
+    // (pooled distances 0,0,1,1,1,1: median 1). Means over the two components:
+    let d = ptrag_engine::eval::report::per_component_distances(&[0.0, 0.0, 2.0, 0.0], &[0.0, 1.0, 2.0, 1.0], 2).unwrap();
+    assert_close(&d, &[0.5, 0.5, 1.0, 1.0 - (-0.5f64).exp()], 1e-15, 0.0, "per-component W1, W2, energy, MMD");
+}
