@@ -175,11 +175,13 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
         }
         Command::Train(args) => train_command(args, !cli.quiet)?,
         Command::Evaluate { runs, out, deg_rule, pca_components, per_component } => {
-            use ptrag_engine::eval::report::{evaluate_runs, markdown, summarise, write_report, EvalOptions};
+            use ptrag_engine::eval::report::{evaluate_runs, markdown, pt_rag_records, summarise, write_report, EvalOptions};
             let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
             let rows = evaluate_runs(&runs, &opts, !cli.quiet)?;
             let summary = summarise(&rows);
-            write_report(&rows, &summary, &opts, &out)?;
+            let records = pt_rag_records(&runs)?;
+            let retrieval = (!records.is_empty()).then(|| ptrag_engine::eval::retrieval::analyse(&records));
+            write_report(&rows, &summary, retrieval.as_ref(), &opts, &out)?;
             println!("{}", markdown(&summary, &opts).split("\n## ").next().unwrap_or_default());
             println!("per-condition values, summary and report in {}", out.display());
         }

@@ -217,3 +217,37 @@ fn per_component_compatibility_mode_by_hand() {
     let d = ptrag_engine::eval::report::per_component_distances(&[0.0, 0.0, 2.0, 0.0], &[0.0, 1.0, 2.0, 1.0], 2).unwrap();
     assert_close(&d, &[0.5, 0.5, 1.0, 1.0 - (-0.5f64).exp()], 1e-15, 0.0, "per-component W1, W2, energy, MMD");
 }
+
+#[test]
+fn retrieval_analysis_by_hand() {
+    use ptrag_engine::eval::retrieval::analyse;
+    use ptrag_engine::train::RetrievalRecord;
+    let rec = |gene: &str, ct: &str, retrieved: &[&str], selected: &[f64]| RetrievalRecord {
+        perturbation: gene.into(),
+        cell_type: ct.into(),
+        set: 0,
+        cells: 4,
+        retrieved: retrieved.iter().map(|s| s.to_string()).collect(),
+        similarity: vec![0.0; retrieved.len()],
+        selected: Some(selected.to_vec()),
+    };
+    // Gene G: in A, P1 (4 + 1 = 5 over two sets) > P2 (2) > P3 (0); in B only P2 and P4 are selected.
+    // Gene H is tested only in A, so it is not in the Jaccard average.
+    let records = vec![
+        rec("G", "A", &["P1", "P2", "P3"], &[4.0, 2.0, 0.0]),
+        rec("G", "A", &["P1", "P2", "P3"], &[1.0, 0.0, 0.0]),
+        rec("G", "B", &["P2", "P4", "P1"], &[3.0, 1.0, 0.0]),
+        rec("H", "A", &["P5"], &[2.0]),
+    ];
+    let a = analyse(&records);
+    assert_eq!(a.cell_types, vec!["A", "B"]);
+    assert_eq!(a.shared_genes, vec!["G"]);
+    let names = |ct: &str| a.top10["G"][ct].iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>();
+    // Never-selected candidates (count 0) are not in a top list.
+    assert_eq!(names("A"), vec!["P1", "P2"]);
+    assert_eq!(names("B"), vec!["P2", "P4"]);
+    // {P1, P2} vs {P2, P4}: Jaccard 1 / 3.
+    assert_close(&[a.jaccard[0][1], a.jaccard[1][0], a.jaccard[0][0]], &[1.0 / 3.0, 1.0 / 3.0, 1.0], 1e-15, 0.0, "Jaccard");
+    // Mean selected per cell: A (6 + 1 + 2) / 12 cells = 0.75; B 4 / 4 = 1.
+    assert_close(&[a.mean_selected["A"], a.mean_selected["B"]], &[0.75, 1.0], 1e-15, 0.0, "mean selected");
+}

@@ -4,4 +4,5 @@
 pub mod metrics;
 pub mod pca;
 pub mod report;
+pub mod retrieval;
 pub mod stats;

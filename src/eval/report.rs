@@ -119,6 +119,18 @@ fn fold_dirs(run_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(store.manifest.cell_types.iter().map(|c| run_dir.join(c.to_lowercase())).filter(|d| d.join("config.toml").exists()).collect())
 }
 
+/// The retrieval records of the PT-RAG runs among `run_dirs` (all folds).
+pub fn pt_rag_records(run_dirs: &[PathBuf]) -> Result<Vec<crate::train::RetrievalRecord>> {
+    let mut out = Vec::new();
+    for dir in run_dirs.iter().map(|d| fold_dirs(d)).collect::<Result<Vec<_>>>()?.concat() {
+        let path = dir.join("retrieval-test.jsonl");
+        if RunRecord::read(&dir)?.train.model.kind == crate::model::ModelKind::PtRag && path.exists() {
+            out.extend(super::retrieval::read_records(&path)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Per-condition metrics of every model and both baselines.
 pub fn evaluate_runs(run_dirs: &[PathBuf], opts: &EvalOptions, progress: bool) -> Result<Vec<ConditionRow>> {
     let mut rows = Vec::new();
@@ -182,28 +194,45 @@ pub fn evaluate_runs(run_dirs: &[PathBuf], opts: &EvalOptions, progress: bool) -
     Ok(rows)
 }
 
+/// metric -> (mean, standard deviation, conditions)
+pub type MetricTable = BTreeMap<String, (f64, f64, usize)>;
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
-    /// model -> metric -> (mean, standard deviation, conditions)
-    pub models: BTreeMap<String, BTreeMap<String, (f64, f64, usize)>>,
+    /// Over all conditions: model -> metrics.
+    pub models: BTreeMap<String, MetricTable>,
+    /// Per cell type: cell type -> model -> metrics.
+    pub per_cell_type: BTreeMap<String, BTreeMap<String, MetricTable>>,
     /// (metric, model a, model b, Mann-Whitney U of a, p, BH q)
     pub tests: Vec<(String, String, String, f64, f64, f64)>,
 }
 
-pub fn summarise(rows: &[ConditionRow]) -> Summary {
-    let mut by_model: BTreeMap<String, Vec<&ConditionRow>> = BTreeMap::new();
-    rows.iter().for_each(|r| by_model.entry(r.model.clone()).or_default().push(r));
-    let column = |rs: &[&ConditionRow], m: usize| -> Vec<f64> { rs.iter().map(|r| r.values[m]).filter(|v| v.is_finite()).collect() };
-    let mut models = BTreeMap::new();
-    for (model, rs) in &by_model {
-        let mut per = BTreeMap::new();
-        for (m, name) in METRICS.iter().enumerate() {
+fn column(rs: &[&ConditionRow], m: usize) -> Vec<f64> {
+    rs.iter().map(|r| r.values[m]).filter(|v| v.is_finite()).collect()
+}
+
+fn table(rs: &[&ConditionRow]) -> MetricTable {
+    METRICS
+        .iter()
+        .enumerate()
+        .map(|(m, name)| {
             let v = column(rs, m);
             let (mean, var) = super::stats::mean_var(&v);
-            per.insert(name.to_string(), (mean, var.sqrt(), v.len()));
-        }
-        models.insert(model.clone(), per);
+            (name.to_string(), (mean, var.sqrt(), v.len()))
+        })
+        .collect()
+}
+
+pub fn summarise(rows: &[ConditionRow]) -> Summary {
+    let mut by_model: BTreeMap<String, Vec<&ConditionRow>> = BTreeMap::new();
+    let mut by_cell_type: BTreeMap<String, BTreeMap<String, Vec<&ConditionRow>>> = BTreeMap::new();
+    for r in rows {
+        by_model.entry(r.model.clone()).or_default().push(r);
+        by_cell_type.entry(r.cell_type.clone()).or_default().entry(r.model.clone()).or_default().push(r);
     }
+    let models = by_model.iter().map(|(m, rs)| (m.clone(), table(rs))).collect();
+    let per_cell_type =
+        by_cell_type.iter().map(|(ct, by)| (ct.clone(), by.iter().map(|(m, rs)| (m.clone(), table(rs))).collect())).collect();
     let names: Vec<&String> = by_model.keys().collect();
     let mut tests = Vec::new();
     for (m, metric) in METRICS.iter().enumerate().take(METRICS.len() - 1) {
@@ -216,7 +245,7 @@ pub fn summarise(rows: &[ConditionRow]) -> Summary {
     }
     let q = benjamini_hochberg(&tests.iter().map(|t| t.4).collect::<Vec<_>>());
     tests.iter_mut().zip(q).for_each(|(t, q)| t.5 = q);
-    Summary { models, tests }
+    Summary { models, per_cell_type, tests }
 }
 
 /// A Markdown table like the paper's Table 1 (mean +- sd per metric and model), then every test.
@@ -231,23 +260,12 @@ pub fn markdown(summary: &Summary, opts: &EvalOptions) -> String {
             "between the clouds (W1/W2 by exact optimal transport)"
         }
     );
-    let models: Vec<&String> = summary.models.keys().collect();
-    models.iter().for_each(|m| s += &format!(" {m} |"));
-    s += "\n|---|";
-    models.iter().for_each(|_| s += "---|");
-    s += "\n";
-    for (m, metric) in METRICS.iter().enumerate() {
-        let label = match (*metric, HIGHER_IS_BETTER[m]) {
-            ("degs", _) => "degs (count in the real cells)".to_string(),
-            (_, true) => format!("{metric} (higher is better)"),
-            (_, false) => format!("{metric} (lower is better)"),
-        };
-        s += &format!("| {label} |");
-        for model in &models {
-            let (mean, sd, _) = summary.models[*model][*metric];
-            s += &format!(" {mean:.4} ± {sd:.4} |");
+    s += &metric_table(&summary.models);
+    if summary.per_cell_type.len() > 1 {
+        for (ct, models) in &summary.per_cell_type {
+            s += &format!("\n## {ct}\n\n| metric |");
+            s += &metric_table(models);
         }
-        s += "\n";
     }
     s += "\n## Mann-Whitney U between models (two-sided), Benjamini-Hochberg over all tests\n\n| metric | a | b | U | p | q | |\n|---|---|---|---|---|---|---|\n";
     for (metric, a, b, u, p, q) in &summary.tests {
@@ -256,8 +274,38 @@ pub fn markdown(summary: &Summary, opts: &EvalOptions) -> String {
     s
 }
 
-/// Writes `per_condition.csv`, `summary.json` and `report.md` into `out`.
-pub fn write_report(rows: &[ConditionRow], summary: &Summary, opts: &EvalOptions, out: &Path) -> Result<()> {
+/// The rest of a Markdown table after its `| metric |` opening: mean +- sd per metric and model.
+fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
+    let names: Vec<&String> = models.keys().collect();
+    let mut s = String::new();
+    names.iter().for_each(|m| s += &format!(" {m} |"));
+    s += "\n|---|";
+    names.iter().for_each(|_| s += "---|");
+    s += "\n";
+    for (m, metric) in METRICS.iter().enumerate() {
+        let label = match (*metric, HIGHER_IS_BETTER[m]) {
+            ("degs", _) => "degs (count in the real cells)".to_string(),
+            (_, true) => format!("{metric} (higher is better)"),
+            (_, false) => format!("{metric} (lower is better)"),
+        };
+        s += &format!("| {label} |");
+        for model in &names {
+            let (mean, sd, _) = models[*model][*metric];
+            s += &format!(" {mean:.4} ± {sd:.4} |");
+        }
+        s += "\n";
+    }
+    s
+}
+
+/// Writes `per_condition.csv`, `summary.json`, `report.md` and (with PT-RAG records) `retrieval.json` into `out`.
+pub fn write_report(
+    rows: &[ConditionRow],
+    summary: &Summary,
+    retrieval: Option<&super::retrieval::RetrievalAnalysis>,
+    opts: &EvalOptions,
+    out: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut csv = format!("model,target,perturbation,cell_type,cells,{}\n", METRICS.join(","));
     for r in rows {
@@ -266,5 +314,10 @@ pub fn write_report(rows: &[ConditionRow], summary: &Summary, opts: &EvalOptions
     }
     crate::data::write_atomic(&out.join("per_condition.csv"), csv.as_bytes())?;
     crate::data::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(summary).expect("summary serialises").as_bytes())?;
-    crate::data::write_atomic(&out.join("report.md"), markdown(summary, opts).as_bytes())
+    let mut md = markdown(summary, opts);
+    if let Some(a) = retrieval {
+        crate::data::write_atomic(&out.join("retrieval.json"), serde_json::to_string_pretty(a).expect("analysis serialises").as_bytes())?;
+        md += &super::retrieval::markdown(a);
+    }
+    crate::data::write_atomic(&out.join("report.md"), md.as_bytes())
 }
