@@ -43,6 +43,11 @@ enum Command {
     /// Train STATE, STATE+GenePT, Vanilla RAG or PT-RAG on a dataset store (default: the built-in
     /// `small` data, generated and cached).
     Train(TrainOptions),
+    /// The paper's experiment in one command: train STATE, STATE+GenePT, Vanilla RAG and PT-RAG on
+    /// one target cell type (the `train` defaults, or the options given), then evaluate them into
+    /// `<run-dir>/report` (default run-dir: runs/reproduce-<target>-<seed>). Finished models are kept
+    /// and unfinished ones resumed when run again.
+    Reproduce(TrainOptions),
     /// Evaluate trained runs on their test conditions with the paper's metrics, the control and
     /// training-mean baselines, and Mann-Whitney U / Benjamini-Hochberg between models.
     Evaluate {
@@ -74,7 +79,7 @@ fn open_data(data: Option<&PathBuf>, preset: &str, progress: bool) -> ptrag_engi
 /// Ctrl-C sets `STOP`; training checkpoints after the current step and exits. A second Ctrl-C exits at once.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<()> {
+fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<Vec<run::RunSummary>> {
     let opts = opts.with_config_file()?;
     let (record, run_dir, resume) = match &opts.resume {
         Some(dir) => {
@@ -124,13 +129,6 @@ fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<()>
         t.cells_per_set,
         run_dir.display()
     );
-    ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
-    })
-    .map_err(|e| ptrag_engine::Error::invalid("Ctrl-C handler", e.to_string()))?;
     let ctl = RunControl { progress, stop: Some(&STOP) };
     let summaries = run::execute(&record, &store, &split, &run_dir, resume, &ctl)?;
     for s in &summaries {
@@ -155,6 +153,66 @@ fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<()>
         }
         println!("  run directory: {}", s.run_dir.display());
     }
+    Ok(summaries)
+}
+
+/// Ctrl-C sets `STOP` (training checkpoints after the current step); a second Ctrl-C exits at once.
+fn install_ctrl_c() -> ptrag_engine::Result<()> {
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+    })
+    .map_err(|e| ptrag_engine::Error::invalid("Ctrl-C handler", e.to_string()))?;
+    Ok(())
+}
+
+/// The paper's experiment in one command: the four models on one target cell type, then `evaluate`.
+fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<()> {
+    use ptrag_engine::eval::report::{evaluate_runs, markdown, pt_rag_records, summarise, write_report, EvalOptions};
+    use ptrag_engine::model::ModelKind;
+    let opts = opts.with_config_file()?;
+    if opts.model.is_some() || opts.resume.is_some() {
+        return Err(ptrag_engine::Error::invalid("reproduce", "trains all four models itself; --model and --resume do not apply"));
+    }
+    let store = open_data(opts.data.as_ref(), opts.preset.as_deref().unwrap_or("small"), progress)?;
+    let target = opts.target_cell_type.clone().unwrap_or_else(|| store.manifest.cell_types[0].clone());
+    let root = opts
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}-{}", target.to_lowercase(), opts.seed.unwrap_or(42))));
+    let kinds = [ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag, ModelKind::PtRag];
+    for kind in kinds {
+        let dir = root.join(kind.name());
+        if dir.join("metrics.json").exists() {
+            eprintln!("{}: finished run kept in {}", kind.label(), dir.display());
+            continue;
+        }
+        let mut o = opts.clone();
+        (o.model, o.run_dir) = (Some(kind), Some(dir.clone()));
+        // Options of the retrieval models do not apply to the others.
+        if !kind.retrieves() {
+            (o.top_k, o.retrieval_db, o.self_retrieval_bug) = (None, None, None);
+        }
+        if kind != ModelKind::PtRag {
+            (o.sparsity, o.tau, o.scorer_dropout, o.eval_selection) = (None, None, None, None);
+        }
+        if dir.join("config.toml").exists() {
+            o = TrainOptions { resume: Some(dir), steps: opts.steps, ..TrainOptions::default() };
+        }
+        train_command(o, progress)?;
+    }
+    let runs: Vec<PathBuf> = kinds.iter().map(|k| root.join(k.name())).collect();
+    let eval = EvalOptions::default();
+    let rows = evaluate_runs(&runs, &eval, progress)?;
+    let summary = summarise(&rows);
+    let records = pt_rag_records(&runs)?;
+    let retrieval = (!records.is_empty()).then(|| ptrag_engine::eval::retrieval::analyse(&records));
+    let out = root.join("report");
+    write_report(&rows, &summary, retrieval.as_ref(), &eval, &out)?;
+    println!("{}", markdown(&summary, &eval).split("\n## ").next().unwrap_or_default());
+    println!("report in {}", out.display());
     Ok(())
 }
 
@@ -173,7 +231,14 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
                 report.seconds
             );
         }
-        Command::Train(args) => train_command(args, !cli.quiet)?,
+        Command::Train(args) => {
+            install_ctrl_c()?;
+            train_command(args, !cli.quiet)?;
+        }
+        Command::Reproduce(args) => {
+            install_ctrl_c()?;
+            reproduce_command(args, !cli.quiet)?;
+        }
         Command::Evaluate { runs, out, deg_rule, pca_components, per_component } => {
             use ptrag_engine::eval::report::{evaluate_runs, markdown, pt_rag_records, summarise, write_report, EvalOptions};
             let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };

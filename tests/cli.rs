@@ -38,15 +38,7 @@ fn tiny_store(dir: &Path) -> PathBuf {
 
 /// `train` on the tiny store with a small architecture.
 fn train(store: &Path, run: &Path, extra: &[&str]) -> Output {
-    cli()
-        .args(["train", "--quiet", "--sets-per-batch", "2", "--cells-per-set", "8"])
-        .args(["--hidden", "16", "--layers", "1", "--heads", "2", "--head-dim", "4", "--mlp", "16", "--data"])
-        .arg(store)
-        .arg("--run-dir")
-        .arg(run)
-        .args(extra)
-        .output()
-        .unwrap()
+    train_like(store, run, "train", extra)
 }
 
 fn stderr(out: &Output) -> String {
@@ -240,4 +232,37 @@ fn evaluate_reports_every_model_and_both_baselines() {
     let err = cli().args(["evaluate", "--quiet"]).arg(tmp.path().join("nowhere")).output().unwrap();
     assert_eq!(err.status.code(), Some(1));
     assert!(stderr(&err).contains("nowhere/config.toml"), "{}", stderr(&err));
+}
+
+#[test]
+fn reproduce_trains_the_four_models_and_writes_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let root = tmp.path().join("repro");
+    let out = train_like(&store, &root, "reproduce", &["--steps", "2", "--val-every", "0", "--top-k", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for model in ["state", "state-genept", "vanilla-rag", "pt-rag"] {
+        assert!(root.join(model).join("metrics.json").exists(), "{model}");
+    }
+    let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
+    for col in ["| control |", "| pt-rag |", "| state |", "| state-genept |", "| training-mean |", "| vanilla-rag |", "Retrieval analysis"]
+    {
+        assert!(report.contains(col.trim_start_matches("| ").trim_end_matches(" |")), "{col} missing from\n{report}");
+    }
+    // Run again: finished models are kept, the report is rewritten.
+    let out = train_like(&store, &root, "reproduce", &["--steps", "2", "--val-every", "0", "--top-k", "4"]);
+    assert!(out.status.success() && stderr(&out).contains("finished run kept"), "{}", stderr(&out));
+}
+
+/// `train`-style options for another subcommand.
+fn train_like(store: &Path, run: &Path, command: &str, extra: &[&str]) -> Output {
+    cli()
+        .args([command, "--quiet", "--sets-per-batch", "2", "--cells-per-set", "8"])
+        .args(["--hidden", "16", "--layers", "1", "--heads", "2", "--head-dim", "4", "--mlp", "16", "--data"])
+        .arg(store)
+        .arg("--run-dir")
+        .arg(run)
+        .args(extra)
+        .output()
+        .unwrap()
 }
