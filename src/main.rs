@@ -170,7 +170,7 @@ fn install_ctrl_c() -> ptrag_engine::Result<()> {
 
 /// The paper's experiment in one command: the four models on one target cell type, then `evaluate`.
 fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<()> {
-    use ptrag_engine::eval::report::{evaluate_runs, markdown, pt_rag_records, summarise, write_report, EvalOptions};
+    use ptrag_engine::eval::report::{evaluate_into, EvalOptions};
     use ptrag_engine::model::ModelKind;
     let opts = opts.with_config_file()?;
     if opts.model.is_some() || opts.resume.is_some() {
@@ -204,14 +204,8 @@ fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result
         train_command(o, progress)?;
     }
     let runs: Vec<PathBuf> = kinds.iter().map(|k| root.join(k.name())).collect();
-    let eval = EvalOptions::default();
-    let rows = evaluate_runs(&runs, &eval, progress)?;
-    let summary = summarise(&rows);
-    let records = pt_rag_records(&runs)?;
-    let retrieval = (!records.is_empty()).then(|| ptrag_engine::eval::retrieval::analyse(&records));
     let out = root.join("report");
-    write_report(&rows, &summary, retrieval.as_ref(), &eval, &out)?;
-    println!("{}", markdown(&summary, &eval).split("\n## ").next().unwrap_or_default());
+    println!("{}", evaluate_into(&runs, &EvalOptions::default(), &out, progress)?);
     println!("report in {}", out.display());
     Ok(())
 }
@@ -240,14 +234,9 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             reproduce_command(args, !cli.quiet)?;
         }
         Command::Evaluate { runs, out, deg_rule, pca_components, per_component } => {
-            use ptrag_engine::eval::report::{evaluate_runs, markdown, pt_rag_records, summarise, write_report, EvalOptions};
+            use ptrag_engine::eval::report::{evaluate_into, EvalOptions};
             let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
-            let rows = evaluate_runs(&runs, &opts, !cli.quiet)?;
-            let summary = summarise(&rows);
-            let records = pt_rag_records(&runs)?;
-            let retrieval = (!records.is_empty()).then(|| ptrag_engine::eval::retrieval::analyse(&records));
-            write_report(&rows, &summary, retrieval.as_ref(), &opts, &out)?;
-            println!("{}", markdown(&summary, &opts).split("\n## ").next().unwrap_or_default());
+            println!("{}", evaluate_into(&runs, &opts, &out, !cli.quiet)?);
             println!("per-condition values, summary and report in {}", out.display());
         }
     }

@@ -143,15 +143,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tiny_store(tmp.path());
     let run = tmp.path().join("run");
-    let child = cli()
-        .args(["train", "--quiet", "--steps", "100000", "--val-every", "0", "--sets-per-batch", "2", "--cells-per-set", "8"])
-        .args(["--hidden", "16", "--layers", "1", "--heads", "2", "--head-dim", "4", "--mlp", "16", "--data"])
-        .arg(&store)
-        .arg("--run-dir")
-        .arg(&run)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = small_run(&store, &run, "train", &["--steps", "100000", "--val-every", "0"]).stderr(Stdio::piped()).spawn().unwrap();
     let log = run.join("log.jsonl");
     let start = std::time::Instant::now();
     while std::fs::read_to_string(&log).map_or(0, |l| l.lines().count()) < 3 {
@@ -254,15 +246,18 @@ fn reproduce_trains_the_four_models_and_writes_the_report() {
     assert!(out.status.success() && stderr(&out).contains("finished run kept"), "{}", stderr(&out));
 }
 
-/// `train`-style options for another subcommand.
-fn train_like(store: &Path, run: &Path, command: &str, extra: &[&str]) -> Output {
-    cli()
-        .args([command, "--quiet", "--sets-per-batch", "2", "--cells-per-set", "8"])
+/// `command` (train or reproduce) on the tiny store with a small architecture.
+fn small_run(store: &Path, run: &Path, command: &str, extra: &[&str]) -> Command {
+    let mut c = cli();
+    c.args([command, "--quiet", "--sets-per-batch", "2", "--cells-per-set", "8"])
         .args(["--hidden", "16", "--layers", "1", "--heads", "2", "--head-dim", "4", "--mlp", "16", "--data"])
         .arg(store)
         .arg("--run-dir")
         .arg(run)
-        .args(extra)
-        .output()
-        .unwrap()
+        .args(extra);
+    c
+}
+
+fn train_like(store: &Path, run: &Path, command: &str, extra: &[&str]) -> Output {
+    small_run(store, run, command, extra).output().unwrap()
 }

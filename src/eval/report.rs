@@ -298,6 +298,17 @@ fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
     s
 }
 
+/// `evaluate` end to end: metrics of every run, summary, retrieval analysis (with PT-RAG runs),
+/// report files in `out`; returns the overall Markdown table.
+pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progress: bool) -> Result<String> {
+    let rows = evaluate_runs(run_dirs, opts, progress)?;
+    let summary = summarise(&rows);
+    let records = pt_rag_records(run_dirs)?;
+    let retrieval = (!records.is_empty()).then(|| super::retrieval::analyse(&records));
+    write_report(&rows, &summary, retrieval.as_ref(), opts, out)?;
+    Ok(markdown(&summary, opts).split("\n## ").next().unwrap_or_default().to_string())
+}
+
 /// Writes `per_condition.csv`, `summary.json`, `report.md` and (with PT-RAG records) `retrieval.json` into `out`.
 pub fn write_report(
     rows: &[ConditionRow],
