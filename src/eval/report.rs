@@ -6,6 +6,7 @@
 //! `training-mean` adds to it the mean change of the target cell type's training perturbations
 //! (training cells' mean minus the control mean).
 
+use super::figures::{curves_svg, distributions_svg, jaccard_svg, read_curve, Curve};
 use super::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
 use super::pca::Pca;
 use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark};
@@ -305,15 +306,23 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
     let summary = summarise(&rows);
     let records = pt_rag_records(run_dirs)?;
     let retrieval = (!records.is_empty()).then(|| super::retrieval::analyse(&records));
-    write_report(&rows, &summary, retrieval.as_ref(), opts, out)?;
+    let mut curves = Vec::new();
+    for dir in run_dirs.iter().map(|d| fold_dirs(d)).collect::<Result<Vec<_>>>()?.concat() {
+        let train = RunRecord::read(&dir)?.train;
+        curves.push(read_curve(&dir, &format!("{} {}", train.model.kind.name(), train.target_cell_type))?);
+    }
+    write_report(&rows, &summary, retrieval.as_ref(), &curves, opts, out)?;
     Ok(markdown(&summary, opts).split("\n## ").next().unwrap_or_default().to_string())
 }
 
-/// Writes `per_condition.csv`, `summary.json`, `report.md` and (with PT-RAG records) `retrieval.json` into `out`.
+/// Writes `per_condition.csv`, `summary.json`, `report.md`, (with PT-RAG records) `retrieval.json`
+/// and the SVG figures (curves, metric distributions, with two or more cell types the Jaccard
+/// heatmap) into `out`.
 pub fn write_report(
     rows: &[ConditionRow],
     summary: &Summary,
     retrieval: Option<&super::retrieval::RetrievalAnalysis>,
+    curves: &[Curve],
     opts: &EvalOptions,
     out: &Path,
 ) -> Result<()> {
@@ -326,8 +335,19 @@ pub fn write_report(
     crate::data::write_atomic(&out.join("per_condition.csv"), csv.as_bytes())?;
     crate::data::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(summary).expect("summary serialises").as_bytes())?;
     let mut md = markdown(summary, opts);
+    crate::data::write_atomic(&out.join("distributions.svg"), distributions_svg(rows)?.as_bytes())?;
+    md += "\n## Figures\n\n- `distributions.svg`: every metric's distribution over test conditions, per model\n";
+    if !curves.is_empty() {
+        crate::data::write_atomic(&out.join("curves.svg"), curves_svg(curves)?.as_bytes())?;
+        md += "- `curves.svg`: training and validation energy distance per step, per run\n";
+    }
     if let Some(a) = retrieval {
         crate::data::write_atomic(&out.join("retrieval.json"), serde_json::to_string_pretty(a).expect("analysis serialises").as_bytes())?;
+        // one cell type's overlap with itself is 1 by definition: a heatmap needs two
+        if a.cell_types.len() > 1 {
+            crate::data::write_atomic(&out.join("jaccard.svg"), jaccard_svg(a)?.as_bytes())?;
+            md += "- `jaccard.svg`: the retrieval analysis' Jaccard matrix between cell types\n";
+        }
         md += &super::retrieval::markdown(a);
     }
     crate::data::write_atomic(&out.join("report.md"), md.as_bytes())
