@@ -1,0 +1,213 @@
+//! AnnData `.h5ad` files, read and written through `hdf5-pure`, a pure-Rust HDF5 implementation:
+//! no C library to find or build, so a fresh machine needs nothing beyond cargo.
+//!
+//! The writer produces the layout anndata (>= 0.8) writes and reads: dense `X` (float32), `obs`
+//! and `var` dataframes with string indices and categorical columns (`categories` + the narrowest
+//! signed `codes`), and the empty `obsm`, `varm`, `obsp`, `varp`, `layers` and `uns` dictionaries.
+//! The reader takes those, plain string columns, and dense matrices in row windows.
+
+use crate::{Error, Result};
+use hdf5_pure::{AttrValue, DType, File, FileBuilder, GroupBuilder};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// An in-memory AnnData with a dense expression matrix and string-valued obs columns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnnData {
+    /// `[obs_names.len(), var_names.len()]`, row-major.
+    pub x: Vec<f32>,
+    pub obs_names: Vec<String>,
+    pub var_names: Vec<String>,
+    /// (column, value per cell), written as categoricals in this order.
+    pub obs: Vec<(String, Vec<String>)>,
+}
+
+/// The two attributes by which anndata knows what an element is.
+fn encoding(kind: &str, version: &str) -> [(&'static str, AttrValue); 2] {
+    [("encoding-type", AttrValue::String(kind.into())), ("encoding-version", AttrValue::String(version.into()))]
+}
+
+fn string_array(group: &mut GroupBuilder, name: &str, values: &[String]) {
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let ds = group.create_dataset(name).with_vlen_strings(&refs);
+    for (k, v) in encoding("string-array", "0.2.0") {
+        ds.set_attr(k, v);
+    }
+}
+
+/// A categorical column as pandas makes it: sorted unique categories, codes in the narrowest type.
+fn categorical(group: &mut GroupBuilder, name: &str, values: &[String]) {
+    let categories: Vec<String> = values.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    let code = |v: &String| categories.binary_search(v).expect("a value is among its own categories");
+    let mut col = group.create_group(name);
+    for (k, v) in encoding("categorical", "0.2.0") {
+        col.set_attr(k, v);
+    }
+    col.set_attr("ordered", AttrValue::U8(0));
+    let codes = col.create_dataset("codes");
+    match categories.len() {
+        n if n <= i8::MAX as usize => codes.with_i8_data(&values.iter().map(|v| code(v) as i8).collect::<Vec<_>>()),
+        n if n <= i16::MAX as usize => codes.with_i16_data(&values.iter().map(|v| code(v) as i16).collect::<Vec<_>>()),
+        _ => codes.with_i32_data(&values.iter().map(|v| code(v) as i32).collect::<Vec<_>>()),
+    };
+    for (k, v) in encoding("array", "0.2.0") {
+        codes.set_attr(k, v);
+    }
+    string_array(&mut col, "categories", &categories);
+    group.add_group(col.finish());
+}
+
+fn dataframe(b: &mut FileBuilder, name: &str, index: &[String], columns: &[(String, Vec<String>)]) {
+    let mut df = b.create_group(name);
+    for (k, v) in encoding("dataframe", "0.2.0") {
+        df.set_attr(k, v);
+    }
+    df.set_attr("_index", AttrValue::String("_index".into()));
+    df.set_attr("column-order", AttrValue::StringArray(columns.iter().map(|c| c.0.clone()).collect()));
+    string_array(&mut df, "_index", index);
+    for (col, values) in columns {
+        categorical(&mut df, col, values);
+    }
+    b.add_group(df.finish());
+}
+
+/// Writes `a` to `path` atomically (a temporary sibling, then a rename).
+pub fn write_h5ad(path: &Path, a: &AnnData) -> Result<()> {
+    let (n, g) = (a.obs_names.len(), a.var_names.len());
+    if a.x.len() != n * g {
+        return Err(Error::invalid("AnnData", format!("X has {} values for {n} cells x {g} genes", a.x.len())));
+    }
+    if let Some((col, v)) = a.obs.iter().find(|(_, v)| v.len() != n) {
+        return Err(Error::invalid("AnnData", format!("obs column `{col}` has {} values for {n} cells", v.len())));
+    }
+    let mut b = FileBuilder::new();
+    for (k, v) in encoding("anndata", "0.1.0") {
+        b.set_attr(k, v);
+    }
+    let x = b.create_dataset("X").with_f32_data(&a.x).with_shape(&[n as u64, g as u64]);
+    for (k, v) in encoding("array", "0.2.0") {
+        x.set_attr(k, v);
+    }
+    dataframe(&mut b, "obs", &a.obs_names, &a.obs);
+    dataframe(&mut b, "var", &a.var_names, &[]);
+    for name in ["obsm", "varm", "obsp", "varp", "layers", "uns"] {
+        let mut group = b.create_group(name);
+        for (k, v) in encoding("dict", "0.1.0") {
+            group.set_attr(k, v);
+        }
+        b.add_group(group.finish());
+    }
+    let bytes = b.finish().map_err(|e| Error::invalid(format!("HDF5 layout of {}", path.display()), e.to_string()))?;
+    super::write_atomic(path, &bytes)
+}
+
+/// An opened `.h5ad`.
+pub struct H5ad {
+    path: PathBuf,
+    file: File,
+}
+
+fn attr_string(v: &AttrValue) -> Option<String> {
+    match v {
+        AttrValue::String(s) | AttrValue::AsciiString(s) | AttrValue::VarLenString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl H5ad {
+    pub fn open(path: &Path) -> Result<H5ad> {
+        let file = File::open(path).map_err(|e| Error::bad_file(path, "HDF5", format!("an HDF5 (AnnData .h5ad) file ({e})")))?;
+        Ok(H5ad { path: path.to_path_buf(), file })
+    }
+
+    fn bad(&self, field: &str, expected: impl std::fmt::Display) -> Error {
+        Error::bad_file(&self.path, field, expected.to_string())
+    }
+
+    /// The `encoding-type` attribute of a group or dataset, if any.
+    fn encoding_type(&self, path: &str) -> Option<String> {
+        let attrs = match self.file.group(path) {
+            Ok(g) => g.attrs().ok()?,
+            Err(_) => self.file.dataset(path).ok()?.attrs().ok()?,
+        };
+        attrs.get("encoding-type").and_then(attr_string)
+    }
+
+    fn strings(&self, path: &str) -> Result<Vec<String>> {
+        let ds = self.file.dataset(path).map_err(|e| self.bad(path, format!("a string dataset ({e})")))?;
+        ds.read_string().map_err(|e| self.bad(path, format!("strings ({e})")))
+    }
+
+    /// Integer codes of any width, as i64.
+    fn codes(&self, path: &str) -> Result<Vec<i64>> {
+        let ds = self.file.dataset(path).map_err(|e| self.bad(path, format!("an integer dataset ({e})")))?;
+        match ds.dtype().map_err(|e| self.bad(path, e))? {
+            DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::U8 | DType::U16 | DType::U32 => {
+                ds.read_i64().map_err(|e| self.bad(path, format!("integers ({e})")))
+            }
+            other => Err(self.bad(path, format!("integer codes, found {other}"))),
+        }
+    }
+
+    /// A dataframe's (`obs` or `var`) index: the dataset named by its `_index` attribute.
+    pub fn index(&self, frame: &str) -> Result<Vec<String>> {
+        let group = self.file.group(frame).map_err(|e| self.bad(frame, format!("a dataframe group ({e})")))?;
+        let attrs = group.attrs().map_err(|e| self.bad(frame, e))?;
+        let name = attrs.get("_index").and_then(attr_string).unwrap_or_else(|| "_index".into());
+        self.strings(&format!("{frame}/{name}"))
+    }
+
+    /// One column of a dataframe as strings: categorical (categories + codes of any integer
+    /// width; code -1 is a missing value, an error here) or a plain string array.
+    pub fn column(&self, frame: &str, name: &str) -> Result<Vec<String>> {
+        let path = format!("{frame}/{name}");
+        if self.file.group(frame).is_err() {
+            return Err(self.bad(frame, "a dataframe group"));
+        }
+        match self.encoding_type(&path).as_deref() {
+            Some("categorical") => {
+                let categories = self.strings(&format!("{path}/categories"))?;
+                let codes = self.codes(&format!("{path}/codes"))?;
+                codes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &c)| {
+                        usize::try_from(c).ok().and_then(|c| categories.get(c).cloned()).ok_or_else(|| {
+                            self.bad(&format!("{path}/codes"), format!("codes in 0..{} (cell {i} has {c})", categories.len()))
+                        })
+                    })
+                    .collect()
+            }
+            Some(_) | None if self.file.dataset(&path).is_ok() => self.strings(&path),
+            _ => Err(self.bad(&path, format!("a column `{name}` in `{frame}`"))),
+        }
+    }
+
+    /// Shape `(rows, columns)` of a dense 2-D matrix (`X` or `obsm/KEY`).
+    pub fn dense_shape(&self, key: &str) -> Result<(usize, usize)> {
+        let ds = self.file.dataset(key).map_err(|e| self.bad(key, format!("a dense 2-D matrix ({e})")))?;
+        match ds.shape().map_err(|e| self.bad(key, e))?[..] {
+            [r, c] => Ok((r as usize, c as usize)),
+            ref s => Err(self.bad(key, format!("a 2-D matrix, found shape {s:?}"))),
+        }
+    }
+
+    /// Rows `start..start + count` of a dense matrix as f32 (only the chunks they touch are read).
+    pub fn dense_rows(&self, key: &str, start: usize, count: usize) -> Result<Vec<f32>> {
+        let ds = self.file.dataset(key).map_err(|e| self.bad(key, format!("a dense 2-D matrix ({e})")))?;
+        ds.read_f32_rows(start as u64, count as u64).map_err(|e| self.bad(key, format!("float rows {start}..{} ({e})", start + count)))
+    }
+
+    /// The whole file as an [`AnnData`] with a dense `X` and the named obs columns.
+    pub fn read(&self, obs_columns: &[&str]) -> Result<AnnData> {
+        let (n, g) = self.dense_shape("X")?;
+        let obs = obs_columns.iter().map(|c| Ok((c.to_string(), self.column("obs", c)?))).collect::<Result<Vec<_>>>()?;
+        Ok(AnnData { x: self.dense_rows("X", 0, n)?, obs_names: self.index("obs")?, var_names: self.index("var")?, obs }).and_then(|a| {
+            if a.var_names.len() == g {
+                Ok(a)
+            } else {
+                Err(self.bad("var", format!("{g} genes as in X")))
+            }
+        })
+    }
+}
