@@ -67,6 +67,21 @@ enum Command {
         #[arg(long)]
         per_component: bool,
     },
+    /// Write a trained run's predictions and the real cells of its test perturbations as
+    /// `pred.h5ad` and `real.h5ad` (with the real controls in both) for cell-eval or scanpy.
+    Predict {
+        /// A run directory (an `all` run writes one pair per cell type).
+        run: PathBuf,
+        /// Output directory [default: RUN/predictions].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// obs column for the perturbation.
+        #[arg(long, default_value = "gene")]
+        pert_col: String,
+        /// obs column for the cell type.
+        #[arg(long, default_value = "cell_line")]
+        cell_type_col: String,
+    },
 }
 
 fn open_data(data: Option<&PathBuf>, preset: &str, progress: bool) -> ptrag_engine::Result<Store> {
@@ -238,6 +253,13 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
             println!("{}", evaluate_into(&runs, &opts, &out, !cli.quiet)?);
             println!("per-condition values, summary and report in {}", out.display());
+        }
+        Command::Predict { run, out, pert_col, cell_type_col } => {
+            use ptrag_engine::eval::predict::{predict_run, PredictOptions};
+            let out = out.unwrap_or_else(|| run.join("predictions"));
+            for (pred, real) in predict_run(&run, &out, &PredictOptions { pert_col, cell_type_col }, !cli.quiet)? {
+                println!("wrote {} and {}", pred.display(), real.display());
+            }
         }
     }
     Ok(())

@@ -221,6 +221,11 @@ fn evaluate_reports_every_model_and_both_baselines() {
     }
     let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     assert!(report.contains("Mann-Whitney") && report.contains("| pearson_deg"), "{report}");
+    for figure in ["distributions.svg", "curves.svg"] {
+        let svg = std::fs::read_to_string(out_dir.join(figure)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("pt-rag"), "{figure}");
+        assert!(report.contains(figure), "{figure} not in the report");
+    }
     let err = cli().args(["evaluate", "--quiet"]).arg(tmp.path().join("nowhere")).output().unwrap();
     assert_eq!(err.status.code(), Some(1));
     assert!(stderr(&err).contains("nowhere/config.toml"), "{}", stderr(&err));
@@ -244,6 +249,54 @@ fn reproduce_trains_the_four_models_and_writes_the_report() {
     // Run again: finished models are kept, the report is rewritten.
     let out = train_like(&store, &root, "reproduce", &["--steps", "2", "--val-every", "0", "--top-k", "4"]);
     assert!(out.status.success() && stderr(&out).contains("finished run kept"), "{}", stderr(&out));
+}
+
+#[test]
+fn predict_writes_matching_predicted_and_real_h5ad_files() {
+    use ptrag_engine::data::h5ad::H5ad;
+    use ptrag_engine::data::store::Store;
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tiny_store(tmp.path());
+    let run = tmp.path().join("pt-rag");
+    assert!(train(&store_dir, &run, &["--model", "pt-rag", "--top-k", "4", "--steps", "2", "--val-every", "0"]).status.success());
+    let out = cli().args(["predict", "--quiet", "--pert-col", "target_gene"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = |name: &str| H5ad::open(&run.join("predictions").join(name)).unwrap().read(&["target_gene", "cell_line"]).unwrap();
+    let (pred, real) = (read("pred.h5ad"), read("real.h5ad"));
+
+    let store = Store::open(&store_dir).unwrap();
+    let m = &store.manifest;
+    assert_eq!(pred.var_names, m.genes, "the store's genes in its order");
+    assert_eq!(real.var_names, m.genes);
+    assert_eq!(pred.obs, real.obs, "the same perturbation and cell type per row, so equal counts");
+    assert_eq!(pred.obs_names, real.obs_names);
+    assert!(pred.x.iter().all(|&v| v >= 0.0));
+    let target = &m.cell_types[0];
+    assert!(pred.obs[1].1.iter().all(|c| c == target), "only the target cell type");
+    let perts = &pred.obs[0].1;
+    assert!(perts.iter().any(|p| p == &m.control) && perts.iter().any(|p| p != &m.control), "controls and perturbed cells");
+
+    // Every real row is a cell of the store with that perturbation in the target cell type, and
+    // control rows are the same real cells in both files.
+    let g = store.n_genes();
+    let mut row = vec![0.0f32; g];
+    let rows_of = |pert: &str, row: &mut Vec<f32>| -> Vec<Vec<f32>> {
+        let (p, c) = (store.perturbation_index(pert).unwrap() as u32, store.cell_type_index(target).unwrap() as u32);
+        (0..store.n_cells())
+            .filter(|&i| store.cell_perturbation[i] == p && store.cell_type[i] == c)
+            .map(|i| {
+                store.expression_row(i, row);
+                row.clone()
+            })
+            .collect()
+    };
+    for (i, pert) in perts.iter().enumerate() {
+        let r = &real.x[i * g..(i + 1) * g];
+        assert!(rows_of(pert, &mut row).iter().any(|c| c.as_slice() == r), "row {i} ({pert}) is not a real cell");
+        if pert == &m.control {
+            assert_eq!(&pred.x[i * g..(i + 1) * g], r, "control row {i}");
+        }
+    }
 }
 
 /// `command` (train or reproduce) on the tiny store with a small architecture.

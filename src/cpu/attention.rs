@@ -155,8 +155,8 @@ impl Rope {
     /// rotation's transpose is its inverse). Accumulates into `out` when `accumulate`.
     fn apply<T: Real>(&self, x: &[T], out: &mut [T], inverse: bool, accumulate: bool) {
         let (half, width) = (self.head_dim / 2, self.heads * self.head_dim);
-        assert!(self.head_dim % 2 == 0, "rotary encoding needs an even head dimension");
-        assert!(x.len() == out.len() && x.len() % (width * self.cells).max(1) == 0, "rope: buffer sizes");
+        assert!(self.head_dim.is_multiple_of(2), "rotary encoding needs an even head dimension");
+        assert!(x.len() == out.len() && x.len().is_multiple_of((width * self.cells).max(1)), "rope: buffer sizes");
         let freq: Vec<f64> = (0..half).map(|i| self.theta.powf(-2.0 * i as f64 / self.head_dim as f64)).collect();
         for (r, (xr, yr)) in x.chunks(width).zip(out.chunks_mut(width)).enumerate() {
             let pos = (r % self.cells) as f64;

@@ -4,6 +4,7 @@
 pub mod figures;
 pub mod metrics;
 pub mod pca;
+pub mod predict;
 pub mod report;
 pub mod retrieval;
 pub mod stats;

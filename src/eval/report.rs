@@ -10,10 +10,8 @@ use super::figures::{curves_svg, distributions_svg, jaccard_svg, read_curve, Cur
 use super::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
 use super::pca::Pca;
 use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark};
-use crate::data::split::SplitFile;
 use crate::data::store::Store;
-use crate::train::run::{RunRecord, ALL_FOLDS};
-use crate::train::Trainer;
+use crate::train::run::{fold_dirs, RunRecord, TrainedRun};
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -111,19 +109,15 @@ fn to_f64(v: &[f32]) -> Vec<f64> {
 }
 
 /// The fold directories of a run directory (itself, or one per cell type for an `all` run).
-fn fold_dirs(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    let record = RunRecord::read(run_dir)?;
-    if !record.train.target_cell_type.eq_ignore_ascii_case(ALL_FOLDS) {
-        return Ok(vec![run_dir.to_path_buf()]);
-    }
-    let store = Store::open(&record.data)?;
-    Ok(store.manifest.cell_types.iter().map(|c| run_dir.join(c.to_lowercase())).filter(|d| d.join("config.toml").exists()).collect())
+/// The fold directories of all `run_dirs`.
+fn all_folds(run_dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    Ok(run_dirs.iter().map(|d| fold_dirs(d)).collect::<Result<Vec<_>>>()?.concat())
 }
 
 /// The retrieval records of the PT-RAG runs among `run_dirs` (all folds).
 pub fn pt_rag_records(run_dirs: &[PathBuf]) -> Result<Vec<crate::train::RetrievalRecord>> {
     let mut out = Vec::new();
-    for dir in run_dirs.iter().map(|d| fold_dirs(d)).collect::<Result<Vec<_>>>()?.concat() {
+    for dir in all_folds(run_dirs)? {
         let path = dir.join("retrieval-test.jsonl");
         if RunRecord::read(&dir)?.train.model.kind == crate::model::ModelKind::PtRag && path.exists() {
             out.extend(super::retrieval::read_records(&path)?);
@@ -136,19 +130,15 @@ pub fn pt_rag_records(run_dirs: &[PathBuf]) -> Result<Vec<crate::train::Retrieva
 pub fn evaluate_runs(run_dirs: &[PathBuf], opts: &EvalOptions, progress: bool) -> Result<Vec<ConditionRow>> {
     let mut rows = Vec::new();
     let mut baselines_done: Vec<(PathBuf, PathBuf, String, u64)> = Vec::new();
-    for dir in run_dirs.iter().map(|d| fold_dirs(d)).collect::<Result<Vec<_>>>()?.concat() {
-        let record = RunRecord::read(&dir)?;
-        let store = Store::open(&record.data)?;
-        let split = SplitFile::read(&record.split)?;
-        let mut trainer = Trainer::new(record.train.clone(), &store, &split, &record.split)?;
-        let best = dir.join("checkpoint-best.safetensors");
-        let ckpt = if best.exists() { best } else { dir.join("checkpoint-last.safetensors") };
-        trainer.load_checkpoint(&ckpt)?;
+    for dir in all_folds(run_dirs)? {
+        let run = TrainedRun::open(&dir)?;
+        let (record, store) = (&run.record, &run.store);
+        let trainer = run.trainer()?;
         let (g, target) = (store.n_genes(), trainer.cfg.target_cell_type.clone());
         let ct = trainer.fold.target;
         let model = trainer.cfg.model.kind.name().to_string();
         if progress {
-            eprintln!("evaluating {model} on {target} ({} test conditions) from {}", trainer.fold.test.len(), ckpt.display());
+            eprintln!("evaluating {model} on {target} ({} test conditions) from {}", trainer.fold.test.len(), run.checkpoint().display());
         }
 
         // PCA on training cells of the fold, and the target cell type's controls and training mean.
@@ -158,14 +148,14 @@ pub fn evaluate_runs(run_dirs: &[PathBuf], opts: &EvalOptions, progress: bool) -
             let c = &train[rng.gen_range(0..train.len())];
             c.cells[rng.gen_range(0..c.cells.len())]
         });
-        let pca = Pca::fit(&rows_f64(&store, sample), g, opts.pca_components);
-        let controls = rows_f64(&store, trainer.fold.controls[ct].iter().copied());
+        let pca = Pca::fit(&rows_f64(store, sample), g, opts.pca_components);
+        let controls = rows_f64(store, trainer.fold.controls[ct].iter().copied());
         let target_train: Vec<u32> = train.iter().filter(|c| c.cell_type as usize == ct).flat_map(|c| c.cells.iter().copied()).collect();
         let shift: Vec<f64> = if target_train.is_empty() {
             vec![0.0; g]
         } else {
             let picked = (0..opts.pca_cells.min(target_train.len())).map(|_| target_train[rng.gen_range(0..target_train.len())]);
-            let tm = mean_rows(&rows_f64(&store, picked), g);
+            let tm = mean_rows(&rows_f64(store, picked), g);
             tm.iter().zip(mean_rows(&controls, g)).map(|(t, c)| t - c).collect()
         };
         let key = (record.data.clone(), record.split.clone(), target.clone(), trainer.cfg.seed);
@@ -307,7 +297,7 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
     let records = pt_rag_records(run_dirs)?;
     let retrieval = (!records.is_empty()).then(|| super::retrieval::analyse(&records));
     let mut curves = Vec::new();
-    for dir in run_dirs.iter().map(|d| fold_dirs(d)).collect::<Result<Vec<_>>>()?.concat() {
+    for dir in all_folds(run_dirs)? {
         let train = RunRecord::read(&dir)?.train;
         curves.push(read_curve(&dir, &format!("{} {}", train.model.kind.name(), train.target_cell_type))?);
     }

@@ -145,7 +145,7 @@ impl ModelConfig {
         if sizes.contains(&0) {
             return Err(Error::invalid("model size", "hidden, layers, heads, head-dim and mlp must be at least 1"));
         }
-        if self.rope_theta.is_some() && self.head_dim % 2 != 0 {
+        if self.rope_theta.is_some() && !self.head_dim.is_multiple_of(2) {
             return Err(Error::invalid("rotary positions", format!("need an even head dimension, have {}", self.head_dim)));
         }
         if self.kind.retrieves() && self.top_k == 0 {

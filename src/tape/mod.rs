@@ -427,7 +427,7 @@ impl<T: Real> Tape<T> {
     pub fn sum_groups(&mut self, x: Var, group: usize) -> Var {
         let cols = cols_of(self.shape(x));
         let rows = self.value(x).len() / cols;
-        assert!(group > 0 && rows % group == 0, "sum_groups: {rows} rows in groups of {group}");
+        assert!(group > 0 && rows.is_multiple_of(group), "sum_groups: {rows} rows in groups of {group}");
         let mut out = vec![T::zero(); rows / group * cols];
         for (r, row) in self.value(x).chunks(cols).enumerate() {
             out[r / group * cols..][..cols].iter_mut().zip(row).for_each(|(o, &v)| *o = *o + v);

@@ -46,6 +46,51 @@ impl RunRecord {
     }
 }
 
+/// The fold directories of a run: the run itself, or for an `all` run each finished or started
+/// fold's directory.
+pub fn fold_dirs(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let record = RunRecord::read(run_dir)?;
+    if !record.train.target_cell_type.eq_ignore_ascii_case(ALL_FOLDS) {
+        return Ok(vec![run_dir.to_path_buf()]);
+    }
+    let store = Store::open(&record.data)?;
+    Ok(store.manifest.cell_types.iter().map(|c| run_dir.join(c.to_lowercase())).filter(|d| d.join(CONFIG).exists()).collect())
+}
+
+/// One fold's run directory opened for use after training: its record, data and split.
+pub struct TrainedRun {
+    pub dir: PathBuf,
+    pub record: RunRecord,
+    pub store: Store,
+    pub split: SplitFile,
+}
+
+impl TrainedRun {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let record = RunRecord::read(dir)?;
+        let store = Store::open(&record.data)?;
+        let split = SplitFile::read(&record.split)?;
+        Ok(TrainedRun { dir: dir.to_path_buf(), record, store, split })
+    }
+
+    /// The best checkpoint (by validation), or the last where no validation ran.
+    pub fn checkpoint(&self) -> PathBuf {
+        let best = self.dir.join(BEST);
+        if best.exists() {
+            best
+        } else {
+            self.dir.join(LAST)
+        }
+    }
+
+    /// The run's trainer with `checkpoint()` loaded.
+    pub fn trainer(&self) -> Result<Trainer<'_>> {
+        let mut trainer = Trainer::new(self.record.train.clone(), &self.store, &self.split, &self.record.split)?;
+        trainer.load_checkpoint(&self.checkpoint())?;
+        Ok(trainer)
+    }
+}
+
 /// How a run is driven from outside.
 pub struct RunControl<'a> {
     pub progress: bool,
@@ -214,7 +259,7 @@ fn run_fold(
             if !summary.energy.is_finite() {
                 return Err(stopped(format!("the validation energy is {}", summary.energy), trainer, *last_saved));
             }
-            if best.best_val_energy.map_or(true, |b| summary.energy < b) {
+            if best.best_val_energy.is_none_or(|b| summary.energy < b) {
                 *best = RunState { best_val_energy: Some(summary.energy), best_step: trainer.step, ..*best };
                 trainer.save_checkpoint(&best_path, &run_state(best))?;
             }

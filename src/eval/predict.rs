@@ -1,0 +1,83 @@
+//! `predict`: a trained run's predictions for its test perturbations, and the real cells, as two
+//! `.h5ad` files for external evaluators (Arc Institute's `cell-eval`, scanpy). Both files have the
+//! store's genes in its order, obs columns for the perturbation and the cell type (categoricals),
+//! X >= 0, and the target cell type's real control cells (labelled with the control) in both;
+//! predicted and real cells of a perturbation come in equal numbers.
+
+use crate::data::h5ad::{write_h5ad, AnnData};
+use crate::train::run::{fold_dirs, TrainedRun};
+use crate::Result;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct PredictOptions {
+    /// obs column of the perturbation (Replogle-Nadig files call it `gene`).
+    pub pert_col: String,
+    /// obs column of the cell type (`cell_line`).
+    pub cell_type_col: String,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        PredictOptions { pert_col: "gene".into(), cell_type_col: "cell_line".into() }
+    }
+}
+
+/// The `(predicted, real)` AnnData of one fold's run: controls first, then every test condition.
+pub fn fold_predictions(run: &TrainedRun, opts: &PredictOptions) -> Result<(AnnData, AnnData)> {
+    let trainer = run.trainer()?;
+    let (store, fold) = (&run.store, &trainer.fold);
+    let names = &store.manifest;
+    let cell_type = names.cell_types[fold.target].clone();
+    let empty = |var_names: &[String]| AnnData {
+        x: Vec::new(),
+        obs_names: Vec::new(),
+        var_names: var_names.to_vec(),
+        obs: vec![(opts.pert_col.clone(), Vec::new()), (opts.cell_type_col.clone(), Vec::new())],
+    };
+    let (mut pred, mut real) = (empty(&names.genes), empty(&names.genes));
+    let push = |a: &mut AnnData, rows: &[f32], name: String, pert: &str| {
+        a.x.extend(rows.iter().map(|v| v.max(0.0)));
+        a.obs_names.push(name);
+        a.obs[0].1.push(pert.to_string());
+        a.obs[1].1.push(cell_type.clone());
+    };
+    let mut row = vec![0.0f32; store.n_genes()];
+    for &cell in &fold.controls[fold.target] {
+        store.expression_row(cell as usize, &mut row);
+        push(&mut pred, &row, format!("control-{cell}"), &names.control);
+        push(&mut real, &row, format!("control-{cell}"), &names.control);
+    }
+    let mut rng = trainer.eval_rng();
+    for cond in &fold.test {
+        let pert = &names.perturbations[cond.perturbation as usize];
+        let (p, r, _) = trainer.predict_condition(cond, &mut rng);
+        for (i, (p, r)) in p.chunks(store.n_genes()).zip(r.chunks(store.n_genes())).enumerate() {
+            push(&mut pred, p, format!("{pert}-{i}"), pert);
+            push(&mut real, r, format!("{pert}-{i}"), pert);
+        }
+    }
+    Ok((pred, real))
+}
+
+/// Writes `pred.h5ad` and `real.h5ad` per fold of `run_dir` into `out` (one subdirectory per cell
+/// type for an `all` run); returns the pairs written.
+pub fn predict_run(run_dir: &Path, out: &Path, opts: &PredictOptions, progress: bool) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let folds = fold_dirs(run_dir)?;
+    let mut written = Vec::new();
+    for dir in &folds {
+        let run = TrainedRun::open(dir)?;
+        let target = run.record.train.target_cell_type.clone();
+        let fold_out = if folds.len() > 1 { out.join(target.to_lowercase()) } else { out.to_path_buf() };
+        std::fs::create_dir_all(&fold_out).map_err(|e| crate::Error::io(&fold_out, e))?;
+        if progress {
+            eprintln!("predicting {} on {target} from {}", run.record.train.model.kind.label(), run.checkpoint().display());
+        }
+        let (pred, real) = fold_predictions(&run, opts)?;
+        let paths = (fold_out.join("pred.h5ad"), fold_out.join("real.h5ad"));
+        write_h5ad(&paths.0, &pred)?;
+        write_h5ad(&paths.1, &real)?;
+        written.push(paths);
+    }
+    Ok(written)
+}
