@@ -101,7 +101,7 @@ pub fn write_h5ad(path: &Path, a: &AnnData) -> Result<()> {
     super::write_atomic(path, &bytes)
 }
 
-/// An opened `.h5ad`.
+/// An opened `.h5ad`, read on demand (metadata and the chunks a read touches), never whole.
 pub struct H5ad {
     path: PathBuf,
     file: File,
@@ -116,7 +116,7 @@ fn attr_string(v: &AttrValue) -> Option<String> {
 
 impl H5ad {
     pub fn open(path: &Path) -> Result<H5ad> {
-        let file = File::open(path).map_err(|e| Error::bad_file(path, "HDF5", format!("an HDF5 (AnnData .h5ad) file ({e})")))?;
+        let file = File::open_streaming(path).map_err(|e| Error::bad_file(path, "HDF5", format!("an HDF5 (AnnData .h5ad) file ({e})")))?;
         Ok(H5ad { path: path.to_path_buf(), file })
     }
 
