@@ -101,6 +101,31 @@ pub fn write_h5ad(path: &Path, a: &AnnData) -> Result<()> {
     super::write_atomic(path, &bytes)
 }
 
+/// A matrix of an `.h5ad` and its storage.
+#[derive(Clone, Debug)]
+pub enum Matrix {
+    Dense { key: String, rows: usize, cols: usize },
+    Csr { key: String, rows: usize, cols: usize, indptr: Vec<i64> },
+}
+
+impl Matrix {
+    pub fn rows(&self) -> usize {
+        match self {
+            Matrix::Dense { rows, .. } | Matrix::Csr { rows, .. } => *rows,
+        }
+    }
+    pub fn cols(&self) -> usize {
+        match self {
+            Matrix::Dense { cols, .. } | Matrix::Csr { cols, .. } => *cols,
+        }
+    }
+    pub fn key(&self) -> &str {
+        match self {
+            Matrix::Dense { key, .. } | Matrix::Csr { key, .. } => key,
+        }
+    }
+}
+
 /// An opened `.h5ad`, read on demand (metadata and the chunks a read touches), never whole.
 pub struct H5ad {
     path: PathBuf,
@@ -157,38 +182,130 @@ impl H5ad {
         self.strings(&format!("{frame}/{name}"))
     }
 
+    /// The columns of a dataframe, in its `column-order` (else by name).
+    pub fn columns(&self, frame: &str) -> Result<Vec<String>> {
+        let group = self.file.group(frame).map_err(|e| self.bad(frame, format!("a dataframe group ({e})")))?;
+        let attrs = group.attrs().map_err(|e| self.bad(frame, e))?;
+        if let Some(AttrValue::VarLenStringArray(v) | AttrValue::StringArray(v)) = attrs.get("column-order") {
+            return Ok(v.clone());
+        }
+        let index = attrs.get("_index").and_then(attr_string).unwrap_or_else(|| "_index".into());
+        let mut names = group.datasets().map_err(|e| self.bad(frame, e))?;
+        names.extend(group.groups().map_err(|e| self.bad(frame, e))?);
+        names.retain(|n| *n != index);
+        names.sort();
+        Ok(names)
+    }
+
     /// One column of a dataframe as strings: categorical (categories + codes of any integer
-    /// width; code -1 is a missing value, an error here) or a plain string array.
+    /// width; code -1 is a missing value, an error here), a plain string array, or numbers
+    /// (integers as written, booleans as `True`/`False`, floats in Rust's shortest form).
     pub fn column(&self, frame: &str, name: &str) -> Result<Vec<String>> {
         let path = format!("{frame}/{name}");
-        if self.file.group(frame).is_err() {
-            return Err(self.bad(frame, "a dataframe group"));
-        }
-        match self.encoding_type(&path).as_deref() {
-            Some("categorical") => {
-                let categories = self.strings(&format!("{path}/categories"))?;
-                let codes = self.codes(&format!("{path}/codes"))?;
-                codes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &c)| {
-                        usize::try_from(c).ok().and_then(|c| categories.get(c).cloned()).ok_or_else(|| {
-                            self.bad(&format!("{path}/codes"), format!("codes in 0..{} (cell {i} has {c})", categories.len()))
-                        })
-                    })
-                    .collect()
+        if self.file.group(&path).is_ok() {
+            if self.encoding_type(&path).as_deref() != Some("categorical") {
+                return Err(self.bad(&path, "a categorical column (a group with categories and codes)"));
             }
-            Some(_) | None if self.file.dataset(&path).is_ok() => self.strings(&path),
-            _ => Err(self.bad(&path, format!("a column `{name}` in `{frame}`"))),
+            let categories = self.strings(&format!("{path}/categories"))?;
+            let codes = self.codes(&format!("{path}/codes"))?;
+            return codes
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| {
+                    usize::try_from(c).ok().and_then(|c| categories.get(c).cloned()).ok_or_else(|| {
+                        self.bad(&format!("{path}/codes"), format!("codes in 0..{} (row {i} has {c}: a missing value?)", categories.len()))
+                    })
+                })
+                .collect();
+        }
+        let Ok(ds) = self.file.dataset(&path) else {
+            let have = self.columns(frame).map(|c| c.join(", ")).unwrap_or_default();
+            return Err(self.bad(&path, format!("a column `{name}` in `{frame}` (it has: {have})")));
+        };
+        let numbers = |r: std::result::Result<Vec<i64>, hdf5_pure::Error>| {
+            r.map(|v| v.iter().map(i64::to_string).collect()).map_err(|e| self.bad(&path, format!("integers ({e})")))
+        };
+        match ds.dtype().map_err(|e| self.bad(&path, e))? {
+            DType::String | DType::VariableLengthString => self.strings(&path),
+            DType::Enum(names) if names == ["FALSE", "TRUE"] => {
+                let v = ds.read_i64().map_err(|e| self.bad(&path, format!("booleans ({e})")))?;
+                Ok(v.iter().map(|&b| if b != 0 { "True" } else { "False" }.to_string()).collect())
+            }
+            DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::U8 | DType::U16 | DType::U32 | DType::U64 => numbers(ds.read_i64()),
+            DType::F32 | DType::F64 => {
+                let v = ds.read_f64().map_err(|e| self.bad(&path, format!("numbers ({e})")))?;
+                Ok(v.iter().map(f64::to_string).collect())
+            }
+            other => Err(self.bad(&path, format!("strings, categories or numbers, found {other}"))),
         }
     }
 
-    /// Shape `(rows, columns)` of a dense 2-D matrix (`X` or `obsm/KEY`).
+    /// Where the matrix `key` (`X`, `obsm/X_hvg`, a layer) is and how it is stored: a dense 2-D
+    /// dataset, or a CSR group (`data`, `indices`, `indptr`, a `shape` attribute).
+    pub fn matrix(&self, key: &str) -> Result<Matrix> {
+        if let Ok(ds) = self.file.dataset(key) {
+            return match ds.shape().map_err(|e| self.bad(key, e))?[..] {
+                [rows, cols] => Ok(Matrix::Dense { key: key.into(), rows: rows as usize, cols: cols as usize }),
+                ref s => Err(self.bad(key, format!("a 2-D matrix, found shape {s:?}"))),
+            };
+        }
+        let Ok(group) = self.file.group(key) else {
+            return Err(self.bad(key, "a matrix (dense dataset or CSR group); not found"));
+        };
+        let encoding = self.encoding_type(key).unwrap_or_default();
+        if encoding != "csr_matrix" {
+            return Err(self.bad(key, format!("a dense or CSR matrix, found `{encoding}` (convert CSC with `.tocsr()`)")));
+        }
+        let attrs = group.attrs().map_err(|e| self.bad(key, e))?;
+        let shape: Vec<i64> = match attrs.get("shape") {
+            Some(AttrValue::I64Array(v)) => v.clone(),
+            Some(AttrValue::U64Array(v)) => v.iter().map(|&x| x as i64).collect(),
+            Some(AttrValue::I32Array(v)) => v.iter().map(|&x| x as i64).collect(),
+            _ => return Err(self.bad(&format!("{key}.shape"), "a 2-integer shape attribute")),
+        };
+        let [rows, cols] = shape[..] else { return Err(self.bad(&format!("{key}.shape"), format!("2 dimensions, found {shape:?}"))) };
+        let indptr = self.codes(&format!("{key}/indptr"))?;
+        if indptr.len() != rows as usize + 1 || indptr[0] != 0 || indptr.windows(2).any(|w| w[1] < w[0]) {
+            return Err(self.bad(&format!("{key}/indptr"), format!("{} non-decreasing offsets from 0", rows + 1)));
+        }
+        Ok(Matrix::Csr { key: key.into(), rows: rows as usize, cols: cols as usize, indptr })
+    }
+
+    /// Rows `start..start + count` of a matrix, dense `[count, cols]` f32. Only the chunks these
+    /// rows touch are read.
+    pub fn rows(&self, m: &Matrix, start: usize, count: usize) -> Result<Vec<f32>> {
+        match m {
+            Matrix::Dense { key, .. } => self.dense_rows(key, start, count),
+            Matrix::Csr { key, cols, indptr, .. } => {
+                let (lo, hi) = (indptr[start] as u64, indptr[start + count] as u64);
+                let (data_key, index_key) = (format!("{key}/data"), format!("{key}/indices"));
+                let open = |k: &str| self.file.dataset(k).map_err(|e| self.bad(k, format!("a CSR array ({e})")));
+                let data = open(&data_key)?.read_f32_rows(lo, hi - lo).map_err(|e| self.bad(&data_key, e))?;
+                let indices = open(&index_key)?.read_i64_rows(lo, hi - lo).map_err(|e| self.bad(&index_key, e))?;
+                if data.len() != (hi - lo) as usize || indices.len() != data.len() {
+                    return Err(self.bad(&data_key, format!("entries {lo}..{hi} in data and indices")));
+                }
+                let mut out = vec![0.0f32; count * cols];
+                for r in 0..count {
+                    let (a, b) = ((indptr[start + r] as u64 - lo) as usize, (indptr[start + r + 1] as u64 - lo) as usize);
+                    for (&c, &v) in indices[a..b].iter().zip(&data[a..b]) {
+                        let c = usize::try_from(c)
+                            .ok()
+                            .filter(|&c| c < *cols)
+                            .ok_or_else(|| self.bad(&index_key, format!("column indices in 0..{cols} (row {} has {c})", start + r)))?;
+                        out[r * cols + c] = v;
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Shape `(rows, columns)` of a dense 2-D matrix.
     pub fn dense_shape(&self, key: &str) -> Result<(usize, usize)> {
-        let ds = self.file.dataset(key).map_err(|e| self.bad(key, format!("a dense 2-D matrix ({e})")))?;
-        match ds.shape().map_err(|e| self.bad(key, e))?[..] {
-            [r, c] => Ok((r as usize, c as usize)),
-            ref s => Err(self.bad(key, format!("a 2-D matrix, found shape {s:?}"))),
+        match self.matrix(key)? {
+            Matrix::Dense { rows, cols, .. } => Ok((rows, cols)),
+            Matrix::Csr { .. } => Err(self.bad(key, "a dense 2-D matrix, found CSR")),
         }
     }
 
@@ -198,16 +315,14 @@ impl H5ad {
         ds.read_f32_rows(start as u64, count as u64).map_err(|e| self.bad(key, format!("float rows {start}..{} ({e})", start + count)))
     }
 
-    /// The whole file as an [`AnnData`] with a dense `X` and the named obs columns.
+    /// The whole file as an [`AnnData`] with `X` (dense or CSR) and the named obs columns.
     pub fn read(&self, obs_columns: &[&str]) -> Result<AnnData> {
-        let (n, g) = self.dense_shape("X")?;
+        let x = self.matrix("X")?;
         let obs = obs_columns.iter().map(|c| Ok((c.to_string(), self.column("obs", c)?))).collect::<Result<Vec<_>>>()?;
-        Ok(AnnData { x: self.dense_rows("X", 0, n)?, obs_names: self.index("obs")?, var_names: self.index("var")?, obs }).and_then(|a| {
-            if a.var_names.len() == g {
-                Ok(a)
-            } else {
-                Err(self.bad("var", format!("{g} genes as in X")))
-            }
-        })
+        let a = AnnData { x: self.rows(&x, 0, x.rows())?, obs_names: self.index("obs")?, var_names: self.index("var")?, obs };
+        if a.var_names.len() != x.cols() {
+            return Err(self.bad("var", format!("{} genes as in X, found {}", x.cols(), a.var_names.len())));
+        }
+        Ok(a)
     }
 }
