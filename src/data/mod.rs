@@ -1,6 +1,7 @@
 //! Data: the memory-mapped dataset store, the built-in synthetic benchmark, split files and the
 //! set sampler of the cross-cell-type few-shot protocol.
 
+pub mod genept;
 pub mod h5ad;
 pub mod sampler;
 pub mod split;

@@ -1,0 +1,59 @@
+//! GenePT files in every supported form give the same vectors (written by
+//! `tools/make_h5ad_fixtures.py` with Python's pickle, numpy and safetensors); bad files are errors
+//! naming the file and the gene or line.
+
+use ptrag_engine::data::genept::GenePt;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real").join(name)
+}
+
+#[test]
+fn every_form_reads_the_same_vectors_with_upper_case_symbols() {
+    let text = std::fs::read_to_string(fixture("genept_expected.json")).unwrap();
+    let expected: std::collections::HashMap<String, Vec<f64>> = serde_json::from_str(&text).unwrap();
+    // pickle protocol 4 of float lists, protocol 2 of float32 numpy arrays (bytes via
+    // _codecs.encode), protocol 5 of float64 arrays (_frombuffer), compressed npz, safetensors, TSV
+    for file in ["genept.pickle", "genept_numpy.pickle", "genept_numpy5.pickle", "genept.npz", "genept.safetensors", "genept.tsv"] {
+        let g = GenePt::read(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(g.dim, 8, "{file}");
+        assert_eq!(g.vectors.len(), expected.len(), "{file}");
+        for (symbol, want) in &expected {
+            let got = g.get(&symbol.to_lowercase()).unwrap_or_else(|| panic!("{file}: {symbol} missing"));
+            for (a, b) in got.iter().zip(want) {
+                assert!((*a as f64 - b).abs() < 1e-6, "{file}: {symbol}: {a} vs {b}");
+            }
+        }
+        assert!(g.get("CDK1").is_some() && g.get("NOVEC").is_none(), "{file}: `cdk1` is CDK1; NOVEC has no vector");
+    }
+}
+
+#[test]
+fn bad_genept_files_are_named_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let err = |p: &Path| GenePt::read(p).unwrap_err().to_string();
+
+    let e = err(&write("short.tsv", b"AARS\t1\t2\t3\nBRCA1\t1\t2\n"));
+    assert!(e.contains("short.tsv") && e.contains("BRCA1") && e.contains("3 values"), "{e}");
+    let e = err(&write("words.tsv", b"AARS\t1\tx\n"));
+    assert!(e.contains("line 1") && e.contains("numbers"), "{e}");
+    let e = err(&write("dup.tsv", b"aars\t1\t2\nAARS\t1\t3\n"));
+    assert!(e.contains("AARS") && e.contains("two different"), "{e}");
+    let e = err(&write("nan.tsv", b"AARS\t1\tnan\n"));
+    assert!(e.contains("finite"), "{e}");
+    let e = err(&write("genept.csv", b"AARS,1\n"));
+    assert!(e.contains("genept.csv") && e.contains(".pickle"), "{e}");
+
+    let pickle = std::fs::read(fixture("genept.pickle")).unwrap();
+    let e = err(&write("cut.pickle", &pickle[..pickle.len() / 2]));
+    assert!(e.contains("cut.pickle") && e.contains("ends early"), "{e}");
+    // protocol 0 (text) pickles are refused with a way out
+    let e = err(&write("p0.pickle", b"(dp0\nVAARS\np1\n(lp2\nF1.0\na."));
+    assert!(e.contains("protocol 2 or later"), "{e}");
+}
