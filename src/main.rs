@@ -67,6 +67,28 @@ enum Command {
         #[arg(long)]
         per_component: bool,
     },
+    /// Turn a Replogle-Nadig-style .h5ad, a GenePT file and a cell-load split into a dataset store.
+    Prepare(PrepareArgs),
+    /// Summarise an .h5ad or a dataset store: cells, genes, matrices, perturbations and controls
+    /// per cell type, cells per perturbation, zeros.
+    Inspect {
+        /// An .h5ad file or a store directory.
+        path: PathBuf,
+        #[arg(long, default_value = "gene")]
+        pert_col: String,
+        #[arg(long, default_value = "cell_line")]
+        cell_type_col: String,
+        #[arg(long, default_value = "non-targeting")]
+        control: String,
+    },
+    /// Write a dataset store (e.g. the built-in data) as data.h5ad, genept.safetensors and
+    /// split.toml, for other tools or for `prepare`.
+    Export {
+        /// A store directory.
+        store: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write a trained run's predictions and the real cells of its test perturbations as
     /// `pred.h5ad` and `real.h5ad` (with the real controls in both) for cell-eval or scanpy.
     Predict {
@@ -82,6 +104,89 @@ enum Command {
         #[arg(long, default_value = "cell_line")]
         cell_type_col: String,
     },
+}
+
+#[derive(clap::Args)]
+struct PrepareArgs {
+    /// The AnnData file.
+    #[arg(long)]
+    h5ad: PathBuf,
+    /// GenePT vectors: .pickle/.pkl (dict symbol -> vector), .npz, .safetensors or .tsv.
+    #[arg(long)]
+    genept: PathBuf,
+    /// cell-load few-shot split TOML; without it, a seeded split with the real files' proportions.
+    #[arg(long)]
+    split: Option<PathBuf>,
+    /// The store directory to create (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "gene")]
+    pert_col: String,
+    #[arg(long, default_value = "cell_line")]
+    cell_type_col: String,
+    /// Batch column (gem group); `none` puts every cell in one batch.
+    #[arg(long, default_value = "gem_group")]
+    batch_col: String,
+    #[arg(long, default_value = "non-targeting")]
+    control: String,
+    /// auto (obsm X_hvg if present, else X), X, obsm:KEY or layers:KEY.
+    #[arg(long, default_value = "auto")]
+    expression: String,
+    /// var column of gene symbols [default: gene_name if present, else the var index].
+    #[arg(long)]
+    var_names: Option<String>,
+    /// Expression storage in the store: f16 (half the size) or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// Seed of a generated split.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn prepare_command(a: PrepareArgs, progress: bool) -> ptrag_engine::Result<()> {
+    use ptrag_engine::data::prepare::{prepare, PrepareOptions};
+    use ptrag_engine::data::store::ExprDtype;
+    let dtype = match a.dtype.as_str() {
+        "f16" => ExprDtype::F16,
+        "f32" => ExprDtype::F32,
+        other => return Err(ptrag_engine::Error::invalid("--dtype", format!("f16 or f32, found `{other}`"))),
+    };
+    let opts = PrepareOptions {
+        split: a.split,
+        pert_col: a.pert_col,
+        cell_type_col: a.cell_type_col,
+        batch_col: (a.batch_col != "none").then_some(a.batch_col),
+        control: a.control,
+        expression: a.expression,
+        var_names: a.var_names,
+        dtype,
+        seed: a.seed,
+        ..PrepareOptions::new(a.h5ad, a.genept, a.out)
+    };
+    let r = prepare(&opts, progress)?;
+    println!(
+        "wrote {}: {} cells x {} genes from {}, {} perturbations (GenePT covers {} of {}), cell types {}, {} batches, in {:.1} s",
+        r.store.display(),
+        r.cells,
+        r.genes,
+        r.expression,
+        r.perturbations,
+        r.genept_coverage.0,
+        r.genept_coverage.1,
+        r.cell_types.iter().map(|(t, n)| format!("{t} ({n})")).collect::<Vec<_>>().join(", "),
+        r.batches,
+        r.seconds
+    );
+    if !r.dropped_perturbations.is_empty() {
+        println!(
+            "dropped {} perturbations without a GenePT vector ({} cells): {}",
+            r.dropped_perturbations.len(),
+            r.dropped_cells,
+            r.dropped_perturbations.join(", ")
+        );
+    }
+    println!("split: {}", r.split);
+    Ok(())
 }
 
 fn open_data(data: Option<&PathBuf>, preset: &str, progress: bool) -> ptrag_engine::Result<Store> {
@@ -253,6 +358,15 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
             println!("{}", evaluate_into(&runs, &opts, &out, !cli.quiet)?);
             println!("per-condition values, summary and report in {}", out.display());
+        }
+        Command::Prepare(args) => prepare_command(args, !cli.quiet)?,
+        Command::Inspect { path, pert_col, cell_type_col, control } => {
+            print!("{}", ptrag_engine::data::inspect::inspect(&path, &pert_col, &cell_type_col, &control)?);
+        }
+        Command::Export { store, out } => {
+            for p in ptrag_engine::data::prepare::export(&Store::open(&store)?, &out)? {
+                println!("wrote {}", p.display());
+            }
         }
         Command::Predict { run, out, pert_col, cell_type_col } => {
             use ptrag_engine::eval::predict::{predict_run, PredictOptions};

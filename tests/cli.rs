@@ -299,6 +299,48 @@ fn predict_writes_matching_predicted_and_real_h5ad_files() {
     }
 }
 
+#[test]
+fn prepare_inspect_and_train_on_an_anndata_file() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let out = cli()
+        .args(["prepare", "--quiet", "--h5ad"])
+        .arg(fixtures.join("sparse.h5ad"))
+        .arg("--genept")
+        .arg(fixtures.join("genept.pickle"))
+        .arg("--split")
+        .arg(fixtures.join("split.toml"))
+        .arg("--out")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("GenePT covers 4 of 5") && stdout.contains("dropped 1 perturbations") && stdout.contains("NOVEC"), "{stdout}");
+
+    let out = cli().arg("inspect").arg(&store).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("K562: 18 cells, 6 controls, 4 perturbations"), "{text}");
+    let out = cli().arg("inspect").arg(fixtures.join("sparse.h5ad")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("X: 42 x 6 CSR") && text.contains("obsm/X_hvg: 42 x 4 dense"), "{text}");
+
+    // the prepared store trains (K562's test perturbation AARS)
+    let run = tmp.path().join("run");
+    let out = train(&store, &run, &["--model", "pt-rag", "--top-k", "2", "--steps", "2", "--val-every", "0", "--target-cell-type", "K562"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = cli()
+        .args(["prepare", "--quiet", "--h5ad", "x.h5ad", "--genept", "g.tsv", "--out"])
+        .arg(tmp.path().join("s2"))
+        .args(["--dtype", "f8"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--dtype") && stderr(&out).trim().lines().count() == 1, "{}", stderr(&out));
+}
+
 /// `command` (train or reproduce) on the tiny store with a small architecture.
 fn small_run(store: &Path, run: &Path, command: &str, extra: &[&str]) -> Command {
     let mut c = cli();

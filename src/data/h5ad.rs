@@ -182,6 +182,15 @@ impl H5ad {
         self.strings(&format!("{frame}/{name}"))
     }
 
+    /// The names in a group (datasets and subgroups), sorted; none when the group is absent.
+    pub fn members(&self, group: &str) -> Result<Vec<String>> {
+        let Ok(g) = self.file.group(group) else { return Ok(Vec::new()) };
+        let mut names = g.datasets().map_err(|e| self.bad(group, e))?;
+        names.extend(g.groups().map_err(|e| self.bad(group, e))?);
+        names.sort();
+        Ok(names)
+    }
+
     /// The columns of a dataframe, in its `column-order` (else by name).
     pub fn columns(&self, frame: &str) -> Result<Vec<String>> {
         let group = self.file.group(frame).map_err(|e| self.bad(frame, format!("a dataframe group ({e})")))?;

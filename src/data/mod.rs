@@ -3,6 +3,8 @@
 
 pub mod genept;
 pub mod h5ad;
+pub mod inspect;
+pub mod prepare;
 pub mod sampler;
 pub mod split;
 pub mod store;

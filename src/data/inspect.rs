@@ -1,0 +1,116 @@
+//! `inspect`: what is in an `.h5ad` or a dataset store, so users can check their data before
+//! preparing or training: cells, genes, matrices, obs columns, perturbations and controls per cell
+//! type, cells per perturbation, and the fraction of zeros.
+
+use super::h5ad::H5ad;
+use super::store::Store;
+use crate::Result;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Rows sampled (evenly over the file) for the fraction of zeros.
+const SPARSITY_ROWS: usize = 2000;
+
+/// Per cell type: cells, controls, distinct perturbations; then cells per (perturbation, type).
+fn composition(perts: &[String], types: &[String], control: &str) -> String {
+    let mut by_type: BTreeMap<&str, (usize, usize, BTreeSet<&str>)> = BTreeMap::new();
+    let mut per_condition: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (p, t) in perts.iter().zip(types) {
+        let e = by_type.entry(t).or_default();
+        e.0 += 1;
+        if p == control {
+            e.1 += 1;
+        } else {
+            e.2.insert(p);
+            *per_condition.entry((p, t)).or_default() += 1;
+        }
+    }
+    let mut s = "cell type: cells, controls, perturbations\n".to_string();
+    for (t, (cells, controls, ps)) in &by_type {
+        s += &format!("  {t}: {cells} cells, {controls} controls, {} perturbations\n", ps.len());
+    }
+    let mut counts: Vec<usize> = per_condition.values().copied().collect();
+    counts.sort_unstable();
+    if let (Some(min), Some(max)) = (counts.first(), counts.last()) {
+        s += &format!(
+            "cells per (perturbation, cell type): min {min}, median {}, max {max} over {} conditions\n",
+            counts[counts.len() / 2],
+            counts.len()
+        );
+    }
+    s
+}
+
+fn zero_fraction(rows: &[f32]) -> f64 {
+    rows.iter().filter(|v| **v == 0.0).count() as f64 / rows.len().max(1) as f64
+}
+
+/// A summary of `path`: a store directory (with `manifest.json`) or an `.h5ad`, read with the
+/// given obs column names and control label.
+pub fn inspect(path: &Path, pert_col: &str, cell_type_col: &str, control: &str) -> Result<String> {
+    if path.join("manifest.json").exists() {
+        let store = Store::open(path)?;
+        let m = &store.manifest;
+        let name = |codes: &[u32], names: &[String]| codes.iter().map(|&c| names[c as usize].clone()).collect::<Vec<_>>();
+        let mut s = format!(
+            "store {} ({})\n{} cells x {} genes ({:?}), {} perturbations incl. control `{}`, {} batches, GenePT dim {}\n",
+            path.display(),
+            m.source,
+            m.n_cells,
+            m.n_genes(),
+            m.expression_dtype,
+            m.n_perturbations(),
+            m.control,
+            m.n_batches,
+            m.embed_dim
+        );
+        s += &composition(&name(&store.cell_perturbation, &m.perturbations), &name(&store.cell_type, &m.cell_types), &m.control);
+        let step = (store.n_cells() / SPARSITY_ROWS).max(1);
+        let mut rows = vec![0.0f32; store.n_genes()];
+        let mut zeros = 0.0;
+        let sampled: Vec<usize> = (0..store.n_cells()).step_by(step).collect();
+        for &c in &sampled {
+            store.expression_row(c, &mut rows);
+            zeros += zero_fraction(&rows);
+        }
+        s += &format!("zeros: {:.1}% of values ({} cells sampled)\n", 100.0 * zeros / sampled.len() as f64, sampled.len());
+        return Ok(s);
+    }
+    let f = H5ad::open(path)?;
+    let n = f.index("obs")?.len();
+    let mut s = format!("h5ad {}\n{n} cells, {} var entries\n", path.display(), f.index("var")?.len());
+    for key in std::iter::once("X".to_string()).chain(f.members("obsm")?.into_iter().map(|k| format!("obsm/{k}"))) {
+        match f.matrix(&key) {
+            Ok(m) => {
+                let kind = if matches!(m, super::h5ad::Matrix::Dense { .. }) { "dense" } else { "CSR" };
+                let step = (m.rows() / SPARSITY_ROWS).max(1);
+                let mut zeros = 0.0;
+                let starts: Vec<usize> = (0..m.rows()).step_by(step).collect();
+                for &r in &starts {
+                    zeros += zero_fraction(&f.rows(&m, r, 1)?);
+                }
+                s += &format!(
+                    "{key}: {} x {} {kind}, {:.1}% zeros ({} rows sampled)\n",
+                    m.rows(),
+                    m.cols(),
+                    100.0 * zeros / starts.len().max(1) as f64,
+                    starts.len()
+                );
+            }
+            Err(e) => s += &format!("{key}: not a matrix this tool reads ({e})\n"),
+        }
+    }
+    let columns = f.columns("obs")?;
+    s += &format!("obs columns: {}\nvar columns: {}\n", columns.join(", "), f.columns("var")?.join(", "));
+    if columns.iter().any(|c| c == pert_col) && columns.iter().any(|c| c == cell_type_col) {
+        let (perts, types) = (f.column("obs", pert_col)?, f.column("obs", cell_type_col)?);
+        s += &format!("perturbation column `{pert_col}`, cell type column `{cell_type_col}`, control `{control}`:\n");
+        s += &composition(&perts, &types, control);
+        if !perts.iter().any(|p| p == control) {
+            s += &format!("warning: no cell has the control label `{control}` (set it with --control)\n");
+        }
+    } else {
+        s += &format!("(no `{pert_col}` and `{cell_type_col}` columns: name them with --pert-col and --cell-type-col)\n");
+    }
+    Ok(s)
+}

@@ -1,0 +1,177 @@
+//! `prepare`: anndata-written files become the store they describe; the built-in data survives
+//! export and prepare byte for byte; every validation error names the file and field and leaves
+//! no store behind.
+
+use ptrag_engine::data::h5ad::{write_h5ad, AnnData};
+use ptrag_engine::data::prepare::{export, prepare, PrepareOptions};
+use ptrag_engine::data::store::{ExprDtype, Store};
+use ptrag_engine::data::synth::{self, SynthConfig};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real").join(name)
+}
+
+#[test]
+fn synth_data_round_trips_through_h5ad_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = synth::generate(&SynthConfig::preset("tiny", 7).unwrap(), &dir.path().join("synth"), false).unwrap().dir;
+    let store = Store::open(&original).unwrap();
+    let files = export(&store, &dir.path().join("export")).unwrap();
+    let mut opts = PrepareOptions::new(files[0].clone(), files[1].clone(), dir.path().join("prepared"));
+    opts.split = Some(files[2].clone());
+    let report = prepare(&opts, false).unwrap();
+    assert!(report.dropped_perturbations.is_empty() && report.dropped_cells == 0);
+    for file in ["expression.bin", "cell_perturbation.u32", "cell_type.u32", "cell_batch.u32", "genept.f32", "split.toml"] {
+        let (a, b) = (std::fs::read(original.join(file)).unwrap(), std::fs::read(report.store.join(file)).unwrap());
+        assert!(a == b, "{file} differs after the round trip");
+    }
+    let (a, b) = (Store::open(&original).unwrap().manifest, Store::open(&report.store).unwrap().manifest);
+    assert!(b.source.starts_with("h5ad "), "the prepared store says where it came from: {}", b.source);
+    assert_eq!(
+        ptrag_engine::data::store::Manifest { source: String::new(), ..a },
+        ptrag_engine::data::store::Manifest { source: String::new(), ..b }
+    );
+}
+
+#[test]
+fn anndata_fixtures_prepare_into_the_store_they_describe() {
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    let col = |k: &str| -> Vec<String> { e[k].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect() };
+    let x: Vec<f32> = e["x"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let (genes, perts, lines, batches) = (col("genes"), col("gene"), col("cell_line"), col("gem_group"));
+    let dir = tempfile::tempdir().unwrap();
+    for (h5ad, genept, expression) in [("dense_gzip.h5ad", "genept.pickle", "X"), ("sparse.h5ad", "genept_numpy.pickle", "obsm/X_hvg")] {
+        let mut opts = PrepareOptions::new(fixture(h5ad), fixture(genept), dir.path().join(h5ad));
+        opts.split = Some(fixture("split.toml"));
+        let r = prepare(&opts, false).unwrap();
+        assert_eq!(r.expression, expression, "{h5ad}: auto picks obsm X_hvg when present");
+        assert_eq!(r.dropped_perturbations, ["NOVEC"], "{h5ad}");
+        assert_eq!((r.dropped_cells, r.genept_coverage), (6, (4, 5)), "{h5ad}");
+        let store = Store::open(&r.store).unwrap();
+        let m = &store.manifest;
+        assert_eq!(m.perturbations, ["non-targeting", "AARS", "BRCA1", "CDK1", "DDX3X"], "control first, then by name");
+        let first_line = &lines[perts.iter().position(|p| p != "NOVEC").unwrap()];
+        assert_eq!(&m.cell_types[0], first_line, "cell types in order of first appearance");
+        assert_eq!(m.n_batches, 3);
+        let hvg = col("hvg");
+        let kept_genes: Vec<usize> =
+            if expression == "X" { (0..6).collect() } else { hvg.iter().map(|h| genes.iter().position(|g| g == h).unwrap()).collect() };
+        assert_eq!(m.genes, kept_genes.iter().map(|&g| genes[g].clone()).collect::<Vec<_>>(), "{h5ad}: gene symbols");
+        // the kept cells in file order, every value (multiples of 1/8: exact in f16)
+        let kept: Vec<usize> = (0..perts.len()).filter(|&i| perts[i] != "NOVEC").collect();
+        assert_eq!(store.n_cells(), kept.len());
+        let mut row = vec![0.0f32; m.n_genes()];
+        for (cell, &i) in kept.iter().enumerate() {
+            store.expression_row(cell, &mut row);
+            let want: Vec<f32> = kept_genes.iter().map(|&g| x[i * 6 + g]).collect();
+            assert_eq!(row, want, "{h5ad}: cell {cell}");
+            assert_eq!(m.perturbations[store.cell_perturbation[cell] as usize], perts[i]);
+            assert_eq!(m.cell_types[store.cell_type[cell] as usize], lines[i]);
+            assert_eq!((store.cell_batch[cell] + 1).to_string(), batches[i], "gem groups 1..3 sorted numerically");
+        }
+        // GenePT rows: the control's zero, CDK1 found through `cdk1`
+        assert!(store.genept_row(0).iter().all(|v| *v == 0.0));
+        assert!(store.genept_row(3).iter().any(|v| *v != 0.0));
+        let split = std::fs::read_to_string(store.split_path).unwrap();
+        assert!(split.contains("test = [\"AARS\"]") && !split.contains("NOVEC"), "{split}");
+    }
+}
+
+/// A small valid AnnData: 2 cell lines x (2 controls + A, B, C) cells, 3 genes.
+fn base() -> AnnData {
+    let mut a = AnnData { x: Vec::new(), obs_names: Vec::new(), var_names: vec!["G1".into(), "G2".into(), "G3".into()], obs: Vec::new() };
+    let (mut genes, mut lines, mut batches) = (Vec::new(), Vec::new(), Vec::new());
+    for line in ["K562", "RPE1"] {
+        for p in ["non-targeting", "non-targeting", "A", "B", "C"] {
+            a.obs_names.push(format!("c{}", a.obs_names.len()));
+            a.x.extend([0.5, 0.0, 1.5]);
+            genes.push(p.to_string());
+            lines.push(line.to_string());
+            batches.push("1".to_string());
+        }
+    }
+    a.obs = vec![("gene".into(), genes), ("cell_line".into(), lines), ("gem_group".into(), batches)];
+    a
+}
+
+const GENEPT: &str = "A\t1\t0\nB\t0\t1\nC\t1\t1\n";
+
+/// `prepare` on `a` with `genept` (TSV) and an optional split; the error text.
+fn failure(a: &AnnData, genept: &str, split: Option<&str>, tweak: impl Fn(&mut PrepareOptions)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5ad, g, s, out) =
+        (dir.path().join("data.h5ad"), dir.path().join("genept.tsv"), dir.path().join("split.toml"), dir.path().join("store"));
+    write_h5ad(&h5ad, a).unwrap();
+    std::fs::write(&g, genept).unwrap();
+    let mut opts = PrepareOptions::new(h5ad, g, out.clone());
+    if let Some(text) = split {
+        std::fs::write(&s, text).unwrap();
+        opts.split = Some(s);
+    }
+    tweak(&mut opts);
+    let err = prepare(&opts, false).expect_err("must fail").to_string();
+    assert!(!out.exists() && !dir.path().join("store.partial").exists(), "no store left behind after: {err}");
+    err
+}
+
+#[test]
+fn the_base_case_prepares() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5ad, g) = (dir.path().join("data.h5ad"), dir.path().join("genept.tsv"));
+    let mut a = base();
+    // gem groups 10 and 9: sorted as numbers, 9 comes first
+    a.obs[2].1 = (0..10).map(|i| if i % 2 == 0 { "10" } else { "9" }.to_string()).collect();
+    write_h5ad(&h5ad, &a).unwrap();
+    std::fs::write(&g, GENEPT).unwrap();
+    let mut opts = PrepareOptions::new(h5ad, g, dir.path().join("store"));
+    opts.dtype = ExprDtype::F32;
+    let r = prepare(&opts, false).unwrap();
+    assert_eq!((r.cells, r.genes, r.perturbations, r.batches), (10, 3, 4, 2));
+    let store = Store::open(&r.store).unwrap();
+    assert_eq!(store.cell_batch, [1, 0, 1, 0, 1, 0, 1, 0, 1, 0]);
+    let err = prepare(&opts, false).unwrap_err().to_string();
+    assert!(err.contains("exists"), "an existing store is never overwritten: {err}");
+}
+
+#[test]
+fn every_validation_error_names_file_field_and_expectation() {
+    let ok = |_: &mut PrepareOptions| {};
+    let e = failure(&base(), GENEPT, None, |o| o.pert_col = "target_gene".into());
+    assert!(e.contains("data.h5ad") && e.contains("obs/target_gene") && e.contains("gene, cell_line, gem_group"), "missing column: {e}");
+    let e = failure(&base(), GENEPT, None, |o| o.expression = "obsm:X_hvg".into());
+    assert!(e.contains("obsm/X_hvg") && e.contains("not found"), "missing obsm key: {e}");
+    let e = failure(&base(), GENEPT, None, |o| o.control = "DMSO_TF".into());
+    assert!(e.contains("obs/gene") && e.contains("`DMSO_TF`") && e.contains("non-targeting"), "absent control: {e}");
+
+    let mut a = base();
+    a.obs[0].1[5] = "A".into();
+    a.obs[0].1[6] = "A".into();
+    let e = failure(&a, GENEPT, None, ok);
+    assert!(e.contains("obs/cell_line") && e.contains("`RPE1` has none"), "cell type without controls: {e}");
+
+    for (bad, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (-0.5, "-0.5")] {
+        let mut a = base();
+        a.x[7 * 3 + 1] = bad;
+        let e = failure(&a, GENEPT, None, ok);
+        assert!(e.contains("field `X`") && e.contains("cell `c7` (row 7), gene `G2` has") && e.contains(what), "{what}: {e}");
+    }
+    let mut a = base();
+    a.var_names[2] = "G1".into();
+    let e = failure(&a, GENEPT, None, ok);
+    assert!(e.contains("field `var`") && e.contains("`G1` is gene 0 and gene 2"), "duplicate genes: {e}");
+    let mut a = base();
+    a.obs[0].1[3] = "a".into();
+    let e = failure(&a, GENEPT, None, ok);
+    assert!(e.contains("obs/gene") && e.contains("unique up to case"), "duplicate perturbations: {e}");
+
+    let e = failure(&base(), "A\t1\t0\nB\t0\t1\t2\nC\t1\t1\n", None, ok);
+    assert!(e.contains("genept.tsv") && e.contains("field `B`") && e.contains("2 values"), "GenePT dimension: {e}");
+
+    let split = "[fewshot.\"d.k562\"]\nval = [\"A\"]\ntest = [\"B\", \"ZZZ\"]\n";
+    let e = failure(&base(), GENEPT, Some(split), ok);
+    assert!(e.contains("split.toml") && e.contains("fewshot.\"d.k562\".test") && e.contains("unknown: ZZZ"), "unknown split names: {e}");
+    let split = "[fewshot.\"d.hepg2\"]\nval = [\"A\"]\ntest = [\"B\"]\n";
+    let e = failure(&base(), GENEPT, Some(split), ok);
+    assert!(e.contains("fewshot.\"d.hepg2\"") && e.contains("K562, RPE1"), "unknown cell line: {e}");
+}
