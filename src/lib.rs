@@ -10,4 +10,5 @@ pub mod tape;
 pub use error::{Error, Result};
 pub mod eval;
 pub mod model;
+pub mod profile;
 pub mod train;

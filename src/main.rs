@@ -89,6 +89,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Parameters and FLOPs per cell of the four models beside the paper's Table 7: as this engine
+    /// computes them and in the reference's accounting.
+    Profile {
+        /// One model (default: all four).
+        #[arg(long, value_enum)]
+        model: Option<ptrag_engine::model::ModelKind>,
+        /// Cells per set (S).
+        #[arg(long, default_value_t = 64)]
+        cells: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a trained run's predictions and the real cells of its test perturbations as
     /// `pred.h5ad` and `real.h5ad` (with the real controls in both) for cell-eval or scanpy.
     Predict {
@@ -358,6 +370,20 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
             println!("{}", evaluate_into(&runs, &opts, &out, !cli.quiet)?);
             println!("per-condition values, summary and report in {}", out.display());
+        }
+        Command::Profile { model, cells, json } => {
+            use ptrag_engine::model::ModelKind;
+            use ptrag_engine::profile::{markdown, profile, Shapes};
+            let shapes = Shapes { cells, ..Shapes::paper() };
+            let kinds = model
+                .map(|m| vec![m])
+                .unwrap_or_else(|| vec![ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag, ModelKind::PtRag]);
+            let profiles = kinds.into_iter().map(|k| profile(k, &shapes)).collect::<ptrag_engine::Result<Vec<_>>>()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&profiles).expect("profiles serialise"));
+            } else {
+                print!("{}", markdown(&profiles, &shapes));
+            }
         }
         Command::Prepare(args) => prepare_command(args, !cli.quiet)?,
         Command::Inspect { path, pert_col, cell_type_col, control } => {

@@ -1,0 +1,51 @@
+//! `profile` against the paper's Table 7 and against hand counts.
+
+use ptrag_engine::model::ModelKind;
+use ptrag_engine::profile::{profile, table7, Shapes};
+
+const KINDS: [ModelKind; 4] = [ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag, ModelKind::PtRag];
+
+#[test]
+fn reference_accounting_reproduces_table7_parameters_exactly() {
+    for kind in KINDS {
+        let p = profile(kind, &Shapes::paper()).unwrap();
+        assert_eq!(p.reference_parameters, table7(kind).0, "{}", p.model);
+        assert_eq!(p.trainable, p.parameters, "{}: everything trains by default", p.model);
+    }
+}
+
+#[test]
+fn our_parameters_match_a_hand_count() {
+    // H = 128, G = 2000, P = 2024, 56 batches, E = 1536; backbone per layer: q/k/v/o 4 x 128 x 696,
+    // SwiGLU 3 x 128 x 2784, two RMSNorms of 128: 1,425,664; 8 layers + final norm: 11,405,440.
+    // basal 2000 x 128 + 128 = 256,128; batch 56 x 128 = 7,168; head 128 x 2000 + 2000 = 258,000.
+    let shared = 11_405_440 + 256_128 + 7_168 + 258_000;
+    let expected = [
+        (ModelKind::State, shared + 2024 * 128 + 128),                      // one-hot table + bias
+        (ModelKind::StateGenept, shared + 1536 * 128 + 128),                // Linear(E -> H)
+        (ModelKind::VanillaRag, shared + 1536 * 128 + 128 + 3 * 128 * 128), // + q/k/v, no bias
+        // + LayerNorm(384), Linear(384 -> 128), Linear(128 -> 2), Linear(384 -> 128), with biases
+        (ModelKind::PtRag, shared + 1536 * 128 + 128 + 768 + 49_280 + 258 + 49_280),
+    ];
+    for (kind, n) in expected {
+        assert_eq!(profile(kind, &Shapes::paper()).unwrap().parameters, n, "{kind:?}");
+    }
+}
+
+#[test]
+fn reference_flops_come_close_to_table7_except_vanilla_rag() {
+    // Table 7 averaged over test sets of at most 64 cells (1.67 B per batch / 34.9 M per cell = 48
+    // cells), which shrinks the attention term against our S = 64; 0.6% covers that. Vanilla RAG
+    // is the exception (55.8 M against 34.8 M): the reference's profiler did not register its
+    // retrieval, candidate encoding and cross-attention; see the README.
+    for kind in [ModelKind::State, ModelKind::StateGenept, ModelKind::PtRag] {
+        let p = profile(kind, &Shapes::paper()).unwrap();
+        let total: f64 = p.reference_flops.iter().map(|x| x.1).sum();
+        let rel = (total - table7(kind).1).abs() / table7(kind).1;
+        assert!(rel < 0.006, "{}: {total} against {}", p.model, table7(kind).1);
+    }
+    // our per-set retrieval saves what the reference did per cell: PT-RAG 60.0 M -> 31.9 M
+    let p = profile(ModelKind::PtRag, &Shapes::paper()).unwrap();
+    let ours: f64 = p.flops.iter().map(|x| x.1).sum();
+    assert!((ours - 31.9e6).abs() < 0.05e6, "{ours}");
+}
