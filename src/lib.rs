@@ -1,5 +1,6 @@
 //! ptrag-engine: PT-RAG perturbation-response prediction (see README.md).
 
+pub mod bench;
 pub mod cpu;
 pub mod data;
 pub mod error;

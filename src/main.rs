@@ -89,6 +89,26 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Time whole training steps (forward, backward, clipping, Adam) at the paper's shapes on
+    /// synthetic inputs: seconds per step, cells/s, model FLOP/s, and with --breakdown per op family.
+    Bench {
+        #[arg(long, value_enum, default_value = "pt-rag")]
+        model: ptrag_engine::model::ModelKind,
+        /// cpu (cuda: not built yet).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 64)]
+        sets: usize,
+        #[arg(long, default_value_t = 64)]
+        cells: usize,
+        /// Timed steps, after one untimed warm-up step.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long)]
+        breakdown: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Parameters and FLOPs per cell of the four models beside the paper's Table 7: as this engine
     /// computes them and in the reference's accounting.
     Profile {
@@ -370,6 +390,18 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
             println!("{}", evaluate_into(&runs, &opts, &out, !cli.quiet)?);
             println!("per-condition values, summary and report in {}", out.display());
+        }
+        Command::Bench { model, device, sets, cells, steps, breakdown, json } => {
+            use ptrag_engine::bench::{bench, report, BenchOptions};
+            if device != "cpu" {
+                return Err(ptrag_engine::Error::invalid("--device", format!("`{device}`: only the CPU backend is built so far")));
+            }
+            let r = bench(&BenchOptions { sets, cells, steps, ..BenchOptions::paper(model) }, breakdown)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("result serialises"));
+            } else {
+                print!("{}", report(&r));
+            }
         }
         Command::Profile { model, cells, json } => {
             use ptrag_engine::model::ModelKind;

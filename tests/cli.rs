@@ -341,6 +341,19 @@ fn prepare_inspect_and_train_on_an_anndata_file() {
     assert!(stderr(&out).contains("--dtype") && stderr(&out).trim().lines().count() == 1, "{}", stderr(&out));
 }
 
+#[test]
+fn profile_prints_table7_and_bench_refuses_an_unbuilt_device() {
+    let out = cli().args(["profile"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("| PT-RAG | 12223058 | 12223058 | 20973602 | 20973602 |"), "{text}");
+    let out = cli().args(["profile", "--model", "state", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["reference_parameters"], 20_936_480);
+    let out = cli().args(["bench", "--device", "cuda"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("only the CPU backend"), "{}", stderr(&out));
+}
+
 /// `command` (train or reproduce) on the tiny store with a small architecture.
 fn small_run(store: &Path, run: &Path, command: &str, extra: &[&str]) -> Command {
     let mut c = cli();

@@ -49,3 +49,23 @@ fn reference_flops_come_close_to_table7_except_vanilla_rag() {
     let ours: f64 = p.flops.iter().map(|x| x.1).sum();
     assert!((ours - 31.9e6).abs() < 0.05e6, "{ours}");
 }
+
+#[test]
+fn bench_runs_the_training_step_and_accounts_for_its_time() {
+    use ptrag_engine::bench::{bench, BenchOptions};
+    // small shapes: what is checked is the bookkeeping, never a speed
+    let mut o = BenchOptions::paper(ModelKind::PtRag);
+    (o.sets, o.cells, o.steps, o.warmup) = (2, 4, 2, 0);
+    o.shapes = Shapes { genes: 24, perturbations: 40, batches: 3, genept_dim: 8, database: 39, cells: 4 };
+    let r = bench(&o, true).unwrap();
+    assert_eq!(r.step_seconds.len(), 2);
+    assert!(r.cells_per_second > 0.0 && r.model_flops_per_step > 0.0);
+    let b = r.breakdown.unwrap();
+    for family in ["matmul", "attention", "energy", "gumbel-st", "norm"] {
+        assert!(b.forward.contains_key(family) && b.backward.contains_key(family), "{family} missing from the breakdown");
+    }
+    let parts: f64 = b.forward.values().chain(b.backward.values()).chain(b.other.values()).sum();
+    let total: f64 = r.step_seconds.iter().sum();
+    assert!(parts <= total * 1.001, "the parts ({parts} s) fit inside the timed steps ({total} s)");
+    assert!(bench(&BenchOptions { steps: 0, ..o }, false).is_err());
+}

@@ -95,22 +95,19 @@ def energy(x, y):
     return (dist(x, y).mean((1, 2)) - 0.5 * dist(x, x).mean((1, 2)) - 0.5 * dist(y, y).mean((1, 2))).mean()
 
 
-def run_case(ckpt_path, batch_path):
-    weights, meta = read_safetensors(ckpt_path)
-    cfg = json.loads(meta["config"])
-    m = cfg["model"]
-    data, bmeta = read_safetensors(batch_path)
-    B, S = int(bmeta["sets"]), int(bmeta["cells"])
+def forward_loss(p, m, sparsity, data, B, S):
+    """One training forward pass of the model `m["kind"]` with parameters `p` on `data` (control and
+    target cells, perturbations, batch ids, GenePT table, retrieval database, and for PT-RAG the
+    Gumbel noise and dropout mask): returns (loss, pred, extras)."""
     G, H, K, kind = m["genes"], m["hidden"], m["top_k"], m["kind"]
-    p = {k[len("param.") :]: v.double().requires_grad_() for k, v in weights.items() if k.startswith("param.")}
-
-    control = data["control"].double().view(B, S, G)
-    target = data["target"].double().view(B, S, G)
+    dt = p["basal.weight"].dtype
+    control = data["control"].to(dt).view(B, S, G)
+    target = data["target"].to(dt).view(B, S, G)
     pidx = data["perturbation"]
-    genept = data["genept"].double()
+    genept = data["genept"].to(dt)
     basal = linear(control, p, "basal")
     if kind == "state":
-        one_hot = F.one_hot(pidx, m["perturbations"]).double()
+        one_hot = F.one_hot(pidx, m["perturbations"]).to(dt)
         pert = one_hot @ p["pert.weight_t"] + p["pert.bias"]
     else:
         pert = linear(genept[pidx], p, "pert")
@@ -138,11 +135,11 @@ def run_case(ckpt_path, batch_path):
             trip = torch.cat([e(basal[:, :, None, :]), e(pert[:, None, None, :]), e(cand[:, None, :, :])], -1)
             trip = F.layer_norm(trip, (3 * H,), p["select.norm.weight"], p["select.norm.bias"], 1e-5)
             hidden = F.gelu(linear(trip, p, "select.score_hidden"))
-            hidden = hidden * data["dropout_keep"].double().view(B, S, K, H) / (1.0 - m["scorer_dropout"])
+            hidden = hidden * data["dropout_keep"].to(dt).view(B, S, K, H) / (1.0 - m["scorer_dropout"])
             logits = linear(hidden, p, "select.score_out")
             logits = logits / logits.std().clamp(min=1e-6)
-            soft = torch.softmax((logits + data["gumbel"].double().view(B, S, K, 2)) / m["tau"], -1)
-            hard = F.one_hot(soft.argmax(-1), 2).double()
+            soft = torch.softmax((logits + data["gumbel"].to(dt).view(B, S, K, 2)) / m["tau"], -1)
+            hard = F.one_hot(soft.argmax(-1), 2).to(dt)
             w = (hard - soft.detach() + soft)[..., 1:]
             x = (w * linear(trip, p, "select.proj")).sum(2)
             out["selection"] = w.reshape(-1, 1)
@@ -150,10 +147,21 @@ def run_case(ckpt_path, batch_path):
     pred = F.relu(linear(backbone(x, p, m) + basal, p, "head"))
     loss = energy(pred, target)
     if w is not None:
-        loss = loss + cfg["sparsity"] * w.mean()
+        loss = loss + sparsity * w.mean()
+    return loss, pred, out
+
+
+def run_case(ckpt_path, batch_path):
+    weights, meta = read_safetensors(ckpt_path)
+    cfg = json.loads(meta["config"])
+    m = cfg["model"]
+    data, bmeta = read_safetensors(batch_path)
+    B, S = int(bmeta["sets"]), int(bmeta["cells"])
+    p = {k[len("param.") :]: v.double().requires_grad_() for k, v in weights.items() if k.startswith("param.")}
+    loss, pred, out = forward_loss(p, m, cfg["sparsity"], data, B, S)
     loss.backward()
     out["loss"] = loss.reshape(1)
-    out["pred"] = pred.reshape(B * S, G)
+    out["pred"] = pred.reshape(B * S, m["genes"])
     for name, t in p.items():
         out["grad." + name] = t.grad if t.grad is not None else torch.zeros_like(t)
     return {k: (v.double() if v.is_floating_point() else v) for k, v in out.items()}

@@ -141,6 +141,27 @@ enum Op<T> {
     },
 }
 
+impl<T> Op<T> {
+    /// The op's family, for timing breakdowns.
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Leaf => "data",
+            Op::Param(_) => "param",
+            Op::MatMul { .. } => "matmul",
+            Op::Add { .. } | Op::AddBias { .. } | Op::Mul { .. } | Op::Scale { .. } | Op::ScaleRows { .. } => "elementwise",
+            Op::Sum { .. } | Op::SumGroups { .. } => "sum",
+            Op::Unary { .. } => "activation",
+            Op::Softmax { .. } => "softmax",
+            Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::StdScale { .. } => "norm",
+            Op::Attention { .. } => "attention",
+            Op::Rope { .. } => "rope",
+            Op::Gather { .. } | Op::Concat { .. } | Op::SliceCols { .. } | Op::Reshape { .. } => "gather/concat",
+            Op::Energy { .. } => "energy",
+            Op::GumbelSt { .. } => "gumbel-st",
+        }
+    }
+}
+
 struct Node<T> {
     value: Arc<Vec<T>>,
     shape: Vec<usize>,
@@ -148,8 +169,14 @@ struct Node<T> {
     needs_grad: bool,
 }
 
+/// Seconds per op family (forward: from the previous node to this one, so glue code between ops
+/// counts towards the op that follows it).
+pub type Timings = Vec<(&'static str, f64)>;
+
 pub struct Tape<T> {
     nodes: Vec<Node<T>>,
+    /// With `Tape::timed`: when the last node was recorded, and the forward timings.
+    timing: Option<(std::time::Instant, Timings)>,
 }
 
 fn numel(shape: &[usize]) -> usize {
@@ -167,13 +194,31 @@ impl<T: Real> Default for Tape<T> {
 
 impl<T: Real> Tape<T> {
     pub fn new() -> Self {
-        Tape { nodes: Vec::new() }
+        Tape { nodes: Vec::new(), timing: None }
+    }
+
+    /// A tape that times its forward ops (see `forward_timings`) and can time `backward_timed`.
+    pub fn timed() -> Self {
+        Tape { nodes: Vec::new(), timing: Some((std::time::Instant::now(), Vec::new())) }
+    }
+
+    pub fn forward_timings(&self) -> Timings {
+        self.timing.as_ref().map(|t| t.1.clone()).unwrap_or_default()
+    }
+
+    fn record(&mut self, node: Node<T>) -> Var {
+        if let Some((last, times)) = &mut self.timing {
+            let now = std::time::Instant::now();
+            times.push((node.op.name(), (now - *last).as_secs_f64()));
+            *last = now;
+        }
+        self.nodes.push(node);
+        Var(self.nodes.len() - 1)
     }
 
     fn push(&mut self, value: Vec<T>, shape: Vec<usize>, op: Op<T>, needs_grad: bool) -> Var {
         debug_assert_eq!(value.len(), numel(&shape));
-        self.nodes.push(Node { value: Arc::new(value), shape, op, needs_grad });
-        Var(self.nodes.len() - 1)
+        self.record(Node { value: Arc::new(value), shape, op, needs_grad })
     }
     fn needs(&self, vars: &[Var]) -> bool {
         vars.iter().any(|v| self.nodes[v.0].needs_grad)
@@ -201,8 +246,7 @@ impl<T: Real> Tape<T> {
     }
     pub fn param(&mut self, params: &Params<T>, id: ParamId) -> Var {
         let p = params.get(id);
-        self.nodes.push(Node { value: p.value.clone(), shape: p.shape.clone(), op: Op::Param(id), needs_grad: p.trainable });
-        Var(self.nodes.len() - 1)
+        self.record(Node { value: p.value.clone(), shape: p.shape.clone(), op: Op::Param(id), needs_grad: p.trainable })
     }
 
     /// 2-D matrix product; with `trans_*` the operand is stored transposed.
@@ -383,8 +427,7 @@ impl<T: Real> Tape<T> {
         assert_eq!(numel(shape), self.value(x).len(), "reshape {:?} -> {shape:?}", self.shape(x));
         let value = self.nodes[x.0].value.clone();
         let needs = self.needs(&[x]);
-        self.nodes.push(Node { value, shape: shape.to_vec(), op: Op::Reshape { x }, needs_grad: needs });
-        Var(self.nodes.len() - 1)
+        self.record(Node { value, shape: shape.to_vec(), op: Op::Reshape { x }, needs_grad: needs })
     }
 
     /// Per-set (half) energy distance, `[sets]`; see `cpu::energy`.
@@ -453,6 +496,17 @@ impl<T: Real> Tape<T> {
     /// Reverse pass from a scalar (or a tensor, seeded with ones). Returns the gradients of leaves
     /// marked `input` and of parameters; intermediate gradients are freed as soon as they are used.
     pub fn backward(&self, root: Var) -> Gradients<T> {
+        self.backward_impl(root, None)
+    }
+
+    /// `backward`, with the seconds each op family's backward kernels took.
+    pub fn backward_timed(&self, root: Var) -> (Gradients<T>, Timings) {
+        let mut times = Vec::new();
+        let grads = self.backward_impl(root, Some(&mut times));
+        (grads, times)
+    }
+
+    fn backward_impl(&self, root: Var, mut times: Option<&mut Timings>) -> Gradients<T> {
         let mut grads: Vec<Option<Vec<T>>> = (0..self.nodes.len()).map(|_| None).collect();
         grads[root.0] = Some(vec![T::one(); self.value(root).len()]);
         for i in (0..=root.0).rev() {
@@ -461,7 +515,11 @@ impl<T: Real> Tape<T> {
                 continue;
             }
             let Some(g) = grads[i].take() else { continue };
+            let start = std::time::Instant::now();
             self.backward_node(node, &g, &mut grads);
+            if let Some(t) = times.as_deref_mut() {
+                t.push((node.op.name(), start.elapsed().as_secs_f64()));
+            }
         }
         Gradients { grads }
     }

@@ -137,6 +137,85 @@ pub struct Trainer<'s> {
 }
 
 /// The GenePT table of a store and the retrieval database that `which` selects for `fold`.
+/// Seconds by part of a training step: forward and backward per op family, and the rest.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StepBreakdown {
+    pub forward: std::collections::BTreeMap<String, f64>,
+    pub backward: std::collections::BTreeMap<String, f64>,
+    pub other: std::collections::BTreeMap<String, f64>,
+}
+
+impl StepBreakdown {
+    fn add(map: &mut std::collections::BTreeMap<String, f64>, times: &[(&str, f64)]) {
+        times.iter().for_each(|(name, t)| *map.entry(name.to_string()).or_default() += t);
+    }
+}
+
+/// One optimisation step on `batch`: forward (noise from `rng`), loss (energy plus the sparsity
+/// term), backward, gradient norm, Adam with clipping. `breakdown` collects where the time went.
+#[allow(clippy::too_many_arguments)]
+pub fn optimise_step(
+    model: &Model,
+    params: &mut Params<f32>,
+    adam: &mut Adam,
+    sparsity: f64,
+    batch: &Batch,
+    rng: &mut ChaCha8Rng,
+    step: usize,
+    mut breakdown: Option<&mut StepBreakdown>,
+) -> Result<StepStats> {
+    let clock = std::time::Instant::now();
+    let noise = model.sample_noise(batch.sets, batch.cells, true, rng);
+    params.zero_grad();
+    let prepare = clock.elapsed().as_secs_f64();
+    let mut tape = if breakdown.is_some() { Tape::<f32>::timed() } else { Tape::<f32>::new() };
+    let out = model.forward(&mut tape, params, &ModelInput::from_batch(batch, true, Selection::from_noise(noise.as_ref())));
+    let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.clone());
+    let energy = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
+    let energy_value = tape.scalar(energy) as f64;
+    let (mut loss, mut selected) = (energy, None);
+    if let Some(w) = out.selection {
+        let mean_w = tape.mean(w);
+        selected = Some(tape.scalar(mean_w) as f64 * model.cfg.top_k as f64);
+        if sparsity > 0.0 {
+            let term = tape.scale(mean_w, sparsity);
+            loss = tape.add(energy, term);
+        }
+    }
+    let loss_value = tape.scalar(loss) as f64;
+    if !loss_value.is_finite() {
+        return Err(Error::Numerical { step, why: format!("the loss is {loss_value}") });
+    }
+    let grads = match breakdown.as_deref_mut() {
+        Some(b) => {
+            StepBreakdown::add(&mut b.forward, &tape.forward_timings());
+            let (grads, times) = tape.backward_timed(loss);
+            StepBreakdown::add(&mut b.backward, &times);
+            grads
+        }
+        None => tape.backward(loss),
+    };
+    let mark = std::time::Instant::now();
+    grads.accumulate_into(&tape, params);
+    drop(tape);
+    let grad_norm = Adam::grad_norm(params);
+    if !grad_norm.is_finite() {
+        return Err(Error::Numerical { step, why: format!("the gradient norm is {grad_norm}") });
+    }
+    let accumulate = mark.elapsed().as_secs_f64();
+    let mark = std::time::Instant::now();
+    adam.step(params);
+    if let Some(b) = breakdown {
+        let parts = [
+            ("noise sampling, zeroing gradients", prepare),
+            ("gradient accumulation and norm", accumulate),
+            ("adam (with clipping)", mark.elapsed().as_secs_f64()),
+        ];
+        StepBreakdown::add(&mut b.other, &parts);
+    }
+    Ok(StepStats { loss: loss_value, energy: energy_value, selected, grad_norm })
+}
+
 pub fn knowledge_for(store: &Store, fold: &Fold, which: RetrievalDatabase) -> Result<Knowledge> {
     let p = store.manifest.n_perturbations();
     let mut in_db = match which {
@@ -198,35 +277,9 @@ impl<'s> Trainer<'s> {
     /// on a non-finite loss or gradient.
     pub fn train_step(&mut self) -> Result<StepStats> {
         let (batch, mut rng) = self.batch_for_step(self.step);
-        let noise = self.model.sample_noise(batch.sets, batch.cells, true, &mut rng);
-        self.params.zero_grad();
-        let mut tape = Tape::<f32>::new();
-        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
-        let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.clone());
-        let energy = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
-        let energy_value = tape.scalar(energy) as f64;
-        let (mut loss, mut selected) = (energy, None);
-        if let Some(w) = out.selection {
-            let mean_w = tape.mean(w);
-            selected = Some(tape.scalar(mean_w) as f64 * self.cfg.model.top_k as f64);
-            if self.cfg.sparsity > 0.0 {
-                let term = tape.scale(mean_w, self.cfg.sparsity);
-                loss = tape.add(energy, term);
-            }
-        }
-        let loss_value = tape.scalar(loss) as f64;
-        if !loss_value.is_finite() {
-            return Err(Error::Numerical { step: self.step, why: format!("the loss is {loss_value}") });
-        }
-        tape.backward(loss).accumulate_into(&tape, &mut self.params);
-        drop(tape);
-        let grad_norm = Adam::grad_norm(&self.params);
-        if !grad_norm.is_finite() {
-            return Err(Error::Numerical { step: self.step, why: format!("the gradient norm is {grad_norm}") });
-        }
-        self.adam.step(&mut self.params);
+        let stats = optimise_step(&self.model, &mut self.params, &mut self.adam, self.cfg.sparsity, &batch, &mut rng, self.step, None)?;
         self.step += 1;
-        Ok(StepStats { loss: loss_value, energy: energy_value, selected, grad_norm })
+        Ok(stats)
     }
 
     /// Prediction for a batch in evaluation mode (`eval_selection`, unless sampled: then hard), `[sets * cells, genes]`.

@@ -1,0 +1,146 @@
+//! `bench`: whole training steps (forward, backward, clipping, Adam) of one model at the paper's
+//! shapes on synthetic inputs, through the same `optimise_step` that `train` runs. Reports seconds
+//! per step, cells per second and model FLOP/s (three times the forward FLOPs that `profile`
+//! counts for this engine: forward plus a backward of twice the work; the energy loss is not
+//! counted); with `breakdown`, where the time went by op family.
+
+use crate::data::sampler::Batch;
+use crate::model::knowledge::Knowledge;
+use crate::model::{Model, ModelConfig, ModelKind};
+use crate::profile::{profile, Shapes};
+use crate::tape::params::Params;
+use crate::train::optim::{Adam, AdamConfig};
+use crate::train::{optimise_step, StepBreakdown};
+use crate::{Error, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub kind: ModelKind,
+    pub sets: usize,
+    pub cells: usize,
+    /// Timed steps (after `warmup` untimed ones).
+    pub steps: usize,
+    pub warmup: usize,
+    pub shapes: Shapes,
+    pub seed: u64,
+}
+
+impl BenchOptions {
+    /// The paper's step: 64 sets of 64 cells at the Replogle-Nadig shapes.
+    pub fn paper(kind: ModelKind) -> Self {
+        BenchOptions { kind, sets: 64, cells: 64, steps: 5, warmup: 1, shapes: Shapes::paper(), seed: 42 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub device: String,
+    pub threads: usize,
+    pub sets: usize,
+    pub cells: usize,
+    pub steps: usize,
+    /// Every timed step, in seconds.
+    pub step_seconds: Vec<f64>,
+    pub median_step_seconds: f64,
+    pub cells_per_second: f64,
+    pub model_flops_per_step: f64,
+    pub achieved_gflops: f64,
+    /// Summed over the timed steps, with `breakdown`.
+    pub breakdown: Option<StepBreakdown>,
+}
+
+/// Random but plausible inputs: log-normalised-like expression, random perturbations and batches.
+fn synthetic_batch(o: &BenchOptions, rng: &mut ChaCha8Rng) -> Batch {
+    let (n, g) = (o.sets * o.cells, o.shapes.genes);
+    let expression =
+        |rng: &mut ChaCha8Rng| (0..n * g).map(|_| if rng.gen::<f32>() < 0.5 { 0.0 } else { rng.gen_range(0.0..4.0) }).collect();
+    Batch {
+        sets: o.sets,
+        cells: o.cells,
+        genes: g,
+        control: expression(rng),
+        target: expression(rng),
+        perturbation: (0..o.sets).map(|_| rng.gen_range(1..o.shapes.perturbations as u32)).collect(),
+        cell_type: vec![0; o.sets],
+        batch: (0..n).map(|_| rng.gen_range(0..o.shapes.batches as u32)).collect(),
+    }
+}
+
+pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
+    if o.sets == 0 || o.cells == 0 || o.steps == 0 {
+        return Err(Error::invalid("bench", "sets, cells and steps must be at least 1"));
+    }
+    let s = &o.shapes;
+    let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
+    let cfg = ModelConfig::paper(o.kind, s.genes, s.perturbations, s.batches, s.genept_dim);
+    let knowledge = if o.kind.uses_genept() {
+        // the first `database` perturbations after the control have vectors, the rest none
+        let mut vectors = vec![0.0f32; s.perturbations * s.genept_dim];
+        for row in vectors.chunks_mut(s.genept_dim).skip(1).take(s.database) {
+            row.iter_mut().for_each(|v| *v = rng.gen_range(-1.0..1.0));
+        }
+        Some(Knowledge::new(vectors, s.genept_dim, vec![true; s.perturbations])?)
+    } else {
+        None
+    };
+    let mut params = Params::<f32>::new();
+    let model = Model::new(&cfg, knowledge, &mut params, &mut rng)?;
+    let mut adam = Adam::new(AdamConfig::default(), &params);
+    let batch = synthetic_batch(o, &mut rng);
+    let mut total = breakdown.then(StepBreakdown::default);
+    let mut step_seconds = Vec::with_capacity(o.steps);
+    for step in 0..o.warmup + o.steps {
+        let timed = step >= o.warmup;
+        let start = std::time::Instant::now();
+        let parts = if timed { total.as_mut() } else { None };
+        optimise_step(&model, &mut params, &mut adam, 0.1, &batch, &mut rng, step, parts)?;
+        if timed {
+            step_seconds.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mut sorted = step_seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let shapes = Shapes { cells: o.cells, ..s.clone() };
+    let forward_per_cell: f64 = profile(o.kind, &shapes)?.flops.iter().map(|x| x.1).sum();
+    let model_flops_per_step = 3.0 * forward_per_cell * (o.sets * o.cells) as f64;
+    Ok(BenchResult {
+        model: o.kind.label().to_string(),
+        device: "cpu".into(),
+        threads: rayon::current_num_threads(),
+        sets: o.sets,
+        cells: o.cells,
+        steps: o.steps,
+        step_seconds,
+        median_step_seconds: median,
+        cells_per_second: (o.sets * o.cells) as f64 / median,
+        model_flops_per_step,
+        achieved_gflops: model_flops_per_step / median / 1e9,
+        breakdown: total,
+    })
+}
+
+/// A text report: the headline figures, then the breakdown sorted by time.
+pub fn report(r: &BenchResult) -> String {
+    let mut s = format!(
+        "{} on {} ({} threads), {} sets x {} cells: median {:.3} s per step over {} steps, {:.0} cells/s, {:.1} GFLOP/s (model FLOPs)\n",
+        r.model, r.device, r.threads, r.sets, r.cells, r.median_step_seconds, r.steps, r.cells_per_second, r.achieved_gflops
+    );
+    if let Some(b) = &r.breakdown {
+        let total: f64 = b.forward.values().chain(b.backward.values()).chain(b.other.values()).sum();
+        let mut rows: Vec<(String, f64)> = Vec::new();
+        rows.extend(b.forward.iter().map(|(k, v)| (format!("forward  {k}"), *v)));
+        rows.extend(b.backward.iter().map(|(k, v)| (format!("backward {k}"), *v)));
+        rows.extend(b.other.iter().map(|(k, v)| (format!("step     {k}"), *v)));
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        s += &format!("breakdown over the {} timed steps ({:.3} s measured):\n", r.steps, total);
+        for (name, t) in rows {
+            s += &format!("  {name:<46} {:>8.3} s {:>5.1}%\n", t, 100.0 * t / total);
+        }
+    }
+    s
+}
