@@ -3,42 +3,56 @@
 use crate::real::Real;
 use rayon::prelude::*;
 
+/// Elements per parallel task: large enough to amortise scheduling, small enough to split a
+/// layer's activations over the cores. Elementwise work gives the same result in any split.
+const CHUNK: usize = 1 << 14;
+
+/// `y[i] = f(x[i])`, in parallel.
+fn map<T: Real>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+}
+
+/// `dx[i] += f(x[i], dy[i])`, in parallel.
+fn accumulate<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T) -> T + Sync) {
+    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            *dx = *dx + f(x, dy);
+        }
+    });
+}
+
 pub fn silu_forward<T: Real>(x: &[T], y: &mut [T]) {
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x / (T::one() + (-x).exp()));
+    map(x, y, |x| x / (T::one() + (-x).exp()));
 }
 pub fn silu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
-    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+    accumulate(x, dy, dx, |x, dy| {
         let s = T::one() / (T::one() + (-x).exp());
-        *dx = *dx + dy * s * (T::one() + x * (T::one() - s));
-    }
+        dy * s * (T::one() + x * (T::one() - s))
+    });
 }
 
 /// Exact (erf) GELU, PyTorch's `nn.GELU()` default.
 pub fn gelu_forward<T: Real>(x: &[T], y: &mut [T]) {
     let r = T::f(std::f64::consts::FRAC_1_SQRT_2);
     let half = T::f(0.5);
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y = half * x * (T::one() + (x * r).erf()));
+    map(x, y, |x| half * x * (T::one() + (x * r).erf()));
 }
 pub fn gelu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
     let r = T::f(std::f64::consts::FRAC_1_SQRT_2);
     let pdf_scale = T::f(1.0 / (2.0 * std::f64::consts::PI).sqrt());
     let half = T::f(0.5);
-    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+    accumulate(x, dy, dx, |x, dy| {
         let cdf = half * (T::one() + (x * r).erf());
         let pdf = pdf_scale * (-half * x * x).exp();
-        *dx = *dx + dy * (cdf + x * pdf);
-    }
+        dy * (cdf + x * pdf)
+    });
 }
 
 pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y = if x > T::zero() { x } else { T::zero() });
+    map(x, y, |x| if x > T::zero() { x } else { T::zero() });
 }
 pub fn relu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
-    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-        if x > T::zero() {
-            *dx = *dx + dy;
-        }
-    }
+    accumulate(x, dy, dx, |x, dy| if x > T::zero() { dy } else { T::zero() });
 }
 
 /// Softmax over the last dimension: `x, y: [rows, cols]`.
