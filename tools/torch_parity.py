@@ -95,10 +95,11 @@ def energy(x, y):
     return (dist(x, y).mean((1, 2)) - 0.5 * dist(x, x).mean((1, 2)) - 0.5 * dist(y, y).mean((1, 2))).mean()
 
 
-def forward_loss(p, m, sparsity, data, B, S):
+def forward_loss(p, m, sparsity, data, B, S, energy_fn=energy):
     """One training forward pass of the model `m["kind"]` with parameters `p` on `data` (control and
     target cells, perturbations, batch ids, GenePT table, retrieval database, and for PT-RAG the
-    Gumbel noise and dropout mask): returns (loss, pred, extras)."""
+    Gumbel noise and dropout mask): returns (loss, pred, extras). `energy_fn(pred, target)` is the
+    loss (default: the exact broadcast form the parity fixture uses)."""
     G, H, K, kind = m["genes"], m["hidden"], m["top_k"], m["kind"]
     dt = p["basal.weight"].dtype
     control = data["control"].to(dt).view(B, S, G)
@@ -145,7 +146,7 @@ def forward_loss(p, m, sparsity, data, B, S):
             out["selection"] = w.reshape(-1, 1)
     x = x + p["batch.weight"][data["batch"].view(B, S)]
     pred = F.relu(linear(backbone(x, p, m) + basal, p, "head"))
-    loss = energy(pred, target)
+    loss = energy_fn(pred, target)
     if w is not None:
         loss = loss + sparsity * w.mean()
     return loss, pred, out

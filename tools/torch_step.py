@@ -17,6 +17,13 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from torch_parity import forward_loss  # noqa: E402
 
+def energy_cdist(x, y):
+    """The same loss as torch_parity.energy through torch.cdist, as a PyTorch user would write it
+    (the parity form broadcasts a [B, S, S, G] tensor: exact, but not how one trains)."""
+    d = lambda a, b: torch.cdist(a, b).mean((1, 2))
+    return (d(x, y) - 0.5 * d(x, x) - 0.5 * d(y, y)).mean()
+
+
 G, P, E, NB, H, L, HEADS, HD, MLP, K = 2000, 2024, 1536, 56, 128, 8, 12, 58, 2784, 32
 
 
@@ -75,7 +82,7 @@ def main():
         data["gumbel"] = -torch.log(torch.empty(B * S * K * 2).exponential_())
         data["dropout_keep"] = torch.bernoulli(torch.full((B * S * K * H,), 0.9))
         opt.zero_grad(set_to_none=True)
-        loss, _, _ = forward_loss(p, m, 0.1, data, B, S)
+        loss, _, _ = forward_loss(p, m, 0.1, data, B, S, energy_cdist)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(p.values(), 10.0)
         opt.step()
