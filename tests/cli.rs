@@ -242,6 +242,11 @@ fn reproduce_trains_the_four_models_and_writes_the_report() {
         assert!(root.join(model).join("metrics.json").exists(), "{model}");
     }
     let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
+    for file in ["per_condition.csv", "summary.json", "summary.csv", "distributions.svg", "curves.svg", "retrieval.json"] {
+        assert!(root.join("report").join(file).exists(), "{file} missing from the report");
+    }
+    let agg = std::fs::read_to_string(root.join("report/summary.csv")).unwrap();
+    assert!(agg.starts_with("model,cell_type,metric,mean,sd,conditions\n") && agg.contains("\npt-rag,all,pearson_deg,"), "{agg}");
     for col in ["| control |", "| pt-rag |", "| state |", "| state-genept |", "| training-mean |", "| vanilla-rag |", "Retrieval analysis"]
     {
         assert!(report.contains(col.trim_start_matches("| ").trim_end_matches(" |")), "{col} missing from\n{report}");

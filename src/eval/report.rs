@@ -305,7 +305,8 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
     Ok(markdown(&summary, opts).split("\n## ").next().unwrap_or_default().to_string())
 }
 
-/// Writes `per_condition.csv`, `summary.json`, `report.md`, (with PT-RAG records) `retrieval.json`
+/// Writes `per_condition.csv`, `summary.json` and `summary.csv` (mean, sd per model, cell type and
+/// metric), `report.md`, (with PT-RAG records) `retrieval.json`
 /// and the SVG figures (curves, metric distributions, with two or more cell types the Jaccard
 /// heatmap) into `out`.
 pub fn write_report(
@@ -324,6 +325,15 @@ pub fn write_report(
     }
     crate::data::write_atomic(&out.join("per_condition.csv"), csv.as_bytes())?;
     crate::data::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(summary).expect("summary serialises").as_bytes())?;
+    let mut agg = "model,cell_type,metric,mean,sd,conditions\n".to_string();
+    let tables = summary.models.iter().map(|(m, t)| ("all", m, t));
+    let per_type = summary.per_cell_type.iter().flat_map(|(ct, models)| models.iter().map(move |(m, t)| (ct.as_str(), m, t)));
+    for (cell_type, model, table) in tables.chain(per_type) {
+        for (metric, (mean, sd, n)) in table {
+            agg += &format!("{model},{cell_type},{metric},{mean},{sd},{n}\n");
+        }
+    }
+    crate::data::write_atomic(&out.join("summary.csv"), agg.as_bytes())?;
     let mut md = markdown(summary, opts);
     crate::data::write_atomic(&out.join("distributions.svg"), distributions_svg(rows)?.as_bytes())?;
     md += "\n## Figures\n\n- `distributions.svg`: every metric's distribution over test conditions, per model\n";
