@@ -132,6 +132,10 @@ fn the_base_case_prepares() {
     assert_eq!(store.cell_batch, [1, 0, 1, 0, 1, 0, 1, 0, 1, 0]);
     let err = prepare(&opts, false).unwrap_err().to_string();
     assert!(err.contains("exists"), "an existing store is never overwritten: {err}");
+    // without a batch column every cell is in one batch
+    let opts = PrepareOptions { batch_col: None, out: dir.path().join("one-batch"), ..opts };
+    assert_eq!(prepare(&opts, false).unwrap().batches, 1);
+    assert!(Store::open(dir.path().join("one-batch")).unwrap().cell_batch.iter().all(|&b| b == 0));
 }
 
 #[test]
