@@ -55,6 +55,9 @@ fn missing_fields_and_non_hdf5_files_are_named() {
     let f = H5ad::open(&path).unwrap();
     let err = f.column("obs", "cell_type").unwrap_err().to_string();
     assert!(err.contains("a.h5ad") && err.contains("obs/cell_type"), "{err}");
+    let m = f.matrix("X").unwrap();
+    let err = f.rows(&m, 3, 2).unwrap_err().to_string();
+    assert!(err.contains("rows 3..5 within its 4 rows"), "{err}");
     let err = f.dense_shape("obsm/X_hvg").unwrap_err().to_string();
     assert!(err.contains("obsm/X_hvg") && err.contains("not found"), "{err}");
 

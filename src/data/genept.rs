@@ -197,7 +197,8 @@ mod pickle {
 
     impl<'a> Reader<'a> {
         fn take(&mut self, n: usize) -> R<&'a [u8]> {
-            let s = self.b.get(self.pos..self.pos + n).ok_or("a complete pickle (it ends early)")?;
+            let end = self.pos.checked_add(n).ok_or("a complete pickle (it ends early)")?;
+            let s = self.b.get(self.pos..end).ok_or("a complete pickle (it ends early)")?;
             self.pos += n;
             Ok(s)
         }

@@ -283,8 +283,11 @@ impl H5ad {
     /// Rows `start..start + count` of a matrix, dense `[count, cols]` f32. Only the chunks these
     /// rows touch are read.
     pub fn rows(&self, m: &Matrix, start: usize, count: usize) -> Result<Vec<f32>> {
-        match m {
-            Matrix::Dense { key, .. } => self.dense_rows(key, start, count),
+        if start.checked_add(count).is_none_or(|end| end > m.rows()) {
+            return Err(self.bad(m.key(), format!("rows {start}..{} within its {} rows", start.saturating_add(count), m.rows())));
+        }
+        let out = match m {
+            Matrix::Dense { key, .. } => self.dense_rows(key, start, count)?,
             Matrix::Csr { key, cols, indptr, .. } => {
                 let (lo, hi) = (indptr[start] as u64, indptr[start + count] as u64);
                 let (data_key, index_key) = (format!("{key}/data"), format!("{key}/indices"));
@@ -305,9 +308,13 @@ impl H5ad {
                         out[r * cols + c] = v;
                     }
                 }
-                Ok(out)
+                out
             }
+        };
+        if out.len() != count * m.cols() {
+            return Err(self.bad(m.key(), format!("{} values for rows {start}..{}, found {}", count * m.cols(), start + count, out.len())));
         }
+        Ok(out)
     }
 
     /// Shape `(rows, columns)` of a dense 2-D matrix.
