@@ -16,6 +16,22 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements((2 * m * k * n) as u64));
     g.bench_function("4096x128x2784", |bench| bench.iter(|| gemm::matmul(&a, &b, &mut out, m, k, n, false, true, false)));
     g.finish();
+    // The same layer's backward products, and PT-RAG's selector (4096 cells x 32 candidates, 384 -> 128):
+    // (name, m, k, n, trans_a, trans_b) as the tape's matmul backward calls them.
+    let shapes = [
+        ("dx_4096x2784x128", 4096, 2784, 128, false, false),
+        ("dw_2784x4096x128_ta", 2784, 4096, 128, true, false),
+        ("selector_131072x384x128", 131072, 384, 128, false, true),
+        ("selector_dw_128x131072x384_ta", 128, 131072, 384, true, false),
+    ];
+    let mut g = c.benchmark_group("cpu/gemm");
+    g.sample_size(10);
+    for (name, m, k, n, ta, tb) in shapes {
+        let (a, b, mut out) = (filled(m * k, 1), filled(k * n, 2), vec![0.0f32; m * n]);
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        g.bench_function(name, |bench| bench.iter(|| gemm::matmul(&a, &b, &mut out, m, k, n, ta, tb, false)));
+    }
+    g.finish();
 
     let shape = attention::AttentionShape::within_sets(64, 64, 12, 58, false);
     let len = 64 * 64 * 12 * 58;
