@@ -108,30 +108,29 @@ fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// The fold directories of a run directory (itself, or one per cell type for an `all` run).
-/// The fold directories of all `run_dirs`.
-fn all_folds(run_dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// The fold directories of all `run_dirs` (a run itself, or one per cell type for an `all` run).
+pub fn all_folds(run_dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(run_dirs.iter().map(|d| fold_dirs(d)).collect::<Result<Vec<_>>>()?.concat())
 }
 
-/// The retrieval records of the PT-RAG runs among `run_dirs` (all folds).
-pub fn pt_rag_records(run_dirs: &[PathBuf]) -> Result<Vec<crate::train::RetrievalRecord>> {
+/// The retrieval records of the PT-RAG runs among `folds` (fold directories, see `all_folds`).
+pub fn pt_rag_records(folds: &[PathBuf]) -> Result<Vec<crate::train::RetrievalRecord>> {
     let mut out = Vec::new();
-    for dir in all_folds(run_dirs)? {
+    for dir in folds {
         let path = dir.join("retrieval-test.jsonl");
-        if RunRecord::read(&dir)?.train.model.kind == crate::model::ModelKind::PtRag && path.exists() {
+        if RunRecord::read(dir)?.train.model.kind == crate::model::ModelKind::PtRag && path.exists() {
             out.extend(super::retrieval::read_records(&path)?);
         }
     }
     Ok(out)
 }
 
-/// Per-condition metrics of every model and both baselines.
-pub fn evaluate_runs(run_dirs: &[PathBuf], opts: &EvalOptions, progress: bool) -> Result<Vec<ConditionRow>> {
+/// Per-condition metrics of every model and both baselines, over fold directories (`all_folds`).
+pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> Result<Vec<ConditionRow>> {
     let mut rows = Vec::new();
     let mut baselines_done: Vec<(PathBuf, PathBuf, String, u64)> = Vec::new();
-    for dir in all_folds(run_dirs)? {
-        let run = TrainedRun::open(&dir)?;
+    for dir in folds {
+        let run = TrainedRun::open(dir)?;
         let (record, store) = (&run.record, &run.store);
         let trainer = run.trainer()?;
         let (g, target) = (store.n_genes(), trainer.cfg.target_cell_type.clone());
@@ -292,14 +291,15 @@ fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
 /// `evaluate` end to end: metrics of every run, summary, retrieval analysis (with PT-RAG runs),
 /// report files in `out`; returns the overall Markdown table.
 pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progress: bool) -> Result<String> {
-    let rows = evaluate_runs(run_dirs, opts, progress)?;
+    let folds = all_folds(run_dirs)?;
+    let rows = evaluate_runs(&folds, opts, progress)?;
     let summary = summarise(&rows);
-    let records = pt_rag_records(run_dirs)?;
+    let records = pt_rag_records(&folds)?;
     let retrieval = (!records.is_empty()).then(|| super::retrieval::analyse(&records));
     let mut curves = Vec::new();
-    for dir in all_folds(run_dirs)? {
-        let train = RunRecord::read(&dir)?.train;
-        curves.push(read_curve(&dir, &format!("{} {}", train.model.kind.name(), train.target_cell_type))?);
+    for dir in &folds {
+        let train = RunRecord::read(dir)?.train;
+        curves.push(read_curve(dir, &format!("{} {}", train.model.kind.name(), train.target_cell_type))?);
     }
     write_report(&rows, &summary, retrieval.as_ref(), &curves, opts, out)?;
     Ok(markdown(&summary, opts).split("\n## ").next().unwrap_or_default().to_string())

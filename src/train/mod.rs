@@ -136,7 +136,6 @@ pub struct Trainer<'s> {
     pub step: usize,
 }
 
-/// The GenePT table of a store and the retrieval database that `which` selects for `fold`.
 /// Seconds by part of a training step: forward and backward per op family, and the rest.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StepBreakdown {
@@ -216,6 +215,7 @@ pub fn optimise_step(
     Ok(StepStats { loss: loss_value, energy: energy_value, selected, grad_norm })
 }
 
+/// The GenePT table of a store and the retrieval database that `which` selects for `fold`.
 pub fn knowledge_for(store: &Store, fold: &Fold, which: RetrievalDatabase) -> Result<Knowledge> {
     let p = store.manifest.n_perturbations();
     let mut in_db = match which {
