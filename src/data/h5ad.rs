@@ -174,12 +174,18 @@ impl H5ad {
         }
     }
 
-    /// A dataframe's (`obs` or `var`) index: the dataset named by its `_index` attribute.
-    pub fn index(&self, frame: &str) -> Result<Vec<String>> {
+    /// A dataframe's attributes and the name of its index dataset (`_index` unless it says otherwise).
+    fn frame(&self, frame: &str) -> Result<(std::collections::HashMap<String, AttrValue>, String)> {
         let group = self.file.group(frame).map_err(|e| self.bad(frame, format!("a dataframe group ({e})")))?;
         let attrs = group.attrs().map_err(|e| self.bad(frame, e))?;
-        let name = attrs.get("_index").and_then(attr_string).unwrap_or_else(|| "_index".into());
-        self.strings(&format!("{frame}/{name}"))
+        let index = attrs.get("_index").and_then(attr_string).unwrap_or_else(|| "_index".into());
+        Ok((attrs, index))
+    }
+
+    /// A dataframe's (`obs` or `var`) index: the dataset named by its `_index` attribute.
+    pub fn index(&self, frame: &str) -> Result<Vec<String>> {
+        let (_, index) = self.frame(frame)?;
+        self.strings(&format!("{frame}/{index}"))
     }
 
     /// The names in a group (datasets and subgroups), sorted; none when the group is absent.
@@ -193,16 +199,12 @@ impl H5ad {
 
     /// The columns of a dataframe, in its `column-order` (else by name).
     pub fn columns(&self, frame: &str) -> Result<Vec<String>> {
-        let group = self.file.group(frame).map_err(|e| self.bad(frame, format!("a dataframe group ({e})")))?;
-        let attrs = group.attrs().map_err(|e| self.bad(frame, e))?;
+        let (attrs, index) = self.frame(frame)?;
         if let Some(AttrValue::VarLenStringArray(v) | AttrValue::StringArray(v)) = attrs.get("column-order") {
             return Ok(v.clone());
         }
-        let index = attrs.get("_index").and_then(attr_string).unwrap_or_else(|| "_index".into());
-        let mut names = group.datasets().map_err(|e| self.bad(frame, e))?;
-        names.extend(group.groups().map_err(|e| self.bad(frame, e))?);
+        let mut names = self.members(frame)?;
         names.retain(|n| *n != index);
-        names.sort();
         Ok(names)
     }
 

@@ -100,13 +100,7 @@ fn first_few(v: &[String]) -> String {
 /// Which matrix holds the expression: `auto`, `X`, `obsm:KEY`, `layers:KEY`.
 fn expression_matrix(f: &H5ad, path: &Path, spec: &str) -> Result<Matrix> {
     let key = match spec {
-        "auto" => {
-            if f.matrix("obsm/X_hvg").is_ok() {
-                "obsm/X_hvg".to_string()
-            } else {
-                "X".to_string()
-            }
-        }
+        "auto" => return f.matrix("obsm/X_hvg").or_else(|_| f.matrix("X")),
         "X" => "X".to_string(),
         s => match s.split_once(':') {
             Some(("obsm", k)) => format!("obsm/{k}"),
@@ -188,7 +182,8 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
         return Err(Error::invalid("--out", format!("{} exists; choose another directory or remove it", opts.out.display())));
     }
     let f = H5ad::open(path)?;
-    let n = f.index("obs")?.len();
+    let obs_names = f.index("obs")?;
+    let n = obs_names.len();
     let column = |name: &str| -> Result<Vec<String>> {
         let v = f.column("obs", name)?;
         if v.len() != n {
@@ -286,7 +281,6 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
     // Stream the cells: check every value, write the kept cells.
     let mut writer = StoreWriter::create(&opts.out, genes.len(), opts.dtype)?;
     let bar = crate::progress::bar(n as u64, "cells", progress);
-    let obs_names = f.index("obs")?;
     for lo in (0..n).step_by(opts.window.max(1)) {
         let count = opts.window.max(1).min(n - lo);
         let rows = f.rows(&matrix, lo, count)?;
