@@ -261,37 +261,22 @@ mod pickle {
                     stack.push(V::Int(v));
                 }
                 b'G' => stack.push(V::Float(f64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes")))),
-                b'X' => {
-                    let n = r.uint(4)?;
+                // length-prefixed text (BINUNICODE, SHORT_BINUNICODE, BINUNICODE8)
+                b'X' | 0x8c | 0x8d => {
+                    let n = r.uint(match op {
+                        0x8c => 1,
+                        b'X' => 4,
+                        _ => 8,
+                    })?;
                     stack.push(V::Str(utf8(r.take(n)?)?))
                 }
-                0x8c => {
-                    let n = r.uint(1)?;
-                    stack.push(V::Str(utf8(r.take(n)?)?))
-                }
-                0x8d => {
-                    let n = r.uint(8)?;
-                    stack.push(V::Str(utf8(r.take(n)?)?))
-                }
-                // Python 2 byte strings (latin-1), then bytes and bytearray
-                b'U' => {
-                    let n = r.uint(1)?;
-                    stack.push(V::Bytes(r.take(n)?.to_vec()))
-                }
-                b'T' => {
-                    let n = r.uint(4)?;
-                    stack.push(V::Bytes(r.take(n)?.to_vec()))
-                }
-                b'C' => {
-                    let n = r.uint(1)?;
-                    stack.push(V::Bytes(r.take(n)?.to_vec()))
-                }
-                b'B' => {
-                    let n = r.uint(4)?;
-                    stack.push(V::Bytes(r.take(n)?.to_vec()))
-                }
-                0x8e | 0x96 => {
-                    let n = r.uint(8)?;
+                // length-prefixed bytes: Python 2 byte strings (latin-1), bytes and bytearray
+                b'U' | b'C' | b'T' | b'B' | 0x8e | 0x96 => {
+                    let n = r.uint(match op {
+                        b'U' | b'C' => 1,
+                        b'T' | b'B' => 4,
+                        _ => 8,
+                    })?;
                     stack.push(V::Bytes(r.take(n)?.to_vec()))
                 }
                 b'a' => {
