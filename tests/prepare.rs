@@ -18,6 +18,8 @@ fn synth_data_round_trips_through_h5ad_exactly() {
     let original = synth::generate(&SynthConfig::preset("tiny", 7).unwrap(), &dir.path().join("synth"), false).unwrap().dir;
     let store = Store::open(&original).unwrap();
     let files = export(&store, &dir.path().join("export")).unwrap();
+    let err = export(&store, &dir.path().join("export")).unwrap_err().to_string();
+    assert!(err.contains("data.h5ad exists"), "an export is never overwritten: {err}");
     let mut opts = PrepareOptions::new(files[0].clone(), files[1].clone(), dir.path().join("prepared"));
     opts.split = Some(files[2].clone());
     let report = prepare(&opts, false).unwrap();

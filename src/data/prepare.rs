@@ -351,6 +351,11 @@ pub fn export(store: &super::store::Store, dir: &Path) -> Result<Vec<PathBuf>> {
     use super::h5ad::{write_h5ad, AnnData};
     let m = &store.manifest;
     let (n, g, d) = (store.n_cells(), store.n_genes(), m.embed_dim);
+    let paths = [dir.join("data.h5ad"), dir.join("genept.safetensors"), dir.join("split.toml")];
+    // like `prepare`, never overwrite what is there
+    if let Some(p) = paths.iter().find(|p| p.exists()) {
+        return Err(Error::invalid("--out", format!("{} exists; choose another directory or remove it", p.display())));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut x = vec![0.0f32; n * g];
     for (cell, row) in x.chunks_mut(g).enumerate() {
@@ -367,7 +372,6 @@ pub fn export(store: &super::store::Store, dir: &Path) -> Result<Vec<PathBuf>> {
             ("gem_group".into(), store.cell_batch.iter().map(u32::to_string).collect()),
         ],
     };
-    let paths = [dir.join("data.h5ad"), dir.join("genept.safetensors"), dir.join("split.toml")];
     write_h5ad(&paths[0], &a)?;
     drop(a);
 
