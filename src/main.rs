@@ -334,7 +334,7 @@ fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result
         .run_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}-{}", target.to_lowercase(), opts.seed.unwrap_or(42))));
-    let kinds = [ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag, ModelKind::PtRag];
+    let kinds = ModelKind::ALL;
     for kind in kinds {
         let dir = root.join(kind.name());
         if dir.join("metrics.json").exists() {
@@ -407,9 +407,7 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             use ptrag_engine::model::ModelKind;
             use ptrag_engine::profile::{markdown, profile, Shapes};
             let shapes = Shapes { cells, ..Shapes::paper() };
-            let kinds = model
-                .map(|m| vec![m])
-                .unwrap_or_else(|| vec![ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag, ModelKind::PtRag]);
+            let kinds = model.map(|m| vec![m]).unwrap_or_else(|| ModelKind::ALL.to_vec());
             let profiles = kinds.into_iter().map(|k| profile(k, &shapes)).collect::<ptrag_engine::Result<Vec<_>>>()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&profiles).expect("profiles serialise"));

@@ -3,7 +3,7 @@
 use ptrag_engine::model::ModelKind;
 use ptrag_engine::profile::{profile, table7, Shapes};
 
-const KINDS: [ModelKind; 4] = [ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag, ModelKind::PtRag];
+const KINDS: [ModelKind; 4] = ModelKind::ALL;
 
 #[test]
 fn reference_accounting_reproduces_table7_parameters_exactly() {

@@ -12,7 +12,7 @@ use ptrag_engine::train::{knowledge_for, TrainConfig};
 use rand::SeedableRng;
 use std::path::Path;
 
-const KINDS: [ModelKind; 4] = [ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag, ModelKind::PtRag];
+const KINDS: [ModelKind; 4] = ModelKind::ALL;
 
 #[test]
 fn resume_from_checkpoint_gives_bit_identical_losses() {

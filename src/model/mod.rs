@@ -41,6 +41,9 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
+    /// The four models, in the paper's order.
+    pub const ALL: [ModelKind; 4] = [ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag, ModelKind::PtRag];
+
     pub fn name(self) -> &'static str {
         match self {
             ModelKind::State => "state",
