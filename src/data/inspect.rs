@@ -60,7 +60,6 @@ pub fn inspect(path: &Path, pert_col: &str, cell_type_col: &str, control: &str) 
     if path.join("manifest.json").exists() {
         let store = Store::open(path)?;
         let m = &store.manifest;
-        let name = |codes: &[u32], names: &[String]| codes.iter().map(|&c| names[c as usize].clone()).collect::<Vec<_>>();
         let mut s = format!(
             "store {} ({})\n{} cells x {} genes ({:?}), {} perturbations incl. control `{}`, {} batches, GenePT dim {}\n",
             path.display(),
@@ -73,7 +72,8 @@ pub fn inspect(path: &Path, pert_col: &str, cell_type_col: &str, control: &str) 
             m.n_batches,
             m.embed_dim
         );
-        s += &composition(&name(&store.cell_perturbation, &m.perturbations), &name(&store.cell_type, &m.cell_types), &m.control);
+        let (perts, types) = store.cell_labels();
+        s += &composition(&perts, &types, &m.control);
         let (starts, rows) = sample_windows(store.n_cells());
         let mut row = vec![0.0f32; store.n_genes()];
         let mut zeros = 0.0;

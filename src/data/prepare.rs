@@ -361,14 +361,14 @@ pub fn export(store: &super::store::Store, dir: &Path) -> Result<Vec<PathBuf>> {
     for (cell, row) in x.chunks_mut(g).enumerate() {
         store.expression_row(cell, row);
     }
-    let names = |codes: &[u32], names: &[String]| codes.iter().map(|&c| names[c as usize].clone()).collect::<Vec<_>>();
+    let (perts, types) = store.cell_labels();
     let a = AnnData {
         x,
         obs_names: (0..n).map(|i| format!("cell{i}")).collect(),
         var_names: m.genes.clone(),
         obs: vec![
-            ("gene".into(), names(&store.cell_perturbation, &m.perturbations)),
-            ("cell_line".into(), names(&store.cell_type, &m.cell_types)),
+            ("gene".into(), perts),
+            ("cell_line".into(), types),
             ("gem_group".into(), store.cell_batch.iter().map(u32::to_string).collect()),
         ],
     };

@@ -196,6 +196,12 @@ impl Store {
         self.genept.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
     }
 
+    /// Per cell, the perturbation and the cell type by name.
+    pub fn cell_labels(&self) -> (Vec<String>, Vec<String>) {
+        let names = |codes: &[u32], names: &[String]| codes.iter().map(|&c| names[c as usize].clone()).collect();
+        (names(&self.cell_perturbation, &self.manifest.perturbations), names(&self.cell_type, &self.manifest.cell_types))
+    }
+
     pub fn perturbation_index(&self, name: &str) -> Option<usize> {
         self.manifest.perturbations.iter().position(|p| p == name)
     }
