@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, as the README and .ci/run run it. Needs only Rust (and gcc for crates
-# that build C); everything else comes from crates.io.
+# The whole test suite, as the README and .ci/run run it. Needs Rust, gcc/g++ and Python 3; the
+# pinned CUDA compiler comes from PyPI (tools/install_cuda.sh), so every kernel is compiled for
+# sm_90 on every run (PTRAG_REQUIRE_CUDA=1: a missing nvcc, an nvcc error or a register spill fails),
+# and the kernels' emulated tests run on the CPU. No GPU is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --locked --all-targets "$@"
+eval "$(bash tools/install_cuda.sh)"
+PTRAG_REQUIRE_CUDA=1 cargo test --locked --all-targets "$@"
+# The CPU-only build, as on a machine without nvcc, must still compile.
+env -u NVCC -u CUDA_HOME cargo check --locked --lib --quiet

@@ -1,0 +1,40 @@
+// Helpers shared by every kernel family. Conventions (see kernels/README.md):
+// - shared memory is dynamic, declared once per kernel with DYNAMIC_SHARED and carved by hand, so
+//   the CPU emulator can poison it per block;
+// - block sizes are multiples of 32 (the launchers choose them), so warp reductions see full warps;
+// - forward kernels overwrite their outputs, backward kernels accumulate (+=) into gradients.
+#pragma once
+
+#ifndef CUDA_EMULATION
+#define DYNAMIC_SHARED(type, name)                        \
+    extern __shared__ __align__(16) unsigned char name##_bytes[]; \
+    type* name = reinterpret_cast<type*>(name##_bytes)
+#endif
+
+#define FULL_MASK 0xffffffffu
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(FULL_MASK, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, offset));
+    return v;
+}
+
+// Sum over the whole block, returned to every thread. `scratch` holds blockDim.x / 32 floats; the
+// leading barrier lets a caller reuse the same scratch for consecutive reductions.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    v = warp_sum(v);
+    const int warps = blockDim.x / 32;
+    __syncthreads();
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < warps; ++w) total += scratch[w];
+    return total;
+}
+
+// Grid-stride loop over `n` elements.
+#define FOR_EACH_INDEX(i, n) for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)(n); i += (long long)gridDim.x * blockDim.x)
