@@ -25,6 +25,14 @@ pub enum Error {
     #[error("interrupted at step {step}; saved {}; continue with `ptrag-engine train --resume {}`", checkpoint.display(), run_dir.display())]
     Interrupted { step: usize, checkpoint: PathBuf, run_dir: PathBuf },
 
+    /// A kernel failed (on the GPU, or the emulator found a missing barrier, a deadlock ...).
+    #[error("kernel {kernel}: {why}")]
+    Kernel { kernel: &'static str, why: String },
+
+    /// No usable CUDA device: built without nvcc, no driver, no GPU, or a driver call failed.
+    #[error("CUDA device: {0}")]
+    Device(String),
+
     /// Shapes of tensors given to an operation do not fit together (a programming error caught early).
     #[error("shape mismatch in {op}: {why}")]
     Shape { op: &'static str, why: String },

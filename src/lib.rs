@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod cpu;
+pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod progress;

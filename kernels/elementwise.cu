@@ -1,0 +1,39 @@
+// Elementwise activations: SiLU, exact (erf) GELU, ReLU. Twins: src/cpu/elementwise.rs (reference),
+// src/cuda/elementwise.rs (launchers).
+// Shapes: x, y, dy, dx: [n], any n. Launch: 1-D grid-stride, 256 threads per block.
+// Forward overwrites y; backward accumulates dx += dy * f'(x).
+#include "common.cuh"
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+extern "C" __global__ void silu_forward_f32(const float* __restrict__ x, float* __restrict__ y, long long n) {
+    FOR_EACH_INDEX(i, n) y[i] = x[i] * sigmoid(x[i]);
+}
+
+extern "C" __global__ void silu_backward_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, long long n) {
+    FOR_EACH_INDEX(i, n) {
+        const float s = sigmoid(x[i]);
+        dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
+    }
+}
+
+extern "C" __global__ void gelu_forward_f32(const float* __restrict__ x, float* __restrict__ y, long long n) {
+    FOR_EACH_INDEX(i, n) y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
+extern "C" __global__ void gelu_backward_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, long long n) {
+    FOR_EACH_INDEX(i, n) {
+        const float v = x[i];
+        const float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+        const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+        dx[i] += dy[i] * (cdf + v * pdf);
+    }
+}
+
+extern "C" __global__ void relu_forward_f32(const float* __restrict__ x, float* __restrict__ y, long long n) {
+    FOR_EACH_INDEX(i, n) y[i] = fmaxf(x[i], 0.0f);
+}
+
+extern "C" __global__ void relu_backward_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, long long n) {
+    FOR_EACH_INDEX(i, n) if (x[i] > 0.0f) dx[i] += dy[i];
+}

@@ -1,0 +1,36 @@
+// Optimiser kernels: PyTorch's Adam update and the squared gradient norm for clipping.
+// Twins: src/cpu/optim.rs (reference), src/cuda/optim.rs (launchers).
+// adam_update_f32: param, grad, m, v: [n]; 1-D grid-stride; updates param, m, v in place.
+// squared_norm_f32: x: [n] -> partial: [gridDim.x] doubles (one per block, summed on the host or by
+// squared_norm_reduce_f64 in order), accumulated in double like the reference.
+#include "common.cuh"
+
+extern "C" __global__ void adam_update_f32(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m, float* __restrict__ v,
+                                           long long n, float lr, float beta1, float beta2, float eps, float weight_decay,
+                                           float bias1, float bias2_sqrt) {
+    const float step_size = lr / bias1;
+    FOR_EACH_INDEX(i, n) {
+        float g = grad[i];
+        if (weight_decay != 0.0f) g += weight_decay * param[i];
+        const float mi = beta1 * m[i] + (1.0f - beta1) * g;
+        const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        param[i] -= step_size * mi / (sqrtf(vi) / bias2_sqrt + eps);
+    }
+}
+
+// Dynamic shared memory: blockDim.x / 32 doubles.
+extern "C" __global__ void squared_norm_f32(const float* __restrict__ x, long long n, double* __restrict__ partial) {
+    DYNAMIC_SHARED(double, scratch);
+    double s = 0.0;
+    FOR_EACH_INDEX(i, n) s += (double)x[i] * (double)x[i];
+    for (int offset = 16; offset > 0; offset >>= 1) s += __shfl_xor_sync(FULL_MASK, s, offset);
+    if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int w = 0; w < blockDim.x / 32; ++w) total += scratch[w];
+        partial[blockIdx.x] = total;
+    }
+}

@@ -1,0 +1,81 @@
+//! Launchers for `kernels/attention.cu`, the twin of `src/cpu/attention.rs`: flash-style attention
+//! within each set, forward (saving the log-sum-exp) and backward (accumulating into dq, dk, dv).
+
+use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
+use crate::cpu::attention::AttentionShape;
+use crate::{Error, Result};
+
+/// Rows (warps) per block, and the tile of the other side streamed through shared memory (`TILE` in the kernel).
+const ROWS_PER_BLOCK: usize = 4;
+const TILE: usize = 32;
+/// `SLOTS * 32` in the kernel: each lane holds at most 4 slices of a row.
+pub const MAX_HEAD_DIM: usize = 128;
+
+fn check(shape: AttentionShape, q: &Buffer<f32>, k: &Buffer<f32>, v: &Buffer<f32>) -> Result<()> {
+    let AttentionShape { sets, cells, keys, heads, head_dim, causal } = shape;
+    if head_dim == 0 || head_dim > MAX_HEAD_DIM {
+        return Err(Error::Shape { op: "attention", why: format!("head_dim {head_dim}; the kernel takes 1 to {MAX_HEAD_DIM}") });
+    }
+    if causal && keys != cells {
+        return Err(Error::Shape { op: "attention", why: "causal attention needs as many keys as queries".into() });
+    }
+    let width = heads * head_dim;
+    check_int("attention", &[sets * cells.max(keys) * width])?;
+    check_len("attention", "q", q, sets * cells * width)?;
+    check_len("attention", "k", k, sets * keys * width)?;
+    check_len("attention", "v", v, sets * keys * width)
+}
+
+fn grid(rows: usize, shape: AttentionShape, shared_floats: usize) -> Result<Launch> {
+    Launch::new([rows.div_ceil(ROWS_PER_BLOCK), shape.heads, shape.sets], 32 * ROWS_PER_BLOCK as u32, shared_floats)
+}
+
+pub fn attention_forward(
+    gpu: &Gpu,
+    q: &Buffer<f32>,
+    k: &Buffer<f32>,
+    v: &Buffer<f32>,
+    shape: AttentionShape,
+    out: &mut Buffer<f32>,
+    lse: &mut Buffer<f32>,
+) -> Result<()> {
+    check(shape, q, k, v)?;
+    check_len("attention", "out", out, q.len())?;
+    check_len("attention", "lse", lse, shape.sets * shape.heads * shape.cells)?;
+    let launch = grid(shape.cells, shape, 2 * TILE * shape.head_dim)?;
+    let args = Args::new().input(q).input(k).input(v).int(shape.cells).int(shape.keys).int(shape.heads).int(shape.head_dim);
+    gpu.launch("attention_forward_f32", launch, args.i32(shape.causal as i32).output(out).output(lse))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    gpu: &Gpu,
+    q: &Buffer<f32>,
+    k: &Buffer<f32>,
+    v: &Buffer<f32>,
+    out: &Buffer<f32>,
+    lse: &Buffer<f32>,
+    dout: &Buffer<f32>,
+    shape: AttentionShape,
+    dq: &mut Buffer<f32>,
+    dk: &mut Buffer<f32>,
+    dv: &mut Buffer<f32>,
+) -> Result<()> {
+    check(shape, q, k, v)?;
+    let stats = shape.sets * shape.heads * shape.cells;
+    for (name, b) in [("out", out), ("dout", dout), ("dq", &*dq)] {
+        check_len("attention backward", name, b, q.len())?;
+    }
+    for (name, b) in [("dk", &*dk), ("dv", &*dv)] {
+        check_len("attention backward", name, b, k.len())?;
+    }
+    check_len("attention backward", "lse", lse, stats)?;
+    let AttentionShape { cells, keys, heads, head_dim, causal, .. } = shape;
+    let mut delta = gpu.zeros::<f32>(stats)?;
+    let args = Args::new().input(q).input(k).input(v).input(out).input(lse).input(dout);
+    let args = args.int(cells).int(keys).int(heads).int(head_dim).i32(causal as i32).output(dq).output(&mut delta);
+    gpu.launch("attention_backward_dq_f32", grid(cells, shape, 2 * TILE * head_dim)?, args)?;
+    let args = Args::new().input(q).input(k).input(v).input(lse).input(&delta).input(dout);
+    let args = args.int(cells).int(keys).int(heads).int(head_dim).i32(causal as i32).output(dk).output(dv);
+    gpu.launch("attention_backward_dkdv_f32", grid(keys, shape, (2 * head_dim + 2) * TILE)?, args)
+}

@@ -1,0 +1,153 @@
+//! The real GPU through cudarc's driver API: the context, the stream every kernel runs on, the
+//! modules loaded lazily from the embedded cubins (PTX where the cubin does not fit the GPU), and
+//! device memory.
+
+use super::{families, Element, Launch, CUDA_BUILT};
+use crate::{Error, Result};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+/// What `ptrag-engine info` reports about the GPU.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub memory_bytes: usize,
+    pub driver_version: i32,
+    pub multiprocessors: i32,
+}
+
+/// The driver's CUDA version as `1000 * major + 10 * minor` (13000 for 13.0).
+fn driver_version() -> Result<i32> {
+    let mut version = 0;
+    // SAFETY: the driver library is loaded (checked by the caller) and `version` outlives the call.
+    unsafe { sys::cuDriverGetVersion(&mut version) }.result().map_err(|e| driver_error("driver version", e))?;
+    Ok(version)
+}
+
+pub struct Driver {
+    pub info: DeviceInfo,
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+}
+
+fn driver_error(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("{what}: {e:?}"))
+}
+
+impl Driver {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !CUDA_BUILT {
+            return Err(Error::Device("this binary was built without nvcc, so it has no GPU kernels (see tools/install_cuda.sh)".into()));
+        }
+        // SAFETY: only checks whether libcuda can be loaded; CudaContext::new panics when it cannot.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::Device("no CUDA driver (libcuda.so) on this machine".into()));
+        }
+        let context = CudaContext::new(ordinal).map_err(|e| driver_error("no usable GPU", e))?;
+        let attribute = |a| context.attribute(a).map_err(|e| driver_error("device attribute", e));
+        let info = DeviceInfo {
+            name: context.name().map_err(|e| driver_error("device name", e))?,
+            compute_capability: context.compute_capability().map_err(|e| driver_error("compute capability", e))?,
+            memory_bytes: context.total_mem().map_err(|e| driver_error("device memory", e))?,
+            driver_version: driver_version()?,
+            multiprocessors: attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+        };
+        let stream = context.default_stream();
+        Ok(Driver { info, context, stream, modules: Mutex::default(), functions: Mutex::default() })
+    }
+
+    pub fn upload<T: Element>(&self, data: &[T]) -> Result<DeviceSlice<T>> {
+        let slice = self.stream.clone_htod(data).map_err(|e| driver_error("copy to the GPU", e))?;
+        Ok(DeviceSlice { slice, stream: self.stream.clone() })
+    }
+
+    pub fn zeros<T: Element>(&self, len: usize) -> Result<DeviceSlice<T>> {
+        let slice = self.stream.alloc_zeros(len).map_err(|e| driver_error(&format!("allocating {len} elements on the GPU"), e))?;
+        Ok(DeviceSlice { slice, stream: self.stream.clone() })
+    }
+
+    pub fn download<T: Element>(&self, buffer: &DeviceSlice<T>) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(&buffer.slice).map_err(|e| driver_error("copy from the GPU", e))
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| driver_error("synchronize", e))
+    }
+
+    fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().expect("function cache").get(kernel) {
+            return Ok(f.clone());
+        }
+        let family = families()
+            .iter()
+            .find(|f| f.kernels.contains(&kernel))
+            .ok_or_else(|| Error::Device(format!("no kernel named {kernel} in kernels/*.cu")))?;
+        let module = {
+            let mut modules = self.modules.lock().expect("module cache");
+            match modules.get(family.name) {
+                Some(m) => m.clone(),
+                None => {
+                    // The sm_90 cubin runs on Hopper; elsewhere the driver compiles the PTX.
+                    let image = if self.info.compute_capability == (9, 0) {
+                        cudarc::nvrtc::Ptx::from_binary(family.cubin.to_vec())
+                    } else {
+                        cudarc::nvrtc::Ptx::from_src(family.ptx)
+                    };
+                    let m = self.context.load_module(image).map_err(|e| driver_error(&format!("loading kernels/{}.cu", family.name), e))?;
+                    modules.insert(family.name, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(kernel).map_err(|e| driver_error(kernel, e))?;
+        // Let kernels use more than the default 48 KiB of dynamic shared memory where the GPU has it.
+        let optin = self
+            .context
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| driver_error("shared memory limit", e))?;
+        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, optin)
+            .map_err(|e| driver_error(kernel, e))?;
+        self.functions.lock().expect("function cache").insert(kernel, f.clone());
+        Ok(f)
+    }
+
+    pub fn launch(&self, kernel: &'static str, launch: Launch, params: &mut [*mut c_void]) -> Result<()> {
+        let f = self.function(kernel)?;
+        let [x, y, z] = launch.grid;
+        // SAFETY: `params` are the kernel's parameters in its declared order (the launchers build
+        // them from the signature), device pointers come from live `DeviceSlice`s on this context
+        // whose sizes the launchers checked, and the launch goes to this context's own stream.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                (x, y, z),
+                (launch.block, 1, 1),
+                launch.shared_bytes,
+                self.stream.cu_stream(),
+                params,
+            )
+        }
+        .map_err(|e| Error::Kernel { kernel, why: format!("{e:?}") })
+    }
+}
+
+/// A device allocation with the stream it belongs to.
+pub struct DeviceSlice<T: Element> {
+    slice: CudaSlice<T>,
+    stream: Arc<CudaStream>,
+}
+
+impl<T: Element> DeviceSlice<T> {
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+    pub fn address(&self) -> u64 {
+        let (address, _sync) = self.slice.device_ptr(&self.stream);
+        address
+    }
+}

@@ -1,0 +1,37 @@
+//! Launchers for `kernels/elementwise.cu`, the twin of `src/cpu/elementwise.rs`: forward overwrites
+//! `y`, backward accumulates `dx += dy * f'(x)`.
+
+use super::{check_len, Args, Buffer, Gpu, Launch};
+use crate::Result;
+
+fn forward(gpu: &Gpu, kernel: &'static str, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
+    let n = x.len();
+    check_len(kernel, "y", y, n)?;
+    gpu.launch(kernel, Launch::elementwise(n), Args::new().input(x).output(y).i64(n as i64))
+}
+
+fn backward(gpu: &Gpu, kernel: &'static str, x: &Buffer<f32>, dy: &Buffer<f32>, dx: &mut Buffer<f32>) -> Result<()> {
+    let n = x.len();
+    check_len(kernel, "dy", dy, n)?;
+    check_len(kernel, "dx", dx, n)?;
+    gpu.launch(kernel, Launch::elementwise(n), Args::new().input(x).input(dy).output(dx).i64(n as i64))
+}
+
+pub fn silu_forward(gpu: &Gpu, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
+    forward(gpu, "silu_forward_f32", x, y)
+}
+pub fn silu_backward(gpu: &Gpu, x: &Buffer<f32>, dy: &Buffer<f32>, dx: &mut Buffer<f32>) -> Result<()> {
+    backward(gpu, "silu_backward_f32", x, dy, dx)
+}
+pub fn gelu_forward(gpu: &Gpu, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
+    forward(gpu, "gelu_forward_f32", x, y)
+}
+pub fn gelu_backward(gpu: &Gpu, x: &Buffer<f32>, dy: &Buffer<f32>, dx: &mut Buffer<f32>) -> Result<()> {
+    backward(gpu, "gelu_backward_f32", x, dy, dx)
+}
+pub fn relu_forward(gpu: &Gpu, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
+    forward(gpu, "relu_forward_f32", x, y)
+}
+pub fn relu_backward(gpu: &Gpu, x: &Buffer<f32>, dy: &Buffer<f32>, dx: &mut Buffer<f32>) -> Result<()> {
+    backward(gpu, "relu_backward_f32", x, dy, dx)
+}

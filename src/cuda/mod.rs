@@ -1,0 +1,269 @@
+//! The CUDA engine: the kernels of `kernels/*.cu` launched on a GPU through cudarc, or run on the
+//! CPU by the emulator (the same source compiled with g++, see `kernels/emulation/`), behind one
+//! small interface. Each family module (`attention`, `energy`, ...) is the twin of `src/cpu/<family>.rs`:
+//! the same functions in the same argument order, on [`Buffer`]s instead of slices.
+//!
+//! - [`Gpu`] is where kernels run: [`Gpu::cuda`] (a real device) or [`Gpu::emulated`] (the CPU,
+//!   for the tests; threads in forward or reverse order).
+//! - [`Buffer`] is memory on that device; [`Args`] lists a launch's arguments in the kernel's order,
+//!   inputs borrowed shared and outputs borrowed mutably.
+//! - Nothing here panics on a missing GPU or driver: every failure is an [`Error`].
+
+pub mod attention;
+mod driver;
+pub mod elementwise;
+mod emulator;
+pub mod energy;
+pub mod norm;
+pub mod optim;
+pub mod retrieval;
+pub mod selection;
+
+use crate::{Error, Result};
+use std::ffi::{c_char, c_void};
+use std::marker::PhantomData;
+
+pub use driver::DeviceInfo;
+
+/// One `kernels/<name>.cu`: its kernels and, when nvcc was found at build time, its sm_90 cubin and PTX.
+pub struct KernelFamily {
+    pub name: &'static str,
+    pub kernels: &'static [&'static str],
+    pub cubin: &'static [u8],
+    pub ptx: &'static str,
+}
+
+/// The launch record the emulated entry points take (`EmuLaunch` in `cuda_emulation.h`).
+#[repr(C)]
+struct EmuLaunch {
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared_bytes: u32,
+    reverse_order: u32,
+    workers: u32,
+}
+
+type EmulatedEntry = unsafe extern "C" fn(*const EmuLaunch, *mut *mut c_void, *mut c_char, usize) -> i32;
+
+mod generated {
+    use super::{EmuLaunch, EmulatedEntry, KernelFamily};
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// Whether build.rs compiled the kernels with nvcc (the binary can run them on a GPU).
+pub const CUDA_BUILT: bool = generated::CUDA_BUILT;
+
+/// The kernel families compiled into this binary.
+pub fn families() -> &'static [KernelFamily] {
+    generated::FAMILIES
+}
+
+/// Whether the emulated kernels were built (they need a C++20 compiler at build time).
+pub fn emulation_built() -> bool {
+    !generated::EMULATED.is_empty()
+}
+
+/// The order in which the emulator runs the threads of a block (and the blocks of a grid): a kernel
+/// that is missing a barrier reads poisoned shared memory in at least one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadOrder {
+    Forward,
+    Reverse,
+}
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch {
+    pub grid: [u32; 3],
+    pub block: u32,
+    pub shared_bytes: u32,
+}
+
+impl Launch {
+    pub fn new(grid: [usize; 3], block: u32, shared_floats: usize) -> Result<Self> {
+        let dim = |n: usize| u32::try_from(n).ok().filter(|&n| n > 0);
+        let grid = [dim(grid[0]), dim(grid[1]), dim(grid[2])];
+        match (grid, u32::try_from(shared_floats * 4)) {
+            ([Some(x), Some(y), Some(z)], Ok(shared_bytes)) => Ok(Launch { grid: [x, y, z], block, shared_bytes }),
+            _ => Err(Error::invalid("kernel launch", format!("grid {grid:?} with {shared_floats} shared floats"))),
+        }
+    }
+    /// A 1-D grid-stride launch over `n` elements: 256 threads per block, at most 65,535 blocks.
+    pub fn elementwise(n: usize) -> Self {
+        let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
+        Launch { grid: [blocks, 1, 1], block: 256, shared_bytes: 0 }
+    }
+}
+
+/// Element types a [`Buffer`] may hold.
+pub trait Element: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + Send + Sync + 'static {}
+impl Element for f32 {}
+impl Element for f64 {}
+impl Element for u32 {}
+impl Element for i32 {}
+impl Element for u8 {}
+
+/// Where kernels run.
+pub enum Gpu {
+    Cuda(driver::Driver),
+    Emulated { order: ThreadOrder },
+}
+
+/// Device memory: host memory under the emulator.
+pub struct Buffer<T: Element> {
+    storage: Storage<T>,
+}
+
+enum Storage<T: Element> {
+    Host(Vec<T>),
+    Device(driver::DeviceSlice<T>),
+}
+
+impl<T: Element> Buffer<T> {
+    pub fn len(&self) -> usize {
+        match &self.storage {
+            Storage::Host(v) => v.len(),
+            Storage::Device(d) => d.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Gpu {
+    /// The first CUDA device; an error (never a panic) when this binary was built without nvcc,
+    /// or no driver or GPU is present.
+    pub fn cuda() -> Result<Gpu> {
+        driver::Driver::new(0).map(Gpu::Cuda)
+    }
+
+    /// The CPU emulator; an error when the emulated kernels were not built.
+    pub fn emulated(order: ThreadOrder) -> Result<Gpu> {
+        if !emulation_built() {
+            return Err(Error::invalid("device", "the emulated kernels were not built (build.rs needs g++ with C++20)"));
+        }
+        Ok(Gpu::Emulated { order })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Gpu::Cuda(d) => d.info.name.clone(),
+            Gpu::Emulated { order } => format!("CPU emulation ({order:?} thread order)"),
+        }
+    }
+
+    pub fn upload<T: Element>(&self, data: &[T]) -> Result<Buffer<T>> {
+        let storage = match self {
+            Gpu::Cuda(d) => Storage::Device(d.upload(data)?),
+            Gpu::Emulated { .. } => Storage::Host(data.to_vec()),
+        };
+        Ok(Buffer { storage })
+    }
+
+    pub fn zeros<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
+        let storage = match self {
+            Gpu::Cuda(d) => Storage::Device(d.zeros(len)?),
+            Gpu::Emulated { .. } => Storage::Host(vec![T::default(); len]),
+        };
+        Ok(Buffer { storage })
+    }
+
+    /// Copies a buffer back to the host (waiting for the kernels that write it).
+    pub fn download<T: Element>(&self, buffer: &Buffer<T>) -> Result<Vec<T>> {
+        match (&buffer.storage, self) {
+            (Storage::Host(v), Gpu::Emulated { .. }) => Ok(v.clone()),
+            (Storage::Device(s), Gpu::Cuda(d)) => d.download(s),
+            _ => Err(Error::invalid("buffer", "downloaded from a device it does not belong to")),
+        }
+    }
+
+    /// Launches `kernel` with `args` in the kernel's parameter order.
+    pub fn launch(&self, kernel: &'static str, launch: Launch, args: Args) -> Result<()> {
+        if launch.block == 0 || launch.block > 1024 || !launch.block.is_multiple_of(32) {
+            return Err(Error::invalid(
+                "kernel launch",
+                format!("{kernel}: block of {} threads (a multiple of 32, at most 1024)", launch.block),
+            ));
+        }
+        let mut params: Vec<*mut c_void> = args.slots.iter().map(|s| s as *const u64 as *mut c_void).collect();
+        match self {
+            Gpu::Cuda(d) => d.launch(kernel, launch, &mut params),
+            Gpu::Emulated { order } => emulator::launch(kernel, launch, *order, &mut params),
+        }
+    }
+
+    /// Waits for every launched kernel (a no-op under the emulator, which runs launches to completion).
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Gpu::Cuda(d) => d.synchronize(),
+            Gpu::Emulated { .. } => Ok(()),
+        }
+    }
+}
+
+/// A kernel's arguments, each stored in an 8-byte slot whose address is passed to the launch, as
+/// `cuLaunchKernel` expects (scalars narrower than 8 bytes sit in the low bytes: little-endian).
+/// The lifetime keeps the borrowed buffers alive and unmoved until the launch.
+pub struct Args<'a> {
+    slots: Vec<u64>,
+    borrows: PhantomData<&'a mut ()>,
+}
+
+impl<'a> Args<'a> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Args { slots: Vec::with_capacity(16), borrows: PhantomData }
+    }
+    /// A buffer the kernel only reads.
+    pub fn input<T: Element>(mut self, buffer: &'a Buffer<T>) -> Self {
+        let address = match &buffer.storage {
+            Storage::Host(v) => v.as_ptr() as u64,
+            Storage::Device(d) => d.address(),
+        };
+        self.slots.push(address);
+        self
+    }
+    /// A buffer the kernel writes.
+    pub fn output<T: Element>(mut self, buffer: &'a mut Buffer<T>) -> Self {
+        let address = match &mut buffer.storage {
+            Storage::Host(v) => v.as_mut_ptr() as u64,
+            Storage::Device(d) => d.address(),
+        };
+        self.slots.push(address);
+        self
+    }
+    pub fn i32(mut self, value: i32) -> Self {
+        self.slots.push(value as u32 as u64);
+        self
+    }
+    /// A size or count as a C `int`; the launchers check shapes fit before calling this.
+    pub fn int(self, value: usize) -> Self {
+        self.i32(value as i32)
+    }
+    pub fn i64(mut self, value: i64) -> Self {
+        self.slots.push(value as u64);
+        self
+    }
+    pub fn f32(mut self, value: f32) -> Self {
+        self.slots.push(value.to_bits() as u64);
+        self
+    }
+}
+
+/// Errors unless every size fits the kernels' `int` indices.
+pub(crate) fn check_int(what: &'static str, sizes: &[usize]) -> Result<()> {
+    match sizes.iter().find(|&&s| s > i32::MAX as usize) {
+        Some(s) => Err(Error::Shape { op: what, why: format!("size {s} exceeds the kernels' 32-bit indices") }),
+        None => Ok(()),
+    }
+}
+
+/// Errors unless `buffer` holds `expected` elements.
+pub(crate) fn check_len<T: Element>(op: &'static str, name: &str, buffer: &Buffer<T>, expected: usize) -> Result<()> {
+    if buffer.len() == expected {
+        Ok(())
+    } else {
+        Err(Error::Shape { op, why: format!("{name} has {} elements, expected {expected}", buffer.len()) })
+    }
+}

@@ -1,0 +1,430 @@
+//! Every CUDA kernel family against its CPU reference (`src/cpu/<family>.rs`, run in f64), on
+//! awkward shapes (not multiples of the block or tile sizes):
+//! - `<family>_<direction>_emulated_matches_cpu`: the same `.cu` source run by the CPU emulator,
+//!   under forward and reverse thread order; always runs (CI has no GPU);
+//! - `<family>_<direction>_cuda_matches_cpu`: on a real GPU; skipped with the reason printed where
+//!   none is usable, and FAILING instead when `PTRAG_REQUIRE_GPU=1` (the GPU-check script sets it).
+//!
+//! Outputs that a kernel overwrites start as NaN, so an element it forgets stays NaN and fails;
+//! gradients start from random values, so the accumulate (`+=`) contract is checked too.
+
+mod common;
+use common::{assert_close, TestRng};
+use ptrag_engine::cpu;
+use ptrag_engine::cpu::attention::AttentionShape;
+use ptrag_engine::cpu::energy::EnergyShape;
+use ptrag_engine::cuda::{self, Args, Buffer, Gpu, Launch, ThreadOrder};
+
+/// Tolerances of an f32 kernel against the f64 reference.
+mod tol {
+    /// One rounding per element, plus libm-vs-CUDA differences in exp/erf (a few ulp).
+    pub const ELEMENTWISE: (f64, f64) = (1e-6, 1e-5);
+    /// Row reductions of a few hundred f32 terms in a different order from the reference.
+    pub const REDUCTION: (f64, f64) = (1e-5, 1e-4);
+    /// Energy sums sqrt of 2,000-term squared distances over ~600 pairs, then differences of means.
+    pub const ENERGY: (f64, f64) = (1e-4, 1e-4);
+    /// Online softmax (rescaled partial sums) and f32 dot products of up to 128 terms.
+    pub const ATTENTION: (f64, f64) = (2e-5, 2e-4);
+}
+
+fn emulators() -> Vec<Gpu> {
+    [ThreadOrder::Forward, ThreadOrder::Reverse].into_iter().map(|o| Gpu::emulated(o).expect("the emulated kernels are built")).collect()
+}
+
+/// The GPU, or None with the reason printed; a failure instead when `PTRAG_REQUIRE_GPU=1`.
+fn cuda_or_skip() -> Option<Gpu> {
+    match Gpu::cuda() {
+        Ok(gpu) => Some(gpu),
+        Err(e) if std::env::var("PTRAG_REQUIRE_GPU").is_ok_and(|v| v == "1") => panic!("PTRAG_REQUIRE_GPU=1 but no GPU: {e}"),
+        Err(e) => {
+            eprintln!("skipped (no GPU): {e}");
+            None
+        }
+    }
+}
+
+macro_rules! kernel_tests {
+    ($($check:ident => $emulated:ident, $cuda:ident;)*) => {$(
+        #[test]
+        fn $emulated() {
+            for gpu in emulators() {
+                $check(&gpu);
+            }
+        }
+        #[test]
+        fn $cuda() {
+            if let Some(gpu) = cuda_or_skip() {
+                $check(&gpu);
+            }
+        }
+    )*};
+}
+
+kernel_tests! {
+    elementwise_forward => elementwise_forward_emulated_matches_cpu, elementwise_forward_cuda_matches_cpu;
+    elementwise_backward => elementwise_backward_emulated_matches_cpu, elementwise_backward_cuda_matches_cpu;
+    norm_forward => norm_forward_emulated_matches_cpu, norm_forward_cuda_matches_cpu;
+    norm_backward => norm_backward_emulated_matches_cpu, norm_backward_cuda_matches_cpu;
+    optim_forward => optim_forward_emulated_matches_cpu, optim_forward_cuda_matches_cpu;
+    energy_forward => energy_forward_emulated_matches_cpu, energy_forward_cuda_matches_cpu;
+    energy_backward => energy_backward_emulated_matches_cpu, energy_backward_cuda_matches_cpu;
+    retrieval_forward => retrieval_forward_emulated_matches_cpu, retrieval_forward_cuda_matches_cpu;
+    attention_forward => attention_forward_emulated_matches_cpu, attention_forward_cuda_matches_cpu;
+    attention_backward => attention_backward_emulated_matches_cpu, attention_backward_cuda_matches_cpu;
+    selection_forward => selection_forward_emulated_matches_cpu, selection_forward_cuda_matches_cpu;
+    selection_backward => selection_backward_emulated_matches_cpu, selection_backward_cuda_matches_cpu;
+}
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+fn f32s(x: &[f64]) -> Vec<f32> {
+    x.iter().map(|&v| v as f32).collect()
+}
+fn f64s(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+fn up(gpu: &Gpu, x: &[f64]) -> Buffer<f32> {
+    gpu.upload(&f32s(x)).unwrap()
+}
+/// An output buffer poisoned with NaN.
+fn poisoned(gpu: &Gpu, n: usize) -> Buffer<f32> {
+    gpu.upload(&vec![f32::NAN; n]).unwrap()
+}
+fn down(gpu: &Gpu, b: &Buffer<f32>) -> Vec<f64> {
+    f64s(&gpu.download(b).unwrap())
+}
+/// Inputs rounded to f32 first, so the reference sees exactly what the kernel sees.
+fn inputs(rng: &mut TestRng, n: usize, scale: f64) -> Vec<f64> {
+    rng.vec(n).iter().map(|v| (v * scale) as f32 as f64).collect()
+}
+fn check(gpu: &Gpu, actual: &[f64], expected: &[f64], (atol, rtol): (f64, f64), what: &str) {
+    assert_close(actual, expected, atol, rtol, &format!("{what} on {}", gpu.name()));
+}
+
+// ---- elementwise -----------------------------------------------------------------------------
+
+type Forward = fn(&[f64], &mut [f64]);
+type Backward = fn(&[f64], &[f64], &mut [f64]);
+type GpuForward = fn(&Gpu, &Buffer<f32>, &mut Buffer<f32>) -> ptrag_engine::Result<()>;
+type GpuBackward = fn(&Gpu, &Buffer<f32>, &Buffer<f32>, &mut Buffer<f32>) -> ptrag_engine::Result<()>;
+
+fn activations() -> [(&'static str, Forward, Backward, GpuForward, GpuBackward); 3] {
+    use cpu::elementwise as c;
+    use cuda::elementwise as g;
+    [
+        ("silu", c::silu_forward, c::silu_backward, g::silu_forward, g::silu_backward),
+        ("gelu", c::gelu_forward, c::gelu_backward, g::gelu_forward, g::gelu_backward),
+        ("relu", c::relu_forward, c::relu_backward, g::relu_forward, g::relu_backward),
+    ]
+}
+
+fn elementwise_forward(gpu: &Gpu) {
+    let x = inputs(&mut TestRng::new(1), 1000, 4.0);
+    for (name, cpu_f, _, gpu_f, _) in activations() {
+        let mut want = vec![0.0; x.len()];
+        cpu_f(&x, &mut want);
+        let mut y = poisoned(gpu, x.len());
+        gpu_f(gpu, &up(gpu, &x), &mut y).unwrap();
+        check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, name);
+    }
+}
+
+fn elementwise_backward(gpu: &Gpu) {
+    let mut rng = TestRng::new(2);
+    let (x, dy, dx0) = (inputs(&mut rng, 1000, 4.0), inputs(&mut rng, 1000, 1.0), inputs(&mut rng, 1000, 1.0));
+    for (name, _, cpu_b, _, gpu_b) in activations() {
+        let mut want = dx0.clone();
+        cpu_b(&x, &dy, &mut want);
+        let mut dx = up(gpu, &dx0);
+        gpu_b(gpu, &up(gpu, &x), &up(gpu, &dy), &mut dx).unwrap();
+        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, name);
+    }
+}
+
+// ---- norm ------------------------------------------------------------------------------------
+
+/// (rows, cols): wider than a block, and narrower than one warp's share.
+const NORM_SHAPES: [(usize, usize); 2] = [(7, 300), (5, 37)];
+
+fn norm_forward(gpu: &Gpu) {
+    for (rows, cols) in NORM_SHAPES {
+        let mut rng = TestRng::new(3);
+        let (x, w, b) = (inputs(&mut rng, rows * cols, 2.0), inputs(&mut rng, cols, 1.0), inputs(&mut rng, cols, 1.0));
+        let (mut y, mut rstd, mut mean) = (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
+        cpu::norm::rmsnorm_forward(&x, &w, 1e-6, &mut y, &mut rstd);
+        let (mut gy, mut grstd) = (poisoned(gpu, rows * cols), poisoned(gpu, rows));
+        cuda::norm::rmsnorm_forward(gpu, &up(gpu, &x), &up(gpu, &w), 1e-6, &mut gy, &mut grstd).unwrap();
+        check(gpu, &down(gpu, &gy), &y, tol::REDUCTION, "rmsnorm y");
+        check(gpu, &down(gpu, &grstd), &rstd, tol::REDUCTION, "rmsnorm rstd");
+
+        cpu::norm::layernorm_forward(&x, &w, &b, 1e-5, &mut y, &mut mean, &mut rstd);
+        let (mut gy, mut gmean, mut grstd) = (poisoned(gpu, rows * cols), poisoned(gpu, rows), poisoned(gpu, rows));
+        cuda::norm::layernorm_forward(gpu, &up(gpu, &x), &up(gpu, &w), &up(gpu, &b), 1e-5, &mut gy, &mut gmean, &mut grstd).unwrap();
+        check(gpu, &down(gpu, &gy), &y, tol::REDUCTION, "layernorm y");
+        check(gpu, &down(gpu, &gmean), &mean, tol::REDUCTION, "layernorm mean");
+        check(gpu, &down(gpu, &grstd), &rstd, tol::REDUCTION, "layernorm rstd");
+    }
+}
+
+fn norm_backward(gpu: &Gpu) {
+    for (rows, cols) in NORM_SHAPES {
+        let mut rng = TestRng::new(4);
+        let (x, w, dy) = (inputs(&mut rng, rows * cols, 2.0), inputs(&mut rng, cols, 1.0), inputs(&mut rng, rows * cols, 1.0));
+        let (dx0, dw0, db0) = (inputs(&mut rng, rows * cols, 1.0), inputs(&mut rng, cols, 1.0), inputs(&mut rng, cols, 1.0));
+        // Statistics from the reference forward pass, rounded to f32 as the kernel would store them.
+        let (mut y, mut rstd, mut mean) = (vec![0.0; rows * cols], vec![0.0; rows], vec![0.0; rows]);
+        cpu::norm::rmsnorm_forward(&x, &w, 1e-6, &mut y, &mut rstd);
+        let rms_rstd: Vec<f64> = f64s(&f32s(&rstd));
+        let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
+        cpu::norm::rmsnorm_backward(&x, &w, &rms_rstd, &dy, &mut dx, &mut dw);
+        let (mut gdx, mut gdw) = (up(gpu, &dx0), up(gpu, &dw0));
+        cuda::norm::rmsnorm_backward(gpu, &up(gpu, &x), &up(gpu, &w), &up(gpu, &rms_rstd), &up(gpu, &dy), &mut gdx, &mut gdw).unwrap();
+        check(gpu, &down(gpu, &gdx), &dx, tol::REDUCTION, "rmsnorm dx");
+        check(gpu, &down(gpu, &gdw), &dw, tol::REDUCTION, "rmsnorm dw");
+
+        cpu::norm::layernorm_forward(&x, &w, &w, 1e-5, &mut y, &mut mean, &mut rstd);
+        let (mean, rstd) = (f64s(&f32s(&mean)), f64s(&f32s(&rstd)));
+        let (mut dx, mut dw, mut db) = (dx0.clone(), dw0.clone(), db0.clone());
+        cpu::norm::layernorm_backward(&x, &w, &mean, &rstd, &dy, &mut dx, &mut dw, &mut db);
+        let (mut gdx, mut gdw, mut gdb) = (up(gpu, &dx0), up(gpu, &dw0), up(gpu, &db0));
+        let (gx, gw, gmean, grstd, gdy) = (up(gpu, &x), up(gpu, &w), up(gpu, &mean), up(gpu, &rstd), up(gpu, &dy));
+        cuda::norm::layernorm_backward(gpu, &gx, &gw, &gmean, &grstd, &gdy, &mut gdx, &mut gdw, &mut gdb).unwrap();
+        check(gpu, &down(gpu, &gdx), &dx, tol::REDUCTION, "layernorm dx");
+        check(gpu, &down(gpu, &gdw), &dw, tol::REDUCTION, "layernorm dw");
+        check(gpu, &down(gpu, &gdb), &db, tol::REDUCTION, "layernorm db");
+    }
+}
+
+// ---- optimiser -------------------------------------------------------------------------------
+
+fn optim_forward(gpu: &Gpu) {
+    let mut rng = TestRng::new(5);
+    let n = 1000;
+    let (p, g) = (f32s(&rng.vec(n)), f32s(&rng.vec(n)));
+    let (m, v) = (f32s(&rng.vec(n)), f32s(&rng.vec(n)).iter().map(|v| v.abs()).collect::<Vec<f32>>());
+    for (step, weight_decay) in [(1, 0.0), (7, 0.01)] {
+        let (mut want_p, mut want_m, mut want_v) = (p.clone(), m.clone(), v.clone());
+        cpu::optim::adam_update(&mut want_p, &g, &mut want_m, &mut want_v, 1e-3, 0.9, 0.999, 1e-8, weight_decay, step);
+        let (mut gp, gg, mut gm, mut gv) =
+            (gpu.upload(&p).unwrap(), gpu.upload(&g).unwrap(), gpu.upload(&m).unwrap(), gpu.upload(&v).unwrap());
+        cuda::optim::adam_update(gpu, &mut gp, &gg, &mut gm, &mut gv, 1e-3, 0.9, 0.999, 1e-8, weight_decay, step).unwrap();
+        for (name, got, want) in [("param", &gp, &want_p), ("m", &gm, &want_m), ("v", &gv, &want_v)] {
+            check(gpu, &f64s(&gpu.download(got).unwrap()), &f64s(want), tol::ELEMENTWISE, &format!("adam {name} at step {step}"));
+        }
+    }
+    // More elements than one block-stride pass covers, to exercise the grid-stride loop.
+    let x = f32s(&rng.vec(300_001));
+    let got = cuda::optim::squared_norm(gpu, &gpu.upload(&x).unwrap()).unwrap();
+    check(gpu, &[got], &[cpu::optim::squared_norm(&x)], (0.0, 1e-9), "squared norm");
+}
+
+// ---- energy ----------------------------------------------------------------------------------
+
+/// (sets, predicted cells, observed cells, genes), with duplicated rows so clamped pairs occur.
+const ENERGY_SHAPES: [EnergyShape; 2] =
+    [EnergyShape { sets: 3, cells_pred: 13, cells_obs: 11, genes: 70 }, EnergyShape { sets: 2, cells_pred: 33, cells_obs: 40, genes: 517 }];
+
+fn energy_inputs(shape: EnergyShape, seed: u64) -> (Vec<f64>, Vec<f64>) {
+    let EnergyShape { sets, cells_pred: n, cells_obs: m, genes: g } = shape;
+    let mut rng = TestRng::new(seed);
+    let mut pred = inputs(&mut rng, sets * n * g, 1.0);
+    let obs = inputs(&mut rng, sets * m * g, 1.0);
+    // Cell 1 of every set repeats cell 0: their distance is clamped (no gradient through it).
+    for s in 0..sets {
+        let (a, b) = pred[s * n * g..].split_at_mut(g);
+        b[..g].copy_from_slice(a);
+    }
+    (pred, obs)
+}
+
+fn energy_forward(gpu: &Gpu) {
+    for shape in ENERGY_SHAPES {
+        let (pred, obs) = energy_inputs(shape, 6);
+        let mut want = vec![0.0; shape.sets];
+        cpu::energy::energy_forward(&pred, &obs, shape, &mut want);
+        let mut got = poisoned(gpu, shape.sets);
+        cuda::energy::energy_forward(gpu, &up(gpu, &pred), &up(gpu, &obs), shape, &mut got).unwrap();
+        check(gpu, &down(gpu, &got), &want, tol::ENERGY, &format!("energy {shape:?}"));
+    }
+}
+
+fn energy_backward(gpu: &Gpu) {
+    for shape in ENERGY_SHAPES {
+        let (pred, obs) = energy_inputs(shape, 7);
+        let mut rng = TestRng::new(8);
+        let (upstream, dpred0) = (inputs(&mut rng, shape.sets, 1.0), inputs(&mut rng, pred.len(), 1.0));
+        let mut want = dpred0.clone();
+        cpu::energy::energy_backward(&pred, &obs, shape, &upstream, &mut want);
+        let mut got = up(gpu, &dpred0);
+        cuda::energy::energy_backward(gpu, &up(gpu, &pred), &up(gpu, &obs), shape, &up(gpu, &upstream), &mut got).unwrap();
+        check(gpu, &down(gpu, &got), &want, tol::ENERGY, &format!("energy gradient {shape:?}"));
+    }
+}
+
+// ---- retrieval -------------------------------------------------------------------------------
+
+fn retrieval_forward(gpu: &Gpu) {
+    let mut rng = TestRng::new(9);
+    let (rows, dim, k) = (301, 77, 7);
+    let mut db = f32s(&rng.vec(rows * dim));
+    db[5 * dim..6 * dim].fill(0.0); // a zero row (the control's GenePT vector) stays zero
+    let mut want_db = db.clone();
+    cpu::retrieval::normalise_rows(&mut want_db, dim);
+    let mut gdb = gpu.upload(&db).unwrap();
+    cuda::retrieval::normalise_rows(gpu, &mut gdb, dim).unwrap();
+    let got_db = gpu.download(&gdb).unwrap();
+    check(gpu, &f64s(&got_db), &f64s(&want_db), tol::REDUCTION, "normalised rows");
+
+    // Queries are database rows (as in training: a set's own perturbation), excluded from their
+    // own results; a fifth of the rows are outside the database.
+    let query_rows = [0usize, 17, 150, 299, 300];
+    let allowed: Vec<bool> = (0..rows).map(|j| j % 5 != 3).collect();
+    let exclude: Vec<Option<usize>> = query_rows.iter().map(|&r| Some(r)).collect();
+    let queries: Vec<f32> = query_rows.iter().flat_map(|&r| want_db[r * dim..][..dim].to_vec()).collect();
+    let (mut want_idx, mut want_sims) = (vec![0u32; query_rows.len() * k], vec![0f32; query_rows.len() * k]);
+    cpu::retrieval::cosine_topk(&queries, &want_db, dim, &allowed, &exclude, k, &mut want_idx, &mut want_sims);
+    let allowed_u8: Vec<u8> = allowed.iter().map(|&a| a as u8).collect();
+    let exclude_i32: Vec<i32> = exclude.iter().map(|e| e.map_or(-1, |r| r as i32)).collect();
+    let (mut idx, mut sims) = (gpu.upload(&vec![u32::MAX - 1; want_idx.len()]).unwrap(), poisoned(gpu, want_sims.len()));
+    let (gq, gdb, ga, ge) =
+        (gpu.upload(&queries).unwrap(), gpu.upload(&want_db).unwrap(), gpu.upload(&allowed_u8).unwrap(), gpu.upload(&exclude_i32).unwrap());
+    cuda::retrieval::cosine_topk(gpu, &gq, &gdb, dim, &ga, &ge, k, &mut idx, &mut sims).unwrap();
+    assert_eq!(gpu.download(&idx).unwrap(), want_idx, "top-{k} indices on {}", gpu.name());
+    check(gpu, &down(gpu, &sims), &f64s(&want_sims), tol::REDUCTION, "top-k similarities");
+
+    // Fewer allowed rows than k: the unfilled slots are marked, not left as garbage.
+    let few: Vec<u8> = (0..rows).map(|j| (j < 4) as u8).collect();
+    let ga = gpu.upload(&few).unwrap();
+    cuda::retrieval::cosine_topk(gpu, &gq, &gdb, dim, &ga, &ge, k, &mut idx, &mut sims).unwrap();
+    let got = gpu.download(&idx).unwrap();
+    assert!(
+        got[..k].iter().skip(3).all(|&i| i == u32::MAX) && got[..3].iter().all(|&i| (1..4).contains(&i)),
+        "query 0 got {:?}",
+        &got[..k]
+    );
+}
+
+// ---- attention -------------------------------------------------------------------------------
+
+/// Several tiles of keys (37 > 32), keys != cells, the paper's 58-wide heads and the 128 maximum.
+fn attention_shapes() -> Vec<AttentionShape> {
+    vec![
+        AttentionShape::within_sets(2, 37, 3, 17, false),
+        AttentionShape::within_sets(2, 37, 3, 17, true),
+        AttentionShape { sets: 3, cells: 5, keys: 7, heads: 1, head_dim: 40, causal: false },
+        AttentionShape::within_sets(1, 11, 2, 58, false),
+        AttentionShape::within_sets(1, 9, 1, 128, true),
+    ]
+}
+
+fn attention_inputs(shape: AttentionShape, seed: u64) -> [Vec<f64>; 3] {
+    let w = shape.heads * shape.head_dim;
+    let mut rng = TestRng::new(seed);
+    [
+        inputs(&mut rng, shape.sets * shape.cells * w, 1.5),
+        inputs(&mut rng, shape.sets * shape.keys * w, 1.5),
+        inputs(&mut rng, shape.sets * shape.keys * w, 1.0),
+    ]
+}
+
+fn attention_forward(gpu: &Gpu) {
+    for shape in attention_shapes() {
+        let [q, k, v] = attention_inputs(shape, 10);
+        let stats = shape.sets * shape.heads * shape.cells;
+        let (mut out, mut lse) = (vec![0.0; q.len()], vec![0.0; stats]);
+        cpu::attention::attention_forward(&q, &k, &v, shape, &mut out, &mut lse);
+        let (mut gout, mut glse) = (poisoned(gpu, q.len()), poisoned(gpu, stats));
+        cuda::attention::attention_forward(gpu, &up(gpu, &q), &up(gpu, &k), &up(gpu, &v), shape, &mut gout, &mut glse).unwrap();
+        check(gpu, &down(gpu, &gout), &out, tol::ATTENTION, &format!("attention out {shape:?}"));
+        check(gpu, &down(gpu, &glse), &lse, tol::ATTENTION, &format!("attention lse {shape:?}"));
+    }
+}
+
+fn attention_backward(gpu: &Gpu) {
+    for shape in attention_shapes() {
+        let [q, k, v] = attention_inputs(shape, 11);
+        let mut rng = TestRng::new(12);
+        let dout = inputs(&mut rng, q.len(), 1.0);
+        let (dq0, dk0, dv0) = (inputs(&mut rng, q.len(), 1.0), inputs(&mut rng, k.len(), 1.0), inputs(&mut rng, k.len(), 1.0));
+        let (mut out, mut lse) = (vec![0.0; q.len()], vec![0.0; shape.sets * shape.heads * shape.cells]);
+        cpu::attention::attention_forward(&q, &k, &v, shape, &mut out, &mut lse);
+        let (out, lse) = (f64s(&f32s(&out)), f64s(&f32s(&lse)));
+        let (mut dq, mut dk, mut dv) = (dq0.clone(), dk0.clone(), dv0.clone());
+        cpu::attention::attention_backward(&q, &k, &v, &out, &lse, &dout, shape, &mut dq, &mut dk, &mut dv);
+        let (mut gdq, mut gdk, mut gdv) = (up(gpu, &dq0), up(gpu, &dk0), up(gpu, &dv0));
+        let (gq, gk, gv, gout, glse, gdout) = (up(gpu, &q), up(gpu, &k), up(gpu, &v), up(gpu, &out), up(gpu, &lse), up(gpu, &dout));
+        cuda::attention::attention_backward(gpu, &gq, &gk, &gv, &gout, &glse, &gdout, shape, &mut gdq, &mut gdk, &mut gdv).unwrap();
+        check(gpu, &down(gpu, &gdq), &dq, tol::ATTENTION, &format!("attention dq {shape:?}"));
+        check(gpu, &down(gpu, &gdk), &dk, tol::ATTENTION, &format!("attention dk {shape:?}"));
+        check(gpu, &down(gpu, &gdv), &dv, tol::ATTENTION, &format!("attention dv {shape:?}"));
+    }
+}
+
+// ---- selection -------------------------------------------------------------------------------
+
+fn selection_forward(gpu: &Gpu) {
+    for classes in [2, 5] {
+        let mut rng = TestRng::new(13);
+        let rows = 300;
+        let (logits, noise) = (inputs(&mut rng, rows * classes, 3.0), inputs(&mut rng, rows * classes, 1.0));
+        let (mut soft, mut hard) = (vec![0.0; logits.len()], vec![0.0; logits.len()]);
+        cpu::selection::gumbel_st_forward(&logits, &noise, 0.7, classes, &mut soft, &mut hard);
+        let (mut gsoft, mut ghard) = (poisoned(gpu, logits.len()), poisoned(gpu, logits.len()));
+        cuda::selection::gumbel_st_forward(gpu, &up(gpu, &logits), &up(gpu, &noise), 0.7, classes, &mut gsoft, &mut ghard).unwrap();
+        check(gpu, &down(gpu, &gsoft), &soft, tol::ELEMENTWISE, "gumbel soft");
+        check(gpu, &down(gpu, &ghard), &hard, (0.0, 0.0), "gumbel hard");
+    }
+}
+
+fn selection_backward(gpu: &Gpu) {
+    for classes in [2, 5] {
+        let mut rng = TestRng::new(14);
+        let rows = 300;
+        let logits = inputs(&mut rng, rows * classes, 3.0);
+        let mut soft = vec![0.0; logits.len()];
+        cpu::elementwise::softmax_forward(&logits, &mut soft, classes);
+        let soft = f64s(&f32s(&soft));
+        let (dy, dl0) = (inputs(&mut rng, logits.len(), 1.0), inputs(&mut rng, logits.len(), 1.0));
+        let mut want = dl0.clone();
+        cpu::selection::gumbel_st_backward(&soft, &dy, 0.7, classes, &mut want);
+        let mut got = up(gpu, &dl0);
+        cuda::selection::gumbel_st_backward(gpu, &up(gpu, &soft), &up(gpu, &dy), 0.7, classes, &mut got).unwrap();
+        check(gpu, &down(gpu, &got), &want, tol::ELEMENTWISE, "gumbel gradient");
+    }
+}
+
+// ---- the emulator catches what a GPU would get wrong ---------------------------------------
+
+fn run_selftest(gpu: &Gpu, kernel: &'static str, shared_floats: usize) -> ptrag_engine::Result<Vec<f32>> {
+    let mut out = gpu.upload(&[f32::NAN; 64]).unwrap();
+    gpu.launch(kernel, Launch::new([1, 1, 1], 64, shared_floats)?, Args::new().output(&mut out))?;
+    Ok(gpu.download(&out).unwrap())
+}
+
+#[test]
+fn emulator_reports_divergent_barriers_missing_barriers_and_bad_shuffles() {
+    for gpu in emulators() {
+        let err = run_selftest(&gpu, "selftest_divergent_barrier_f32", 0).unwrap_err().to_string();
+        assert!(err.contains("__syncthreads") && err.contains("reached by 5 of 64"), "{err}");
+        let err = run_selftest(&gpu, "selftest_shuffle_outside_mask_f32", 0).unwrap_err().to_string();
+        assert!(err.contains("not in mask"), "{err}");
+        let good = run_selftest(&gpu, "selftest_with_barrier_f32", 64).unwrap();
+        assert_eq!(good, (0..64).map(|t| ((t + 1) % 64) as f32).collect::<Vec<_>>());
+    }
+    // Without the barrier, forward order reads slots not yet written: the poison shows.
+    let forward = run_selftest(&Gpu::emulated(ThreadOrder::Forward).unwrap(), "selftest_missing_barrier_f32", 64).unwrap();
+    assert!(forward[..63].iter().all(|v| v.is_nan()), "{forward:?}");
+}
+
+#[test]
+fn launch_errors_are_values_not_panics() {
+    let gpu = Gpu::emulated(ThreadOrder::Forward).unwrap();
+    let mut out = gpu.upload(&[0.0f32; 4]).unwrap();
+    let err = gpu.launch("no_such_kernel_f32", Launch::elementwise(4), Args::new().output(&mut out)).unwrap_err();
+    assert!(err.to_string().contains("no_such_kernel_f32"), "{err}");
+    let bad_block = Launch { block: 48, ..Launch::elementwise(4) };
+    assert!(gpu.launch("relu_forward_f32", bad_block, Args::new()).is_err());
+    let (x, mut y) = (gpu.upload(&[1.0f32; 5]).unwrap(), gpu.upload(&[0.0f32; 4]).unwrap());
+    let err = cuda::elementwise::relu_forward(&gpu, &x, &mut y).unwrap_err();
+    assert!(err.to_string().contains("y has 4 elements, expected 5"), "{err}");
+}
