@@ -2,7 +2,7 @@
 //! Throughput is in FLOPs (reported by criterion as elements/s = FLOP/s).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ptrag_engine::cpu::{attention, energy, gemm, norm};
+use ptrag_engine::cpu::{attention, energy, gemm, norm, retrieval, selection};
 
 fn filled(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
@@ -47,6 +47,29 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu/energy");
     g.throughput(Throughput::Elements(64 * 3 * 2 * 64 * 64 * 2000u64));
     g.bench_function("forward_64sets_64x64x2000", |bench| bench.iter(|| energy::energy_forward(&x, &y, es, &mut e)));
+    g.finish();
+
+    // Stage one: 64 queries (one per set) over the paper's 2,009 x 1,536 GenePT table, top-32.
+    let (rows, dim, queries, k) = (2009, 1536, 64, 32);
+    let (db, q) = (filled(rows * dim, 11), filled(queries * dim, 12));
+    let allowed = vec![true; rows];
+    let exclude: Vec<Option<usize>> = (0..queries).map(Some).collect();
+    let (mut idx, mut sims) = (vec![0u32; queries * k], vec![0.0f32; queries * k]);
+    let mut g = c.benchmark_group("cpu/retrieval");
+    g.throughput(Throughput::Elements((2 * queries * rows * dim) as u64));
+    g.bench_function("topk_64q_2009x1536_k32", |bench| {
+        bench.iter(|| retrieval::cosine_topk(&q, &db, dim, &allowed, &exclude, k, &mut idx, &mut sims))
+    });
+    g.finish();
+
+    let rows = 64 * 64 * 32;
+    let (logits, noise) = (filled(rows * 2, 13), filled(rows * 2, 14));
+    let (mut soft, mut hard) = (vec![0.0f32; rows * 2], vec![0.0f32; rows * 2]);
+    let mut g = c.benchmark_group("cpu/selection");
+    g.throughput(Throughput::Bytes((4 * rows * 2 * 4) as u64));
+    g.bench_function("gumbel_st_131072x2", |bench| {
+        bench.iter(|| selection::gumbel_st_forward(&logits, &noise, 1.0, 2, &mut soft, &mut hard))
+    });
     g.finish();
 
     let (rows, cols) = (4096, 128);

@@ -67,6 +67,11 @@ enum Command {
         #[arg(long)]
         per_component: bool,
     },
+    /// How this binary was built (which CUDA kernel families) and which GPU and driver it can use.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
     /// Turn a Replogle-Nadig-style .h5ad, a GenePT file and a cell-load split into a dataset store.
     Prepare(PrepareArgs),
     /// Summarise an .h5ad or a dataset store: cells, genes, matrices, perturbations and controls
@@ -413,6 +418,14 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&profiles).expect("profiles serialise"));
             } else {
                 print!("{}", markdown(&profiles, &shapes));
+            }
+        }
+        Command::Info { json } => {
+            let info = ptrag_engine::cuda::engine_info();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info).expect("engine info serialises"));
+            } else {
+                print!("{info}");
             }
         }
         Command::Prepare(args) => prepare_command(args, !cli.quiet)?,

@@ -374,3 +374,15 @@ fn small_run(store: &Path, run: &Path, command: &str, extra: &[&str]) -> Command
 fn train_like(store: &Path, run: &Path, command: &str, extra: &[&str]) -> Output {
     small_run(store, run, command, extra).output().unwrap()
 }
+
+#[test]
+fn info_reports_the_kernels_and_why_no_gpu_is_used() {
+    let out = cli().args(["info", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["emulated_kernels"], true);
+    // Either a GPU is described, or the reason there is none is given (never a panic).
+    assert!(info["gpu"].is_object() != info["gpu_unavailable"].is_string(), "{info}");
+    let families = info["cuda_kernel_families"].as_array().unwrap();
+    assert!(families.is_empty() || families.iter().any(|f| f == "attention"), "{info}");
+}

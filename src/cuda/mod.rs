@@ -267,3 +267,56 @@ pub(crate) fn check_len<T: Element>(op: &'static str, name: &str, buffer: &Buffe
         Err(Error::Shape { op, why: format!("{name} has {} elements, expected {expected}", buffer.len()) })
     }
 }
+
+/// What `ptrag-engine info` reports: how this binary was built and what GPU (if any) it can use.
+#[derive(Debug, serde::Serialize)]
+pub struct EngineInfo {
+    pub version: &'static str,
+    /// Kernel families compiled with nvcc into sm_90 cubins (empty without nvcc at build time).
+    pub cuda_kernel_families: Vec<&'static str>,
+    pub emulated_kernels: bool,
+    pub gpu: Option<DeviceInfo>,
+    /// Why no GPU can be used, when none can.
+    pub gpu_unavailable: Option<String>,
+}
+
+pub fn engine_info() -> EngineInfo {
+    let (gpu, gpu_unavailable) = match Gpu::cuda() {
+        Ok(Gpu::Cuda(d)) => (Some(d.info.clone()), None),
+        Ok(Gpu::Emulated { .. }) => (None, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    EngineInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        cuda_kernel_families: if CUDA_BUILT { families().iter().map(|f| f.name).collect() } else { Vec::new() },
+        emulated_kernels: emulation_built(),
+        gpu,
+        gpu_unavailable,
+    }
+}
+
+impl std::fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "ptrag-engine {}", self.version)?;
+        match self.cuda_kernel_families.as_slice() {
+            [] => writeln!(f, "CUDA kernels: not built (no nvcc at build time; tools/install_cuda.sh installs one)")?,
+            names => writeln!(f, "CUDA kernels: sm_90 cubin + PTX for {}", names.join(", "))?,
+        }
+        writeln!(f, "emulated kernels (CPU, for tests): {}", if self.emulated_kernels { "built" } else { "not built" })?;
+        match (&self.gpu, &self.gpu_unavailable) {
+            (Some(g), _) => writeln!(
+                f,
+                "GPU: {} (compute {}.{}, {:.1} GiB, {} SMs), driver CUDA {}.{}",
+                g.name,
+                g.compute_capability.0,
+                g.compute_capability.1,
+                g.memory_bytes as f64 / (1u64 << 30) as f64,
+                g.multiprocessors,
+                g.driver_version / 1000,
+                g.driver_version % 1000 / 10
+            ),
+            (None, Some(why)) => writeln!(f, "GPU: none usable: {why}"),
+            (None, None) => writeln!(f, "GPU: none"),
+        }
+    }
+}
