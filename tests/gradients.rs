@@ -4,6 +4,7 @@
 
 mod common;
 use common::{assert_close, TestRng};
+use ptrag_engine::cpu::selection::TripletLayout;
 use ptrag_engine::cpu::{
     attention::{AttentionShape, Rope},
     energy::EnergyShape,
@@ -237,4 +238,73 @@ fn parameter_gradients_accumulate() {
     assert_eq!(params.get(w).grad, vec![4.0, 8.0, 12.0], "two backward passes add 2w twice");
     params.zero_grad();
     assert_eq!(params.get(w).grad, vec![0.0; 3]);
+}
+
+/// 6 cells in 2 rows (sets) of 3 cells, 2 candidates each: 12 triplets.
+const TRIPLETS: TripletLayout = TripletLayout { cells: 6, rows: 2, k: 2 };
+
+/// Sums of squares that keep every triplet's variance positive (width 12).
+fn squares(seed: u64, n: usize) -> (Vec<usize>, Vec<f64>) {
+    (vec![n], TestRng::new(seed).vec(n).iter().map(|v| 4.0 + v).collect())
+}
+
+#[test]
+fn column_scaling_and_triplet_ops() {
+    check("scale_cols", &[rand(1, &[4, 3]), rand(2, &[3])], |t, v| t.scale_cols(v[0], v[1]));
+    let [c, p, k] = TRIPLETS.part_rows();
+    check("triplet_stats", &[rand(1, &[c]), rand(2, &[p]), rand(3, &[k]), squares(4, c), squares(5, p), squares(6, k)], |t, v| {
+        t.triplet_stats([v[0], v[1], v[2]], [v[3], v[4], v[5]], TRIPLETS, 12, 1e-5)
+    });
+    let stats =
+        |seed| (vec![12, 2], TestRng::new(seed).vec(24).iter().enumerate().map(|(i, v)| if i % 2 == 1 { 1.5 + v } else { *v }).collect());
+    check("triplet_assemble", &[rand(1, &[c, 4]), rand(2, &[p, 4]), rand(3, &[k, 4]), stats(4), rand(5, &[4]), rand(6, &[4])], |t, v| {
+        t.triplet_assemble([v[0], v[1], v[2]], v[3], v[4], v[5], TRIPLETS)
+    });
+}
+
+/// The selector's factorised form equals the explicit one: gather the three parts into triplets,
+/// concatenate, LayerNorm, then the linear layer.
+#[test]
+fn triplet_ops_equal_layernorm_of_the_concatenated_triplets_then_linear() {
+    let (hw, out) = (4, 5);
+    let [c, p, k] = TRIPLETS.part_rows();
+    let mut tape = Tape::<f64>::new();
+    let mut input = |seed, shape: &[usize]| tape.input(shape, TestRng::new(seed).vec(shape.iter().product()));
+    let (cells, rows, cands) = (input(1, &[c, hw]), input(2, &[p, hw]), input(3, &[k, hw]));
+    let (gamma, beta, w, b) = (input(4, &[3 * hw]), input(5, &[3 * hw]), input(6, &[out, 3 * hw]), input(7, &[out]));
+    let eps = 1e-5;
+
+    let index = |f: &dyn Fn(usize, usize, usize) -> usize| -> Vec<usize> {
+        (0..TRIPLETS.triplets()).map(|t| f(t / 2, (t / 2) / 3, t % 2)).collect()
+    };
+    let parts = [
+        tape.gather(cells, &index(&|i, _, _| i)),
+        tape.gather(rows, &index(&|_, s, _| s)),
+        tape.gather(cands, &index(&|_, s, j| s * 2 + j)),
+    ];
+    let triplet = tape.concat(&parts);
+    let normed = tape.layernorm(triplet, gamma, beta, eps);
+    let explicit = tape.linear(normed, w, Some(b));
+
+    let wg = tape.scale_cols(w, gamma);
+    let ones = tape.constant(&[3 * hw, 1], vec![1.0; 3 * hw]);
+    let ones_h = tape.constant(&[hw, 1], vec![1.0; hw]);
+    let mut projected = Vec::new();
+    let (mut sums, mut sq) = (Vec::new(), Vec::new());
+    for (x, part) in [cells, rows, cands].into_iter().enumerate() {
+        let block = tape.slice_cols(wg, x * hw, hw);
+        projected.push(tape.matmul(part, block, false, true));
+        sums.push(tape.matmul(part, ones_h, false, false));
+        let squared = tape.mul(part, part);
+        sq.push(tape.matmul(squared, ones_h, false, false));
+    }
+    let stats = tape.triplet_stats([sums[0], sums[1], sums[2]], [sq[0], sq[1], sq[2]], TRIPLETS, 3 * hw, eps);
+    let v = tape.matmul(wg, ones, false, false);
+    let v = tape.reshape(v, &[out]);
+    let beta_col = tape.reshape(beta, &[3 * hw, 1]);
+    let wb = tape.matmul(w, beta_col, false, false);
+    let wb = tape.reshape(wb, &[out]);
+    let c0 = tape.add(wb, b);
+    let factorised = tape.triplet_assemble([projected[0], projected[1], projected[2]], stats, v, c0, TRIPLETS);
+    assert_close(tape.value(factorised), tape.value(explicit), 1e-12, 1e-12, "factorised vs explicit");
 }

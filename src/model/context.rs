@@ -7,6 +7,7 @@
 use super::layers::{norm_scale, norm_shift, Linear};
 use super::{ModelConfig, Noise, Selection};
 use crate::cpu::attention::AttentionShape;
+use crate::cpu::selection::TripletLayout;
 use crate::real::Real;
 use crate::tape::{ParamId, Params, Tape, Var};
 use rand::Rng;
@@ -62,6 +63,40 @@ pub struct Selector {
     proj: Linear,
 }
 
+/// `Linear(LayerNorm(triplet))` for every triplet, from the parts: with `Wg = W diag(gamma)`,
+/// `part_x Wg_x^T` for each part's block of columns, `v = Wg 1` and `c = W beta + b`.
+fn linear_on_triplets<T: Real>(
+    tape: &mut Tape<T>,
+    params: &Params<T>,
+    linear: &Linear,
+    (gamma, beta): (Var, Var),
+    parts: [Var; 3],
+    stats: Var,
+    layout: TripletLayout,
+) -> Var {
+    let w = tape.param(params, linear.weight);
+    let (out, width) = (tape.shape(w)[0], tape.shape(w)[1]);
+    let h = width / 3;
+    let scaled = tape.scale_cols(w, gamma);
+    let mut x = 0;
+    let projected = parts.map(|p| {
+        let block = tape.slice_cols(scaled, x * h, h);
+        x += 1;
+        tape.matmul(p, block, false, true)
+    });
+    let ones = tape.constant(&[width, 1], vec![T::one(); width]);
+    let v = tape.matmul(scaled, ones, false, false);
+    let v = tape.reshape(v, &[out]);
+    let beta = tape.reshape(beta, &[width, 1]);
+    let c = tape.matmul(w, beta, false, false);
+    let mut c = tape.reshape(c, &[out]);
+    if let Some(b) = linear.bias {
+        let b = tape.param(params, b);
+        c = tape.add(c, b);
+    }
+    tape.triplet_assemble(projected, stats, v, c, layout)
+}
+
 /// PyTorch's LayerNorm epsilon and the floor of the logits' standard deviation (the reference's).
 const LAYER_NORM_EPS: f64 = 1e-5;
 const STD_FLOOR: f64 = 1e-6;
@@ -92,20 +127,21 @@ impl Selector {
         rows: usize,
         selection: Selection,
     ) -> (Var, Var) {
-        let (n, k) = (tape.shape(basal)[0], cfg.top_k);
-        let row = row_of_cells(n, rows);
-        // Triplet rows are ordered (cell, candidate).
-        let cell_of: Vec<usize> = (0..n * k).map(|i| i / k).collect();
-        let query_of: Vec<usize> = cell_of.iter().map(|&c| row[c]).collect();
-        let cand_of: Vec<usize> = (0..n * k).map(|i| row[i / k] * k + i % k).collect();
-        let ctrl = tape.gather(basal, &cell_of);
-        let pert = tape.gather(query_enc, &query_of);
-        let cand = tape.gather(cand_enc, &cand_of);
-        let triplet = tape.concat(&[ctrl, pert, cand]);
-        let (nw, nb) = (tape.param(params, self.norm_w), tape.param(params, self.norm_b));
-        let triplet = tape.layernorm(triplet, nw, nb, LAYER_NORM_EPS);
-
-        let hidden = self.score_hidden.apply(tape, params, triplet);
+        let (n, k, h) = (tape.shape(basal)[0], cfg.top_k, tape.shape(basal)[1]);
+        // The triplets [h_ctrl; h_pert; h_k] are never formed: their LayerNorm statistics come from
+        // per-part row sums, and each linear layer on them from per-part products (see
+        // `cpu::selection::triplet_assemble_forward`), which saves the (N K, 3H) tensors.
+        let layout = TripletLayout { cells: n, rows, k };
+        let parts = [basal, query_enc, cand_enc];
+        let ones = tape.constant(&[h, 1], vec![T::one(); h]);
+        let sums = parts.map(|p| tape.matmul(p, ones, false, false));
+        let squares = parts.map(|p| {
+            let squared = tape.mul(p, p);
+            tape.matmul(squared, ones, false, false)
+        });
+        let stats = tape.triplet_stats(sums, squares, layout, 3 * h, LAYER_NORM_EPS);
+        let norm = (tape.param(params, self.norm_w), tape.param(params, self.norm_b));
+        let hidden = linear_on_triplets(tape, params, &self.score_hidden, norm, parts, stats, layout);
         let mut hidden = tape.gelu(hidden);
         if let Selection::Sampled(Noise { dropout_keep: Some(keep), .. }) = selection {
             let scale = 1.0 / (1.0 - cfg.scorer_dropout);
@@ -123,7 +159,7 @@ impl Selector {
         };
         let w = tape.slice_cols(choice, 1, 1);
 
-        let projected = self.proj.apply(tape, params, triplet);
+        let projected = linear_on_triplets(tape, params, &self.proj, norm, parts, stats, layout);
         let weighted = tape.scale_rows(projected, w);
         (tape.sum_groups(weighted, k), w)
     }

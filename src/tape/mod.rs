@@ -13,7 +13,10 @@ use crate::cpu::{
     energy::{energy_backward, energy_forward, EnergyShape},
     gemm::matmul,
     norm,
-    selection::{gumbel_st_backward, gumbel_st_forward},
+    selection::{
+        gumbel_st_backward, gumbel_st_forward, triplet_assemble_backward, triplet_assemble_forward, triplet_stats_backward,
+        triplet_stats_forward, TripletLayout,
+    },
 };
 use crate::real::Real;
 pub use params::{Param, ParamId, Params};
@@ -132,6 +135,26 @@ enum Op<T> {
         x: Var,
         group: usize,
     },
+    /// `x[rows, cols] * v[cols]` (each column scaled by its factor)
+    ScaleCols {
+        x: Var,
+        v: Var,
+    },
+    /// LayerNorm statistics of PT-RAG's triplets from per-part row sums and sums of squares
+    TripletStats {
+        sums: [Var; 3],
+        squares: [Var; 3],
+        layout: TripletLayout,
+        width: usize,
+    },
+    /// a linear layer on the LayerNorm of every triplet, from the parts' projections
+    TripletAssemble {
+        parts: [Var; 3],
+        stats: Var,
+        v: Var,
+        c: Var,
+        layout: TripletLayout,
+    },
     /// `x / std(x)` with one global (unbiased) standard deviation, `clamped` when it hit the floor
     StdScale {
         x: Var,
@@ -148,7 +171,10 @@ impl<T> Op<T> {
             Op::Leaf => "data",
             Op::Param(_) => "param",
             Op::MatMul { .. } => "matmul",
-            Op::Add { .. } | Op::AddBias { .. } | Op::Mul { .. } | Op::Scale { .. } | Op::ScaleRows { .. } => "elementwise",
+            Op::Add { .. } | Op::AddBias { .. } | Op::Mul { .. } | Op::Scale { .. } | Op::ScaleRows { .. } | Op::ScaleCols { .. } => {
+                "elementwise"
+            }
+            Op::TripletStats { .. } | Op::TripletAssemble { .. } => "triplets",
             Op::Sum { .. } | Op::SumGroups { .. } => "sum",
             Op::Unary { .. } => "activation",
             Op::Softmax { .. } => "softmax",
@@ -466,6 +492,37 @@ impl<T: Real> Tape<T> {
         self.push(out, self.shape(x).to_vec(), Op::ScaleRows { x, w }, needs)
     }
 
+    /// Every column of `x[rows, cols]` times its factor `v[cols]`.
+    pub fn scale_cols(&mut self, x: Var, v: Var) -> Var {
+        let cols = cols_of(self.shape(x));
+        assert_eq!(self.value(v).len(), cols, "scale_cols: one factor per column of {:?}", self.shape(x));
+        let factors = self.value(v);
+        let out = self.value(x).chunks(cols).flat_map(|r| r.iter().zip(factors).map(|(&x, &f)| x * f)).collect();
+        let needs = self.needs(&[x, v]);
+        self.push(out, self.shape(x).to_vec(), Op::ScaleCols { x, v }, needs)
+    }
+
+    /// `[triplets, 2]`: (mean, rstd) of every triplet's LayerNorm over `width` columns, from the
+    /// parts' row sums and sums of squares (each `[part rows]` or `[part rows, 1]`); see
+    /// `cpu::selection::triplet_stats_forward`.
+    pub fn triplet_stats(&mut self, sums: [Var; 3], squares: [Var; 3], layout: TripletLayout, width: usize, eps: f64) -> Var {
+        let mut out = vec![T::zero(); 2 * layout.triplets()];
+        triplet_stats_forward(sums.map(|v| self.value(v)), squares.map(|v| self.value(v)), layout, width, eps, &mut out);
+        let needs = self.needs(&sums) || self.needs(&squares);
+        self.push(out, vec![layout.triplets(), 2], Op::TripletStats { sums, squares, layout, width }, needs)
+    }
+
+    /// `[triplets, h]`: `LayerNorm(triplet) W^T + b` from the parts' projections `[part rows, h]`,
+    /// the triplet statistics, `v = W gamma` and `c = W beta + b` (`[h]` each); see
+    /// `cpu::selection::triplet_assemble_forward`.
+    pub fn triplet_assemble(&mut self, parts: [Var; 3], stats: Var, v: Var, c: Var, layout: TripletLayout) -> Var {
+        let h = self.value(v).len();
+        let mut out = vec![T::zero(); layout.triplets() * h];
+        triplet_assemble_forward(parts.map(|p| self.value(p)), self.value(stats), self.value(v), self.value(c), layout, &mut out);
+        let needs = self.needs(&parts) || self.needs(&[stats, v, c]);
+        self.push(out, vec![layout.triplets(), h], Op::TripletAssemble { parts, stats, v, c, layout }, needs)
+    }
+
     /// `[rows, cols] -> [rows / group, cols]`: the sum of every `group` consecutive rows.
     pub fn sum_groups(&mut self, x: Var, group: usize) -> Var {
         let cols = cols_of(self.shape(x));
@@ -668,6 +725,38 @@ impl<T: Real> Tape<T> {
                 let dw = g.chunks(cols).zip(val(x).chunks(cols)).map(|(g, x)| g.iter().zip(x).map(|(&g, &x)| g * x).sum()).collect();
                 put(x, dx);
                 put(w, dw);
+            }
+            &Op::ScaleCols { x, v } => {
+                let cols = cols_of(&node.shape);
+                let factors = val(v);
+                let dx = g.chunks(cols).flat_map(|r| r.iter().zip(factors).map(|(&g, &f)| g * f)).collect();
+                let mut dv = vec![T::zero(); cols];
+                for (g, x) in g.chunks(cols).zip(val(x).chunks(cols)) {
+                    dv.iter_mut().zip(g.iter().zip(x)).for_each(|(d, (&g, &x))| *d = *d + g * x);
+                }
+                put(x, dx);
+                put(v, dv);
+            }
+            &Op::TripletStats { sums, squares, layout, width } => {
+                let (mut ds, mut dq) = (sums.map(zeros), squares.map(zeros));
+                let [s0, s1, s2] = &mut ds;
+                let [q0, q1, q2] = &mut dq;
+                triplet_stats_backward(&node.value, g, layout, width, [s0, s1, s2], [q0, q1, q2]);
+                for (v, d) in sums.into_iter().zip(ds).chain(squares.into_iter().zip(dq)) {
+                    put(v, d);
+                }
+            }
+            &Op::TripletAssemble { parts, stats, v, c, layout } => {
+                let mut dp = parts.map(zeros);
+                let (mut dstats, mut dv, mut dc) = (zeros(stats), zeros(v), zeros(c));
+                let [p0, p1, p2] = &mut dp;
+                triplet_assemble_backward(parts.map(val), val(stats), val(v), g, layout, [p0, p1, p2], &mut dstats, &mut dv, &mut dc);
+                for (p, d) in parts.into_iter().zip(dp) {
+                    put(p, d);
+                }
+                put(stats, dstats);
+                put(v, dv);
+                put(c, dc);
             }
             &Op::SumGroups { x, group } => {
                 let cols = cols_of(&node.shape);
