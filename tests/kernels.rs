@@ -13,6 +13,7 @@ use common::{assert_close, TestRng};
 use ptrag_engine::cpu;
 use ptrag_engine::cpu::attention::AttentionShape;
 use ptrag_engine::cpu::energy::EnergyShape;
+use ptrag_engine::cpu::selection::TripletLayout;
 use ptrag_engine::cuda::{self, Args, Buffer, Gpu, Launch, ThreadOrder};
 
 /// Tolerances of an f32 kernel against the f64 reference.
@@ -73,6 +74,8 @@ kernel_tests! {
     attention_backward => attention_backward_emulated_matches_cpu, attention_backward_cuda_matches_cpu;
     selection_forward => selection_forward_emulated_matches_cpu, selection_forward_cuda_matches_cpu;
     selection_backward => selection_backward_emulated_matches_cpu, selection_backward_cuda_matches_cpu;
+    triplets_forward => triplets_forward_emulated_matches_cpu, triplets_forward_cuda_matches_cpu;
+    triplets_backward => triplets_backward_emulated_matches_cpu, triplets_backward_cuda_matches_cpu;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -427,4 +430,131 @@ fn launch_errors_are_values_not_panics() {
     let (x, mut y) = (gpu.upload(&[1.0f32; 5]).unwrap(), gpu.upload(&[0.0f32; 4]).unwrap());
     let err = cuda::elementwise::relu_forward(&gpu, &x, &mut y).unwrap_err();
     assert!(err.to_string().contains("y has 4 elements, expected 5"), "{err}");
+}
+
+// ---- triplets (PT-RAG's factorised scorer and projection) -----------------------------------
+
+/// 2 sets of 5 cells with 3 candidates (30 triplets), and per-cell retrieval (rows == cells).
+const TRIPLET_LAYOUTS: [TripletLayout; 2] = [TripletLayout { cells: 10, rows: 2, k: 3 }, TripletLayout { cells: 7, rows: 7, k: 2 }];
+const TRIPLET_H: usize = 37;
+
+fn triplet_parts(layout: TripletLayout, width: usize, rng: &mut TestRng) -> [Vec<f64>; 3] {
+    layout.part_rows().map(|rows| inputs(rng, rows * width, 1.0))
+}
+
+/// Row sums and sums of squares with a positive variance for every triplet (width 3 * 37).
+fn triplet_moments(layout: TripletLayout, rng: &mut TestRng) -> ([Vec<f64>; 3], [Vec<f64>; 3]) {
+    let sums = layout.part_rows().map(|rows| inputs(rng, rows, 3.0));
+    let squares = layout.part_rows().map(|rows| inputs(rng, rows, 5.0).iter().map(|v| 40.0 + v).collect());
+    (sums, squares)
+}
+
+fn triplet_stats(layout: TripletLayout, rng: &mut TestRng) -> Vec<f64> {
+    (0..2 * layout.triplets())
+        .map(|i| if i % 2 == 1 { (1.0 + 0.5 * rng.uniform()) as f32 as f64 } else { rng.uniform() as f32 as f64 })
+        .collect()
+}
+
+fn triplets_forward(gpu: &Gpu) {
+    for layout in TRIPLET_LAYOUTS {
+        let mut rng = TestRng::new(15);
+        let (sums, squares) = triplet_moments(layout, &mut rng);
+        let mut want = vec![0.0; 2 * layout.triplets()];
+        cpu::selection::triplet_stats_forward(
+            [&sums[0], &sums[1], &sums[2]],
+            [&squares[0], &squares[1], &squares[2]],
+            layout,
+            3 * TRIPLET_H,
+            1e-5,
+            &mut want,
+        );
+        let (gs, gq) = (sums.each_ref().map(|s| up(gpu, s)), squares.each_ref().map(|s| up(gpu, s)));
+        let mut got = poisoned(gpu, want.len());
+        cuda::selection::triplet_stats_forward(gpu, gs.each_ref(), gq.each_ref(), layout, 3 * TRIPLET_H, 1e-5, &mut got).unwrap();
+        check(gpu, &down(gpu, &got), &want, tol::REDUCTION, &format!("triplet stats {layout:?}"));
+
+        let parts = triplet_parts(layout, TRIPLET_H, &mut rng);
+        let (stats, v, c) = (triplet_stats(layout, &mut rng), inputs(&mut rng, TRIPLET_H, 1.0), inputs(&mut rng, TRIPLET_H, 1.0));
+        let mut want = vec![0.0; layout.triplets() * TRIPLET_H];
+        cpu::selection::triplet_assemble_forward([&parts[0], &parts[1], &parts[2]], &stats, &v, &c, layout, &mut want);
+        let gparts = parts.each_ref().map(|p| up(gpu, p));
+        let mut got = poisoned(gpu, want.len());
+        cuda::selection::triplet_assemble_forward(gpu, gparts.each_ref(), &up(gpu, &stats), &up(gpu, &v), &up(gpu, &c), layout, &mut got)
+            .unwrap();
+        check(gpu, &down(gpu, &got), &want, tol::REDUCTION, &format!("triplet assemble {layout:?}"));
+    }
+}
+
+fn triplets_backward(gpu: &Gpu) {
+    for layout in TRIPLET_LAYOUTS {
+        let mut rng = TestRng::new(16);
+        let stats = triplet_stats(layout, &mut rng);
+        let dstats = inputs(&mut rng, stats.len(), 1.0);
+        let (ds0, dq0) = (layout.part_rows().map(|r| inputs(&mut rng, r, 1.0)), layout.part_rows().map(|r| inputs(&mut rng, r, 1.0)));
+        let (mut ds, mut dq) = (ds0.clone(), dq0.clone());
+        {
+            let [a, b, c] = &mut ds;
+            let [d, e, f] = &mut dq;
+            cpu::selection::triplet_stats_backward(&stats, &dstats, layout, 3 * TRIPLET_H, [a, b, c], [d, e, f]);
+        }
+        let (mut gds, mut gdq) = (ds0.each_ref().map(|x| up(gpu, x)), dq0.each_ref().map(|x| up(gpu, x)));
+        cuda::selection::triplet_stats_backward(
+            gpu,
+            &up(gpu, &stats),
+            &up(gpu, &dstats),
+            layout,
+            3 * TRIPLET_H,
+            gds.each_mut(),
+            gdq.each_mut(),
+        )
+        .unwrap();
+        for p in 0..3 {
+            check(gpu, &down(gpu, &gds[p]), &ds[p], tol::REDUCTION, &format!("triplet stats dsums[{p}] {layout:?}"));
+            check(gpu, &down(gpu, &gdq[p]), &dq[p], tol::REDUCTION, &format!("triplet stats dsquares[{p}] {layout:?}"));
+        }
+
+        let parts = triplet_parts(layout, TRIPLET_H, &mut rng);
+        let v = inputs(&mut rng, TRIPLET_H, 1.0);
+        let dout = inputs(&mut rng, layout.triplets() * TRIPLET_H, 1.0);
+        let dp0 = triplet_parts(layout, TRIPLET_H, &mut rng);
+        let (dst0, dv0, dc0) = (inputs(&mut rng, stats.len(), 1.0), inputs(&mut rng, TRIPLET_H, 1.0), inputs(&mut rng, TRIPLET_H, 1.0));
+        let (mut dp, mut dst, mut dv, mut dc) = (dp0.clone(), dst0.clone(), dv0.clone(), dc0.clone());
+        {
+            let [a, b, c] = &mut dp;
+            cpu::selection::triplet_assemble_backward(
+                [&parts[0], &parts[1], &parts[2]],
+                &stats,
+                &v,
+                &dout,
+                layout,
+                [a, b, c],
+                &mut dst,
+                &mut dv,
+                &mut dc,
+            );
+        }
+        let gparts = parts.each_ref().map(|p| up(gpu, p));
+        let mut gdp = dp0.each_ref().map(|p| up(gpu, p));
+        let (mut gdst, mut gdv, mut gdc) = (up(gpu, &dst0), up(gpu, &dv0), up(gpu, &dc0));
+        let (gstats, gv, gdout) = (up(gpu, &stats), up(gpu, &v), up(gpu, &dout));
+        cuda::selection::triplet_assemble_backward(
+            gpu,
+            gparts.each_ref(),
+            &gstats,
+            &gv,
+            &gdout,
+            layout,
+            gdp.each_mut(),
+            &mut gdst,
+            &mut gdv,
+            &mut gdc,
+        )
+        .unwrap();
+        for p in 0..3 {
+            check(gpu, &down(gpu, &gdp[p]), &dp[p], tol::REDUCTION, &format!("triplet assemble dparts[{p}] {layout:?}"));
+        }
+        check(gpu, &down(gpu, &gdst), &dst, tol::REDUCTION, &format!("triplet assemble dstats {layout:?}"));
+        check(gpu, &down(gpu, &gdv), &dv, tol::REDUCTION, &format!("triplet assemble dv {layout:?}"));
+        check(gpu, &down(gpu, &gdc), &dc, tol::REDUCTION, &format!("triplet assemble dc {layout:?}"));
+    }
 }

@@ -2,6 +2,7 @@
 //! Gumbel-Softmax over `[rows, classes]`).
 
 use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
+use crate::cpu::selection::TripletLayout;
 use crate::{Error, Result};
 
 fn rows(op: &'static str, x: &Buffer<f32>, classes: usize) -> Result<(usize, Launch)> {
@@ -44,4 +45,122 @@ pub fn gumbel_st_backward(
         check_len("gumbel_st backward", name, b, soft.len())?;
     }
     gpu.launch("gumbel_st_backward_f32", launch, Args::new().input(soft).input(dy).f32(tau as f32).int(n).int(classes).output(dlogits))
+}
+
+fn check_layout(op: &'static str, layout: TripletLayout, h: usize) -> Result<()> {
+    if layout.rows == 0 || layout.k == 0 || !layout.cells.is_multiple_of(layout.rows) {
+        return Err(Error::Shape { op, why: format!("{layout:?}") });
+    }
+    check_int(op, &[layout.triplets() * h.max(2), layout.rows * layout.k * h])
+}
+
+/// `stats: [triplets, 2]` (mean, rstd) from the parts' row sums and sums of squares; see
+/// `cpu::selection::triplet_stats_forward`.
+pub fn triplet_stats_forward(
+    gpu: &Gpu,
+    sums: [&Buffer<f32>; 3],
+    squares: [&Buffer<f32>; 3],
+    layout: TripletLayout,
+    width: usize,
+    eps: f64,
+    stats: &mut Buffer<f32>,
+) -> Result<()> {
+    check_layout("triplet_stats", layout, 1)?;
+    for (p, rows) in layout.part_rows().into_iter().enumerate() {
+        check_len("triplet_stats", "sums", sums[p], rows)?;
+        check_len("triplet_stats", "squares", squares[p], rows)?;
+    }
+    check_len("triplet_stats", "stats", stats, 2 * layout.triplets())?;
+    let args = Args::new().input(sums[0]).input(sums[1]).input(sums[2]).input(squares[0]).input(squares[1]).input(squares[2]);
+    let args = args.int(layout.cells).int(layout.rows).int(layout.k).int(width).f32(eps as f32).output(stats);
+    gpu.launch("triplet_stats_forward_f32", Launch::elementwise(layout.triplets()), args)
+}
+
+pub fn triplet_stats_backward(
+    gpu: &Gpu,
+    stats: &Buffer<f32>,
+    dstats: &Buffer<f32>,
+    layout: TripletLayout,
+    width: usize,
+    dsums: [&mut Buffer<f32>; 3],
+    dsquares: [&mut Buffer<f32>; 3],
+) -> Result<()> {
+    check_layout("triplet_stats backward", layout, 1)?;
+    check_len("triplet_stats backward", "stats", stats, 2 * layout.triplets())?;
+    check_len("triplet_stats backward", "dstats", dstats, 2 * layout.triplets())?;
+    for (p, rows) in layout.part_rows().into_iter().enumerate() {
+        check_len("triplet_stats backward", "dsums", dsums[p], rows)?;
+        check_len("triplet_stats backward", "dsquares", dsquares[p], rows)?;
+    }
+    let [s0, s1, s2] = dsums;
+    let [q0, q1, q2] = dsquares;
+    let args = Args::new().input(stats).input(dstats).int(layout.cells).int(layout.rows).int(layout.k).int(width);
+    let args = args.output(s0).output(s1).output(s2).output(q0).output(q1).output(q2);
+    gpu.launch("triplet_stats_backward_f32", Launch::elementwise(layout.part_rows().iter().sum()), args)
+}
+
+fn check_parts(op: &'static str, parts: [&Buffer<f32>; 3], layout: TripletLayout, h: usize) -> Result<()> {
+    check_layout(op, layout, h)?;
+    for (p, rows) in layout.part_rows().into_iter().enumerate() {
+        check_len(op, "part", parts[p], rows * h)?;
+    }
+    Ok(())
+}
+
+/// `out: [triplets, h]`, a linear layer on every triplet's LayerNorm from the parts' projections;
+/// see `cpu::selection::triplet_assemble_forward`.
+#[allow(clippy::too_many_arguments)]
+pub fn triplet_assemble_forward(
+    gpu: &Gpu,
+    parts: [&Buffer<f32>; 3],
+    stats: &Buffer<f32>,
+    v: &Buffer<f32>,
+    c: &Buffer<f32>,
+    layout: TripletLayout,
+    out: &mut Buffer<f32>,
+) -> Result<()> {
+    let h = v.len();
+    check_parts("triplet_assemble", parts, layout, h)?;
+    check_len("triplet_assemble", "stats", stats, 2 * layout.triplets())?;
+    check_len("triplet_assemble", "c", c, h)?;
+    check_len("triplet_assemble", "out", out, layout.triplets() * h)?;
+    let args = Args::new().input(parts[0]).input(parts[1]).input(parts[2]).input(stats).input(v).input(c);
+    let args = args.int(layout.cells).int(layout.rows).int(layout.k).int(h).output(out);
+    gpu.launch("triplet_assemble_forward_f32", Launch::elementwise(layout.triplets() * h), args)
+}
+
+/// Accumulates the gradients of the parts, the statistics, `v` and `c`.
+#[allow(clippy::too_many_arguments)]
+pub fn triplet_assemble_backward(
+    gpu: &Gpu,
+    parts: [&Buffer<f32>; 3],
+    stats: &Buffer<f32>,
+    v: &Buffer<f32>,
+    dout: &Buffer<f32>,
+    layout: TripletLayout,
+    dparts: [&mut Buffer<f32>; 3],
+    dstats: &mut Buffer<f32>,
+    dv: &mut Buffer<f32>,
+    dc: &mut Buffer<f32>,
+) -> Result<()> {
+    let h = v.len();
+    let op = "triplet_assemble backward";
+    check_parts(op, parts, layout, h)?;
+    check_parts(op, [&*dparts[0], &*dparts[1], &*dparts[2]], layout, h)?;
+    check_len(op, "stats", stats, 2 * layout.triplets())?;
+    check_len(op, "dstats", dstats, 2 * layout.triplets())?;
+    check_len(op, "dout", dout, layout.triplets() * h)?;
+    check_len(op, "dv", dv, h)?;
+    check_len(op, "dc", dc, h)?;
+    let (cells, rows, k) = (layout.cells, layout.rows, layout.k);
+    let args = Args::new().input(parts[0]).input(parts[1]).input(parts[2]).input(stats).input(v).input(dout);
+    let warps = Launch::elementwise(32 * layout.triplets());
+    gpu.launch("triplet_assemble_stats_backward_f32", warps, args.int(cells).int(rows).int(k).int(h).output(dstats))?;
+    let (mut partial_v, mut partial_c) = (gpu.zeros::<f32>(rows * h)?, gpu.zeros::<f32>(rows * h)?);
+    let [d0, d1, d2] = dparts;
+    let elements = (cells + rows + rows * k) * h;
+    let args = Args::new().input(stats).input(dout).int(cells).int(rows).int(k).int(h).output(d0).output(d1).output(d2);
+    gpu.launch("triplet_assemble_parts_backward_f32", Launch::elementwise(elements), args.output(&mut partial_v).output(&mut partial_c))?;
+    let args = Args::new().input(&partial_v).input(&partial_c).int(rows).int(h).output(dv).output(dc);
+    gpu.launch("triplet_assemble_vectors_backward_f32", Launch::new([h.div_ceil(128), 1, 1], 128, 0)?, args)
 }
