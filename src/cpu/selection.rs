@@ -126,8 +126,8 @@ pub fn triplet_stats_backward<T: Real>(
 pub fn triplet_assemble_forward<T: Real>(parts: [&[T]; 3], stats: &[T], v: &[T], c: &[T], layout: TripletLayout, out: &mut [T]) {
     layout.check();
     let h = v.len();
-    for p in 0..3 {
-        assert_eq!(parts[p].len(), layout.part_rows()[p] * h, "triplet_assemble: part {p} size");
+    for (p, (part, rows)) in parts.iter().zip(layout.part_rows()).enumerate() {
+        assert_eq!(part.len(), rows * h, "triplet_assemble: part {p} size");
     }
     assert!(c.len() == h && stats.len() == 2 * layout.triplets() && out.len() == layout.triplets() * h, "triplet_assemble: sizes");
     out.par_chunks_mut(h.max(1)).enumerate().for_each(|(t, o)| {
