@@ -2,7 +2,7 @@
 //! Throughput is in FLOPs (reported by criterion as elements/s = FLOP/s).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ptrag_engine::cpu::{attention, energy, gemm, norm, retrieval, selection};
+use ptrag_engine::cpu::{attention, elementwise, energy, gemm, norm, retrieval, selection};
 
 fn filled(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
@@ -70,6 +70,18 @@ fn benches(c: &mut Criterion) {
     g.bench_function("gumbel_st_131072x2", |bench| {
         bench.iter(|| selection::gumbel_st_forward(&logits, &noise, 1.0, 2, &mut soft, &mut hard))
     });
+    g.finish();
+
+    // The backbone's SwiGLU gate (8 layers of 4096 x 2784) and PT-RAG's scorer GELU (131072 x 128).
+    let n = 4096 * 2784;
+    let (x, dy) = (filled(n, 15), filled(n, 16));
+    let (mut y, mut dx) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let mut g = c.benchmark_group("cpu/elementwise");
+    g.throughput(Throughput::Bytes((2 * n * 4) as u64));
+    g.bench_function("silu_4096x2784", |bench| bench.iter(|| elementwise::silu_forward(&x, &mut y)));
+    g.bench_function("gelu_4096x2784", |bench| bench.iter(|| elementwise::gelu_forward(&x, &mut y)));
+    g.throughput(Throughput::Bytes((3 * n * 4) as u64));
+    g.bench_function("silu_backward_4096x2784", |bench| bench.iter(|| elementwise::silu_backward(&x, &dy, &mut dx)));
     g.finish();
 
     let (rows, cols) = (4096, 128);
