@@ -15,6 +15,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `purge_delay` option (index 15 in both its v2 and v3 option lists).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Tells the allocator to keep freed memory for reuse instead of returning it to the OS after
+/// 10 ms: each training step frees and reallocates the same multi-megabyte tensors, and returning
+/// them made every step fault its pages in again (measured: a 64 x 64 STATE step 7.2 s -> 4.0 s,
+/// system time 15.5 s -> 4.2 s over a bench run). `MIMALLOC_PURGE_DELAY` in the environment still wins.
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a global allocator option; mimalloc reads options atomically and the value
+        // -1 ("never purge") is documented for this option.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "ptrag-engine", version, about = "Predict perturbed cell populations with STATE and PT-RAG")]
 struct Cli {
@@ -449,6 +464,7 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ ptrag_engine::Error::Interrupted { .. }) => {

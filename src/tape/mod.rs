@@ -574,7 +574,7 @@ impl<T: Real> Tape<T> {
             let Some(g) = grads[i].take() else { continue };
             // the clock is read only when timing (this loop runs for every node of every step)
             let start = times.is_some().then(std::time::Instant::now);
-            self.backward_node(node, &g, &mut grads);
+            self.backward_node(node, g, &mut grads);
             if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                 t.push((node.op.name(), start.elapsed().as_secs_f64()));
             }
@@ -582,22 +582,78 @@ impl<T: Real> Tape<T> {
         Gradients { grads }
     }
 
-    fn backward_node(&self, node: &Node<T>, g: &[T], grads: &mut [Option<Vec<T>>]) {
+    /// Accumulates a fully computed contribution into `v`'s gradient: the first one is moved into
+    /// place (no zero-fill, no copy), later ones are added.
+    fn add_grad(&self, grads: &mut [Option<Vec<T>>], v: Var, contrib: Vec<T>) {
+        if !self.nodes[v.0].needs_grad {
+            return;
+        }
+        match &mut grads[v.0] {
+            Some(slot) => slot.iter_mut().zip(&contrib).for_each(|(s, &c)| *s = *s + c),
+            empty => *empty = Some(contrib),
+        }
+    }
+
+    /// `add_grad` of a borrowed contribution: copied only when `v` has no gradient yet.
+    fn add_grad_slice(&self, grads: &mut [Option<Vec<T>>], v: Var, contrib: &[T]) {
+        if !self.nodes[v.0].needs_grad {
+            return;
+        }
+        match &mut grads[v.0] {
+            Some(slot) => slot.iter_mut().zip(contrib).for_each(|(s, &c)| *s = *s + c),
+            empty => *empty = Some(contrib.to_vec()),
+        }
+    }
+
+    fn backward_node(&self, node: &Node<T>, mut g: Vec<T>, grads: &mut [Option<Vec<T>>]) {
         let val = |v: Var| -> &[T] { &self.nodes[v.0].value };
-        // Accumulate a fully computed contribution into an input's gradient: the first one is moved
-        // into place (no zero-fill, no copy), later ones are added.
-        let mut put = |v: Var, contrib: Vec<T>| {
-            if !self.nodes[v.0].needs_grad {
-                return;
+        // Ops whose input gradient takes over the incoming buffer, scaled in place where needed:
+        // no fresh allocation of a tensor-sized buffer (these run on the largest activations).
+        match node.op {
+            Op::Reshape { x } => return self.add_grad(grads, x, g),
+            Op::Add { a, b } => {
+                self.add_grad_slice(grads, a, &g);
+                return self.add_grad(grads, b, g);
             }
-            match &mut grads[v.0] {
-                Some(slot) => slot.iter_mut().zip(&contrib).for_each(|(s, &c)| *s = *s + c),
-                empty => *empty = Some(contrib),
+            Op::AddBias { x, bias } => {
+                let cols = val(bias).len();
+                let mut db = vec![T::zero(); cols];
+                for r in g.chunks(cols) {
+                    db.iter_mut().zip(r).for_each(|(d, &v)| *d = *d + v);
+                }
+                self.add_grad(grads, bias, db);
+                return self.add_grad(grads, x, g);
             }
-        };
+            Op::Scale { x, factor } => {
+                let f = T::f(factor);
+                g.iter_mut().for_each(|g| *g = *g * f);
+                return self.add_grad(grads, x, g);
+            }
+            Op::Mul { a, b } => {
+                if self.nodes[a.0].needs_grad {
+                    let da: Vec<T> = g.iter().zip(val(b)).map(|(&g, &b)| g * b).collect();
+                    self.add_grad(grads, a, da);
+                }
+                g.iter_mut().zip(val(a)).for_each(|(g, &a)| *g = *g * a);
+                return self.add_grad(grads, b, g);
+            }
+            Op::ScaleRows { x, w } => {
+                let cols = cols_of(&node.shape);
+                let dw = g.chunks(cols).zip(val(x).chunks(cols)).map(|(g, x)| g.iter().zip(x).map(|(&g, &x)| g * x).sum()).collect();
+                self.add_grad(grads, w, dw);
+                g.chunks_mut(cols).zip(val(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w));
+                return self.add_grad(grads, x, g);
+            }
+            _ => {}
+        }
+        let g = &g[..];
+        let mut put = |v: Var, contrib: Vec<T>| self.add_grad(grads, v, contrib);
         let zeros = |v: Var| vec![T::zero(); self.nodes[v.0].value.len()];
         match &node.op {
             Op::Leaf | Op::Param(_) => {}
+            Op::Reshape { .. } | Op::Add { .. } | Op::AddBias { .. } | Op::Scale { .. } | Op::Mul { .. } | Op::ScaleRows { .. } => {
+                unreachable!("handled with the incoming buffer above")
+            }
             &Op::MatMul { a, b, trans_a, trans_b, m, k, n } => {
                 if self.nodes[a.0].needs_grad {
                     // C = A B: dA = dC B^T (stored as A^T when trans_a: dA^T = B dC^T)
@@ -619,29 +675,6 @@ impl<T: Real> Tape<T> {
                     }
                     put(b, db);
                 }
-            }
-            &Op::Add { a, b } => {
-                put(a, g.to_vec());
-                put(b, g.to_vec());
-            }
-            &Op::AddBias { x, bias } => {
-                put(x, g.to_vec());
-                let cols = val(bias).len();
-                let mut db = vec![T::zero(); cols];
-                for r in g.chunks(cols) {
-                    db.iter_mut().zip(r).for_each(|(d, &v)| *d = *d + v);
-                }
-                put(bias, db);
-            }
-            &Op::Mul { a, b } => {
-                let da: Vec<T> = g.iter().zip(val(b)).map(|(&g, &b)| g * b).collect();
-                let db: Vec<T> = g.iter().zip(val(a)).map(|(&g, &a)| g * a).collect();
-                put(a, da);
-                put(b, db);
-            }
-            &Op::Scale { x, factor } => {
-                let f = T::f(factor);
-                put(x, g.iter().map(|&g| g * f).collect());
             }
             &Op::Sum { x } => put(x, vec![g[0]; val(x).len()]),
             &Op::Unary { x, kind } => {
@@ -703,7 +736,6 @@ impl<T: Real> Tape<T> {
                 }
                 put(x, dx);
             }
-            &Op::Reshape { x } => put(x, g.to_vec()),
             &Op::Energy { pred, obs, shape } => {
                 let mut dp = zeros(pred);
                 energy_backward(val(pred), val(obs), shape, g, &mut dp);
@@ -718,13 +750,6 @@ impl<T: Real> Tape<T> {
                 let mut dx = zeros(*x);
                 rope.backward(g, &mut dx);
                 put(*x, dx);
-            }
-            &Op::ScaleRows { x, w } => {
-                let cols = cols_of(&node.shape);
-                let dx = g.chunks(cols).zip(val(w)).flat_map(|(r, &w)| r.iter().map(move |&g| g * w)).collect();
-                let dw = g.chunks(cols).zip(val(x).chunks(cols)).map(|(g, x)| g.iter().zip(x).map(|(&g, &x)| g * x).sum()).collect();
-                put(x, dx);
-                put(w, dw);
             }
             &Op::ScaleCols { x, v } => {
                 let cols = cols_of(&node.shape);
