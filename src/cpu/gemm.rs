@@ -121,9 +121,10 @@ pub fn matmul_strided<T: Real>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &m
     }
 }
 
-/// A packed f32 GEMM for AVX-512 (the BLIS scheme): `B` is packed per (KC x NC) block into panels of
-/// `NR` columns, `A` per (MC x KC) block into panels of `MR` rows, and a 12 x 32 register-blocked
-/// micro-kernel (24 accumulators) multiplies a pair of panels. Row blocks of `C` run in parallel.
+/// A packed f32 GEMM for AVX-512 (the BLIS scheme): for each block of C and each `KC` slice of the
+/// inner dimension, `A` is packed into panels of `MR` rows and `B` into panels of `NR` columns, and a
+/// 12 x 32 register-blocked micro-kernel (24 accumulators) multiplies a pair of panels. Blocks of C
+/// run in parallel.
 mod avx512 {
     use rayon::prelude::*;
     #[cfg(target_arch = "x86_64")]
@@ -132,7 +133,8 @@ mod avx512 {
     const MR: usize = 12;
     const NR: usize = 32;
     const KC: usize = 384;
-    const NC: usize = 1024;
+    const MC_MAX: usize = 20 * MR;
+    const NC_MAX: usize = 1024;
     /// Below this many multiply-adds the `gemm` crate's lower overhead wins.
     const MIN_WORK: usize = 1 << 20;
 
@@ -161,39 +163,72 @@ mod avx512 {
     }
 
     /// `c[m, n] (+)= a[m, k] b[k, n]` with `c` row-major; the caller checked sizes and `available()`.
+    /// C is cut into blocks of at most `MC_MAX x NC_MAX`, enough of them to keep every thread busy;
+    /// each block is one task that packs its own panels for every `KC` slice of the inner dimension,
+    /// so its part of C stays in cache across the slices.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], av: View, b: &[f32], bv: View, c: &mut [f32], accumulate: bool) {
-        let threads = rayon::current_num_threads().max(1);
-        // Row blocks: at least two per thread where m allows, a multiple of MR, at most 20 panels.
-        let mc = (m.div_ceil(2 * threads)).div_ceil(MR).clamp(1, 20) * MR;
-        let mut packed_b = vec![0.0f32; KC * NC.min(n.div_ceil(NR) * NR)];
-        for jc in (0..n).step_by(NC) {
-            let nc = NC.min(n - jc);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                pack_b(b, bv, pc, kc, jc, nc, &mut packed_b);
-                let overwrite = pc == 0 && !accumulate;
-                let packed_b = &packed_b;
-                c.par_chunks_mut(mc * n).enumerate().for_each(|(block, c_rows)| {
-                    let ic = block * mc;
-                    let rows = c_rows.len() / n;
-                    let mut packed_a = vec![0.0f32; rows.div_ceil(MR) * MR * kc];
-                    pack_a(a, av, ic, rows, pc, kc, &mut packed_a);
-                    for (jp, jr) in (0..nc).step_by(NR).enumerate() {
-                        let cols = NR.min(nc - jr);
+        let (mc, nc) = block_sizes(m, n, rayon::current_num_threads().max(1));
+        let (row_blocks, col_blocks) = (m.div_ceil(mc), n.div_ceil(nc));
+        let c_base = SharedMut(c.as_mut_ptr());
+        (0..row_blocks * col_blocks).into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(packed_a, packed_b), task| {
+                let (ic, jc) = (task / col_blocks * mc, task % col_blocks * nc);
+                let (rows, cols) = (mc.min(m - ic), nc.min(n - jc));
+                for pc in (0..k).step_by(KC) {
+                    let kc = KC.min(k - pc);
+                    packed_a.resize(rows.div_ceil(MR) * MR * kc, 0.0);
+                    packed_b.resize(cols.div_ceil(NR) * NR * kc, 0.0);
+                    pack_a(a, av, ic, rows, pc, kc, packed_a);
+                    pack_b(b, bv, pc, kc, jc, cols, packed_b);
+                    let overwrite = pc == 0 && !accumulate;
+                    for (jp, jr) in (0..cols).step_by(NR).enumerate() {
                         let b_panel = &packed_b[jp * NR * kc..][..NR * kc];
                         for (ip, ir) in (0..rows).step_by(MR).enumerate() {
-                            let tile_rows = MR.min(rows - ir);
                             let a_panel = &packed_a[ip * MR * kc..][..MR * kc];
-                            let c_tile = &mut c_rows[ir * n + jc + jr..];
-                            // SAFETY: available() was checked by the caller; the panels hold kc * MR
-                            // and kc * NR values; the tile is written only within tile_rows x cols
-                            // of c_rows (row stride n), which is in bounds.
-                            unsafe { tile(kc, a_panel, b_panel, c_tile, n, tile_rows, cols, overwrite) };
+                            // SAFETY: available() was checked by the caller; the panels hold kc * MR and
+                            // kc * NR values; the tile (ic + ir, jc + jr) of at most MR x NR lies inside
+                            // this task's block of c (m x n, row stride n), and blocks are disjoint, so no
+                            // other task touches these elements.
+                            unsafe {
+                                let tile_base = c_base.get().add((ic + ir) * n + jc + jr);
+                                tile(kc, a_panel, b_panel, tile_base, n, MR.min(rows - ir), NR.min(cols - jr), overwrite)
+                            };
                         }
                     }
-                });
+                }
+            },
+        );
+    }
+
+    /// Rows and columns per block: at most `MC_MAX x NC_MAX`, split further (rows first where they
+    /// are the longer side) until there are two blocks per thread or the blocks reach one tile.
+    fn block_sizes(m: usize, n: usize, threads: usize) -> (usize, usize) {
+        let (mut row_blocks, mut col_blocks) = (m.div_ceil(MC_MAX), n.div_ceil(NC_MAX));
+        while row_blocks * col_blocks < 2 * threads {
+            let (panels_per_row_block, panels_per_col_block) = (m.div_ceil(row_blocks * MR), n.div_ceil(col_blocks * NR));
+            if panels_per_row_block >= 2 && panels_per_row_block >= panels_per_col_block {
+                row_blocks += 1;
+            } else if panels_per_col_block >= 2 {
+                col_blocks += 1;
+            } else {
+                break;
             }
+        }
+        (m.div_ceil(row_blocks).div_ceil(MR) * MR, n.div_ceil(col_blocks).div_ceil(NR) * NR)
+    }
+
+    /// C's base pointer shared by the tasks, which write disjoint blocks.
+    #[derive(Clone, Copy)]
+    struct SharedMut(*mut f32);
+    // SAFETY: the tasks that share it write disjoint elements (see `gemm`) and the borrow of `c` it
+    // comes from outlives the parallel loop.
+    unsafe impl Send for SharedMut {}
+    unsafe impl Sync for SharedMut {}
+    impl SharedMut {
+        fn get(self) -> *mut f32 {
+            self.0
         }
     }
 
@@ -231,19 +266,24 @@ mod avx512 {
         }
     }
 
-    /// One `rows x cols` (at most MR x NR) tile of C; partial tiles go through a local buffer.
+    /// One `rows x cols` (at most MR x NR) tile of C at `c` (row stride `ldc`), which the caller
+    /// owns; partial tiles go through a local buffer.
     #[allow(clippy::too_many_arguments)]
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile(kc: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, rows: usize, cols: usize, overwrite: bool) {
+    unsafe fn tile(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, rows: usize, cols: usize, overwrite: bool) {
         if rows == MR && cols == NR {
-            micro_kernel(kc, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), ldc, overwrite);
+            // SAFETY: a full tile of c is the caller's (see above); the panels hold kc values per row/column.
+            unsafe { micro_kernel(kc, a.as_ptr(), b.as_ptr(), c, ldc, overwrite) };
             return;
         }
         let mut local = [0.0f32; MR * NR];
-        micro_kernel(kc, a.as_ptr(), b.as_ptr(), local.as_mut_ptr(), NR, true);
+        // SAFETY: `local` is a full MR x NR tile with row stride NR.
+        unsafe { micro_kernel(kc, a.as_ptr(), b.as_ptr(), local.as_mut_ptr(), NR, true) };
         for r in 0..rows {
-            let (dst, src) = (&mut c[r * ldc..][..cols], &local[r * NR..][..cols]);
+            // SAFETY: rows x cols of c from `c` with stride ldc are the caller's.
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
+            let src = &local[r * NR..][..cols];
             if overwrite {
                 dst.copy_from_slice(src);
             } else {
@@ -253,7 +293,7 @@ mod avx512 {
     }
     #[cfg(not(target_arch = "x86_64"))]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(_: usize, _: &[f32], _: &[f32], _: &mut [f32], _: usize, _: usize, _: usize, _: bool) {
+    unsafe fn tile(_: usize, _: &[f32], _: &[f32], _: *mut f32, _: usize, _: usize, _: usize, _: bool) {
         unreachable!("avx512::available() is false off x86_64")
     }
 
