@@ -47,6 +47,24 @@ __device__ __forceinline__ void load_tile(const float* src, long long first, int
     }
 }
 
+// Streams the K and V rows of one (set, head) through shared memory, TILE rows at a time, and calls
+// visit(key_row, value_row) for every key that query row i sees. Every thread of the block must call
+// it (it has barriers); inactive warps only help load.
+template <class Visit>
+__device__ __forceinline__ void for_each_visible_key(const float* k, const float* v, long long kv_base, int keys, int width, int head_dim,
+                                                     float* k_tile, float* v_tile, bool active, int causal, int i, Visit visit) {
+    for (int first = 0; first < keys; first += TILE) {
+        const int count = min(TILE, keys - first);
+        __syncthreads();  // the previous tile is no longer read
+        load_tile(k + kv_base, first, count, width, head_dim, k_tile);
+        load_tile(v + kv_base, first, count, width, head_dim, v_tile);
+        __syncthreads();
+        if (!active) continue;
+        const int visible = causal ? min(count, i - first + 1) : count;
+        for (int j = 0; j < visible; ++j) visit(k_tile + j * head_dim, v_tile + j * head_dim);
+    }
+}
+
 extern "C" __global__ void attention_forward_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                                  int cells, int keys, int heads, int head_dim, int causal, float* __restrict__ out,
                                                  float* __restrict__ lse) {
@@ -61,27 +79,18 @@ extern "C" __global__ void attention_forward_f32(const float* __restrict__ q, co
     if (active) load_row(q + ((long long)s * cells + i) * width + h * head_dim, head_dim, qr);
     float running_max = -INFINITY, running_sum = 0.0f;
     const long long kv_base = (long long)s * keys * width + h * head_dim;
-    for (int first = 0; first < keys; first += TILE) {
-        const int count = min(TILE, keys - first);
-        __syncthreads();  // the previous tile is no longer read
-        load_tile(k + kv_base, first, count, width, head_dim, k_tile);
-        load_tile(v + kv_base, first, count, width, head_dim, v_tile);
-        __syncthreads();
-        if (!active) continue;
-        const int visible = causal ? min(count, i - first + 1) : count;
-        for (int j = 0; j < visible; ++j) {
-            const float score = warp_dot(qr, k_tile + j * head_dim, head_dim) * scale;
-            const float new_max = fmaxf(running_max, score);
-            const float correction = expf(running_max - new_max), p = expf(score - new_max);
-            running_sum = running_sum * correction + p;
+    for_each_visible_key(k, v, kv_base, keys, width, head_dim, k_tile, v_tile, active, causal, i, [&](const float* key, const float* value) {
+        const float score = warp_dot(qr, key, head_dim) * scale;
+        const float new_max = fmaxf(running_max, score);
+        const float correction = expf(running_max - new_max), p = expf(score - new_max);
+        running_sum = running_sum * correction + p;
 #pragma unroll
-            for (int t = 0; t < SLOTS; ++t) {
-                const int d = threadIdx.x % 32 + 32 * t;
-                acc[t] = acc[t] * correction + (d < head_dim ? p * v_tile[j * head_dim + d] : 0.0f);
-            }
-            running_max = new_max;
+        for (int t = 0; t < SLOTS; ++t) {
+            const int d = threadIdx.x % 32 + 32 * t;
+            acc[t] = acc[t] * correction + (d < head_dim ? p * value[d] : 0.0f);
         }
-    }
+        running_max = new_max;
+    });
     if (!active) return;
     float* o = out + ((long long)s * cells + i) * width + h * head_dim;
 #pragma unroll
@@ -121,24 +130,15 @@ extern "C" __global__ void attention_backward_dq_f32(const float* __restrict__ q
         if (threadIdx.x % 32 == 0) delta[stat] = row_delta;
     }
     const long long kv_base = (long long)s * keys * width + h * head_dim;
-    for (int first = 0; first < keys; first += TILE) {
-        const int count = min(TILE, keys - first);
-        __syncthreads();
-        load_tile(k + kv_base, first, count, width, head_dim, k_tile);
-        load_tile(v + kv_base, first, count, width, head_dim, v_tile);
-        __syncthreads();
-        if (!active) continue;
-        const int visible = causal ? min(count, i - first + 1) : count;
-        for (int j = 0; j < visible; ++j) {
-            const float p = expf(warp_dot(qr, k_tile + j * head_dim, head_dim) * scale - row_lse);
-            const float ds = p * (warp_dot(dor, v_tile + j * head_dim, head_dim) - row_delta) * scale;
+    for_each_visible_key(k, v, kv_base, keys, width, head_dim, k_tile, v_tile, active, causal, i, [&](const float* key, const float* value) {
+        const float p = expf(warp_dot(qr, key, head_dim) * scale - row_lse);
+        const float ds = p * (warp_dot(dor, value, head_dim) - row_delta) * scale;
 #pragma unroll
-            for (int t = 0; t < SLOTS; ++t) {
-                const int d = threadIdx.x % 32 + 32 * t;
-                if (d < head_dim) acc[t] += ds * k_tile[j * head_dim + d];
-            }
+        for (int t = 0; t < SLOTS; ++t) {
+            const int d = threadIdx.x % 32 + 32 * t;
+            if (d < head_dim) acc[t] += ds * key[d];
         }
-    }
+    });
     if (!active) return;
 #pragma unroll
     for (int t = 0; t < SLOTS; ++t) {
