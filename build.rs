@@ -3,8 +3,8 @@
 //! 1. With nvcc into an sm_90 cubin plus compute_90 PTX, embedded in the binary (`src/cuda` loads
 //!    them). nvcc is found through `NVCC`, then `CUDA_HOME/bin/nvcc`, then `PATH` (`tools/install_cuda.sh`
 //!    installs the pinned 13.0 from PyPI). Without nvcc the crate builds the CPU engine and warns;
-//!    with `PTRAG_REQUIRE_CUDA=1` (CI, the GPU check) a missing nvcc, an nvcc error or a register
-//!    spill fails the build instead.
+//!    with `PTRAG_REQUIRE_CUDA=1` (CI, the GPU check) a missing nvcc, an nvcc error or warning, or a
+//!    register spill fails the build instead (without it, an nvcc failure also falls back to the CPU).
 //! 2. With the C++ compiler and `kernels/emulation/cuda_emulation.h` force-included, into a static
 //!    library that runs the same kernels on the CPU (`src/cuda/emulator.rs`), for the tests.
 //!
@@ -29,33 +29,32 @@ fn main() {
     for var in ["NVCC", "CUDA_HOME", "PTRAG_REQUIRE_CUDA", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    println!("cargo::rustc-check-cfg=cfg(ptrag_emulation)");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let require = env::var("PTRAG_REQUIRE_CUDA").is_ok_and(|v| v == "1");
     let families = read_families(Path::new("kernels"));
 
-    let nvcc = find_nvcc();
-    let mut built_cuda = false;
-    match &nvcc {
-        Some(nvcc) => {
-            for family in &families {
-                compile_cuda(nvcc, family, &out, require);
+    let built_cuda = match find_nvcc() {
+        Some(nvcc) => match families.iter().try_for_each(|f| compile_cuda(&nvcc, f, &out, require)) {
+            Ok(()) => true,
+            Err(e) if require => panic!("{e}"),
+            Err(e) => {
+                println!("cargo:warning=building the CPU engine only: {}", e.lines().next().unwrap_or_default());
+                false
             }
-            built_cuda = true;
-        }
+        },
         None if require => panic!("PTRAG_REQUIRE_CUDA=1 but no nvcc: set NVCC or CUDA_HOME, or run tools/install_cuda.sh"),
-        None => println!(
-            "cargo:warning=no nvcc found (NVCC, CUDA_HOME, PATH): building the CPU engine only; tools/install_cuda.sh installs one"
-        ),
-    }
+        None => {
+            println!(
+                "cargo:warning=no nvcc found (NVCC, CUDA_HOME, PATH): building the CPU engine only; tools/install_cuda.sh installs one"
+            );
+            false
+        }
+    };
 
     // The emulator's self-test kernels (wrong on purpose) are emulated only, never built for a GPU.
     let mut emulated_families = read_families(Path::new("kernels"));
     emulated_families.extend(read_families(Path::new("kernels/emulation")));
     let emulated = compile_emulation(&emulated_families, &out, require);
-    if emulated {
-        println!("cargo:rustc-cfg=ptrag_emulation");
-    }
     fs::write(out.join("kernels.rs"), generated_rust(&families, &emulated_families, built_cuda, emulated)).expect("write kernels.rs");
 }
 
@@ -90,30 +89,30 @@ fn find_nvcc() -> Option<PathBuf> {
     candidates.into_iter().flatten().find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
-fn compile_cuda(nvcc: &Path, family: &Family, out: &Path, require: bool) {
-    let run = |args: &[&str], what: &str| -> String {
-        let output = Command::new(nvcc)
-            .args(["-std=c++17", "-O3", "-I", "kernels", "-Xptxas", "-warn-spills,-warn-lmem-usage", "-Werror", "all-warnings"])
-            .args(args)
-            .arg(&family.source)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
+/// Builds one family's cubin and PTX; an error message on failure. Under `require`, warnings
+/// (register spills included) are errors.
+fn compile_cuda(nvcc: &Path, family: &Family, out: &Path, require: bool) -> Result<(), String> {
+    let run = |args: &[&str], what: &str| -> Result<String, String> {
+        let mut command = Command::new(nvcc);
+        command.args(["-std=c++17", "-O3", "-I", "kernels", "-Xptxas", "-warn-spills,-warn-lmem-usage"]);
+        if require {
+            command.args(["-Werror", "all-warnings"]);
+        }
+        let output = command.args(args).arg(&family.source).output().map_err(|e| format!("running {}: {e}", nvcc.display()))?;
         let log = String::from_utf8_lossy(&output.stderr).into_owned();
         if !output.status.success() {
-            panic!("nvcc failed building {what} of {}:\n{log}", family.source.display());
+            return Err(format!("nvcc failed building {what} of {}:\n{log}", family.source.display()));
         }
-        log
+        Ok(log)
     };
     let cubin = out.join(format!("{}.cubin", family.name));
     let ptx = out.join(format!("{}.ptx", family.name));
-    let log = run(&["-arch=sm_90", "-cubin", "-o", cubin.to_str().expect("utf-8 path")], "the sm_90 cubin");
-    run(&["-arch=compute_90", "-ptx", "-o", ptx.to_str().expect("utf-8 path")], "the PTX");
+    let log = run(&["-arch=sm_90", "-cubin", "-o", cubin.to_str().expect("utf-8 path")], "the sm_90 cubin")?;
+    run(&["-arch=compute_90", "-ptx", "-o", ptx.to_str().expect("utf-8 path")], "the PTX")?;
     for line in log.lines().filter(|l| l.contains("spill") || l.contains("lmem")) {
-        if require {
-            panic!("{}: {line}", family.source.display());
-        }
         println!("cargo:warning={}: {line}", family.name);
     }
+    Ok(())
 }
 
 /// Compiles the emulated kernels; false (with a warning) where no C++20 compiler is available.
