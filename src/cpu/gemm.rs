@@ -132,7 +132,8 @@ mod avx512 {
 
     const MR: usize = 12;
     const NR: usize = 32;
-    const KC: usize = 384;
+    /// 32 x 256 floats of B (32 KB) and 12 x 256 of A (12 KB) fit a 48 KB L1 together.
+    const KC: usize = 256;
     const MC_MAX: usize = 20 * MR;
     const NC_MAX: usize = 1024;
     /// Below this many multiply-adds the `gemm` crate's lower overhead wins.
