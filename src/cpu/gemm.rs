@@ -302,26 +302,31 @@ mod avx512 {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn micro_kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
+        // The caller's contract: the panels hold kc * MR and kc * NR floats and c addresses a full
+        // MR x NR tile with row stride ldc.
         let mut acc = [_mm512_setzero_ps(); 2 * MR];
         for p in 0..kc {
-            // SAFETY (whole function): the panels hold kc * MR and kc * NR floats and c addresses a
-            // full MR x NR tile with row stride ldc (the caller's contract).
+            // SAFETY: p < kc, so both 16-float loads lie inside the B panel.
             let (b0, b1) = unsafe { (_mm512_loadu_ps(b.add(p * NR)), _mm512_loadu_ps(b.add(p * NR + 16))) };
             for r in 0..MR {
+                // SAFETY: p < kc and r < MR, inside the A panel.
                 let av = _mm512_set1_ps(unsafe { *a.add(p * MR + r) });
                 acc[2 * r] = _mm512_fmadd_ps(av, b0, acc[2 * r]);
                 acc[2 * r + 1] = _mm512_fmadd_ps(av, b1, acc[2 * r + 1]);
             }
         }
         for r in 0..MR {
+            // SAFETY (this block and the two below): row r < MR of the tile, 32 floats from `row`.
             let row = unsafe { c.add(r * ldc) };
             let (mut lo, mut hi) = (acc[2 * r], acc[2 * r + 1]);
             if !overwrite {
+                // SAFETY: see above.
                 unsafe {
                     lo = _mm512_add_ps(lo, _mm512_loadu_ps(row));
                     hi = _mm512_add_ps(hi, _mm512_loadu_ps(row.add(16)));
                 }
             }
+            // SAFETY: see above.
             unsafe {
                 _mm512_storeu_ps(row, lo);
                 _mm512_storeu_ps(row.add(16), hi);
