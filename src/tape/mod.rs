@@ -20,6 +20,7 @@ use crate::cpu::{
 };
 use crate::real::Real;
 pub use params::{Param, ParamId, Params};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// A handle to a node of the tape.
@@ -582,77 +583,61 @@ impl<T: Real> Tape<T> {
         Gradients { grads }
     }
 
-    /// Accumulates a fully computed contribution into `v`'s gradient: the first one is moved into
-    /// place (no zero-fill, no copy), later ones are added.
-    fn add_grad(&self, grads: &mut [Option<Vec<T>>], v: Var, contrib: Vec<T>) {
+    /// Accumulates a contribution into `v`'s gradient. The first one becomes the gradient: an owned
+    /// buffer is moved into place (no zero-fill, no copy), a borrowed one copied; later ones are added.
+    fn add_grad<'c>(&self, grads: &mut [Option<Vec<T>>], v: Var, contrib: impl Into<Cow<'c, [T]>>) {
         if !self.nodes[v.0].needs_grad {
             return;
         }
+        let contrib = contrib.into();
         match &mut grads[v.0] {
-            Some(slot) => slot.iter_mut().zip(&contrib).for_each(|(s, &c)| *s = *s + c),
-            empty => *empty = Some(contrib),
+            Some(slot) => slot.iter_mut().zip(contrib.iter()).for_each(|(s, &c)| *s = *s + c),
+            empty => *empty = Some(contrib.into_owned()),
         }
     }
 
-    /// `add_grad` of a borrowed contribution: copied only when `v` has no gradient yet.
-    fn add_grad_slice(&self, grads: &mut [Option<Vec<T>>], v: Var, contrib: &[T]) {
-        if !self.nodes[v.0].needs_grad {
-            return;
-        }
-        match &mut grads[v.0] {
-            Some(slot) => slot.iter_mut().zip(contrib).for_each(|(s, &c)| *s = *s + c),
-            empty => *empty = Some(contrib.to_vec()),
-        }
-    }
-
-    fn backward_node(&self, node: &Node<T>, mut g: Vec<T>, grads: &mut [Option<Vec<T>>]) {
+    fn backward_node(&self, node: &Node<T>, mut grad: Vec<T>, grads: &mut [Option<Vec<T>>]) {
+        let g = &grad[..];
         let val = |v: Var| -> &[T] { &self.nodes[v.0].value };
-        // Ops whose input gradient takes over the incoming buffer, scaled in place where needed:
-        // no fresh allocation of a tensor-sized buffer (these run on the largest activations).
-        match node.op {
-            Op::Reshape { x } => return self.add_grad(grads, x, g),
-            Op::Add { a, b } => {
-                self.add_grad_slice(grads, a, &g);
-                return self.add_grad(grads, b, g);
+        let zeros = |v: Var| vec![T::zero(); self.nodes[v.0].value.len()];
+        // Reshape, add, bias, scale, mul and row scaling hand the incoming buffer itself on (scaled
+        // in place where needed): no tensor-sized allocation on the largest activations.
+        match &node.op {
+            Op::Leaf | Op::Param(_) => {}
+            &Op::Reshape { x } => self.add_grad(grads, x, grad),
+            &Op::Add { a, b } => {
+                self.add_grad(grads, a, &grad[..]);
+                self.add_grad(grads, b, grad);
             }
-            Op::AddBias { x, bias } => {
+            &Op::AddBias { x, bias } => {
                 let cols = val(bias).len();
                 let mut db = vec![T::zero(); cols];
-                for r in g.chunks(cols) {
+                for r in grad.chunks(cols) {
                     db.iter_mut().zip(r).for_each(|(d, &v)| *d = *d + v);
                 }
                 self.add_grad(grads, bias, db);
-                return self.add_grad(grads, x, g);
+                self.add_grad(grads, x, grad);
             }
-            Op::Scale { x, factor } => {
+            &Op::Scale { x, factor } => {
                 let f = T::f(factor);
-                g.iter_mut().for_each(|g| *g = *g * f);
-                return self.add_grad(grads, x, g);
+                grad.iter_mut().for_each(|g| *g = *g * f);
+                self.add_grad(grads, x, grad);
             }
-            Op::Mul { a, b } => {
+            &Op::Mul { a, b } => {
                 if self.nodes[a.0].needs_grad {
-                    let da: Vec<T> = g.iter().zip(val(b)).map(|(&g, &b)| g * b).collect();
+                    let da: Vec<T> = grad.iter().zip(val(b)).map(|(&g, &b)| g * b).collect();
                     self.add_grad(grads, a, da);
                 }
-                g.iter_mut().zip(val(a)).for_each(|(g, &a)| *g = *g * a);
-                return self.add_grad(grads, b, g);
+                grad.iter_mut().zip(val(a)).for_each(|(g, &a)| *g = *g * a);
+                self.add_grad(grads, b, grad);
             }
-            Op::ScaleRows { x, w } => {
+            &Op::ScaleRows { x, w } => {
                 let cols = cols_of(&node.shape);
-                let dw = g.chunks(cols).zip(val(x).chunks(cols)).map(|(g, x)| g.iter().zip(x).map(|(&g, &x)| g * x).sum()).collect();
+                let dw: Vec<T> =
+                    grad.chunks(cols).zip(val(x).chunks(cols)).map(|(g, x)| g.iter().zip(x).map(|(&g, &x)| g * x).sum()).collect();
                 self.add_grad(grads, w, dw);
-                g.chunks_mut(cols).zip(val(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w));
-                return self.add_grad(grads, x, g);
-            }
-            _ => {}
-        }
-        let g = &g[..];
-        let mut put = |v: Var, contrib: Vec<T>| self.add_grad(grads, v, contrib);
-        let zeros = |v: Var| vec![T::zero(); self.nodes[v.0].value.len()];
-        match &node.op {
-            Op::Leaf | Op::Param(_) => {}
-            Op::Reshape { .. } | Op::Add { .. } | Op::AddBias { .. } | Op::Scale { .. } | Op::Mul { .. } | Op::ScaleRows { .. } => {
-                unreachable!("handled with the incoming buffer above")
+                grad.chunks_mut(cols).zip(val(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w));
+                self.add_grad(grads, x, grad);
             }
             &Op::MatMul { a, b, trans_a, trans_b, m, k, n } => {
                 if self.nodes[a.0].needs_grad {
@@ -663,7 +648,7 @@ impl<T: Real> Tape<T> {
                     } else {
                         matmul(g, val(b), &mut da, m, n, k, false, !trans_b, false);
                     }
-                    put(a, da);
+                    self.add_grad(grads, a, da);
                 }
                 if self.nodes[b.0].needs_grad {
                     // dB = A^T dC (stored as B^T when trans_b: dB^T = dC^T A)
@@ -673,10 +658,10 @@ impl<T: Real> Tape<T> {
                     } else {
                         matmul(val(a), g, &mut db, k, m, n, !trans_a, false, false);
                     }
-                    put(b, db);
+                    self.add_grad(grads, b, db);
                 }
             }
-            &Op::Sum { x } => put(x, vec![g[0]; val(x).len()]),
+            &Op::Sum { x } => self.add_grad(grads, x, vec![g[0]; val(x).len()]),
             &Op::Unary { x, kind } => {
                 let mut dx = zeros(x);
                 match kind {
@@ -684,32 +669,32 @@ impl<T: Real> Tape<T> {
                     Unary::Gelu => ew::gelu_backward(val(x), g, &mut dx),
                     Unary::Relu => ew::relu_backward(val(x), g, &mut dx),
                 }
-                put(x, dx);
+                self.add_grad(grads, x, dx);
             }
             &Op::Softmax { x } => {
                 let mut dx = zeros(x);
                 ew::softmax_backward(&node.value, g, &mut dx, cols_of(&node.shape));
-                put(x, dx);
+                self.add_grad(grads, x, dx);
             }
             Op::RmsNorm { x, w, rstd } => {
                 let (mut dx, mut dw) = (zeros(*x), zeros(*w));
                 norm::rmsnorm_backward(val(*x), val(*w), rstd, g, &mut dx, &mut dw);
-                put(*x, dx);
-                put(*w, dw);
+                self.add_grad(grads, *x, dx);
+                self.add_grad(grads, *w, dw);
             }
             Op::LayerNorm { x, w, b, mean, rstd } => {
                 let (mut dx, mut dw, mut db) = (zeros(*x), zeros(*w), zeros(*b));
                 norm::layernorm_backward(val(*x), val(*w), mean, rstd, g, &mut dx, &mut dw, &mut db);
-                put(*x, dx);
-                put(*w, dw);
-                put(*b, db);
+                self.add_grad(grads, *x, dx);
+                self.add_grad(grads, *w, dw);
+                self.add_grad(grads, *b, db);
             }
             Op::Attention { q, k, v, shape, lse } => {
                 let (mut dq, mut dk, mut dv) = (zeros(*q), zeros(*k), zeros(*v));
                 attention_backward(val(*q), val(*k), val(*v), &node.value, lse, g, *shape, &mut dq, &mut dk, &mut dv);
-                put(*q, dq);
-                put(*k, dk);
-                put(*v, dv);
+                self.add_grad(grads, *q, dq);
+                self.add_grad(grads, *k, dk);
+                self.add_grad(grads, *v, dv);
             }
             Op::Gather { table, index } => {
                 let mut dt = zeros(*table);
@@ -717,14 +702,14 @@ impl<T: Real> Tape<T> {
                 for (r, &i) in index.iter().enumerate() {
                     dt[i * cols..][..cols].iter_mut().zip(&g[r * cols..][..cols]).for_each(|(d, &v)| *d = *d + v);
                 }
-                put(*table, dt);
+                self.add_grad(grads, *table, dt);
             }
             Op::Concat { parts } => {
                 let total = cols_of(&node.shape);
                 let mut start = 0;
                 for &(p, w) in parts {
                     let dp: Vec<T> = g.chunks(total).flat_map(|r| r[start..start + w].iter().copied()).collect();
-                    put(p, dp);
+                    self.add_grad(grads, p, dp);
                     start += w;
                 }
             }
@@ -734,33 +719,33 @@ impl<T: Real> Tape<T> {
                 for (d, s) in dx.chunks_mut(cols).zip(g.chunks(width)) {
                     d[start..start + width].copy_from_slice(s);
                 }
-                put(x, dx);
+                self.add_grad(grads, x, dx);
             }
             &Op::Energy { pred, obs, shape } => {
                 let mut dp = zeros(pred);
                 energy_backward(val(pred), val(obs), shape, g, &mut dp);
-                put(pred, dp);
+                self.add_grad(grads, pred, dp);
             }
             Op::GumbelSt { logits, soft, tau } => {
                 let mut dl = zeros(*logits);
                 gumbel_st_backward(soft, g, *tau, cols_of(&node.shape), &mut dl);
-                put(*logits, dl);
+                self.add_grad(grads, *logits, dl);
             }
             Op::Rope { x, rope } => {
                 let mut dx = zeros(*x);
                 rope.backward(g, &mut dx);
-                put(*x, dx);
+                self.add_grad(grads, *x, dx);
             }
             &Op::ScaleCols { x, v } => {
                 let cols = cols_of(&node.shape);
                 let factors = val(v);
-                let dx = g.chunks(cols).flat_map(|r| r.iter().zip(factors).map(|(&g, &f)| g * f)).collect();
+                let dx: Vec<T> = g.chunks(cols).flat_map(|r| r.iter().zip(factors).map(|(&g, &f)| g * f)).collect();
                 let mut dv = vec![T::zero(); cols];
                 for (g, x) in g.chunks(cols).zip(val(x).chunks(cols)) {
                     dv.iter_mut().zip(g.iter().zip(x)).for_each(|(d, (&g, &x))| *d = *d + g * x);
                 }
-                put(x, dx);
-                put(v, dv);
+                self.add_grad(grads, x, dx);
+                self.add_grad(grads, v, dv);
             }
             &Op::TripletStats { sums, squares, layout, width } => {
                 let (mut ds, mut dq) = (sums.map(zeros), squares.map(zeros));
@@ -768,7 +753,7 @@ impl<T: Real> Tape<T> {
                 let [q0, q1, q2] = &mut dq;
                 triplet_stats_backward(&node.value, g, layout, width, [s0, s1, s2], [q0, q1, q2]);
                 for (v, d) in sums.into_iter().zip(ds).chain(squares.into_iter().zip(dq)) {
-                    put(v, d);
+                    self.add_grad(grads, v, d);
                 }
             }
             &Op::TripletAssemble { parts, stats, v, c, layout } => {
@@ -777,20 +762,20 @@ impl<T: Real> Tape<T> {
                 let [p0, p1, p2] = &mut dp;
                 triplet_assemble_backward(parts.map(val), val(stats), val(v), g, layout, [p0, p1, p2], &mut dstats, &mut dv, &mut dc);
                 for (p, d) in parts.into_iter().zip(dp) {
-                    put(p, d);
+                    self.add_grad(grads, p, d);
                 }
-                put(stats, dstats);
-                put(v, dv);
-                put(c, dc);
+                self.add_grad(grads, stats, dstats);
+                self.add_grad(grads, v, dv);
+                self.add_grad(grads, c, dc);
             }
             &Op::SumGroups { x, group } => {
                 let cols = cols_of(&node.shape);
                 let rows = val(x).len() / cols;
-                put(x, (0..rows).flat_map(|r| g[r / group * cols..][..cols].iter().copied()).collect());
+                self.add_grad(grads, x, (0..rows).flat_map(|r| g[r / group * cols..][..cols].iter().copied()).collect::<Vec<T>>());
             }
             &Op::StdScale { x, mean, std, clamped } => {
                 let xs = val(x);
-                let dx = if clamped {
+                let dx: Vec<T> = if clamped {
                     g.iter().map(|&g| g / std).collect()
                 } else {
                     // y = x / s, ds/dx_i = (x_i - mean) / ((n - 1) s)
@@ -799,7 +784,7 @@ impl<T: Real> Tape<T> {
                     let c = gx / (std * std * std * n1);
                     g.iter().zip(xs).map(|(&g, &x)| g / std - c * (x - mean)).collect()
                 };
-                put(x, dx);
+                self.add_grad(grads, x, dx);
             }
         }
     }
