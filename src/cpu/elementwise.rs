@@ -9,10 +9,10 @@ const CHUNK: usize = 1 << 14;
 
 /// `y[i] = f(x[i])`, in parallel, 16 lanes wide where the CPU has AVX-512.
 fn map<T: Real>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
-    let wide = wide_vectors();
+    let wide = super::has_avx512();
     y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
         if wide {
-            // SAFETY: wide_vectors() checked that the CPU has AVX-512F.
+            // SAFETY: has_avx512() checked that the CPU has AVX-512F.
             unsafe { map_wide(x, y, &f) }
         } else {
             map_chunk(x, y, &f)
@@ -22,10 +22,10 @@ fn map<T: Real>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
 
 /// `dx[i] += f(x[i], dy[i])`, in parallel, 16 lanes wide where the CPU has AVX-512.
 fn accumulate<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T) -> T + Sync) {
-    let wide = wide_vectors();
+    let wide = super::has_avx512();
     dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
         if wide {
-            // SAFETY: wide_vectors() checked that the CPU has AVX-512F.
+            // SAFETY: has_avx512() checked that the CPU has AVX-512F.
             unsafe { accumulate_wide(x, dy, dx, &f) }
         } else {
             accumulate_chunk(x, dy, dx, &f)
@@ -64,17 +64,6 @@ unsafe fn map_wide<T: Real>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) {
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn accumulate_wide<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: &impl Fn(T, T) -> T) {
     accumulate_chunk(x, dy, dx, f)
-}
-
-fn wide_vectors() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 pub fn silu_forward<T: Real>(x: &[T], y: &mut [T]) {

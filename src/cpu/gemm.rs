@@ -149,21 +149,10 @@ mod avx512 {
     /// Large enough to repay packing, and not so thin that padding to whole tiles wastes most of
     /// the work (PT-RAG's two-logit scorer output, for one).
     pub fn suits(m: usize, n: usize, k: usize) -> bool {
-        m * n * k >= MIN_WORK && m >= MR && n >= NR / 2 && available()
+        m * n * k >= MIN_WORK && m >= MR && n >= NR / 2 && crate::cpu::has_avx512()
     }
 
-    pub fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
-    /// `c[m, n] (+)= a[m, k] b[k, n]` with `c` row-major; the caller checked sizes and `available()`.
+    /// `c[m, n] (+)= a[m, k] b[k, n]` with `c` row-major; the caller checked sizes and `has_avx512()`.
     /// C is cut into blocks of at most `MC_MAX x NC_MAX`, enough of them to keep every thread busy;
     /// each block is one task that packs its own panels for every `KC` slice of the inner dimension,
     /// so its part of C stays in cache across the slices.
@@ -188,7 +177,7 @@ mod avx512 {
                         let b_panel = &packed_b[jp * NR * kc..][..NR * kc];
                         for (ip, ir) in (0..rows).step_by(MR).enumerate() {
                             let a_panel = &packed_a[ip * MR * kc..][..MR * kc];
-                            // SAFETY: available() was checked by the caller; the panels hold kc * MR and
+                            // SAFETY: has_avx512() was checked by the caller; the panels hold kc * MR and
                             // kc * NR values; the tile (ic + ir, jc + jr) of at most MR x NR lies inside
                             // this task's block of c (m x n, row stride n), and blocks are disjoint, so no
                             // other task touches these elements.
@@ -295,7 +284,7 @@ mod avx512 {
     #[cfg(not(target_arch = "x86_64"))]
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(_: usize, _: &[f32], _: &[f32], _: *mut f32, _: usize, _: usize, _: usize, _: bool) {
-        unreachable!("avx512::available() is false off x86_64")
+        unreachable!("has_avx512() is false off x86_64")
     }
 
     /// `C[12 x 32] (+)= A_panel[12 x kc] B_panel[kc x 32]`, all 24 accumulators in registers.
@@ -343,7 +332,7 @@ mod tests {
     /// tiles or blocks, every transpose, overwrite and accumulate.
     #[test]
     fn avx512_gemm_matches_a_plain_product() {
-        if !avx512::available() {
+        if !crate::cpu::has_avx512() {
             eprintln!("skipped: this CPU has no AVX-512");
             return;
         }

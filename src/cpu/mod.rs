@@ -16,3 +16,15 @@ pub mod norm;
 pub mod optim;
 pub mod retrieval;
 pub mod selection;
+
+/// Whether this CPU has AVX-512F, for the kernels with an AVX-512 path (`gemm`, `elementwise`).
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
