@@ -17,6 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[derive(Clone)]
 struct Family {
     name: String,
     source: PathBuf,
@@ -52,8 +53,7 @@ fn main() {
     };
 
     // The emulator's self-test kernels (wrong on purpose) are emulated only, never built for a GPU.
-    let mut emulated_families = read_families(Path::new("kernels"));
-    emulated_families.extend(read_families(Path::new("kernels/emulation")));
+    let emulated_families: Vec<Family> = families.iter().cloned().chain(read_families(Path::new("kernels/emulation"))).collect();
     let emulated = compile_emulation(&emulated_families, &out, require);
     fs::write(out.join("kernels.rs"), generated_rust(&families, &emulated_families, built_cuda, emulated)).expect("write kernels.rs");
 }

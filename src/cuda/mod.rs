@@ -281,9 +281,8 @@ pub struct EngineInfo {
 }
 
 pub fn engine_info() -> EngineInfo {
-    let (gpu, gpu_unavailable) = match Gpu::cuda() {
-        Ok(Gpu::Cuda(d)) => (Some(d.info.clone()), None),
-        Ok(Gpu::Emulated { .. }) => (None, None),
+    let (gpu, gpu_unavailable) = match driver::Driver::new(0) {
+        Ok(d) => (Some(d.info), None),
         Err(e) => (None, Some(e.to_string())),
     };
     EngineInfo {
@@ -315,8 +314,7 @@ impl std::fmt::Display for EngineInfo {
                 g.driver_version / 1000,
                 g.driver_version % 1000 / 10
             ),
-            (None, Some(why)) => writeln!(f, "GPU: none usable: {why}"),
-            (None, None) => writeln!(f, "GPU: none"),
+            (None, why) => writeln!(f, "GPU: none usable: {}", why.as_deref().unwrap_or("unknown")),
         }
     }
 }
