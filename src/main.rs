@@ -20,8 +20,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Tells the allocator to keep freed memory for reuse instead of returning it to the OS after
 /// 10 ms: each training step frees and reallocates the same multi-megabyte tensors, and returning
-/// them made every step fault its pages in again (measured: a 64 x 64 STATE step 7.2 s -> 4.0 s,
-/// system time 15.5 s -> 4.2 s over a bench run). `MIMALLOC_PURGE_DELAY` in the environment still wins.
+/// them made every step fault its pages in again (measured with `bench --model state --steps 3`:
+/// 7.2 s -> 3.8 s per step; docs/benchmarks.md). `MIMALLOC_PURGE_DELAY` in the environment still wins.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a global allocator option; mimalloc reads options atomically and the value

@@ -38,14 +38,17 @@ run() {
   local dir="${1:-${OUT:-docs/gpu}}"
   [[ -x "$bundle/kernels-test" ]] || { echo "gpu_check.sh: no $bundle/kernels-test; run 'bash tools/gpu_check.sh build' first" >&2; exit 2; }
   mkdir -p "$dir"
-  local info gpu file status=0
+  local info gpu results file status=0
   info=$("$bundle/ptrag-engine" info)
   gpu=$("$bundle/ptrag-engine" info --json | python3 -c 'import json,sys; g=json.load(sys.stdin)["gpu"]; print(g["name"] if g else "no-gpu")' | tr -c 'A-Za-z0-9\n' '-' )
-  file="$dir/gpu-check-$(date -u +%F)-${gpu}.md"
+  results="$dir/gpu-check-$(date -u +%F)-${gpu}.md"
+  # Written under a temporary name and renamed when complete: an interrupted run leaves no results file.
+  file="$results.partial"
+  trap 'rm -f "$file"' INT TERM
   {
     echo "# GPU check, $(date -u '+%F %T UTC')"
     echo
-    echo "Commit: $(cat "$bundle/COMMIT")"
+    echo "Commit: $(cat "$bundle/COMMIT" 2>/dev/null || echo unknown)"
     echo
     echo '```'
     echo "$info"
@@ -67,7 +70,8 @@ run() {
   { echo; echo "## Benchmarks (criterion, cuda/<family>)"; echo; echo '```'; } >> "$file"
   "$bundle/cuda-bench" --bench >> "$file" 2>&1 || status=$?
   echo '```' >> "$file"
-  echo "wrote $file (tests exit status $status)"
+  mv "$file" "$results"
+  echo "wrote $results (tests exit status $status)"
   return "$status"
 }
 
