@@ -139,7 +139,8 @@ mod avx512 {
     /// Below this many multiply-adds the `gemm` crate's lower overhead wins.
     const MIN_WORK: usize = 1 << 20;
 
-    /// Element `(r, c)` of an operand is at `r * rs + c * cs`.
+    /// Element `(r, c)` of an operand is at `r * rs + c * cs`; one of the strides is 1 (an operand
+    /// is stored row-major or transposed).
     #[derive(Clone, Copy)]
     pub struct View {
         pub rs: usize,
@@ -158,6 +159,7 @@ mod avx512 {
     /// so its part of C stays in cache across the slices.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], av: View, b: &[f32], bv: View, c: &mut [f32], accumulate: bool) {
+        debug_assert!((av.rs == 1 || av.cs == 1) && (bv.rs == 1 || bv.cs == 1), "operands are row-major or transposed");
         let (mc, nc) = block_sizes(m, n, rayon::current_num_threads().max(1));
         let (row_blocks, col_blocks) = (m.div_ceil(mc), n.div_ceil(nc));
         let c_base = SharedMut(c.as_mut_ptr());
@@ -222,37 +224,119 @@ mod avx512 {
         }
     }
 
-    /// `packed[panel][p][j] = b[pc + p, jc + panel * NR + j]`, zero beyond `nc`.
+    /// `packed[panel][p][j] = b[pc + p, jc + panel * NR + j]`, zero beyond `nc`. The caller checked
+    /// `has_avx512()`.
     fn pack_b(b: &[f32], bv: View, pc: usize, kc: usize, jc: usize, nc: usize, packed: &mut [f32]) {
         for (panel, out) in packed.chunks_mut(NR * kc).take(nc.div_ceil(NR)).enumerate() {
             let j0 = jc + panel * NR;
             let cols = NR.min(jc + nc - j0);
-            for p in 0..kc {
-                let row = &mut out[p * NR..][..NR];
-                let base = (pc + p) * bv.rs + j0 * bv.cs;
-                if bv.cs == 1 {
-                    row[..cols].copy_from_slice(&b[base..base + cols]);
-                } else {
-                    row[..cols].iter_mut().enumerate().for_each(|(j, v)| *v = b[base + j * bv.cs]);
+            if bv.cs == 1 {
+                for p in 0..kc {
+                    let row = &mut out[p * NR..][..NR];
+                    let base = (pc + p) * bv.rs + j0;
+                    if cols == NR {
+                        // a constant length, so no call to memcpy
+                        row.copy_from_slice(&b[base..base + NR]);
+                    } else {
+                        row[..cols].copy_from_slice(&b[base..base + cols]);
+                        row[cols..].fill(0.0);
+                    }
                 }
-                row[cols..].fill(0.0);
+            } else {
+                // B stored transposed (a weight used as `x @ w^T`): its columns are contiguous along p.
+                for half in [0, 16] {
+                    let live = cols.saturating_sub(half).min(16);
+                    // SAFETY: the caller checked has_avx512().
+                    unsafe { transpose_rows(b, (j0 + half) * bv.cs + pc, bv.cs, live, kc, &mut out[half..], NR, 16) };
+                }
             }
         }
     }
 
-    /// `packed[panel][p][i] = a[ic + panel * MR + i, pc + p]`, zero beyond `rows`.
+    /// `packed[panel][p][i] = a[ic + panel * MR + i, pc + p]`, zero beyond `rows`. The caller checked
+    /// `has_avx512()`.
     fn pack_a(a: &[f32], av: View, ic: usize, rows: usize, pc: usize, kc: usize, packed: &mut [f32]) {
         for (panel, out) in packed.chunks_mut(MR * kc).enumerate() {
             let i0 = ic + panel * MR;
             let live = MR.min(ic + rows - i0);
-            for i in 0..MR {
-                if i < live {
-                    let base = (i0 + i) * av.rs + pc * av.cs;
-                    (0..kc).for_each(|p| out[p * MR + i] = a[base + p * av.cs]);
-                } else {
-                    (0..kc).for_each(|p| out[p * MR + i] = 0.0);
+            if av.cs == 1 {
+                // A row-major (the usual case): its rows are contiguous along p.
+                // SAFETY: the caller checked has_avx512().
+                unsafe { transpose_rows(a, i0 * av.rs + pc, av.rs, live, kc, out, MR, MR) };
+            } else {
+                // A stored transposed: each column is contiguous.
+                for p in 0..kc {
+                    let col = &mut out[p * MR..][..MR];
+                    let base = (pc + p) * av.cs + i0;
+                    if live == MR {
+                        col.copy_from_slice(&a[base..base + MR]);
+                    } else {
+                        col[..live].copy_from_slice(&a[base..base + live]);
+                        col[live..].fill(0.0);
+                    }
                 }
             }
+        }
+    }
+
+    /// `dst[p * dst_stride + r] = src[start + r * ld + p]` for `r < rows` and `p < kc`, and zero for
+    /// `rows <= r < width` (`rows <= width <= 16`): rows that are contiguous along p become columns,
+    /// 16 x 16 at a time in registers (scalar packing of these cost as much as the products).
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn transpose_rows(src: &[f32], start: usize, ld: usize, rows: usize, kc: usize, dst: &mut [f32], dst_stride: usize, width: usize) {
+        assert!(rows <= width && width <= 16, "transpose_rows: {rows} rows into {width} lanes");
+        assert!(rows == 0 || start + (rows - 1) * ld + kc <= src.len(), "transpose_rows: source too short");
+        assert!(kc == 0 || (kc - 1) * dst_stride + width <= dst.len(), "transpose_rows: destination too short");
+        let store_mask = ((1u32 << width) - 1) as __mmask16;
+        for p0 in (0..kc).step_by(16) {
+            let n = 16.min(kc - p0);
+            let load_mask = ((1u32 << n) - 1) as __mmask16;
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, v) in r.iter_mut().enumerate().take(rows) {
+                // SAFETY: lanes p0..p0 + n of row i lie inside src (asserted above); masked-off lanes
+                // are not read.
+                *v = unsafe { _mm512_maskz_loadu_ps(load_mask, src.as_ptr().add(start + i * ld + p0)) };
+            }
+            transpose16(&mut r);
+            for (q, v) in r.iter().enumerate().take(n) {
+                // SAFETY: (p0 + q) * dst_stride + width <= dst.len() (asserted above); only `width`
+                // lanes are written.
+                unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add((p0 + q) * dst_stride), store_mask, *v) };
+            }
+        }
+    }
+    #[allow(clippy::too_many_arguments)]
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn transpose_rows(_: &[f32], _: usize, _: usize, _: usize, _: usize, _: &mut [f32], _: usize, _: usize) {
+        unreachable!("has_avx512() is false off x86_64")
+    }
+
+    /// Transposes a 16 x 16 block held as 16 rows: unpack pairs, then shuffle 2-, 4- and 8-lane groups.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: &mut [__m512; 16]) {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for i in 0..4 {
+            r[4 * i] = _mm512_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * i], t[4 * i + 2]);
+            r[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
+            r[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * i + 1], t[4 * i + 3]);
+        }
+        for h in [0, 8] {
+            for i in 0..4 {
+                t[h + i] = _mm512_shuffle_f32x4::<0x88>(r[h + i], r[h + i + 4]);
+                t[h + i + 4] = _mm512_shuffle_f32x4::<0xDD>(r[h + i], r[h + i + 4]);
+            }
+        }
+        for i in 0..8 {
+            r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[i + 8]);
+            r[i + 8] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[i + 8]);
         }
     }
 
@@ -294,6 +378,13 @@ mod avx512 {
         // The caller's contract: the panels hold kc * MR and kc * NR floats and c addresses a full
         // MR x NR tile with row stride ldc.
         let mut acc = [_mm512_setzero_ps(); 2 * MR];
+        // Fetch the tile of C for writing now, so that its misses overlap the products (C is
+        // often too large for the caches, and its rows are far apart).
+        for r in 0..MR {
+            let row = c.wrapping_add(r * ldc) as *const i8;
+            _mm_prefetch::<_MM_HINT_ET0>(row);
+            _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(64));
+        }
         for p in 0..kc {
             // SAFETY: p < kc, so both 16-float loads lie inside the B panel.
             let (b0, b1) = unsafe { (_mm512_loadu_ps(b.add(p * NR)), _mm512_loadu_ps(b.add(p * NR + 16))) };
