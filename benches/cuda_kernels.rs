@@ -76,6 +76,9 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("cuda/elementwise");
     g.throughput(Throughput::Bytes((2 * n * 4) as u64));
     g.bench_function("silu_4096x2784", |b| b.iter(|| sync(cuda::elementwise::silu_forward(&gpu, &xe, &mut ye))));
+    let (upe, mut oute) = (filled(&gpu, n, 13), gpu.zeros::<f32>(n).unwrap());
+    g.throughput(Throughput::Bytes((3 * n * 4) as u64));
+    g.bench_function("swiglu_4096x2784", |b| b.iter(|| sync(cuda::elementwise::swiglu_forward(&gpu, &xe, &upe, &mut oute))));
     g.finish();
 
     let n = 21_000_000;

@@ -1,6 +1,6 @@
-// Elementwise activations: SiLU, exact (erf) GELU, ReLU. Twins: src/cpu/elementwise.rs (reference),
-// src/cuda/elementwise.rs (launchers).
-// Shapes: x, y, dy, dx: [n], any n. Launch: 1-D grid-stride, 256 threads per block.
+// Elementwise activations: SiLU, exact (erf) GELU, ReLU, and the fused SwiGLU gate silu(gate) * up.
+// Twins: src/cpu/elementwise.rs (reference), src/cuda/elementwise.rs (launchers).
+// Shapes: every array [n], any n. Launch: 1-D grid-stride, 256 threads per block.
 // Forward overwrites y; backward accumulates dx += dy * f'(x).
 #include "common.cuh"
 
@@ -36,4 +36,19 @@ extern "C" __global__ void relu_forward_f32(const float* __restrict__ x, float* 
 
 extern "C" __global__ void relu_backward_f32(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, long long n) {
     FOR_EACH_INDEX(i, n) if (x[i] > 0.0f) dx[i] += dy[i];
+}
+
+// SwiGLU without storing silu(gate): dgate += dy * up * silu'(gate), dup += dy * silu(gate).
+extern "C" __global__ void swiglu_forward_f32(const float* __restrict__ gate, const float* __restrict__ up, float* __restrict__ y,
+                                              long long n) {
+    FOR_EACH_INDEX(i, n) y[i] = gate[i] * sigmoid(gate[i]) * up[i];
+}
+
+extern "C" __global__ void swiglu_backward_f32(const float* __restrict__ gate, const float* __restrict__ up, const float* __restrict__ dy,
+                                               float* __restrict__ dgate, float* __restrict__ dup, long long n) {
+    FOR_EACH_INDEX(i, n) {
+        const float g = gate[i], s = sigmoid(g);
+        dgate[i] += dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
+        dup[i] += dy[i] * g * s;
+    }
 }

@@ -82,10 +82,45 @@ fn activations_and_softmax() {
         t.gelu(x)
     });
     check("relu", &[rand(3, &[3, 5])], |t, v| t.relu(v[0]));
+    check("swiglu", &[rand(5, &[3, 5]), rand(6, &[3, 5])], |t, v| {
+        let gate = t.scale(v[0], 3.0);
+        t.swiglu(gate, v[1])
+    });
+    check("swiglu, one input as gate and up", &[rand(7, &[4, 3])], |t, v| t.swiglu(v[0], v[0]));
     check("softmax", &[rand(4, &[3, 5])], |t, v| {
         let x = t.scale(v[0], 4.0);
         t.softmax(x)
     });
+}
+
+/// The fused SwiGLU computes what the backbone computed before it, `silu(gate) * up`, with the
+/// same f32 operations in the same order: bit for bit the same values and gradients.
+#[test]
+fn swiglu_is_silu_times_up_bit_for_bit() {
+    let n = 40_000; // several parallel chunks
+    let mut rng = TestRng::new(11);
+    let gate: Vec<f32> = rng.vec(n).iter().map(|&v| (v * 12.0) as f32).collect();
+    let up: Vec<f32> = rng.vec(n).iter().map(|&v| v as f32).collect();
+    let weights: Vec<f32> = rng.vec(n).iter().map(|&v| v as f32).collect();
+    let run = |fused: bool| {
+        let mut t = Tape::<f32>::new();
+        let (g, u) = (t.input(&[n], gate.clone()), t.input(&[n], up.clone()));
+        let y = if fused {
+            t.swiglu(g, u)
+        } else {
+            let s = t.silu(g);
+            t.mul(s, u)
+        };
+        let w = t.constant(&[n], weights.clone());
+        let weighted = t.mul(y, w);
+        let loss = t.sum(weighted);
+        let grads = t.backward(loss);
+        (t.value(y).to_vec(), grads.get(g).unwrap().to_vec(), grads.get(u).unwrap().to_vec())
+    };
+    let (fused, unfused) = (run(true), run(false));
+    assert!(fused.0 == unfused.0, "swiglu forward differs from silu * up");
+    assert!(fused.1 == unfused.1, "swiglu gradient for gate differs");
+    assert!(fused.2 == unfused.2, "swiglu gradient for up differs");
 }
 
 #[test]

@@ -122,7 +122,8 @@ fn activations() -> [(&'static str, Forward, Backward, GpuForward, GpuBackward);
 }
 
 fn elementwise_forward(gpu: &Gpu) {
-    let x = inputs(&mut TestRng::new(1), 1000, 4.0);
+    let mut rng = TestRng::new(1);
+    let (x, up_half) = (inputs(&mut rng, 1000, 4.0), inputs(&mut rng, 1000, 1.0));
     for (name, cpu_f, _, gpu_f, _) in activations() {
         let mut want = vec![0.0; x.len()];
         cpu_f(&x, &mut want);
@@ -130,6 +131,11 @@ fn elementwise_forward(gpu: &Gpu) {
         gpu_f(gpu, &up(gpu, &x), &mut y).unwrap();
         check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, name);
     }
+    let mut want = vec![0.0; x.len()];
+    cpu::elementwise::swiglu_forward(&x, &up_half, &mut want);
+    let mut y = poisoned(gpu, x.len());
+    cuda::elementwise::swiglu_forward(gpu, &up(gpu, &x), &up(gpu, &up_half), &mut y).unwrap();
+    check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, "swiglu");
 }
 
 fn elementwise_backward(gpu: &Gpu) {
@@ -142,6 +148,13 @@ fn elementwise_backward(gpu: &Gpu) {
         gpu_b(gpu, &up(gpu, &x), &up(gpu, &dy), &mut dx).unwrap();
         check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, name);
     }
+    let (up_half, dup0) = (inputs(&mut rng, 1000, 1.0), inputs(&mut rng, 1000, 1.0));
+    let (mut want_dgate, mut want_dup) = (dx0.clone(), dup0.clone());
+    cpu::elementwise::swiglu_backward(&x, &up_half, &dy, &mut want_dgate, &mut want_dup);
+    let (mut dgate, mut dup) = (up(gpu, &dx0), up(gpu, &dup0));
+    cuda::elementwise::swiglu_backward(gpu, &up(gpu, &x), &up(gpu, &up_half), &up(gpu, &dy), &mut dgate, &mut dup).unwrap();
+    check(gpu, &down(gpu, &dgate), &want_dgate, tol::ELEMENTWISE, "swiglu dgate");
+    check(gpu, &down(gpu, &dup), &want_dup, tol::ELEMENTWISE, "swiglu dup");
 }
 
 // ---- norm ------------------------------------------------------------------------------------

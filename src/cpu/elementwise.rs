@@ -9,61 +9,33 @@ const CHUNK: usize = 1 << 14;
 
 /// `y[i] = f(x[i])`, in parallel, 16 lanes wide where the CPU has AVX-512.
 fn map<T: Real>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
-    let wide = super::has_avx512();
     y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-        if wide {
-            // SAFETY: has_avx512() checked that the CPU has AVX-512F.
-            unsafe { map_wide(x, y, &f) }
-        } else {
-            map_chunk(x, y, &f)
-        }
+        vectorised(|| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
     });
 }
 
 /// `dx[i] += f(x[i], dy[i])`, in parallel, 16 lanes wide where the CPU has AVX-512.
 fn accumulate<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T) -> T + Sync) {
-    let wide = super::has_avx512();
     dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
-        if wide {
-            // SAFETY: has_avx512() checked that the CPU has AVX-512F.
-            unsafe { accumulate_wide(x, dy, dx, &f) }
-        } else {
-            accumulate_chunk(x, dy, dx, &f)
-        }
+        vectorised(|| dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = *dx + f(x, dy)));
     });
 }
 
+/// Runs `body` compiled for AVX-512 where the CPU has it (the crate's baseline target is SSE2), so
+/// the loops inlined into it, with the branch-free f32 `exp_activation` and `erf`, vectorise 16
+/// wide. Same operations either way, so the same results.
 #[inline(always)]
-fn map_chunk<T: Real>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) {
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x));
-}
-
-#[inline(always)]
-fn accumulate_chunk<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: &impl Fn(T, T) -> T) {
-    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-        *dx = *dx + f(x, dy);
+fn vectorised(body: impl FnOnce()) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() {
+        #[target_feature(enable = "avx512f")]
+        fn avx512(body: impl FnOnce()) {
+            body()
+        }
+        // SAFETY: has_avx512() checked that the CPU has AVX-512F.
+        return unsafe { avx512(body) };
     }
-}
-
-/// The same loops compiled for AVX-512 (the crate's baseline target is SSE2), so the branch-free
-/// f32 `exp_activation` and `erf` vectorise 16 wide. Same operations, so the same results.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn map_wide<T: Real>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) {
-    map_chunk(x, y, f)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn accumulate_wide<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: &impl Fn(T, T) -> T) {
-    accumulate_chunk(x, dy, dx, f)
-}
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn map_wide<T: Real>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) {
-    map_chunk(x, y, f)
-}
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn accumulate_wide<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: &impl Fn(T, T) -> T) {
-    accumulate_chunk(x, dy, dx, f)
+    body()
 }
 
 pub fn silu_forward<T: Real>(x: &[T], y: &mut [T]) {
@@ -98,6 +70,36 @@ pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
 }
 pub fn relu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
     accumulate(x, dy, dx, |x, dy| if x > T::zero() { dy } else { T::zero() });
+}
+
+/// SwiGLU, the Llama MLP's gating: `y = silu(gate) * up`, fused so that `silu(gate)` is never
+/// stored (it would be a third tensor of the MLP's width, written and read back).
+pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T], y: &mut [T]) {
+    assert!(gate.len() == y.len() && up.len() == y.len(), "swiglu: gate, up and y differ in length");
+    y.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(y, (gate, up))| {
+        vectorised(|| {
+            for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
+                *y = g / (T::one() + (-g).exp_activation()) * u;
+            }
+        });
+    });
+}
+/// `dgate += dy * up * silu'(gate)`, `dup += dy * silu(gate)`.
+pub fn swiglu_backward<T: Real>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T], dup: &mut [T]) {
+    let n = dy.len();
+    assert!([gate.len(), up.len(), dgate.len(), dup.len()].iter().all(|&l| l == n), "swiglu backward: lengths differ");
+    let inputs = gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK));
+    let outputs = dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK));
+    inputs.zip(outputs).for_each(|(((gate, up), dy), (dgate, dup))| {
+        vectorised(|| {
+            for ((((&g, &u), &dy), dg), du) in gate.iter().zip(up).zip(dy).zip(dgate.iter_mut()).zip(dup.iter_mut()) {
+                let e = (-g).exp_activation();
+                let s = T::one() / (T::one() + e);
+                *dg = *dg + dy * u * s * (T::one() + g * (T::one() - s));
+                *du = *du + dy * (g / (T::one() + e));
+            }
+        });
+    });
 }
 
 /// Softmax over the last dimension: `x, y: [rows, cols]`.

@@ -1,5 +1,5 @@
 //! Launchers for `kernels/elementwise.cu`, the twin of `src/cpu/elementwise.rs`: forward overwrites
-//! `y`, backward accumulates `dx += dy * f'(x)`.
+//! `y`, backward accumulates `dx += dy * f'(x)` (SwiGLU: into both `dgate` and `dup`).
 
 use super::{check_len, Args, Buffer, Gpu, Launch};
 use crate::Result;
@@ -34,4 +34,25 @@ pub fn relu_forward(gpu: &Gpu, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<(
 }
 pub fn relu_backward(gpu: &Gpu, x: &Buffer<f32>, dy: &Buffer<f32>, dx: &mut Buffer<f32>) -> Result<()> {
     backward(gpu, "relu_backward_f32", x, dy, dx)
+}
+pub fn swiglu_forward(gpu: &Gpu, gate: &Buffer<f32>, up: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
+    let (kernel, n) = ("swiglu_forward_f32", gate.len());
+    check_len(kernel, "up", up, n)?;
+    check_len(kernel, "y", y, n)?;
+    gpu.launch(kernel, Launch::elementwise(n), Args::new().input(gate).input(up).output(y).i64(n as i64))
+}
+pub fn swiglu_backward(
+    gpu: &Gpu,
+    gate: &Buffer<f32>,
+    up: &Buffer<f32>,
+    dy: &Buffer<f32>,
+    dgate: &mut Buffer<f32>,
+    dup: &mut Buffer<f32>,
+) -> Result<()> {
+    let (kernel, n) = ("swiglu_backward_f32", gate.len());
+    for (name, b) in [("up", up), ("dy", dy), ("dgate", &*dgate), ("dup", &*dup)] {
+        check_len(kernel, name, b, n)?;
+    }
+    let args = Args::new().input(gate).input(up).input(dy).output(dgate).output(dup).i64(n as i64);
+    gpu.launch(kernel, Launch::elementwise(n), args)
 }

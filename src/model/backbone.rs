@@ -71,9 +71,8 @@ impl Backbone {
             let w = tape.param(params, layer.mlp_norm);
             let y = tape.rmsnorm(x, w, cfg.rms_eps);
             let gate = layer.gate.apply(tape, params, y);
-            let gate = tape.silu(gate);
             let up = layer.up.apply(tape, params, y);
-            let inner = tape.mul(gate, up);
+            let inner = tape.swiglu(gate, up);
             let out = layer.down.apply(tape, params, inner);
             x = tape.add(x, out);
         }

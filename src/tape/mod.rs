@@ -73,6 +73,11 @@ enum Op<T> {
         x: Var,
         kind: Unary,
     },
+    /// `silu(gate) * up`
+    SwiGlu {
+        gate: Var,
+        up: Var,
+    },
     Softmax {
         x: Var,
     },
@@ -172,12 +177,13 @@ impl<T> Op<T> {
             Op::Leaf => "data",
             Op::Param(_) => "param",
             Op::MatMul { .. } => "matmul",
-            Op::Add { .. } | Op::AddBias { .. } | Op::Mul { .. } | Op::Scale { .. } | Op::ScaleRows { .. } | Op::ScaleCols { .. } => {
-                "elementwise"
-            }
+            Op::Add { .. } => "add",
+            Op::AddBias { .. } => "add bias",
+            Op::Mul { .. } => "multiply",
+            Op::Scale { .. } | Op::ScaleRows { .. } | Op::ScaleCols { .. } => "scale",
             Op::TripletStats { .. } | Op::TripletAssemble { .. } => "triplets",
             Op::Sum { .. } | Op::SumGroups { .. } => "sum",
-            Op::Unary { .. } => "activation",
+            Op::Unary { .. } | Op::SwiGlu { .. } => "activation",
             Op::Softmax { .. } => "softmax",
             Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::StdScale { .. } => "norm",
             Op::Attention { .. } => "attention",
@@ -359,6 +365,14 @@ impl<T: Real> Tape<T> {
     }
     pub fn relu(&mut self, x: Var) -> Var {
         self.unary(x, Unary::Relu)
+    }
+    /// `silu(gate) * up` in one pass (the Llama MLP), without storing `silu(gate)`.
+    pub fn swiglu(&mut self, gate: Var, up: Var) -> Var {
+        assert_eq!(self.shape(gate), self.shape(up), "swiglu: gate and up shapes differ");
+        let mut out = vec![T::zero(); self.value(gate).len()];
+        ew::swiglu_forward(self.value(gate), self.value(up), &mut out);
+        let needs = self.needs(&[gate, up]);
+        self.push(out, self.shape(gate).to_vec(), Op::SwiGlu { gate, up }, needs)
     }
     pub fn softmax(&mut self, x: Var) -> Var {
         let mut out = vec![T::zero(); self.value(x).len()];
@@ -670,6 +684,12 @@ impl<T: Real> Tape<T> {
                     Unary::Relu => ew::relu_backward(val(x), g, &mut dx),
                 }
                 self.add_grad(grads, x, dx);
+            }
+            &Op::SwiGlu { gate, up } => {
+                let (mut dgate, mut dup) = (zeros(gate), zeros(up));
+                ew::swiglu_backward(val(gate), val(up), g, &mut dgate, &mut dup);
+                self.add_grad(grads, gate, dgate);
+                self.add_grad(grads, up, dup);
             }
             &Op::Softmax { x } => {
                 let mut dx = zeros(x);
