@@ -136,6 +136,9 @@ mod avx512 {
     const KC: usize = 256;
     const MC_MAX: usize = 20 * MR;
     const NC_MAX: usize = 1024;
+    /// The most floats of B packed once and shared by all blocks (16 MB); larger B (weight
+    /// gradients over PT-RAG's 131,072 triplets) is packed per block.
+    const SHARED_B_MAX: usize = 1 << 22;
     /// Below this many multiply-adds the `gemm` crate's lower overhead wins.
     const MIN_WORK: usize = 1 << 20;
 
@@ -162,18 +165,40 @@ mod avx512 {
         debug_assert!((av.rs == 1 || av.cs == 1) && (bv.rs == 1 || bv.cs == 1), "operands are row-major or transposed");
         let (mc, nc) = block_sizes(m, n, rayon::current_num_threads().max(1));
         let (row_blocks, col_blocks) = (m.div_ceil(mc), n.div_ceil(nc));
+        // Every row block multiplies by the same panels of B: pack them once for all when they fit
+        // (otherwise each block packs its own, which cost as much as 1/3 of the products).
+        let n_padded = n.div_ceil(NR) * NR;
+        let shared_b = (row_blocks > 1 && k * n_padded <= SHARED_B_MAX).then(|| {
+            let mut packed = vec![0.0f32; k * n_padded];
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                packed[pc * n_padded..][..n_padded * kc].par_chunks_mut(NR * kc).enumerate().for_each(|(panel, out)| {
+                    let j0 = panel * NR;
+                    pack_b(b, bv, pc, kc, j0, NR.min(n - j0), out)
+                });
+            }
+            packed
+        });
         let c_base = SharedMut(c.as_mut_ptr());
         (0..row_blocks * col_blocks).into_par_iter().for_each_init(
             || (Vec::new(), Vec::new()),
-            |(packed_a, packed_b), task| {
+            |(packed_a, own_b), task| {
                 let (ic, jc) = (task / col_blocks * mc, task % col_blocks * nc);
                 let (rows, cols) = (mc.min(m - ic), nc.min(n - jc));
                 for pc in (0..k).step_by(KC) {
                     let kc = KC.min(k - pc);
                     packed_a.resize(rows.div_ceil(MR) * MR * kc, 0.0);
-                    packed_b.resize(cols.div_ceil(NR) * NR * kc, 0.0);
                     pack_a(a, av, ic, rows, pc, kc, packed_a);
-                    pack_b(b, bv, pc, kc, jc, cols, packed_b);
+                    // this block's panels of B: slice `pc` of the shared packing starts at pc * n_padded,
+                    // and its panel `jc / NR` at jc * kc (jc is a multiple of NR)
+                    let packed_b: &[f32] = match &shared_b {
+                        Some(shared) => &shared[pc * n_padded + jc * kc..][..cols.div_ceil(NR) * NR * kc],
+                        None => {
+                            own_b.resize(cols.div_ceil(NR) * NR * kc, 0.0);
+                            pack_b(b, bv, pc, kc, jc, cols, own_b);
+                            own_b
+                        }
+                    };
                     let overwrite = pc == 0 && !accumulate;
                     for (jp, jr) in (0..cols).step_by(NR).enumerate() {
                         let b_panel = &packed_b[jp * NR * kc..][..NR * kc];
@@ -420,7 +445,8 @@ mod tests {
     use super::*;
 
     /// The AVX-512 path against a plain triple loop in f64, on shapes that are not multiples of the
-    /// tiles or blocks, every transpose, overwrite and accumulate.
+    /// tiles or blocks, every transpose, overwrite and accumulate; B packed once and shared, and
+    /// (20 x 2100 x 2100, B over `SHARED_B_MAX`) packed per block.
     #[test]
     fn avx512_gemm_matches_a_plain_product() {
         if !crate::cpu::has_avx512() {
@@ -428,7 +454,7 @@ mod tests {
             return;
         }
         let value = |i: usize, salt: usize| (((i * 2654435761 + salt * 97) % 1000) as f32) / 500.0 - 1.0;
-        for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (25, 70, 300), (150, 40, 200), (37, 1100, 5), (300, 3, 500)] {
+        for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (25, 70, 300), (150, 40, 200), (37, 1100, 5), (300, 3, 500), (20, 2100, 2100)] {
             for (ta, tb, acc) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
                 let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
                 let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
