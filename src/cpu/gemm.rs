@@ -9,40 +9,79 @@ use std::any::TypeId;
 /// transposed (likewise `b[k, n]` or `b[n, k]` with `trans_b`). `beta` is 0 (overwrite) or 1 (accumulate).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, accumulate: bool) {
+    assert_eq!(c.len(), m * n, "matmul: c has {} elements, expected {m}x{n}", c.len());
+    // SAFETY: c holds m * n initialised elements and is a distinct &mut borrow (no aliasing).
+    unsafe { product_into(a, b, c.as_mut_ptr(), m, k, n, trans_a, trans_b, accumulate) }
+}
+
+/// `op(a) @ op(b)` as a new `m x n` matrix. On the AVX-512 path each element is written once, with
+/// no zero-fill before the product overwrites it (that fill was a full extra pass over the step's
+/// largest tensors).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_new<T: Real>(a: &[T], b: &[T], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) -> Vec<T> {
+    if !on_avx512_path::<T>(m, n, k) {
+        let mut c = vec![T::zero(); m * n];
+        matmul(a, b, &mut c, m, k, n, trans_a, trans_b, false);
+        return c;
+    }
+    let mut c = Vec::with_capacity(m * n);
+    // SAFETY: the capacity is m * n, and on the AVX-512 path an overwriting product writes every one
+    // of the m * n elements (reading none), so all are initialised before the length is set.
+    unsafe {
+        product_into(a, b, c.as_mut_ptr(), m, k, n, trans_a, trans_b, false);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// Whether an f32 product of this size goes to our AVX-512 kernel.
+fn on_avx512_path<T: Real>(m: usize, n: usize, k: usize) -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>() && avx512::suits(m, n, k)
+}
+
+/// The product behind `matmul` and `matmul_new`.
+///
+/// # Safety
+/// `c` is valid for writes of `m * n` elements and aliases neither `a` nor `b`. Its elements are
+/// initialised, except that without `accumulate` on the AVX-512 path (`on_avx512_path`) they may
+/// not be: that kernel then writes every element before reading any.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product_into<T: Real>(a: &[T], b: &[T], c: *mut T, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, accumulate: bool) {
     assert_eq!(a.len(), m * k, "matmul: a has {} elements, expected {m}x{k}", a.len());
     assert_eq!(b.len(), k * n, "matmul: b has {} elements, expected {k}x{n}", b.len());
-    assert_eq!(c.len(), m * n, "matmul: c has {} elements, expected {m}x{n}", c.len());
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c.fill(T::zero());
+            // SAFETY: c is valid for m * n writes (the caller's contract).
+            (0..m * n).for_each(|i| unsafe { c.add(i).write(T::zero()) });
         }
         return;
     }
     // Strides (column stride, row stride) of each operand as stored.
     let (a_cs, a_rs) = if trans_a { (m as isize, 1) } else { (1, k as isize) };
     let (b_cs, b_rs) = if trans_b { (k as isize, 1) } else { (1, n as isize) };
-    if TypeId::of::<T>() == TypeId::of::<f32>() && avx512::suits(m, n, k) {
-        // SAFETY: T is f32 (checked just above), so the slices are f32 slices of the same length.
-        let (a, b, c) =
-            unsafe { (&*(a as *const [T] as *const [f32]), &*(b as *const [T] as *const [f32]), &mut *(c as *mut [T] as *mut [f32])) };
+    if on_avx512_path::<T>(m, n, k) {
+        // SAFETY: T is f32 (checked just above), so these are the same slices and pointer as f32.
+        let (a, b, c) = unsafe { (&*(a as *const [T] as *const [f32]), &*(b as *const [T] as *const [f32]), c as *mut f32) };
         let av = avx512::View { rs: a_rs as usize, cs: a_cs as usize };
         let bv = avx512::View { rs: b_rs as usize, cs: b_cs as usize };
-        avx512::gemm(m, n, k, a, av, b, bv, c, accumulate);
+        // SAFETY: the caller's contract on c, passed on; avx512::gemm writes every element when
+        // not accumulating (each tile of the first KC slice overwrites).
+        unsafe { avx512::gemm(m, n, k, a, av, b, bv, c, accumulate) };
         return;
     }
     let parallelism = if m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    // SAFETY: the lengths of a, b and c were checked above against (m, k, n) and the strides describe
-    // exactly those row-major layouts, so every index gemm forms is in bounds; c does not alias a or b
-    // (it is a distinct &mut borrow).
+    // SAFETY: the lengths of a and b were checked above against (m, k, n), c holds m * n initialised
+    // elements (the caller's contract off the AVX-512 path), and the strides describe exactly those
+    // row-major layouts, so every index gemm forms is in bounds.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             n as isize,
             accumulate,
@@ -161,7 +200,11 @@ mod avx512 {
     /// each block is one task that packs its own panels for every `KC` slice of the inner dimension,
     /// so its part of C stays in cache across the slices.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], av: View, b: &[f32], bv: View, c: &mut [f32], accumulate: bool) {
+    ///
+    /// # Safety
+    /// `c` is valid for writes of `m * n` elements and aliases neither `a` nor `b`; with `accumulate`
+    /// they are also initialised. Without it every element is written before any is read.
+    pub unsafe fn gemm(m: usize, n: usize, k: usize, a: &[f32], av: View, b: &[f32], bv: View, c: *mut f32, accumulate: bool) {
         debug_assert!((av.rs == 1 || av.cs == 1) && (bv.rs == 1 || bv.cs == 1), "operands are row-major or transposed");
         let (mc, nc) = block_sizes(m, n, rayon::current_num_threads().max(1));
         let (row_blocks, col_blocks) = (m.div_ceil(mc), n.div_ceil(nc));
@@ -179,7 +222,7 @@ mod avx512 {
             }
             packed
         });
-        let c_base = SharedMut(c.as_mut_ptr());
+        let c_base = SharedMut(c);
         (0..row_blocks * col_blocks).into_par_iter().for_each_init(
             || (Vec::new(), Vec::new()),
             |(packed_a, own_b), task| {
@@ -444,6 +487,22 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// `matmul_new` (no zero-fill on the AVX-512 path) gives exactly what `matmul` gives into a
+    /// buffer, on and off that path, for every transpose.
+    #[test]
+    fn matmul_new_equals_matmul() {
+        let value = |i: usize| (((i * 2654435761) % 1000) as f32) / 500.0 - 1.0;
+        for &(m, n, k) in &[(301, 70, 101), (5, 3, 2), (40, 17, 0)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a: Vec<f32> = (0..m * k).map(value).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| value(i + 7)).collect();
+                let mut want = vec![f32::NAN; m * n];
+                matmul(&a, &b, &mut want, m, k, n, ta, tb, false);
+                assert_eq!(matmul_new(&a, &b, m, k, n, ta, tb), want, "{m}x{n}x{k} ta={ta} tb={tb}");
+            }
+        }
+    }
+
     /// The AVX-512 path against a plain triple loop in f64, on shapes that are not multiples of the
     /// tiles or blocks, every transpose, overwrite and accumulate; B packed once and shared, and
     /// (20 x 2100 x 2100, B over `SHARED_B_MAX`) packed per block.
@@ -464,7 +523,8 @@ mod tests {
                 let mut c = c0.clone();
                 let av = if ta { avx512::View { rs: 1, cs: m } } else { avx512::View { rs: k, cs: 1 } };
                 let bv = if tb { avx512::View { rs: 1, cs: k } } else { avx512::View { rs: n, cs: 1 } };
-                avx512::gemm(m, n, k, &a, av, &b, bv, &mut c, acc);
+                // SAFETY: c holds m * n initialised floats and is not aliased.
+                unsafe { avx512::gemm(m, n, k, &a, av, &b, bv, c.as_mut_ptr(), acc) };
                 for i in 0..m {
                     for j in 0..n {
                         let want = (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>() + if acc { c0[i * n + j] as f64 } else { 0.0 };

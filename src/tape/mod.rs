@@ -11,7 +11,7 @@ use crate::cpu::{
     attention::{attention_backward, attention_forward, AttentionShape, Rope},
     elementwise as ew,
     energy::{energy_backward, energy_forward, EnergyShape},
-    gemm::matmul,
+    gemm::matmul_new,
     norm,
     selection::{
         gumbel_st_backward, gumbel_st_forward, triplet_assemble_backward, triplet_assemble_forward, triplet_stats_backward,
@@ -289,8 +289,7 @@ impl<T: Real> Tape<T> {
         let (m, k) = if trans_a { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
         let (k2, n) = if trans_b { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
         assert_eq!(k, k2, "matmul: inner dimensions {sa:?} x {sb:?} (trans {trans_a}, {trans_b})");
-        let mut out = vec![T::zero(); m * n];
-        matmul(self.value(a), self.value(b), &mut out, m, k, n, trans_a, trans_b, false);
+        let out = matmul_new(self.value(a), self.value(b), m, k, n, trans_a, trans_b);
         let needs = self.needs(&[a, b]);
         self.push(out, vec![m, n], Op::MatMul { a, b, trans_a, trans_b, m, k, n }, needs)
     }
@@ -656,22 +655,20 @@ impl<T: Real> Tape<T> {
             &Op::MatMul { a, b, trans_a, trans_b, m, k, n } => {
                 if self.nodes[a.0].needs_grad {
                     // C = A B: dA = dC B^T (stored as A^T when trans_a: dA^T = B dC^T)
-                    let mut da = zeros(a);
-                    if trans_a {
-                        matmul(val(b), g, &mut da, k, n, m, trans_b, true, false);
+                    let da = if trans_a {
+                        matmul_new(val(b), g, k, n, m, trans_b, true)
                     } else {
-                        matmul(g, val(b), &mut da, m, n, k, false, !trans_b, false);
-                    }
+                        matmul_new(g, val(b), m, n, k, false, !trans_b)
+                    };
                     self.add_grad(grads, a, da);
                 }
                 if self.nodes[b.0].needs_grad {
                     // dB = A^T dC (stored as B^T when trans_b: dB^T = dC^T A)
-                    let mut db = zeros(b);
-                    if trans_b {
-                        matmul(g, val(a), &mut db, n, m, k, true, trans_a, false);
+                    let db = if trans_b {
+                        matmul_new(g, val(a), n, m, k, true, trans_a)
                     } else {
-                        matmul(val(a), g, &mut db, k, m, n, !trans_a, false, false);
-                    }
+                        matmul_new(val(a), g, k, m, n, !trans_a, false)
+                    };
                     self.add_grad(grads, b, db);
                 }
             }
