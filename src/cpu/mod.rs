@@ -17,6 +17,25 @@ pub mod optim;
 pub mod retrieval;
 pub mod selection;
 
+/// A vector of `n` zeros, written by all threads: the tape allocates its largest buffers (activations
+/// and gradients of up to 45 MB) this way, and filling them on one thread while the others waited
+/// took about a tenth of a training step.
+pub fn zeros<T: crate::real::Real>(n: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    if n < 1 << 16 {
+        return vec![T::zero(); n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n].par_chunks_mut(1 << 15).for_each(|chunk| {
+        chunk.iter_mut().for_each(|x| {
+            x.write(T::zero());
+        })
+    });
+    // SAFETY: the capacity is at least n and the first n elements were all written just above.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Whether this CPU has AVX-512F, for the kernels with an AVX-512 path (`gemm`, `elementwise`).
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -17,6 +17,7 @@ use crate::cpu::{
         gumbel_st_backward, gumbel_st_forward, triplet_assemble_backward, triplet_assemble_forward, triplet_stats_backward,
         triplet_stats_forward, TripletLayout,
     },
+    zeros,
 };
 use crate::real::Real;
 pub use params::{Param, ParamId, Params};
@@ -347,7 +348,7 @@ impl<T: Real> Tape<T> {
     }
 
     fn unary(&mut self, x: Var, kind: Unary) -> Var {
-        let mut out = vec![T::zero(); self.value(x).len()];
+        let mut out = zeros(self.value(x).len());
         match kind {
             Unary::Silu => ew::silu_forward(self.value(x), &mut out),
             Unary::Gelu => ew::gelu_forward(self.value(x), &mut out),
@@ -368,13 +369,13 @@ impl<T: Real> Tape<T> {
     /// `silu(gate) * up` in one pass (the Llama MLP), without storing `silu(gate)`.
     pub fn swiglu(&mut self, gate: Var, up: Var) -> Var {
         assert_eq!(self.shape(gate), self.shape(up), "swiglu: gate and up shapes differ");
-        let mut out = vec![T::zero(); self.value(gate).len()];
+        let mut out = zeros(self.value(gate).len());
         ew::swiglu_forward(self.value(gate), self.value(up), &mut out);
         let needs = self.needs(&[gate, up]);
         self.push(out, self.shape(gate).to_vec(), Op::SwiGlu { gate, up }, needs)
     }
     pub fn softmax(&mut self, x: Var) -> Var {
-        let mut out = vec![T::zero(); self.value(x).len()];
+        let mut out = zeros(self.value(x).len());
         ew::softmax_forward(self.value(x), &mut out, cols_of(self.shape(x)));
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), Op::Softmax { x }, needs)
@@ -384,7 +385,7 @@ impl<T: Real> Tape<T> {
         let cols = cols_of(self.shape(x));
         assert_eq!(self.value(w).len(), cols, "rmsnorm: weight length vs last dim");
         let rows = self.value(x).len() / cols;
-        let (mut out, mut rstd) = (vec![T::zero(); rows * cols], vec![T::zero(); rows]);
+        let (mut out, mut rstd) = (zeros(rows * cols), zeros(rows));
         norm::rmsnorm_forward(self.value(x), self.value(w), eps, &mut out, &mut rstd);
         let needs = self.needs(&[x, w]);
         self.push(out, self.shape(x).to_vec(), Op::RmsNorm { x, w, rstd }, needs)
@@ -393,7 +394,7 @@ impl<T: Real> Tape<T> {
         let cols = cols_of(self.shape(x));
         assert!(self.value(w).len() == cols && self.value(b).len() == cols, "layernorm: weight/bias length vs last dim");
         let rows = self.value(x).len() / cols;
-        let (mut out, mut mean, mut rstd) = (vec![T::zero(); rows * cols], vec![T::zero(); rows], vec![T::zero(); rows]);
+        let (mut out, mut mean, mut rstd) = (zeros(rows * cols), zeros(rows), zeros(rows));
         norm::layernorm_forward(self.value(x), self.value(w), self.value(b), eps, &mut out, &mut mean, &mut rstd);
         let needs = self.needs(&[x, w, b]);
         self.push(out, self.shape(x).to_vec(), Op::LayerNorm { x, w, b, mean, rstd }, needs)
@@ -401,8 +402,8 @@ impl<T: Real> Tape<T> {
 
     /// Attention within each set; `q, k, v: [sets * cells, heads * head_dim]`.
     pub fn attention(&mut self, q: Var, k: Var, v: Var, shape: AttentionShape) -> Var {
-        let mut out = vec![T::zero(); self.value(q).len()];
-        let mut lse = vec![T::zero(); shape.sets * shape.heads * shape.cells];
+        let mut out = zeros(self.value(q).len());
+        let mut lse = zeros(shape.sets * shape.heads * shape.cells);
         attention_forward(self.value(q), self.value(k), self.value(v), shape, &mut out, &mut lse);
         let needs = self.needs(&[q, k, v]);
         self.push(out, self.shape(q).to_vec(), Op::Attention { q, k, v, shape, lse }, needs)
@@ -472,7 +473,7 @@ impl<T: Real> Tape<T> {
 
     /// Per-set (half) energy distance, `[sets]`; see `cpu::energy`.
     pub fn energy(&mut self, pred: Var, obs: Var, shape: EnergyShape) -> Var {
-        let mut out = vec![T::zero(); shape.sets];
+        let mut out = zeros(shape.sets);
         energy_forward(self.value(pred), self.value(obs), shape, &mut out);
         let needs = self.needs(&[pred]);
         self.push(out, vec![shape.sets], Op::Energy { pred, obs, shape }, needs)
@@ -483,7 +484,7 @@ impl<T: Real> Tape<T> {
         let classes = cols_of(self.shape(logits));
         let n = self.value(logits).len();
         assert_eq!(noise.len(), n, "gumbel_st: noise length");
-        let (mut soft, mut hard) = (vec![T::zero(); n], vec![T::zero(); n]);
+        let (mut soft, mut hard) = (zeros(n), zeros(n));
         gumbel_st_forward(self.value(logits), noise, tau, classes, &mut soft, &mut hard);
         let needs = self.needs(&[logits]);
         self.push(hard, self.shape(logits).to_vec(), Op::GumbelSt { logits, soft, tau }, needs)
@@ -491,7 +492,7 @@ impl<T: Real> Tape<T> {
 
     /// Rotary position encoding of `x: [sets * cells, heads * head_dim]` (see `cpu::attention::Rope`).
     pub fn rope(&mut self, x: Var, rope: Rope) -> Var {
-        let mut out = vec![T::zero(); self.value(x).len()];
+        let mut out = zeros(self.value(x).len());
         rope.forward(self.value(x), &mut out);
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), Op::Rope { x, rope }, needs)
@@ -520,7 +521,7 @@ impl<T: Real> Tape<T> {
     /// parts' row sums and sums of squares (each `[part rows]` or `[part rows, 1]`); see
     /// `cpu::selection::triplet_stats_forward`.
     pub fn triplet_stats(&mut self, sums: [Var; 3], squares: [Var; 3], layout: TripletLayout, width: usize, eps: f64) -> Var {
-        let mut out = vec![T::zero(); 2 * layout.triplets()];
+        let mut out = zeros(2 * layout.triplets());
         triplet_stats_forward(sums.map(|v| self.value(v)), squares.map(|v| self.value(v)), layout, width, eps, &mut out);
         let needs = self.needs(&sums) || self.needs(&squares);
         self.push(out, vec![layout.triplets(), 2], Op::TripletStats { sums, squares, layout, width }, needs)
@@ -531,7 +532,7 @@ impl<T: Real> Tape<T> {
     /// `cpu::selection::triplet_assemble_forward`.
     pub fn triplet_assemble(&mut self, parts: [Var; 3], stats: Var, v: Var, c: Var, layout: TripletLayout) -> Var {
         let h = self.value(v).len();
-        let mut out = vec![T::zero(); layout.triplets() * h];
+        let mut out = zeros(layout.triplets() * h);
         triplet_assemble_forward(parts.map(|p| self.value(p)), self.value(stats), self.value(v), self.value(c), layout, &mut out);
         let needs = self.needs(&parts) || self.needs(&[stats, v, c]);
         self.push(out, vec![layout.triplets(), h], Op::TripletAssemble { parts, stats, v, c, layout }, needs)
@@ -542,7 +543,7 @@ impl<T: Real> Tape<T> {
         let cols = cols_of(self.shape(x));
         let rows = self.value(x).len() / cols;
         assert!(group > 0 && rows.is_multiple_of(group), "sum_groups: {rows} rows in groups of {group}");
-        let mut out = vec![T::zero(); rows / group * cols];
+        let mut out = zeros(rows / group * cols);
         for (r, row) in self.value(x).chunks(cols).enumerate() {
             out[r / group * cols..][..cols].iter_mut().zip(row).for_each(|(o, &v)| *o = *o + v);
         }
@@ -612,7 +613,7 @@ impl<T: Real> Tape<T> {
     fn backward_node(&self, node: &Node<T>, mut grad: Vec<T>, grads: &mut [Option<Vec<T>>]) {
         let g = &grad[..];
         let val = |v: Var| -> &[T] { &self.nodes[v.0].value };
-        let zeros = |v: Var| vec![T::zero(); self.nodes[v.0].value.len()];
+        let zeros_like = |v: Var| zeros(self.nodes[v.0].value.len());
         // Reshape, add, bias, scale, mul and row scaling hand the incoming buffer itself on (scaled
         // in place where needed): no tensor-sized allocation on the largest activations.
         match &node.op {
@@ -624,7 +625,7 @@ impl<T: Real> Tape<T> {
             }
             &Op::AddBias { x, bias } => {
                 let cols = val(bias).len();
-                let mut db = vec![T::zero(); cols];
+                let mut db = zeros(cols);
                 for r in grad.chunks(cols) {
                     db.iter_mut().zip(r).for_each(|(d, &v)| *d = *d + v);
                 }
@@ -674,7 +675,7 @@ impl<T: Real> Tape<T> {
             }
             &Op::Sum { x } => self.add_grad(grads, x, vec![g[0]; val(x).len()]),
             &Op::Unary { x, kind } => {
-                let mut dx = zeros(x);
+                let mut dx = zeros_like(x);
                 match kind {
                     Unary::Silu => ew::silu_backward(val(x), g, &mut dx),
                     Unary::Gelu => ew::gelu_backward(val(x), g, &mut dx),
@@ -683,38 +684,38 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, x, dx);
             }
             &Op::SwiGlu { gate, up } => {
-                let (mut dgate, mut dup) = (zeros(gate), zeros(up));
+                let (mut dgate, mut dup) = (zeros_like(gate), zeros_like(up));
                 ew::swiglu_backward(val(gate), val(up), g, &mut dgate, &mut dup);
                 self.add_grad(grads, gate, dgate);
                 self.add_grad(grads, up, dup);
             }
             &Op::Softmax { x } => {
-                let mut dx = zeros(x);
+                let mut dx = zeros_like(x);
                 ew::softmax_backward(&node.value, g, &mut dx, cols_of(&node.shape));
                 self.add_grad(grads, x, dx);
             }
             Op::RmsNorm { x, w, rstd } => {
-                let (mut dx, mut dw) = (zeros(*x), zeros(*w));
+                let (mut dx, mut dw) = (zeros_like(*x), zeros_like(*w));
                 norm::rmsnorm_backward(val(*x), val(*w), rstd, g, &mut dx, &mut dw);
                 self.add_grad(grads, *x, dx);
                 self.add_grad(grads, *w, dw);
             }
             Op::LayerNorm { x, w, b, mean, rstd } => {
-                let (mut dx, mut dw, mut db) = (zeros(*x), zeros(*w), zeros(*b));
+                let (mut dx, mut dw, mut db) = (zeros_like(*x), zeros_like(*w), zeros_like(*b));
                 norm::layernorm_backward(val(*x), val(*w), mean, rstd, g, &mut dx, &mut dw, &mut db);
                 self.add_grad(grads, *x, dx);
                 self.add_grad(grads, *w, dw);
                 self.add_grad(grads, *b, db);
             }
             Op::Attention { q, k, v, shape, lse } => {
-                let (mut dq, mut dk, mut dv) = (zeros(*q), zeros(*k), zeros(*v));
+                let (mut dq, mut dk, mut dv) = (zeros_like(*q), zeros_like(*k), zeros_like(*v));
                 attention_backward(val(*q), val(*k), val(*v), &node.value, lse, g, *shape, &mut dq, &mut dk, &mut dv);
                 self.add_grad(grads, *q, dq);
                 self.add_grad(grads, *k, dk);
                 self.add_grad(grads, *v, dv);
             }
             Op::Gather { table, index } => {
-                let mut dt = zeros(*table);
+                let mut dt = zeros_like(*table);
                 let cols = cols_of(&node.shape);
                 for (r, &i) in index.iter().enumerate() {
                     dt[i * cols..][..cols].iter_mut().zip(&g[r * cols..][..cols]).for_each(|(d, &v)| *d = *d + v);
@@ -732,24 +733,24 @@ impl<T: Real> Tape<T> {
             }
             &Op::SliceCols { x, start, width } => {
                 let cols = cols_of(self.shape(x));
-                let mut dx = zeros(x);
+                let mut dx = zeros_like(x);
                 for (d, s) in dx.chunks_mut(cols).zip(g.chunks(width)) {
                     d[start..start + width].copy_from_slice(s);
                 }
                 self.add_grad(grads, x, dx);
             }
             &Op::Energy { pred, obs, shape } => {
-                let mut dp = zeros(pred);
+                let mut dp = zeros_like(pred);
                 energy_backward(val(pred), val(obs), shape, g, &mut dp);
                 self.add_grad(grads, pred, dp);
             }
             Op::GumbelSt { logits, soft, tau } => {
-                let mut dl = zeros(*logits);
+                let mut dl = zeros_like(*logits);
                 gumbel_st_backward(soft, g, *tau, cols_of(&node.shape), &mut dl);
                 self.add_grad(grads, *logits, dl);
             }
             Op::Rope { x, rope } => {
-                let mut dx = zeros(*x);
+                let mut dx = zeros_like(*x);
                 rope.backward(g, &mut dx);
                 self.add_grad(grads, *x, dx);
             }
@@ -757,7 +758,7 @@ impl<T: Real> Tape<T> {
                 let cols = cols_of(&node.shape);
                 let factors = val(v);
                 let dx: Vec<T> = g.chunks(cols).flat_map(|r| r.iter().zip(factors).map(|(&g, &f)| g * f)).collect();
-                let mut dv = vec![T::zero(); cols];
+                let mut dv = zeros(cols);
                 for (g, x) in g.chunks(cols).zip(val(x).chunks(cols)) {
                     dv.iter_mut().zip(g.iter().zip(x)).for_each(|(d, (&g, &x))| *d = *d + g * x);
                 }
@@ -765,7 +766,7 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, v, dv);
             }
             &Op::TripletStats { sums, squares, layout, width } => {
-                let (mut ds, mut dq) = (sums.map(zeros), squares.map(zeros));
+                let (mut ds, mut dq) = (sums.map(zeros_like), squares.map(zeros_like));
                 let [s0, s1, s2] = &mut ds;
                 let [q0, q1, q2] = &mut dq;
                 triplet_stats_backward(&node.value, g, layout, width, [s0, s1, s2], [q0, q1, q2]);
@@ -774,8 +775,8 @@ impl<T: Real> Tape<T> {
                 }
             }
             &Op::TripletAssemble { parts, stats, v, c, layout } => {
-                let mut dp = parts.map(zeros);
-                let (mut dstats, mut dv, mut dc) = (zeros(stats), zeros(v), zeros(c));
+                let mut dp = parts.map(zeros_like);
+                let (mut dstats, mut dv, mut dc) = (zeros_like(stats), zeros_like(v), zeros_like(c));
                 let [p0, p1, p2] = &mut dp;
                 triplet_assemble_backward(parts.map(val), val(stats), val(v), g, layout, [p0, p1, p2], &mut dstats, &mut dv, &mut dc);
                 for (p, d) in parts.into_iter().zip(dp) {
