@@ -47,24 +47,48 @@ impl AttentionShape {
 }
 
 /// Softmax probabilities of one (set, head) from raw scores `[cells, keys]`, in place; returns the
-/// log-sum-exp of every row.
+/// log-sum-exp of every row. Vectorised: the branch-free f32 exp, and the row max and sum kept in
+/// `LANES` partial results (so the sum's order is fixed but not left to right).
 fn probabilities<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx512() {
+        // (a closure passed to `vectorised` this large is not inlined into its AVX-512 context)
+        #[target_feature(enable = "avx512f")]
+        fn avx512<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) {
+            softmax_rows(scores, keys, scale, causal, lse)
+        }
+        // SAFETY: has_avx512() checked that the CPU has AVX-512F.
+        return unsafe { avx512(scores, keys, scale, causal, lse) };
+    }
+    softmax_rows(scores, keys, scale, causal, lse)
+}
+#[inline(always)]
+fn softmax_rows<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) {
     for (i, row) in scores.chunks_mut(keys).enumerate() {
-        let visible = if causal { i + 1 } else { keys };
-        let mut max = T::neg_infinity();
-        for s in row[..visible].iter_mut() {
-            *s = *s * scale;
-            max = max.max(*s);
-        }
-        let mut sum = T::zero();
-        for s in row[..visible].iter_mut() {
-            *s = (*s - max).exp();
-            sum = sum + *s;
-        }
-        row[..visible].iter_mut().for_each(|s| *s = *s / sum);
-        row[visible..].iter_mut().for_each(|s| *s = T::zero());
+        let (live, masked) = row.split_at_mut(if causal { i + 1 } else { keys });
+        live.iter_mut().for_each(|s| *s = *s * scale);
+        let max = lanes(live, T::neg_infinity(), |a, b| a.max(b));
+        live.iter_mut().for_each(|s| *s = (*s - max).exp_activation());
+        let sum = lanes(live, T::zero(), |a, b| a + b);
+        live.iter_mut().for_each(|s| *s = *s / sum);
+        masked.fill(T::zero());
         lse[i] = max + sum.ln();
     }
+}
+
+const LANES: usize = 16;
+
+/// `x` folded with `op` in `LANES` independent partial results (which vectorise), then those in order.
+#[inline(always)]
+fn lanes<T: Real>(x: &[T], init: T, op: impl Fn(T, T) -> T) -> T {
+    let mut acc = [init; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        acc.iter_mut().zip(chunk).for_each(|(a, &v)| *a = op(*a, v));
+    }
+    acc.iter_mut().zip(rest).for_each(|(a, &v)| *a = op(*a, v));
+    acc.into_iter().fold(init, op)
 }
 
 pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], shape: AttentionShape, out: &mut [T], lse: &mut [T]) {
@@ -115,9 +139,9 @@ pub fn attention_backward<T: Real>(
                 // Recompute P = exp(scale * q k^T - lse), masked.
                 matmul_strided(q, qb, k, kb.t(), &mut p, sq, false);
                 for (i, row) in p.chunks_mut(keys).enumerate() {
-                    for (j, s) in row.iter_mut().enumerate() {
-                        *s = if shape.causal && j > i { T::zero() } else { (*s * scale - lse[i]).exp() };
-                    }
+                    let (live, masked) = row.split_at_mut(if shape.causal { i + 1 } else { keys });
+                    super::vectorised(|| live.iter_mut().for_each(|s| *s = (*s * scale - lse[i]).exp_activation()));
+                    masked.fill(T::zero());
                 }
                 // dV += P^T dO ; dP = dO V^T
                 matmul_strided(&p, sq.t(), dout, qb, dv, kb, true);

@@ -1,5 +1,6 @@
 //! Elementwise activations and the row softmax. Backward kernels accumulate into `dx`.
 
+use super::vectorised;
 use crate::real::Real;
 use rayon::prelude::*;
 
@@ -19,23 +20,6 @@ fn accumulate<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T) -> T + 
     dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
         vectorised(|| dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = *dx + f(x, dy)));
     });
-}
-
-/// Runs `body` compiled for AVX-512 where the CPU has it (the crate's baseline target is SSE2), so
-/// the loops inlined into it, with the branch-free f32 `exp_activation` and `erf`, vectorise 16
-/// wide. Same operations either way, so the same results.
-#[inline(always)]
-fn vectorised(body: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx512() {
-        #[target_feature(enable = "avx512f")]
-        fn avx512(body: impl FnOnce()) {
-            body()
-        }
-        // SAFETY: has_avx512() checked that the CPU has AVX-512F.
-        return unsafe { avx512(body) };
-    }
-    body()
 }
 
 pub fn silu_forward<T: Real>(x: &[T], y: &mut [T]) {

@@ -132,6 +132,38 @@ pub fn matmul_strided<T: Real>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &m
     if cv.rows == 0 || cv.cols == 0 || av.cols == 0 {
         return;
     }
+    let unit_stride = |v: Strided| v.row_stride == 1 || v.col_stride == 1;
+    if TypeId::of::<T>() == TypeId::of::<f32>()
+        && cv.rows >= avx512::MR
+        && cv.cols >= avx512::NR / 2
+        && cv.col_stride == 1
+        && unit_stride(av)
+        && unit_stride(bv)
+        && crate::cpu::has_avx512()
+    {
+        // SAFETY: T is f32 (checked just above), so these are the same slices as f32.
+        let (a, b, c) =
+            unsafe { (&*(a as *const [T] as *const [f32]), &*(b as *const [T] as *const [f32]), &mut *(c as *mut [T] as *mut [f32])) };
+        let view = |v: Strided| avx512::View { rs: v.row_stride, cs: v.col_stride };
+        // SAFETY: has_avx512() was checked; the last element of every view lies inside its slice
+        // (asserted above), so C's rows x cols at row stride cv.row_stride from cv.offset are inside
+        // c, which is a distinct &mut borrow, initialised.
+        unsafe {
+            avx512::gemm_serial(
+                cv.rows,
+                cv.cols,
+                av.cols,
+                &a[av.offset..],
+                view(av),
+                &b[bv.offset..],
+                view(bv),
+                c.as_mut_ptr().add(cv.offset),
+                cv.row_stride,
+                accumulate,
+            )
+        };
+        return;
+    }
     // SAFETY: the last element of each view was checked to lie inside its slice, and views address
     // only offset + r*rs + c*cs with r < rows, c < cols, so every access is in bounds; c is a distinct
     // mutable borrow and cannot alias a or b.
@@ -169,8 +201,8 @@ mod avx512 {
     #[cfg(target_arch = "x86_64")]
     use std::arch::x86_64::*;
 
-    const MR: usize = 12;
-    const NR: usize = 32;
+    pub const MR: usize = 12;
+    pub const NR: usize = 32;
     /// 32 x 256 floats of B (32 KB) and 12 x 256 of A (12 KB) fit a 48 KB L1 together.
     const KC: usize = 256;
     const MC_MAX: usize = 20 * MR;
@@ -199,11 +231,11 @@ mod avx512 {
     /// C is cut into blocks of at most `MC_MAX x NC_MAX`, enough of them to keep every thread busy;
     /// each block is one task that packs its own panels for every `KC` slice of the inner dimension,
     /// so its part of C stays in cache across the slices.
-    #[allow(clippy::too_many_arguments)]
     ///
     /// # Safety
     /// `c` is valid for writes of `m * n` elements and aliases neither `a` nor `b`; with `accumulate`
     /// they are also initialised. Without it every element is written before any is read.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm(m: usize, n: usize, k: usize, a: &[f32], av: View, b: &[f32], bv: View, c: *mut f32, accumulate: bool) {
         debug_assert!((av.rs == 1 || av.cs == 1) && (bv.rs == 1 || bv.cs == 1), "operands are row-major or transposed");
         let (mc, nc) = block_sizes(m, n, rayon::current_num_threads().max(1));
@@ -227,39 +259,105 @@ mod avx512 {
             || (Vec::new(), Vec::new()),
             |(packed_a, own_b), task| {
                 let (ic, jc) = (task / col_blocks * mc, task % col_blocks * nc);
-                let (rows, cols) = (mc.min(m - ic), nc.min(n - jc));
-                for pc in (0..k).step_by(KC) {
-                    let kc = KC.min(k - pc);
-                    packed_a.resize(rows.div_ceil(MR) * MR * kc, 0.0);
-                    pack_a(a, av, ic, rows, pc, kc, packed_a);
-                    // this block's panels of B: slice `pc` of the shared packing starts at pc * n_padded,
-                    // and its panel `jc / NR` at jc * kc (jc is a multiple of NR)
-                    let packed_b: &[f32] = match &shared_b {
-                        Some(shared) => &shared[pc * n_padded + jc * kc..][..cols.div_ceil(NR) * NR * kc],
-                        None => {
-                            own_b.resize(cols.div_ceil(NR) * NR * kc, 0.0);
-                            pack_b(b, bv, pc, kc, jc, cols, own_b);
-                            own_b
-                        }
-                    };
-                    let overwrite = pc == 0 && !accumulate;
-                    for (jp, jr) in (0..cols).step_by(NR).enumerate() {
-                        let b_panel = &packed_b[jp * NR * kc..][..NR * kc];
-                        for (ip, ir) in (0..rows).step_by(MR).enumerate() {
-                            let a_panel = &packed_a[ip * MR * kc..][..MR * kc];
-                            // SAFETY: has_avx512() was checked by the caller; the panels hold kc * MR and
-                            // kc * NR values; the tile (ic + ir, jc + jr) of at most MR x NR lies inside
-                            // this task's block of c (m x n, row stride n), and blocks are disjoint, so no
-                            // other task touches these elements.
-                            unsafe {
-                                let tile_base = c_base.get().add((ic + ir) * n + jc + jr);
-                                tile(kc, a_panel, b_panel, tile_base, n, MR.min(rows - ir), NR.min(cols - jr), overwrite)
-                            };
-                        }
-                    }
-                }
+                let block = Block { ic, rows: mc.min(m - ic), jc, cols: nc.min(n - jc) };
+                let shared = shared_b.as_deref().map(|packed| (packed, n_padded));
+                // SAFETY: the caller's contract on c (row stride n); blocks are disjoint, so no other
+                // task touches this one's elements.
+                unsafe { multiply_block(k, a, av, b, bv, shared, block, c_base.get(), n, accumulate, packed_a, own_b) };
             },
         );
+    }
+
+    /// `c[m, n] (+)= a[m, k] b[k, n]` on the calling thread, for small products (attention's per-head
+    /// blocks); `c` has row stride `ldc`. The caller checked `has_avx512()`.
+    ///
+    /// # Safety
+    /// `c` is valid for writes of rows `0..m`, columns `0..n` at row stride `ldc`, and aliases
+    /// neither `a` nor `b`; with `accumulate` those elements are also initialised.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_serial(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        av: View,
+        b: &[f32],
+        bv: View,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        thread_local! {
+            /// Packing buffers kept between calls: attention makes tens of thousands per step, and
+            /// fresh buffers were zero-filled by `resize` every time.
+            static PACKED: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        }
+        let block = Block { ic: 0, rows: m, jc: 0, cols: n };
+        PACKED.with_borrow_mut(|(packed_a, packed_b)| {
+            // SAFETY: the caller's contract on c, passed on.
+            unsafe { multiply_block(k, a, av, b, bv, None, block, c, ldc, accumulate, packed_a, packed_b) }
+        })
+    }
+
+    /// Rows `ic..ic + rows` and columns `jc..jc + cols` of C.
+    #[derive(Clone, Copy)]
+    struct Block {
+        ic: usize,
+        rows: usize,
+        jc: usize,
+        cols: usize,
+    }
+
+    /// One block of C over every `KC` slice of the inner dimension: pack this block's panels of A (and
+    /// of B unless `shared` holds all of B packed, with its padded width), then multiply tile by tile.
+    ///
+    /// # Safety
+    /// The block's elements of `c` (row stride `ldc`) are valid for writes, not aliased by `a`, `b` or
+    /// another thread, and initialised when `accumulate`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn multiply_block(
+        k: usize,
+        a: &[f32],
+        av: View,
+        b: &[f32],
+        bv: View,
+        shared: Option<(&[f32], usize)>,
+        Block { ic, rows, jc, cols }: Block,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        packed_a: &mut Vec<f32>,
+        own_b: &mut Vec<f32>,
+    ) {
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            packed_a.resize(rows.div_ceil(MR) * MR * kc, 0.0);
+            pack_a(a, av, ic, rows, pc, kc, packed_a);
+            // this block's panels of B: slice `pc` of the shared packing starts at pc * n_padded,
+            // and its panel `jc / NR` at jc * kc (jc is a multiple of NR)
+            let packed_b: &[f32] = match shared {
+                Some((shared, n_padded)) => &shared[pc * n_padded + jc * kc..][..cols.div_ceil(NR) * NR * kc],
+                None => {
+                    own_b.resize(cols.div_ceil(NR) * NR * kc, 0.0);
+                    pack_b(b, bv, pc, kc, jc, cols, own_b);
+                    own_b
+                }
+            };
+            let overwrite = pc == 0 && !accumulate;
+            for (jp, jr) in (0..cols).step_by(NR).enumerate() {
+                let b_panel = &packed_b[jp * NR * kc..][..NR * kc];
+                for (ip, ir) in (0..rows).step_by(MR).enumerate() {
+                    let a_panel = &packed_a[ip * MR * kc..][..MR * kc];
+                    // SAFETY: has_avx512() was checked by the caller; the panels hold kc * MR and
+                    // kc * NR values; the tile (ic + ir, jc + jr) of at most MR x NR lies inside this
+                    // block of c, which is this caller's alone (the contract above).
+                    unsafe {
+                        let tile_base = c.add((ic + ir) * ldc + jc + jr);
+                        tile(kc, a_panel, b_panel, tile_base, ldc, MR.min(rows - ir), NR.min(cols - jr), overwrite)
+                    };
+                }
+            }
+        }
     }
 
     /// Rows and columns per block: at most `MC_MAX x NC_MAX`, split further (rows first where they
@@ -486,6 +584,37 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `matmul_strided` in f32 (the AVX-512 path where the views allow it) against the same product
+    /// in f64, on the views attention uses: head blocks inside wider rows, transposed views, partial
+    /// tiles, overwrite and accumulate.
+    #[test]
+    fn strided_f32_matches_f64() {
+        let (rows, heads, head_dim) = (37, 3, 29);
+        let width = heads * head_dim;
+        let value = |i: usize, salt: usize| (((i * 2654435761 + salt * 97) % 1000) as f64) / 500.0 - 1.0;
+        let q64: Vec<f64> = (0..rows * width).map(|i| value(i, 1)).collect();
+        let k64: Vec<f64> = (0..rows * width).map(|i| value(i, 2)).collect();
+        let c0: Vec<f64> = (0..rows * width).map(|i| value(i, 3)).collect();
+        let f32s = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let head = |h: usize| Strided::block(h * head_dim, rows, head_dim, width);
+        let square = Strided::block(0, rows, rows, rows);
+        // (a view, b view, c view, c is the square scores buffer)
+        let cases = [(head(1), head(2).t(), square, true), (square, head(0), head(2), false), (square.t(), head(1), head(0), false)];
+        for (av, bv, cv, c_square) in cases {
+            for accumulate in [false, true] {
+                let a64 = if av.cols == rows { &c0[..rows * rows] } else { &q64[..] };
+                let c_len = if c_square { rows * rows } else { rows * width };
+                let mut want = c0[..c_len].to_vec();
+                matmul_strided(a64, av, &k64, bv, &mut want, cv, accumulate);
+                let mut got = f32s(&c0[..c_len]);
+                matmul_strided(&f32s(a64), av, &f32s(&k64), bv, &mut got, cv, accumulate);
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()), "{av:?} x {bv:?} acc={accumulate} at {i}: {g} vs {w}");
+                }
+            }
+        }
+    }
 
     /// `matmul_new` (no zero-fill on the AVX-512 path) gives exactly what `matmul` gives into a
     /// buffer, on and off that path, for every transpose.
