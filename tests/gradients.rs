@@ -123,6 +123,31 @@ fn swiglu_is_silu_times_up_bit_for_bit() {
     assert!(fused.2 == unfused.2, "swiglu gradient for up differs");
 }
 
+/// The tape's own elementwise ops run in parallel tasks of whole rows; on a tensor of several tasks
+/// (rows not a multiple of a task) every element is what a plain loop gives.
+#[test]
+fn elementwise_ops_over_several_parallel_tasks() {
+    let (rows, cols) = (301, 97);
+    let mut rng = TestRng::new(21);
+    let (a, b, bias, w) = (rng.vec(rows * cols), rng.vec(rows * cols), rng.vec(cols), rng.vec(rows));
+    let mut t = Tape::<f64>::new();
+    let (va, vb) = (t.constant(&[rows, cols], a.clone()), t.constant(&[rows, cols], b.clone()));
+    let (vbias, vw) = (t.constant(&[cols], bias.clone()), t.constant(&[rows], w.clone()));
+    let results = [
+        (t.add(va, vb), Box::new(|i: usize| a[i] + b[i]) as Box<dyn Fn(usize) -> f64>),
+        (t.mul(va, vb), Box::new(|i| a[i] * b[i])),
+        (t.scale(va, 1.5), Box::new(|i| a[i] * 1.5)),
+        (t.add_bias(va, vbias), Box::new(|i| a[i] + bias[i % cols])),
+        (t.scale_rows(va, vw), Box::new(|i| a[i] * w[i / cols])),
+        (t.scale_cols(va, vbias), Box::new(|i| a[i] * bias[i % cols])),
+    ];
+    for (k, (v, want)) in results.iter().enumerate() {
+        let got = t.value(*v);
+        assert_eq!(got.len(), rows * cols);
+        assert!((0..rows * cols).all(|i| got[i] == want(i)), "op {k} differs from a plain loop");
+    }
+}
+
 #[test]
 fn norms() {
     check("rmsnorm", &[rand(1, &[4, 6]), rand(2, &[6])], |t, v| t.rmsnorm(v[0], v[1], 1e-6));

@@ -21,6 +21,7 @@ use crate::cpu::{
 };
 use crate::real::Real;
 pub use params::{Param, ParamId, Params};
+use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -213,6 +214,28 @@ pub struct Tape<T> {
     timing: Option<(std::time::Instant, Timings)>,
 }
 
+/// Elements per parallel task of the tape's own elementwise ops.
+const CHUNK: usize = 1 << 14;
+
+/// A new tensor of `n` elements, written in parallel chunks: `fill(start, out)` sets elements
+/// `start..start + out.len()`. (These ops ran on one thread while the pool waited.)
+fn build<T: Real>(n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    let mut out = zeros(n);
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| fill(i * CHUNK, chunk));
+    out
+}
+
+/// `build` row by row: `fill(r, out)` sets row `r` (of `cols` elements) of an `n`-element tensor.
+fn build_rows<T: Real>(n: usize, cols: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
+    let cols = cols.max(1);
+    let rows_per_task = CHUNK.div_ceil(cols);
+    let mut out = zeros(n);
+    out.par_chunks_mut(rows_per_task * cols)
+        .enumerate()
+        .for_each(|(i, chunk)| chunk.chunks_mut(cols).enumerate().for_each(|(r, row)| fill(i * rows_per_task + r, row)));
+    out
+}
+
 fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
@@ -312,27 +335,30 @@ impl<T: Real> Tape<T> {
 
     pub fn add(&mut self, a: Var, b: Var) -> Var {
         assert_eq!(self.shape(a), self.shape(b), "add: shapes differ");
-        let out = self.value(a).iter().zip(self.value(b)).map(|(&x, &y)| x + y).collect();
+        let (x, y) = (self.value(a), self.value(b));
+        let out = build(x.len(), |start, out| out.iter_mut().zip(&x[start..]).zip(&y[start..]).for_each(|((o, &x), &y)| *o = x + y));
         let needs = self.needs(&[a, b]);
         self.push(out, self.shape(a).to_vec(), Op::Add { a, b }, needs)
     }
     pub fn add_bias(&mut self, x: Var, bias: Var) -> Var {
         let cols = cols_of(self.shape(x));
         assert_eq!(self.value(bias).len(), cols, "add_bias: bias length vs last dim of {:?}", self.shape(x));
-        let b = self.value(bias);
-        let out = self.value(x).chunks(cols).flat_map(|r| r.iter().zip(b).map(|(&x, &b)| x + b)).collect();
+        let (b, xs) = (self.value(bias), self.value(x));
+        let out = build_rows(xs.len(), cols, |r, out| out.iter_mut().zip(&xs[r * cols..]).zip(b).for_each(|((o, &x), &b)| *o = x + b));
         let needs = self.needs(&[x, bias]);
         self.push(out, self.shape(x).to_vec(), Op::AddBias { x, bias }, needs)
     }
     pub fn mul(&mut self, a: Var, b: Var) -> Var {
         assert_eq!(self.shape(a), self.shape(b), "mul: shapes differ");
-        let out = self.value(a).iter().zip(self.value(b)).map(|(&x, &y)| x * y).collect();
+        let (x, y) = (self.value(a), self.value(b));
+        let out = build(x.len(), |start, out| out.iter_mut().zip(&x[start..]).zip(&y[start..]).for_each(|((o, &x), &y)| *o = x * y));
         let needs = self.needs(&[a, b]);
         self.push(out, self.shape(a).to_vec(), Op::Mul { a, b }, needs)
     }
     pub fn scale(&mut self, x: Var, factor: f64) -> Var {
         let f = T::f(factor);
-        let out = self.value(x).iter().map(|&v| v * f).collect();
+        let xs = self.value(x);
+        let out = build(xs.len(), |start, out| out.iter_mut().zip(&xs[start..]).for_each(|(o, &v)| *o = v * f));
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), Op::Scale { x, factor }, needs)
     }
@@ -502,7 +528,8 @@ impl<T: Real> Tape<T> {
     pub fn scale_rows(&mut self, x: Var, w: Var) -> Var {
         let cols = cols_of(self.shape(x));
         assert_eq!(self.value(x).len(), self.value(w).len() * cols, "scale_rows: one weight per row of {:?}", self.shape(x));
-        let out = self.value(x).chunks(cols).zip(self.value(w)).flat_map(|(r, &w)| r.iter().map(move |&v| v * w)).collect();
+        let (xs, ws) = (self.value(x), self.value(w));
+        let out = build_rows(xs.len(), cols, |r, out| out.iter_mut().zip(&xs[r * cols..]).for_each(|(o, &v)| *o = v * ws[r]));
         let needs = self.needs(&[x, w]);
         self.push(out, self.shape(x).to_vec(), Op::ScaleRows { x, w }, needs)
     }
@@ -511,8 +538,9 @@ impl<T: Real> Tape<T> {
     pub fn scale_cols(&mut self, x: Var, v: Var) -> Var {
         let cols = cols_of(self.shape(x));
         assert_eq!(self.value(v).len(), cols, "scale_cols: one factor per column of {:?}", self.shape(x));
-        let factors = self.value(v);
-        let out = self.value(x).chunks(cols).flat_map(|r| r.iter().zip(factors).map(|(&x, &f)| x * f)).collect();
+        let (factors, xs) = (self.value(v), self.value(x));
+        let out =
+            build_rows(xs.len(), cols, |r, out| out.iter_mut().zip(&xs[r * cols..]).zip(factors).for_each(|((o, &x), &f)| *o = x * f));
         let needs = self.needs(&[x, v]);
         self.push(out, self.shape(x).to_vec(), Op::ScaleCols { x, v }, needs)
     }
