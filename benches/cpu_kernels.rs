@@ -82,6 +82,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("gelu_4096x2784", |bench| bench.iter(|| elementwise::gelu_forward(&x, &mut y)));
     g.throughput(Throughput::Bytes((3 * n * 4) as u64));
     g.bench_function("silu_backward_4096x2784", |bench| bench.iter(|| elementwise::silu_backward(&x, &dy, &mut dx)));
+    g.bench_function("gelu_backward_4096x2784", |bench| bench.iter(|| elementwise::gelu_backward(&x, &dy, &mut dx)));
     g.bench_function("swiglu_4096x2784", |bench| bench.iter(|| elementwise::swiglu_forward(&x, &dy, &mut y)));
     g.throughput(Throughput::Bytes((5 * n * 4) as u64));
     let mut dup = vec![0.0f32; n];

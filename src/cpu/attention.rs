@@ -10,6 +10,7 @@
 //! Backward recomputes the probabilities from `lse` and accumulates into `dq, dk, dv`.
 
 use super::gemm::{matmul_strided, Strided};
+use super::vectorised;
 use crate::real::Real;
 use rayon::prelude::*;
 
@@ -46,22 +47,12 @@ impl AttentionShape {
     }
 }
 
-/// Softmax probabilities of one (set, head) from raw scores `[cells, keys]`, in place; returns the
-/// log-sum-exp of every row. Vectorised: the branch-free f32 exp, and the row max and sum kept in
-/// `LANES` partial results (so the sum's order is fixed but not left to right).
-fn probabilities<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx512() {
-        // (a closure passed to `vectorised` this large is not inlined into its AVX-512 context)
-        #[target_feature(enable = "avx512f")]
-        fn avx512<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) {
-            softmax_rows(scores, keys, scale, causal, lse)
-        }
-        // SAFETY: has_avx512() checked that the CPU has AVX-512F.
-        return unsafe { avx512(scores, keys, scale, causal, lse) };
-    }
-    softmax_rows(scores, keys, scale, causal, lse)
-}
+vectorised!(
+    /// Softmax probabilities of one (set, head) from raw scores `[cells, keys]`, in place; returns the
+    /// log-sum-exp of every row. Vectorised: the branch-free f32 exp, and the row max and sum kept in
+    /// `LANES` partial results (so the sum's order is fixed but not left to right).
+    fn probabilities<T>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) => softmax_rows
+);
 #[inline(always)]
 fn softmax_rows<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) {
     for (i, row) in scores.chunks_mut(keys).enumerate() {
@@ -73,6 +64,19 @@ fn softmax_rows<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, 
         live.iter_mut().for_each(|s| *s = *s / sum);
         masked.fill(T::zero());
         lse[i] = max + sum.ln();
+    }
+}
+
+vectorised!(
+    /// `p = exp(scale * scores - lse)` per row, in place, zero where causal attention masks a key.
+    fn recompute_probabilities<T>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &[T]) => recompute_rows
+);
+#[inline(always)]
+fn recompute_rows<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &[T]) {
+    for (i, row) in scores.chunks_mut(keys).enumerate() {
+        let (live, masked) = row.split_at_mut(if causal { i + 1 } else { keys });
+        live.iter_mut().for_each(|s| *s = (*s * scale - lse[i]).exp_activation());
+        masked.fill(T::zero());
     }
 }
 
@@ -138,11 +142,7 @@ pub fn attention_backward<T: Real>(
                 let lse = &lse[(b * shape.heads + h) * cells..][..cells];
                 // Recompute P = exp(scale * q k^T - lse), masked.
                 matmul_strided(q, qb, k, kb.t(), &mut p, sq, false);
-                for (i, row) in p.chunks_mut(keys).enumerate() {
-                    let (live, masked) = row.split_at_mut(if shape.causal { i + 1 } else { keys });
-                    super::vectorised(|| live.iter_mut().for_each(|s| *s = (*s * scale - lse[i]).exp_activation()));
-                    masked.fill(T::zero());
-                }
+                recompute_probabilities(&mut p, keys, scale, shape.causal, lse);
                 // dV += P^T dO ; dP = dO V^T
                 matmul_strided(&p, sq.t(), dout, qb, dv, kb, true);
                 matmul_strided(dout, qb, v, kb.t(), &mut dp, sq, false);

@@ -10,16 +10,27 @@ const CHUNK: usize = 1 << 14;
 
 /// `y[i] = f(x[i])`, in parallel, 16 lanes wide where the CPU has AVX-512.
 fn map<T: Real>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-        vectorised(|| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
-    });
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| map_chunk(x, y, &f));
+}
+vectorised!(fn map_chunk<T>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) => map_loop);
+#[inline(always)]
+fn map_loop<T: Real>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) {
+    // a `for` loop: `for_each` goes through `fold`, which was not always inlined into the AVX-512 context
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = f(x);
+    }
 }
 
 /// `dx[i] += f(x[i], dy[i])`, in parallel, 16 lanes wide where the CPU has AVX-512.
 fn accumulate<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T) -> T + Sync) {
-    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| {
-        vectorised(|| dx.iter_mut().zip(x).zip(dy).for_each(|((dx, &x), &dy)| *dx = *dx + f(x, dy)));
-    });
+    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| accumulate_chunk(x, dy, dx, &f));
+}
+vectorised!(fn accumulate_chunk<T>(x: &[T], dy: &[T], dx: &mut [T], f: &impl Fn(T, T) -> T) => accumulate_loop);
+#[inline(always)]
+fn accumulate_loop<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: &impl Fn(T, T) -> T) {
+    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+        *dx = *dx + f(x, dy);
+    }
 }
 
 pub fn silu_forward<T: Real>(x: &[T], y: &mut [T]) {
@@ -61,12 +72,15 @@ pub fn relu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
 pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T], y: &mut [T]) {
     assert!(gate.len() == y.len() && up.len() == y.len(), "swiglu: gate, up and y differ in length");
     y.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(y, (gate, up))| {
-        vectorised(|| {
-            for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
-                *y = g / (T::one() + (-g).exp_activation()) * u;
-            }
-        });
+        swiglu_chunk(gate, up, y);
     });
+}
+vectorised!(fn swiglu_chunk<T>(gate: &[T], up: &[T], y: &mut [T]) => swiglu_loop);
+#[inline(always)]
+fn swiglu_loop<T: Real>(gate: &[T], up: &[T], y: &mut [T]) {
+    for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
+        *y = g / (T::one() + (-g).exp_activation()) * u;
+    }
 }
 /// `dgate += dy * up * silu'(gate)`, `dup += dy * silu(gate)`.
 pub fn swiglu_backward<T: Real>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T], dup: &mut [T]) {
@@ -74,16 +88,17 @@ pub fn swiglu_backward<T: Real>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T],
     assert!([gate.len(), up.len(), dgate.len(), dup.len()].iter().all(|&l| l == n), "swiglu backward: lengths differ");
     let inputs = gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK));
     let outputs = dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK));
-    inputs.zip(outputs).for_each(|(((gate, up), dy), (dgate, dup))| {
-        vectorised(|| {
-            for ((((&g, &u), &dy), dg), du) in gate.iter().zip(up).zip(dy).zip(dgate.iter_mut()).zip(dup.iter_mut()) {
-                let e = (-g).exp_activation();
-                let s = T::one() / (T::one() + e);
-                *dg = *dg + dy * u * s * (T::one() + g * (T::one() - s));
-                *du = *du + dy * (g / (T::one() + e));
-            }
-        });
-    });
+    inputs.zip(outputs).for_each(|(((gate, up), dy), (dgate, dup))| swiglu_backward_chunk(gate, up, dy, dgate, dup));
+}
+vectorised!(fn swiglu_backward_chunk<T>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T], dup: &mut [T]) => swiglu_backward_loop);
+#[inline(always)]
+fn swiglu_backward_loop<T: Real>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T], dup: &mut [T]) {
+    for ((((&g, &u), &dy), dg), du) in gate.iter().zip(up).zip(dy).zip(dgate.iter_mut()).zip(dup.iter_mut()) {
+        let e = (-g).exp_activation();
+        let s = T::one() / (T::one() + e);
+        *dg = *dg + dy * u * s * (T::one() + g * (T::one() - s));
+        *du = *du + dy * (g / (T::one() + e));
+    }
 }
 
 /// Softmax over the last dimension: `x, y: [rows, cols]`.

@@ -36,22 +36,30 @@ pub fn zeros<T: crate::real::Real>(n: usize) -> Vec<T> {
     v
 }
 
-/// Runs `body` compiled for AVX-512 where the CPU has it (the crate's baseline target is SSE2), so
-/// the loops inlined into it, with the branch-free f32 `exp_activation` and `erf`, vectorise 16
-/// wide. Same operations either way, so the same results.
-#[inline(always)]
-pub(crate) fn vectorised(body: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        #[target_feature(enable = "avx512f")]
-        fn avx512(body: impl FnOnce()) {
-            body()
+/// `vectorised!(fn name<T>(args...) => body);` defines `name`, which calls `body(args...)` compiled
+/// for AVX-512 where the CPU has it (the crate's baseline target is SSE2), so its loops, with the
+/// branch-free f32 `exp_activation` and `erf`, vectorise 16 wide; same operations either way, so the
+/// same results. `body` must be `#[inline(always)]`: called by name from the `target_feature`
+/// function it is then compiled inside it. (A closure handed to such a function is inlined only when
+/// LLVM chooses to; large ones, GELU's backward loop among them, were not, and ran at SSE2 speed.)
+macro_rules! vectorised {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<$t:ident>($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$meta])*
+        $vis fn $name<$t: crate::real::Real>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::has_avx512() {
+                #[target_feature(enable = "avx512f")]
+                fn avx512<$t: crate::real::Real>($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: has_avx512() checked that the CPU has AVX-512F.
+                return unsafe { avx512($($arg),*) };
+            }
+            $body($($arg),*)
         }
-        // SAFETY: has_avx512() checked that the CPU has AVX-512F.
-        return unsafe { avx512(body) };
-    }
-    body()
+    };
 }
+pub(crate) use vectorised;
 
 /// Whether this CPU has AVX-512F, for the kernels with an AVX-512 path (`gemm`, `elementwise`).
 pub fn has_avx512() -> bool {
