@@ -22,9 +22,7 @@ pub fn adam_update(
     for (name, b) in [("grad", grad), ("m", &*m), ("v", &*v)] {
         check_len("adam", name, b, n)?;
     }
-    // The bias corrections are computed on the host exactly as the CPU reference does.
-    let bias1 = 1.0 - beta1.powi(step as i32);
-    let bias2_sqrt = (1.0 - beta2.powi(step as i32)).sqrt();
+    let (bias1, bias2_sqrt) = crate::cpu::optim::bias_corrections(beta1, beta2, step);
     let args = Args::new().output(param).input(grad).output(m).output(v).i64(n as i64);
     let args = args.f32(lr).f32(beta1).f32(beta2).f32(eps).f32(weight_decay).f32(bias1).f32(bias2_sqrt);
     gpu.launch("adam_update_f32", Launch::elementwise(n), args)
