@@ -16,6 +16,7 @@ pub mod norm;
 pub mod optim;
 pub mod retrieval;
 pub mod selection;
+pub mod tensor;
 
 /// A vector of `n` zeros, written by all threads: the tape allocates its largest buffers (activations
 /// and gradients of up to 45 MB) this way, and filling them on one thread while the others waited

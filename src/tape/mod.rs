@@ -17,11 +17,10 @@ use crate::cpu::{
         gumbel_st_backward, gumbel_st_forward, triplet_assemble_backward, triplet_assemble_forward, triplet_stats_backward,
         triplet_stats_forward, TripletLayout,
     },
-    zeros,
+    tensor, zeros,
 };
 use crate::real::Real;
 pub use params::{Param, ParamId, Params};
-use rayon::prelude::*;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -163,12 +162,10 @@ enum Op<T> {
         c: Var,
         layout: TripletLayout,
     },
-    /// `x / std(x)` with one global (unbiased) standard deviation, `clamped` when it hit the floor
+    /// `x / std(x)` with one global (unbiased) standard deviation; `stats` as `tensor::std_scale_forward` wrote them
     StdScale {
         x: Var,
-        mean: T,
-        std: T,
-        clamped: bool,
+        stats: Vec<T>,
     },
 }
 
@@ -212,28 +209,6 @@ pub struct Tape<T> {
     nodes: Vec<Node<T>>,
     /// With `Tape::timed`: when the last node was recorded, and the forward timings.
     timing: Option<(std::time::Instant, Timings)>,
-}
-
-/// Elements per parallel task of the tape's own elementwise ops.
-const CHUNK: usize = 1 << 14;
-
-/// A new tensor of `n` elements, written in parallel chunks: `fill(start, out)` sets elements
-/// `start..start + out.len()`. (These ops ran on one thread while the pool waited.)
-fn build<T: Real>(n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
-    let mut out = zeros(n);
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| fill(i * CHUNK, chunk));
-    out
-}
-
-/// `build` row by row: `fill(r, out)` sets row `r` (of `cols` elements) of an `n`-element tensor.
-fn build_rows<T: Real>(n: usize, cols: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Vec<T> {
-    let cols = cols.max(1);
-    let rows_per_task = CHUNK.div_ceil(cols);
-    let mut out = zeros(n);
-    out.par_chunks_mut(rows_per_task * cols)
-        .enumerate()
-        .for_each(|(i, chunk)| chunk.chunks_mut(cols).enumerate().for_each(|(r, row)| fill(i * rows_per_task + r, row)));
-    out
 }
 
 fn numel(shape: &[usize]) -> usize {
@@ -335,37 +310,37 @@ impl<T: Real> Tape<T> {
 
     pub fn add(&mut self, a: Var, b: Var) -> Var {
         assert_eq!(self.shape(a), self.shape(b), "add: shapes differ");
-        let (x, y) = (self.value(a), self.value(b));
-        let out = build(x.len(), |start, out| out.iter_mut().zip(&x[start..]).zip(&y[start..]).for_each(|((o, &x), &y)| *o = x + y));
+        let mut out = zeros(self.value(a).len());
+        tensor::add(self.value(a), self.value(b), &mut out);
         let needs = self.needs(&[a, b]);
         self.push(out, self.shape(a).to_vec(), Op::Add { a, b }, needs)
     }
     pub fn add_bias(&mut self, x: Var, bias: Var) -> Var {
         let cols = cols_of(self.shape(x));
         assert_eq!(self.value(bias).len(), cols, "add_bias: bias length vs last dim of {:?}", self.shape(x));
-        let (b, xs) = (self.value(bias), self.value(x));
-        let out = build_rows(xs.len(), cols, |r, out| out.iter_mut().zip(&xs[r * cols..]).zip(b).for_each(|((o, &x), &b)| *o = x + b));
+        let mut out = zeros(self.value(x).len());
+        tensor::add_bias(self.value(x), self.value(bias), &mut out);
         let needs = self.needs(&[x, bias]);
         self.push(out, self.shape(x).to_vec(), Op::AddBias { x, bias }, needs)
     }
     pub fn mul(&mut self, a: Var, b: Var) -> Var {
         assert_eq!(self.shape(a), self.shape(b), "mul: shapes differ");
-        let (x, y) = (self.value(a), self.value(b));
-        let out = build(x.len(), |start, out| out.iter_mut().zip(&x[start..]).zip(&y[start..]).for_each(|((o, &x), &y)| *o = x * y));
+        let mut out = zeros(self.value(a).len());
+        tensor::mul(self.value(a), self.value(b), &mut out);
         let needs = self.needs(&[a, b]);
         self.push(out, self.shape(a).to_vec(), Op::Mul { a, b }, needs)
     }
     pub fn scale(&mut self, x: Var, factor: f64) -> Var {
-        let f = T::f(factor);
-        let xs = self.value(x);
-        let out = build(xs.len(), |start, out| out.iter_mut().zip(&xs[start..]).for_each(|(o, &v)| *o = v * f));
+        let mut out = zeros(self.value(x).len());
+        tensor::scale(self.value(x), T::f(factor), &mut out);
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), Op::Scale { x, factor }, needs)
     }
     pub fn sum(&mut self, x: Var) -> Var {
-        let s = self.value(x).iter().copied().sum();
+        let mut out = vec![T::zero()];
+        tensor::sum(self.value(x), &mut out);
         let needs = self.needs(&[x]);
-        self.push(vec![s], vec![1], Op::Sum { x }, needs)
+        self.push(out, vec![1], Op::Sum { x }, needs)
     }
     pub fn mean(&mut self, x: Var) -> Var {
         let n = self.value(x).len().max(1);
@@ -440,12 +415,11 @@ impl<T: Real> Tape<T> {
     pub fn gather(&mut self, table: Var, index: &[usize]) -> Var {
         let cols = cols_of(self.shape(table));
         let rows = self.value(table).len() / cols;
-        let t = self.value(table);
-        let mut out = Vec::with_capacity(index.len() * cols);
-        for &i in index {
-            assert!(i < rows, "gather: index {i} out of {rows} rows");
-            out.extend_from_slice(&t[i * cols..][..cols]);
+        if let Some(i) = index.iter().find(|&&i| i >= rows) {
+            panic!("gather: index {i} out of {rows} rows");
         }
+        let mut out = zeros(index.len() * cols);
+        tensor::gather_rows(self.value(table), cols, index, &mut out);
         let needs = self.needs(&[table]);
         self.push(out, vec![index.len(), cols], Op::Gather { table, index: index.to_vec() }, needs)
     }
@@ -458,11 +432,11 @@ impl<T: Real> Tape<T> {
             assert_eq!(self.value(p).len(), rows * w, "concat: parts have different row counts");
         }
         let total: usize = widths.iter().sum();
-        let mut out = Vec::with_capacity(rows * total);
-        for r in 0..rows {
-            for (&p, &w) in parts.iter().zip(&widths) {
-                out.extend_from_slice(&self.value(p)[r * w..][..w]);
-            }
+        let mut out = zeros(rows * total);
+        let mut start = 0;
+        for (&p, &w) in parts.iter().zip(&widths) {
+            tensor::copy_cols(self.value(p), w, 0, &mut out, total, start, w, false);
+            start += w;
         }
         let needs = self.needs(parts);
         let mut shape = self.shape(parts[0]).to_vec();
@@ -473,7 +447,8 @@ impl<T: Real> Tape<T> {
     pub fn slice_cols(&mut self, x: Var, start: usize, width: usize) -> Var {
         let cols = cols_of(self.shape(x));
         assert!(start + width <= cols, "slice_cols: {start}+{width} > {cols}");
-        let out = self.value(x).chunks(cols).flat_map(|r| r[start..start + width].iter().copied()).collect();
+        let mut out = zeros(self.value(x).len() / cols * width);
+        tensor::copy_cols(self.value(x), cols, start, &mut out, width, 0, width, false);
         let needs = self.needs(&[x]);
         let mut shape = self.shape(x).to_vec();
         *shape.last_mut().unwrap() = width;
@@ -528,8 +503,8 @@ impl<T: Real> Tape<T> {
     pub fn scale_rows(&mut self, x: Var, w: Var) -> Var {
         let cols = cols_of(self.shape(x));
         assert_eq!(self.value(x).len(), self.value(w).len() * cols, "scale_rows: one weight per row of {:?}", self.shape(x));
-        let (xs, ws) = (self.value(x), self.value(w));
-        let out = build_rows(xs.len(), cols, |r, out| out.iter_mut().zip(&xs[r * cols..]).for_each(|(o, &v)| *o = v * ws[r]));
+        let mut out = zeros(self.value(x).len());
+        tensor::scale_rows(self.value(x), self.value(w), &mut out);
         let needs = self.needs(&[x, w]);
         self.push(out, self.shape(x).to_vec(), Op::ScaleRows { x, w }, needs)
     }
@@ -538,9 +513,8 @@ impl<T: Real> Tape<T> {
     pub fn scale_cols(&mut self, x: Var, v: Var) -> Var {
         let cols = cols_of(self.shape(x));
         assert_eq!(self.value(v).len(), cols, "scale_cols: one factor per column of {:?}", self.shape(x));
-        let (factors, xs) = (self.value(v), self.value(x));
-        let out =
-            build_rows(xs.len(), cols, |r, out| out.iter_mut().zip(&xs[r * cols..]).zip(factors).for_each(|((o, &x), &f)| *o = x * f));
+        let mut out = zeros(self.value(x).len());
+        tensor::scale_cols(self.value(x), self.value(v), &mut out);
         let needs = self.needs(&[x, v]);
         self.push(out, self.shape(x).to_vec(), Op::ScaleCols { x, v }, needs)
     }
@@ -572,9 +546,7 @@ impl<T: Real> Tape<T> {
         let rows = self.value(x).len() / cols;
         assert!(group > 0 && rows.is_multiple_of(group), "sum_groups: {rows} rows in groups of {group}");
         let mut out = zeros(rows / group * cols);
-        for (r, row) in self.value(x).chunks(cols).enumerate() {
-            out[r / group * cols..][..cols].iter_mut().zip(row).for_each(|(o, &v)| *o = *o + v);
-        }
+        tensor::sum_groups_forward(self.value(x), cols, group, &mut out);
         let needs = self.needs(&[x]);
         self.push(out, vec![rows / group, cols], Op::SumGroups { x, group }, needs)
     }
@@ -582,15 +554,12 @@ impl<T: Real> Tape<T> {
     /// `x / max(std(x), floor)` with the unbiased standard deviation over all elements (PyTorch's
     /// `x / x.std().clamp(min=floor)`, differentiated through the std as PyTorch does).
     pub fn scale_by_std(&mut self, x: Var, floor: f64) -> Var {
-        let v = self.value(x);
-        let n = v.len();
+        let n = self.value(x).len();
         assert!(n > 1, "scale_by_std: needs at least two elements");
-        let mean = v.iter().copied().sum::<T>() / T::f(n as f64);
-        let var = v.iter().map(|&x| (x - mean) * (x - mean)).sum::<T>() / T::f((n - 1) as f64);
-        let (std, clamped) = if var.sqrt() < T::f(floor) { (T::f(floor), true) } else { (var.sqrt(), false) };
-        let out = v.iter().map(|&x| x / std).collect();
+        let (mut out, mut stats) = (zeros(n), zeros(3));
+        tensor::std_scale_forward(self.value(x), floor, &mut out, &mut stats);
         let needs = self.needs(&[x]);
-        self.push(out, self.shape(x).to_vec(), Op::StdScale { x, mean, std, clamped }, needs)
+        self.push(out, self.shape(x).to_vec(), Op::StdScale { x, stats }, needs)
     }
 
     /// Reverse pass from a scalar (or a tensor, seeded with ones). Returns the gradients of leaves
@@ -633,7 +602,7 @@ impl<T: Real> Tape<T> {
         }
         let contrib = contrib.into();
         match &mut grads[v.0] {
-            Some(slot) => slot.iter_mut().zip(contrib.iter()).for_each(|(s, &c)| *s = *s + c),
+            Some(slot) => tensor::accumulate(&contrib, slot),
             empty => *empty = Some(contrib.into_owned()),
         }
     }
@@ -652,11 +621,8 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, b, grad);
             }
             &Op::AddBias { x, bias } => {
-                let cols = val(bias).len();
-                let mut db = zeros(cols);
-                for r in grad.chunks(cols) {
-                    db.iter_mut().zip(r).for_each(|(d, &v)| *d = *d + v);
-                }
+                let mut db = zeros_like(bias);
+                tensor::column_dots(&grad, None, &mut db);
                 self.add_grad(grads, bias, db);
                 self.add_grad(grads, x, grad);
             }
@@ -667,7 +633,8 @@ impl<T: Real> Tape<T> {
             }
             &Op::Mul { a, b } => {
                 if self.nodes[a.0].needs_grad {
-                    let da: Vec<T> = grad.iter().zip(val(b)).map(|(&g, &b)| g * b).collect();
+                    let mut da = zeros(grad.len());
+                    tensor::mul(&grad, val(b), &mut da);
                     self.add_grad(grads, a, da);
                 }
                 grad.iter_mut().zip(val(a)).for_each(|(g, &a)| *g = *g * a);
@@ -675,8 +642,8 @@ impl<T: Real> Tape<T> {
             }
             &Op::ScaleRows { x, w } => {
                 let cols = cols_of(&node.shape);
-                let dw: Vec<T> =
-                    grad.chunks(cols).zip(val(x).chunks(cols)).map(|(g, x)| g.iter().zip(x).map(|(&g, &x)| g * x).sum()).collect();
+                let mut dw = zeros_like(w);
+                tensor::row_dots(&grad, val(x), &mut dw);
                 self.add_grad(grads, w, dw);
                 grad.chunks_mut(cols).zip(val(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w));
                 self.add_grad(grads, x, grad);
@@ -701,7 +668,11 @@ impl<T: Real> Tape<T> {
                     self.add_grad(grads, b, db);
                 }
             }
-            &Op::Sum { x } => self.add_grad(grads, x, vec![g[0]; val(x).len()]),
+            &Op::Sum { x } => {
+                let mut dx = zeros_like(x);
+                tensor::sum_backward(g, &mut dx);
+                self.add_grad(grads, x, dx);
+            }
             &Op::Unary { x, kind } => {
                 let mut dx = zeros_like(x);
                 match kind {
@@ -744,17 +715,15 @@ impl<T: Real> Tape<T> {
             }
             Op::Gather { table, index } => {
                 let mut dt = zeros_like(*table);
-                let cols = cols_of(&node.shape);
-                for (r, &i) in index.iter().enumerate() {
-                    dt[i * cols..][..cols].iter_mut().zip(&g[r * cols..][..cols]).for_each(|(d, &v)| *d = *d + v);
-                }
+                tensor::scatter_add_rows(g, cols_of(&node.shape), index, &mut dt);
                 self.add_grad(grads, *table, dt);
             }
             Op::Concat { parts } => {
                 let total = cols_of(&node.shape);
                 let mut start = 0;
                 for &(p, w) in parts {
-                    let dp: Vec<T> = g.chunks(total).flat_map(|r| r[start..start + w].iter().copied()).collect();
+                    let mut dp = zeros_like(p);
+                    tensor::copy_cols(g, total, start, &mut dp, w, 0, w, false);
                     self.add_grad(grads, p, dp);
                     start += w;
                 }
@@ -762,9 +731,7 @@ impl<T: Real> Tape<T> {
             &Op::SliceCols { x, start, width } => {
                 let cols = cols_of(self.shape(x));
                 let mut dx = zeros_like(x);
-                for (d, s) in dx.chunks_mut(cols).zip(g.chunks(width)) {
-                    d[start..start + width].copy_from_slice(s);
-                }
+                tensor::copy_cols(g, width, 0, &mut dx, cols, start, width, false);
                 self.add_grad(grads, x, dx);
             }
             &Op::Energy { pred, obs, shape } => {
@@ -783,13 +750,9 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, *x, dx);
             }
             &Op::ScaleCols { x, v } => {
-                let cols = cols_of(&node.shape);
-                let factors = val(v);
-                let dx: Vec<T> = g.chunks(cols).flat_map(|r| r.iter().zip(factors).map(|(&g, &f)| g * f)).collect();
-                let mut dv = zeros(cols);
-                for (g, x) in g.chunks(cols).zip(val(x).chunks(cols)) {
-                    dv.iter_mut().zip(g.iter().zip(x)).for_each(|(d, (&g, &x))| *d = *d + g * x);
-                }
+                let (mut dx, mut dv) = (zeros_like(x), zeros_like(v));
+                tensor::scale_cols(g, val(v), &mut dx);
+                tensor::column_dots(g, Some(val(x)), &mut dv);
                 self.add_grad(grads, x, dx);
                 self.add_grad(grads, v, dv);
             }
@@ -815,22 +778,14 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, c, dc);
             }
             &Op::SumGroups { x, group } => {
-                let cols = cols_of(&node.shape);
-                let rows = val(x).len() / cols;
-                self.add_grad(grads, x, (0..rows).flat_map(|r| g[r / group * cols..][..cols].iter().copied()).collect::<Vec<T>>());
-            }
-            &Op::StdScale { x, mean, std, clamped } => {
-                let xs = val(x);
-                let dx: Vec<T> = if clamped {
-                    g.iter().map(|&g| g / std).collect()
-                } else {
-                    // y = x / s, ds/dx_i = (x_i - mean) / ((n - 1) s)
-                    let n1 = T::f((xs.len() - 1) as f64);
-                    let gx: T = g.iter().zip(xs).map(|(&g, &x)| g * x).sum();
-                    let c = gx / (std * std * std * n1);
-                    g.iter().zip(xs).map(|(&g, &x)| g / std - c * (x - mean)).collect()
-                };
+                let mut dx = zeros_like(x);
+                tensor::sum_groups_backward(g, cols_of(&node.shape), group, &mut dx);
                 self.add_grad(grads, x, dx);
+            }
+            Op::StdScale { x, stats } => {
+                let mut dx = zeros_like(*x);
+                tensor::std_scale_backward(val(*x), stats, g, &mut dx);
+                self.add_grad(grads, *x, dx);
             }
         }
     }
