@@ -1,6 +1,8 @@
-// Elementwise activations: SiLU, exact (erf) GELU, ReLU, and the fused SwiGLU gate silu(gate) * up.
+// Elementwise activations: SiLU, exact (erf) GELU, ReLU, the fused SwiGLU gate silu(gate) * up,
+// and the row softmax.
 // Twins: src/cpu/elementwise.rs (reference), src/cuda/elementwise.rs (launchers).
-// Shapes: every array [n], any n. Launch: 1-D grid-stride, 256 threads per block.
+// Shapes: every array [n], any n; the softmax's [rows, cols]. Launch: 1-D grid-stride, 256 threads
+// per block, over elements (the softmax: over rows, one thread per row, as its rows are short).
 // Forward overwrites y; backward accumulates dx += dy * f'(x).
 #include "common.cuh"
 
@@ -50,5 +52,31 @@ extern "C" __global__ void swiglu_backward_f32(const float* __restrict__ gate, c
         const float g = gate[i], s = sigmoid(g);
         dgate[i] += dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
         dup[i] += dy[i] * g * s;
+    }
+}
+
+// y[r, :] = softmax(x[r, :])
+extern "C" __global__ void softmax_forward_f32(const float* __restrict__ x, int cols, float* __restrict__ y, long long rows) {
+    FOR_EACH_INDEX(r, rows) {
+        const float* xr = x + r * cols;
+        float* yr = y + r * cols;
+        float max = -INFINITY, sum = 0.0f;
+        for (int c = 0; c < cols; ++c) max = fmaxf(max, xr[c]);
+        for (int c = 0; c < cols; ++c) {
+            yr[c] = expf(xr[c] - max);
+            sum += yr[c];
+        }
+        for (int c = 0; c < cols; ++c) yr[c] /= sum;
+    }
+}
+
+// dx += y * (dy - sum(dy * y)) per row
+extern "C" __global__ void softmax_backward_f32(const float* __restrict__ y, const float* __restrict__ dy, int cols, float* __restrict__ dx,
+                                                long long rows) {
+    FOR_EACH_INDEX(r, rows) {
+        const long long base = r * cols;
+        float dot = 0.0f;
+        for (int c = 0; c < cols; ++c) dot += y[base + c] * dy[base + c];
+        for (int c = 0; c < cols; ++c) dx[base + c] += y[base + c] * (dy[base + c] - dot);
     }
 }

@@ -11,7 +11,7 @@
 mod common;
 use common::{assert_close, TestRng};
 use ptrag_engine::cpu;
-use ptrag_engine::cpu::attention::AttentionShape;
+use ptrag_engine::cpu::attention::{AttentionShape, Rope};
 use ptrag_engine::cpu::energy::EnergyShape;
 use ptrag_engine::cpu::selection::TripletLayout;
 use ptrag_engine::cuda::{self, Args, Buffer, Gpu, Launch, ThreadOrder};
@@ -76,6 +76,8 @@ kernel_tests! {
     selection_backward => selection_backward_emulated_matches_cpu, selection_backward_cuda_matches_cpu;
     triplets_forward => triplets_forward_emulated_matches_cpu, triplets_forward_cuda_matches_cpu;
     triplets_backward => triplets_backward_emulated_matches_cpu, triplets_backward_cuda_matches_cpu;
+    tensor_forward => tensor_forward_emulated_matches_cpu, tensor_forward_cuda_matches_cpu;
+    tensor_backward => tensor_backward_emulated_matches_cpu, tensor_backward_cuda_matches_cpu;
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -136,6 +138,14 @@ fn elementwise_forward(gpu: &Gpu) {
     let mut y = poisoned(gpu, x.len());
     cuda::elementwise::swiglu_forward(gpu, &up(gpu, &x), &up(gpu, &up_half), &mut y).unwrap();
     check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, "swiglu");
+
+    for cols in [2, 37] {
+        let mut want = vec![0.0; x.len() / cols * cols];
+        cpu::elementwise::softmax_forward(&x[..want.len()], &mut want, cols);
+        let mut y = poisoned(gpu, want.len());
+        cuda::elementwise::softmax_forward(gpu, &up(gpu, &x[..want.len()]), &mut y, cols).unwrap();
+        check(gpu, &down(gpu, &y), &want, tol::REDUCTION, &format!("softmax over {cols}"));
+    }
 }
 
 fn elementwise_backward(gpu: &Gpu) {
@@ -155,6 +165,18 @@ fn elementwise_backward(gpu: &Gpu) {
     cuda::elementwise::swiglu_backward(gpu, &up(gpu, &x), &up(gpu, &up_half), &up(gpu, &dy), &mut dgate, &mut dup).unwrap();
     check(gpu, &down(gpu, &dgate), &want_dgate, tol::ELEMENTWISE, "swiglu dgate");
     check(gpu, &down(gpu, &dup), &want_dup, tol::ELEMENTWISE, "swiglu dup");
+
+    for cols in [2, 37] {
+        let n = x.len() / cols * cols;
+        let mut y = vec![0.0; n];
+        cpu::elementwise::softmax_forward(&x[..n], &mut y, cols);
+        let y = f64s(&f32s(&y));
+        let mut want = dx0[..n].to_vec();
+        cpu::elementwise::softmax_backward(&y, &dy[..n], &mut want, cols);
+        let mut dx = up(gpu, &dx0[..n]);
+        cuda::elementwise::softmax_backward(gpu, &up(gpu, &y), &up(gpu, &dy[..n]), &mut dx, cols).unwrap();
+        check(gpu, &down(gpu, &dx), &want, tol::REDUCTION, &format!("softmax backward over {cols}"));
+    }
 }
 
 // ---- norm ------------------------------------------------------------------------------------
@@ -354,7 +376,19 @@ fn attention_forward(gpu: &Gpu) {
         check(gpu, &down(gpu, &gout), &out, tol::ATTENTION, &format!("attention out {shape:?}"));
         check(gpu, &down(gpu, &glse), &lse, tol::ATTENTION, &format!("attention lse {shape:?}"));
     }
+    for rope in ROPES {
+        let x = inputs(&mut TestRng::new(13), 3 * rope.cells * rope.heads * rope.head_dim, 1.0);
+        let mut want = vec![0.0; x.len()];
+        rope.forward(&x, &mut want);
+        let mut y = poisoned(gpu, x.len());
+        cuda::attention::rope_forward(gpu, rope, &up(gpu, &x), &mut y).unwrap();
+        check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, &format!("{rope:?}"));
+    }
 }
+
+/// Three sets of cells each: one with an odd number of pairs per head, one with the paper's head size.
+const ROPES: [Rope; 2] =
+    [Rope { cells: 7, heads: 3, head_dim: 10, theta: 10_000.0 }, Rope { cells: 5, heads: 2, head_dim: 58, theta: 500_000.0 }];
 
 fn attention_backward(gpu: &Gpu) {
     for shape in attention_shapes() {
@@ -373,6 +407,18 @@ fn attention_backward(gpu: &Gpu) {
         check(gpu, &down(gpu, &gdq), &dq, tol::ATTENTION, &format!("attention dq {shape:?}"));
         check(gpu, &down(gpu, &gdk), &dk, tol::ATTENTION, &format!("attention dk {shape:?}"));
         check(gpu, &down(gpu, &gdv), &dv, tol::ATTENTION, &format!("attention dv {shape:?}"));
+    }
+    for rope in ROPES {
+        let mut rng = TestRng::new(14);
+        let (dy, dx0) = (
+            inputs(&mut rng, 3 * rope.cells * rope.heads * rope.head_dim, 1.0),
+            inputs(&mut rng, 3 * rope.cells * rope.heads * rope.head_dim, 1.0),
+        );
+        let mut want = dx0.clone();
+        rope.backward(&dy, &mut want);
+        let mut dx = up(gpu, &dx0);
+        cuda::attention::rope_backward(gpu, rope, &up(gpu, &dy), &mut dx).unwrap();
+        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, &format!("{rope:?} backward"));
     }
 }
 
@@ -569,5 +615,160 @@ fn triplets_backward(gpu: &Gpu) {
         check(gpu, &down(gpu, &gdst), &dst, tol::REDUCTION, &format!("triplet assemble dstats {layout:?}"));
         check(gpu, &down(gpu, &gdv), &dv, tol::REDUCTION, &format!("triplet assemble dv {layout:?}"));
         check(gpu, &down(gpu, &gdc), &dc, tol::REDUCTION, &format!("triplet assemble dc {layout:?}"));
+    }
+}
+
+// ---- tensor (the tape's glue) ----------------------------------------------------------------
+
+/// (rows, cols): several blocks of 256 elements and more than one 1,024-thread reduction pass, and
+/// a shape narrower than a warp's row.
+const TENSOR_SHAPES: [(usize, usize); 2] = [(300, 70), (13, 5)];
+/// Rows of the gather table: fewer than the gathered rows, so indices repeat.
+const TABLE_ROWS: usize = 11;
+
+fn gather_index(rows: usize) -> Vec<usize> {
+    (0..rows).map(|r| (r * 7 + 3) % TABLE_ROWS).collect()
+}
+fn up_index(gpu: &Gpu, index: &[usize]) -> Buffer<i32> {
+    gpu.upload(&index.iter().map(|&i| i as i32).collect::<Vec<_>>()).unwrap()
+}
+
+fn tensor_forward(gpu: &Gpu) {
+    use cpu::tensor as c;
+    use cuda::tensor as g;
+    for (rows, cols) in TENSOR_SHAPES {
+        let n = rows * cols;
+        let mut rng = TestRng::new(20);
+        let (a, b, col, row) =
+            (inputs(&mut rng, n, 2.0), inputs(&mut rng, n, 1.0), inputs(&mut rng, cols, 1.0), inputs(&mut rng, rows, 1.0));
+        let (ga, gb, gcol, grow) = (up(gpu, &a), up(gpu, &b), up(gpu, &col), up(gpu, &row));
+        let what = |op: &str| format!("{op} {rows}x{cols}");
+        let mut want = vec![0.0; n];
+
+        type Binary = (
+            &'static str,
+            fn(&[f64], &[f64], &mut [f64]),
+            fn(&Gpu, &Buffer<f32>, &Buffer<f32>, &mut Buffer<f32>) -> ptrag_engine::Result<()>,
+        );
+        let per_element: [Binary; 2] = [("add", c::add, g::add), ("mul", c::mul, g::mul)];
+        let broadcasts: [(Binary, &[f64], &Buffer<f32>); 3] = [
+            (("add_bias", c::add_bias, g::add_bias), &col, &gcol),
+            (("scale_rows", c::scale_rows, g::scale_rows), &row, &grow),
+            (("scale_cols", c::scale_cols, g::scale_cols), &col, &gcol),
+        ];
+        for ((name, cpu_f, gpu_f), v, gv) in per_element.into_iter().map(|f| (f, &b[..], &gb)).chain(broadcasts) {
+            cpu_f(&a, v, &mut want);
+            let mut out = poisoned(gpu, n);
+            gpu_f(gpu, &ga, gv, &mut out).unwrap();
+            check(gpu, &down(gpu, &out), &want, tol::ELEMENTWISE, &what(name));
+        }
+        c::scale(&a, -0.75, &mut want);
+        let mut out = poisoned(gpu, n);
+        g::scale(gpu, &ga, -0.75, &mut out).unwrap();
+        check(gpu, &down(gpu, &out), &want, tol::ELEMENTWISE, &what("scale"));
+
+        for b_used in [None, Some((&b, &gb))] {
+            let mut want = vec![0.0; cols];
+            c::column_dots(&a, b_used.map(|(b, _)| &b[..]), &mut want);
+            let mut out = poisoned(gpu, cols);
+            g::column_dots(gpu, &ga, b_used.map(|(_, gb)| gb), &mut out).unwrap();
+            check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what(&format!("column_dots (b: {})", b_used.is_some())));
+        }
+        let mut want = vec![0.0; rows];
+        c::row_dots(&a, &b, &mut want);
+        let mut out = poisoned(gpu, rows);
+        g::row_dots(gpu, &ga, &gb, &mut out).unwrap();
+        check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what("row_dots"));
+
+        let (table, index) = (inputs(&mut rng, TABLE_ROWS * cols, 1.0), gather_index(rows));
+        let mut want = vec![0.0; n];
+        c::gather_rows(&table, cols, &index, &mut want);
+        let mut out = poisoned(gpu, n);
+        g::gather_rows(gpu, &up(gpu, &table), cols, &up_index(gpu, &index), &mut out).unwrap();
+        check(gpu, &down(gpu, &out), &want, (0.0, 0.0), &what("gather_rows"));
+
+        // a slice of columns 2..2+w of a, copied into columns 1.. of a wider tensor over random values
+        let (width, wide) = (cols.min(3), cols + 4);
+        let dst0 = inputs(&mut rng, rows * wide, 1.0);
+        for accumulate in [false, true] {
+            let mut want = dst0.clone();
+            c::copy_cols(&a, cols, cols - width, &mut want, wide, 1, width, accumulate);
+            let mut out = up(gpu, &dst0);
+            g::copy_cols(gpu, &ga, cols, cols - width, &mut out, wide, 1, width, accumulate).unwrap();
+            check(gpu, &down(gpu, &out), &want, tol::ELEMENTWISE, &what(&format!("copy_cols (accumulate: {accumulate})")));
+        }
+
+        let group = if rows % 3 == 0 { 3 } else { 1 };
+        let mut want = vec![0.0; n / group];
+        c::sum_groups_forward(&a, cols, group, &mut want);
+        let mut out = poisoned(gpu, n / group);
+        g::sum_groups_forward(gpu, &ga, cols, group, &mut out).unwrap();
+        check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what(&format!("sum_groups of {group}")));
+
+        let mut want = vec![0.0];
+        c::sum(&a, &mut want);
+        let mut out = poisoned(gpu, 1);
+        g::sum(gpu, &ga, &mut out).unwrap();
+        check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what("sum"));
+
+        // a floor below the std (divided by the std) and above it (clamped)
+        for floor in [1e-3, 10.0] {
+            let (mut want, mut stats) = (vec![0.0; n], vec![0.0; 3]);
+            c::std_scale_forward(&a, floor, &mut want, &mut stats);
+            let (mut out, mut gstats) = (poisoned(gpu, n), poisoned(gpu, 3));
+            g::std_scale_forward(gpu, &ga, floor, &mut out, &mut gstats).unwrap();
+            check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what(&format!("std_scale (floor {floor})")));
+            check(gpu, &down(gpu, &gstats), &stats, tol::REDUCTION, &what(&format!("std_scale stats (floor {floor})")));
+        }
+    }
+}
+
+fn tensor_backward(gpu: &Gpu) {
+    use cpu::tensor as c;
+    use cuda::tensor as g;
+    for (rows, cols) in TENSOR_SHAPES {
+        let n = rows * cols;
+        let mut rng = TestRng::new(21);
+        let (x, dy, dx0) = (inputs(&mut rng, n, 2.0), inputs(&mut rng, n, 1.0), inputs(&mut rng, n, 1.0));
+        let (gx, gdy) = (up(gpu, &x), up(gpu, &dy));
+        let what = |op: &str| format!("{op} {rows}x{cols}");
+
+        let mut want = dx0.clone();
+        c::accumulate(&dy, &mut want);
+        let mut dx = up(gpu, &dx0);
+        g::accumulate(gpu, &gdy, &mut dx).unwrap();
+        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, &what("accumulate"));
+
+        let (index, table0) = (gather_index(rows), inputs(&mut rng, TABLE_ROWS * cols, 1.0));
+        let mut want = table0.clone();
+        c::scatter_add_rows(&dy, cols, &index, &mut want);
+        let mut dtable = up(gpu, &table0);
+        g::scatter_add_rows(gpu, &gdy, cols, &up_index(gpu, &index), &mut dtable).unwrap();
+        check(gpu, &down(gpu, &dtable), &want, tol::ELEMENTWISE, &what("scatter_add_rows"));
+
+        let group = if rows % 3 == 0 { 3 } else { 1 };
+        let dgroups = inputs(&mut rng, n / group, 1.0);
+        let mut want = dx0.clone();
+        c::sum_groups_backward(&dgroups, cols, group, &mut want);
+        let mut dx = up(gpu, &dx0);
+        g::sum_groups_backward(gpu, &up(gpu, &dgroups), cols, group, &mut dx).unwrap();
+        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, &what(&format!("sum_groups backward of {group}")));
+
+        let mut want = dx0.clone();
+        c::sum_backward(&[0.625], &mut want);
+        let mut dx = up(gpu, &dx0);
+        g::sum_backward(gpu, &up(gpu, &[0.625]), &mut dx).unwrap();
+        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, &what("sum backward"));
+
+        for floor in [1e-3, 10.0] {
+            let (mut y, mut stats) = (vec![0.0; n], vec![0.0; 3]);
+            c::std_scale_forward(&x, floor, &mut y, &mut stats);
+            let stats = f64s(&f32s(&stats));
+            let mut want = dx0.clone();
+            c::std_scale_backward(&x, &stats, &dy, &mut want);
+            let mut dx = up(gpu, &dx0);
+            g::std_scale_backward(gpu, &gx, &up(gpu, &stats), &gdy, &mut dx).unwrap();
+            check(gpu, &down(gpu, &dx), &want, tol::REDUCTION, &what(&format!("std_scale backward (floor {floor})")));
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! within each set, forward (saving the log-sum-exp) and backward (accumulating into dq, dk, dv).
 
 use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
-use crate::cpu::attention::AttentionShape;
+use crate::cpu::attention::{AttentionShape, Rope};
 use crate::{Error, Result};
 
 /// Rows (warps) per block, and the tile of the other side streamed through shared memory (`TILE` in the kernel).
@@ -78,4 +78,30 @@ pub fn attention_backward(
     let args = Args::new().input(q).input(k).input(v).input(lse).input(&delta).input(dout);
     let args = args.int(cells).int(keys).int(heads).int(head_dim).i32(causal as i32).output(dk).output(dv);
     gpu.launch("attention_backward_dkdv_f32", grid(keys, shape, (2 * head_dim + 2) * TILE)?, args)
+}
+
+fn rope(gpu: &Gpu, rope: Rope, x: &Buffer<f32>, out: &mut Buffer<f32>, inverse: bool) -> Result<()> {
+    let Rope { cells, heads, head_dim, theta } = rope;
+    let row = heads * head_dim * cells;
+    if head_dim % 2 != 0 || row == 0 || !x.len().is_multiple_of(row) {
+        return Err(Error::Shape {
+            op: "rope",
+            why: format!("{} values in sets of {cells} rows of {heads} heads of {head_dim} (even)", x.len()),
+        });
+    }
+    check_int("rope", &[x.len()])?;
+    check_len("rope", "out", out, x.len())?;
+    let pairs = x.len() / 2;
+    // the backward pass is the inverse rotation, and it accumulates
+    let (inverse, accumulate) = (inverse as i32, inverse as i32);
+    let args = Args::new().input(x).int(cells).int(heads).int(head_dim).f64(theta).i32(inverse).i32(accumulate);
+    gpu.launch("rope_f32", Launch::elementwise(pairs), args.output(out).i64(pairs as i64))
+}
+/// Rotary position encoding (see `cpu::attention::Rope`): overwrites `y`.
+pub fn rope_forward(gpu: &Gpu, r: Rope, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
+    rope(gpu, r, x, y, false)
+}
+/// Its backward, the inverse rotation: accumulates into `dx`.
+pub fn rope_backward(gpu: &Gpu, r: Rope, dy: &Buffer<f32>, dx: &mut Buffer<f32>) -> Result<()> {
+    rope(gpu, r, dy, dx, true)
 }

@@ -18,6 +18,7 @@ pub mod norm;
 pub mod optim;
 pub mod retrieval;
 pub mod selection;
+pub mod tensor;
 
 use crate::{Error, Result};
 use std::ffi::{c_char, c_void};
@@ -233,6 +234,11 @@ impl<'a> Args<'a> {
         self.slots.push(address);
         self
     }
+    /// A null pointer, for an optional input the kernel tests for.
+    pub fn null(mut self) -> Self {
+        self.slots.push(0);
+        self
+    }
     pub fn i32(mut self, value: i32) -> Self {
         self.slots.push(value as u32 as u64);
         self
@@ -243,6 +249,10 @@ impl<'a> Args<'a> {
     }
     pub fn i64(mut self, value: i64) -> Self {
         self.slots.push(value as u64);
+        self
+    }
+    pub fn f64(mut self, value: f64) -> Self {
+        self.slots.push(value.to_bits());
         self
     }
     pub fn f32(mut self, value: f32) -> Self {
