@@ -207,18 +207,18 @@ extern "C" __global__ void attention_backward_dkdv_f32(const float* __restrict__
 // Rotary position encoding (src/cpu/attention.rs's Rope): x, out: [rows, heads * head_dim], a row's
 // position is its index within its set of `cells`; the pair (x[i], x[i + head_dim/2]) of every head
 // is rotated by position * theta^(-2i / head_dim), backwards when `inverse` (the backward pass). The
-// angles are computed in double, as the reference does. One element per (row, head, i); overwrites
-// out, or adds into it when `accumulate`.
-extern "C" __global__ void rope_f32(const float* __restrict__ x, int cells, int heads, int head_dim, double theta, int inverse, int accumulate,
-                                    float* __restrict__ out, long long pairs) {
+// sines and cosines come from the reference's f64 table, sin_cos[cells, head_dim / 2, 2], rounded to
+// f32 (double sin/cos would spill to local memory). One element per (row, head, i); overwrites out,
+// or adds into it when `accumulate`.
+extern "C" __global__ void rope_f32(const float* __restrict__ x, const float* __restrict__ sin_cos, int cells, int heads, int head_dim,
+                                    int inverse, int accumulate, float* __restrict__ out, long long pairs) {
     const int half = head_dim / 2;
     FOR_EACH_INDEX(p, pairs) {
         const int i = (int)(p % half);
         const long long head_row = p / half;
-        const long long row = head_row / heads;
         const long long base = head_row * head_dim + i;  // (row * heads + head) * head_dim + i
-        const double angle = (double)(row % cells) * pow(theta, -2.0 * i / head_dim);
-        const float sin_a = (float)(inverse ? -sin(angle) : sin(angle)), cos_a = (float)cos(angle);
+        const float* angle = sin_cos + ((head_row / heads) % cells * half + i) * 2;
+        const float sin_a = inverse ? -angle[0] : angle[0], cos_a = angle[1];
         const float a = x[base], b = x[base + half];
         const float ya = a * cos_a - b * sin_a, yb = b * cos_a + a * sin_a;
         out[base] = accumulate ? out[base] + ya : ya;

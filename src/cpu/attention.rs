@@ -175,19 +175,27 @@ pub struct Rope {
 }
 
 impl Rope {
+    /// `[cells, head_dim / 2, 2]`: the sine and cosine of every position's angle for every pair,
+    /// computed in f64 (the CUDA kernel reads the same table).
+    pub fn sin_cos_table(&self) -> Vec<f64> {
+        let half = self.head_dim / 2;
+        let freq: Vec<f64> = (0..half).map(|i| self.theta.powf(-2.0 * i as f64 / self.head_dim as f64)).collect();
+        (0..self.cells).flat_map(|pos| freq.iter().flat_map(move |&f| <[f64; 2]>::from((pos as f64 * f).sin_cos()))).collect()
+    }
+
     /// Rotates every row by its position's angles; `inverse` rotates back (the backward pass, as a
     /// rotation's transpose is its inverse). Accumulates into `out` when `accumulate`.
     fn apply<T: Real>(&self, x: &[T], out: &mut [T], inverse: bool, accumulate: bool) {
         let (half, width) = (self.head_dim / 2, self.heads * self.head_dim);
         assert!(self.head_dim.is_multiple_of(2), "rotary encoding needs an even head dimension");
         assert!(x.len() == out.len() && x.len().is_multiple_of((width * self.cells).max(1)), "rope: buffer sizes");
-        let freq: Vec<f64> = (0..half).map(|i| self.theta.powf(-2.0 * i as f64 / self.head_dim as f64)).collect();
+        let table = self.sin_cos_table();
         for (r, (xr, yr)) in x.chunks(width).zip(out.chunks_mut(width)).enumerate() {
-            let pos = (r % self.cells) as f64;
+            let angles = &table[(r % self.cells) * half * 2..][..half * 2];
             for h in 0..self.heads {
                 let (xh, yh) = (&xr[h * self.head_dim..][..self.head_dim], &mut yr[h * self.head_dim..][..self.head_dim]);
                 for i in 0..half {
-                    let (sin, cos) = (pos * freq[i]).sin_cos();
+                    let (sin, cos) = (angles[2 * i], angles[2 * i + 1]);
                     let (sin, cos) = (T::f(if inverse { -sin } else { sin }), T::f(cos));
                     let (a, b) = (xh[i], xh[i + half]);
                     let (ya, yb) = (a * cos - b * sin, b * cos + a * sin);

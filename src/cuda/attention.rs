@@ -81,7 +81,7 @@ pub fn attention_backward(
 }
 
 fn rope(gpu: &Gpu, rope: Rope, x: &Buffer<f32>, out: &mut Buffer<f32>, inverse: bool) -> Result<()> {
-    let Rope { cells, heads, head_dim, theta } = rope;
+    let Rope { cells, heads, head_dim, .. } = rope;
     let row = heads * head_dim * cells;
     if head_dim % 2 != 0 || row == 0 || !x.len().is_multiple_of(row) {
         return Err(Error::Shape {
@@ -92,9 +92,11 @@ fn rope(gpu: &Gpu, rope: Rope, x: &Buffer<f32>, out: &mut Buffer<f32>, inverse: 
     check_int("rope", &[x.len()])?;
     check_len("rope", "out", out, x.len())?;
     let pairs = x.len() / 2;
+    let sin_cos: Vec<f32> = rope.sin_cos_table().iter().map(|&v| v as f32).collect();
+    let sin_cos = gpu.upload(&sin_cos)?;
     // the backward pass is the inverse rotation, and it accumulates
     let (inverse, accumulate) = (inverse as i32, inverse as i32);
-    let args = Args::new().input(x).int(cells).int(heads).int(head_dim).f64(theta).i32(inverse).i32(accumulate);
+    let args = Args::new().input(x).input(&sin_cos).int(cells).int(heads).int(head_dim).i32(inverse).i32(accumulate);
     gpu.launch("rope_f32", Launch::elementwise(pairs), args.output(out).i64(pairs as i64))
 }
 /// Rotary position encoding (see `cpu::attention::Rope`): overwrites `y`.

@@ -251,10 +251,6 @@ impl<'a> Args<'a> {
         self.slots.push(value as u64);
         self
     }
-    pub fn f64(mut self, value: f64) -> Self {
-        self.slots.push(value.to_bits());
-        self
-    }
     pub fn f32(mut self, value: f32) -> Self {
         self.slots.push(value.to_bits() as u64);
         self
