@@ -78,6 +78,28 @@ kernel_tests! {
     triplets_backward => triplets_backward_emulated_matches_cpu, triplets_backward_cuda_matches_cpu;
     tensor_forward => tensor_forward_emulated_matches_cpu, tensor_forward_cuda_matches_cpu;
     tensor_backward => tensor_backward_emulated_matches_cpu, tensor_backward_cuda_matches_cpu;
+    gemm_forward => gemm_forward_emulated_matches_cpu, gemm_forward_cuda_matches_cpu;
+}
+
+// ---- gemm (cuBLAS on a GPU; the emulator runs the CPU GEMM, so there this checks the plumbing) ----
+
+fn gemm_forward(gpu: &Gpu) {
+    let (m, k, n) = (37, 19, 53);
+    let mut rng = TestRng::new(30);
+    let (a, b, c0) = (inputs(&mut rng, m * k, 1.0), inputs(&mut rng, k * n, 1.0), inputs(&mut rng, m * n, 1.0));
+    for (trans_a, trans_b, accumulate) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
+        let mut want = c0.clone();
+        cpu::gemm::matmul(&a, &b, &mut want, m, k, n, trans_a, trans_b, accumulate);
+        let mut c = up(gpu, &c0);
+        cuda::gemm::matmul(gpu, &up(gpu, &a), &up(gpu, &b), &mut c, m, k, n, trans_a, trans_b, accumulate).unwrap();
+        check(
+            gpu,
+            &down(gpu, &c),
+            &want,
+            tol::REDUCTION,
+            &format!("matmul {m}x{k}x{n} trans ({trans_a}, {trans_b}) accumulate {accumulate}"),
+        );
+    }
 }
 
 // ---- helpers ---------------------------------------------------------------------------------

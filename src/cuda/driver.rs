@@ -31,6 +31,8 @@ pub struct Driver {
     pub info: DeviceInfo,
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// cuBLAS, created at the first product (the library is loaded then).
+    blas: std::sync::OnceLock<cudarc::cublas::CudaBlas>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
 }
@@ -58,7 +60,7 @@ impl Driver {
             multiprocessors: attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
         };
         let stream = context.default_stream();
-        Ok(Driver { info, context, stream, modules: Mutex::default(), functions: Mutex::default() })
+        Ok(Driver { info, context, stream, blas: std::sync::OnceLock::new(), modules: Mutex::default(), functions: Mutex::default() })
     }
 
     pub fn upload<T: Element>(&self, data: &[T]) -> Result<DeviceSlice<T>> {
@@ -133,6 +135,47 @@ impl Driver {
             )
         }
         .map_err(|e| Error::Kernel { kernel, why: format!("{e:?}") })
+    }
+}
+
+impl Driver {
+    /// Row-major `c[m, n] (+)= op(a)[m, k] op(b)[k, n]` with cuBLAS. cuBLAS is column-major, and a
+    /// row-major matrix read column-major is its transpose, so this asks for `c^T = op(b)^T op(a)^T`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        a: &DeviceSlice<f32>,
+        b: &DeviceSlice<f32>,
+        c: &mut DeviceSlice<f32>,
+        [m, k, n]: [usize; 3],
+        trans_a: bool,
+        trans_b: bool,
+        accumulate: bool,
+    ) -> Result<()> {
+        use cudarc::cublas::{sys::cublasOperation_t as Op, CudaBlas, Gemm, GemmConfig};
+        if self.blas.get().is_none() {
+            let blas = CudaBlas::new(self.stream.clone()).map_err(|e| driver_error("loading cuBLAS", e))?;
+            let _ = self.blas.set(blas);
+        }
+        let blas = self.blas.get().expect("set just above");
+        let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
+        let int = |v: usize| i32::try_from(v).map_err(|_| Error::Shape { op: "matmul", why: format!("{v} exceeds cuBLAS's 32-bit sizes") });
+        let cfg = GemmConfig {
+            transa: op(trans_b),
+            transb: op(trans_a),
+            m: int(n)?,
+            n: int(m)?,
+            k: int(k)?,
+            alpha: 1.0f32,
+            lda: int(if trans_b { k } else { n })?,
+            ldb: int(if trans_a { m } else { k })?,
+            beta: if accumulate { 1.0 } else { 0.0 },
+            ldc: int(n)?,
+        };
+        // SAFETY: the caller (`cuda::gemm::matmul`) checked that a, b and c hold m*k, k*n and m*n
+        // elements; the leading dimensions above describe exactly those row-major layouts, and all
+        // three slices live on this driver's stream, which cuBLAS was created on.
+        unsafe { blas.gemm(cfg, &b.slice, &a.slice, &mut c.slice) }.map_err(|e| driver_error("cuBLAS sgemm", e))
     }
 }
 

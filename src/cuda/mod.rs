@@ -14,6 +14,7 @@ mod driver;
 pub mod elementwise;
 mod emulator;
 pub mod energy;
+pub mod gemm;
 pub mod norm;
 pub mod optim;
 pub mod retrieval;
