@@ -293,7 +293,7 @@ fn parameter_gradients_accumulate() {
         let wv = tape.param(&params, w);
         let sq = tape.mul(wv, wv);
         let loss = tape.sum(sq);
-        tape.backward(loss).accumulate_into(&tape, &mut params);
+        tape.backward(loss).accumulate_into(&tape, &mut params).unwrap();
     }
     assert_eq!(params.get(w).grad, vec![4.0, 8.0, 12.0], "two backward passes add 2w twice");
     params.zero_grad();

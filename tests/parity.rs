@@ -14,6 +14,7 @@
 //! layers and the energy's square roots (measured: worst 5e-5 to 1e-4, the loss of the one-hot STATE
 //! case); we allow 5e-4. The retrieved candidates and the hard selection must be identical.
 
+use ptrag_engine::cuda::{Gpu, ThreadOrder};
 use ptrag_engine::model::knowledge::Knowledge;
 use ptrag_engine::model::{energy_loss, Model, ModelConfig, ModelInput, ModelKind, Noise, Selection, SelfExclusion};
 use ptrag_engine::real::Real;
@@ -186,7 +187,8 @@ struct Ours {
     grads: Vec<(String, Vec<f64>)>,
 }
 
-fn run_ours<T: Real>(c: &Case, params32: &Params<f32>) -> Ours {
+/// One training step's forward and backward on `tape` (a host tape, or one on a GPU or the emulator).
+fn run_ours<T: Real>(c: &Case, params32: &Params<f32>, mut tape: Tape<T>) -> Ours {
     let mut params = Params::<T>::new();
     let model = Model::new(&c.cfg.model, knowledge(c), &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0)).unwrap();
     for (p, q) in params.entries.iter_mut().zip(&params32.entries) {
@@ -203,7 +205,6 @@ fn run_ours<T: Real>(c: &Case, params32: &Params<f32>) -> Ours {
         training: true,
         selection: Selection::from_noise(noise),
     };
-    let mut tape = Tape::<T>::new();
     let out = model.forward(&mut tape, &params, &input);
     let target = tape.constant(&[n, GENES], T::from_f32_slice(&c.target));
     let mut loss = energy_loss(&mut tape, out.pred, target, SETS, CELLS, GENES);
@@ -213,11 +214,11 @@ fn run_ours<T: Real>(c: &Case, params32: &Params<f32>) -> Ours {
         loss = tape.add(loss, term);
     }
     let to64 = |v: &[T]| v.iter().map(|x| x.to_f64().unwrap()).collect::<Vec<f64>>();
-    let result_loss = tape.scalar(loss).to_f64().unwrap();
-    let pred = to64(tape.value(out.pred));
-    let selection = out.selection.map(|w| to64(tape.value(w)));
+    let result_loss = tape.fetch(loss).unwrap()[0].to_f64().unwrap();
+    let pred = to64(&tape.fetch(out.pred).unwrap());
+    let selection = out.selection.map(|w| to64(&tape.fetch(w).unwrap()));
     let candidates = out.retrieval.as_ref().map(|r| r.candidates.iter().map(|&x| x as f64).collect());
-    tape.backward(loss).accumulate_into(&tape, &mut params);
+    tape.backward(loss).accumulate_into(&tape, &mut params).unwrap();
     let grads = params.entries.iter().map(|p| (p.name.clone(), to64(&p.grad))).collect();
     Ours { loss: result_loss, pred, selection, candidates, grads }
 }
@@ -262,7 +263,37 @@ fn matches_pytorch_in_f64_and_f32() {
             let w = tensor_f64(&expected, "selection");
             assert!(w.contains(&0.0) && w.contains(&1.0), "{case}: fixture selects all or none");
         }
-        compare(case, &run_ours::<f64>(&c, &params), &expected, 1e-14, 1e-12);
-        compare(case, &run_ours::<f32>(&c, &params), &expected, 1e-7, 5e-4);
+        compare(case, &run_ours::<f64>(&c, &params, Tape::new()), &expected, 1e-14, 1e-12);
+        compare(case, &run_ours::<f32>(&c, &params, Tape::new()), &expected, 1e-7, 5e-4);
+    }
+}
+
+/// The whole training step (forward, loss, backward, every parameter's gradient) of every model on
+/// a GPU tape: its kernels, products and the tape's device path, against PyTorch in f64 with the f32
+/// tolerance. Under the emulator the kernels are the same `.cu` sources the GPU runs.
+fn step_on_gpu_matches_pytorch(gpu: Gpu) {
+    let gpu = std::sync::Arc::new(gpu);
+    for case in CASES {
+        let (c, params) = load_case(case);
+        let bytes = read_file(&dir().join(format!("{case}.expected.safetensors")));
+        let expected = SafeTensors::deserialize(&bytes).unwrap();
+        compare(&format!("{case} on {}", gpu.name()), &run_ours(&c, &params, Tape::on_gpu(gpu.clone())), &expected, 1e-7, 5e-4);
+    }
+}
+
+#[test]
+fn training_step_emulated_matches_pytorch() {
+    for order in [ThreadOrder::Forward, ThreadOrder::Reverse] {
+        step_on_gpu_matches_pytorch(Gpu::emulated(order).expect("the emulated kernels are built"));
+    }
+}
+
+/// On a real GPU; skipped with the reason where none is usable, failing instead with `PTRAG_REQUIRE_GPU=1`.
+#[test]
+fn training_step_cuda_matches_pytorch() {
+    match Gpu::cuda() {
+        Ok(gpu) => step_on_gpu_matches_pytorch(gpu),
+        Err(e) if std::env::var("PTRAG_REQUIRE_GPU").is_ok_and(|v| v == "1") => panic!("PTRAG_REQUIRE_GPU=1 but no GPU: {e}"),
+        Err(e) => eprintln!("skipped (no GPU): {e}"),
     }
 }

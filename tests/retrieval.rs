@@ -71,7 +71,7 @@ fn per_set_and_per_cell_retrieval_give_identical_outputs_and_gradients() {
                 loss = tape.add(loss, term);
             }
             let pred = tape.value(out.pred).to_vec();
-            tape.backward(loss).accumulate_into(&tape, &mut params);
+            tape.backward(loss).accumulate_into(&tape, &mut params).unwrap();
             let r = out.retrieval.unwrap();
             (pred, w, params, r.rows, r.candidates)
         };

@@ -174,7 +174,7 @@ fn whole_model_gradients_match_finite_differences() {
             (tape.scalar(loss), tape, loss)
         };
         let (_, tape, loss) = loss_of(&params);
-        tape.backward(loss).accumulate_into(&tape, &mut params);
+        tape.backward(loss).accumulate_into(&tape, &mut params).unwrap();
         let mut rng = TestRng::new(3);
         let through_selection =
             |name: &str| kind == ModelKind::PtRag && ["select.norm", "select.score", "pert.", "basal."].iter().any(|p| name.starts_with(p));

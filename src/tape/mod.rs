@@ -1,7 +1,10 @@
-//! A minimal reverse-mode autodiff tape over the CPU kernels in `crate::cpu`.
+//! A minimal reverse-mode autodiff tape over the kernel families: the CPU engine's (`crate::cpu`),
+//! or, on a tape made by `Tape::on_gpu`, their CUDA twins (`crate::cuda`, products through cuBLAS).
 //!
 //! A model's forward pass records one `Node` per operation (its value, shape and what its backward
-//! pass needs); `backward` walks the nodes in reverse, calling each family's backward kernel.
+//! pass needs); `backward` walks the nodes in reverse, calling each family's backward kernel. Every
+//! op has both paths side by side, with the same kernels in the same order, so a GPU tape computes
+//! what a host tape does (the whole-step parity tests compare them).
 //! Every tensor is a flat row-major buffer; operations that act "per row" use the last dimension as
 //! the row length. See `params.rs` for the gradient-accumulation contract.
 
@@ -19,9 +22,11 @@ use crate::cpu::{
     },
     tensor, zeros,
 };
+use crate::cuda::{self, Buffer, Gpu};
 use crate::real::Real;
+use crate::{Error, Result};
 pub use params::{Param, ParamId, Params};
-use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// A handle to a node of the tape.
@@ -85,21 +90,21 @@ enum Op<T> {
     RmsNorm {
         x: Var,
         w: Var,
-        rstd: Vec<T>,
+        rstd: Value<T>,
     },
     LayerNorm {
         x: Var,
         w: Var,
         b: Var,
-        mean: Vec<T>,
-        rstd: Vec<T>,
+        mean: Value<T>,
+        rstd: Value<T>,
     },
     Attention {
         q: Var,
         k: Var,
         v: Var,
         shape: AttentionShape,
-        lse: Vec<T>,
+        lse: Value<T>,
     },
     /// `out[i] = table[index[i]]` (rows)
     Gather {
@@ -125,7 +130,7 @@ enum Op<T> {
     },
     GumbelSt {
         logits: Var,
-        soft: Vec<T>,
+        soft: Value<T>,
         tau: f64,
     },
     Rope {
@@ -165,7 +170,7 @@ enum Op<T> {
     /// `x / std(x)` with one global (unbiased) standard deviation; `stats` as `tensor::std_scale_forward` wrote them
     StdScale {
         x: Var,
-        stats: Vec<T>,
+        stats: Value<T>,
     },
 }
 
@@ -194,8 +199,75 @@ impl<T> Op<T> {
     }
 }
 
+/// Where a tensor lives: host memory (the CPU engine) or GPU memory (a tape made by `Tape::on_gpu`,
+/// f32 only). `Missing` stands for an output a failed GPU op never made: the tape's fault says why,
+/// and no later op reads it.
+pub enum Memory<T> {
+    Host(Vec<T>),
+    Gpu(Buffer<f32>),
+    Missing,
+}
+
+/// A node's value: `Memory` behind shared pointers, so that parameters and reshapes share storage.
+#[derive(Clone)]
+enum Value<T> {
+    Host(Arc<Vec<T>>),
+    Gpu(Arc<Buffer<f32>>),
+    Missing,
+}
+
+impl<T> From<Memory<T>> for Value<T> {
+    fn from(m: Memory<T>) -> Self {
+        match m {
+            Memory::Host(v) => Value::Host(Arc::new(v)),
+            Memory::Gpu(b) => Value::Gpu(Arc::new(b)),
+            Memory::Missing => Value::Missing,
+        }
+    }
+}
+
+// A host op reading a GPU tensor (or the reverse) is a bug in the tape, not a user error.
+const WRONG_SIDE: &str = "tape: a tensor read on the wrong side of the host/GPU seam";
+
+impl<T> Value<T> {
+    fn host(&self) -> &[T] {
+        match self {
+            Value::Host(v) => v,
+            _ => panic!("{WRONG_SIDE}"),
+        }
+    }
+    fn dev(&self) -> &Buffer<f32> {
+        match self {
+            Value::Gpu(b) => b,
+            _ => panic!("{WRONG_SIDE}"),
+        }
+    }
+}
+
+impl<T> Memory<T> {
+    fn host(&self) -> &[T] {
+        match self {
+            Memory::Host(v) => v,
+            _ => panic!("{WRONG_SIDE}"),
+        }
+    }
+    fn dev(&self) -> &Buffer<f32> {
+        match self {
+            Memory::Gpu(b) => b,
+            _ => panic!("{WRONG_SIDE}"),
+        }
+    }
+}
+
+/// An operand of a product: a node's value, or (in the backward pass) the incoming gradient.
+#[derive(Clone, Copy)]
+enum Operand<'a, T> {
+    Of(Var),
+    Grad(&'a Memory<T>),
+}
+
 struct Node<T> {
-    value: Arc<Vec<T>>,
+    value: Value<T>,
     shape: Vec<usize>,
     op: Op<T>,
     needs_grad: bool,
@@ -209,6 +281,11 @@ pub struct Tape<T> {
     nodes: Vec<Node<T>>,
     /// With `Tape::timed`: when the last node was recorded, and the forward timings.
     timing: Option<(std::time::Instant, Timings)>,
+    /// Where the ops run: None for the CPU engine.
+    gpu: Option<Arc<Gpu>>,
+    /// The first GPU failure (out of memory, a failed launch); GPU ops are skipped after it, and
+    /// `fetch` and `check` return it.
+    fault: RefCell<Option<Error>>,
 }
 
 fn numel(shape: &[usize]) -> usize {
@@ -217,6 +294,12 @@ fn numel(shape: &[usize]) -> usize {
 fn cols_of(shape: &[usize]) -> usize {
     *shape.last().unwrap_or(&1)
 }
+fn f32_of<T: Real>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32().unwrap_or(f32::NAN)).collect()
+}
+fn index_i32(index: &[usize]) -> Vec<i32> {
+    index.iter().map(|&i| i as i32).collect()
+}
 
 impl<T: Real> Default for Tape<T> {
     fn default() -> Self {
@@ -224,18 +307,86 @@ impl<T: Real> Default for Tape<T> {
     }
 }
 
+impl Tape<f32> {
+    /// A tape whose tensors live on `gpu` and whose ops run its kernels (cuBLAS for products).
+    pub fn on_gpu(gpu: Arc<Gpu>) -> Self {
+        Tape { gpu: Some(gpu), ..Tape::new() }
+    }
+}
+
 impl<T: Real> Tape<T> {
     pub fn new() -> Self {
-        Tape { nodes: Vec::new(), timing: None }
+        Tape { nodes: Vec::new(), timing: None, gpu: None, fault: RefCell::new(None) }
     }
 
     /// A tape that times its forward ops (see `forward_timings`) and can time `backward_timed`.
     pub fn timed() -> Self {
-        Tape { nodes: Vec::new(), timing: Some((std::time::Instant::now(), Vec::new())) }
+        Tape { timing: Some((std::time::Instant::now(), Vec::new())), ..Tape::new() }
     }
 
     pub fn forward_timings(&self) -> Timings {
         self.timing.as_ref().map(|t| t.1.clone()).unwrap_or_default()
+    }
+
+    /// The first GPU failure of this tape, if any (host tapes never fail).
+    pub fn check(&self) -> Result<()> {
+        match self.fault.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, e: Error) {
+        self.fault.borrow_mut().get_or_insert(e);
+    }
+
+    /// New tensors of `sizes` elements (zeros) on the tape's device, written by `cpu` on a host tape
+    /// or by `gpu` on a GPU tape. Forward kernels overwrite them; backward kernels add into the zeros.
+    fn compute<const K: usize>(
+        &self,
+        sizes: [usize; K],
+        cpu: impl FnOnce([&mut [T]; K]),
+        gpu: impl FnOnce(&Gpu, [&mut Buffer<f32>; K]) -> Result<()>,
+    ) -> [Memory<T>; K] {
+        let Some(device) = &self.gpu else {
+            let mut outs = sizes.map(zeros);
+            cpu(outs.each_mut().map(|v| v.as_mut_slice()));
+            return outs.map(Memory::Host);
+        };
+        if self.fault.borrow().is_some() {
+            return sizes.map(|_| Memory::Missing);
+        }
+        let run = || -> Result<[Buffer<f32>; K]> {
+            let outs: Vec<Buffer<f32>> = sizes.iter().map(|&n| device.zeros(n)).collect::<Result<_>>()?;
+            let mut outs: [Buffer<f32>; K] = outs.try_into().unwrap_or_else(|_| unreachable!("one buffer per size"));
+            gpu(device, outs.each_mut())?;
+            Ok(outs)
+        };
+        match run() {
+            Ok(outs) => outs.map(Memory::Gpu),
+            Err(e) => {
+                self.fail(e);
+                sizes.map(|_| Memory::Missing)
+            }
+        }
+    }
+    fn compute1(&self, n: usize, cpu: impl FnOnce(&mut [T]), gpu: impl FnOnce(&Gpu, &mut Buffer<f32>) -> Result<()>) -> Memory<T> {
+        let [out] = self.compute([n], |[o]| cpu(o), |g, [o]| gpu(g, o));
+        out
+    }
+
+    /// Data from the host onto the tape's device.
+    fn place(&self, data: Vec<T>) -> Memory<T> {
+        match &self.gpu {
+            None => Memory::Host(data),
+            Some(g) => match g.upload(&f32_of(&data)) {
+                Ok(b) => Memory::Gpu(b),
+                Err(e) => {
+                    self.fail(e);
+                    Memory::Missing
+                }
+            },
+        }
     }
 
     fn record(&mut self, node: Node<T>) -> Var {
@@ -248,37 +399,63 @@ impl<T: Real> Tape<T> {
         Var(self.nodes.len() - 1)
     }
 
-    fn push(&mut self, value: Vec<T>, shape: Vec<usize>, op: Op<T>, needs_grad: bool) -> Var {
-        debug_assert_eq!(value.len(), numel(&shape));
-        self.record(Node { value: Arc::new(value), shape, op, needs_grad })
+    fn push(&mut self, value: Memory<T>, shape: Vec<usize>, op: Op<T>, needs_grad: bool) -> Var {
+        self.record(Node { value: value.into(), shape, op, needs_grad })
     }
     fn needs(&self, vars: &[Var]) -> bool {
         vars.iter().any(|v| self.nodes[v.0].needs_grad)
     }
+    fn numel(&self, v: Var) -> usize {
+        numel(&self.nodes[v.0].shape)
+    }
+    fn h(&self, v: Var) -> &[T] {
+        self.nodes[v.0].value.host()
+    }
+    fn d(&self, v: Var) -> &Buffer<f32> {
+        self.nodes[v.0].value.dev()
+    }
 
+    /// A value on a host tape (GPU tapes: `fetch`).
     pub fn value(&self, v: Var) -> &[T] {
-        &self.nodes[v.0].value
+        self.h(v)
+    }
+    /// A value copied to the host, on either kind of tape; the tape's GPU fault, if it has one.
+    pub fn fetch(&self, v: Var) -> Result<Vec<T>> {
+        self.check()?;
+        match (&self.nodes[v.0].value, &self.gpu) {
+            (Value::Host(x), _) => Ok(x.to_vec()),
+            (Value::Gpu(b), Some(g)) => Ok(g.download(b)?.iter().map(|&x| T::f(x as f64)).collect()),
+            _ => Err(Error::Device("a tensor of a failed GPU op".into())),
+        }
     }
     pub fn shape(&self, v: Var) -> &[usize] {
         &self.nodes[v.0].shape
     }
     pub fn scalar(&self, v: Var) -> T {
-        self.nodes[v.0].value[0]
+        self.h(v)[0]
     }
 
     /// Data that needs no gradient.
     pub fn constant(&mut self, shape: &[usize], value: Vec<T>) -> Var {
         assert_eq!(value.len(), numel(shape), "constant: {} values for shape {shape:?}", value.len());
+        let value = self.place(value);
         self.push(value, shape.to_vec(), Op::Leaf, false)
     }
     /// An input whose gradient is kept (used by the gradient tests).
     pub fn input(&mut self, shape: &[usize], value: Vec<T>) -> Var {
         assert_eq!(value.len(), numel(shape), "input: {} values for shape {shape:?}", value.len());
+        let value = self.place(value);
         self.push(value, shape.to_vec(), Op::Leaf, true)
     }
+    /// A parameter: shared, not copied, on a host tape; uploaded at each use on a GPU tape (the
+    /// parameters do not live on the GPU yet).
     pub fn param(&mut self, params: &Params<T>, id: ParamId) -> Var {
         let p = params.get(id);
-        self.record(Node { value: p.value.clone(), shape: p.shape.clone(), op: Op::Param(id), needs_grad: p.trainable })
+        let value = match &self.gpu {
+            None => Value::Host(p.value.clone()),
+            Some(_) => self.place(p.value.to_vec()).into(),
+        };
+        self.record(Node { value, shape: p.shape.clone(), op: Op::Param(id), needs_grad: p.trainable })
     }
 
     /// 2-D matrix product; with `trans_*` the operand is stored transposed.
@@ -288,7 +465,7 @@ impl<T: Real> Tape<T> {
         let (m, k) = if trans_a { (sa[1], sa[0]) } else { (sa[0], sa[1]) };
         let (k2, n) = if trans_b { (sb[1], sb[0]) } else { (sb[0], sb[1]) };
         assert_eq!(k, k2, "matmul: inner dimensions {sa:?} x {sb:?} (trans {trans_a}, {trans_b})");
-        let out = matmul_new(self.value(a), self.value(b), m, k, n, trans_a, trans_b);
+        let out = self.product(Operand::Of(a), Operand::Of(b), [m, k, n], trans_a, trans_b);
         let needs = self.needs(&[a, b]);
         self.push(out, vec![m, n], Op::MatMul { a, b, trans_a, trans_b, m, k, n }, needs)
     }
@@ -310,51 +487,63 @@ impl<T: Real> Tape<T> {
 
     pub fn add(&mut self, a: Var, b: Var) -> Var {
         assert_eq!(self.shape(a), self.shape(b), "add: shapes differ");
-        let mut out = zeros(self.value(a).len());
-        tensor::add(self.value(a), self.value(b), &mut out);
+        let out =
+            self.compute1(self.numel(a), |o| tensor::add(self.h(a), self.h(b), o), |g, o| cuda::tensor::add(g, self.d(a), self.d(b), o));
         let needs = self.needs(&[a, b]);
         self.push(out, self.shape(a).to_vec(), Op::Add { a, b }, needs)
     }
     pub fn add_bias(&mut self, x: Var, bias: Var) -> Var {
-        let cols = cols_of(self.shape(x));
-        assert_eq!(self.value(bias).len(), cols, "add_bias: bias length vs last dim of {:?}", self.shape(x));
-        let mut out = zeros(self.value(x).len());
-        tensor::add_bias(self.value(x), self.value(bias), &mut out);
+        assert_eq!(self.numel(bias), cols_of(self.shape(x)), "add_bias: bias length vs last dim of {:?}", self.shape(x));
+        let out = self.compute1(
+            self.numel(x),
+            |o| tensor::add_bias(self.h(x), self.h(bias), o),
+            |g, o| cuda::tensor::add_bias(g, self.d(x), self.d(bias), o),
+        );
         let needs = self.needs(&[x, bias]);
         self.push(out, self.shape(x).to_vec(), Op::AddBias { x, bias }, needs)
     }
     pub fn mul(&mut self, a: Var, b: Var) -> Var {
         assert_eq!(self.shape(a), self.shape(b), "mul: shapes differ");
-        let mut out = zeros(self.value(a).len());
-        tensor::mul(self.value(a), self.value(b), &mut out);
+        let out =
+            self.compute1(self.numel(a), |o| tensor::mul(self.h(a), self.h(b), o), |g, o| cuda::tensor::mul(g, self.d(a), self.d(b), o));
         let needs = self.needs(&[a, b]);
         self.push(out, self.shape(a).to_vec(), Op::Mul { a, b }, needs)
     }
     pub fn scale(&mut self, x: Var, factor: f64) -> Var {
-        let mut out = zeros(self.value(x).len());
-        tensor::scale(self.value(x), T::f(factor), &mut out);
+        let out = self.compute1(
+            self.numel(x),
+            |o| tensor::scale(self.h(x), T::f(factor), o),
+            |g, o| cuda::tensor::scale(g, self.d(x), factor as f32, o),
+        );
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), Op::Scale { x, factor }, needs)
     }
     pub fn sum(&mut self, x: Var) -> Var {
-        let mut out = vec![T::zero()];
-        tensor::sum(self.value(x), &mut out);
+        let out = self.compute1(1, |o| tensor::sum(self.h(x), o), |g, o| cuda::tensor::sum(g, self.d(x), o));
         let needs = self.needs(&[x]);
         self.push(out, vec![1], Op::Sum { x }, needs)
     }
     pub fn mean(&mut self, x: Var) -> Var {
-        let n = self.value(x).len().max(1);
+        let n = self.numel(x).max(1);
         let s = self.sum(x);
         self.scale(s, 1.0 / n as f64)
     }
 
     fn unary(&mut self, x: Var, kind: Unary) -> Var {
-        let mut out = zeros(self.value(x).len());
-        match kind {
-            Unary::Silu => ew::silu_forward(self.value(x), &mut out),
-            Unary::Gelu => ew::gelu_forward(self.value(x), &mut out),
-            Unary::Relu => ew::relu_forward(self.value(x), &mut out),
-        }
+        use cuda::elementwise as cw;
+        let out = self.compute1(
+            self.numel(x),
+            |o| match kind {
+                Unary::Silu => ew::silu_forward(self.h(x), o),
+                Unary::Gelu => ew::gelu_forward(self.h(x), o),
+                Unary::Relu => ew::relu_forward(self.h(x), o),
+            },
+            |g, o| match kind {
+                Unary::Silu => cw::silu_forward(g, self.d(x), o),
+                Unary::Gelu => cw::gelu_forward(g, self.d(x), o),
+                Unary::Relu => cw::relu_forward(g, self.d(x), o),
+            },
+        );
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), Op::Unary { x, kind }, needs)
     }
@@ -370,74 +559,101 @@ impl<T: Real> Tape<T> {
     /// `silu(gate) * up` in one pass (the Llama MLP), without storing `silu(gate)`.
     pub fn swiglu(&mut self, gate: Var, up: Var) -> Var {
         assert_eq!(self.shape(gate), self.shape(up), "swiglu: gate and up shapes differ");
-        let mut out = zeros(self.value(gate).len());
-        ew::swiglu_forward(self.value(gate), self.value(up), &mut out);
+        let out = self.compute1(
+            self.numel(gate),
+            |o| ew::swiglu_forward(self.h(gate), self.h(up), o),
+            |g, o| cuda::elementwise::swiglu_forward(g, self.d(gate), self.d(up), o),
+        );
         let needs = self.needs(&[gate, up]);
         self.push(out, self.shape(gate).to_vec(), Op::SwiGlu { gate, up }, needs)
     }
     pub fn softmax(&mut self, x: Var) -> Var {
-        let mut out = zeros(self.value(x).len());
-        ew::softmax_forward(self.value(x), &mut out, cols_of(self.shape(x)));
+        let cols = cols_of(self.shape(x));
+        let out = self.compute1(
+            self.numel(x),
+            |o| ew::softmax_forward(self.h(x), o, cols),
+            |g, o| cuda::elementwise::softmax_forward(g, self.d(x), o, cols),
+        );
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), Op::Softmax { x }, needs)
     }
 
     pub fn rmsnorm(&mut self, x: Var, w: Var, eps: f64) -> Var {
         let cols = cols_of(self.shape(x));
-        assert_eq!(self.value(w).len(), cols, "rmsnorm: weight length vs last dim");
-        let rows = self.value(x).len() / cols;
-        let (mut out, mut rstd) = (zeros(rows * cols), zeros(rows));
-        norm::rmsnorm_forward(self.value(x), self.value(w), eps, &mut out, &mut rstd);
+        assert_eq!(self.numel(w), cols, "rmsnorm: weight length vs last dim");
+        let rows = self.numel(x) / cols;
+        let [out, rstd] = self.compute(
+            [rows * cols, rows],
+            |[o, r]| norm::rmsnorm_forward(self.h(x), self.h(w), eps, o, r),
+            |g, [o, r]| cuda::norm::rmsnorm_forward(g, self.d(x), self.d(w), eps, o, r),
+        );
         let needs = self.needs(&[x, w]);
-        self.push(out, self.shape(x).to_vec(), Op::RmsNorm { x, w, rstd }, needs)
+        self.push(out, self.shape(x).to_vec(), Op::RmsNorm { x, w, rstd: rstd.into() }, needs)
     }
     pub fn layernorm(&mut self, x: Var, w: Var, b: Var, eps: f64) -> Var {
         let cols = cols_of(self.shape(x));
-        assert!(self.value(w).len() == cols && self.value(b).len() == cols, "layernorm: weight/bias length vs last dim");
-        let rows = self.value(x).len() / cols;
-        let (mut out, mut mean, mut rstd) = (zeros(rows * cols), zeros(rows), zeros(rows));
-        norm::layernorm_forward(self.value(x), self.value(w), self.value(b), eps, &mut out, &mut mean, &mut rstd);
+        assert!(self.numel(w) == cols && self.numel(b) == cols, "layernorm: weight/bias length vs last dim");
+        let rows = self.numel(x) / cols;
+        let [out, mean, rstd] = self.compute(
+            [rows * cols, rows, rows],
+            |[o, m, r]| norm::layernorm_forward(self.h(x), self.h(w), self.h(b), eps, o, m, r),
+            |g, [o, m, r]| cuda::norm::layernorm_forward(g, self.d(x), self.d(w), self.d(b), eps, o, m, r),
+        );
         let needs = self.needs(&[x, w, b]);
-        self.push(out, self.shape(x).to_vec(), Op::LayerNorm { x, w, b, mean, rstd }, needs)
+        self.push(out, self.shape(x).to_vec(), Op::LayerNorm { x, w, b, mean: mean.into(), rstd: rstd.into() }, needs)
     }
 
     /// Attention within each set; `q, k, v: [sets * cells, heads * head_dim]`.
     pub fn attention(&mut self, q: Var, k: Var, v: Var, shape: AttentionShape) -> Var {
-        let mut out = zeros(self.value(q).len());
-        let mut lse = zeros(shape.sets * shape.heads * shape.cells);
-        attention_forward(self.value(q), self.value(k), self.value(v), shape, &mut out, &mut lse);
+        let [out, lse] = self.compute(
+            [self.numel(q), shape.sets * shape.heads * shape.cells],
+            |[o, l]| attention_forward(self.h(q), self.h(k), self.h(v), shape, o, l),
+            |g, [o, l]| cuda::attention::attention_forward(g, self.d(q), self.d(k), self.d(v), shape, o, l),
+        );
         let needs = self.needs(&[q, k, v]);
-        self.push(out, self.shape(q).to_vec(), Op::Attention { q, k, v, shape, lse }, needs)
+        self.push(out, self.shape(q).to_vec(), Op::Attention { q, k, v, shape, lse: lse.into() }, needs)
     }
 
     /// Rows of `table[rows, cols]` picked by `index` (embedding lookup; also broadcasts a per-set
     /// row to every cell of the set). Out-of-range indices are a caller bug and panic.
     pub fn gather(&mut self, table: Var, index: &[usize]) -> Var {
         let cols = cols_of(self.shape(table));
-        let rows = self.value(table).len() / cols;
+        let rows = self.numel(table) / cols;
         if let Some(i) = index.iter().find(|&&i| i >= rows) {
             panic!("gather: index {i} out of {rows} rows");
         }
-        let mut out = zeros(index.len() * cols);
-        tensor::gather_rows(self.value(table), cols, index, &mut out);
+        let out = self.compute1(
+            index.len() * cols,
+            |o| tensor::gather_rows(self.h(table), cols, index, o),
+            |g, o| cuda::tensor::gather_rows(g, self.d(table), cols, &g.upload(&index_i32(index))?, o),
+        );
         let needs = self.needs(&[table]);
         self.push(out, vec![index.len(), cols], Op::Gather { table, index: index.to_vec() }, needs)
     }
 
     /// Concatenate along the last dimension; all parts have the same number of rows.
     pub fn concat(&mut self, parts: &[Var]) -> Var {
-        let rows = self.value(parts[0]).len() / cols_of(self.shape(parts[0]));
+        let rows = self.numel(parts[0]) / cols_of(self.shape(parts[0]));
         let widths: Vec<usize> = parts.iter().map(|&p| cols_of(self.shape(p))).collect();
         for (&p, &w) in parts.iter().zip(&widths) {
-            assert_eq!(self.value(p).len(), rows * w, "concat: parts have different row counts");
+            assert_eq!(self.numel(p), rows * w, "concat: parts have different row counts");
         }
         let total: usize = widths.iter().sum();
-        let mut out = zeros(rows * total);
-        let mut start = 0;
-        for (&p, &w) in parts.iter().zip(&widths) {
-            tensor::copy_cols(self.value(p), w, 0, &mut out, total, start, w, false);
-            start += w;
-        }
+        let starts: Vec<usize> = widths.iter().scan(0, |s, &w| Some(std::mem::replace(s, *s + w))).collect();
+        let out = self.compute1(
+            rows * total,
+            |o| {
+                for ((&p, &w), &start) in parts.iter().zip(&widths).zip(&starts) {
+                    tensor::copy_cols(self.h(p), w, 0, o, total, start, w, false);
+                }
+            },
+            |g, o| {
+                for ((&p, &w), &start) in parts.iter().zip(&widths).zip(&starts) {
+                    cuda::tensor::copy_cols(g, self.d(p), w, 0, o, total, start, w, false)?;
+                }
+                Ok(())
+            },
+        );
         let needs = self.needs(parts);
         let mut shape = self.shape(parts[0]).to_vec();
         *shape.last_mut().unwrap() = total;
@@ -447,8 +663,11 @@ impl<T: Real> Tape<T> {
     pub fn slice_cols(&mut self, x: Var, start: usize, width: usize) -> Var {
         let cols = cols_of(self.shape(x));
         assert!(start + width <= cols, "slice_cols: {start}+{width} > {cols}");
-        let mut out = zeros(self.value(x).len() / cols * width);
-        tensor::copy_cols(self.value(x), cols, start, &mut out, width, 0, width, false);
+        let out = self.compute1(
+            self.numel(x) / cols * width,
+            |o| tensor::copy_cols(self.h(x), cols, start, o, width, 0, width, false),
+            |g, o| cuda::tensor::copy_cols(g, self.d(x), cols, start, o, width, 0, width, false),
+        );
         let needs = self.needs(&[x]);
         let mut shape = self.shape(x).to_vec();
         *shape.last_mut().unwrap() = width;
@@ -466,7 +685,7 @@ impl<T: Real> Tape<T> {
             .collect()
     }
     pub fn reshape(&mut self, x: Var, shape: &[usize]) -> Var {
-        assert_eq!(numel(shape), self.value(x).len(), "reshape {:?} -> {shape:?}", self.shape(x));
+        assert_eq!(numel(shape), self.numel(x), "reshape {:?} -> {shape:?}", self.shape(x));
         let value = self.nodes[x.0].value.clone();
         let needs = self.needs(&[x]);
         self.record(Node { value, shape: shape.to_vec(), op: Op::Reshape { x }, needs_grad: needs })
@@ -474,8 +693,11 @@ impl<T: Real> Tape<T> {
 
     /// Per-set (half) energy distance, `[sets]`; see `cpu::energy`.
     pub fn energy(&mut self, pred: Var, obs: Var, shape: EnergyShape) -> Var {
-        let mut out = zeros(shape.sets);
-        energy_forward(self.value(pred), self.value(obs), shape, &mut out);
+        let out = self.compute1(
+            shape.sets,
+            |o| energy_forward(self.h(pred), self.h(obs), shape, o),
+            |g, o| cuda::energy::energy_forward(g, self.d(pred), self.d(obs), shape, o),
+        );
         let needs = self.needs(&[pred]);
         self.push(out, vec![shape.sets], Op::Energy { pred, obs, shape }, needs)
     }
@@ -483,18 +705,20 @@ impl<T: Real> Tape<T> {
     /// Straight-through Gumbel-Softmax over the last dimension with supplied Gumbel noise.
     pub fn gumbel_st(&mut self, logits: Var, noise: &[T], tau: f64) -> Var {
         let classes = cols_of(self.shape(logits));
-        let n = self.value(logits).len();
+        let n = self.numel(logits);
         assert_eq!(noise.len(), n, "gumbel_st: noise length");
-        let (mut soft, mut hard) = (zeros(n), zeros(n));
-        gumbel_st_forward(self.value(logits), noise, tau, classes, &mut soft, &mut hard);
+        let [soft, hard] = self.compute(
+            [n, n],
+            |[s, h]| gumbel_st_forward(self.h(logits), noise, tau, classes, s, h),
+            |g, [s, h]| cuda::selection::gumbel_st_forward(g, self.d(logits), &g.upload(&f32_of(noise))?, tau, classes, s, h),
+        );
         let needs = self.needs(&[logits]);
-        self.push(hard, self.shape(logits).to_vec(), Op::GumbelSt { logits, soft, tau }, needs)
+        self.push(hard, self.shape(logits).to_vec(), Op::GumbelSt { logits, soft: soft.into(), tau }, needs)
     }
 
     /// Rotary position encoding of `x: [sets * cells, heads * head_dim]` (see `cpu::attention::Rope`).
     pub fn rope(&mut self, x: Var, rope: Rope) -> Var {
-        let mut out = zeros(self.value(x).len());
-        rope.forward(self.value(x), &mut out);
+        let out = self.compute1(self.numel(x), |o| rope.forward(self.h(x), o), |g, o| cuda::attention::rope_forward(g, rope, self.d(x), o));
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), Op::Rope { x, rope }, needs)
     }
@@ -502,19 +726,24 @@ impl<T: Real> Tape<T> {
     /// Every row of `x[rows, cols]` times its weight `w[rows]` (any shape with `rows` elements).
     pub fn scale_rows(&mut self, x: Var, w: Var) -> Var {
         let cols = cols_of(self.shape(x));
-        assert_eq!(self.value(x).len(), self.value(w).len() * cols, "scale_rows: one weight per row of {:?}", self.shape(x));
-        let mut out = zeros(self.value(x).len());
-        tensor::scale_rows(self.value(x), self.value(w), &mut out);
+        assert_eq!(self.numel(x), self.numel(w) * cols, "scale_rows: one weight per row of {:?}", self.shape(x));
+        let out = self.compute1(
+            self.numel(x),
+            |o| tensor::scale_rows(self.h(x), self.h(w), o),
+            |g, o| cuda::tensor::scale_rows(g, self.d(x), self.d(w), o),
+        );
         let needs = self.needs(&[x, w]);
         self.push(out, self.shape(x).to_vec(), Op::ScaleRows { x, w }, needs)
     }
 
     /// Every column of `x[rows, cols]` times its factor `v[cols]`.
     pub fn scale_cols(&mut self, x: Var, v: Var) -> Var {
-        let cols = cols_of(self.shape(x));
-        assert_eq!(self.value(v).len(), cols, "scale_cols: one factor per column of {:?}", self.shape(x));
-        let mut out = zeros(self.value(x).len());
-        tensor::scale_cols(self.value(x), self.value(v), &mut out);
+        assert_eq!(self.numel(v), cols_of(self.shape(x)), "scale_cols: one factor per column of {:?}", self.shape(x));
+        let out = self.compute1(
+            self.numel(x),
+            |o| tensor::scale_cols(self.h(x), self.h(v), o),
+            |g, o| cuda::tensor::scale_cols(g, self.d(x), self.d(v), o),
+        );
         let needs = self.needs(&[x, v]);
         self.push(out, self.shape(x).to_vec(), Op::ScaleCols { x, v }, needs)
     }
@@ -523,8 +752,11 @@ impl<T: Real> Tape<T> {
     /// parts' row sums and sums of squares (each `[part rows]` or `[part rows, 1]`); see
     /// `cpu::selection::triplet_stats_forward`.
     pub fn triplet_stats(&mut self, sums: [Var; 3], squares: [Var; 3], layout: TripletLayout, width: usize, eps: f64) -> Var {
-        let mut out = zeros(2 * layout.triplets());
-        triplet_stats_forward(sums.map(|v| self.value(v)), squares.map(|v| self.value(v)), layout, width, eps, &mut out);
+        let out = self.compute1(
+            2 * layout.triplets(),
+            |o| triplet_stats_forward(sums.map(|v| self.h(v)), squares.map(|v| self.h(v)), layout, width, eps, o),
+            |g, o| cuda::selection::triplet_stats_forward(g, sums.map(|v| self.d(v)), squares.map(|v| self.d(v)), layout, width, eps, o),
+        );
         let needs = self.needs(&sums) || self.needs(&squares);
         self.push(out, vec![layout.triplets(), 2], Op::TripletStats { sums, squares, layout, width }, needs)
     }
@@ -533,9 +765,12 @@ impl<T: Real> Tape<T> {
     /// the triplet statistics, `v = W gamma` and `c = W beta + b` (`[h]` each); see
     /// `cpu::selection::triplet_assemble_forward`.
     pub fn triplet_assemble(&mut self, parts: [Var; 3], stats: Var, v: Var, c: Var, layout: TripletLayout) -> Var {
-        let h = self.value(v).len();
-        let mut out = zeros(layout.triplets() * h);
-        triplet_assemble_forward(parts.map(|p| self.value(p)), self.value(stats), self.value(v), self.value(c), layout, &mut out);
+        let h = self.numel(v);
+        let out = self.compute1(
+            layout.triplets() * h,
+            |o| triplet_assemble_forward(parts.map(|p| self.h(p)), self.h(stats), self.h(v), self.h(c), layout, o),
+            |g, o| cuda::selection::triplet_assemble_forward(g, parts.map(|p| self.d(p)), self.d(stats), self.d(v), self.d(c), layout, o),
+        );
         let needs = self.needs(&parts) || self.needs(&[stats, v, c]);
         self.push(out, vec![layout.triplets(), h], Op::TripletAssemble { parts, stats, v, c, layout }, needs)
     }
@@ -543,10 +778,13 @@ impl<T: Real> Tape<T> {
     /// `[rows, cols] -> [rows / group, cols]`: the sum of every `group` consecutive rows.
     pub fn sum_groups(&mut self, x: Var, group: usize) -> Var {
         let cols = cols_of(self.shape(x));
-        let rows = self.value(x).len() / cols;
+        let rows = self.numel(x) / cols;
         assert!(group > 0 && rows.is_multiple_of(group), "sum_groups: {rows} rows in groups of {group}");
-        let mut out = zeros(rows / group * cols);
-        tensor::sum_groups_forward(self.value(x), cols, group, &mut out);
+        let out = self.compute1(
+            rows / group * cols,
+            |o| tensor::sum_groups_forward(self.h(x), cols, group, o),
+            |g, o| cuda::tensor::sum_groups_forward(g, self.d(x), cols, group, o),
+        );
         let needs = self.needs(&[x]);
         self.push(out, vec![rows / group, cols], Op::SumGroups { x, group }, needs)
     }
@@ -554,12 +792,15 @@ impl<T: Real> Tape<T> {
     /// `x / max(std(x), floor)` with the unbiased standard deviation over all elements (PyTorch's
     /// `x / x.std().clamp(min=floor)`, differentiated through the std as PyTorch does).
     pub fn scale_by_std(&mut self, x: Var, floor: f64) -> Var {
-        let n = self.value(x).len();
+        let n = self.numel(x);
         assert!(n > 1, "scale_by_std: needs at least two elements");
-        let (mut out, mut stats) = (zeros(n), zeros(3));
-        tensor::std_scale_forward(self.value(x), floor, &mut out, &mut stats);
+        let [out, stats] = self.compute(
+            [n, 3],
+            |[o, s]| tensor::std_scale_forward(self.h(x), floor, o, s),
+            |g, [o, s]| cuda::tensor::std_scale_forward(g, self.d(x), floor, o, s),
+        );
         let needs = self.needs(&[x]);
-        self.push(out, self.shape(x).to_vec(), Op::StdScale { x, stats }, needs)
+        self.push(out, self.shape(x).to_vec(), Op::StdScale { x, stats: stats.into() }, needs)
     }
 
     /// Reverse pass from a scalar (or a tensor, seeded with ones). Returns the gradients of leaves
@@ -576,8 +817,8 @@ impl<T: Real> Tape<T> {
     }
 
     fn backward_impl(&self, root: Var, mut times: Option<&mut Timings>) -> Gradients<T> {
-        let mut grads: Vec<Option<Vec<T>>> = (0..self.nodes.len()).map(|_| None).collect();
-        grads[root.0] = Some(vec![T::one(); self.value(root).len()]);
+        let mut grads: Vec<Option<Memory<T>>> = (0..self.nodes.len()).map(|_| None).collect();
+        grads[root.0] = Some(self.place(vec![T::one(); self.numel(root)]));
         for i in (0..=root.0).rev() {
             let node = &self.nodes[i];
             if !node.needs_grad || matches!(node.op, Op::Leaf | Op::Param(_)) {
@@ -588,189 +829,363 @@ impl<T: Real> Tape<T> {
             let start = times.is_some().then(std::time::Instant::now);
             self.backward_node(node, g, &mut grads);
             if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
+                if let Some(g) = &self.gpu {
+                    let _ = g.synchronize();
+                }
                 t.push((node.op.name(), start.elapsed().as_secs_f64()));
             }
         }
         Gradients { grads }
     }
 
-    /// Accumulates a contribution into `v`'s gradient. The first one becomes the gradient: an owned
-    /// buffer is moved into place (no zero-fill, no copy), a borrowed one copied; later ones are added.
-    fn add_grad<'c>(&self, grads: &mut [Option<Vec<T>>], v: Var, contrib: impl Into<Cow<'c, [T]>>) {
+    /// Accumulates a contribution into `v`'s gradient: the first one becomes the gradient (moved
+    /// into place, no copy), later ones are added.
+    fn add_grad(&self, grads: &mut [Option<Memory<T>>], v: Var, contrib: Memory<T>) {
         if !self.nodes[v.0].needs_grad {
             return;
         }
-        let contrib = contrib.into();
-        match &mut grads[v.0] {
-            Some(slot) => tensor::accumulate(&contrib, slot),
-            empty => *empty = Some(contrib.into_owned()),
+        match (&mut grads[v.0], contrib) {
+            (Some(Memory::Host(slot)), Memory::Host(c)) => tensor::accumulate(&c, slot),
+            (Some(Memory::Gpu(slot)), Memory::Gpu(c)) => {
+                if let Some(g) = self.gpu.as_deref().filter(|_| self.fault.borrow().is_none()) {
+                    if let Err(e) = cuda::tensor::accumulate(g, &c, slot) {
+                        self.fail(e);
+                    }
+                }
+            }
+            (Some(_), _) => {} // a failed GPU op's Missing: the fault is recorded
+            (empty, c) => *empty = Some(c),
         }
     }
 
-    fn backward_node(&self, node: &Node<T>, mut grad: Vec<T>, grads: &mut [Option<Vec<T>>]) {
-        let g = &grad[..];
-        let val = |v: Var| -> &[T] { &self.nodes[v.0].value };
-        let zeros_like = |v: Var| zeros(self.nodes[v.0].value.len());
+    fn host_of<'a>(&'a self, o: Operand<'a, T>) -> &'a [T] {
+        match o {
+            Operand::Grad(g) => g.host(),
+            Operand::Of(v) => self.h(v),
+        }
+    }
+    fn dev_of<'a>(&'a self, o: Operand<'a, T>) -> &'a Buffer<f32> {
+        match o {
+            Operand::Grad(g) => g.dev(),
+            Operand::Of(v) => self.d(v),
+        }
+    }
+    /// `op(x)[m, k] op(y)[k, n]` on the tape's device (the CPU GEMM, or cuBLAS).
+    fn product(&self, x: Operand<T>, y: Operand<T>, [m, k, n]: [usize; 3], trans_x: bool, trans_y: bool) -> Memory<T> {
+        match &self.gpu {
+            None => Memory::Host(matmul_new(self.host_of(x), self.host_of(y), m, k, n, trans_x, trans_y)),
+            Some(_) => self.compute1(
+                m * n,
+                |_| {},
+                |g, o| cuda::gemm::matmul(g, self.dev_of(x), self.dev_of(y), o, m, k, n, trans_x, trans_y, false),
+            ),
+        }
+    }
+
+    /// A copy of a gradient, for an op that hands the same gradient to two inputs.
+    fn duplicate(&self, g: &Memory<T>) -> Memory<T> {
+        match g {
+            Memory::Host(v) => Memory::Host(v.clone()),
+            Memory::Gpu(b) => self.compute1(b.len(), |_| {}, |gpu, o| cuda::tensor::accumulate(gpu, b, o)),
+            Memory::Missing => Memory::Missing,
+        }
+    }
+
+    fn backward_node(&self, node: &Node<T>, grad: Memory<T>, grads: &mut [Option<Memory<T>>]) {
+        let g = &grad;
+        let n = |v: Var| self.numel(v);
+        let needs = |v: Var| self.nodes[v.0].needs_grad;
         // Reshape, add, bias, scale, mul and row scaling hand the incoming buffer itself on (scaled
-        // in place where needed): no tensor-sized allocation on the largest activations.
+        // in place where needed, on the host): no tensor-sized allocation on the largest activations.
         match &node.op {
             Op::Leaf | Op::Param(_) => {}
             &Op::Reshape { x } => self.add_grad(grads, x, grad),
             &Op::Add { a, b } => {
-                self.add_grad(grads, a, &grad[..]);
+                if needs(a) {
+                    self.add_grad(grads, a, self.duplicate(g));
+                }
                 self.add_grad(grads, b, grad);
             }
             &Op::AddBias { x, bias } => {
-                let mut db = zeros_like(bias);
-                tensor::column_dots(&grad, None, &mut db);
+                let db = self.compute1(
+                    n(bias),
+                    |o| tensor::column_dots(g.host(), None, o),
+                    |gpu, o| cuda::tensor::column_dots(gpu, g.dev(), None, o),
+                );
                 self.add_grad(grads, bias, db);
                 self.add_grad(grads, x, grad);
             }
             &Op::Scale { x, factor } => {
-                let f = T::f(factor);
-                grad.iter_mut().for_each(|g| *g = *g * f);
-                self.add_grad(grads, x, grad);
+                let dx = match grad {
+                    Memory::Host(mut v) => {
+                        let f = T::f(factor);
+                        v.iter_mut().for_each(|g| *g = *g * f);
+                        Memory::Host(v)
+                    }
+                    dev => self.compute1(n(x), |_| {}, |gpu, o| cuda::tensor::scale(gpu, dev.dev(), factor as f32, o)),
+                };
+                self.add_grad(grads, x, dx);
             }
             &Op::Mul { a, b } => {
-                if self.nodes[a.0].needs_grad {
-                    let mut da = zeros(grad.len());
-                    tensor::mul(&grad, val(b), &mut da);
+                if needs(a) {
+                    let da = self.compute1(
+                        n(a),
+                        |o| tensor::mul(g.host(), self.h(b), o),
+                        |gpu, o| cuda::tensor::mul(gpu, g.dev(), self.d(b), o),
+                    );
                     self.add_grad(grads, a, da);
                 }
-                grad.iter_mut().zip(val(a)).for_each(|(g, &a)| *g = *g * a);
-                self.add_grad(grads, b, grad);
+                let db = match grad {
+                    Memory::Host(mut v) => {
+                        v.iter_mut().zip(self.h(a)).for_each(|(g, &a)| *g = *g * a);
+                        Memory::Host(v)
+                    }
+                    dev => self.compute1(n(b), |_| {}, |gpu, o| cuda::tensor::mul(gpu, dev.dev(), self.d(a), o)),
+                };
+                self.add_grad(grads, b, db);
             }
             &Op::ScaleRows { x, w } => {
-                let cols = cols_of(&node.shape);
-                let mut dw = zeros_like(w);
-                tensor::row_dots(&grad, val(x), &mut dw);
+                let dw = self.compute1(
+                    n(w),
+                    |o| tensor::row_dots(g.host(), self.h(x), o),
+                    |gpu, o| cuda::tensor::row_dots(gpu, g.dev(), self.d(x), o),
+                );
                 self.add_grad(grads, w, dw);
-                grad.chunks_mut(cols).zip(val(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w));
-                self.add_grad(grads, x, grad);
+                let dx = match grad {
+                    Memory::Host(mut v) => {
+                        let cols = cols_of(&node.shape);
+                        v.chunks_mut(cols).zip(self.h(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w));
+                        Memory::Host(v)
+                    }
+                    dev => self.compute1(n(x), |_| {}, |gpu, o| cuda::tensor::scale_rows(gpu, dev.dev(), self.d(w), o)),
+                };
+                self.add_grad(grads, x, dx);
             }
-            &Op::MatMul { a, b, trans_a, trans_b, m, k, n } => {
-                if self.nodes[a.0].needs_grad {
+            &Op::MatMul { a, b, trans_a, trans_b, m, k, n: cols } => {
+                use Operand::{Grad, Of};
+                if needs(a) {
                     // C = A B: dA = dC B^T (stored as A^T when trans_a: dA^T = B dC^T)
                     let da = if trans_a {
-                        matmul_new(val(b), g, k, n, m, trans_b, true)
+                        self.product(Of(b), Grad(g), [k, cols, m], trans_b, true)
                     } else {
-                        matmul_new(g, val(b), m, n, k, false, !trans_b)
+                        self.product(Grad(g), Of(b), [m, cols, k], false, !trans_b)
                     };
                     self.add_grad(grads, a, da);
                 }
-                if self.nodes[b.0].needs_grad {
+                if needs(b) {
                     // dB = A^T dC (stored as B^T when trans_b: dB^T = dC^T A)
                     let db = if trans_b {
-                        matmul_new(g, val(a), n, m, k, true, trans_a)
+                        self.product(Grad(g), Of(a), [cols, m, k], true, trans_a)
                     } else {
-                        matmul_new(val(a), g, k, m, n, !trans_a, false)
+                        self.product(Of(a), Grad(g), [k, m, cols], !trans_a, false)
                     };
                     self.add_grad(grads, b, db);
                 }
             }
             &Op::Sum { x } => {
-                let mut dx = zeros_like(x);
-                tensor::sum_backward(g, &mut dx);
+                let dx = self.compute1(n(x), |o| tensor::sum_backward(g.host(), o), |gpu, o| cuda::tensor::sum_backward(gpu, g.dev(), o));
                 self.add_grad(grads, x, dx);
             }
             &Op::Unary { x, kind } => {
-                let mut dx = zeros_like(x);
-                match kind {
-                    Unary::Silu => ew::silu_backward(val(x), g, &mut dx),
-                    Unary::Gelu => ew::gelu_backward(val(x), g, &mut dx),
-                    Unary::Relu => ew::relu_backward(val(x), g, &mut dx),
-                }
+                use cuda::elementwise as cw;
+                let dx = self.compute1(
+                    n(x),
+                    |o| match kind {
+                        Unary::Silu => ew::silu_backward(self.h(x), g.host(), o),
+                        Unary::Gelu => ew::gelu_backward(self.h(x), g.host(), o),
+                        Unary::Relu => ew::relu_backward(self.h(x), g.host(), o),
+                    },
+                    |gpu, o| match kind {
+                        Unary::Silu => cw::silu_backward(gpu, self.d(x), g.dev(), o),
+                        Unary::Gelu => cw::gelu_backward(gpu, self.d(x), g.dev(), o),
+                        Unary::Relu => cw::relu_backward(gpu, self.d(x), g.dev(), o),
+                    },
+                );
                 self.add_grad(grads, x, dx);
             }
             &Op::SwiGlu { gate, up } => {
-                let (mut dgate, mut dup) = (zeros_like(gate), zeros_like(up));
-                ew::swiglu_backward(val(gate), val(up), g, &mut dgate, &mut dup);
+                let [dgate, dup] = self.compute(
+                    [n(gate), n(up)],
+                    |[dg, du]| ew::swiglu_backward(self.h(gate), self.h(up), g.host(), dg, du),
+                    |gpu, [dg, du]| cuda::elementwise::swiglu_backward(gpu, self.d(gate), self.d(up), g.dev(), dg, du),
+                );
                 self.add_grad(grads, gate, dgate);
                 self.add_grad(grads, up, dup);
             }
             &Op::Softmax { x } => {
-                let mut dx = zeros_like(x);
-                ew::softmax_backward(&node.value, g, &mut dx, cols_of(&node.shape));
+                let cols = cols_of(&node.shape);
+                let dx = self.compute1(
+                    n(x),
+                    |o| ew::softmax_backward(node.value.host(), g.host(), o, cols),
+                    |gpu, o| cuda::elementwise::softmax_backward(gpu, node.value.dev(), g.dev(), o, cols),
+                );
                 self.add_grad(grads, x, dx);
             }
             Op::RmsNorm { x, w, rstd } => {
-                let (mut dx, mut dw) = (zeros_like(*x), zeros_like(*w));
-                norm::rmsnorm_backward(val(*x), val(*w), rstd, g, &mut dx, &mut dw);
-                self.add_grad(grads, *x, dx);
-                self.add_grad(grads, *w, dw);
+                let (x, w) = (*x, *w);
+                let [dx, dw] = self.compute(
+                    [n(x), n(w)],
+                    |[dx, dw]| norm::rmsnorm_backward(self.h(x), self.h(w), rstd.host(), g.host(), dx, dw),
+                    |gpu, [dx, dw]| cuda::norm::rmsnorm_backward(gpu, self.d(x), self.d(w), rstd.dev(), g.dev(), dx, dw),
+                );
+                self.add_grad(grads, x, dx);
+                self.add_grad(grads, w, dw);
             }
             Op::LayerNorm { x, w, b, mean, rstd } => {
-                let (mut dx, mut dw, mut db) = (zeros_like(*x), zeros_like(*w), zeros_like(*b));
-                norm::layernorm_backward(val(*x), val(*w), mean, rstd, g, &mut dx, &mut dw, &mut db);
-                self.add_grad(grads, *x, dx);
-                self.add_grad(grads, *w, dw);
-                self.add_grad(grads, *b, db);
+                let (x, w, b) = (*x, *w, *b);
+                let [dx, dw, db] = self.compute(
+                    [n(x), n(w), n(b)],
+                    |[dx, dw, db]| norm::layernorm_backward(self.h(x), self.h(w), mean.host(), rstd.host(), g.host(), dx, dw, db),
+                    |gpu, [dx, dw, db]| {
+                        cuda::norm::layernorm_backward(gpu, self.d(x), self.d(w), mean.dev(), rstd.dev(), g.dev(), dx, dw, db)
+                    },
+                );
+                self.add_grad(grads, x, dx);
+                self.add_grad(grads, w, dw);
+                self.add_grad(grads, b, db);
             }
             Op::Attention { q, k, v, shape, lse } => {
-                let (mut dq, mut dk, mut dv) = (zeros_like(*q), zeros_like(*k), zeros_like(*v));
-                attention_backward(val(*q), val(*k), val(*v), &node.value, lse, g, *shape, &mut dq, &mut dk, &mut dv);
-                self.add_grad(grads, *q, dq);
-                self.add_grad(grads, *k, dk);
-                self.add_grad(grads, *v, dv);
+                let (q, k, v, shape) = (*q, *k, *v, *shape);
+                let [dq, dk, dv] = self.compute(
+                    [n(q), n(k), n(v)],
+                    |[dq, dk, dv]| {
+                        attention_backward(self.h(q), self.h(k), self.h(v), node.value.host(), lse.host(), g.host(), shape, dq, dk, dv)
+                    },
+                    |gpu, [dq, dk, dv]| {
+                        cuda::attention::attention_backward(
+                            gpu,
+                            self.d(q),
+                            self.d(k),
+                            self.d(v),
+                            node.value.dev(),
+                            lse.dev(),
+                            g.dev(),
+                            shape,
+                            dq,
+                            dk,
+                            dv,
+                        )
+                    },
+                );
+                self.add_grad(grads, q, dq);
+                self.add_grad(grads, k, dk);
+                self.add_grad(grads, v, dv);
             }
             Op::Gather { table, index } => {
-                let mut dt = zeros_like(*table);
-                tensor::scatter_add_rows(g, cols_of(&node.shape), index, &mut dt);
-                self.add_grad(grads, *table, dt);
+                let (table, cols) = (*table, cols_of(&node.shape));
+                let dt = self.compute1(
+                    n(table),
+                    |o| tensor::scatter_add_rows(g.host(), cols, index, o),
+                    |gpu, o| cuda::tensor::scatter_add_rows(gpu, g.dev(), cols, &gpu.upload(&index_i32(index))?, o),
+                );
+                self.add_grad(grads, table, dt);
             }
             Op::Concat { parts } => {
                 let total = cols_of(&node.shape);
                 let mut start = 0;
                 for &(p, w) in parts {
-                    let mut dp = zeros_like(p);
-                    tensor::copy_cols(g, total, start, &mut dp, w, 0, w, false);
+                    let dp = self.compute1(
+                        n(p),
+                        |o| tensor::copy_cols(g.host(), total, start, o, w, 0, w, false),
+                        |gpu, o| cuda::tensor::copy_cols(gpu, g.dev(), total, start, o, w, 0, w, false),
+                    );
                     self.add_grad(grads, p, dp);
                     start += w;
                 }
             }
             &Op::SliceCols { x, start, width } => {
                 let cols = cols_of(self.shape(x));
-                let mut dx = zeros_like(x);
-                tensor::copy_cols(g, width, 0, &mut dx, cols, start, width, false);
+                let dx = self.compute1(
+                    n(x),
+                    |o| tensor::copy_cols(g.host(), width, 0, o, cols, start, width, false),
+                    |gpu, o| cuda::tensor::copy_cols(gpu, g.dev(), width, 0, o, cols, start, width, false),
+                );
                 self.add_grad(grads, x, dx);
             }
             &Op::Energy { pred, obs, shape } => {
-                let mut dp = zeros_like(pred);
-                energy_backward(val(pred), val(obs), shape, g, &mut dp);
+                let dp = self.compute1(
+                    n(pred),
+                    |o| energy_backward(self.h(pred), self.h(obs), shape, g.host(), o),
+                    |gpu, o| cuda::energy::energy_backward(gpu, self.d(pred), self.d(obs), shape, g.dev(), o),
+                );
                 self.add_grad(grads, pred, dp);
             }
             Op::GumbelSt { logits, soft, tau } => {
-                let mut dl = zeros_like(*logits);
-                gumbel_st_backward(soft, g, *tau, cols_of(&node.shape), &mut dl);
-                self.add_grad(grads, *logits, dl);
+                let (logits, tau, classes) = (*logits, *tau, cols_of(&node.shape));
+                let dl = self.compute1(
+                    n(logits),
+                    |o| gumbel_st_backward(soft.host(), g.host(), tau, classes, o),
+                    |gpu, o| cuda::selection::gumbel_st_backward(gpu, soft.dev(), g.dev(), tau, classes, o),
+                );
+                self.add_grad(grads, logits, dl);
             }
-            Op::Rope { x, rope } => {
-                let mut dx = zeros_like(*x);
-                rope.backward(g, &mut dx);
-                self.add_grad(grads, *x, dx);
+            &Op::Rope { x, rope } => {
+                let dx =
+                    self.compute1(n(x), |o| rope.backward(g.host(), o), |gpu, o| cuda::attention::rope_backward(gpu, rope, g.dev(), o));
+                self.add_grad(grads, x, dx);
             }
             &Op::ScaleCols { x, v } => {
-                let (mut dx, mut dv) = (zeros_like(x), zeros_like(v));
-                tensor::scale_cols(g, val(v), &mut dx);
-                tensor::column_dots(g, Some(val(x)), &mut dv);
+                let [dx, dv] = self.compute(
+                    [n(x), n(v)],
+                    |[dx, dv]| {
+                        tensor::scale_cols(g.host(), self.h(v), dx);
+                        tensor::column_dots(g.host(), Some(self.h(x)), dv);
+                    },
+                    |gpu, [dx, dv]| {
+                        cuda::tensor::scale_cols(gpu, g.dev(), self.d(v), dx)?;
+                        cuda::tensor::column_dots(gpu, g.dev(), Some(self.d(x)), dv)
+                    },
+                );
                 self.add_grad(grads, x, dx);
                 self.add_grad(grads, v, dv);
             }
             &Op::TripletStats { sums, squares, layout, width } => {
-                let (mut ds, mut dq) = (sums.map(zeros_like), squares.map(zeros_like));
-                let [s0, s1, s2] = &mut ds;
-                let [q0, q1, q2] = &mut dq;
-                triplet_stats_backward(&node.value, g, layout, width, [s0, s1, s2], [q0, q1, q2]);
-                for (v, d) in sums.into_iter().zip(ds).chain(squares.into_iter().zip(dq)) {
+                let [s0, s1, s2, q0, q1, q2] = self.compute(
+                    [sums, squares].concat().iter().map(|&v| n(v)).collect::<Vec<_>>().try_into().expect("six parts"),
+                    |[s0, s1, s2, q0, q1, q2]| {
+                        triplet_stats_backward(node.value.host(), g.host(), layout, width, [s0, s1, s2], [q0, q1, q2])
+                    },
+                    |gpu, [s0, s1, s2, q0, q1, q2]| {
+                        cuda::selection::triplet_stats_backward(gpu, node.value.dev(), g.dev(), layout, width, [s0, s1, s2], [q0, q1, q2])
+                    },
+                );
+                for (v, d) in sums.into_iter().zip([s0, s1, s2]).chain(squares.into_iter().zip([q0, q1, q2])) {
                     self.add_grad(grads, v, d);
                 }
             }
             &Op::TripletAssemble { parts, stats, v, c, layout } => {
-                let mut dp = parts.map(zeros_like);
-                let (mut dstats, mut dv, mut dc) = (zeros_like(stats), zeros_like(v), zeros_like(c));
-                let [p0, p1, p2] = &mut dp;
-                triplet_assemble_backward(parts.map(val), val(stats), val(v), g, layout, [p0, p1, p2], &mut dstats, &mut dv, &mut dc);
-                for (p, d) in parts.into_iter().zip(dp) {
+                let [p0, p1, p2, dstats, dv, dc] = self.compute(
+                    [n(parts[0]), n(parts[1]), n(parts[2]), n(stats), n(v), n(c)],
+                    |[p0, p1, p2, ds, dv, dc]| {
+                        triplet_assemble_backward(
+                            parts.map(|p| self.h(p)),
+                            self.h(stats),
+                            self.h(v),
+                            g.host(),
+                            layout,
+                            [p0, p1, p2],
+                            ds,
+                            dv,
+                            dc,
+                        )
+                    },
+                    |gpu, [p0, p1, p2, ds, dv, dc]| {
+                        let parts = parts.map(|p| self.d(p));
+                        cuda::selection::triplet_assemble_backward(
+                            gpu,
+                            parts,
+                            self.d(stats),
+                            self.d(v),
+                            g.dev(),
+                            layout,
+                            [p0, p1, p2],
+                            ds,
+                            dv,
+                            dc,
+                        )
+                    },
+                );
+                for (p, d) in parts.into_iter().zip([p0, p1, p2]) {
                     self.add_grad(grads, p, d);
                 }
                 self.add_grad(grads, stats, dstats);
@@ -778,14 +1193,22 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, c, dc);
             }
             &Op::SumGroups { x, group } => {
-                let mut dx = zeros_like(x);
-                tensor::sum_groups_backward(g, cols_of(&node.shape), group, &mut dx);
+                let cols = cols_of(&node.shape);
+                let dx = self.compute1(
+                    n(x),
+                    |o| tensor::sum_groups_backward(g.host(), cols, group, o),
+                    |gpu, o| cuda::tensor::sum_groups_backward(gpu, g.dev(), cols, group, o),
+                );
                 self.add_grad(grads, x, dx);
             }
             Op::StdScale { x, stats } => {
-                let mut dx = zeros_like(*x);
-                tensor::std_scale_backward(val(*x), stats, g, &mut dx);
-                self.add_grad(grads, *x, dx);
+                let x = *x;
+                let dx = self.compute1(
+                    n(x),
+                    |o| tensor::std_scale_backward(self.h(x), stats.host(), g.host(), o),
+                    |gpu, o| cuda::tensor::std_scale_backward(gpu, self.d(x), stats.dev(), g.dev(), o),
+                );
+                self.add_grad(grads, x, dx);
             }
         }
     }
@@ -793,21 +1216,41 @@ impl<T: Real> Tape<T> {
 
 /// The gradients one `backward` produced, for inputs and parameters.
 pub struct Gradients<T> {
-    grads: Vec<Option<Vec<T>>>,
+    grads: Vec<Option<Memory<T>>>,
 }
 
 impl<T: Real> Gradients<T> {
+    /// A gradient of a host tape (GPU tapes: `fetch`).
     pub fn get(&self, v: Var) -> Option<&[T]> {
-        self.grads[v.0].as_deref()
+        self.grads[v.0].as_ref().map(|g| g.host())
+    }
+    /// A gradient copied to the host, on either kind of tape.
+    pub fn fetch(&self, tape: &Tape<T>, v: Var) -> Result<Option<Vec<T>>> {
+        tape.check()?;
+        match (&self.grads[v.0], &tape.gpu) {
+            (None, _) => Ok(None),
+            (Some(Memory::Host(g)), _) => Ok(Some(g.clone())),
+            (Some(Memory::Gpu(b)), Some(gpu)) => Ok(Some(gpu.download(b)?.iter().map(|&x| T::f(x as f64)).collect())),
+            _ => Err(Error::Device("a gradient of a failed GPU op".into())),
+        }
     }
     /// Adds (`+=`) every parameter node's gradient into `params` (a parameter used by several nodes
-    /// receives all contributions).
-    pub fn accumulate_into(&self, tape: &Tape<T>, params: &mut Params<T>) {
-        for (node, g) in tape.nodes.iter().zip(&self.grads) {
-            if let (Op::Param(id), Some(g)) = (&node.op, g) {
-                let p = &mut params.entries[id.0];
-                p.grad.iter_mut().zip(g).for_each(|(p, &g)| *p = *p + g);
-            }
+    /// receives all contributions). A GPU tape's gradients are copied to the host first (the
+    /// parameters do not live on the GPU yet).
+    pub fn accumulate_into(&self, tape: &Tape<T>, params: &mut Params<T>) -> Result<()> {
+        for (i, (node, g)) in tape.nodes.iter().zip(&self.grads).enumerate() {
+            let (Op::Param(id), Some(g)) = (&node.op, g) else { continue };
+            let fetched;
+            let g: &[T] = match g {
+                Memory::Host(g) => g,
+                _ => {
+                    fetched = self.fetch(tape, Var(i))?.unwrap_or_default();
+                    &fetched
+                }
+            };
+            let p = &mut params.entries[id.0];
+            p.grad.iter_mut().zip(g).for_each(|(p, &g)| *p = *p + g);
         }
+        Ok(())
     }
 }

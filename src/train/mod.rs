@@ -195,7 +195,7 @@ pub fn optimise_step(
         None => tape.backward(loss),
     };
     let mark = std::time::Instant::now();
-    grads.accumulate_into(&tape, params);
+    grads.accumulate_into(&tape, params)?;
     drop(tape);
     let grad_norm = Adam::grad_norm(params);
     if !grad_norm.is_finite() {
