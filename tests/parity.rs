@@ -34,8 +34,13 @@ const PERTS: usize = 20;
 const EMBED: usize = 12;
 const BATCHES: usize = 3;
 
+/// The fixtures; `PTRAG_PARITY_FIXTURES` overrides the path compiled in, for a test binary run on
+/// another machine (`tools/gpu_check.sh`).
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
+    match std::env::var_os("PTRAG_PARITY_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity"),
+    }
 }
 
 fn case_config(case: &str) -> TrainConfig {

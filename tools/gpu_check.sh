@@ -7,7 +7,8 @@
 #   bash tools/gpu_check.sh run [DIR]    # on the GPU machine, from the repository root with
 #                                        # target/gpu-check/ copied there: runs every kernel test with
 #                                        # PTRAG_REQUIRE_GPU=1 (GPU parity tests FAIL instead of
-#                                        # skipping when no GPU is usable), under compute-sanitizer
+#                                        # skipping when no GPU is usable) and the whole-step parity
+#                                        # test on the GPU, under compute-sanitizer
 #                                        # where one is installed, then the cuda/<family> benchmarks,
 #                                        # and writes DIR/gpu-check-<date>-<gpu>.md (default DIR:
 #                                        # $OUT if set, else docs/gpu) with the device, driver, every
@@ -28,9 +29,10 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])'; }
   cargo test --release --locked --no-run --test kernels --message-format=json 2>/dev/null | executables | while read -r exe; do cp "$exe" "$bundle/kernels-test"; done
+  cargo test --release --locked --no-run --test parity --message-format=json 2>/dev/null | executables | while read -r exe; do cp "$exe" "$bundle/parity-test"; done
   cargo bench --locked --no-run --bench cuda_kernels --message-format=json 2>/dev/null | executables | while read -r exe; do cp "$exe" "$bundle/cuda-bench"; done
   for f in "$bundle"/ptrag-engine "$bundle"/*-test "$bundle"/*-bench; do strip --strip-debug "$f"; done
-  [[ -x "$bundle/kernels-test" && -x "$bundle/cuda-bench" ]] || { echo "gpu_check.sh: test or bench binary missing from $bundle" >&2; exit 1; }
+  [[ -x "$bundle/kernels-test" && -x "$bundle/parity-test" && -x "$bundle/cuda-bench" ]] || { echo "gpu_check.sh: test or bench binary missing from $bundle" >&2; exit 1; }
   du -sh "$bundle"/*
 }
 
@@ -38,6 +40,11 @@ run() {
   local dir="${1:-${OUT:-docs/gpu}}"
   [[ -x "$bundle/kernels-test" ]] || { echo "gpu_check.sh: no $bundle/kernels-test; run 'bash tools/gpu_check.sh build' first" >&2; exit 2; }
   mkdir -p "$dir"
+  # cuBLAS for the dense products: the machine's CUDA libraries, or the one PyTorch's wheels bring.
+  local cublas
+  cublas=$(find /usr/local/cuda*/lib64 "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null)" \
+    -name 'libcublas.so*' 2>/dev/null | head -1 || true)
+  [[ -n "$cublas" ]] && export LD_LIBRARY_PATH="$(dirname "$cublas")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   local info gpu results file status=0
   info=$("$bundle/ptrag-engine" info)
   gpu=$("$bundle/ptrag-engine" info --json | python3 -c 'import json,sys; g=json.load(sys.stdin)["gpu"]; print(g["name"] if g else "no-gpu")' | tr -c 'A-Za-z0-9\n' '-' )
@@ -59,6 +66,9 @@ run() {
     echo '```'
   } > "$file"
   PTRAG_REQUIRE_GPU=1 "$bundle/kernels-test" --test-threads=1 >> "$file" 2>&1 || status=$?
+  echo '```' >> "$file"
+  { echo; echo "## Whole training step on the GPU against PyTorch (all five parity cases)"; echo; echo '```'; } >> "$file"
+  PTRAG_REQUIRE_GPU=1 PTRAG_PARITY_FIXTURES=tests/fixtures/parity "$bundle/parity-test" training_step_cuda --test-threads=1 >> "$file" 2>&1 || status=$?
   echo '```' >> "$file"
   if command -v compute-sanitizer >/dev/null; then
     { echo; echo "## compute-sanitizer (memcheck) on the CUDA parity tests"; echo; echo '```'; } >> "$file"

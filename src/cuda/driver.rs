@@ -154,6 +154,10 @@ impl Driver {
     ) -> Result<()> {
         use cudarc::cublas::{sys::cublasOperation_t as Op, CudaBlas, Gemm, GemmConfig};
         if self.blas.get().is_none() {
+            // SAFETY: only tries to open the library (cudarc's CudaBlas::new panics without it).
+            if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+                return Err(Error::Device("cuBLAS (libcublas.so) not found; add its folder to LD_LIBRARY_PATH".into()));
+            }
             let blas = CudaBlas::new(self.stream.clone()).map_err(|e| driver_error("loading cuBLAS", e))?;
             let _ = self.blas.set(blas);
         }
