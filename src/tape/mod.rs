@@ -328,10 +328,11 @@ impl<T: Real> Tape<T> {
         self.timing.as_ref().map(|t| t.1.clone()).unwrap_or_default()
     }
 
-    /// The first GPU failure of this tape, if any (host tapes never fail).
+    /// The first GPU failure of this tape, if any (host tapes never fail). The fault stays, so the
+    /// tape keeps skipping GPU work.
     pub fn check(&self) -> Result<()> {
-        match self.fault.borrow_mut().take() {
-            Some(e) => Err(e),
+        match &*self.fault.borrow() {
+            Some(e) => Err(Error::Device(format!("an op on the GPU failed: {e}"))),
             None => Ok(()),
         }
     }
