@@ -90,21 +90,21 @@ enum Op<T> {
     RmsNorm {
         x: Var,
         w: Var,
-        rstd: Value<T>,
+        rstd: Memory<T>,
     },
     LayerNorm {
         x: Var,
         w: Var,
         b: Var,
-        mean: Value<T>,
-        rstd: Value<T>,
+        mean: Memory<T>,
+        rstd: Memory<T>,
     },
     Attention {
         q: Var,
         k: Var,
         v: Var,
         shape: AttentionShape,
-        lse: Value<T>,
+        lse: Memory<T>,
     },
     /// `out[i] = table[index[i]]` (rows)
     Gather {
@@ -130,7 +130,7 @@ enum Op<T> {
     },
     GumbelSt {
         logits: Var,
-        soft: Value<T>,
+        soft: Memory<T>,
         tau: f64,
     },
     Rope {
@@ -170,7 +170,7 @@ enum Op<T> {
     /// `x / std(x)` with one global (unbiased) standard deviation; `stats` as `tensor::std_scale_forward` wrote them
     StdScale {
         x: Var,
-        stats: Value<T>,
+        stats: Memory<T>,
     },
 }
 
@@ -200,51 +200,20 @@ impl<T> Op<T> {
 }
 
 /// Where a tensor lives: host memory (the CPU engine) or GPU memory (a tape made by `Tape::on_gpu`,
-/// f32 only). `Missing` stands for an output a failed GPU op never made: the tape's fault says why,
-/// and no later op reads it.
-pub enum Memory<T> {
-    Host(Vec<T>),
-    Gpu(Buffer<f32>),
-    Missing,
-}
-
-/// A node's value: `Memory` behind shared pointers, so that parameters and reshapes share storage.
+/// f32 only), behind shared pointers so that parameters and reshapes share storage; gradients are
+/// updated in place through `Arc::make_mut` / `Arc::get_mut`. `Missing` stands for an output a
+/// failed GPU op never made: the tape's fault says why, and no later op reads it.
 #[derive(Clone)]
-enum Value<T> {
+pub enum Memory<T> {
     Host(Arc<Vec<T>>),
     Gpu(Arc<Buffer<f32>>),
     Missing,
 }
 
-impl<T> From<Memory<T>> for Value<T> {
-    fn from(m: Memory<T>) -> Self {
-        match m {
-            Memory::Host(v) => Value::Host(Arc::new(v)),
-            Memory::Gpu(b) => Value::Gpu(Arc::new(b)),
-            Memory::Missing => Value::Missing,
-        }
-    }
-}
-
 // A host op reading a GPU tensor (or the reverse) is a bug in the tape, not a user error.
 const WRONG_SIDE: &str = "tape: a tensor read on the wrong side of the host/GPU seam";
 
-impl<T> Value<T> {
-    fn host(&self) -> &[T] {
-        match self {
-            Value::Host(v) => v,
-            _ => panic!("{WRONG_SIDE}"),
-        }
-    }
-    fn dev(&self) -> &Buffer<f32> {
-        match self {
-            Value::Gpu(b) => b,
-            _ => panic!("{WRONG_SIDE}"),
-        }
-    }
-}
-
-impl<T> Memory<T> {
+impl<T: Real> Memory<T> {
     fn host(&self) -> &[T] {
         match self {
             Memory::Host(v) => v,
@@ -257,6 +226,14 @@ impl<T> Memory<T> {
             _ => panic!("{WRONG_SIDE}"),
         }
     }
+    /// A copy on the host, downloaded from `gpu` when it lives there.
+    fn to_host(&self, gpu: Option<&Gpu>) -> Result<Vec<T>> {
+        match (self, gpu) {
+            (Memory::Host(v), _) => Ok(v.to_vec()),
+            (Memory::Gpu(b), Some(g)) => Ok(g.download(b)?.iter().map(|&x| T::f(x as f64)).collect()),
+            _ => Err(Error::Device("a tensor of a failed GPU op".into())),
+        }
+    }
 }
 
 /// An operand of a product: a node's value, or (in the backward pass) the incoming gradient.
@@ -267,7 +244,7 @@ enum Operand<'a, T> {
 }
 
 struct Node<T> {
-    value: Value<T>,
+    value: Memory<T>,
     shape: Vec<usize>,
     op: Op<T>,
     needs_grad: bool,
@@ -352,7 +329,7 @@ impl<T: Real> Tape<T> {
         let Some(device) = &self.gpu else {
             let mut outs = sizes.map(zeros);
             cpu(outs.each_mut().map(|v| v.as_mut_slice()));
-            return outs.map(Memory::Host);
+            return outs.map(|v| Memory::Host(Arc::new(v)));
         };
         if self.fault.borrow().is_some() {
             return sizes.map(|_| Memory::Missing);
@@ -364,7 +341,7 @@ impl<T: Real> Tape<T> {
             Ok(outs)
         };
         match run() {
-            Ok(outs) => outs.map(Memory::Gpu),
+            Ok(outs) => outs.map(|b| Memory::Gpu(Arc::new(b))),
             Err(e) => {
                 self.fail(e);
                 sizes.map(|_| Memory::Missing)
@@ -379,9 +356,9 @@ impl<T: Real> Tape<T> {
     /// Data from the host onto the tape's device.
     fn place(&self, data: Vec<T>) -> Memory<T> {
         match &self.gpu {
-            None => Memory::Host(data),
+            None => Memory::Host(Arc::new(data)),
             Some(g) => match g.upload(&f32_of(&data)) {
-                Ok(b) => Memory::Gpu(b),
+                Ok(b) => Memory::Gpu(Arc::new(b)),
                 Err(e) => {
                     self.fail(e);
                     Memory::Missing
@@ -401,7 +378,7 @@ impl<T: Real> Tape<T> {
     }
 
     fn push(&mut self, value: Memory<T>, shape: Vec<usize>, op: Op<T>, needs_grad: bool) -> Var {
-        self.record(Node { value: value.into(), shape, op, needs_grad })
+        self.record(Node { value, shape, op, needs_grad })
     }
     fn needs(&self, vars: &[Var]) -> bool {
         vars.iter().any(|v| self.nodes[v.0].needs_grad)
@@ -423,11 +400,7 @@ impl<T: Real> Tape<T> {
     /// A value copied to the host, on either kind of tape; the tape's GPU fault, if it has one.
     pub fn fetch(&self, v: Var) -> Result<Vec<T>> {
         self.check()?;
-        match (&self.nodes[v.0].value, &self.gpu) {
-            (Value::Host(x), _) => Ok(x.to_vec()),
-            (Value::Gpu(b), Some(g)) => Ok(g.download(b)?.iter().map(|&x| T::f(x as f64)).collect()),
-            _ => Err(Error::Device("a tensor of a failed GPU op".into())),
-        }
+        self.nodes[v.0].value.to_host(self.gpu.as_deref())
     }
     pub fn shape(&self, v: Var) -> &[usize] {
         &self.nodes[v.0].shape
@@ -453,8 +426,8 @@ impl<T: Real> Tape<T> {
     pub fn param(&mut self, params: &Params<T>, id: ParamId) -> Var {
         let p = params.get(id);
         let value = match &self.gpu {
-            None => Value::Host(p.value.clone()),
-            Some(_) => self.place(p.value.to_vec()).into(),
+            None => Memory::Host(p.value.clone()),
+            Some(_) => self.place(p.value.to_vec()),
         };
         self.record(Node { value, shape: p.shape.clone(), op: Op::Param(id), needs_grad: p.trainable })
     }
@@ -589,7 +562,7 @@ impl<T: Real> Tape<T> {
             |g, [o, r]| cuda::norm::rmsnorm_forward(g, self.d(x), self.d(w), eps, o, r),
         );
         let needs = self.needs(&[x, w]);
-        self.push(out, self.shape(x).to_vec(), Op::RmsNorm { x, w, rstd: rstd.into() }, needs)
+        self.push(out, self.shape(x).to_vec(), Op::RmsNorm { x, w, rstd }, needs)
     }
     pub fn layernorm(&mut self, x: Var, w: Var, b: Var, eps: f64) -> Var {
         let cols = cols_of(self.shape(x));
@@ -601,7 +574,7 @@ impl<T: Real> Tape<T> {
             |g, [o, m, r]| cuda::norm::layernorm_forward(g, self.d(x), self.d(w), self.d(b), eps, o, m, r),
         );
         let needs = self.needs(&[x, w, b]);
-        self.push(out, self.shape(x).to_vec(), Op::LayerNorm { x, w, b, mean: mean.into(), rstd: rstd.into() }, needs)
+        self.push(out, self.shape(x).to_vec(), Op::LayerNorm { x, w, b, mean, rstd }, needs)
     }
 
     /// Attention within each set; `q, k, v: [sets * cells, heads * head_dim]`.
@@ -612,7 +585,7 @@ impl<T: Real> Tape<T> {
             |g, [o, l]| cuda::attention::attention_forward(g, self.d(q), self.d(k), self.d(v), shape, o, l),
         );
         let needs = self.needs(&[q, k, v]);
-        self.push(out, self.shape(q).to_vec(), Op::Attention { q, k, v, shape, lse: lse.into() }, needs)
+        self.push(out, self.shape(q).to_vec(), Op::Attention { q, k, v, shape, lse }, needs)
     }
 
     /// Rows of `table[rows, cols]` picked by `index` (embedding lookup; also broadcasts a per-set
@@ -714,7 +687,7 @@ impl<T: Real> Tape<T> {
             |g, [s, h]| cuda::selection::gumbel_st_forward(g, self.d(logits), &g.upload(&f32_of(noise))?, tau, classes, s, h),
         );
         let needs = self.needs(&[logits]);
-        self.push(hard, self.shape(logits).to_vec(), Op::GumbelSt { logits, soft: soft.into(), tau }, needs)
+        self.push(hard, self.shape(logits).to_vec(), Op::GumbelSt { logits, soft, tau }, needs)
     }
 
     /// Rotary position encoding of `x: [sets * cells, heads * head_dim]` (see `cpu::attention::Rope`).
@@ -801,7 +774,7 @@ impl<T: Real> Tape<T> {
             |g, [o, s]| cuda::tensor::std_scale_forward(g, self.d(x), floor, o, s),
         );
         let needs = self.needs(&[x]);
-        self.push(out, self.shape(x).to_vec(), Op::StdScale { x, stats: stats.into() }, needs)
+        self.push(out, self.shape(x).to_vec(), Op::StdScale { x, stats }, needs)
     }
 
     /// Reverse pass from a scalar (or a tensor, seeded with ones). Returns the gradients of leaves
@@ -846,9 +819,10 @@ impl<T: Real> Tape<T> {
             return;
         }
         match (&mut grads[v.0], contrib) {
-            (Some(Memory::Host(slot)), Memory::Host(c)) => tensor::accumulate(&c, slot),
+            (Some(Memory::Host(slot)), Memory::Host(c)) => tensor::accumulate(&c, Arc::make_mut(slot).as_mut_slice()),
             (Some(Memory::Gpu(slot)), Memory::Gpu(c)) => {
                 if let Some(g) = self.gpu.as_deref().filter(|_| self.fault.borrow().is_none()) {
+                    let slot = Arc::get_mut(slot).expect("a GPU gradient belongs to one node");
                     if let Err(e) = cuda::tensor::accumulate(g, &c, slot) {
                         self.fail(e);
                     }
@@ -874,7 +848,7 @@ impl<T: Real> Tape<T> {
     /// `op(x)[m, k] op(y)[k, n]` on the tape's device (the CPU GEMM, or cuBLAS).
     fn product(&self, x: Operand<T>, y: Operand<T>, [m, k, n]: [usize; 3], trans_x: bool, trans_y: bool) -> Memory<T> {
         match &self.gpu {
-            None => Memory::Host(matmul_new(self.host_of(x), self.host_of(y), m, k, n, trans_x, trans_y)),
+            None => Memory::Host(Arc::new(matmul_new(self.host_of(x), self.host_of(y), m, k, n, trans_x, trans_y))),
             Some(_) => self.compute1(
                 m * n,
                 |_| {},
@@ -883,12 +857,12 @@ impl<T: Real> Tape<T> {
         }
     }
 
-    /// A copy of a gradient, for an op that hands the same gradient to two inputs.
+    /// The same gradient for a second input: shared on the host (copied when first written to), a
+    /// copy on the GPU (whose gradients are updated in place through `Arc::get_mut`).
     fn duplicate(&self, g: &Memory<T>) -> Memory<T> {
         match g {
-            Memory::Host(v) => Memory::Host(v.clone()),
             Memory::Gpu(b) => self.compute1(b.len(), |_| {}, |gpu, o| cuda::tensor::accumulate(gpu, b, o)),
-            Memory::Missing => Memory::Missing,
+            shared => shared.clone(),
         }
     }
 
@@ -920,7 +894,7 @@ impl<T: Real> Tape<T> {
                 let dx = match grad {
                     Memory::Host(mut v) => {
                         let f = T::f(factor);
-                        v.iter_mut().for_each(|g| *g = *g * f);
+                        Arc::make_mut(&mut v).iter_mut().for_each(|g| *g = *g * f);
                         Memory::Host(v)
                     }
                     dev => self.compute1(n(x), |_| {}, |gpu, o| cuda::tensor::scale(gpu, dev.dev(), factor as f32, o)),
@@ -938,7 +912,7 @@ impl<T: Real> Tape<T> {
                 }
                 let db = match grad {
                     Memory::Host(mut v) => {
-                        v.iter_mut().zip(self.h(a)).for_each(|(g, &a)| *g = *g * a);
+                        Arc::make_mut(&mut v).iter_mut().zip(self.h(a)).for_each(|(g, &a)| *g = *g * a);
                         Memory::Host(v)
                     }
                     dev => self.compute1(n(b), |_| {}, |gpu, o| cuda::tensor::mul(gpu, dev.dev(), self.d(a), o)),
@@ -955,7 +929,7 @@ impl<T: Real> Tape<T> {
                 let dx = match grad {
                     Memory::Host(mut v) => {
                         let cols = cols_of(&node.shape);
-                        v.chunks_mut(cols).zip(self.h(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w));
+                        Arc::make_mut(&mut v).chunks_mut(cols).zip(self.h(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w));
                         Memory::Host(v)
                     }
                     dev => self.compute1(n(x), |_| {}, |gpu, o| cuda::tensor::scale_rows(gpu, dev.dev(), self.d(w), o)),
@@ -1228,12 +1202,7 @@ impl<T: Real> Gradients<T> {
     /// A gradient copied to the host, on either kind of tape.
     pub fn fetch(&self, tape: &Tape<T>, v: Var) -> Result<Option<Vec<T>>> {
         tape.check()?;
-        match (&self.grads[v.0], &tape.gpu) {
-            (None, _) => Ok(None),
-            (Some(Memory::Host(g)), _) => Ok(Some(g.clone())),
-            (Some(Memory::Gpu(b)), Some(gpu)) => Ok(Some(gpu.download(b)?.iter().map(|&x| T::f(x as f64)).collect())),
-            _ => Err(Error::Device("a gradient of a failed GPU op".into())),
-        }
+        self.grads[v.0].as_ref().map(|g| g.to_host(tape.gpu.as_deref())).transpose()
     }
     /// Adds (`+=`) every parameter node's gradient into `params` (a parameter used by several nodes
     /// receives all contributions). A GPU tape's gradients are copied to the host first (the
