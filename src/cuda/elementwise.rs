@@ -1,8 +1,8 @@
 //! Launchers for `kernels/elementwise.cu`, the twin of `src/cpu/elementwise.rs`: forward overwrites
 //! `y`, backward accumulates `dx += dy * f'(x)` (SwiGLU: into both `dgate` and `dup`).
 
-use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
-use crate::{Error, Result};
+use super::{check_len, check_rows, Args, Buffer, Gpu, Launch};
+use crate::Result;
 
 fn forward(gpu: &Gpu, kernel: &'static str, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
     let n = x.len();
@@ -57,22 +57,15 @@ pub fn swiglu_backward(
     gpu.launch(kernel, Launch::elementwise(n), args)
 }
 
-fn softmax_rows(op: &'static str, x: &Buffer<f32>, cols: usize) -> Result<usize> {
-    if cols == 0 || !x.len().is_multiple_of(cols) {
-        return Err(Error::Shape { op, why: format!("{} values in rows of {cols}", x.len()) });
-    }
-    check_int(op, &[x.len()])?;
-    Ok(x.len() / cols)
-}
 /// `y[r, :] = softmax(x[r, :])` over rows of `cols`.
 pub fn softmax_forward(gpu: &Gpu, x: &Buffer<f32>, y: &mut Buffer<f32>, cols: usize) -> Result<()> {
-    let rows = softmax_rows("softmax", x, cols)?;
+    let rows = check_rows("softmax", x.len(), cols)?;
     check_len("softmax", "y", y, x.len())?;
     gpu.launch("softmax_forward_f32", Launch::elementwise(rows), Args::new().input(x).int(cols).output(y).i64(rows as i64))
 }
 /// `dx += y * (dy - sum(dy * y))` per row.
 pub fn softmax_backward(gpu: &Gpu, y: &Buffer<f32>, dy: &Buffer<f32>, dx: &mut Buffer<f32>, cols: usize) -> Result<()> {
-    let rows = softmax_rows("softmax backward", y, cols)?;
+    let rows = check_rows("softmax backward", y.len(), cols)?;
     check_len("softmax backward", "dy", dy, y.len())?;
     check_len("softmax backward", "dx", dx, y.len())?;
     gpu.launch("softmax_backward_f32", Launch::elementwise(rows), Args::new().input(y).input(dy).int(cols).output(dx).i64(rows as i64))

@@ -266,6 +266,16 @@ pub(crate) fn check_int(what: &'static str, sizes: &[usize]) -> Result<()> {
     }
 }
 
+/// The row count of `len` values in rows of `cols`; an error unless they divide evenly and fit the
+/// kernels' 32-bit indices.
+pub(crate) fn check_rows(op: &'static str, len: usize, cols: usize) -> Result<usize> {
+    if cols == 0 || !len.is_multiple_of(cols) {
+        return Err(Error::Shape { op, why: format!("{len} values in rows of {cols}") });
+    }
+    check_int(op, &[len])?;
+    Ok(len / cols)
+}
+
 /// Errors unless `buffer` holds `expected` elements.
 pub(crate) fn check_len<T: Element>(op: &'static str, name: &str, buffer: &Buffer<T>, expected: usize) -> Result<()> {
     if buffer.len() == expected {

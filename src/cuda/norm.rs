@@ -1,19 +1,14 @@
 //! Launchers for `kernels/norm.cu`, the twin of `src/cpu/norm.rs`. `x, y, dy, dx: [rows, cols]`,
 //! `w, b, dw, db: [cols]`, `mean, rstd: [rows]`; backward accumulates into `dx, dw, db`.
 
-use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
-use crate::{Error, Result};
+use super::{check_len, check_rows, Args, Buffer, Gpu, Launch};
+use crate::Result;
 
 /// Threads per row in the row kernels, and per block in the column (weight-gradient) kernels.
 const ROW_THREADS: u32 = 128;
 
 fn shape(op: &'static str, x: &Buffer<f32>, w: &Buffer<f32>) -> Result<(usize, usize)> {
-    let cols = w.len();
-    if cols == 0 || !x.len().is_multiple_of(cols) {
-        return Err(Error::Shape { op, why: format!("{} values in rows of {cols}", x.len()) });
-    }
-    check_int(op, &[x.len()])?;
-    Ok((x.len() / cols, cols))
+    Ok((check_rows(op, x.len(), w.len())?, w.len()))
 }
 
 fn per_row(rows: usize) -> Result<Launch> {

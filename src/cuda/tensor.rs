@@ -2,21 +2,13 @@
 //! arithmetic, broadcasts, reductions, gathers, column copies, group sums and std scaling.
 //! Forward operations overwrite `out`; `accumulate`, `scatter_add_rows` and `*_backward` add into it.
 
-use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
+use super::{check_int, check_len, check_rows, Args, Buffer, Gpu, Launch};
 use crate::{Error, Result};
 
 /// Threads of the one-block reductions (`sum`, `std_scale`).
 const REDUCE_THREADS: u32 = 1024;
 /// Threads per block of the per-column and per-row reductions.
 const ROW_THREADS: u32 = 256;
-
-fn rows_of(op: &'static str, len: usize, cols: usize) -> Result<usize> {
-    if cols == 0 || !len.is_multiple_of(cols) {
-        return Err(Error::Shape { op, why: format!("{len} values in rows of {cols}") });
-    }
-    check_int(op, &[len])?;
-    Ok(len / cols)
-}
 
 fn one_block() -> Result<Launch> {
     Launch::new([1, 1, 1], REDUCE_THREADS, REDUCE_THREADS as usize / 32)
@@ -50,7 +42,7 @@ pub fn accumulate(gpu: &Gpu, src: &Buffer<f32>, dst: &mut Buffer<f32>) -> Result
 /// or `x`'s length over it (per row).
 fn broadcast(gpu: &Gpu, kernel: &'static str, x: &Buffer<f32>, v: &Buffer<f32>, cols: usize, out: &mut Buffer<f32>) -> Result<()> {
     let n = x.len();
-    rows_of(kernel, n, cols)?;
+    check_rows(kernel, n, cols)?;
     check_len(kernel, "out", out, n)?;
     gpu.launch(kernel, Launch::elementwise(n), Args::new().input(x).input(v).int(cols).output(out).i64(n as i64))
 }
@@ -71,7 +63,7 @@ pub fn scale_cols(gpu: &Gpu, x: &Buffer<f32>, v: &Buffer<f32>, out: &mut Buffer<
 /// `out[c] = sum_r a[r, c] * b[r, c]`, or plain column sums without `b`.
 pub fn column_dots(gpu: &Gpu, a: &Buffer<f32>, b: Option<&Buffer<f32>>, out: &mut Buffer<f32>) -> Result<()> {
     let cols = out.len();
-    let rows = rows_of("column_dots", a.len(), cols)?;
+    let rows = check_rows("column_dots", a.len(), cols)?;
     let launch = Launch::new([cols.div_ceil(ROW_THREADS as usize), 1, 1], ROW_THREADS, 0)?;
     let args = match b {
         Some(b) => {
@@ -98,7 +90,7 @@ pub fn row_dots(gpu: &Gpu, a: &Buffer<f32>, b: &Buffer<f32>, out: &mut Buffer<f3
 
 /// `out[i, :] = table[index[i], :]` with rows of `cols`; the caller checks the indices.
 pub fn gather_rows(gpu: &Gpu, table: &Buffer<f32>, cols: usize, index: &Buffer<i32>, out: &mut Buffer<f32>) -> Result<()> {
-    rows_of("gather_rows", table.len(), cols)?;
+    check_rows("gather_rows", table.len(), cols)?;
     check_len("gather_rows", "out", out, index.len() * cols)?;
     let n = out.len();
     gpu.launch("gather_rows_f32", Launch::elementwise(n), Args::new().input(table).input(index).int(cols).output(out).i64(n as i64))
@@ -106,7 +98,7 @@ pub fn gather_rows(gpu: &Gpu, table: &Buffer<f32>, cols: usize, index: &Buffer<i
 
 /// `dtable[index[i], :] += g[i, :]`
 pub fn scatter_add_rows(gpu: &Gpu, g: &Buffer<f32>, cols: usize, index: &Buffer<i32>, dtable: &mut Buffer<f32>) -> Result<()> {
-    rows_of("scatter_add_rows", dtable.len(), cols)?;
+    check_rows("scatter_add_rows", dtable.len(), cols)?;
     check_len("scatter_add_rows", "g", g, index.len() * cols)?;
     let n = g.len();
     gpu.launch("scatter_add_rows_f32", Launch::elementwise(n), Args::new().input(g).input(index).int(cols).output(dtable).i64(n as i64))
@@ -132,7 +124,7 @@ pub fn copy_cols(
             why: format!("{width} columns from {src_start} of {src_cols} to {dst_start} of {dst_cols}"),
         });
     }
-    let rows = rows_of("copy_cols", src.len(), src_cols)?;
+    let rows = check_rows("copy_cols", src.len(), src_cols)?;
     check_len("copy_cols", "dst", dst, rows * dst_cols)?;
     let n = rows * width;
     let args = Args::new().input(src).int(src_cols).int(src_start).output(dst).int(dst_cols).int(dst_start).int(width);
@@ -141,7 +133,7 @@ pub fn copy_cols(
 
 /// `out[r, :] = sum_{j < group} x[r * group + j, :]` with rows of `cols`.
 pub fn sum_groups_forward(gpu: &Gpu, x: &Buffer<f32>, cols: usize, group: usize, out: &mut Buffer<f32>) -> Result<()> {
-    let rows = rows_of("sum_groups", x.len(), cols)?;
+    let rows = check_rows("sum_groups", x.len(), cols)?;
     if group == 0 || !rows.is_multiple_of(group) {
         return Err(Error::Shape { op: "sum_groups", why: format!("{rows} rows in groups of {group}") });
     }
@@ -152,7 +144,7 @@ pub fn sum_groups_forward(gpu: &Gpu, x: &Buffer<f32>, cols: usize, group: usize,
 
 /// `dx[r * group + j, :] += dy[r, :]`
 pub fn sum_groups_backward(gpu: &Gpu, dy: &Buffer<f32>, cols: usize, group: usize, dx: &mut Buffer<f32>) -> Result<()> {
-    rows_of("sum_groups backward", dy.len(), cols)?;
+    check_rows("sum_groups backward", dy.len(), cols)?;
     check_len("sum_groups backward", "dx", dx, dy.len() * group)?;
     let n = dx.len();
     gpu.launch("sum_groups_backward_f32", Launch::elementwise(n), Args::new().input(dy).int(cols).int(group).output(dx).i64(n as i64))
