@@ -390,6 +390,23 @@ mod avx512 {
         }
     }
 
+    /// `out[p][..W] = src[start + p * stride..][..live]` for `p < kc`, zero beyond `live`: a panel
+    /// whose `W`-wide rows are contiguous in the source.
+    #[inline(always)]
+    fn copy_panel<const W: usize>(src: &[f32], start: usize, stride: usize, live: usize, kc: usize, out: &mut [f32]) {
+        for p in 0..kc {
+            let row = &mut out[p * W..][..W];
+            let base = start + p * stride;
+            if live == W {
+                // a constant length, so no call to memcpy
+                row.copy_from_slice(&src[base..base + W]);
+            } else {
+                row[..live].copy_from_slice(&src[base..base + live]);
+                row[live..].fill(0.0);
+            }
+        }
+    }
+
     /// `packed[panel][p][j] = b[pc + p, jc + panel * NR + j]`, zero beyond `nc`. The caller checked
     /// `has_avx512()`.
     fn pack_b(b: &[f32], bv: View, pc: usize, kc: usize, jc: usize, nc: usize, packed: &mut [f32]) {
@@ -397,17 +414,7 @@ mod avx512 {
             let j0 = jc + panel * NR;
             let cols = NR.min(jc + nc - j0);
             if bv.cs == 1 {
-                for p in 0..kc {
-                    let row = &mut out[p * NR..][..NR];
-                    let base = (pc + p) * bv.rs + j0;
-                    if cols == NR {
-                        // a constant length, so no call to memcpy
-                        row.copy_from_slice(&b[base..base + NR]);
-                    } else {
-                        row[..cols].copy_from_slice(&b[base..base + cols]);
-                        row[cols..].fill(0.0);
-                    }
-                }
+                copy_panel::<NR>(b, pc * bv.rs + j0, bv.rs, cols, kc, out);
             } else {
                 // B stored transposed (a weight used as `x @ w^T`): its columns are contiguous along p.
                 for half in [0, 16] {
@@ -431,16 +438,7 @@ mod avx512 {
                 unsafe { transpose_rows(a, i0 * av.rs + pc, av.rs, live, kc, out, MR, MR) };
             } else {
                 // A stored transposed: each column is contiguous.
-                for p in 0..kc {
-                    let col = &mut out[p * MR..][..MR];
-                    let base = (pc + p) * av.cs + i0;
-                    if live == MR {
-                        col.copy_from_slice(&a[base..base + MR]);
-                    } else {
-                        col[..live].copy_from_slice(&a[base..base + live]);
-                        col[live..].fill(0.0);
-                    }
-                }
+                copy_panel::<MR>(a, pc * av.cs + i0, av.cs, live, kc, out);
             }
         }
     }
