@@ -1,16 +1,18 @@
 // Optimiser kernels: PyTorch's Adam update and the squared gradient norm for clipping.
 // Twins: src/cpu/optim.rs (reference), src/cuda/optim.rs (launchers).
-// adam_update_f32: param, grad, m, v: [n]; 1-D grid-stride; updates param, m, v in place.
-// squared_norm_f32: x: [n] -> partial: [gridDim.x] doubles (one per block, summed on the host or by
-// squared_norm_reduce_f64 in order), accumulated in double like the reference.
+// adam_update_f32: param, grad, m, v: [n]; 1-D grid-stride; updates param, m, v in place. The
+// gradient is read times grad_scale (the clipping coefficient, 1 when not clipping).
+// squared_norm_f32: x: [n] -> partial[first + b] for each block b (one double per block, summed on
+// the host in order), accumulated in double like the reference; `first` lets the launches for
+// several tensors share one partial buffer and one download.
 #include "common.cuh"
 
 extern "C" __global__ void adam_update_f32(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m, float* __restrict__ v,
-                                           long long n, float lr, float beta1, float beta2, float eps, float weight_decay,
-                                           float bias1, float bias2_sqrt) {
+                                           long long n, float grad_scale, float lr, float beta1, float beta2, float eps,
+                                           float weight_decay, float bias1, float bias2_sqrt) {
     const float step_size = lr / bias1;
     FOR_EACH_INDEX(i, n) {
-        float g = grad[i];
+        float g = grad[i] * grad_scale;
         if (weight_decay != 0.0f) g += weight_decay * param[i];
         const float mi = beta1 * m[i] + (1.0f - beta1) * g;
         const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
@@ -21,7 +23,7 @@ extern "C" __global__ void adam_update_f32(float* __restrict__ param, const floa
 }
 
 // Dynamic shared memory: blockDim.x / 32 doubles.
-extern "C" __global__ void squared_norm_f32(const float* __restrict__ x, long long n, double* __restrict__ partial) {
+extern "C" __global__ void squared_norm_f32(const float* __restrict__ x, long long n, double* __restrict__ partial, int first) {
     DYNAMIC_SHARED(double, scratch);
     double s = 0.0;
     FOR_EACH_INDEX(i, n) s += (double)x[i] * (double)x[i];
@@ -31,6 +33,6 @@ extern "C" __global__ void squared_norm_f32(const float* __restrict__ x, long lo
     if (threadIdx.x == 0) {
         double total = 0.0;
         for (int w = 0; w < blockDim.x / 32; ++w) total += scratch[w];
-        partial[blockIdx.x] = total;
+        partial[first + blockIdx.x] = total;
     }
 }

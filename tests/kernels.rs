@@ -9,7 +9,7 @@
 //! gradients start from random values, so the accumulate (`+=`) contract is checked too.
 
 mod common;
-use common::{assert_close, TestRng};
+use common::{assert_close, cuda_or_skip, TestRng};
 use ptrag_engine::cpu;
 use ptrag_engine::cpu::attention::{AttentionShape, Rope};
 use ptrag_engine::cpu::energy::EnergyShape;
@@ -30,18 +30,6 @@ mod tol {
 
 fn emulators() -> Vec<Gpu> {
     [ThreadOrder::Forward, ThreadOrder::Reverse].into_iter().map(|o| Gpu::emulated(o).expect("the emulated kernels are built")).collect()
-}
-
-/// The GPU, or None with the reason printed; a failure instead when `PTRAG_REQUIRE_GPU=1`.
-fn cuda_or_skip() -> Option<Gpu> {
-    match Gpu::cuda() {
-        Ok(gpu) => Some(gpu),
-        Err(e) if std::env::var("PTRAG_REQUIRE_GPU").is_ok_and(|v| v == "1") => panic!("PTRAG_REQUIRE_GPU=1 but no GPU: {e}"),
-        Err(e) => {
-            eprintln!("skipped (no GPU): {e}");
-            None
-        }
-    }
 }
 
 macro_rules! kernel_tests {
@@ -262,20 +250,24 @@ fn optim_forward(gpu: &Gpu) {
     let n = 1000;
     let (p, g) = (f32s(&rng.vec(n)), f32s(&rng.vec(n)));
     let (m, v) = (f32s(&rng.vec(n)), f32s(&rng.vec(n)).iter().map(|v| v.abs()).collect::<Vec<f32>>());
-    for (step, weight_decay) in [(1, 0.0), (7, 0.01)] {
+    for (step, weight_decay, grad_scale) in [(1, 0.0, 1.0), (7, 0.01, 0.37)] {
+        let s = cpu::optim::AdamStep { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step, grad_scale };
         let (mut want_p, mut want_m, mut want_v) = (p.clone(), m.clone(), v.clone());
-        cpu::optim::adam_update(&mut want_p, &g, &mut want_m, &mut want_v, 1e-3, 0.9, 0.999, 1e-8, weight_decay, step);
+        cpu::optim::adam_update(&mut want_p, &g, &mut want_m, &mut want_v, &s);
         let (mut gp, gg, mut gm, mut gv) =
             (gpu.upload(&p).unwrap(), gpu.upload(&g).unwrap(), gpu.upload(&m).unwrap(), gpu.upload(&v).unwrap());
-        cuda::optim::adam_update(gpu, &mut gp, &gg, &mut gm, &mut gv, 1e-3, 0.9, 0.999, 1e-8, weight_decay, step).unwrap();
+        cuda::optim::adam_update(gpu, &mut gp, &gg, &mut gm, &mut gv, &s).unwrap();
         for (name, got, want) in [("param", &gp, &want_p), ("m", &gm, &want_m), ("v", &gv, &want_v)] {
             check(gpu, &f64s(&gpu.download(got).unwrap()), &f64s(want), tol::ELEMENTWISE, &format!("adam {name} at step {step}"));
         }
     }
-    // More elements than one block-stride pass covers, to exercise the grid-stride loop.
-    let x = f32s(&rng.vec(300_001));
-    let got = cuda::optim::squared_norm(gpu, &gpu.upload(&x).unwrap()).unwrap();
-    check(gpu, &[got], &[cpu::optim::squared_norm(&x)], (0.0, 1e-9), "squared norm");
+    // Several tensors sharing one partial buffer, one with more elements than one block-stride pass
+    // covers (the grid-stride loop), one of a single element.
+    let xs = [f32s(&rng.vec(300_001)), f32s(&rng.vec(1)), f32s(&rng.vec(777))];
+    let on_gpu: Vec<_> = xs.iter().map(|x| gpu.upload(x).unwrap()).collect();
+    let got = cuda::optim::squared_norm(gpu, &on_gpu.iter().collect::<Vec<_>>()).unwrap();
+    let want: f64 = xs.iter().map(|x| cpu::optim::squared_norm(x)).sum();
+    check(gpu, &[got], &[want], (0.0, 1e-9), "squared norm");
 }
 
 // ---- energy ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 //! layers and the energy's square roots (measured: worst 5e-5 to 1e-4, the loss of the one-hot STATE
 //! case); we allow 5e-4. The retrieved candidates and the hard selection must be identical.
 
+mod common;
 use ptrag_engine::cuda::{Gpu, ThreadOrder};
 use ptrag_engine::model::knowledge::Knowledge;
 use ptrag_engine::model::{energy_loss, Model, ModelConfig, ModelInput, ModelKind, Noise, Selection, SelfExclusion};
@@ -296,9 +297,7 @@ fn training_step_emulated_matches_pytorch() {
 /// On a real GPU; skipped with the reason where none is usable, failing instead with `PTRAG_REQUIRE_GPU=1`.
 #[test]
 fn training_step_cuda_matches_pytorch() {
-    match Gpu::cuda() {
-        Ok(gpu) => step_on_gpu_matches_pytorch(gpu),
-        Err(e) if std::env::var("PTRAG_REQUIRE_GPU").is_ok_and(|v| v == "1") => panic!("PTRAG_REQUIRE_GPU=1 but no GPU: {e}"),
-        Err(e) => eprintln!("skipped (no GPU): {e}"),
+    if let Some(gpu) = common::cuda_or_skip() {
+        step_on_gpu_matches_pytorch(gpu);
     }
 }

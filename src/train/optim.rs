@@ -1,6 +1,6 @@
 //! Adam with global gradient-norm clipping, over the trainable parameters of a `Params<f32>`.
 
-use crate::cpu::optim::{adam_update, squared_norm};
+use crate::cpu::optim::{adam_update, squared_norm, AdamStep};
 use crate::tape::Params;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -43,34 +43,30 @@ impl Adam {
         params.entries.iter().filter(|p| p.trainable).map(|p| squared_norm(&p.grad)).sum::<f64>().sqrt()
     }
 
+    /// Advances the step count and returns this step's update for gradients of global norm `norm`:
+    /// PyTorch's `clip_grad_norm_` coefficient as the gradient scale when the norm is above the limit.
+    pub fn next_step(&mut self, norm: f64) -> AdamStep {
+        let c = &self.cfg;
+        let coef = c.clip_norm / (norm + 1e-6);
+        self.step += 1;
+        AdamStep {
+            lr: c.lr as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            weight_decay: c.weight_decay as f32,
+            step: self.step,
+            grad_scale: if c.clip_norm > 0.0 && coef < 1.0 { coef as f32 } else { 1.0 },
+        }
+    }
+
     /// Clips, then updates every trainable parameter. Returns the pre-clipping gradient norm.
     pub fn step(&mut self, params: &mut Params<f32>) -> f64 {
         let norm = Self::grad_norm(params);
-        let c = &self.cfg;
-        if c.clip_norm > 0.0 {
-            let coef = c.clip_norm / (norm + 1e-6);
-            if coef < 1.0 {
-                for p in params.entries.iter_mut().filter(|p| p.trainable) {
-                    p.grad.iter_mut().for_each(|g| *g *= coef as f32);
-                }
-            }
-        }
-        self.step += 1;
+        let update = self.next_step(norm);
         for ((p, m), v) in params.entries.iter_mut().zip(&mut self.m).zip(&mut self.v) {
             if p.trainable {
-                let value = Arc::make_mut(&mut p.value);
-                adam_update(
-                    value,
-                    &p.grad,
-                    m,
-                    v,
-                    c.lr as f32,
-                    c.beta1 as f32,
-                    c.beta2 as f32,
-                    c.eps as f32,
-                    c.weight_decay as f32,
-                    self.step,
-                );
+                adam_update(Arc::make_mut(&mut p.value).as_mut_slice(), &p.grad, m, v, &update);
             }
         }
         norm

@@ -77,3 +77,16 @@ pub fn trainer(store: &Store, cfg: TrainConfig) -> Trainer<'_> {
     let split = SplitFile::read(&store.split_path).unwrap();
     Trainer::new(cfg, store, &split, &store.split_path).unwrap()
 }
+
+/// The GPU, or None with the reason printed; a failure instead when `PTRAG_REQUIRE_GPU=1` (the
+/// GPU-check script sets it).
+pub fn cuda_or_skip() -> Option<ptrag_engine::cuda::Gpu> {
+    match ptrag_engine::cuda::Gpu::cuda() {
+        Ok(gpu) => Some(gpu),
+        Err(e) if std::env::var("PTRAG_REQUIRE_GPU").is_ok_and(|v| v == "1") => panic!("PTRAG_REQUIRE_GPU=1 but no GPU: {e}"),
+        Err(e) => {
+            eprintln!("skipped (no GPU): {e}");
+            None
+        }
+    }
+}
