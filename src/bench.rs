@@ -4,17 +4,19 @@
 //! counts for this engine: forward plus a backward of twice the work; the energy loss is not
 //! counted); with `breakdown`, where the time went by op family.
 
+use crate::cuda::Gpu;
 use crate::data::sampler::Batch;
 use crate::model::knowledge::Knowledge;
 use crate::model::{Model, ModelConfig, ModelKind};
 use crate::profile::{profile, Shapes};
 use crate::tape::params::Params;
 use crate::train::optim::{Adam, AdamConfig};
-use crate::train::{optimise_step, StepBreakdown};
+use crate::train::{device::GpuState, optimise_step, StepBreakdown};
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -26,12 +28,14 @@ pub struct BenchOptions {
     pub warmup: usize,
     pub shapes: Shapes,
     pub seed: u64,
+    /// Where the steps run: None for the CPU engine.
+    pub gpu: Option<Arc<Gpu>>,
 }
 
 impl BenchOptions {
     /// The paper's step: 64 sets of 64 cells at the Replogle-Nadig shapes.
     pub fn paper(kind: ModelKind) -> Self {
-        BenchOptions { kind, sets: 64, cells: 64, steps: 5, warmup: 1, shapes: Shapes::paper(), seed: 42 }
+        BenchOptions { kind, sets: 64, cells: 64, steps: 5, warmup: 1, shapes: Shapes::paper(), seed: 42, gpu: None }
     }
 }
 
@@ -90,6 +94,7 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
     let mut params = Params::<f32>::new();
     let model = Model::new(&cfg, knowledge, &mut params, &mut rng)?;
     let mut adam = Adam::new(AdamConfig::default(), &params);
+    let mut on_gpu = o.gpu.clone().map(|g| GpuState::upload(g, &params, &adam)).transpose()?;
     let batch = synthetic_batch(o, &mut rng);
     let mut total = breakdown.then(StepBreakdown::default);
     let mut step_seconds = Vec::with_capacity(o.steps);
@@ -97,7 +102,10 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
         let timed = step >= o.warmup;
         let start = std::time::Instant::now();
         let parts = if timed { total.as_mut() } else { None };
-        optimise_step(&model, &mut params, &mut adam, 0.1, &batch, &mut rng, step, parts)?;
+        optimise_step(&model, &mut params, &mut adam, on_gpu.as_mut(), 0.1, &batch, &mut rng, step, parts)?;
+        if let Some(state) = &on_gpu {
+            state.gpu.synchronize()?;
+        }
         if timed {
             step_seconds.push(start.elapsed().as_secs_f64());
         }
@@ -110,7 +118,7 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
     let model_flops_per_step = 3.0 * forward_per_cell * (o.sets * o.cells) as f64;
     Ok(BenchResult {
         model: o.kind.label().to_string(),
-        device: "cpu".into(),
+        device: o.gpu.as_ref().map_or_else(|| "cpu".into(), |g| g.name()),
         threads: rayon::current_num_threads(),
         sets: o.sets,
         cells: o.cells,

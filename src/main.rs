@@ -1,6 +1,7 @@
 //! The `ptrag-engine` command line. Every error becomes one line on stderr and exit code 1.
 
 use clap::{Parser, Subcommand};
+use ptrag_engine::cuda::DeviceChoice;
 use ptrag_engine::data::split::SplitFile;
 use ptrag_engine::data::store::Store;
 use ptrag_engine::data::synth::{self, SynthConfig};
@@ -114,9 +115,9 @@ enum Command {
     Bench {
         #[arg(long, value_enum, default_value = "pt-rag")]
         model: ptrag_engine::model::ModelKind,
-        /// cpu (cuda: not built yet).
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// cpu, cuda, or auto (a GPU when one is usable, else the CPU).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: ptrag_engine::cuda::DeviceChoice,
         #[arg(long, default_value_t = 64)]
         sets: usize,
         #[arg(long, default_value_t = 64)]
@@ -287,6 +288,7 @@ fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<Vec
     };
     let store = Store::open(&record.data)?;
     let split = SplitFile::read(&record.split)?;
+    let gpu = opts.device.unwrap_or(DeviceChoice::Cpu).open(|m| eprintln!("{m}"))?;
     let t = &record.train;
     eprintln!(
         "{} {} on {} ({} cells, {} genes), target cell type {}, {} steps of {} sets x {} cells -> {}",
@@ -301,7 +303,7 @@ fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<Vec
         t.cells_per_set,
         run_dir.display()
     );
-    let ctl = RunControl { progress, stop: Some(&STOP) };
+    let ctl = RunControl { progress, stop: Some(&STOP), gpu };
     let summaries = run::execute(&record, &store, &split, &run_dir, resume, &ctl)?;
     for s in &summaries {
         let t = &s.test;
@@ -413,10 +415,8 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
         }
         Command::Bench { model, device, sets, cells, steps, breakdown, json } => {
             use ptrag_engine::bench::{bench, report, BenchOptions};
-            if device != "cpu" {
-                return Err(ptrag_engine::Error::invalid("--device", format!("`{device}`: only the CPU backend is built so far")));
-            }
-            let r = bench(&BenchOptions { sets, cells, steps, ..BenchOptions::paper(model) }, breakdown)?;
+            let gpu = device.open(|m| eprintln!("{m}"))?;
+            let r = bench(&BenchOptions { sets, cells, steps, gpu, ..BenchOptions::paper(model) }, breakdown)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).expect("result serialises"));
             } else {

@@ -42,12 +42,12 @@ fn an_interrupted_run_resumed_ends_where_an_uninterrupted_run_ends() {
     train.val_every = 2;
     let record = RunRecord { data: store.dir.clone(), split: store.split_path.clone(), train };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    let straight = execute(&record, &store, &split, &a, false, &RunControl { progress: false, stop: None }).unwrap();
+    let straight = execute(&record, &store, &split, &a, false, &RunControl { progress: false, stop: None, gpu: None }).unwrap();
     // A stop request (Ctrl-C) is honoured after the current step, with a checkpoint.
     let stop = std::sync::atomic::AtomicBool::new(true);
-    let err = execute(&record, &store, &split, &b, false, &RunControl { progress: false, stop: Some(&stop) }).unwrap_err();
+    let err = execute(&record, &store, &split, &b, false, &RunControl { progress: false, stop: Some(&stop), gpu: None }).unwrap_err();
     assert!(matches!(err, ptrag_engine::Error::Interrupted { step: 1, .. }), "{err}");
-    let resumed = execute(&record, &store, &split, &b, true, &RunControl { progress: false, stop: None }).unwrap();
+    let resumed = execute(&record, &store, &split, &b, true, &RunControl { progress: false, stop: None, gpu: None }).unwrap();
     let losses = |dir: &Path| -> Vec<String> {
         let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
         log.lines()
@@ -72,7 +72,7 @@ fn an_interrupted_run_resumed_ends_where_an_uninterrupted_run_ends() {
     let selected = first["selected"].as_array().unwrap();
     assert!(selected.iter().all(|c| (0.0..=first["cells"].as_f64().unwrap()).contains(&c.as_f64().unwrap())), "{first}");
     // A fresh start refuses to overwrite a run.
-    let err = execute(&record, &store, &split, &a, false, &RunControl { progress: false, stop: None }).unwrap_err().to_string();
+    let err = execute(&record, &store, &split, &a, false, &RunControl { progress: false, stop: None, gpu: None }).unwrap_err().to_string();
     assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
 }
 
@@ -124,8 +124,8 @@ fn predictions_do_not_depend_on_cell_order() {
         }
         let (batch, _) = t.batch_for_step(100);
         let perm: Vec<usize> = (0..batch.cells).rev().collect::<Vec<_>>().into_iter().cycle().skip(3).take(batch.cells).collect();
-        let pred = t.predict(&batch);
-        let pred_perm = t.predict(&permute(&batch, &perm));
+        let pred = t.predict(&batch).unwrap();
+        let pred_perm = t.predict(&permute(&batch, &perm)).unwrap();
         let g = batch.genes;
         let mut expected = vec![0.0f32; pred.len()];
         for s in 0..batch.sets {
@@ -133,14 +133,13 @@ fn predictions_do_not_depend_on_cell_order() {
                 expected[(s * batch.cells + dst) * g..][..g].copy_from_slice(&pred[(s * batch.cells + src) * g..][..g]);
             }
         }
-        let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
         assert_close(&to64(&pred_perm), &to64(&expected), 1e-5, 1e-4, &format!("{kind:?}: permuted prediction"));
 
         // and the causal reference mode (with rotary positions) does depend on order, so the check above can fail
         let mut causal_cfg = small_config(&store, kind);
         (causal_cfg.model.causal, causal_cfg.model.rope_theta) = (true, Some(10000.0));
         let tc = trainer(&store, causal_cfg);
-        let (a, b) = (tc.predict(&batch), tc.predict(&permute(&batch, &perm)));
+        let (a, b) = (tc.predict(&batch).unwrap(), tc.predict(&permute(&batch, &perm)).unwrap());
         assert!((0..a.len()).any(|i| (b[i] - a[i]).abs() > 1e-3), "{kind:?}: causal attention should make predictions order-dependent");
     }
 }
@@ -236,7 +235,8 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_a_finite_checkpoint() {
     train.adam.clip_norm = 0.0;
     let record = RunRecord { data: store.dir.clone(), split: store.split_path.clone(), train };
     let dir = tmp.path().join("run");
-    let err = execute(&record, &store, &split, &dir, false, &RunControl { progress: false, stop: None }).unwrap_err().to_string();
+    let err =
+        execute(&record, &store, &split, &dir, false, &RunControl { progress: false, stop: None, gpu: None }).unwrap_err().to_string();
     assert!(err.contains("training stopped at step") && err.contains("checkpoint-last.safetensors") && err.contains("--resume"), "{err}");
     // The kept checkpoint is the last good one (here the initial weights) and loads.
     let mut t = trainer(&store, record.train.clone());
@@ -299,4 +299,91 @@ fn frozen_pt_rag_at_the_papers_sizes_trains_the_references_parameter_count() {
     let expected = (2000 * 128 + 128) + (1536 * 128 + 128) + 56 * 128 + 2 * 384 + (384 * 128 + 128) + (128 * 2 + 2) + (384 * 128 + 128);
     assert_eq!(params.trainable_count(), expected);
     assert_eq!(expected, 559_618);
+}
+
+/// Training on a GPU (`Trainer::use_gpu`: parameters, gradients and Adam's moments resident there)
+/// follows training on the CPU: the same losses and gradient norms step by step, the same
+/// predictions afterwards; a checkpoint written from the GPU restores on the CPU, and one loaded
+/// into a GPU trainer is uploaded there. `steps` of PT-RAG, the model with every kernel family.
+fn gpu_training_matches_cpu(gpu: ptrag_engine::cuda::Gpu, steps: usize) {
+    let gpu = std::sync::Arc::new(gpu);
+    let (tmp, store) = tiny_store();
+    let cfg = TrainConfig { steps, ..small_config(&store, ModelKind::PtRag) };
+    let (mut on_cpu, mut on_gpu) = (trainer(&store, cfg.clone()), trainer(&store, cfg.clone()));
+    on_gpu.use_gpu(gpu.clone()).unwrap();
+    gpu_gradients_match_cpu(&on_cpu, gpu.clone());
+    // f32 on both sides, summed in different orders; Adam's first steps (of size lr whatever the
+    // gradient's scale) let those differences grow slowly, hence the looser tolerance later on.
+    for step in 0..steps {
+        let (a, b) = (on_cpu.train_step().unwrap(), on_gpu.train_step().unwrap());
+        let rtol = if step < 4 { 1e-3 } else { 2e-2 };
+        assert_close(&[b.loss, b.grad_norm], &[a.loss, a.grad_norm], 1e-6, rtol, &format!("step {step}: loss and gradient norm"));
+    }
+    let (batch, _) = on_cpu.batch_for_step(1000);
+    let want = to64(&on_cpu.predict(&batch).unwrap());
+    let got = to64(&on_gpu.predict(&batch).unwrap());
+    assert_close(&got, &want, 1e-3, 2e-2, "predictions after training");
+
+    let ckpt = tmp.path().join("gpu.safetensors");
+    on_gpu.save_checkpoint(&ckpt, "{}").unwrap();
+    let mut restored = trainer(&store, cfg.clone());
+    restored.load_checkpoint(&ckpt).unwrap();
+    assert_eq!(restored.step, steps);
+    assert_close(&to64(&restored.predict(&batch).unwrap()), &got, 1e-5, 1e-4, "the GPU's checkpoint predicting on the CPU");
+    on_gpu.sync_to_host().unwrap();
+    let host = |t: &ptrag_engine::train::Trainer| t.params.entries.iter().flat_map(|p| p.value.to_vec()).collect::<Vec<f32>>();
+    assert_eq!(host(&restored), host(&on_gpu), "sync_to_host and the checkpoint hold the same weights");
+
+    // A checkpoint loaded into a GPU trainer replaces the resident state: back at the untrained
+    // weights, it takes the first step as a fresh CPU trainer does.
+    let mut fresh = trainer(&store, cfg);
+    fresh.save_checkpoint(&ckpt, "{}").unwrap();
+    on_gpu.load_checkpoint(&ckpt).unwrap();
+    let (a, b) = (fresh.train_step().unwrap(), on_gpu.train_step().unwrap());
+    assert_close(&[b.loss, b.grad_norm], &[a.loss, a.grad_norm], 1e-6, 1e-3, "the first step after loading a checkpoint on the GPU");
+}
+
+/// One batch's gradient of every parameter, left on the GPU by a resident-parameter tape, against
+/// the host tape's (Adam's first steps hardly depend on gradient sizes, so training alone would
+/// miss a lost contribution).
+fn gpu_gradients_match_cpu(t: &ptrag_engine::train::Trainer, gpu: std::sync::Arc<ptrag_engine::cuda::Gpu>) {
+    let (batch, rng) = t.batch_for_step(0);
+    let gradients = |mut tape: Tape<f32>| {
+        let noise = t.model.sample_noise(batch.sets, batch.cells, true, &mut rng.clone());
+        let out = t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
+        let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.clone());
+        let loss = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
+        let w = tape.mean(out.selection.unwrap());
+        let loss = tape.add(loss, w);
+        (tape.backward(loss), tape)
+    };
+    let (host_grads, host_tape) = gradients(Tape::new());
+    let mut want = t.params.clone();
+    want.zero_grad();
+    host_grads.accumulate_into(&host_tape, &mut want).unwrap();
+    let state = ptrag_engine::train::device::GpuState::upload(gpu.clone(), &t.params, &t.adam).unwrap();
+    let (grads, tape) = gradients(state.tape());
+    let got = grads.on_gpu(&tape, t.params.entries.len()).unwrap();
+    for (p, g) in want.entries.iter().zip(&got) {
+        let g = g.as_ref().map(|g| gpu.download(g).unwrap()).unwrap_or_else(|| vec![0.0; p.grad.len()]);
+        let scale = p.grad.iter().fold(1e-3f32, |m, x| m.max(x.abs())) as f64;
+        assert_close(&to64(&g), &to64(&p.grad), 1e-4 * scale, 0.0, &format!("gradient of {}", p.name));
+    }
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+#[test]
+fn gpu_training_emulated_matches_cpu() {
+    gpu_training_matches_cpu(ptrag_engine::cuda::Gpu::emulated(ptrag_engine::cuda::ThreadOrder::Forward).unwrap(), 3);
+}
+
+/// On a real GPU, over more steps (skipped without one; failing instead with `PTRAG_REQUIRE_GPU=1`).
+#[test]
+fn gpu_training_cuda_matches_cpu() {
+    if let Some(gpu) = common::cuda_or_skip() {
+        gpu_training_matches_cpu(gpu, 30);
+    }
 }

@@ -139,6 +139,19 @@ impl Driver {
 }
 
 impl Driver {
+    /// cuBLAS on this driver's stream, loaded at the first call; an error when the library is missing.
+    pub fn blas(&self) -> Result<&cudarc::cublas::CudaBlas> {
+        if let Some(blas) = self.blas.get() {
+            return Ok(blas);
+        }
+        // SAFETY: only tries to open the library (cudarc's CudaBlas::new panics without it).
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Device("cuBLAS (libcublas.so) not found; add its folder to LD_LIBRARY_PATH".into()));
+        }
+        let blas = cudarc::cublas::CudaBlas::new(self.stream.clone()).map_err(|e| driver_error("loading cuBLAS", e))?;
+        Ok(self.blas.get_or_init(|| blas))
+    }
+
     /// Row-major `c[m, n] (+)= op(a)[m, k] op(b)[k, n]` with cuBLAS. cuBLAS is column-major, and a
     /// row-major matrix read column-major is its transpose, so this asks for `c^T = op(b)^T op(a)^T`.
     #[allow(clippy::too_many_arguments)]
@@ -152,16 +165,8 @@ impl Driver {
         trans_b: bool,
         accumulate: bool,
     ) -> Result<()> {
-        use cudarc::cublas::{sys::cublasOperation_t as Op, CudaBlas, Gemm, GemmConfig};
-        if self.blas.get().is_none() {
-            // SAFETY: only tries to open the library (cudarc's CudaBlas::new panics without it).
-            if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-                return Err(Error::Device("cuBLAS (libcublas.so) not found; add its folder to LD_LIBRARY_PATH".into()));
-            }
-            let blas = CudaBlas::new(self.stream.clone()).map_err(|e| driver_error("loading cuBLAS", e))?;
-            let _ = self.blas.set(blas);
-        }
-        let blas = self.blas.get().expect("set just above");
+        use cudarc::cublas::{sys::cublasOperation_t as Op, Gemm, GemmConfig};
+        let blas = self.blas()?;
         let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
         let int = |v: usize| i32::try_from(v).map_err(|_| Error::Shape { op: "matmul", why: format!("{v} exceeds cuBLAS's 32-bit sizes") });
         let cfg = GemmConfig {

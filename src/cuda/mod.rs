@@ -24,6 +24,7 @@ pub mod tensor;
 use crate::{Error, Result};
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 pub use driver::DeviceInfo;
 
@@ -109,6 +110,12 @@ impl Element for u8 {}
 pub enum Gpu {
     Cuda(driver::Driver),
     Emulated { order: ThreadOrder },
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
 }
 
 /// Device memory: host memory under the emulator.
@@ -200,6 +207,53 @@ impl Gpu {
         match self {
             Gpu::Cuda(d) => d.synchronize(),
             Gpu::Emulated { .. } => Ok(()),
+        }
+    }
+}
+
+/// Where training and evaluation run (`--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Cpu,
+    /// The first GPU; an error when none is usable.
+    Cuda,
+    /// The first GPU when one is usable, else the CPU, saying why.
+    Auto,
+    /// The GPU path with its kernels run by the CPU emulator: very slow, for testing that path
+    /// without a GPU.
+    #[value(hide = true)]
+    Emulated,
+}
+
+impl DeviceChoice {
+    /// The GPU to use (None: the CPU engine). A GPU counts as usable when the driver opens it and
+    /// cuBLAS loads, so that a run fails (or `auto` falls back) before its first step, not during it.
+    pub fn open(self, say: impl Fn(&str)) -> Result<Option<Arc<Gpu>>> {
+        let cuda = || -> Result<Gpu> {
+            let gpu = Gpu::cuda()?;
+            if let Gpu::Cuda(d) = &gpu {
+                d.blas()?;
+            }
+            Ok(gpu)
+        };
+        match self {
+            DeviceChoice::Cpu => Ok(None),
+            DeviceChoice::Cuda => match cuda() {
+                Ok(g) => Ok(Some(Arc::new(g))),
+                Err(Error::Device(why)) => Err(Error::Device(format!("{why}; --device cpu or auto runs on the CPU"))),
+                Err(e) => Err(e),
+            },
+            DeviceChoice::Emulated => Gpu::emulated(ThreadOrder::Forward).map(|g| Some(Arc::new(g))),
+            DeviceChoice::Auto => match cuda() {
+                Ok(g) => {
+                    say(&format!("device: {}", g.name()));
+                    Ok(Some(Arc::new(g)))
+                }
+                Err(e) => {
+                    say(&format!("device: the CPU ({e})"));
+                    Ok(None)
+                }
+            },
         }
     }
 }

@@ -51,7 +51,7 @@ pub fn fold_predictions(run: &TrainedRun, opts: &PredictOptions) -> Result<(AnnD
     let mut rng = trainer.eval_rng();
     for cond in &fold.test {
         let pert = &names.perturbations[cond.perturbation as usize];
-        let (p, r, _) = trainer.predict_condition(cond, &mut rng);
+        let (p, r, _) = trainer.predict_condition(cond, &mut rng)?;
         for (i, (p, r)) in p.chunks(store.n_genes()).zip(r.chunks(store.n_genes())).enumerate() {
             push(&mut pred, p, format!("{pert}-{i}"), pert);
             push(&mut real, r, format!("{pert}-{i}"), pert);

@@ -163,7 +163,7 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
 
         let mut eval_rng = trainer.eval_rng();
         for cond in &trainer.fold.test {
-            let (pred, real, paired) = trainer.predict_condition(cond, &mut eval_rng);
+            let (pred, real, paired) = trainer.predict_condition(cond, &mut eval_rng)?;
             let (pred, real, paired) = (to_f64(&pred), to_f64(&real), to_f64(&paired));
             let row = |model: &str, values: Vec<f64>| ConditionRow {
                 model: model.to_string(),

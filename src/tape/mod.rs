@@ -260,6 +260,8 @@ pub struct Tape<T> {
     timing: Option<(std::time::Instant, Timings)>,
     /// Where the ops run: None for the CPU engine.
     gpu: Option<Arc<Gpu>>,
+    /// Parameter values resident on `gpu`, by `ParamId` (empty: uploaded at each use).
+    resident: Vec<Arc<Buffer<f32>>>,
     /// The first GPU failure (out of memory, a failed launch); GPU ops are skipped after it, and
     /// `fetch` and `check` return it.
     fault: RefCell<Option<Error>>,
@@ -289,16 +291,28 @@ impl Tape<f32> {
     pub fn on_gpu(gpu: Arc<Gpu>) -> Self {
         Tape { gpu: Some(gpu), ..Tape::new() }
     }
+
+    /// A GPU tape whose parameters are already on the GPU: `values[id]` is parameter `id`'s value,
+    /// shared (not copied) with the tape's nodes until the tape is dropped.
+    pub fn on_gpu_with_params(gpu: Arc<Gpu>, values: Vec<Arc<Buffer<f32>>>) -> Self {
+        Tape { gpu: Some(gpu), resident: values, ..Tape::new() }
+    }
 }
 
 impl<T: Real> Tape<T> {
     pub fn new() -> Self {
-        Tape { nodes: Vec::new(), timing: None, gpu: None, fault: RefCell::new(None) }
+        Tape { nodes: Vec::new(), timing: None, gpu: None, resident: Vec::new(), fault: RefCell::new(None) }
     }
 
     /// A tape that times its forward ops (see `forward_timings`) and can time `backward_timed`.
     pub fn timed() -> Self {
-        Tape { timing: Some((std::time::Instant::now(), Vec::new())), ..Tape::new() }
+        Tape::new().timed_if(true)
+    }
+
+    /// With `timed`: a tape that times its ops, waiting for the GPU after each so that every op's
+    /// kernels count towards it.
+    pub fn timed_if(self, timed: bool) -> Self {
+        Tape { timing: timed.then(|| (std::time::Instant::now(), Vec::new())), ..self }
     }
 
     pub fn forward_timings(&self) -> Timings {
@@ -369,6 +383,9 @@ impl<T: Real> Tape<T> {
 
     fn record(&mut self, node: Node<T>) -> Var {
         if let Some((last, times)) = &mut self.timing {
+            if let Some(g) = &self.gpu {
+                let _ = g.synchronize();
+            }
             let now = std::time::Instant::now();
             times.push((node.op.name(), (now - *last).as_secs_f64()));
             *last = now;
@@ -421,13 +438,17 @@ impl<T: Real> Tape<T> {
         let value = self.place(value);
         self.push(value, shape.to_vec(), Op::Leaf, true)
     }
-    /// A parameter: shared, not copied, on a host tape; uploaded at each use on a GPU tape (the
-    /// parameters do not live on the GPU yet).
+    /// A parameter: shared, not copied, on a host tape and with resident values on a GPU tape
+    /// (`on_gpu_with_params`); uploaded at each use on a GPU tape without them.
     pub fn param(&mut self, params: &Params<T>, id: ParamId) -> Var {
         let p = params.get(id);
-        let value = match &self.gpu {
-            None => Memory::Host(p.value.clone()),
-            Some(_) => self.place(p.value.to_vec()),
+        let value = match (&self.gpu, self.resident.get(id.0)) {
+            (None, _) => Memory::Host(p.value.clone()),
+            (Some(_), Some(resident)) => {
+                assert_eq!(resident.len(), p.value.len(), "tape: resident value of parameter {} has the wrong length", p.name);
+                Memory::Gpu(resident.clone())
+            }
+            (Some(_), None) => self.place(p.value.to_vec()),
         };
         self.record(Node { value, shape: p.shape.clone(), op: Op::Param(id), needs_grad: p.trainable })
     }
@@ -1189,6 +1210,10 @@ impl<T: Real> Tape<T> {
     }
 }
 
+/// Each parameter's gradient on a GPU tape, by `ParamId`: the sum over the nodes that use it (None
+/// for parameters that got none).
+pub type DeviceGradients = Vec<Option<Arc<Buffer<f32>>>>;
+
 /// The gradients one `backward` produced, for inputs and parameters.
 pub struct Gradients<T> {
     grads: Vec<Option<Memory<T>>>,
@@ -1205,8 +1230,8 @@ impl<T: Real> Gradients<T> {
         self.grads[v.0].as_ref().map(|g| g.to_host(tape.gpu.as_deref())).transpose()
     }
     /// Adds (`+=`) every parameter node's gradient into `params` (a parameter used by several nodes
-    /// receives all contributions). A GPU tape's gradients are copied to the host first (the
-    /// parameters do not live on the GPU yet).
+    /// receives all contributions). A GPU tape's gradients are copied to the host first; training
+    /// on the GPU keeps them there instead (`Gradients::on_gpu`).
     pub fn accumulate_into(&self, tape: &Tape<T>, params: &mut Params<T>) -> Result<()> {
         for (i, (node, g)) in tape.nodes.iter().zip(&self.grads).enumerate() {
             let (Op::Param(id), Some(g)) = (&node.op, g) else { continue };
@@ -1222,5 +1247,29 @@ impl<T: Real> Gradients<T> {
             p.grad.iter_mut().zip(g).for_each(|(p, &g)| *p = *p + g);
         }
         Ok(())
+    }
+}
+
+impl Gradients<f32> {
+    /// Every parameter's gradient, left on the GPU (`params` parameters in all); the tape's fault,
+    /// if it has one. A parameter used once keeps its node's gradient buffer; one used more often
+    /// gets the sum in a new one.
+    pub fn on_gpu(self, tape: &Tape<f32>, params: usize) -> Result<DeviceGradients> {
+        tape.check()?;
+        let gpu = tape.gpu.as_deref().ok_or_else(|| Error::Device("parameter gradients on the GPU of a host tape".into()))?;
+        let mut out: DeviceGradients = vec![None; params];
+        for (node, g) in tape.nodes.iter().zip(self.grads) {
+            let (Op::Param(id), Some(g)) = (&node.op, g) else { continue };
+            let Memory::Gpu(g) = g else { return Err(Error::Device("a GPU tape's gradient is not on the GPU".into())) };
+            out[id.0] = Some(match out[id.0].take() {
+                None => g,
+                Some(sum) => {
+                    let mut total = gpu.zeros(g.len())?;
+                    cuda::tensor::add(gpu, &sum, &g, &mut total)?;
+                    Arc::new(total)
+                }
+            });
+        }
+        Ok(out)
     }
 }

@@ -6,10 +6,12 @@
 //! of an uninterrupted run.
 
 pub mod checkpoint;
+pub mod device;
 pub mod optim;
 pub mod options;
 pub mod run;
 
+use crate::cuda::Gpu;
 use crate::data::sampler::{evaluation_sets, training_batch, Batch};
 use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
@@ -17,11 +19,13 @@ use crate::model::knowledge::Knowledge;
 use crate::model::{energy_loss, Model, ModelConfig, ModelInput, Selection};
 use crate::tape::{Params, Tape};
 use crate::{Error, Result};
+use device::GpuState;
 use optim::{Adam, AdamConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::Arc;
 
 /// How PT-RAG selects candidates at evaluation (see `model::Selection`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -134,6 +138,9 @@ pub struct Trainer<'s> {
     pub params: Params<f32>,
     pub adam: Adam,
     pub step: usize,
+    /// The training state on a GPU (`use_gpu`): then it, not `params` and `adam`, is current, and
+    /// `sync_to_host` brings those up to date.
+    pub gpu: Option<GpuState>,
 }
 
 /// Seconds by part of a training step: forward and backward per op family, and the rest.
@@ -151,12 +158,15 @@ impl StepBreakdown {
 }
 
 /// One optimisation step on `batch`: forward (noise from `rng`), loss (energy plus the sparsity
-/// term), backward, gradient norm, Adam with clipping. `breakdown` collects where the time went.
+/// term), backward, gradient norm, Adam with clipping; on the GPU when `gpu` holds the training
+/// state (then `params` and `adam` on the host are not updated, see `GpuState::download`).
+/// `breakdown` collects where the time went.
 #[allow(clippy::too_many_arguments)]
 pub fn optimise_step(
     model: &Model,
     params: &mut Params<f32>,
     adam: &mut Adam,
+    mut gpu: Option<&mut GpuState>,
     sparsity: f64,
     batch: &Batch,
     rng: &mut ChaCha8Rng,
@@ -165,23 +175,30 @@ pub fn optimise_step(
 ) -> Result<StepStats> {
     let clock = std::time::Instant::now();
     let noise = model.sample_noise(batch.sets, batch.cells, true, rng);
-    params.zero_grad();
+    if gpu.is_none() {
+        params.zero_grad();
+    }
     let prepare = clock.elapsed().as_secs_f64();
-    let mut tape = if breakdown.is_some() { Tape::<f32>::timed() } else { Tape::<f32>::new() };
+    let tape = match gpu.as_deref() {
+        Some(state) => state.tape(),
+        None => Tape::new(),
+    };
+    let mut tape = tape.timed_if(breakdown.is_some());
     let out = model.forward(&mut tape, params, &ModelInput::from_batch(batch, true, Selection::from_noise(noise.as_ref())));
     let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.clone());
     let energy = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
-    let energy_value = tape.scalar(energy) as f64;
-    let (mut loss, mut selected) = (energy, None);
+    let (mut loss, mut mean_w) = (energy, None);
     if let Some(w) = out.selection {
-        let mean_w = tape.mean(w);
-        selected = Some(tape.scalar(mean_w) as f64 * model.cfg.top_k as f64);
+        let mean = tape.mean(w);
+        mean_w = Some(mean);
         if sparsity > 0.0 {
-            let term = tape.scale(mean_w, sparsity);
+            let term = tape.scale(mean, sparsity);
             loss = tape.add(energy, term);
         }
     }
-    let loss_value = tape.scalar(loss) as f64;
+    let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
+    let (energy_value, loss_value) = (scalar(energy)?, scalar(loss)?);
+    let selected = mean_w.map(&scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
     if !loss_value.is_finite() {
         return Err(Error::Numerical { step, why: format!("the loss is {loss_value}") });
     }
@@ -195,20 +212,33 @@ pub fn optimise_step(
         None => tape.backward(loss),
     };
     let mark = std::time::Instant::now();
-    grads.accumulate_into(&tape, params)?;
-    drop(tape);
-    let grad_norm = Adam::grad_norm(params);
-    if !grad_norm.is_finite() {
-        return Err(Error::Numerical { step, why: format!("the gradient norm is {grad_norm}") });
-    }
-    let accumulate = mark.elapsed().as_secs_f64();
-    let mark = std::time::Instant::now();
-    adam.step(params);
+    let (grad_norm, accumulate) = match gpu.as_deref_mut() {
+        Some(state) => {
+            let grads = grads.on_gpu(&tape, params.entries.len())?;
+            drop(tape);
+            let accumulate = mark.elapsed().as_secs_f64();
+            (state.update(params, adam, grads, step)?, accumulate)
+        }
+        None => {
+            grads.accumulate_into(&tape, params)?;
+            drop(tape);
+            let grad_norm = Adam::grad_norm(params);
+            if !grad_norm.is_finite() {
+                return Err(Error::Numerical { step, why: format!("the gradient norm is {grad_norm}") });
+            }
+            let accumulate = mark.elapsed().as_secs_f64();
+            adam.step(params);
+            (grad_norm, accumulate)
+        }
+    };
     if let Some(b) = breakdown {
+        if let Some(state) = gpu {
+            state.gpu.synchronize()?;
+        }
         let parts = [
             ("noise sampling, zeroing gradients", prepare),
             ("gradient accumulation and norm", accumulate),
-            ("adam (with clipping)", mark.elapsed().as_secs_f64()),
+            ("adam (with clipping)", mark.elapsed().as_secs_f64() - accumulate),
         ];
         StepBreakdown::add(&mut b.other, &parts);
     }
@@ -262,7 +292,7 @@ impl<'s> Trainer<'s> {
             model.set_output_bias(&mut params, &training_mean(store, &fold, &mut rng_stream(cfg.seed, DATA_MEAN_STREAM)));
         }
         let adam = Adam::new(cfg.adam.clone(), &params);
-        Ok(Trainer { cfg, store, fold, model, params, adam, step: 0 })
+        Ok(Trainer { cfg, store, fold, model, params, adam, step: 0, gpu: None })
     }
 
     /// The batch of step `step` and that step's RNG, positioned after the batch (for the noise):
@@ -273,21 +303,53 @@ impl<'s> Trainer<'s> {
         (batch, rng)
     }
 
+    /// Moves the training state onto `gpu`: training steps and evaluation run there from now on.
+    pub fn use_gpu(&mut self, gpu: Arc<Gpu>) -> Result<()> {
+        self.gpu = Some(GpuState::upload(gpu, &self.params, &self.adam)?);
+        Ok(())
+    }
+
+    /// Brings `params` and `adam` up to date with the GPU's training state (a no-op on the CPU).
+    pub fn sync_to_host(&mut self) -> Result<()> {
+        match &self.gpu {
+            Some(state) => state.download(&mut self.params, &mut self.adam),
+            None => Ok(()),
+        }
+    }
+
     /// One optimisation step: forward, backward, clip, Adam. Fails, leaving the weights untouched,
     /// on a non-finite loss or gradient.
     pub fn train_step(&mut self) -> Result<StepStats> {
         let (batch, mut rng) = self.batch_for_step(self.step);
-        let stats = optimise_step(&self.model, &mut self.params, &mut self.adam, self.cfg.sparsity, &batch, &mut rng, self.step, None)?;
+        let stats = optimise_step(
+            &self.model,
+            &mut self.params,
+            &mut self.adam,
+            self.gpu.as_mut(),
+            self.cfg.sparsity,
+            &batch,
+            &mut rng,
+            self.step,
+            None,
+        )?;
         self.step += 1;
         Ok(stats)
     }
 
+    /// A tape over the current parameters: on the GPU when training there.
+    fn tape(&self) -> Tape<f32> {
+        match &self.gpu {
+            Some(state) => state.tape(),
+            None => Tape::new(),
+        }
+    }
+
     /// Prediction for a batch in evaluation mode (`eval_selection`, unless sampled: then hard), `[sets * cells, genes]`.
-    pub fn predict(&self, batch: &Batch) -> Vec<f32> {
+    pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>> {
         let selection = if self.cfg.eval_selection == EvalSelection::Expected { Selection::Expected } else { Selection::Hard };
-        let mut tape = Tape::<f32>::new();
+        let mut tape = self.tape();
         let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(batch, false, selection));
-        tape.value(out.pred).to_vec()
+        tape.fetch(out.pred)
     }
 
     /// An evaluation forward pass with the configured selection (sampled noise drawn from `rng`).
@@ -301,7 +363,7 @@ impl<'s> Trainer<'s> {
             (None, EvalSelection::Expected) => Selection::Expected,
             (None, _) => Selection::Hard,
         };
-        let mut tape = Tape::<f32>::new();
+        let mut tape = self.tape();
         let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(set, false, selection));
         (tape, out)
     }
@@ -314,15 +376,15 @@ impl<'s> Trainer<'s> {
 
     /// One condition's real cells, in sets of at most S, with their paired control cells and the
     /// model's predictions: `(predicted, real, paired controls)`, each `[cells, genes]`.
-    pub fn predict_condition(&self, cond: &Condition, rng: &mut ChaCha8Rng) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    pub fn predict_condition(&self, cond: &Condition, rng: &mut ChaCha8Rng) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (mut pred, mut real, mut control) = (Vec::new(), Vec::new(), Vec::new());
         for set in evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, rng) {
             let (tape, out) = self.eval_forward(&set, rng);
-            pred.extend_from_slice(tape.value(out.pred));
+            pred.extend_from_slice(&tape.fetch(out.pred)?);
             real.extend_from_slice(&set.target);
             control.extend_from_slice(&set.control);
         }
-        (pred, real, control)
+        Ok((pred, real, control))
     }
 
     fn control_mean(&self, cell_type: usize) -> Vec<f64> {
@@ -340,7 +402,7 @@ impl<'s> Trainer<'s> {
 
     /// Predicts every condition in sets of at most S real cells: energy distance and mean-change MSE
     /// per condition, and what retrieval returned and selected for every set.
-    pub fn evaluate(&self, conditions: &[Condition]) -> (EvalSummary, Vec<RetrievalRecord>) {
+    pub fn evaluate(&self, conditions: &[Condition]) -> Result<(EvalSummary, Vec<RetrievalRecord>)> {
         let g = self.store.n_genes();
         let names = &self.store.manifest.perturbations;
         let mut rng = rng_stream(self.cfg.seed, EVAL_STREAM);
@@ -355,7 +417,7 @@ impl<'s> Trainer<'s> {
             let sets = evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, &mut rng);
             for (set_index, set) in sets.iter().enumerate() {
                 let (tape, out) = self.eval_forward(set, &mut rng);
-                let pred = tape.value(out.pred);
+                let pred = &tape.fetch(out.pred)?;
                 let mut e = [0.0f32];
                 let shape = crate::cpu::energy::EnergyShape { sets: 1, cells_pred: set.cells, cells_obs: set.cells, genes: g };
                 crate::cpu::energy::energy_forward(pred, &set.target, shape, &mut e);
@@ -369,14 +431,17 @@ impl<'s> Trainer<'s> {
                     let k = self.cfg.model.top_k;
                     // Per candidate, the sum of its weights over the set's cells: how many cells selected
                     // it (the expected number under `Expected` selection).
-                    let counts = out.selection.map(|w| {
-                        let mut counts = vec![0.0f64; k];
-                        for cell in tape.value(w).chunks(k) {
-                            counts.iter_mut().zip(cell).for_each(|(c, &x)| *c += x as f64);
+                    let counts = match out.selection {
+                        Some(w) => {
+                            let mut counts = vec![0.0f64; k];
+                            for cell in tape.fetch(w)?.chunks(k) {
+                                counts.iter_mut().zip(cell).for_each(|(c, &x)| *c += x as f64);
+                            }
+                            selected += counts.iter().sum::<f64>();
+                            Some(counts)
                         }
-                        selected += counts.iter().sum::<f64>();
-                        counts
-                    });
+                        None => None,
+                    };
                     records.push(RetrievalRecord {
                         perturbation: names[cond.perturbation as usize].clone(),
                         cell_type: self.store.manifest.cell_types[ct].clone(),
@@ -415,12 +480,20 @@ impl<'s> Trainer<'s> {
             mean_selected: per_condition.first().and_then(|c| c.mean_selected).map(|_| mean(&|c| c.mean_selected.unwrap_or(0.0))),
             per_condition,
         };
-        (summary, records)
+        Ok((summary, records))
     }
 
+    /// Saves the current weights and optimiser state (copied from the GPU when training there).
     pub fn save_checkpoint(&self, path: &Path, run_state: &str) -> Result<()> {
         let config = serde_json::to_string(&self.cfg).expect("config serialises");
-        checkpoint::save(path, &self.params, &self.adam, self.step, &config, run_state)
+        match &self.gpu {
+            None => checkpoint::save(path, &self.params, &self.adam, self.step, &config, run_state),
+            Some(state) => {
+                let (mut params, mut adam) = (self.params.clone(), self.adam.clone());
+                state.download(&mut params, &mut adam)?;
+                checkpoint::save(path, &params, &adam, self.step, &config, run_state)
+            }
+        }
     }
 
     /// Restores weights, optimiser state and step from a checkpoint of the same model; returns its
@@ -434,6 +507,10 @@ impl<'s> Trainer<'s> {
         }
         let meta = checkpoint::load(path, &mut self.params, &mut self.adam)?;
         self.step = meta.step;
+        if let Some(state) = &self.gpu {
+            let gpu = state.gpu.clone();
+            self.use_gpu(gpu)?;
+        }
         Ok(meta.run_state)
     }
 }

@@ -34,6 +34,11 @@ pub struct TrainOptions {
     #[arg(long)]
     #[serde(skip)]
     pub resume: Option<PathBuf>,
+    /// Where to train and evaluate: cpu, cuda, or auto (a GPU when one is usable, else the CPU);
+    /// not part of the run's configuration, so a run may resume on another device [default: cpu].
+    #[arg(long, value_enum)]
+    #[serde(skip)]
+    pub device: Option<crate::cuda::DeviceChoice>,
     /// Model [default: state].
     #[arg(long, value_enum)]
     pub model: Option<ModelKind>,

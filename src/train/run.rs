@@ -9,6 +9,7 @@
 //! selected). A run of every fold keeps one such directory per cell type and a `folds.json`.
 
 use super::{RetrievalRecord, TrainConfig, Trainer};
+use crate::cuda::Gpu;
 use crate::data::split::SplitFile;
 use crate::data::store::Store;
 use crate::data::write_atomic;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 pub const ALL_FOLDS: &str = "all";
 const CONFIG: &str = "config.toml";
@@ -96,6 +98,8 @@ pub struct RunControl<'a> {
     pub progress: bool,
     /// Set (by a Ctrl-C handler) to stop after the current step, with a checkpoint.
     pub stop: Option<&'a AtomicBool>,
+    /// Where training and evaluation run: None for the CPU engine.
+    pub gpu: Option<Arc<Gpu>>,
 }
 
 /// What one fold's run returns (also its `metrics.json`).
@@ -202,6 +206,9 @@ fn run_fold(
 ) -> Result<RunSummary> {
     let cfg = record.train.clone();
     let mut trainer = Trainer::new(cfg, store, split, &record.split)?;
+    if let Some(gpu) = &ctl.gpu {
+        trainer.use_gpu(gpu.clone())?;
+    }
     let (last_path, best_path, log_path) = (run_dir.join(LAST), run_dir.join(BEST), run_dir.join(LOG));
     let mut best = RunState { best_val_energy: None, best_step: 0, train_seconds: 0.0 };
     if resume {
@@ -249,7 +256,7 @@ fn run_fold(
     // Validation: logs, keeps the best weights, and checkpoints the run.
     let validate = |trainer: &Trainer, log: &mut std::fs::File, best: &mut RunState, last_saved: &mut usize| -> Result<()> {
         if !trainer.fold.val.is_empty() {
-            let (summary, _) = trainer.evaluate(&trainer.fold.val);
+            let (summary, _) = trainer.evaluate(&trainer.fold.val)?;
             append(
                 log,
                 &log_path,
@@ -315,7 +322,7 @@ fn run_fold(
     if best.best_val_energy.is_some() {
         trainer.load_checkpoint(&best_path)?;
     }
-    let (test, records) = trainer.evaluate(&trainer.fold.test);
+    let (test, records) = trainer.evaluate(&trainer.fold.test)?;
     if trainer.cfg.model.kind.retrieves() {
         write_records(&run_dir.join(RETRIEVAL), &records)?;
     }

@@ -1,0 +1,78 @@
+//! A run's training state resident on a GPU: every parameter's value (shared with each step's tape)
+//! and Adam's moments, uploaded once. A step's gradients stay on the GPU, and the clipping norm is
+//! its one download besides the loss; the host `Params` and `Adam` are brought up to date only when
+//! asked (`download`: checkpoints, the end of a run).
+
+use super::optim::Adam;
+use crate::cuda::{self, Buffer, Gpu};
+use crate::tape::{DeviceGradients, Params, Tape};
+use crate::{Error, Result};
+use std::sync::Arc;
+
+pub struct GpuState {
+    pub gpu: Arc<Gpu>,
+    /// By `ParamId`.
+    values: Vec<Arc<Buffer<f32>>>,
+    /// Adam's first and second moments of the trainable parameters (None for frozen ones).
+    moments: Vec<Option<(Buffer<f32>, Buffer<f32>)>>,
+}
+
+impl GpuState {
+    pub fn upload(gpu: Arc<Gpu>, params: &Params<f32>, adam: &Adam) -> Result<Self> {
+        let mut values = Vec::with_capacity(params.entries.len());
+        let mut moments = Vec::with_capacity(params.entries.len());
+        for (i, p) in params.entries.iter().enumerate() {
+            values.push(Arc::new(gpu.upload(&p.value)?));
+            moments.push(if p.trainable { Some((gpu.upload(&adam.m[i])?, gpu.upload(&adam.v[i])?)) } else { None });
+        }
+        Ok(GpuState { gpu, values, moments })
+    }
+
+    /// A tape for one forward (and backward) pass over the resident parameters.
+    pub fn tape(&self) -> Tape<f32> {
+        Tape::on_gpu_with_params(self.gpu.clone(), self.values.clone())
+    }
+
+    /// Clips and applies Adam to every trainable parameter, from `grads` (the step's tape must be
+    /// dropped by now). Returns the pre-clipping gradient norm; a non-finite norm is an error that
+    /// leaves the weights untouched.
+    pub fn update(&mut self, params: &Params<f32>, adam: &mut Adam, grads: DeviceGradients, step: usize) -> Result<f64> {
+        let gpu = &*self.gpu;
+        let trainable = |i: usize| params.entries[i].trainable;
+        let with_grad: Vec<&Buffer<f32>> =
+            grads.iter().enumerate().filter(|(i, _)| trainable(*i)).filter_map(|(_, g)| g.as_deref()).collect();
+        let norm = cuda::optim::squared_norm(gpu, &with_grad)?.sqrt();
+        if !norm.is_finite() {
+            return Err(Error::Numerical { step, why: format!("the gradient norm is {norm}") });
+        }
+        let update = adam.next_step(norm);
+        for (i, (value, moments)) in self.values.iter_mut().zip(&mut self.moments).enumerate() {
+            let Some((m, v)) = moments else { continue };
+            // A trainable parameter the step did not use still decays its moments, as on the host.
+            let zeros;
+            let grad = match grads.get(i).and_then(|g| g.as_deref()) {
+                Some(g) => g,
+                None => {
+                    zeros = gpu.zeros(value.len())?;
+                    &zeros
+                }
+            };
+            let name = &params.entries[i].name;
+            let value = Arc::get_mut(value).ok_or_else(|| Error::Device(format!("parameter {name} is still in use by a tape")))?;
+            cuda::optim::adam_update(gpu, value, grad, m, v, &update)?;
+        }
+        Ok(norm)
+    }
+
+    /// Copies the resident values and moments into `params` and `adam`.
+    pub fn download(&self, params: &mut Params<f32>, adam: &mut Adam) -> Result<()> {
+        for (i, p) in params.entries.iter_mut().enumerate() {
+            p.value = Arc::new(self.gpu.download(&self.values[i])?);
+            if let Some((m, v)) = &self.moments[i] {
+                adam.m[i] = self.gpu.download(m)?;
+                adam.v[i] = self.gpu.download(v)?;
+            }
+        }
+        Ok(())
+    }
+}
