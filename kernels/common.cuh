@@ -38,3 +38,17 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 
 // Grid-stride loop over `n` elements.
 #define FOR_EACH_INDEX(i, n) for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)(n); i += (long long)gridDim.x * blockDim.x)
+
+// An IEEE half (binary16) bit pattern as a float, exactly: written out because the emulator has no
+// cuda_fp16.h. Subnormal halves are mant * 2^-24; exponent 31 is infinity or NaN.
+__device__ __forceinline__ float half_bits_to_float(unsigned short h) {
+    const unsigned int sign = (unsigned int)(h & 0x8000u) << 16;
+    const unsigned int exponent = (h >> 10) & 0x1fu;
+    const unsigned int mantissa = h & 0x3ffu;
+    if (exponent == 0) {
+        const float magnitude = (float)mantissa * 5.9604644775390625e-8f;
+        return sign ? -magnitude : magnitude;
+    }
+    const unsigned int bits = exponent == 31 ? (0x7f800000u | (mantissa << 13)) : (((exponent + 112u) << 23) | (mantissa << 13));
+    return __int_as_float((int)(sign | bits));
+}

@@ -71,6 +71,13 @@ extern "C" __global__ void gather_rows_f32(const float* __restrict__ table, cons
     FOR_EACH_INDEX(i, n) out[i] = table[(long long)index[i / cols] * cols + i % cols];
 }
 
+// out[i, :] = table[index[i], :] from a table of IEEE half-precision bit patterns (the dataset's f16
+// expression matrix), widened exactly to float.
+extern "C" __global__ void gather_rows_f16(const unsigned short* __restrict__ table, const int* __restrict__ index, int cols,
+                                           float* __restrict__ out, long long n) {
+    FOR_EACH_INDEX(i, n) out[i] = half_bits_to_float(table[(long long)index[i / cols] * cols + i % cols]);
+}
+
 // dtable[index[i], :] += g[i, :]; atomics, as indices repeat (the order of the additions varies).
 extern "C" __global__ void scatter_add_rows_f32(const float* __restrict__ g, const int* __restrict__ index, int cols, float* __restrict__ dtable,
                                                 long long n) {

@@ -700,6 +700,17 @@ fn tensor_forward(gpu: &Gpu) {
         let mut out = poisoned(gpu, n);
         g::gather_rows(gpu, &up(gpu, &table), cols, &up_index(gpu, &index), &mut out).unwrap();
         check(gpu, &down(gpu, &out), &want, (0.0, 0.0), &what("gather_rows"));
+        // f16 bit patterns: random values plus signed zeros, the extreme subnormals and normals
+        let special = [0x0000u16, 0x8000, 0x0001, 0x83ff, 0x0400, 0x7bff, 0xfbff, 0x3c00];
+        let mut halves: Vec<u16> = table.iter().map(|&v| half::f16::from_f64(4.0 * v).to_bits()).collect();
+        for (k, &h) in special.iter().enumerate().take(n) {
+            halves[index[k / cols] * cols + k % cols] = h;
+        }
+        let mut want = vec![0.0f32; n];
+        c::gather_rows_f16(&halves, cols, &index, &mut want);
+        let mut out = poisoned(gpu, n);
+        g::gather_rows_f16(gpu, &gpu.upload(&halves).unwrap(), cols, &up_index(gpu, &index), &mut out).unwrap();
+        check(gpu, &down(gpu, &out), &f64s(&want), (0.0, 0.0), &what("gather_rows_f16"));
 
         // a slice of columns 2..2+w of a, copied into columns 1.. of a wider tensor over random values
         let (width, wide) = (cols.min(3), cols + 4);

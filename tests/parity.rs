@@ -205,7 +205,7 @@ fn run_ours<T: Real>(c: &Case, params32: &Params<f32>, mut tape: Tape<T>) -> Our
     let input = ModelInput {
         sets: SETS,
         cells: CELLS,
-        control: &c.control,
+        control: ptrag_engine::model::Cells::Values(&c.control),
         perturbation: &c.perturbation,
         batch: &c.batch,
         training: true,

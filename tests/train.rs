@@ -108,7 +108,10 @@ fn permute(batch: &Batch, perm: &[usize]) -> Batch {
             let (d, r) = ((s * batch.cells + dst) * g, (s * batch.cells + src) * g);
             out.control[d..d + g].copy_from_slice(&batch.control[r..r + g]);
             out.target[d..d + g].copy_from_slice(&batch.target[r..r + g]);
-            out.batch[s * batch.cells + dst] = batch.batch[s * batch.cells + src];
+            let (d, r) = (s * batch.cells + dst, s * batch.cells + src);
+            out.batch[d] = batch.batch[r];
+            out.control_rows[d] = batch.control_rows[r];
+            out.target_rows[d] = batch.target_rows[r];
         }
     }
     out

@@ -116,6 +116,15 @@ pub fn gather_rows<T: Real>(table: &[T], cols: usize, index: &[usize], out: &mut
     for_each_row(out, cols, |r, row| row.copy_from_slice(&table[index[r] * cols..][..cols]));
 }
 
+/// `out[i, :] = table[index[i], :]` from a table of f16 bit patterns (the dataset's f16 expression
+/// matrix), widened to f32 exactly.
+pub fn gather_rows_f16(table: &[u16], cols: usize, index: &[usize], out: &mut [f32]) {
+    check("gather_rows_f16", "out", out.len(), index.len() * cols);
+    for_each_row(out, cols, |r, row| {
+        row.iter_mut().zip(&table[index[r] * cols..][..cols]).for_each(|(o, &h)| *o = half::f16::from_bits(h).to_f32())
+    });
+}
+
 /// `dtable[index[i], :] += g[i, :]` (the gradient of `gather_rows`; repeated indices add up, in order).
 pub fn scatter_add_rows<T: Real>(g: &[T], cols: usize, index: &[usize], dtable: &mut [T]) {
     check("scatter_add_rows", "g", g.len(), index.len() * cols);

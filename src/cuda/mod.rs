@@ -105,6 +105,7 @@ impl Element for f64 {}
 impl Element for u32 {}
 impl Element for i32 {}
 impl Element for u8 {}
+impl Element for u16 {}
 
 /// Where kernels run.
 pub enum Gpu {

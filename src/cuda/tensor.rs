@@ -96,6 +96,50 @@ pub fn gather_rows(gpu: &Gpu, table: &Buffer<f32>, cols: usize, index: &Buffer<i
     gpu.launch("gather_rows_f32", Launch::elementwise(n), Args::new().input(table).input(index).int(cols).output(out).i64(n as i64))
 }
 
+/// `out[i, :] = table[index[i], :]` from f16 bit patterns, as `cpu::tensor::gather_rows_f16`.
+pub fn gather_rows_f16(gpu: &Gpu, table: &Buffer<u16>, cols: usize, index: &Buffer<i32>, out: &mut Buffer<f32>) -> Result<()> {
+    check_rows("gather_rows_f16", table.len(), cols)?;
+    check_len("gather_rows_f16", "out", out, index.len() * cols)?;
+    let n = out.len();
+    gpu.launch("gather_rows_f16", Launch::elementwise(n), Args::new().input(table).input(index).int(cols).output(out).i64(n as i64))
+}
+
+/// A row-major table kept on the GPU in its storage precision (the dataset's expression matrix,
+/// uploaded once), whose rows `gather_table_rows` copies out as f32.
+pub enum RowTable {
+    /// IEEE half bit patterns.
+    F16 {
+        bits: Buffer<u16>,
+        cols: usize,
+    },
+    F32 {
+        values: Buffer<f32>,
+        cols: usize,
+    },
+}
+
+impl RowTable {
+    pub fn cols(&self) -> usize {
+        match self {
+            RowTable::F16 { cols, .. } | RowTable::F32 { cols, .. } => *cols,
+        }
+    }
+    pub fn rows(&self) -> usize {
+        match self {
+            RowTable::F16 { bits, cols } => bits.len() / cols,
+            RowTable::F32 { values, cols } => values.len() / cols,
+        }
+    }
+}
+
+/// `out[i, :] = table[index[i], :]` as f32.
+pub fn gather_table_rows(gpu: &Gpu, table: &RowTable, index: &Buffer<i32>, out: &mut Buffer<f32>) -> Result<()> {
+    match table {
+        RowTable::F16 { bits, cols } => gather_rows_f16(gpu, bits, *cols, index, out),
+        RowTable::F32 { values, cols } => gather_rows(gpu, values, *cols, index, out),
+    }
+}
+
 /// `dtable[index[i], :] += g[i, :]`
 pub fn scatter_add_rows(gpu: &Gpu, g: &Buffer<f32>, cols: usize, index: &Buffer<i32>, dtable: &mut Buffer<f32>) -> Result<()> {
     check_rows("scatter_add_rows", dtable.len(), cols)?;

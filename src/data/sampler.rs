@@ -13,8 +13,13 @@ pub struct Batch {
     pub sets: usize,
     pub cells: usize,
     pub genes: usize,
+    /// `[B * S, genes]`: the paired control cells' expression (empty until `load_values`).
     pub control: Vec<f32>,
+    /// `[B * S, genes]`: the target cells' expression (empty until `load_values`).
     pub target: Vec<f32>,
+    /// `[B * S]`: the store's cell index of every paired control cell, and of every target cell.
+    pub control_rows: Vec<u32>,
+    pub target_rows: Vec<u32>,
     /// `[B]`: the perturbation of each set.
     pub perturbation: Vec<u32>,
     /// `[B]`: the cell type of each set.
@@ -30,8 +35,10 @@ impl Batch {
             sets,
             cells,
             genes,
-            control: Vec::with_capacity(n * genes),
-            target: Vec::with_capacity(n * genes),
+            control: Vec::new(),
+            target: Vec::new(),
+            control_rows: Vec::with_capacity(n),
+            target_rows: Vec::with_capacity(n),
             perturbation: Vec::with_capacity(sets),
             cell_type: Vec::with_capacity(sets),
             batch: Vec::with_capacity(n),
@@ -39,18 +46,25 @@ impl Batch {
     }
 
     fn push_set(&mut self, store: &Store, condition: &Condition, cells: &[u32], controls: &[u32], rng: &mut impl Rng) {
-        let g = self.genes;
-        let mut row = vec![0.0f32; g];
         for &cell in cells {
-            store.expression_row(cell as usize, &mut row);
-            self.target.extend_from_slice(&row);
-            let ctrl = controls[rng.gen_range(0..controls.len())];
-            store.expression_row(ctrl as usize, &mut row);
-            self.control.extend_from_slice(&row);
+            self.target_rows.push(cell);
+            self.control_rows.push(controls[rng.gen_range(0..controls.len())]);
             self.batch.push(store.cell_batch[cell as usize]);
         }
         self.perturbation.push(condition.perturbation);
         self.cell_type.push(condition.cell_type);
+    }
+
+    /// Copies the expression of the batch's cells from the store into `control` and `target`.
+    pub fn load_values(mut self, store: &Store) -> Batch {
+        let g = self.genes;
+        let read = |rows: &[u32]| {
+            let mut values = vec![0.0f32; rows.len() * g];
+            values.chunks_mut(g.max(1)).zip(rows).for_each(|(out, &cell)| store.expression_row(cell as usize, out));
+            values
+        };
+        (self.target, self.control) = (read(&self.target_rows), read(&self.control_rows));
+        self
     }
 }
 
@@ -64,7 +78,8 @@ fn draw_cells(condition: &Condition, s: usize, rng: &mut impl Rng) -> Vec<u32> {
     }
 }
 
-/// A training batch: `sets` conditions drawn uniformly from the fold's training conditions.
+/// A training batch: `sets` conditions drawn uniformly from the fold's training conditions; the
+/// cells are chosen (their rows in the store), not yet read (`Batch::load_values`).
 pub fn training_batch(store: &Store, fold: &Fold, sets: usize, cells: usize, rng: &mut impl Rng) -> Batch {
     let mut batch = Batch::with_capacity(sets, cells, store.n_genes());
     for _ in 0..sets {
@@ -83,7 +98,7 @@ pub fn evaluation_sets(store: &Store, fold: &Fold, condition: &Condition, cells:
         .map(|chunk| {
             let mut batch = Batch::with_capacity(1, chunk.len(), store.n_genes());
             batch.push_set(store, condition, chunk, &fold.controls[condition.cell_type as usize], rng);
-            batch
+            batch.load_values(store)
         })
         .collect()
 }

@@ -185,6 +185,11 @@ impl Store {
         }
     }
 
+    /// The expression matrix as stored: cells x genes little-endian values of `manifest.expression_dtype`.
+    pub fn expression_bytes(&self) -> &[u8] {
+        &self.expression
+    }
+
     /// The GenePT-like embedding of perturbation `p` (the control's is all zeros).
     pub fn genept_row(&self, p: usize) -> Vec<f32> {
         let d = self.manifest.embed_dim;

@@ -21,6 +21,7 @@ pub mod knowledge;
 pub mod layers;
 
 use crate::cpu::energy::EnergyShape;
+use crate::cuda::tensor::RowTable;
 use crate::real::Real;
 use crate::tape::{ParamId, Params, Tape, Var};
 use crate::{Error, Result};
@@ -192,12 +193,40 @@ impl<'a> Selection<'a> {
     }
 }
 
+/// Expression of a batch's cells: values on the host, or rows of the dataset's expression matrix
+/// kept on the GPU (which a GPU tape gathers there).
+#[derive(Clone, Copy)]
+pub enum Cells<'a> {
+    /// `[cells, genes]`
+    Values(&'a [f32]),
+    Rows {
+        table: &'a RowTable,
+        rows: &'a [u32],
+    },
+}
+
+impl Cells<'_> {
+    /// The cells as data on `tape`, `[cells, genes]`.
+    pub fn on_tape<T: Real>(self, tape: &mut Tape<T>, cells: usize, genes: usize) -> Var {
+        match self {
+            Cells::Values(v) => {
+                assert_eq!(v.len(), cells * genes, "expected {cells} x {genes} expression values");
+                tape.constant(&[cells, genes], T::from_f32_slice(v))
+            }
+            Cells::Rows { table, rows } => {
+                assert!(rows.len() == cells && table.cols() == genes, "expected {cells} rows of {genes} genes");
+                tape.table_rows(table, rows)
+            }
+        }
+    }
+}
+
 /// One batch of model inputs: `sets` sets of `cells` cells.
 pub struct ModelInput<'a> {
     pub sets: usize,
     pub cells: usize,
     /// `[sets * cells, genes]`: the paired control cell of every cell.
-    pub control: &'a [f32],
+    pub control: Cells<'a>,
     /// `[sets]`
     pub perturbation: &'a [u32],
     /// `[sets * cells]`
@@ -213,7 +242,7 @@ impl<'a> ModelInput<'a> {
         ModelInput {
             sets: b.sets,
             cells: b.cells,
-            control: &b.control,
+            control: Cells::Values(&b.control),
             perturbation: &b.perturbation,
             batch: &b.batch,
             training,
@@ -407,9 +436,8 @@ impl Model {
     /// Predicted expression (and, for PT-RAG, the selection) for one batch.
     pub fn forward<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, input: &ModelInput) -> Forward {
         let (n, g) = (input.sets * input.cells, self.cfg.genes);
-        assert_eq!(input.control.len(), n * g, "control cells: expected {n} x {g} values");
         assert!(input.perturbation.len() == input.sets && input.batch.len() == n, "model input sizes");
-        let control = tape.constant(&[n, g], T::from_f32_slice(input.control));
+        let control = input.control.on_tape(tape, n, g);
         let basal = self.basal.apply(tape, params, control);
         let set_of_cell: Vec<usize> = (0..n).map(|i| i / input.cells).collect();
 

@@ -432,6 +432,24 @@ impl<T: Real> Tape<T> {
         let value = self.place(value);
         self.push(value, shape.to_vec(), Op::Leaf, false)
     }
+    /// Data gathered on the GPU: rows `rows` of a table resident there (the dataset's expression),
+    /// `[rows.len(), cols]`. Only a GPU tape can read such a table.
+    pub fn table_rows(&mut self, table: &cuda::tensor::RowTable, rows: &[u32]) -> Var {
+        assert!(self.gpu.is_some(), "{WRONG_SIDE}");
+        let n = rows.len() * table.cols();
+        let out = self.compute1(
+            n,
+            |_| unreachable!("a GPU tape"),
+            |g, o| {
+                if let Some(&r) = rows.iter().find(|&&r| r as usize >= table.rows()) {
+                    return Err(Error::Shape { op: "table_rows", why: format!("row {r} of a table of {} rows", table.rows()) });
+                }
+                let index: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+                cuda::tensor::gather_table_rows(g, table, &g.upload(&index)?, o)
+            },
+        );
+        self.push(out, vec![rows.len(), table.cols()], Op::Leaf, false)
+    }
     /// An input whose gradient is kept (used by the gradient tests).
     pub fn input(&mut self, shape: &[usize], value: Vec<T>) -> Var {
         assert_eq!(value.len(), numel(shape), "input: {} values for shape {shape:?}", value.len());

@@ -1,16 +1,21 @@
-//! A run's training state resident on a GPU: every parameter's value (shared with each step's tape)
-//! and Adam's moments, uploaded once. A step's gradients stay on the GPU, and the clipping norm is
-//! its one download besides the loss; the host `Params` and `Adam` are brought up to date only when
-//! asked (`download`: checkpoints, the end of a run).
+//! A run's training state resident on a GPU: every parameter's value (shared with each step's tape),
+//! Adam's moments and the dataset's expression matrix, uploaded once. A step uploads its cells' row
+//! numbers (and PT-RAG's noise), gathers the cells on the GPU, keeps its gradients there, and
+//! downloads its loss and the clipping norm; the host `Params` and `Adam` are brought up to date
+//! only when asked (`download`: checkpoints, the end of a run).
 
 use super::optim::Adam;
-use crate::cuda::{self, Buffer, Gpu};
+use crate::cuda::{self, tensor::RowTable, Buffer, Gpu};
+use crate::data::store::{ExprDtype, Store};
 use crate::tape::{DeviceGradients, Params, Tape};
 use crate::{Error, Result};
 use std::sync::Arc;
 
 pub struct GpuState {
     pub gpu: Arc<Gpu>,
+    /// The dataset's expression matrix (`upload_expression`), from which batches are gathered on
+    /// the GPU; without it, batches are read on the host and uploaded.
+    pub expression: Option<RowTable>,
     /// By `ParamId`.
     values: Vec<Arc<Buffer<f32>>>,
     /// Adam's first and second moments of the trainable parameters (None for frozen ones).
@@ -25,7 +30,24 @@ impl GpuState {
             values.push(Arc::new(gpu.upload(&p.value)?));
             moments.push(if p.trainable { Some((gpu.upload(&adam.m[i])?, gpu.upload(&adam.v[i])?)) } else { None });
         }
-        Ok(GpuState { gpu, values, moments })
+        Ok(GpuState { gpu, expression: None, values, moments })
+    }
+
+    /// Uploads the store's expression matrix as it is stored (f16 or f32: the values the host path
+    /// reads), once for the whole run.
+    pub fn upload_expression(&mut self, store: &Store) -> Result<()> {
+        let (bytes, cols) = (store.expression_bytes(), store.n_genes());
+        self.expression = Some(match store.manifest.expression_dtype {
+            ExprDtype::F16 => {
+                let bits: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+                RowTable::F16 { bits: self.gpu.upload(&bits)?, cols }
+            }
+            ExprDtype::F32 => {
+                let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                RowTable::F32 { values: self.gpu.upload(&values)?, cols }
+            }
+        });
+        Ok(())
     }
 
     /// A tape for one forward (and backward) pass over the resident parameters.

@@ -16,7 +16,7 @@ use crate::data::sampler::{evaluation_sets, training_batch, Batch};
 use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
 use crate::model::knowledge::Knowledge;
-use crate::model::{energy_loss, Model, ModelConfig, ModelInput, Selection};
+use crate::model::{energy_loss, Cells, Model, ModelConfig, ModelInput, Selection};
 use crate::tape::{Params, Tape};
 use crate::{Error, Result};
 use device::GpuState;
@@ -184,8 +184,18 @@ pub fn optimise_step(
         None => Tape::new(),
     };
     let mut tape = tape.timed_if(breakdown.is_some());
-    let out = model.forward(&mut tape, params, &ModelInput::from_batch(batch, true, Selection::from_noise(noise.as_ref())));
-    let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.clone());
+    // The cells' expression: gathered on the GPU from the resident dataset, or the batch's values.
+    let table = gpu.as_deref().and_then(|state| state.expression.as_ref());
+    let cells = |values, rows| match table {
+        Some(table) => Cells::Rows { table, rows },
+        None => Cells::Values(values),
+    };
+    let input = ModelInput {
+        control: cells(&batch.control, &batch.control_rows),
+        ..ModelInput::from_batch(batch, true, Selection::from_noise(noise.as_ref()))
+    };
+    let out = model.forward(&mut tape, params, &input);
+    let target = cells(&batch.target, &batch.target_rows).on_tape(&mut tape, batch.sets * batch.cells, batch.genes);
     let energy = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
     let (mut loss, mut mean_w) = (energy, None);
     if let Some(w) = out.selection {
@@ -298,14 +308,23 @@ impl<'s> Trainer<'s> {
     /// The batch of step `step` and that step's RNG, positioned after the batch (for the noise):
     /// a pure function of the seed and the step.
     pub fn batch_for_step(&self, step: usize) -> (Batch, ChaCha8Rng) {
+        let (batch, rng) = self.draw_batch(step);
+        (batch.load_values(self.store), rng)
+    }
+
+    /// `batch_for_step` with the cells chosen but not read.
+    fn draw_batch(&self, step: usize) -> (Batch, ChaCha8Rng) {
         let mut rng = rng_stream(self.cfg.seed, 1 + step as u64);
         let batch = training_batch(self.store, &self.fold, self.cfg.sets_per_batch, self.cfg.cells_per_set, &mut rng);
         (batch, rng)
     }
 
-    /// Moves the training state onto `gpu`: training steps and evaluation run there from now on.
+    /// Moves the training state and the dataset's expression onto `gpu`: training steps and
+    /// evaluation run there from now on.
     pub fn use_gpu(&mut self, gpu: Arc<Gpu>) -> Result<()> {
-        self.gpu = Some(GpuState::upload(gpu, &self.params, &self.adam)?);
+        let mut state = GpuState::upload(gpu, &self.params, &self.adam)?;
+        state.upload_expression(self.store)?;
+        self.gpu = Some(state);
         Ok(())
     }
 
@@ -320,7 +339,10 @@ impl<'s> Trainer<'s> {
     /// One optimisation step: forward, backward, clip, Adam. Fails, leaving the weights untouched,
     /// on a non-finite loss or gradient.
     pub fn train_step(&mut self) -> Result<StepStats> {
-        let (batch, mut rng) = self.batch_for_step(self.step);
+        let (mut batch, mut rng) = self.draw_batch(self.step);
+        if self.gpu.as_ref().is_none_or(|state| state.expression.is_none()) {
+            batch = batch.load_values(self.store);
+        }
         let stats = optimise_step(
             &self.model,
             &mut self.params,
