@@ -3,7 +3,9 @@
 # other with the same shapes and threads: `ptrag-engine bench`, this project's PyTorch reference
 # (tools/torch_step.py) and, when present, the team's anchor (ANCHOR, default
 # ../shared/anchors/torch_ptrag.py; not part of the project). Prints cells/s and the ratios.
-#   tools/speed_vs_torch.sh [pt-rag|state|state-genept|vanilla-rag]   (env: SETS CELLS STEPS THREADS PY ANCHOR)
+#   tools/speed_vs_torch.sh [pt-rag|state|state-genept|vanilla-rag]
+#     env: SETS CELLS STEPS THREADS PY ANCHOR, DEVICE (cpu or cuda: both sides run there),
+#     ENGINE (a built ptrag-engine binary: no cargo build, as on the GPU machine)
 # Needs a Python with torch: python3 -m venv .venv && .venv/bin/pip install torch
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,18 +13,19 @@ MODEL=${1:-pt-rag}
 SETS=${SETS:-64} CELLS=${CELLS:-64} STEPS=${STEPS:-5} THREADS=${THREADS:-2}
 PY=${PY:-.venv/bin/python}
 ANCHOR=${ANCHOR:-../shared/anchors/torch_ptrag.py}
-cargo build --release --quiet
-ours=$(RAYON_NUM_THREADS=$THREADS target/release/ptrag-engine bench --model "$MODEL" --sets "$SETS" --cells "$CELLS" --steps "$STEPS" --json)
-torch=$($PY tools/torch_step.py --model "$MODEL" --sets "$SETS" --cells "$CELLS" --steps "$STEPS" --threads "$THREADS")
+DEVICE=${DEVICE:-cpu}
+if [ -z "${ENGINE:-}" ]; then cargo build --release --quiet; ENGINE=target/release/ptrag-engine; fi
+ours=$(RAYON_NUM_THREADS=$THREADS "$ENGINE" bench --device "$DEVICE" --model "$MODEL" --sets "$SETS" --cells "$CELLS" --steps "$STEPS" --json)
+torch=$($PY tools/torch_step.py --device "$DEVICE" --model "$MODEL" --sets "$SETS" --cells "$CELLS" --steps "$STEPS" --threads "$THREADS")
 anchor=null
-if [ -f "$ANCHOR" ]; then
+if [ -f "$ANCHOR" ] && [ "$DEVICE" = cpu ]; then
   case "$MODEL" in pt-rag) a=ptrag ;; vanilla-rag) a=vanilla ;; *) a=$MODEL ;; esac
   anchor=$($PY "$ANCHOR" --model "$a" --sets "$SETS" --cells "$CELLS" --steps "$STEPS" --threads "$THREADS")
 fi
 $PY - "$ours" "$torch" "$anchor" <<'PY'
 import json, sys, platform, datetime
 ours, torch, anchor = (json.loads(a) for a in sys.argv[1:4])
-print(f"{datetime.date.today()} {platform.node()}: {ours['model']}, {ours['sets']} x {ours['cells']} cells, {ours['threads']} threads")
+print(f"{datetime.date.today()} {platform.node()}: {ours['model']} on {ours['device']}, {ours['sets']} x {ours['cells']} cells, {ours['threads']} threads")
 print(f"  ptrag-engine bench            {ours['cells_per_second']:8.1f} cells/s  ({ours['median_step_seconds']:.3f} s/step)")
 print(f"  tools/torch_step.py (PyTorch) {torch['cells_per_second']:8.1f} cells/s  ratio {ours['cells_per_second'] / torch['cells_per_second']:.2f}x")
 if anchor:

@@ -63,9 +63,12 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (every tensor is created there)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    torch.set_default_device(a.device)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     torch.manual_seed(0)
     B, S = a.sets, a.cells
     m = {"kind": a.model, "genes": G, "hidden": H, "top_k": K, "perturbations": P, "self_exclusion": "always", "scorer_dropout": 0.1,
@@ -92,11 +95,13 @@ def main():
         step()
     times = []
     for _ in range(a.steps):
+        sync()
         t = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t)
     median = sorted(times)[len(times) // 2]
-    print(json.dumps({"impl": "pytorch (tools/torch_step.py)", "model": a.model, "sets": B, "cells": S, "threads": torch.get_num_threads(),
+    print(json.dumps({"impl": "pytorch (tools/torch_step.py)", "model": a.model, "sets": B, "cells": S, "threads": torch.get_num_threads(), "device": a.device,
                       "median_step_seconds": round(median, 4), "cells_per_second": round(B * S / median, 1), "torch": torch.__version__}))
 
 
