@@ -206,12 +206,6 @@ pub fn optimise_step(
             loss = tape.add(energy, term);
         }
     }
-    let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
-    let (energy_value, loss_value) = (scalar(energy)?, scalar(loss)?);
-    let selected = mean_w.map(&scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
-    if !loss_value.is_finite() {
-        return Err(Error::Numerical { step, why: format!("the loss is {loss_value}") });
-    }
     let grads = match breakdown.as_deref_mut() {
         Some(b) => {
             StepBreakdown::add(&mut b.forward, &tape.forward_timings());
@@ -221,6 +215,13 @@ pub fn optimise_step(
         }
         None => tape.backward(loss),
     };
+    // Read after the backward pass is queued, so that on a GPU the wait does not stall it.
+    let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
+    let (energy_value, loss_value) = (scalar(energy)?, scalar(loss)?);
+    let selected = mean_w.map(&scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
+    if !loss_value.is_finite() {
+        return Err(Error::Numerical { step, why: format!("the loss is {loss_value}") });
+    }
     let mark = std::time::Instant::now();
     let (grad_norm, accumulate) = match gpu.as_deref_mut() {
         Some(state) => {
