@@ -365,7 +365,7 @@ fn gpu_gradients_match_cpu(t: &ptrag_engine::train::Trainer, gpu: std::sync::Arc
     want.zero_grad();
     host_grads.accumulate_into(&host_tape, &mut want).unwrap();
     let state = ptrag_engine::train::device::GpuState::upload(gpu.clone(), &t.params, &t.adam).unwrap();
-    let (grads, tape) = gradients(state.tape());
+    let (grads, tape) = gradients(ptrag_engine::train::device::GpuState::tape_for(Some(&state)));
     let got = grads.on_gpu(&tape, t.params.entries.len()).unwrap();
     for (p, g) in want.entries.iter().zip(&got) {
         let g = g.as_ref().map(|g| gpu.download(g).unwrap()).unwrap_or_else(|| vec![0.0; p.grad.len()]);

@@ -66,6 +66,12 @@ impl Manifest {
     }
 }
 
+/// An expression matrix in the precision a store keeps it: IEEE half bit patterns, or f32.
+pub enum StoredExpression {
+    F16(Vec<u16>),
+    F32(Vec<f32>),
+}
+
 /// An opened, validated store.
 pub struct Store {
     pub dir: PathBuf,
@@ -185,9 +191,13 @@ impl Store {
         }
     }
 
-    /// The expression matrix as stored: cells x genes little-endian values of `manifest.expression_dtype`.
-    pub fn expression_bytes(&self) -> &[u8] {
-        &self.expression
+    /// The whole expression matrix (cells x genes) in its stored precision.
+    pub fn stored_expression(&self) -> StoredExpression {
+        let bytes = &self.expression;
+        match self.manifest.expression_dtype {
+            ExprDtype::F16 => StoredExpression::F16(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()),
+            ExprDtype::F32 => StoredExpression::F32(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        }
     }
 
     /// The GenePT-like embedding of perturbation `p` (the control's is all zeros).

@@ -6,7 +6,7 @@
 
 use super::optim::Adam;
 use crate::cuda::{self, tensor::RowTable, Buffer, Gpu};
-use crate::data::store::{ExprDtype, Store};
+use crate::data::store::{Store, StoredExpression};
 use crate::tape::{DeviceGradients, Params, Tape};
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -24,35 +24,43 @@ pub struct GpuState {
 
 impl GpuState {
     pub fn upload(gpu: Arc<Gpu>, params: &Params<f32>, adam: &Adam) -> Result<Self> {
+        let mut state = GpuState { gpu, expression: None, values: Vec::new(), moments: Vec::new() };
+        state.upload_weights(params, adam)?;
+        Ok(state)
+    }
+
+    /// Replaces the resident parameter values and moments with `params` and `adam` (a loaded
+    /// checkpoint); the dataset stays.
+    pub fn upload_weights(&mut self, params: &Params<f32>, adam: &Adam) -> Result<()> {
+        let gpu = &self.gpu;
         let mut values = Vec::with_capacity(params.entries.len());
         let mut moments = Vec::with_capacity(params.entries.len());
         for (i, p) in params.entries.iter().enumerate() {
             values.push(Arc::new(gpu.upload(&p.value)?));
             moments.push(if p.trainable { Some((gpu.upload(&adam.m[i])?, gpu.upload(&adam.v[i])?)) } else { None });
         }
-        Ok(GpuState { gpu, expression: None, values, moments })
+        (self.values, self.moments) = (values, moments);
+        Ok(())
     }
 
     /// Uploads the store's expression matrix as it is stored (f16 or f32: the values the host path
     /// reads), once for the whole run.
     pub fn upload_expression(&mut self, store: &Store) -> Result<()> {
-        let (bytes, cols) = (store.expression_bytes(), store.n_genes());
-        self.expression = Some(match store.manifest.expression_dtype {
-            ExprDtype::F16 => {
-                let bits: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-                RowTable::F16 { bits: self.gpu.upload(&bits)?, cols }
-            }
-            ExprDtype::F32 => {
-                let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-                RowTable::F32 { values: self.gpu.upload(&values)?, cols }
-            }
+        let cols = store.n_genes();
+        self.expression = Some(match store.stored_expression() {
+            StoredExpression::F16(bits) => RowTable::F16 { bits: self.gpu.upload(&bits)?, cols },
+            StoredExpression::F32(values) => RowTable::F32 { values: self.gpu.upload(&values)?, cols },
         });
         Ok(())
     }
 
-    /// A tape for one forward (and backward) pass over the resident parameters.
-    pub fn tape(&self) -> Tape<f32> {
-        Tape::on_gpu_with_params(self.gpu.clone(), self.values.clone())
+    /// A tape for one forward (and backward) pass: over the resident parameters with a GPU state,
+    /// else the CPU engine's.
+    pub fn tape_for(state: Option<&GpuState>) -> Tape<f32> {
+        match state {
+            Some(s) => Tape::on_gpu_with_params(s.gpu.clone(), s.values.clone()),
+            None => Tape::new(),
+        }
     }
 
     /// Clips and applies Adam to every trainable parameter, from `grads` (the step's tape must be

@@ -179,11 +179,7 @@ pub fn optimise_step(
         params.zero_grad();
     }
     let prepare = clock.elapsed().as_secs_f64();
-    let tape = match gpu.as_deref() {
-        Some(state) => state.tape(),
-        None => Tape::new(),
-    };
-    let mut tape = tape.timed_if(breakdown.is_some());
+    let mut tape = GpuState::tape_for(gpu.as_deref()).timed_if(breakdown.is_some());
     // The cells' expression: gathered on the GPU from the resident dataset, or the batch's values.
     let table = gpu.as_deref().and_then(|state| state.expression.as_ref());
     let cells = |values, rows| match table {
@@ -361,10 +357,7 @@ impl<'s> Trainer<'s> {
 
     /// A tape over the current parameters: on the GPU when training there.
     fn tape(&self) -> Tape<f32> {
-        match &self.gpu {
-            Some(state) => state.tape(),
-            None => Tape::new(),
-        }
+        GpuState::tape_for(self.gpu.as_ref())
     }
 
     /// Prediction for a batch in evaluation mode (`eval_selection`, unless sampled: then hard), `[sets * cells, genes]`.
@@ -530,9 +523,8 @@ impl<'s> Trainer<'s> {
         }
         let meta = checkpoint::load(path, &mut self.params, &mut self.adam)?;
         self.step = meta.step;
-        if let Some(state) = &self.gpu {
-            let gpu = state.gpu.clone();
-            self.use_gpu(gpu)?;
+        if let Some(state) = &mut self.gpu {
+            state.upload_weights(&self.params, &self.adam)?;
         }
         Ok(meta.run_state)
     }
