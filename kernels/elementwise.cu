@@ -1,9 +1,10 @@
 // Elementwise activations: SiLU, exact (erf) GELU, ReLU, the fused SwiGLU gate silu(gate) * up,
-// and the row softmax.
+// the row softmax, and dropout with a recomputed (never stored) mask.
 // Twins: src/cpu/elementwise.rs (reference), src/cuda/elementwise.rs (launchers).
 // Shapes: every array [n], any n; the softmax's [rows, cols]. Launch: 1-D grid-stride, 256 threads
 // per block, over elements (the softmax: over rows, one thread per row, as its rows are short).
-// Forward overwrites y; backward accumulates dx += dy * f'(x).
+// Forward overwrites y; backward accumulates dx += dy * f'(x). Dropout is its own backward pass
+// (dx = dropout(dy), overwriting).
 #include "common.cuh"
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -52,6 +53,23 @@ extern "C" __global__ void swiglu_backward_f32(const float* __restrict__ gate, c
         const float g = gate[i], s = sigmoid(g);
         dgate[i] += dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
         dup[i] += dy[i] * g * s;
+    }
+}
+
+// SplitMix64's finaliser; element i of a mask keyed by `key` is dropped when the high half of
+// mix64(key + i * golden) is below `threshold` (p * 2^32). The CPU twin (DropoutMask) is the same
+// integer arithmetic, so both drop exactly the same elements.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, long long n, unsigned long long key,
+                                       unsigned int threshold, float scale) {
+    FOR_EACH_INDEX(i, n) {
+        const unsigned int draw = (unsigned int)(mix64(key + (unsigned long long)i * 0x9E3779B97F4A7C15ull) >> 32);
+        y[i] = draw >= threshold ? x[i] * scale : 0.0f;
     }
 }
 

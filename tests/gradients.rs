@@ -87,6 +87,10 @@ fn activations_and_softmax() {
         t.swiglu(gate, v[1])
     });
     check("swiglu, one input as gate and up", &[rand(7, &[4, 3])], |t, v| t.swiglu(v[0], v[0]));
+    // p = 0.5 over 60 elements: some dropped, some kept (the mask is fixed by its key)
+    let mask = ptrag_engine::cpu::elementwise::DropoutMask::new(11, 0.5);
+    assert!((0..60).any(|i| mask.keeps(i)) && !(0..60).all(|i| mask.keeps(i)));
+    check("dropout", &[rand(8, &[6, 10])], |t, v| t.dropout(v[0], mask));
     check("softmax", &[rand(4, &[3, 5])], |t, v| {
         let x = t.scale(v[0], 4.0);
         t.softmax(x)

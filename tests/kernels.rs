@@ -149,6 +149,18 @@ fn elementwise_forward(gpu: &Gpu) {
     cuda::elementwise::swiglu_forward(gpu, &up(gpu, &x), &up(gpu, &up_half), &mut y).unwrap();
     check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, "swiglu");
 
+    // Dropout recomputes its mask from the key: the kernel must drop exactly the CPU's elements
+    // (past the CPU's 16,384-element chunks, so their offsets count too) and scale the rest alike.
+    let long = inputs(&mut rng, 40_001, 1.0);
+    for (seed, p) in [(3, 0.1), (4, 0.5)] {
+        let mask = cpu::elementwise::DropoutMask::new(seed, p);
+        let mut want = vec![0.0f32; long.len()];
+        cpu::elementwise::dropout(&f32s(&long), &mut want, &mask);
+        let mut y = poisoned(gpu, long.len());
+        cuda::elementwise::dropout(gpu, &up(gpu, &long), &mask, &mut y).unwrap();
+        check(gpu, &down(gpu, &y), &f64s(&want), (0.0, 0.0), &format!("dropout p = {p}"));
+    }
+
     for cols in [2, 37] {
         let mut want = vec![0.0; x.len() / cols * cols];
         cpu::elementwise::softmax_forward(&x[..want.len()], &mut want, cols);

@@ -15,6 +15,7 @@
 //! case); we allow 5e-4. The retrieved candidates and the hard selection must be identical.
 
 mod common;
+use ptrag_engine::cpu::elementwise::DropoutMask;
 use ptrag_engine::cuda::{Gpu, ThreadOrder};
 use ptrag_engine::model::knowledge::Knowledge;
 use ptrag_engine::model::{energy_loss, Model, ModelConfig, ModelInput, ModelKind, Noise, Selection, SelfExclusion};
@@ -114,7 +115,7 @@ fn write_parity_inputs() {
         for p in params.entries.iter_mut() {
             std::sync::Arc::make_mut(&mut p.value).iter_mut().for_each(|v| *v += rng.gen_range(-0.2..0.2));
         }
-        let noise = model.sample_noise(SETS, CELLS, true, &mut rng).unwrap_or(Noise { gumbel: vec![], dropout_keep: None });
+        let noise = model.sample_noise(SETS, CELLS, true, &mut rng).unwrap_or(Noise { gumbel: vec![], dropout: None });
         let config = serde_json::to_string(&cfg).unwrap();
         let adam = Adam::new(cfg.adam.clone(), &params);
         checkpoint::save(&dir().join(format!("{case}.checkpoint.safetensors")), &params, &adam, 0, &config, "{}").unwrap();
@@ -131,14 +132,23 @@ fn write_parity_inputs() {
         if cfg.model.kind == ModelKind::PtRag {
             let rows = n * cfg.model.top_k;
             tensors.push(("gumbel", Dtype::F32, vec![rows, 2], to_bytes(&noise.gumbel)));
-            tensors.push(("dropout_keep", Dtype::F32, vec![rows, cfg.model.hidden], to_bytes(noise.dropout_keep.as_ref().unwrap())));
+            let keep = materialised(noise.dropout.as_ref().unwrap(), rows * cfg.model.hidden);
+            tensors.push(("dropout_keep", Dtype::F32, vec![rows, cfg.model.hidden], to_bytes(&keep)));
         }
         let views: Vec<(String, TensorView)> =
             tensors.iter().map(|(name, dt, shape, b)| (name.to_string(), TensorView::new(*dt, shape.clone(), b).unwrap())).collect();
-        let meta: HashMap<String, String> = [("sets".to_string(), SETS.to_string()), ("cells".to_string(), CELLS.to_string())].into();
+        let mut meta: HashMap<String, String> = [("sets".to_string(), SETS.to_string()), ("cells".to_string(), CELLS.to_string())].into();
+        if let Some(mask) = &noise.dropout {
+            meta.insert("dropout_key".into(), mask.key.to_string());
+        }
         let bytes = safetensors::tensor::serialize(views, &Some(meta)).unwrap();
         std::fs::write(dir().join(format!("{case}.batch.safetensors")), bytes).unwrap();
     }
+}
+
+/// The 0/1 keep-mask of the first `n` elements, as PyTorch reads it.
+fn materialised(mask: &DropoutMask, n: usize) -> Vec<f32> {
+    (0..n as u64).map(|i| if mask.keeps(i) { 1.0 } else { 0.0 }).collect()
 }
 
 fn read_file(path: &Path) -> Vec<u8> {
@@ -168,6 +178,15 @@ fn load_case(case: &str) -> (Case, Params<f32>) {
     let f32s = |name: &str| tensor_f64(&st, name).iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let u32s = |name: &str| tensor_f64(&st, name).iter().map(|&v| v as u32).collect::<Vec<u32>>();
     let pt_rag = cfg.model.kind == ModelKind::PtRag;
+    // Our side recomputes the dropout mask from its key; PyTorch's reads it materialised, so both must agree.
+    let dropout = pt_rag.then(|| {
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let key = header.metadata().as_ref().and_then(|m| m.get("dropout_key")).expect("dropout_key in the batch's metadata");
+        let mask = DropoutMask { key: key.parse().unwrap(), ..DropoutMask::new(0, cfg.model.scorer_dropout) };
+        let keep = f32s("dropout_keep");
+        assert!(materialised(&mask, keep.len()) == keep, "{case}: the dropout key does not give the stored mask");
+        mask
+    });
     let c = Case {
         genept: f32s("genept"),
         in_database: u32s("in_database").iter().map(|&b| b == 1).collect(),
@@ -175,7 +194,7 @@ fn load_case(case: &str) -> (Case, Params<f32>) {
         target: f32s("target"),
         perturbation: u32s("perturbation"),
         batch: u32s("batch"),
-        noise: Noise { gumbel: if pt_rag { f32s("gumbel") } else { vec![] }, dropout_keep: pt_rag.then(|| f32s("dropout_keep")) },
+        noise: Noise { gumbel: if pt_rag { f32s("gumbel") } else { vec![] }, dropout },
         cfg,
     };
     let mut params = Params::<f32>::new();

@@ -162,7 +162,7 @@ fn expected_selection_is_the_mean_of_sampled_selections_and_hard_its_rounding() 
     let mut mean = vec![0.0; expected.len()];
     for _ in 0..draws {
         let noise = t.model.sample_noise(batch.sets, batch.cells, false, &mut rng).unwrap();
-        assert!(noise.dropout_keep.is_none(), "no dropout at evaluation");
+        assert!(noise.dropout.is_none(), "no dropout at evaluation");
         mean.iter_mut().zip(weights(Selection::Sampled(&noise))).for_each(|(m, w)| *m += w / draws as f64);
     }
     // Binomial standard error <= 0.5 / sqrt(4000) = 0.008; 5 standard errors.

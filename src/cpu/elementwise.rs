@@ -101,6 +101,60 @@ fn swiglu_backward_loop<T: Real>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T]
     }
 }
 
+/// Inverted dropout whose mask is never stored: element `i` is dropped when the `i`-th draw of a
+/// counter-based generator keyed by the step's seed falls below `p`, so the backward pass and the
+/// GPU recompute the same mask from `(key, i)` (PT-RAG's scorer mask has 16.8 M entries per step:
+/// stored, it was 67 MB to fill, keep and, on a GPU, upload every step). The draw is the high half of
+/// SplitMix64's finaliser of `key + i * golden`; integer arithmetic, so every engine agrees exactly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutMask {
+    /// The seed mixed once (`mix64(seed)`), so that nearby seeds give unrelated masks.
+    pub key: u64,
+    /// A draw below this is dropped: `p * 2^32`.
+    pub threshold: u32,
+    /// Kept elements are scaled by `1 / (1 - p)`.
+    pub scale: f64,
+}
+
+/// SplitMix64's increment (2^64 / golden ratio) and finaliser.
+pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+#[inline(always)]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl DropoutMask {
+    /// The mask of drop probability `p` (in `[0, 1)`) drawn with `seed`.
+    pub fn new(seed: u64, p: f64) -> Self {
+        assert!((0.0..1.0).contains(&p), "dropout probability {p} is not in [0, 1)");
+        DropoutMask { key: mix64(seed), threshold: (p * 4_294_967_296.0) as u32, scale: 1.0 / (1.0 - p) }
+    }
+    /// Whether element `i` is kept.
+    #[inline(always)]
+    pub fn keeps(&self, i: u64) -> bool {
+        (mix64(self.key.wrapping_add(i.wrapping_mul(GOLDEN))) >> 32) as u32 >= self.threshold
+    }
+}
+
+/// `y[i] = keep(i) ? x[i] * scale : 0`. Linear and diagonal, so it is also its own backward pass
+/// (`dx = dropout(dy)`).
+pub fn dropout<T: Real>(x: &[T], y: &mut [T], mask: &DropoutMask) {
+    assert_eq!(x.len(), y.len(), "dropout: x and y differ in length");
+    let scale = T::f(mask.scale);
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (y, x))| {
+        dropout_chunk(x, y, mask, (c * CHUNK) as u64, scale);
+    });
+}
+vectorised!(fn dropout_chunk<T>(x: &[T], y: &mut [T], mask: &DropoutMask, first: u64, scale: T) => dropout_loop);
+#[inline(always)]
+fn dropout_loop<T: Real>(x: &[T], y: &mut [T], mask: &DropoutMask, first: u64, scale: T) {
+    for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+        *y = if mask.keeps(first + j as u64) { x * scale } else { T::zero() };
+    }
+}
+
 /// Softmax over the last dimension: `x, y: [rows, cols]`.
 pub fn softmax_forward<T: Real>(x: &[T], y: &mut [T], cols: usize) {
     y.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(y, x)| {
@@ -126,6 +180,35 @@ pub fn softmax_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T], cols: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The mask drops a fraction p, independently of neighbouring elements and of the thread count;
+    /// it depends on the seed; kept elements are scaled by 1 / (1 - p).
+    #[test]
+    fn dropout_mask_is_seeded_uncorrelated_and_thread_independent() {
+        let (n, p) = (300_001, 0.1);
+        let mask = DropoutMask::new(7, p);
+        let x: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
+        let mut y = vec![f32::NAN; n];
+        dropout(&x, &mut y, &mask);
+        let kept: Vec<bool> = (0..n as u64).map(|i| mask.keeps(i)).collect();
+        for ((&x, &y), &k) in x.iter().zip(&y).zip(&kept) {
+            assert_eq!(y, if k { x * (1.0 / 0.9f64) as f32 } else { 0.0 });
+        }
+        let dropped = kept.iter().filter(|&&k| !k).count() as f64 / n as f64;
+        assert!((dropped - p).abs() < 0.003, "dropped {dropped}, want {p}");
+        let both = kept.windows(2).filter(|w| !w[0] && !w[1]).count() as f64 / (n - 1) as f64;
+        assert!((both - p * p).abs() < 0.001, "neighbours both dropped {both}, want {}", p * p);
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let mut y1 = vec![f32::NAN; n];
+        one_thread.install(|| dropout(&x, &mut y1, &mask));
+        assert!(y1 == y, "the mask depends on the thread count");
+        let other = DropoutMask::new(8, p);
+        let differ = (0..n as u64).filter(|&i| other.keeps(i) != mask.keeps(i)).count() as f64 / n as f64;
+        assert!((differ - 2.0 * p * (1.0 - p)).abs() < 0.005, "seeds 7 and 8 differ in {differ} of the elements");
+        assert!((0..1000).all(|i| DropoutMask::new(7, 0.0).keeps(i)), "p = 0 drops nothing");
+        let most = DropoutMask::new(7, 0.999);
+        assert!((0..10_000).filter(|&i| most.keeps(i)).count() < 30);
+    }
 
     /// The f32 activations (branch-free exp and erf, vectorised) against the f64 ones (libm).
     #[test]

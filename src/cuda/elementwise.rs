@@ -2,6 +2,7 @@
 //! `y`, backward accumulates `dx += dy * f'(x)` (SwiGLU: into both `dgate` and `dup`).
 
 use super::{check_len, check_rows, Args, Buffer, Gpu, Launch};
+use crate::cpu::elementwise::DropoutMask;
 use crate::Result;
 
 fn forward(gpu: &Gpu, kernel: &'static str, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
@@ -54,6 +55,15 @@ pub fn swiglu_backward(
         check_len(kernel, name, b, n)?;
     }
     let args = Args::new().input(gate).input(up).input(dy).output(dgate).output(dup).i64(n as i64);
+    gpu.launch(kernel, Launch::elementwise(n), args)
+}
+
+/// `y = x * mask * scale` with the mask recomputed from `mask.key` (see `cpu::elementwise::DropoutMask`);
+/// also the backward pass, applied to the incoming gradient.
+pub fn dropout(gpu: &Gpu, x: &Buffer<f32>, mask: &DropoutMask, y: &mut Buffer<f32>) -> Result<()> {
+    let (kernel, n) = ("dropout_f32", x.len());
+    check_len(kernel, "y", y, n)?;
+    let args = Args::new().input(x).output(y).i64(n as i64).u64(mask.key).u32(mask.threshold).f32(mask.scale as f32);
     gpu.launch(kernel, Launch::elementwise(n), args)
 }
 

@@ -307,6 +307,14 @@ impl<'a> Args<'a> {
         self.slots.push(value as u64);
         self
     }
+    pub fn u64(mut self, value: u64) -> Self {
+        self.slots.push(value);
+        self
+    }
+    pub fn u32(mut self, value: u32) -> Self {
+        self.slots.push(value as u64);
+        self
+    }
     pub fn f32(mut self, value: f32) -> Self {
         self.slots.push(value.to_bits() as u64);
         self

@@ -143,11 +143,8 @@ impl Selector {
         let norm = (tape.param(params, self.norm_w), tape.param(params, self.norm_b));
         let hidden = linear_on_triplets(tape, params, &self.score_hidden, norm, parts, stats, layout);
         let mut hidden = tape.gelu(hidden);
-        if let Selection::Sampled(Noise { dropout_keep: Some(keep), .. }) = selection {
-            let scale = 1.0 / (1.0 - cfg.scorer_dropout);
-            let mask: Vec<T> = keep.iter().map(|&m| T::f(m as f64 * scale)).collect();
-            let mask = tape.constant(tape.shape(hidden).to_vec().as_slice(), mask);
-            hidden = tape.mul(hidden, mask);
+        if let Selection::Sampled(Noise { dropout: Some(mask), .. }) = selection {
+            hidden = tape.dropout(hidden, *mask);
         }
         let logits = self.score_out.apply(tape, params, hidden);
         let logits = tape.scale_by_std(logits, STD_FLOOR);

@@ -20,6 +20,7 @@ pub mod context;
 pub mod knowledge;
 pub mod layers;
 
+use crate::cpu::elementwise::DropoutMask;
 use crate::cpu::energy::EnergyShape;
 use crate::cuda::tensor::RowTable;
 use crate::real::Real;
@@ -170,8 +171,8 @@ impl ModelConfig {
 pub struct Noise {
     /// `[cells, K, 2]` standard Gumbel samples for (exclude, include).
     pub gumbel: Vec<f32>,
-    /// `[cells, K, hidden]` dropout keep-mask of the scorer (1 keep, 0 drop); none = no dropout.
-    pub dropout_keep: Option<Vec<f32>>,
+    /// The scorer's dropout over its `[cells, K, hidden]` activations; none = no dropout.
+    pub dropout: Option<DropoutMask>,
 }
 
 /// How PT-RAG turns its scores into candidate weights in a forward pass.
@@ -385,8 +386,8 @@ impl Model {
         // A standard Gumbel sample is -ln(E) with E ~ Exp(1) (as torch.nn.functional.gumbel_softmax).
         let gumbel = (0..rows * 2).map(|_| -(rng.sample::<f64, _>(rand_distr::Exp1).max(f64::MIN_POSITIVE)).ln() as f32).collect();
         let p = self.cfg.scorer_dropout;
-        let dropout_keep = (training && p > 0.0).then(|| dropout_mask(rows * self.cfg.hidden, p, rng.gen()));
-        Some(Noise { gumbel, dropout_keep })
+        let dropout = (training && p > 0.0).then(|| DropoutMask::new(rng.gen(), p));
+        Some(Noise { gumbel, dropout })
     }
 
     /// GenePT vectors of `perts` through the perturbation encoder: `[perts.len(), H]`.
@@ -483,42 +484,4 @@ pub fn energy_loss<T: Real>(tape: &mut Tape<T>, pred: Var, target: Var, sets: us
     let shape = EnergyShape { sets, cells_pred: cells, cells_obs: cells, genes };
     let per_set = tape.energy(pred, target, shape);
     tape.mean(per_set)
-}
-
-/// A dropout keep-mask of `n` entries (0 with probability `p`, else 1), drawn in parallel: chunk `i`
-/// from its own ChaCha stream `i` of `seed`, so the mask depends on the seed only, not on the
-/// number of threads. (PT-RAG's scorer mask has 16.8 M entries per step at the paper's shapes, and
-/// drawing them on one thread took about 4% of the step.)
-fn dropout_mask(n: usize, p: f64, seed: u64) -> Vec<f32> {
-    use rand::{RngCore, SeedableRng};
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 16;
-    // a uniform u32 is below p * 2^32 with probability p
-    let threshold = p * 4_294_967_296.0;
-    let mut mask = crate::cpu::zeros::<f32>(n);
-    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(i as u64);
-        chunk.iter_mut().for_each(|m| *m = if (rng.next_u32() as f64) < threshold { 0.0 } else { 1.0 });
-    });
-    mask
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dropout_mask;
-
-    /// The mask drops a fraction p, depends on the seed and not on the number of threads.
-    #[test]
-    fn dropout_mask_is_seeded_and_thread_independent() {
-        let (n, p) = (300_001, 0.1);
-        let mask = dropout_mask(n, p, 7);
-        let dropped = mask.iter().filter(|&&m| m == 0.0).count() as f64 / n as f64;
-        assert!((dropped - p).abs() < 0.003, "dropped {dropped}, want {p}");
-        assert!(mask.iter().all(|&m| m == 0.0 || m == 1.0));
-        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        assert!(one_thread.install(|| dropout_mask(n, p, 7)) == mask, "the mask depends on the thread count");
-        assert!(dropout_mask(n, p, 8) != mask, "the seed is ignored");
-        assert!(dropout_mask(1000, 1.0, 7).iter().all(|&m| m == 0.0));
-    }
 }

@@ -12,7 +12,7 @@ pub mod params;
 
 use crate::cpu::{
     attention::{attention_backward, attention_forward, AttentionShape, Rope},
-    elementwise as ew,
+    elementwise::{self as ew, DropoutMask},
     energy::{energy_backward, energy_forward, EnergyShape},
     gemm::matmul_new,
     norm,
@@ -78,6 +78,11 @@ enum Op<T> {
     Unary {
         x: Var,
         kind: Unary,
+    },
+    /// inverted dropout with a mask recomputed from its key (never stored)
+    Dropout {
+        x: Var,
+        mask: DropoutMask,
     },
     /// `silu(gate) * up`
     SwiGlu {
@@ -189,6 +194,7 @@ impl<T> Op<T> {
             Op::Sum { .. } | Op::SumGroups { .. } => "sum",
             Op::Unary { .. } | Op::SwiGlu { .. } => "activation",
             Op::Softmax { .. } => "softmax",
+            Op::Dropout { .. } => "dropout",
             Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::StdScale { .. } => "norm",
             Op::Attention { .. } => "attention",
             Op::Rope { .. } => "rope",
@@ -579,6 +585,14 @@ impl<T: Real> Tape<T> {
         );
         let needs = self.needs(&[gate, up]);
         self.push(out, self.shape(gate).to_vec(), Op::SwiGlu { gate, up }, needs)
+    }
+    /// Inverted dropout (`x * keep / (1 - p)`), the mask recomputed from `mask.key` in the backward
+    /// pass and on either engine.
+    pub fn dropout(&mut self, x: Var, mask: DropoutMask) -> Var {
+        let out =
+            self.compute1(self.numel(x), |o| ew::dropout(self.h(x), o, &mask), |g, o| cuda::elementwise::dropout(g, self.d(x), &mask, o));
+        let needs = self.needs(&[x]);
+        self.push(out, self.shape(x).to_vec(), Op::Dropout { x, mask }, needs)
     }
     pub fn softmax(&mut self, x: Var) -> Var {
         let cols = cols_of(self.shape(x));
@@ -1025,6 +1039,12 @@ impl<T: Real> Tape<T> {
                 );
                 self.add_grad(grads, gate, dgate);
                 self.add_grad(grads, up, dup);
+            }
+            &Op::Dropout { x, mask } => {
+                // linear and diagonal: the backward pass is the same masking of the gradient
+                let dx =
+                    self.compute1(n(x), |o| ew::dropout(g.host(), o, &mask), |gpu, o| cuda::elementwise::dropout(gpu, g.dev(), &mask, o));
+                self.add_grad(grads, x, dx);
             }
             &Op::Softmax { x } => {
                 let cols = cols_of(&node.shape);
