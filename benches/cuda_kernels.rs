@@ -86,9 +86,9 @@ fn benches(c: &mut Criterion) {
         (filled(&gpu, n, 11), filled(&gpu, n, 12), gpu.zeros::<f32>(n).unwrap(), gpu.zeros::<f32>(n).unwrap());
     let mut g = c.benchmark_group("cuda/optim");
     g.throughput(Throughput::Bytes((7 * n * 4) as u64));
-    let s =
-        ptrag_engine::cpu::optim::AdamStep { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 3, grad_scale: 1.0 };
-    g.bench_function("adam_21M", |b| b.iter(|| sync(cuda::optim::adam_update(&gpu, &mut p, &grad, &mut m, &mut v, &s))));
+    let s = ptrag_engine::cpu::optim::AdamStep { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 3 };
+    let clip = gpu.upload(&[1.0f64, 1.0, 1.0]).unwrap();
+    g.bench_function("adam_21M", |b| b.iter(|| sync(cuda::optim::adam_update(&gpu, &mut p, &grad, &mut m, &mut v, &s, &clip))));
     g.finish();
 
     let rows = 64 * 64 * 32;

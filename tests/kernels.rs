@@ -258,28 +258,56 @@ fn norm_backward(gpu: &Gpu) {
 // ---- optimiser -------------------------------------------------------------------------------
 
 fn optim_forward(gpu: &Gpu) {
+    use cpu::optim::Clip;
     let mut rng = TestRng::new(5);
     let n = 1000;
     let (p, g) = (f32s(&rng.vec(n)), f32s(&rng.vec(n)));
     let (m, v) = (f32s(&rng.vec(n)), f32s(&rng.vec(n)).iter().map(|v| v.abs()).collect::<Vec<f32>>());
+    let upload = |x: &[f32]| gpu.upload(x).unwrap();
     for (step, weight_decay, grad_scale) in [(1, 0.0, 1.0), (7, 0.01, 0.37)] {
-        let s = cpu::optim::AdamStep { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step, grad_scale };
+        let s = cpu::optim::AdamStep { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step };
         let (mut want_p, mut want_m, mut want_v) = (p.clone(), m.clone(), v.clone());
-        cpu::optim::adam_update(&mut want_p, &g, &mut want_m, &mut want_v, &s);
-        let (mut gp, gg, mut gm, mut gv) =
-            (gpu.upload(&p).unwrap(), gpu.upload(&g).unwrap(), gpu.upload(&m).unwrap(), gpu.upload(&v).unwrap());
-        cuda::optim::adam_update(gpu, &mut gp, &gg, &mut gm, &mut gv, &s).unwrap();
+        cpu::optim::adam_update(&mut want_p, &g, &mut want_m, &mut want_v, &s, grad_scale);
+        let (mut gp, gg, mut gm, mut gv) = (upload(&p), upload(&g), upload(&m), upload(&v));
+        let clip = gpu.upload(&[5.0, grad_scale as f64, 1.0]).unwrap();
+        cuda::optim::adam_update(gpu, &mut gp, &gg, &mut gm, &mut gv, &s, &clip).unwrap();
         for (name, got, want) in [("param", &gp, &want_p), ("m", &gm, &want_m), ("v", &gv, &want_v)] {
             check(gpu, &f64s(&gpu.download(got).unwrap()), &f64s(want), tol::ELEMENTWISE, &format!("adam {name} at step {step}"));
         }
+        // a step that does not apply changes nothing
+        let skip = gpu.upload(&[f64::NAN, 1.0, 0.0]).unwrap();
+        cuda::optim::adam_update(gpu, &mut gp, &gg, &mut gm, &mut gv, &s, &skip).unwrap();
+        for (name, got, want) in [("param", &gp, &want_p), ("m", &gm, &want_m), ("v", &gv, &want_v)] {
+            assert!(gpu.download(got).unwrap() == *want, "adam changed {name} in a step that does not apply");
+        }
     }
-    // Several tensors sharing one partial buffer, one with more elements than one block-stride pass
-    // covers (the grid-stride loop), one of a single element.
+    // The clipping: several tensors sharing one partial buffer, one with more elements than one
+    // block-stride pass covers (the grid-stride loop), one of a single element; limits that clip
+    // (the norm is about 316), that do not, and none; a non-finite loss, and a NaN gradient.
     let xs = [f32s(&rng.vec(300_001)), f32s(&rng.vec(1)), f32s(&rng.vec(777))];
-    let on_gpu: Vec<_> = xs.iter().map(|x| gpu.upload(x).unwrap()).collect();
-    let got = cuda::optim::squared_norm(gpu, &on_gpu.iter().collect::<Vec<_>>()).unwrap();
-    let want: f64 = xs.iter().map(|x| cpu::optim::squared_norm(x)).sum();
-    check(gpu, &[got], &[want], (0.0, 1e-9), "squared norm");
+    let mut with_nan = xs[2].clone();
+    with_nan[5] = f32::NAN;
+    let (on_gpu, nan_gpu) = (xs.iter().map(|x| upload(x)).collect::<Vec<_>>(), upload(&with_nan));
+    let squares = |xs: &[&[f32]]| xs.iter().map(|x| cpu::optim::squared_norm(x)).sum::<f64>();
+    let (all, nan) = (squares(&[&xs[0], &xs[1], &xs[2]]), squares(&[&xs[0], &with_nan]));
+    let cases = [
+        (10.0, 1.5, vec![&on_gpu[0], &on_gpu[1], &on_gpu[2]], all),
+        (1e6, 1.5, vec![&on_gpu[0], &on_gpu[1], &on_gpu[2]], all),
+        (0.0, 1.5, vec![&on_gpu[0], &on_gpu[1], &on_gpu[2]], all),
+        (10.0, f32::INFINITY, vec![&on_gpu[0], &on_gpu[1], &on_gpu[2]], all),
+        (10.0, 1.5, vec![&on_gpu[0], &nan_gpu], nan),
+    ];
+    for (limit, loss, tensors, squares) in cases {
+        let got = cuda::optim::read_clip(gpu, &cuda::optim::clip(gpu, &tensors, &upload(&[loss]), limit).unwrap()).unwrap();
+        let want = Clip::new(squares, loss, limit);
+        let what = format!("clip at limit {limit} with loss {loss} on {}", gpu.name());
+        assert_eq!(got.apply, want.apply, "{what}: apply");
+        if want.norm.is_finite() {
+            assert_close(&[got.norm, got.scale as f64], &[want.norm, want.scale as f64], 0.0, 1e-6, &what);
+        } else {
+            assert!(got.norm.is_nan(), "{what}: norm {}", got.norm);
+        }
+    }
 }
 
 // ---- energy ----------------------------------------------------------------------------------

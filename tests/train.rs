@@ -383,6 +383,36 @@ fn gpu_training_emulated_matches_cpu() {
     gpu_training_matches_cpu(ptrag_engine::cuda::Gpu::emulated(ptrag_engine::cuda::ThreadOrder::Forward).unwrap(), 3);
 }
 
+/// On the GPU the step's update is queued before its loss and norm are read, so the kernels decide
+/// alone whether it applies: a step whose loss or gradient norm is not finite must leave every
+/// weight as it was, and the step still stops the run.
+#[test]
+fn a_diverging_step_on_the_gpu_stops_and_leaves_the_weights() {
+    let gpu = std::sync::Arc::new(ptrag_engine::cuda::Gpu::emulated(ptrag_engine::cuda::ThreadOrder::Forward).unwrap());
+    let (_tmp, store) = tiny_store();
+    let mut cfg = TrainConfig { steps: 20, ..small_config(&store, ModelKind::State) };
+    (cfg.adam.lr, cfg.adam.clip_norm) = (1e30, 0.0);
+    let mut t = trainer(&store, cfg);
+    t.use_gpu(gpu).unwrap();
+    let weights = |t: &mut ptrag_engine::train::Trainer| {
+        t.sync_to_host().unwrap();
+        t.params.entries.iter().flat_map(|p| p.value.to_vec()).collect::<Vec<f32>>()
+    };
+    for _ in 0..20 {
+        let before = weights(&mut t);
+        match t.train_step() {
+            Ok(_) => continue,
+            Err(ptrag_engine::Error::Numerical { why, .. }) => {
+                assert!(why.contains("loss") || why.contains("gradient norm"), "{why}");
+                assert!(weights(&mut t) == before, "the diverging step changed the weights");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("20 steps at lr 1e30 did not diverge");
+}
+
 /// On a real GPU, over more steps (skipped without one; failing instead with `PTRAG_REQUIRE_GPU=1`).
 #[test]
 fn gpu_training_cuda_matches_cpu() {

@@ -319,6 +319,10 @@ impl<'a> Args<'a> {
         self.slots.push(value.to_bits() as u64);
         self
     }
+    pub fn f64(mut self, value: f64) -> Self {
+        self.slots.push(value.to_bits());
+        self
+    }
 }
 
 /// Errors unless every size fits the kernels' `int` indices.

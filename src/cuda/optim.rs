@@ -1,10 +1,11 @@
 //! Launchers for `kernels/optim.cu`, the twin of `src/cpu/optim.rs`.
 
 use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
-use crate::cpu::optim::AdamStep;
+use crate::cpu::optim::{AdamStep, Clip};
 use crate::Result;
 
-/// PyTorch's Adam update of one tensor in place, as `cpu::optim::adam_update`.
+/// PyTorch's Adam update of one tensor in place, as `cpu::optim::adam_update` with the gradient
+/// scale of `clip` (made by `clip`), and no change at all when `clip` says the step does not apply.
 pub fn adam_update(
     gpu: &Gpu,
     param: &mut Buffer<f32>,
@@ -12,29 +13,42 @@ pub fn adam_update(
     m: &mut Buffer<f32>,
     v: &mut Buffer<f32>,
     s: &AdamStep,
+    clip: &Buffer<f64>,
 ) -> Result<()> {
     let n = param.len();
     for (name, b) in [("grad", grad), ("m", &*m), ("v", &*v)] {
         check_len("adam", name, b, n)?;
     }
+    check_len("adam", "clip", clip, 3)?;
     let (bias1, bias2_sqrt) = s.bias_corrections();
-    let args = Args::new().output(param).input(grad).output(m).output(v).i64(n as i64).f32(s.grad_scale);
+    let args = Args::new().output(param).input(grad).output(m).output(v).i64(n as i64).input(clip);
     let args = args.f32(s.lr).f32(s.beta1).f32(s.beta2).f32(s.eps).f32(s.weight_decay).f32(bias1).f32(bias2_sqrt);
     gpu.launch("adam_update_f32", Launch::elementwise(n), args)
 }
 
-/// The sum of squares of every tensor of `xs`, in f64: one partial per block on the device, all
-/// tensors' partials in one buffer, downloaded once and summed here in order.
-pub fn squared_norm(gpu: &Gpu, xs: &[&Buffer<f32>]) -> Result<f64> {
+/// The step's clipping on the GPU, from the gradients `xs` and the loss (a one-element tensor):
+/// `{norm, scale, apply}` as `cpu::optim::Clip`, left on the GPU for `adam_update` (`read_clip`
+/// brings it to the host). The squares are summed per block in f64, and the partials in order.
+pub fn clip(gpu: &Gpu, xs: &[&Buffer<f32>], loss: &Buffer<f32>, clip_norm: f64) -> Result<Buffer<f64>> {
     let launch = |n: usize| Launch { shared_bytes: 8 * 256 / 32, ..Launch::elementwise(n.min(256 * 1024)) };
     let blocks: Vec<usize> = xs.iter().map(|x| launch(x.len()).grid[0] as usize).collect();
     let total: usize = blocks.iter().sum();
-    check_int("squared_norm", &[total])?;
+    check_int("clip", &[total])?;
+    check_len("clip", "loss", loss, 1)?;
     let mut partial = gpu.zeros::<f64>(total)?;
     let mut first = 0;
     for (x, b) in xs.iter().zip(blocks) {
         gpu.launch("squared_norm_f32", launch(x.len()), Args::new().input(x).i64(x.len() as i64).output(&mut partial).int(first))?;
         first += b;
     }
-    Ok(gpu.download(&partial)?.iter().sum())
+    let mut clip = gpu.zeros::<f64>(3)?;
+    let one_block = Launch { grid: [1, 1, 1], block: 32, shared_bytes: 0 };
+    gpu.launch("clip_f64", one_block, Args::new().input(&partial).int(total).input(loss).f64(clip_norm).output(&mut clip))?;
+    Ok(clip)
+}
+
+/// `clip`'s values on the host (a download: the caller waits for the GPU).
+pub fn read_clip(gpu: &Gpu, clip: &Buffer<f64>) -> Result<Clip> {
+    let c = gpu.download(clip)?;
+    Ok(Clip { norm: c[0], scale: c[1] as f32, apply: c[2] != 0.0 })
 }

@@ -303,6 +303,16 @@ impl Tape<f32> {
     pub fn on_gpu_with_params(gpu: Arc<Gpu>, values: Vec<Arc<Buffer<f32>>>) -> Self {
         Tape { gpu: Some(gpu), resident: values, ..Tape::new() }
     }
+
+    /// A GPU tape's value of `v`, shared: it stays valid after the tape is dropped, for reading (or
+    /// passing to a kernel) once later work is queued.
+    pub fn device_value(&self, v: Var) -> Result<Arc<Buffer<f32>>> {
+        self.check()?;
+        match &self.nodes[v.0].value {
+            Memory::Gpu(b) => Ok(b.clone()),
+            _ => Err(Error::Device("a device value of a host tape".into())),
+        }
+    }
 }
 
 impl<T: Real> Tape<T> {

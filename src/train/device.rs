@@ -1,8 +1,9 @@
 //! A run's training state resident on a GPU: every parameter's value (shared with each step's tape),
 //! Adam's moments and the dataset's expression matrix, uploaded once. A step uploads its cells' row
-//! numbers (and PT-RAG's noise), gathers the cells on the GPU, keeps its gradients there, and
-//! downloads its loss and the clipping norm; the host `Params` and `Adam` are brought up to date
-//! only when asked (`download`: checkpoints, the end of a run).
+//! numbers (and PT-RAG's Gumbel noise), gathers the cells on the GPU, keeps its gradients there,
+//! clips and updates there, and only then reads its loss and norm (one wait per step); the host
+//! `Params` and `Adam` are brought up to date only when asked (`download`: checkpoints, the end of
+//! a run).
 
 use super::optim::Adam;
 use crate::cuda::{self, tensor::RowTable, Buffer, Gpu};
@@ -63,19 +64,17 @@ impl GpuState {
         }
     }
 
-    /// Clips and applies Adam to every trainable parameter, from `grads` (the step's tape must be
-    /// dropped by now). Returns the pre-clipping gradient norm; a non-finite norm is an error that
-    /// leaves the weights untouched.
-    pub fn update(&mut self, params: &Params<f32>, adam: &mut Adam, grads: DeviceGradients, step: usize) -> Result<f64> {
+    /// Queues the clipping and Adam's update of every trainable parameter, from `grads` and the
+    /// step's `loss` (the step's tape must be dropped by now). Nothing waits for the GPU: the
+    /// returned `{norm, scale, apply}` (`cuda::optim::read_clip`) stays there, and when the norm or
+    /// the loss is not finite the kernels leave every weight and moment untouched.
+    pub fn update(&mut self, params: &Params<f32>, adam: &mut Adam, grads: DeviceGradients, loss: &Buffer<f32>) -> Result<Buffer<f64>> {
         let gpu = &*self.gpu;
         let trainable = |i: usize| params.entries[i].trainable;
         let with_grad: Vec<&Buffer<f32>> =
             grads.iter().enumerate().filter(|(i, _)| trainable(*i)).filter_map(|(_, g)| g.as_deref()).collect();
-        let norm = cuda::optim::squared_norm(gpu, &with_grad)?.sqrt();
-        if !norm.is_finite() {
-            return Err(Error::Numerical { step, why: format!("the gradient norm is {norm}") });
-        }
-        let update = adam.next_step(norm);
+        let clip = cuda::optim::clip(gpu, &with_grad, loss, adam.cfg.clip_norm)?;
+        let update = adam.next_step();
         for (i, (value, moments)) in self.values.iter_mut().zip(&mut self.moments).enumerate() {
             let Some((m, v)) = moments else { continue };
             // A trainable parameter the step did not use still decays its moments, as on the host.
@@ -89,9 +88,9 @@ impl GpuState {
             };
             let name = &params.entries[i].name;
             let value = Arc::get_mut(value).ok_or_else(|| Error::Device(format!("parameter {name} is still in use by a tape")))?;
-            cuda::optim::adam_update(gpu, value, grad, m, v, &update)?;
+            cuda::optim::adam_update(gpu, value, grad, m, v, &update, &clip)?;
         }
-        Ok(norm)
+        Ok(clip)
     }
 
     /// Copies the resident values and moments into `params` and `adam`.

@@ -11,7 +11,7 @@ pub mod optim;
 pub mod options;
 pub mod run;
 
-use crate::cuda::Gpu;
+use crate::cuda::{self, Buffer, Gpu};
 use crate::data::sampler::{evaluation_sets, training_batch, Batch};
 use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
@@ -211,31 +211,44 @@ pub fn optimise_step(
         }
         None => tape.backward(loss),
     };
-    // Read after the backward pass is queued, so that on a GPU the wait does not stall it.
-    let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
-    let (energy_value, loss_value) = (scalar(energy)?, scalar(loss)?);
-    let selected = mean_w.map(&scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
-    if !loss_value.is_finite() {
-        return Err(Error::Numerical { step, why: format!("the loss is {loss_value}") });
-    }
     let mark = std::time::Instant::now();
-    let (grad_norm, accumulate) = match gpu.as_deref_mut() {
+    let stopped = |why: String| Error::Numerical { step, why };
+    let (stats, accumulate) = match gpu.as_deref_mut() {
         Some(state) => {
+            // The scalars stay on the GPU until everything is queued: one wait per step, at its end.
+            let [energy, loss] = [energy, loss].map(|v| tape.device_value(v));
+            let (energy, loss, mean_w) = (energy?, loss?, mean_w.map(|v| tape.device_value(v)).transpose()?);
             let grads = grads.on_gpu(&tape, params.entries.len())?;
             drop(tape);
             let accumulate = mark.elapsed().as_secs_f64();
-            (state.update(params, adam, grads, step)?, accumulate)
+            let clip = state.update(params, adam, grads, &loss)?;
+            let gpu = &state.gpu;
+            let scalar = |b: &Buffer<f32>| -> Result<f64> { Ok(gpu.download(b)?[0] as f64) };
+            let clip = cuda::optim::read_clip(gpu, &clip)?;
+            let (energy, loss) = (scalar(&energy)?, scalar(&loss)?);
+            let selected = mean_w.as_deref().map(scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
+            if !clip.apply {
+                // the kernels left the weights as they were
+                let why = if loss.is_finite() { format!("the gradient norm is {}", clip.norm) } else { format!("the loss is {loss}") };
+                return Err(stopped(why));
+            }
+            (StepStats { loss, energy, selected, grad_norm: clip.norm }, accumulate)
         }
         None => {
+            let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
+            let (energy, loss) = (scalar(energy)?, scalar(loss)?);
+            let selected = mean_w.map(&scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
+            if !loss.is_finite() {
+                return Err(stopped(format!("the loss is {loss}")));
+            }
             grads.accumulate_into(&tape, params)?;
             drop(tape);
-            let grad_norm = Adam::grad_norm(params);
-            if !grad_norm.is_finite() {
-                return Err(Error::Numerical { step, why: format!("the gradient norm is {grad_norm}") });
-            }
             let accumulate = mark.elapsed().as_secs_f64();
-            adam.step(params);
-            (grad_norm, accumulate)
+            let clip = adam.step(params, loss as f32);
+            if !clip.apply {
+                return Err(stopped(format!("the gradient norm is {}", clip.norm)));
+            }
+            (StepStats { loss, energy, selected, grad_norm: clip.norm }, accumulate)
         }
     };
     if let Some(b) = breakdown {
@@ -244,12 +257,12 @@ pub fn optimise_step(
         }
         let parts = [
             ("noise sampling, zeroing gradients", prepare),
-            ("gradient accumulation and norm", accumulate),
-            ("adam (with clipping)", mark.elapsed().as_secs_f64() - accumulate),
+            ("gradient accumulation", accumulate),
+            ("norm, clipping and adam", mark.elapsed().as_secs_f64() - accumulate),
         ];
         StepBreakdown::add(&mut b.other, &parts);
     }
-    Ok(StepStats { loss: loss_value, energy: energy_value, selected, grad_norm })
+    Ok(stats)
 }
 
 /// The GenePT table of a store and the retrieval database that `which` selects for `fold`.

@@ -1,6 +1,6 @@
 //! Adam with global gradient-norm clipping, over the trainable parameters of a `Params<f32>`.
 
-use crate::cpu::optim::{adam_update, squared_norm, AdamStep};
+use crate::cpu::optim::{adam_update, squared_norm, AdamStep, Clip};
 use crate::tape::Params;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -38,16 +38,9 @@ impl Adam {
         Adam { cfg, m: zeros(), v: zeros(), step: 0 }
     }
 
-    /// Global norm of the trainable gradients (before clipping).
-    pub fn grad_norm(params: &Params<f32>) -> f64 {
-        params.entries.iter().filter(|p| p.trainable).map(|p| squared_norm(&p.grad)).sum::<f64>().sqrt()
-    }
-
-    /// Advances the step count and returns this step's update for gradients of global norm `norm`:
-    /// PyTorch's `clip_grad_norm_` coefficient as the gradient scale when the norm is above the limit.
-    pub fn next_step(&mut self, norm: f64) -> AdamStep {
+    /// Advances the step count and returns the update's settings for it.
+    pub fn next_step(&mut self) -> AdamStep {
         let c = &self.cfg;
-        let coef = c.clip_norm / (norm + 1e-6);
         self.step += 1;
         AdamStep {
             lr: c.lr as f32,
@@ -56,19 +49,24 @@ impl Adam {
             eps: c.eps as f32,
             weight_decay: c.weight_decay as f32,
             step: self.step,
-            grad_scale: if c.clip_norm > 0.0 && coef < 1.0 { coef as f32 } else { 1.0 },
         }
     }
 
-    /// Clips, then updates every trainable parameter. Returns the pre-clipping gradient norm.
-    pub fn step(&mut self, params: &mut Params<f32>) -> f64 {
-        let norm = Self::grad_norm(params);
-        let update = self.next_step(norm);
+    /// Clips (PyTorch's `clip_grad_norm_` coefficient scales the gradients when their global norm is
+    /// above the limit), then updates every trainable parameter; nothing changes when the norm or
+    /// `loss` is not finite. Returns the clipping, with the pre-clipping norm.
+    pub fn step(&mut self, params: &mut Params<f32>, loss: f32) -> Clip {
+        let squares = params.entries.iter().filter(|p| p.trainable).map(|p| squared_norm(&p.grad)).sum::<f64>();
+        let clip = Clip::new(squares, loss, self.cfg.clip_norm);
+        if !clip.apply {
+            return clip;
+        }
+        let update = self.next_step();
         for ((p, m), v) in params.entries.iter_mut().zip(&mut self.m).zip(&mut self.v) {
             if p.trainable {
-                adam_update(Arc::make_mut(&mut p.value).as_mut_slice(), &p.grad, m, v, &update);
+                adam_update(Arc::make_mut(&mut p.value).as_mut_slice(), &p.grad, m, v, &update, clip.scale);
             }
         }
-        norm
+        clip
     }
 }
