@@ -11,6 +11,8 @@ pub struct Knowledge {
     normalised: Vec<f32>,
     /// `[P]`: whether perturbation `p` may be retrieved.
     pub in_database: Vec<bool>,
+    /// By `k`: see `retrieve`.
+    neighbours: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<Neighbours>>>,
 }
 
 impl Knowledge {
@@ -31,7 +33,7 @@ impl Knowledge {
         for (p, row) in vectors.chunks(dim).enumerate() {
             in_database[p] &= row.iter().any(|&v| v != 0.0);
         }
-        Ok(Knowledge { dim, vectors, normalised, in_database })
+        Ok(Knowledge { dim, vectors, normalised, in_database, neighbours: Default::default() })
     }
 
     pub fn database_size(&self) -> usize {
@@ -52,13 +54,88 @@ impl Knowledge {
         }
     }
 
-    /// Cosine top-`k` of every query perturbation over the database, `exclude[i]` removed from the
-    /// candidates of query `i`: `(indices, similarities)`, both `[queries, k]`, best first.
-    pub fn retrieve(&self, queries: &[u32], exclude: &[Option<usize>], k: usize) -> (Vec<u32>, Vec<f32>) {
-        let d = self.dim;
-        let q: Vec<f32> = queries.iter().flat_map(|&p| self.normalised[p as usize * d..][..d].iter().copied()).collect();
-        let (mut idx, mut sims) = (vec![0u32; queries.len() * k], vec![0.0f32; queries.len() * k]);
-        cosine_topk(&q, &self.normalised, d, &self.in_database, exclude, k, &mut idx, &mut sims);
+    /// Cosine top-`k` of every query perturbation over the database, the query itself removed from
+    /// its candidates where `exclude_self[i]`: `(indices, similarities)`, both `[queries, k]`, best
+    /// first (ties towards the lower index).
+    ///
+    /// The answers come from a table of every perturbation's top `k + 1`, computed once (all
+    /// perturbations in one product) at the first call for this `k`: a step then does no
+    /// similarity work at all (on a GPU, none on the host between two steps), and a query's answer
+    /// does not depend on which other queries share its batch. Removing the query from its top
+    /// `k + 1` (or the last one, if the query is not among them) gives its top `k` without it.
+    pub fn retrieve(&self, queries: &[u32], exclude_self: &[bool], k: usize) -> (Vec<u32>, Vec<f32>) {
+        assert_eq!(queries.len(), exclude_self.len(), "retrieve: one exclusion flag per query");
+        let table = self.neighbours(k);
+        let (mut idx, mut sims) = (Vec::with_capacity(queries.len() * k), Vec::with_capacity(queries.len() * k));
+        for (&q, &exclude) in queries.iter().zip(exclude_self) {
+            let row = q as usize * (k + 1);
+            let (top, top_sims) = (&table.indices[row..][..k + 1], &table.sims[row..][..k + 1]);
+            let skip = if exclude { top.iter().position(|&c| c == q).unwrap_or(k) } else { k };
+            for i in (0..=k).filter(|&i| i != skip) {
+                idx.push(top[i]);
+                sims.push(top_sims[i]);
+            }
+        }
         (idx, sims)
+    }
+
+    /// The table of every perturbation's top `k + 1` neighbours (itself included when in the
+    /// database), made at the first call for this `k`.
+    fn neighbours(&self, k: usize) -> std::sync::Arc<Neighbours> {
+        let mut tables = self.neighbours.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tables
+            .entry(k)
+            .or_insert_with(|| {
+                let p = self.in_database.len();
+                let (mut indices, mut sims) = (vec![0u32; p * (k + 1)], vec![0.0f32; p * (k + 1)]);
+                cosine_topk(
+                    &self.normalised,
+                    &self.normalised,
+                    self.dim,
+                    &self.in_database,
+                    &vec![None; p],
+                    k + 1,
+                    &mut indices,
+                    &mut sims,
+                );
+                std::sync::Arc::new(Neighbours { indices, sims })
+            })
+            .clone()
+    }
+}
+
+/// Every perturbation's top `k + 1` over the database: `[P, k + 1]` each, best first.
+struct Neighbours {
+    indices: Vec<u32>,
+    sims: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The table's answers are the direct top-k with the query excluded (or not), including ties
+    /// (duplicated vectors), queries outside the database and a query without a vector.
+    #[test]
+    fn retrieval_from_the_table_equals_direct_top_k() {
+        let (p, dim, k) = (40, 6, 5);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut vectors: Vec<f32> = (0..p * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        vectors.copy_within(3 * dim..4 * dim, 7 * dim); // 3 and 7 tie for every query
+        vectors[..dim].fill(0.0); // the control
+        let in_database: Vec<bool> = (0..p).map(|i| i % 9 != 4).collect();
+        let knowledge = Knowledge::new(vectors, dim, in_database).unwrap();
+        let queries: Vec<u32> = (0..p as u32).chain([7, 3, 4]).collect();
+        for exclude_self in [true, false] {
+            let flags = vec![exclude_self; queries.len()];
+            let (idx, sims) = knowledge.retrieve(&queries, &flags, k);
+            let q: Vec<f32> = queries.iter().flat_map(|&i| knowledge.normalised[i as usize * dim..][..dim].to_vec()).collect();
+            let exclude: Vec<Option<usize>> = queries.iter().map(|&i| exclude_self.then_some(i as usize)).collect();
+            let (mut want_idx, mut want_sims) = (vec![0u32; queries.len() * k], vec![0.0f32; queries.len() * k]);
+            cosine_topk(&q, &knowledge.normalised, dim, &knowledge.in_database, &exclude, k, &mut want_idx, &mut want_sims);
+            assert_eq!(idx, want_idx, "exclude_self {exclude_self}");
+            assert_eq!(sims, want_sims, "exclude_self {exclude_self}");
+        }
     }
 }

@@ -418,12 +418,8 @@ impl Model {
         let rows = if per_cell { input.sets * input.cells } else { input.sets };
         let set_of_row = |r: usize| if per_cell { r / input.cells } else { r };
         let queries: Vec<u32> = (0..rows).map(|r| input.perturbation[set_of_row(r)]).collect();
-        let exclude: Vec<Option<usize>> = (0..rows)
-            .map(|r| {
-                let buggy = self.cfg.self_exclusion == SelfExclusion::FirstSetInTraining && input.training && set_of_row(r) > 0;
-                (!buggy).then_some(queries[r] as usize)
-            })
-            .collect();
+        let buggy = self.cfg.self_exclusion == SelfExclusion::FirstSetInTraining && input.training;
+        let exclude: Vec<bool> = (0..rows).map(|r| !(buggy && set_of_row(r) > 0)).collect();
         let (candidates, similarity) = knowledge.retrieve(&queries, &exclude, k);
         let (query_enc, cand_enc) = if per_cell {
             // The reference's formulation: every cell encodes its own query and candidates.
