@@ -36,6 +36,15 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return total;
 }
 
+// Counter-based random draws, twin of cpu::counter_draw: draw i of stream `key` is SplitMix64's
+// finaliser of key + i * golden (integer arithmetic: the same bits on every engine).
+__device__ __forceinline__ unsigned long long counter_draw(unsigned long long key, unsigned long long i) {
+    unsigned long long z = key + i * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
 // Grid-stride loop over `n` elements.
 #define FOR_EACH_INDEX(i, n) for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)(n); i += (long long)gridDim.x * blockDim.x)
 

@@ -56,19 +56,12 @@ extern "C" __global__ void swiglu_backward_f32(const float* __restrict__ gate, c
     }
 }
 
-// SplitMix64's finaliser; element i of a mask keyed by `key` is dropped when the high half of
-// mix64(key + i * golden) is below `threshold` (p * 2^32). The CPU twin (DropoutMask) is the same
-// integer arithmetic, so both drop exactly the same elements.
-__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
+// Element i of a mask keyed by `key` is dropped when the high half of counter_draw(key, i) is
+// below `threshold` (p * 2^32): the CPU twin (DropoutMask) drops exactly the same elements.
 extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, long long n, unsigned long long key,
                                        unsigned int threshold, float scale) {
     FOR_EACH_INDEX(i, n) {
-        const unsigned int draw = (unsigned int)(mix64(key + (unsigned long long)i * 0x9E3779B97F4A7C15ull) >> 32);
+        const unsigned int draw = (unsigned int)(counter_draw(key, (unsigned long long)i) >> 32);
         y[i] = draw >= threshold ? x[i] * scale : 0.0f;
     }
 }

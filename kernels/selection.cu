@@ -3,6 +3,8 @@
 // Straight-through Gumbel-Softmax. logits, noise, soft, hard, dy, dlogits: [rows, classes]; one
 // thread per row. Forward: soft = softmax((logits + noise) / tau), hard = one_hot(argmax) (first
 // index on ties), both overwritten. Backward (the soft path): dlogits += (1/tau) soft (dy - <dy, soft>).
+// gumbel_noise_f32 draws the noise: out[i] = -ln(-ln(u_i)), u_i from the top 53 bits of
+// counter_draw(key, i), in double and rounded once (1-D grid-stride over elements).
 //
 // The triplet kernels score and project every (cell, candidate) triplet [c_i; p_s; k_sj] without
 // forming it (the (N K, 3H) tensor): triplet t = i * k + j reads cell i, row s = i / (cells / rows)
@@ -209,4 +211,11 @@ extern "C" __global__ void triplet_assemble_vectors_backward_f32(const float* __
     }
     dv[e] += sv;
     dc[e] += sc;
+}
+
+extern "C" __global__ void gumbel_noise_f32(float* __restrict__ out, long long n, unsigned long long key) {
+    FOR_EACH_INDEX(i, n) {
+        const double u = ((double)(counter_draw(key, (unsigned long long)i) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+        out[i] = (float)(-log(-log(u)));
+    }
 }

@@ -253,7 +253,8 @@ fn gumbel_straight_through_forward_is_hard_backward_is_soft() {
 
     let mut tape = Tape::new();
     let l = tape.input(&[rows, classes], logits.clone());
-    let w = tape.gumbel_st(l, &noise, tau);
+    let noise_var = tape.constant(&[rows, classes], noise.clone());
+    let w = tape.gumbel_st(l, noise_var, tau);
     assert!(tape.value(w).iter().all(|&x| x == 0.0 || x == 1.0), "forward weights must be exactly 0/1");
     for row in tape.value(w).chunks(classes) {
         assert_eq!(row.iter().sum::<f64>(), 1.0);

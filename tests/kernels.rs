@@ -490,6 +490,14 @@ fn selection_forward(gpu: &Gpu) {
         check(gpu, &down(gpu, &gsoft), &soft, tol::ELEMENTWISE, "gumbel soft");
         check(gpu, &down(gpu, &ghard), &hard, (0.0, 0.0), "gumbel hard");
     }
+    // The noise drawn from its key: the same samples as the CPU's (past its 16,384-element chunks).
+    // The GPU's double-precision log may differ from the host's in the last bit, hence not exact.
+    let n = 40_001;
+    let mut want = vec![0.0f32; n];
+    cpu::selection::gumbel_noise(77, &mut want);
+    let mut got = poisoned(gpu, n);
+    cuda::selection::gumbel_noise(gpu, 77, &mut got).unwrap();
+    check(gpu, &down(gpu, &got), &f64s(&want), (1e-7, 1e-7), "gumbel noise");
 }
 
 fn selection_backward(gpu: &Gpu) {

@@ -115,7 +115,7 @@ fn write_parity_inputs() {
         for p in params.entries.iter_mut() {
             std::sync::Arc::make_mut(&mut p.value).iter_mut().for_each(|v| *v += rng.gen_range(-0.2..0.2));
         }
-        let noise = model.sample_noise(SETS, CELLS, true, &mut rng).unwrap_or(Noise { gumbel: vec![], dropout: None });
+        let noise = model.sample_noise(true, &mut rng).unwrap_or(Noise { gumbel_key: 0, dropout: None });
         let config = serde_json::to_string(&cfg).unwrap();
         let adam = Adam::new(cfg.adam.clone(), &params);
         checkpoint::save(&dir().join(format!("{case}.checkpoint.safetensors")), &params, &adam, 0, &config, "{}").unwrap();
@@ -131,7 +131,7 @@ fn write_parity_inputs() {
         ];
         if cfg.model.kind == ModelKind::PtRag {
             let rows = n * cfg.model.top_k;
-            tensors.push(("gumbel", Dtype::F32, vec![rows, 2], to_bytes(&noise.gumbel)));
+            tensors.push(("gumbel", Dtype::F32, vec![rows, 2], to_bytes(&gumbel(noise.gumbel_key, rows * 2))));
             let keep = materialised(noise.dropout.as_ref().unwrap(), rows * cfg.model.hidden);
             tensors.push(("dropout_keep", Dtype::F32, vec![rows, cfg.model.hidden], to_bytes(&keep)));
         }
@@ -140,6 +140,7 @@ fn write_parity_inputs() {
         let mut meta: HashMap<String, String> = [("sets".to_string(), SETS.to_string()), ("cells".to_string(), CELLS.to_string())].into();
         if let Some(mask) = &noise.dropout {
             meta.insert("dropout_key".into(), mask.key.to_string());
+            meta.insert("gumbel_key".into(), noise.gumbel_key.to_string());
         }
         let bytes = safetensors::tensor::serialize(views, &Some(meta)).unwrap();
         std::fs::write(dir().join(format!("{case}.batch.safetensors")), bytes).unwrap();
@@ -149,6 +150,13 @@ fn write_parity_inputs() {
 /// The 0/1 keep-mask of the first `n` elements, as PyTorch reads it.
 fn materialised(mask: &DropoutMask, n: usize) -> Vec<f32> {
     (0..n as u64).map(|i| if mask.keeps(i) { 1.0 } else { 0.0 }).collect()
+}
+
+/// The first `n` Gumbel samples of the stream `key`, as PyTorch reads them.
+fn gumbel(key: u64, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n];
+    ptrag_engine::cpu::selection::gumbel_noise(key, &mut out);
+    out
 }
 
 fn read_file(path: &Path) -> Vec<u8> {
@@ -178,14 +186,25 @@ fn load_case(case: &str) -> (Case, Params<f32>) {
     let f32s = |name: &str| tensor_f64(&st, name).iter().map(|&v| v as f32).collect::<Vec<f32>>();
     let u32s = |name: &str| tensor_f64(&st, name).iter().map(|&v| v as u32).collect::<Vec<u32>>();
     let pt_rag = cfg.model.kind == ModelKind::PtRag;
-    // Our side recomputes the dropout mask from its key; PyTorch's reads it materialised, so both must agree.
-    let dropout = pt_rag.then(|| {
+    // Our side draws the Gumbel noise and the dropout mask from their keys; PyTorch's reads them
+    // materialised, so both must agree.
+    let noise = pt_rag.then(|| {
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-        let key = header.metadata().as_ref().and_then(|m| m.get("dropout_key")).expect("dropout_key in the batch's metadata");
-        let mask = DropoutMask { key: key.parse().unwrap(), ..DropoutMask::new(0, cfg.model.scorer_dropout) };
+        let key = |name: &str| -> u64 {
+            header
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get(name))
+                .unwrap_or_else(|| panic!("{name} in the batch's metadata"))
+                .parse()
+                .unwrap()
+        };
+        let mask = DropoutMask { key: key("dropout_key"), ..DropoutMask::new(0, cfg.model.scorer_dropout) };
         let keep = f32s("dropout_keep");
         assert!(materialised(&mask, keep.len()) == keep, "{case}: the dropout key does not give the stored mask");
-        mask
+        let noise = f32s("gumbel");
+        assert!(gumbel(key("gumbel_key"), noise.len()) == noise, "{case}: the Gumbel key does not give the stored noise");
+        Noise { gumbel_key: key("gumbel_key"), dropout: Some(mask) }
     });
     let c = Case {
         genept: f32s("genept"),
@@ -194,7 +213,7 @@ fn load_case(case: &str) -> (Case, Params<f32>) {
         target: f32s("target"),
         perturbation: u32s("perturbation"),
         batch: u32s("batch"),
-        noise: Noise { gumbel: if pt_rag { f32s("gumbel") } else { vec![] }, dropout },
+        noise: noise.unwrap_or(Noise { gumbel_key: 0, dropout: None }),
         cfg,
     };
     let mut params = Params::<f32>::new();

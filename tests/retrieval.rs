@@ -59,7 +59,7 @@ fn per_set_and_per_cell_retrieval_give_identical_outputs_and_gradients() {
             let knowledge = knowledge_for(&store, &t.fold, RetrievalDatabase::All).unwrap();
             let mut params = Params::<f64>::new();
             let model = Model::new(&mcfg, Some(knowledge), &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3)).unwrap();
-            let noise = model.sample_noise(batch.sets, batch.cells, true, &mut rng.clone());
+            let noise = model.sample_noise(true, &mut rng.clone());
             let mut tape = Tape::new();
             let out = model.forward(&mut tape, &params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
             let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.iter().map(|&x| x as f64).collect());
@@ -161,7 +161,7 @@ fn expected_selection_is_the_mean_of_sampled_selections_and_hard_its_rounding() 
     let draws = 4000;
     let mut mean = vec![0.0; expected.len()];
     for _ in 0..draws {
-        let noise = t.model.sample_noise(batch.sets, batch.cells, false, &mut rng).unwrap();
+        let noise = t.model.sample_noise(false, &mut rng).unwrap();
         assert!(noise.dropout.is_none(), "no dropout at evaluation");
         mean.iter_mut().zip(weights(Selection::Sampled(&noise))).for_each(|(m, w)| *m += w / draws as f64);
     }

@@ -162,7 +162,7 @@ fn whole_model_gradients_match_finite_differences() {
         let knowledge = kind.uses_genept().then(|| knowledge_for(&store, &t.fold, cfg.retrieval_database).unwrap());
         let mut params = Params::<f64>::new();
         let model = Model::new(&cfg.model, knowledge, &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
-        let noise = model.sample_noise(batch.sets, batch.cells, true, &mut rng);
+        let noise = model.sample_noise(true, &mut rng);
         let loss_of = |params: &Params<f64>| -> (f64, Tape<f64>, ptrag_engine::tape::Var) {
             let mut tape = Tape::new();
             let out = model.forward(&mut tape, params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
@@ -352,7 +352,7 @@ fn gpu_training_matches_cpu(gpu: ptrag_engine::cuda::Gpu, steps: usize) {
 fn gpu_gradients_match_cpu(t: &ptrag_engine::train::Trainer, gpu: std::sync::Arc<ptrag_engine::cuda::Gpu>) {
     let (batch, rng) = t.batch_for_step(0);
     let gradients = |mut tape: Tape<f32>| {
-        let noise = t.model.sample_noise(batch.sets, batch.cells, true, &mut rng.clone());
+        let noise = t.model.sample_noise(true, &mut rng.clone());
         let out = t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
         let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.clone());
         let loss = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);

@@ -1,6 +1,6 @@
 //! Elementwise activations and the row softmax. Backward kernels accumulate into `dx`.
 
-use super::vectorised;
+use super::{counter_draw, mix64, vectorised};
 use crate::real::Real;
 use rayon::prelude::*;
 
@@ -105,24 +105,16 @@ fn swiglu_backward_loop<T: Real>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T]
 /// counter-based generator keyed by the step's seed falls below `p`, so the backward pass and the
 /// GPU recompute the same mask from `(key, i)` (PT-RAG's scorer mask has 16.8 M entries per step:
 /// stored, it was 67 MB to fill, keep and, on a GPU, upload every step). The draw is the high half of
-/// SplitMix64's finaliser of `key + i * golden`; integer arithmetic, so every engine agrees exactly.
+/// `counter_draw(key, i)`; integer arithmetic, so every engine agrees exactly.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropoutMask {
-    /// The seed mixed once (`mix64(seed)`), so that nearby seeds give unrelated masks.
+    /// The counter stream's key: the seed mixed once (`mix64(seed)`), so that nearby seeds give
+    /// unrelated masks.
     pub key: u64,
     /// A draw below this is dropped: `p * 2^32`.
     pub threshold: u32,
     /// Kept elements are scaled by `1 / (1 - p)`.
     pub scale: f64,
-}
-
-/// SplitMix64's increment (2^64 / golden ratio) and finaliser.
-pub const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-#[inline(always)]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 impl DropoutMask {
@@ -134,7 +126,7 @@ impl DropoutMask {
     /// Whether element `i` is kept.
     #[inline(always)]
     pub fn keeps(&self, i: u64) -> bool {
-        (mix64(self.key.wrapping_add(i.wrapping_mul(GOLDEN))) >> 32) as u32 >= self.threshold
+        (counter_draw(self.key, i) >> 32) as u32 >= self.threshold
     }
 }
 

@@ -62,6 +62,23 @@ macro_rules! vectorised {
 }
 pub(crate) use vectorised;
 
+/// Counter-based random draws: draw `i` of the stream `key` is SplitMix64's finaliser of
+/// `key + i * golden`, a pure function of `(key, i)`, so every engine (the CUDA twin is
+/// `counter_draw` in kernels/common.cuh) and every split over threads computes the same values,
+/// with no generator state and nothing stored or uploaded. Used for PT-RAG's dropout and Gumbel noise.
+#[inline(always)]
+pub fn counter_draw(key: u64, i: u64) -> u64 {
+    mix64(key.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+}
+
+/// SplitMix64's finaliser (a bijection of u64 with good avalanche).
+#[inline(always)]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Whether this CPU has AVX-512F, for the kernels with an AVX-512 path (`gemm`, `elementwise`).
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]

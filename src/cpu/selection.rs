@@ -3,10 +3,24 @@
 //! Shapes: `logits, noise, soft, hard: [rows, classes]`. Forward: `soft = softmax((logits + noise) / tau)`,
 //! `hard = one_hot(argmax soft)` (first index on ties): the forward value is exactly 0/1. Backward uses
 //! the soft path's gradient (`hard - soft.detach() + soft`): `dlogits += (1/tau) * soft * (dy - <dy, soft>)`.
-//! The noise is supplied (standard Gumbel samples), so tests and parity checks can fix it.
+//! The noise is an input (standard Gumbel samples), so tests and parity checks can fix it;
+//! `gumbel_noise` draws it from a counter stream, the same on every engine.
 
 use crate::real::Real;
 use rayon::prelude::*;
+
+/// Standard Gumbel samples `out[i] = -ln(-ln(u_i))`, with `u_i` in (0, 1) from the top 53 bits of
+/// `counter_draw(key, i)`, in f64 and rounded once: a pure function of `(key, i)`, so the GPU draws
+/// the same noise where it is used (`gumbel_noise_f32`) instead of the host drawing and uploading it.
+pub fn gumbel_noise<T: Real>(key: u64, out: &mut [T]) {
+    out.par_chunks_mut(1 << 14).enumerate().for_each(|(c, chunk)| {
+        for (j, o) in chunk.iter_mut().enumerate() {
+            let bits = crate::cpu::counter_draw(key, ((c << 14) + j) as u64) >> 11;
+            let u = (bits as f64 + 0.5) * (1.0 / 9_007_199_254_740_992.0);
+            *o = T::f((-(-u.ln()).ln()) as f32 as f64);
+        }
+    });
+}
 
 pub fn gumbel_st_forward<T: Real>(logits: &[T], noise: &[T], tau: f64, classes: usize, soft: &mut [T], hard: &mut [T]) {
     assert!(logits.len() == noise.len() && logits.len() == soft.len() && soft.len() == hard.len());
@@ -201,5 +215,27 @@ pub fn triplet_assemble_backward<T: Real>(
     for (dv_s, dc_s) in partial {
         dv.iter_mut().zip(dv_s).for_each(|(d, x)| *d = *d + x);
         dc.iter_mut().zip(dc_s).for_each(|(d, x)| *d = *d + x);
+    }
+}
+
+#[cfg(test)]
+mod noise_tests {
+    use super::gumbel_noise;
+
+    /// Standard Gumbel: mean Euler's gamma, variance pi^2 / 6, P(g <= 0) = 1/e; other keys, other samples.
+    #[test]
+    fn gumbel_noise_is_standard_gumbel() {
+        let n = 200_000;
+        let mut g = vec![0.0f64; n];
+        gumbel_noise(5, &mut g);
+        let mean = g.iter().sum::<f64>() / n as f64;
+        let var = g.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        let below = g.iter().filter(|&&x| x <= 0.0).count() as f64 / n as f64;
+        assert!((mean - 0.577_215_66).abs() < 0.01, "mean {mean}");
+        assert!((var - std::f64::consts::PI.powi(2) / 6.0).abs() < 0.03, "variance {var}");
+        assert!((below - (-1.0f64).exp()).abs() < 0.004, "P(g <= 0) = {below}");
+        let mut other = vec![0.0f64; 1000];
+        gumbel_noise(6, &mut other);
+        assert!(other.iter().zip(&g).filter(|(a, b)| a == b).count() < 5, "keys 5 and 6 draw the same noise");
     }
 }

@@ -14,6 +14,12 @@ fn rows(op: &'static str, x: &Buffer<f32>, classes: usize) -> Result<(usize, Lau
     Ok((rows, Launch::new([rows.div_ceil(128).max(1), 1, 1], 128, 0)?))
 }
 
+/// Standard Gumbel noise drawn from the counter stream `key`, as `cpu::selection::gumbel_noise`.
+pub fn gumbel_noise(gpu: &Gpu, key: u64, out: &mut Buffer<f32>) -> Result<()> {
+    let n = out.len();
+    gpu.launch("gumbel_noise_f32", Launch::elementwise(n), Args::new().output(out).i64(n as i64).u64(key))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn gumbel_st_forward(
     gpu: &Gpu,

@@ -149,8 +149,14 @@ impl Selector {
         let logits = self.score_out.apply(tape, params, hidden);
         let logits = tape.scale_by_std(logits, STD_FLOOR);
         let choice = match selection {
-            Selection::Sampled(noise) => tape.gumbel_st(logits, &T::from_f32_slice(&noise.gumbel), cfg.tau),
-            Selection::Hard => tape.gumbel_st(logits, &vec![T::zero(); n * k * 2], cfg.tau),
+            Selection::Sampled(noise) => {
+                let noise = tape.gumbel_noise(&[n * k, 2], noise.gumbel_key);
+                tape.gumbel_st(logits, noise, cfg.tau)
+            }
+            Selection::Hard => {
+                let zeros = tape.constant(&[n * k, 2], vec![T::zero(); n * k * 2]);
+                tape.gumbel_st(logits, zeros, cfg.tau)
+            }
             // The Gumbel-max sample includes with probability softmax(logits) (whatever tau is).
             Selection::Expected => tape.softmax(logits),
         };

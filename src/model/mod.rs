@@ -169,8 +169,9 @@ impl ModelConfig {
 /// The random parts of PT-RAG's forward pass, drawn by the caller so that they can be fixed.
 #[derive(Clone, Debug)]
 pub struct Noise {
-    /// `[cells, K, 2]` standard Gumbel samples for (exclude, include).
-    pub gumbel: Vec<f32>,
+    /// The counter stream of the `[cells, K, 2]` standard Gumbel samples for (exclude, include),
+    /// drawn where the tape runs (`Tape::gumbel_noise`).
+    pub gumbel_key: u64,
     /// The scorer's dropout over its `[cells, K, hidden]` activations; none = no dropout.
     pub dropout: Option<DropoutMask>,
 }
@@ -376,18 +377,16 @@ impl Model {
         bias.value = std::sync::Arc::new(T::from_f32_slice(mean));
     }
 
-    /// Draws PT-RAG's Gumbel noise for `sets x cells` cells (and the scorer's dropout mask when
-    /// `training`); none for the other models.
-    pub fn sample_noise(&self, sets: usize, cells: usize, training: bool, rng: &mut impl Rng) -> Option<Noise> {
+    /// Draws the keys of PT-RAG's Gumbel noise (and of the scorer's dropout mask when `training`);
+    /// none for the other models. The noise itself is drawn from the keys where it is used.
+    pub fn sample_noise(&self, training: bool, rng: &mut impl Rng) -> Option<Noise> {
         if self.cfg.kind != ModelKind::PtRag {
             return None;
         }
-        let rows = sets * cells * self.cfg.top_k;
-        // A standard Gumbel sample is -ln(E) with E ~ Exp(1) (as torch.nn.functional.gumbel_softmax).
-        let gumbel = (0..rows * 2).map(|_| -(rng.sample::<f64, _>(rand_distr::Exp1).max(f64::MIN_POSITIVE)).ln() as f32).collect();
+        let gumbel_key = rng.gen();
         let p = self.cfg.scorer_dropout;
         let dropout = (training && p > 0.0).then(|| DropoutMask::new(rng.gen(), p));
-        Some(Noise { gumbel, dropout })
+        Some(Noise { gumbel_key, dropout })
     }
 
     /// GenePT vectors of `perts` through the perturbation encoder: `[perts.len(), H]`.

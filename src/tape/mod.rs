@@ -17,7 +17,7 @@ use crate::cpu::{
     gemm::matmul_new,
     norm,
     selection::{
-        gumbel_st_backward, gumbel_st_forward, triplet_assemble_backward, triplet_assemble_forward, triplet_stats_backward,
+        gumbel_noise, gumbel_st_backward, gumbel_st_forward, triplet_assemble_backward, triplet_assemble_forward, triplet_stats_backward,
         triplet_stats_forward, TripletLayout,
     },
     tensor, zeros,
@@ -740,14 +740,22 @@ impl<T: Real> Tape<T> {
     }
 
     /// Straight-through Gumbel-Softmax over the last dimension with supplied Gumbel noise.
-    pub fn gumbel_st(&mut self, logits: Var, noise: &[T], tau: f64) -> Var {
+    /// Standard Gumbel noise of `shape` drawn from the counter stream `key` where the tape runs
+    /// (see `cpu::selection::gumbel_noise`): data, no gradient.
+    pub fn gumbel_noise(&mut self, shape: &[usize], key: u64) -> Var {
+        let out = self.compute1(numel(shape), |o| gumbel_noise(key, o), |g, o| cuda::selection::gumbel_noise(g, key, o));
+        self.push(out, shape.to_vec(), Op::Leaf, false)
+    }
+
+    /// Straight-through Gumbel-Softmax of `logits` with `noise` (same shape; no gradient flows to it).
+    pub fn gumbel_st(&mut self, logits: Var, noise: Var, tau: f64) -> Var {
         let classes = cols_of(self.shape(logits));
         let n = self.numel(logits);
-        assert_eq!(noise.len(), n, "gumbel_st: noise length");
+        assert_eq!(self.numel(noise), n, "gumbel_st: noise length");
         let [soft, hard] = self.compute(
             [n, n],
-            |[s, h]| gumbel_st_forward(self.h(logits), noise, tau, classes, s, h),
-            |g, [s, h]| cuda::selection::gumbel_st_forward(g, self.d(logits), &g.upload(&f32_of(noise))?, tau, classes, s, h),
+            |[s, h]| gumbel_st_forward(self.h(logits), self.h(noise), tau, classes, s, h),
+            |g, [s, h]| cuda::selection::gumbel_st_forward(g, self.d(logits), self.d(noise), tau, classes, s, h),
         );
         let needs = self.needs(&[logits]);
         self.push(hard, self.shape(logits).to_vec(), Op::GumbelSt { logits, soft, tau }, needs)

@@ -174,7 +174,7 @@ pub fn optimise_step(
     mut breakdown: Option<&mut StepBreakdown>,
 ) -> Result<StepStats> {
     let clock = std::time::Instant::now();
-    let noise = model.sample_noise(batch.sets, batch.cells, true, rng);
+    let noise = model.sample_noise(true, rng);
     if gpu.is_none() {
         params.zero_grad();
     }
@@ -384,7 +384,7 @@ impl<'s> Trainer<'s> {
     /// An evaluation forward pass with the configured selection (sampled noise drawn from `rng`).
     fn eval_forward(&self, set: &Batch, rng: &mut ChaCha8Rng) -> (Tape<f32>, crate::model::Forward) {
         let noise = match self.cfg.eval_selection {
-            EvalSelection::Sampled => self.model.sample_noise(set.sets, set.cells, false, rng),
+            EvalSelection::Sampled => self.model.sample_noise(false, rng),
             EvalSelection::Hard | EvalSelection::Expected => None,
         };
         let selection = match (&noise, self.cfg.eval_selection) {
