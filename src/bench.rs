@@ -103,6 +103,7 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
             let mut state = GpuState::upload(gpu.clone(), &params, &adam)?;
             let values = gpu.upload(&[&batch.control[..], &batch.target[..]].concat())?;
             state.expression = Some(RowTable::F32 { values, cols: batch.genes });
+            state.upload_genept(model.knowledge())?;
             Some(state)
         }
         None => None,

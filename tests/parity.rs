@@ -248,6 +248,7 @@ fn run_ours<T: Real>(c: &Case, params32: &Params<f32>, mut tape: Tape<T>) -> Our
         batch: &c.batch,
         training: true,
         selection: Selection::from_noise(noise),
+        genept: None,
     };
     let out = model.forward(&mut tape, &params, &input);
     let target = tape.constant(&[n, GENES], T::from_f32_slice(&c.target));

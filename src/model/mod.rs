@@ -237,6 +237,9 @@ pub struct ModelInput<'a> {
     pub training: bool,
     /// PT-RAG's selection (ignored by the other models).
     pub selection: Selection<'a>,
+    /// The GenePT table kept on the GPU, whose rows a GPU tape gathers there; none: the model's
+    /// host copy, uploaded row by row.
+    pub genept: Option<&'a RowTable>,
 }
 
 impl<'a> ModelInput<'a> {
@@ -249,6 +252,7 @@ impl<'a> ModelInput<'a> {
             batch: &b.batch,
             training,
             selection,
+            genept: None,
         }
     }
 }
@@ -390,21 +394,26 @@ impl Model {
     }
 
     /// GenePT vectors of `perts` through the perturbation encoder: `[perts.len(), H]`.
-    fn encode_genept<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32]) -> Var {
+    fn encode_genept<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32], resident: Option<&RowTable>) -> Var {
         let (k, PertEncoder::Genept(lin)) = (self.knowledge.as_ref().expect("GenePT model has knowledge"), &self.pert) else {
             unreachable!("encode_genept on a one-hot model")
         };
-        let rows: Vec<T> = perts.iter().flat_map(|&p| k.vectors[p as usize * k.dim..][..k.dim].iter().map(|&v| T::f(v as f64))).collect();
-        let x = tape.constant(&[perts.len(), k.dim], rows);
+        let x = match resident {
+            Some(table) => tape.table_rows(table, perts),
+            None => {
+                let rows = perts.iter().flat_map(|&p| k.vectors[p as usize * k.dim..][..k.dim].iter().map(|&v| T::f(v as f64)));
+                tape.constant(&[perts.len(), k.dim], rows.collect())
+            }
+        };
         lin.apply(tape, params, x)
     }
 
     /// Encodes every perturbation of `perts` once (the distinct ones) and returns `[perts.len(), H]`.
-    fn encode_distinct<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32]) -> Var {
+    fn encode_distinct<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32], resident: Option<&RowTable>) -> Var {
         let mut distinct = perts.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
-        let encoded = self.encode_genept(tape, params, &distinct);
+        let encoded = self.encode_genept(tape, params, &distinct, resident);
         let rows: Vec<usize> = perts.iter().map(|p| distinct.binary_search(p).expect("present")).collect();
         tape.gather(encoded, &rows)
     }
@@ -422,9 +431,9 @@ impl Model {
         let (candidates, similarity) = knowledge.retrieve(&queries, &exclude, k);
         let (query_enc, cand_enc) = if per_cell {
             // The reference's formulation: every cell encodes its own query and candidates.
-            (self.encode_genept(tape, params, &queries), self.encode_genept(tape, params, &candidates))
+            (self.encode_genept(tape, params, &queries, input.genept), self.encode_genept(tape, params, &candidates, input.genept))
         } else {
-            (self.encode_genept(tape, params, &queries), self.encode_distinct(tape, params, &candidates))
+            (self.encode_genept(tape, params, &queries, input.genept), self.encode_distinct(tape, params, &candidates, input.genept))
         };
         (Retrieval { rows, candidates, similarity }, query_enc, cand_enc)
     }
@@ -447,7 +456,7 @@ impl Model {
                         let bias = tape.param(params, *bias);
                         tape.add_bias(pert, bias)
                     }
-                    PertEncoder::Genept(_) => self.encode_genept(tape, params, input.perturbation),
+                    PertEncoder::Genept(_) => self.encode_genept(tape, params, input.perturbation, input.genept),
                 };
                 let pert = tape.gather(pert, &set_of_cell);
                 (tape.add(basal, pert), None, None)

@@ -1,5 +1,5 @@
 //! A run's training state resident on a GPU: every parameter's value (shared with each step's tape),
-//! Adam's moments and the dataset's expression matrix, uploaded once. A step uploads its cells' row
+//! Adam's moments, the dataset's expression matrix and the model's GenePT table, uploaded once. A step uploads its cells' row
 //! numbers (and PT-RAG's Gumbel noise), gathers the cells on the GPU, keeps its gradients there,
 //! clips and updates there, and only then reads its loss and norm (one wait per step); the host
 //! `Params` and `Adam` are brought up to date only when asked (`download`: checkpoints, the end of
@@ -8,6 +8,7 @@
 use super::optim::Adam;
 use crate::cuda::{self, tensor::RowTable, Buffer, Gpu};
 use crate::data::store::{Store, StoredExpression};
+use crate::model::knowledge::Knowledge;
 use crate::tape::{DeviceGradients, Params, Tape};
 use crate::{Error, Result};
 use std::sync::Arc;
@@ -17,6 +18,8 @@ pub struct GpuState {
     /// The dataset's expression matrix (`upload_expression`), from which batches are gathered on
     /// the GPU; without it, batches are read on the host and uploaded.
     pub expression: Option<RowTable>,
+    /// The model's GenePT table (`upload_genept`), from which perturbations are encoded on the GPU.
+    pub genept: Option<RowTable>,
     /// By `ParamId`.
     values: Vec<Arc<Buffer<f32>>>,
     /// Adam's first and second moments of the trainable parameters (None for frozen ones).
@@ -25,7 +28,7 @@ pub struct GpuState {
 
 impl GpuState {
     pub fn upload(gpu: Arc<Gpu>, params: &Params<f32>, adam: &Adam) -> Result<Self> {
-        let mut state = GpuState { gpu, expression: None, values: Vec::new(), moments: Vec::new() };
+        let mut state = GpuState { gpu, expression: None, genept: None, values: Vec::new(), moments: Vec::new() };
         state.upload_weights(params, adam)?;
         Ok(state)
     }
@@ -52,6 +55,15 @@ impl GpuState {
             StoredExpression::F16(bits) => RowTable::F16 { bits: self.gpu.upload(&bits)?, cols },
             StoredExpression::F32(values) => RowTable::F32 { values: self.gpu.upload(&values)?, cols },
         });
+        Ok(())
+    }
+
+    /// Uploads the GenePT vectors of `knowledge` (when the model has them), once for the whole run.
+    pub fn upload_genept(&mut self, knowledge: Option<&Knowledge>) -> Result<()> {
+        self.genept = match knowledge {
+            Some(k) => Some(RowTable::F32 { values: self.gpu.upload(&k.vectors)?, cols: k.dim }),
+            None => None,
+        };
         Ok(())
     }
 

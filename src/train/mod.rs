@@ -188,6 +188,7 @@ pub fn optimise_step(
     };
     let input = ModelInput {
         control: cells(&batch.control, &batch.control_rows),
+        genept: gpu.as_deref().and_then(|state| state.genept.as_ref()),
         ..ModelInput::from_batch(batch, true, Selection::from_noise(noise.as_ref()))
     };
     let out = model.forward(&mut tape, params, &input);
@@ -334,6 +335,7 @@ impl<'s> Trainer<'s> {
     pub fn use_gpu(&mut self, gpu: Arc<Gpu>) -> Result<()> {
         let mut state = GpuState::upload(gpu, &self.params, &self.adam)?;
         state.upload_expression(self.store)?;
+        state.upload_genept(self.model.knowledge())?;
         self.gpu = Some(state);
         Ok(())
     }
@@ -373,11 +375,16 @@ impl<'s> Trainer<'s> {
         GpuState::tape_for(self.gpu.as_ref())
     }
 
+    /// An evaluation pass's input: with the GPU's GenePT table when evaluating there.
+    fn input<'b>(&'b self, batch: &'b Batch, selection: Selection<'b>) -> ModelInput<'b> {
+        ModelInput { genept: self.gpu.as_ref().and_then(|state| state.genept.as_ref()), ..ModelInput::from_batch(batch, false, selection) }
+    }
+
     /// Prediction for a batch in evaluation mode (`eval_selection`, unless sampled: then hard), `[sets * cells, genes]`.
     pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>> {
         let selection = if self.cfg.eval_selection == EvalSelection::Expected { Selection::Expected } else { Selection::Hard };
         let mut tape = self.tape();
-        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(batch, false, selection));
+        let out = self.model.forward(&mut tape, &self.params, &self.input(batch, selection));
         tape.fetch(out.pred)
     }
 
@@ -393,7 +400,7 @@ impl<'s> Trainer<'s> {
             (None, _) => Selection::Hard,
         };
         let mut tape = self.tape();
-        let out = self.model.forward(&mut tape, &self.params, &ModelInput::from_batch(set, false, selection));
+        let out = self.model.forward(&mut tape, &self.params, &self.input(set, selection));
         (tape, out)
     }
 
