@@ -114,7 +114,7 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
         let timed = step >= o.warmup;
         let start = std::time::Instant::now();
         let parts = if timed { total.as_mut() } else { None };
-        optimise_step(&model, &mut params, &mut adam, on_gpu.as_mut(), 0.1, &batch, &mut rng, step, parts)?;
+        optimise_step(&model, &mut params, &mut adam, on_gpu.as_mut(), 0.1, &batch, &mut rng, step, parts)?.finish()?;
         if let Some(state) = &on_gpu {
             state.gpu.synchronize()?;
         }

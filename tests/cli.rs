@@ -372,14 +372,32 @@ fn train_runs_on_the_device_asked_for() {
         let out = train(&store, &tmp.path().join("auto"), &["--steps", "1", "--device", "auto"]);
         assert!(out.status.success() && stderr(&out).contains("device: the CPU ("), "{}", stderr(&out));
     }
-    let args = ["--model", "pt-rag", "--top-k", "4", "--steps", "4", "--val-every", "2"];
-    let metrics = |device: &str| {
+    let args = ["--model", "pt-rag", "--top-k", "4", "--steps", "5", "--val-every", "2"];
+    let run = |device: &str| {
         let run = tmp.path().join(device);
         let out = train(&store, &run, &[&args[..], &["--device", device]].concat());
         assert!(out.status.success(), "{device}: {}", stderr(&out));
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()["test"].clone()
+        let log: Vec<serde_json::Value> =
+            std::fs::read_to_string(run.join("log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let metrics = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+        (log, metrics["test"].clone())
     };
-    let (cpu, emulated) = (metrics("cpu"), metrics("emulated"));
+    let ((cpu_log, cpu), (emulated_log, emulated)) = (run("cpu"), run("emulated"));
+    // The GPU's run loop queues a step before reading the previous one's statistics: the log must
+    // still hold every step once, in order, with its own loss, and the validations after steps 2 and 4.
+    let lines = |log: &[serde_json::Value]| -> Vec<(String, u64)> {
+        log.iter().map(|r| (if r.get("loss").is_some() { "step" } else { "validation" }.to_string(), r["step"].as_u64().unwrap())).collect()
+    };
+    assert_eq!(lines(&emulated_log), lines(&cpu_log), "the order of the log's lines");
+    let want: Vec<(String, u64)> =
+        [("step", 1), ("step", 2), ("validation", 2), ("step", 3), ("step", 4), ("validation", 4), ("step", 5), ("validation", 5)]
+            .map(|(a, b)| (a.to_string(), b))
+            .to_vec();
+    assert_eq!(lines(&cpu_log), want);
+    for (a, b) in cpu_log.iter().zip(&emulated_log).filter(|(a, _)| a.get("loss").is_some()) {
+        let (a, b) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!((a - b).abs() <= 0.02 * a.abs(), "logged loss {b} on the emulated GPU vs {a} on the CPU");
+    }
     for key in ["energy", "mse_change", "mean_selected"] {
         let (a, b) = (cpu[key].as_f64().unwrap(), emulated[key].as_f64().unwrap());
         // f32 sums in different orders; Adam's first steps turn them into differences of up to lr.

@@ -1,9 +1,9 @@
 //! A run's training state resident on a GPU: every parameter's value (shared with each step's tape),
 //! Adam's moments, the dataset's expression matrix and the model's GenePT table, uploaded once. A step uploads its cells' row
-//! numbers (and PT-RAG's Gumbel noise), gathers the cells on the GPU, keeps its gradients there,
-//! clips and updates there, and only then reads its loss and norm (one wait per step); the host
-//! `Params` and `Adam` are brought up to date only when asked (`download`: checkpoints, the end of
-//! a run).
+//! numbers (a few KB), gathers the cells and draws PT-RAG's noise on the GPU, keeps its gradients
+//! there, clips and updates there, and leaves its loss and norm there until the run loop reads them
+//! (`PendingStats::finish`), after it has queued the next step; the host `Params` and `Adam` are
+//! brought up to date only when asked (`download`: checkpoints, the end of a run).
 
 use super::optim::Adam;
 use crate::cuda::{self, tensor::RowTable, Buffer, Gpu};

@@ -172,7 +172,7 @@ pub fn optimise_step(
     rng: &mut ChaCha8Rng,
     step: usize,
     mut breakdown: Option<&mut StepBreakdown>,
-) -> Result<StepStats> {
+) -> Result<PendingStats> {
     let clock = std::time::Instant::now();
     let noise = model.sample_noise(true, rng);
     if gpu.is_none() {
@@ -216,24 +216,16 @@ pub fn optimise_step(
     let stopped = |why: String| Error::Numerical { step, why };
     let (stats, accumulate) = match gpu.as_deref_mut() {
         Some(state) => {
-            // The scalars stay on the GPU until everything is queued: one wait per step, at its end.
+            // The scalars stay on the GPU: `PendingStats::finish` reads them, after the caller has
+            // queued the next step if it wants to.
             let [energy, loss] = [energy, loss].map(|v| tape.device_value(v));
             let (energy, loss, mean_w) = (energy?, loss?, mean_w.map(|v| tape.device_value(v)).transpose()?);
             let grads = grads.on_gpu(&tape, params.entries.len())?;
             drop(tape);
             let accumulate = mark.elapsed().as_secs_f64();
             let clip = state.update(params, adam, grads, &loss)?;
-            let gpu = &state.gpu;
-            let scalar = |b: &Buffer<f32>| -> Result<f64> { Ok(gpu.download(b)?[0] as f64) };
-            let clip = cuda::optim::read_clip(gpu, &clip)?;
-            let (energy, loss) = (scalar(&energy)?, scalar(&loss)?);
-            let selected = mean_w.as_deref().map(scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
-            if !clip.apply {
-                // the kernels left the weights as they were
-                let why = if loss.is_finite() { format!("the gradient norm is {}", clip.norm) } else { format!("the loss is {loss}") };
-                return Err(stopped(why));
-            }
-            (StepStats { loss, energy, selected, grad_norm: clip.norm }, accumulate)
+            let top_k = model.cfg.top_k;
+            (Pending::OnGpu { gpu: state.gpu.clone(), step, top_k, energy, loss, mean_w, clip }, accumulate)
         }
         None => {
             let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
@@ -249,7 +241,7 @@ pub fn optimise_step(
             if !clip.apply {
                 return Err(stopped(format!("the gradient norm is {}", clip.norm)));
             }
-            (StepStats { loss, energy, selected, grad_norm: clip.norm }, accumulate)
+            (Pending::Ready(StepStats { loss, energy, selected, grad_norm: clip.norm }), accumulate)
         }
     };
     if let Some(b) = breakdown {
@@ -263,7 +255,45 @@ pub fn optimise_step(
         ];
         StepBreakdown::add(&mut b.other, &parts);
     }
-    Ok(stats)
+    Ok(PendingStats(stats))
+}
+
+/// A queued step's statistics: ready on the CPU; on a GPU still there, so that the caller can queue
+/// the next step before waiting for this one (`finish`). A GPU step whose loss or gradient norm is
+/// not finite has left the weights untouched; `finish` reports it.
+pub struct PendingStats(Pending);
+
+enum Pending {
+    Ready(StepStats),
+    OnGpu {
+        gpu: Arc<Gpu>,
+        step: usize,
+        top_k: usize,
+        energy: Arc<Buffer<f32>>,
+        loss: Arc<Buffer<f32>>,
+        mean_w: Option<Arc<Buffer<f32>>>,
+        /// `{norm, scale, apply}` (`cuda::optim::clip`)
+        clip: Buffer<f64>,
+    },
+}
+
+impl PendingStats {
+    /// The step's statistics (on a GPU: waits for the step), or its numerical failure.
+    pub fn finish(self) -> Result<StepStats> {
+        let (gpu, step, top_k, energy, loss, mean_w, clip) = match self.0 {
+            Pending::Ready(stats) => return Ok(stats),
+            Pending::OnGpu { gpu, step, top_k, energy, loss, mean_w, clip } => (gpu, step, top_k, energy, loss, mean_w, clip),
+        };
+        let scalar = |b: &Buffer<f32>| -> Result<f64> { Ok(gpu.download(b)?[0] as f64) };
+        let clip = cuda::optim::read_clip(&gpu, &clip)?;
+        let (energy, loss) = (scalar(&energy)?, scalar(&loss)?);
+        let selected = mean_w.as_deref().map(scalar).transpose()?.map(|w| w * top_k as f64);
+        if !clip.apply {
+            let why = if loss.is_finite() { format!("the gradient norm is {}", clip.norm) } else { format!("the loss is {loss}") };
+            return Err(Error::Numerical { step, why });
+        }
+        Ok(StepStats { loss, energy, selected, grad_norm: clip.norm })
+    }
 }
 
 /// The GenePT table of a store and the retrieval database that `which` selects for `fold`.
@@ -351,6 +381,12 @@ impl<'s> Trainer<'s> {
     /// One optimisation step: forward, backward, clip, Adam. Fails, leaving the weights untouched,
     /// on a non-finite loss or gradient.
     pub fn train_step(&mut self) -> Result<StepStats> {
+        self.queue_step()?.finish()
+    }
+
+    /// `train_step` without waiting for a GPU to finish it (the step counts as taken): the caller
+    /// may queue the next one before `finish`ing this one. A run stops at a step that fails.
+    pub fn queue_step(&mut self) -> Result<PendingStats> {
         let (mut batch, mut rng) = self.draw_batch(self.step);
         if self.gpu.as_ref().is_none_or(|state| state.expression.is_none()) {
             batch = batch.load_values(self.store);

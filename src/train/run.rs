@@ -8,7 +8,7 @@
 //! `metrics.json` and `retrieval-test.jsonl` (retrieval models: what every test set retrieved and
 //! selected). A run of every fold keeps one such directory per cell type and a `folds.json`.
 
-use super::{RetrievalRecord, TrainConfig, Trainer};
+use super::{PendingStats, RetrievalRecord, TrainConfig, Trainer};
 use crate::cuda::Gpu;
 use crate::data::split::SplitFile;
 use crate::data::store::Store;
@@ -277,40 +277,70 @@ fn run_fold(
     };
 
     let mut smoothed: Option<f64> = None;
-    while trainer.step < steps {
-        let t0 = std::time::Instant::now();
-        let stats = match trainer.train_step() {
-            Ok(s) => s,
-            Err(Error::Numerical { step, why }) => {
+    let stop_requested = || ctl.stop.is_some_and(|f| f.load(Ordering::SeqCst));
+    let validates =
+        |step: usize, trainer: &Trainer| trainer.cfg.val_every > 0 && step.is_multiple_of(trainer.cfg.val_every) && step < steps;
+    // The step in flight: on a GPU the next one is queued before its statistics are read, so the GPU
+    // does not wait for the host between steps. Not across a validation, a stop or the end, which
+    // need the step finished and nothing beyond it.
+    let mut in_flight: Option<PendingStats> = None;
+    let mut clock = std::time::Instant::now();
+    loop {
+        let done = trainer.step;
+        let must_finish = in_flight.is_some() && (validates(done, &trainer) || stop_requested());
+        let next = (done < steps && !must_finish).then(|| trainer.queue_step());
+        if let Some(pending) = in_flight.take() {
+            let stats = match pending.finish() {
+                Ok(s) => s,
+                Err(Error::Numerical { step, why }) => {
+                    append(&mut log, &log_path, serde_json::json!({"step": step, "event": "stopped", "why": why}))?;
+                    return Err(stopped(why, &trainer, last_saved));
+                }
+                Err(e) => return Err(e),
+            };
+            let seconds = clock.elapsed().as_secs_f64();
+            clock = std::time::Instant::now();
+            best.train_seconds += seconds;
+            let rate = cells_per_step / seconds;
+            append(
+                &mut log,
+                &log_path,
+                serde_json::json!({"step": done, "loss": stats.loss, "energy": stats.energy, "selected": stats.selected,
+                    "grad_norm": stats.grad_norm, "cells_per_s": rate, "elapsed_s": start.elapsed().as_secs_f64()}),
+            )?;
+            let s = smoothed.map_or(stats.loss, |s| 0.9 * s + 0.1 * stats.loss);
+            smoothed = Some(s);
+            let sel = stats.selected.map(|k| format!(" | selected {k:.1}")).unwrap_or_default();
+            bar.set_message(format!("loss {s:.4}{sel} | {rate:.0} cells/s"));
+            bar.inc(1);
+            if next.is_none() {
+                if validates(done, &trainer) {
+                    validate(&trainer, &mut log, &mut best, &mut last_saved)?;
+                }
+                // After this step's validation, so that a resumed run does not skip it.
+                if stop_requested() {
+                    bar.finish_and_clear();
+                    trainer.save_checkpoint(&last_path, &run_state(&best))?;
+                    append(&mut log, &log_path, serde_json::json!({"step": trainer.step, "event": "interrupted"}))?;
+                    return Err(Error::Interrupted {
+                        step: trainer.step,
+                        checkpoint: last_path.clone(),
+                        run_dir: resume_dir.to_path_buf(),
+                    });
+                }
+                clock = std::time::Instant::now();
+            }
+        }
+        in_flight = match next {
+            None if trainer.step >= steps => break,
+            None => None,
+            Some(Ok(pending)) => Some(pending),
+            Some(Err(Error::Numerical { step, why })) => {
                 append(&mut log, &log_path, serde_json::json!({"step": step, "event": "stopped", "why": why}))?;
                 return Err(stopped(why, &trainer, last_saved));
             }
-            Err(e) => return Err(e),
+            Some(Err(e)) => return Err(e),
         };
-        let seconds = t0.elapsed().as_secs_f64();
-        best.train_seconds += seconds;
-        let rate = cells_per_step / seconds;
-        append(
-            &mut log,
-            &log_path,
-            serde_json::json!({"step": trainer.step, "loss": stats.loss, "energy": stats.energy, "selected": stats.selected,
-                "grad_norm": stats.grad_norm, "cells_per_s": rate, "elapsed_s": start.elapsed().as_secs_f64()}),
-        )?;
-        let s = smoothed.map_or(stats.loss, |s| 0.9 * s + 0.1 * stats.loss);
-        smoothed = Some(s);
-        let sel = stats.selected.map(|k| format!(" | selected {k:.1}")).unwrap_or_default();
-        bar.set_message(format!("loss {s:.4}{sel} | {rate:.0} cells/s"));
-        bar.inc(1);
-        if trainer.cfg.val_every > 0 && trainer.step % trainer.cfg.val_every == 0 && trainer.step < steps {
-            validate(&trainer, &mut log, &mut best, &mut last_saved)?;
-        }
-        // After this step's validation, so that a resumed run does not skip it.
-        if ctl.stop.is_some_and(|f| f.load(Ordering::SeqCst)) {
-            bar.finish_and_clear();
-            trainer.save_checkpoint(&last_path, &run_state(&best))?;
-            append(&mut log, &log_path, serde_json::json!({"step": trainer.step, "event": "interrupted"}))?;
-            return Err(Error::Interrupted { step: trainer.step, checkpoint: last_path.clone(), run_dir: resume_dir.to_path_buf() });
-        }
     }
     if last_saved != trainer.step || first_step == steps {
         validate(&trainer, &mut log, &mut best, &mut last_saved)?;
