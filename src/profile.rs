@@ -126,7 +126,9 @@ pub fn profile(kind: ModelKind, s: &Shapes) -> Result<ModelProfile> {
             _ => v.push(("perturbation encoder", 2.0 * ef * hf * per_set)),
         }
         if kind.retrieves() {
-            v.push(("retrieval (cosine similarity)", retrieval * per_set));
+            // ours: a lookup in the table of every perturbation's neighbours made once per run
+            // (`Knowledge::retrieve`); the reference: a similarity product per cell
+            v.push(if reference { ("retrieval (cosine similarity)", retrieval) } else { ("retrieval (lookup; table made once)", 0.0) });
             v.push(("candidate encoding", encode_candidates * per_set));
         }
         if kind == ModelKind::VanillaRag {

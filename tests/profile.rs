@@ -44,10 +44,11 @@ fn reference_flops_come_close_to_table7_except_vanilla_rag() {
         let rel = (total - table7(kind).1).abs() / table7(kind).1;
         assert!(rel < 0.006, "{}: {total} against {}", p.model, table7(kind).1);
     }
-    // our per-set retrieval saves what the reference did per cell: PT-RAG 60.0 M -> 31.9 M
+    // our retrieval from a table made once, per-set candidate encoding and the rest save what the
+    // reference did per cell: PT-RAG 60.0 M -> 31.8 M
     let p = profile(ModelKind::PtRag, &Shapes::paper()).unwrap();
     let ours: f64 = p.flops.iter().map(|x| x.1).sum();
-    assert!((ours - 31.9e6).abs() < 0.05e6, "{ours}");
+    assert!((ours - 31.8e6).abs() < 0.05e6, "{ours}");
 }
 
 #[test]

@@ -157,9 +157,10 @@ impl StepBreakdown {
     }
 }
 
-/// One optimisation step on `batch`: forward (noise from `rng`), loss (energy plus the sparsity
-/// term), backward, gradient norm, Adam with clipping; on the GPU when `gpu` holds the training
-/// state (then `params` and `adam` on the host are not updated, see `GpuState::download`).
+/// One optimisation step on `batch`: forward (noise keys from `rng`), loss (energy plus the
+/// sparsity term), backward, gradient norm, Adam with clipping; on the GPU when `gpu` holds the
+/// training state (then `params` and `adam` on the host are not updated, see `GpuState::download`,
+/// and the statistics are read by `PendingStats::finish`).
 /// `breakdown` collects where the time went.
 #[allow(clippy::too_many_arguments)]
 pub fn optimise_step(
