@@ -67,6 +67,21 @@ kernel_tests! {
     tensor_forward => tensor_forward_emulated_matches_cpu, tensor_forward_cuda_matches_cpu;
     tensor_backward => tensor_backward_emulated_matches_cpu, tensor_backward_cuda_matches_cpu;
     gemm_forward => gemm_forward_emulated_matches_cpu, gemm_forward_cuda_matches_cpu;
+    readback_before_later_work => readback_emulated_holds_the_values_when_queued, readback_cuda_holds_the_values_when_queued;
+}
+
+// ---- readback (the training loop reads a step's statistics while the next step runs) ---------
+
+fn readback_before_later_work(gpu: &Gpu) {
+    let (a, b) = (vec![-1.0f32, 2.0, -3.0], vec![5.0f32; 1000]);
+    let (mut ga, gb) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+    let early = gpu.read_later(&[&ga, &gb]).unwrap();
+    // work queued after the readback overwrites the first buffer
+    let source = gpu.upload(&[7.0f32, -8.0, 9.0]).unwrap();
+    cuda::elementwise::relu_forward(gpu, &source, &mut ga).unwrap();
+    let late = gpu.read_later(&[&ga]).unwrap();
+    assert_eq!(early.wait().unwrap(), vec![a, b], "the readback holds the values at the time it was queued");
+    assert_eq!(late.wait().unwrap(), vec![vec![7.0f32, 0.0, 9.0]], "a later readback sees the later work");
 }
 
 // ---- gemm (cuBLAS on a GPU; the emulator runs the CPU GEMM, so there this checks the plumbing) ----

@@ -58,4 +58,9 @@ impl Clip {
         let coef = clip_norm / (norm + 1e-6);
         Clip { norm, scale: if clip_norm > 0.0 && coef < 1.0 { coef as f32 } else { 1.0 }, apply: norm.is_finite() && loss.is_finite() }
     }
+
+    /// From the three values `{norm, scale, apply}` that the GPU's `clip_f64` writes.
+    pub fn from_values(c: &[f64]) -> Clip {
+        Clip { norm: c[0], scale: c[1] as f32, apply: c[2] != 0.0 }
+    }
 }

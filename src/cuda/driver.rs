@@ -4,7 +4,7 @@
 
 use super::{families, Element, Launch, CUDA_BUILT};
 use crate::{Error, Result};
-use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
@@ -84,6 +84,27 @@ impl Driver {
 
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| driver_error("synchronize", e))
+    }
+
+    /// Queues copies of `buffers` into pinned host memory and an event after them: the host waits
+    /// (`Readback::wait`) only for the work queued so far, not for what is queued later.
+    pub fn read_later<T: Element>(&self, buffers: &[&DeviceSlice<T>]) -> Result<Readback<T>> {
+        let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+        let total = lens.iter().sum::<usize>().max(1);
+        // SAFETY: page-locked host memory of `total` elements (not write-combined: the host reads it);
+        // every element read later is written first by the copies below, which `wait` waits for.
+        let mut host = unsafe { self.context.alloc_pinned_with_flags::<T>(total, 0) }.map_err(|e| driver_error("pinned memory", e))?;
+        let slice = host.as_mut_slice().map_err(|e| driver_error("pinned memory", e))?;
+        let mut offset = 0;
+        for (b, &len) in buffers.iter().zip(&lens) {
+            // A plain host slice: the copy is queued, not waited for (the memory is pinned, so it is
+            // asynchronous).
+            self.stream.memcpy_dtoh(&b.slice, &mut slice[offset..offset + len]).map_err(|e| driver_error("copy from the GPU", e))?;
+            offset += len;
+        }
+        let blocking = Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC);
+        let done = self.stream.record_event(blocking).map_err(|e| driver_error("recording an event", e))?;
+        Ok(Readback { host, done, lens })
     }
 
     fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
@@ -190,6 +211,38 @@ impl Driver {
         // elements; the leading dimensions above describe exactly those row-major layouts, and all
         // three slices live on this driver's stream, which cuBLAS was created on.
         unsafe { blas.gemm(cfg, &b.slice, &a.slice, &mut c.slice) }.map_err(|e| driver_error("cuBLAS sgemm", e))
+    }
+}
+
+/// Copies on their way to the host (`Driver::read_later`).
+pub struct Readback<T: Element> {
+    host: PinnedHostSlice<T>,
+    /// Recorded after the copies (event tracking is off, so nothing else records it).
+    done: CudaEvent,
+    lens: Vec<usize>,
+}
+
+impl<T: Element> Drop for Readback<T> {
+    /// The copies must be done before the pinned memory is freed (also when `wait` was never called).
+    fn drop(&mut self) {
+        let _ = self.done.synchronize();
+    }
+}
+
+impl<T: Element> Readback<T> {
+    /// Waits for the copies and returns one vector per buffer.
+    pub fn wait(self) -> Result<Vec<Vec<T>>> {
+        self.done.synchronize().map_err(|e| driver_error("waiting for the GPU", e))?;
+        let all = self.host.as_slice().map_err(|e| driver_error("pinned memory", e))?;
+        let mut offset = 0;
+        Ok(self
+            .lens
+            .iter()
+            .map(|&len| {
+                offset += len;
+                all[offset - len..offset].to_vec()
+            })
+            .collect())
     }
 }
 

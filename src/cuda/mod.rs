@@ -188,6 +188,25 @@ impl Gpu {
         }
     }
 
+    /// Queues copies of `buffers` to the host, to be read by `Readback::wait`, which waits only for
+    /// the work queued before this call (a later step's kernels keep running). The emulator, which
+    /// runs every launch to completion, copies at once.
+    pub fn read_later<T: Element>(&self, buffers: &[&Buffer<T>]) -> Result<Readback<T>> {
+        match self {
+            Gpu::Emulated { .. } => Ok(Readback(Copies::Done(buffers.iter().map(|b| self.download(b)).collect::<Result<_>>()?))),
+            Gpu::Cuda(d) => {
+                let slices = buffers
+                    .iter()
+                    .map(|b| match &b.storage {
+                        Storage::Device(s) => Ok(s),
+                        Storage::Host(_) => Err(Error::invalid("buffer", "read from a device it does not belong to")),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Readback(Copies::Queued(d.read_later(&slices)?)))
+            }
+        }
+    }
+
     /// Launches `kernel` with `args` in the kernel's parameter order.
     pub fn launch(&self, kernel: &'static str, launch: Launch, args: Args) -> Result<()> {
         if launch.block == 0 || launch.block > 1024 || !launch.block.is_multiple_of(32) {
@@ -208,6 +227,24 @@ impl Gpu {
         match self {
             Gpu::Cuda(d) => d.synchronize(),
             Gpu::Emulated { .. } => Ok(()),
+        }
+    }
+}
+
+/// Buffers on their way to the host (`Gpu::read_later`).
+pub struct Readback<T: Element>(Copies<T>);
+
+enum Copies<T: Element> {
+    Done(Vec<Vec<T>>),
+    Queued(driver::Readback<T>),
+}
+
+impl<T: Element> Readback<T> {
+    /// One vector per buffer, once the copies are done.
+    pub fn wait(self) -> Result<Vec<Vec<T>>> {
+        match self.0 {
+            Copies::Done(v) => Ok(v),
+            Copies::Queued(r) => r.wait(),
         }
     }
 }

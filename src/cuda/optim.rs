@@ -49,6 +49,5 @@ pub fn clip(gpu: &Gpu, xs: &[&Buffer<f32>], loss: &Buffer<f32>, clip_norm: f64) 
 
 /// `clip`'s values on the host (a download: the caller waits for the GPU).
 pub fn read_clip(gpu: &Gpu, clip: &Buffer<f64>) -> Result<Clip> {
-    let c = gpu.download(clip)?;
-    Ok(Clip { norm: c[0], scale: c[1] as f32, apply: c[2] != 0.0 })
+    Ok(Clip::from_values(&gpu.download(clip)?))
 }

@@ -11,7 +11,8 @@ pub mod optim;
 pub mod options;
 pub mod run;
 
-use crate::cuda::{self, Buffer, Gpu};
+use crate::cpu::optim::Clip;
+use crate::cuda::{Buffer, Gpu, Readback};
 use crate::data::sampler::{evaluation_sets, training_batch, Batch};
 use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
@@ -225,8 +226,11 @@ pub fn optimise_step(
             drop(tape);
             let accumulate = mark.elapsed().as_secs_f64();
             let clip = state.update(params, adam, grads, &loss)?;
-            let top_k = model.cfg.top_k;
-            (Pending::OnGpu { gpu: state.gpu.clone(), step, top_k, energy, loss, mean_w, clip }, accumulate)
+            // Copies queued now, behind this step's work only: reading them later does not wait for
+            // the steps queued after this one.
+            let scalars: Vec<&Buffer<f32>> = [&*energy, &*loss].into_iter().chain(mean_w.as_deref()).collect();
+            let (scalars, clip) = (state.gpu.read_later(&scalars)?, state.gpu.read_later(&[&clip])?);
+            (Pending::OnGpu { step, top_k: model.cfg.top_k, scalars, clip }, accumulate)
         }
         None => {
             let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
@@ -267,28 +271,26 @@ pub struct PendingStats(Pending);
 enum Pending {
     Ready(StepStats),
     OnGpu {
-        gpu: Arc<Gpu>,
         step: usize,
         top_k: usize,
-        energy: Arc<Buffer<f32>>,
-        loss: Arc<Buffer<f32>>,
-        mean_w: Option<Arc<Buffer<f32>>>,
+        /// energy, loss and (PT-RAG) the mean selection weight
+        scalars: Readback<f32>,
         /// `{norm, scale, apply}` (`cuda::optim::clip`)
-        clip: Buffer<f64>,
+        clip: Readback<f64>,
     },
 }
 
 impl PendingStats {
     /// The step's statistics (on a GPU: waits for the step), or its numerical failure.
     pub fn finish(self) -> Result<StepStats> {
-        let (gpu, step, top_k, energy, loss, mean_w, clip) = match self.0 {
+        let (step, top_k, scalars, clip) = match self.0 {
             Pending::Ready(stats) => return Ok(stats),
-            Pending::OnGpu { gpu, step, top_k, energy, loss, mean_w, clip } => (gpu, step, top_k, energy, loss, mean_w, clip),
+            Pending::OnGpu { step, top_k, scalars, clip } => (step, top_k, scalars, clip),
         };
-        let scalar = |b: &Buffer<f32>| -> Result<f64> { Ok(gpu.download(b)?[0] as f64) };
-        let clip = cuda::optim::read_clip(&gpu, &clip)?;
-        let (energy, loss) = (scalar(&energy)?, scalar(&loss)?);
-        let selected = mean_w.as_deref().map(scalar).transpose()?.map(|w| w * top_k as f64);
+        let clip = Clip::from_values(&clip.wait()?[0]);
+        let scalars: Vec<f64> = scalars.wait()?.iter().map(|v| v[0] as f64).collect();
+        let (energy, loss) = (scalars[0], scalars[1]);
+        let selected = scalars.get(2).map(|w| w * top_k as f64);
         if !clip.apply {
             let why = if loss.is_finite() { format!("the gradient norm is {}", clip.norm) } else { format!("the loss is {loss}") };
             return Err(Error::Numerical { step, why });

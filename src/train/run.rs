@@ -283,13 +283,18 @@ fn run_fold(
     // The step in flight: on a GPU the next one is queued before its statistics are read, so the GPU
     // does not wait for the host between steps. Not across a validation, a stop or the end, which
     // need the step finished and nothing beyond it.
-    let mut in_flight: Option<PendingStats> = None;
-    let mut clock = std::time::Instant::now();
+    // A step's time is what its own calls took (queuing it, then finishing it): on the CPU all of
+    // it is in the queuing, on a GPU the wait is in the finishing.
+    let mut in_flight: Option<(PendingStats, f64)> = None;
     loop {
         let done = trainer.step;
         let must_finish = in_flight.is_some() && (validates(done, &trainer) || stop_requested());
-        let next = (done < steps && !must_finish).then(|| trainer.queue_step());
-        if let Some(pending) = in_flight.take() {
+        let next = (done < steps && !must_finish).then(|| {
+            let clock = std::time::Instant::now();
+            trainer.queue_step().map(|pending| (pending, clock.elapsed().as_secs_f64()))
+        });
+        if let Some((pending, queued_seconds)) = in_flight.take() {
+            let clock = std::time::Instant::now();
             let stats = match pending.finish() {
                 Ok(s) => s,
                 Err(Error::Numerical { step, why }) => {
@@ -298,8 +303,7 @@ fn run_fold(
                 }
                 Err(e) => return Err(e),
             };
-            let seconds = clock.elapsed().as_secs_f64();
-            clock = std::time::Instant::now();
+            let seconds = queued_seconds + clock.elapsed().as_secs_f64();
             best.train_seconds += seconds;
             let rate = cells_per_step / seconds;
             append(
@@ -328,7 +332,6 @@ fn run_fold(
                         run_dir: resume_dir.to_path_buf(),
                     });
                 }
-                clock = std::time::Instant::now();
             }
         }
         in_flight = match next {
