@@ -35,6 +35,9 @@ pub struct Driver {
     blas: std::sync::OnceLock<cudarc::cublas::CudaBlas>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Page-locked buffers for `read_later`, kept and reused: allocating and freeing page-locked
+    /// memory every step is slow, and freeing it may wait for the GPU.
+    pinned: Arc<Mutex<Vec<PinnedHostSlice<u8>>>>,
 }
 
 fn driver_error(what: &str, e: impl std::fmt::Debug) -> Error {
@@ -65,7 +68,15 @@ impl Driver {
             multiprocessors: attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
         };
         let stream = context.default_stream();
-        Ok(Driver { info, context, stream, blas: std::sync::OnceLock::new(), modules: Mutex::default(), functions: Mutex::default() })
+        Ok(Driver {
+            info,
+            context,
+            stream,
+            blas: std::sync::OnceLock::new(),
+            modules: Mutex::default(),
+            functions: Mutex::default(),
+            pinned: Arc::default(),
+        })
     }
 
     pub fn upload<T: Element>(&self, data: &[T]) -> Result<DeviceSlice<T>> {
@@ -90,11 +101,21 @@ impl Driver {
     /// (`Readback::wait`) only for the work queued so far, not for what is queued later.
     pub fn read_later<T: Element>(&self, buffers: &[&DeviceSlice<T>]) -> Result<Readback<T>> {
         let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
-        let total = lens.iter().sum::<usize>().max(1);
-        // SAFETY: page-locked host memory of `total` elements (not write-combined: the host reads it);
-        // every element read later is written first by the copies below, which `wait` waits for.
-        let mut host = unsafe { self.context.alloc_pinned_with_flags::<T>(total, 0) }.map_err(|e| driver_error("pinned memory", e))?;
-        let slice = host.as_mut_slice().map_err(|e| driver_error("pinned memory", e))?;
+        let bytes = (lens.iter().sum::<usize>() * std::mem::size_of::<T>()).max(PINNED_BYTES);
+        let reused = {
+            let mut pool = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+            pool.iter().position(|b| b.len() >= bytes).map(|i| pool.swap_remove(i))
+        };
+        let mut host = match reused {
+            Some(host) => host,
+            // SAFETY: page-locked host memory (not write-combined: the host reads it); every element
+            // read later is written first by the copies below, which `wait` waits for.
+            None => unsafe { self.context.alloc_pinned_with_flags::<u8>(bytes, 0) }.map_err(|e| driver_error("pinned memory", e))?,
+        };
+        let raw = host.as_mut_slice().map_err(|e| driver_error("pinned memory", e))?;
+        // SAFETY: the allocation is page-aligned and holds at least `lens` elements of T, a plain
+        // number type (`Element`: valid for any bits); `raw` is not used while this view lives.
+        let slice = unsafe { std::slice::from_raw_parts_mut(raw.as_mut_ptr().cast::<T>(), raw.len() / std::mem::size_of::<T>()) };
         let mut offset = 0;
         for (b, &len) in buffers.iter().zip(&lens) {
             // A plain host slice: the copy is queued, not waited for (the memory is pinned, so it is
@@ -104,7 +125,7 @@ impl Driver {
         }
         let blocking = Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC);
         let done = self.stream.record_event(blocking).map_err(|e| driver_error("recording an event", e))?;
-        Ok(Readback { host, done, lens })
+        Ok(Readback { host: Some(host), done, lens, pool: self.pinned.clone(), element: std::marker::PhantomData })
     }
 
     fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
@@ -214,18 +235,28 @@ impl Driver {
     }
 }
 
+/// The smallest page-locked buffer `read_later` allocates (a step reads a few scalars).
+const PINNED_BYTES: usize = 4096;
+
 /// Copies on their way to the host (`Driver::read_later`).
 pub struct Readback<T: Element> {
-    host: PinnedHostSlice<T>,
+    /// Back to `pool` when dropped.
+    host: Option<PinnedHostSlice<u8>>,
     /// Recorded after the copies (event tracking is off, so nothing else records it).
     done: CudaEvent,
     lens: Vec<usize>,
+    pool: Arc<Mutex<Vec<PinnedHostSlice<u8>>>>,
+    element: std::marker::PhantomData<T>,
 }
 
 impl<T: Element> Drop for Readback<T> {
-    /// The copies must be done before the pinned memory is freed (also when `wait` was never called).
+    /// The copies must be done before the buffer is reused (also when `wait` was never called).
     fn drop(&mut self) {
-        let _ = self.done.synchronize();
+        if self.done.synchronize().is_ok() {
+            if let Some(host) = self.host.take() {
+                self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(host);
+            }
+        }
     }
 }
 
@@ -233,7 +264,9 @@ impl<T: Element> Readback<T> {
     /// Waits for the copies and returns one vector per buffer.
     pub fn wait(self) -> Result<Vec<Vec<T>>> {
         self.done.synchronize().map_err(|e| driver_error("waiting for the GPU", e))?;
-        let all = self.host.as_slice().map_err(|e| driver_error("pinned memory", e))?;
+        let raw = self.host.as_ref().expect("present until dropped").as_slice().map_err(|e| driver_error("pinned memory", e))?;
+        // SAFETY: as in `read_later`: aligned, long enough, and written by the copies just waited for.
+        let all = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast::<T>(), raw.len() / std::mem::size_of::<T>()) };
         let mut offset = 0;
         Ok(self
             .lens

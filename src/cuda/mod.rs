@@ -109,7 +109,7 @@ impl Element for u16 {}
 
 /// Where kernels run.
 pub enum Gpu {
-    Cuda(driver::Driver),
+    Cuda(Box<driver::Driver>),
     Emulated { order: ThreadOrder },
 }
 
@@ -145,7 +145,7 @@ impl Gpu {
     /// The first CUDA device; an error (never a panic) when this binary was built without nvcc,
     /// or no driver or GPU is present.
     pub fn cuda() -> Result<Gpu> {
-        driver::Driver::new(0).map(Gpu::Cuda)
+        driver::Driver::new(0).map(|d| Gpu::Cuda(Box::new(d)))
     }
 
     /// The CPU emulator; an error when the emulated kernels were not built.
