@@ -1,7 +1,7 @@
 //! Launchers for `kernels/optim.cu`, the twin of `src/cpu/optim.rs`.
 
 use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
-use crate::cpu::optim::{AdamStep, Clip};
+use crate::cpu::optim::AdamStep;
 use crate::Result;
 
 /// PyTorch's Adam update of one tensor in place, as `cpu::optim::adam_update` with the gradient
@@ -27,8 +27,9 @@ pub fn adam_update(
 }
 
 /// The step's clipping on the GPU, from the gradients `xs` and the loss (a one-element tensor):
-/// `{norm, scale, apply}` as `cpu::optim::Clip`, left on the GPU for `adam_update` (`read_clip`
-/// brings it to the host). The squares are summed per block in f64, and the partials in order.
+/// `{norm, scale, apply}` as `cpu::optim::Clip`, left on the GPU for `adam_update`
+/// (`Clip::from_values` reads it on the host). The squares are summed per block in f64, and the
+/// partials in order.
 pub fn clip(gpu: &Gpu, xs: &[&Buffer<f32>], loss: &Buffer<f32>, clip_norm: f64) -> Result<Buffer<f64>> {
     let launch = |n: usize| Launch { shared_bytes: 8 * 256 / 32, ..Launch::elementwise(n.min(256 * 1024)) };
     let blocks: Vec<usize> = xs.iter().map(|x| launch(x.len()).grid[0] as usize).collect();
@@ -45,9 +46,4 @@ pub fn clip(gpu: &Gpu, xs: &[&Buffer<f32>], loss: &Buffer<f32>, clip_norm: f64) 
     let one_block = Launch { grid: [1, 1, 1], block: 32, shared_bytes: 0 };
     gpu.launch("clip_f64", one_block, Args::new().input(&partial).int(total).input(loss).f64(clip_norm).output(&mut clip))?;
     Ok(clip)
-}
-
-/// `clip`'s values on the host (a download: the caller waits for the GPU).
-pub fn read_clip(gpu: &Gpu, clip: &Buffer<f64>) -> Result<Clip> {
-    Ok(Clip::from_values(&gpu.download(clip)?))
 }

@@ -739,7 +739,6 @@ impl<T: Real> Tape<T> {
         self.push(out, vec![shape.sets], Op::Energy { pred, obs, shape }, needs)
     }
 
-    /// Straight-through Gumbel-Softmax over the last dimension with supplied Gumbel noise.
     /// Standard Gumbel noise of `shape` drawn from the counter stream `key` where the tape runs
     /// (see `cpu::selection::gumbel_noise`): data, no gradient.
     pub fn gumbel_noise(&mut self, shape: &[usize], key: u64) -> Var {
@@ -747,7 +746,8 @@ impl<T: Real> Tape<T> {
         self.push(out, shape.to_vec(), Op::Leaf, false)
     }
 
-    /// Straight-through Gumbel-Softmax of `logits` with `noise` (same shape; no gradient flows to it).
+    /// Straight-through Gumbel-Softmax over the last dimension of `logits` with `noise` (same shape;
+    /// no gradient flows to it).
     pub fn gumbel_st(&mut self, logits: Var, noise: Var, tau: f64) -> Var {
         let classes = cols_of(self.shape(logits));
         let n = self.numel(logits);

@@ -1,9 +1,10 @@
-//! A run's training state resident on a GPU: every parameter's value (shared with each step's tape),
-//! Adam's moments, the dataset's expression matrix and the model's GenePT table, uploaded once. A step uploads its cells' row
-//! numbers (a few KB), gathers the cells and draws PT-RAG's noise on the GPU, keeps its gradients
-//! there, clips and updates there, and leaves its loss and norm there until the run loop reads them
-//! (`PendingStats::finish`), after it has queued the next step; the host `Params` and `Adam` are
-//! brought up to date only when asked (`download`: checkpoints, the end of a run).
+//! A run's training state resident on a GPU: every parameter's value (shared with each step's
+//! tape), Adam's moments, the dataset's expression matrix and the model's GenePT table, uploaded
+//! once. A step uploads its cells' row numbers (a few KB), gathers the cells and draws PT-RAG's
+//! noise on the GPU, keeps its gradients there, clips and updates there, and leaves its loss and
+//! norm there until the run loop reads them (`PendingStats::finish`), after it has queued the next
+//! step; the host `Params` and `Adam` are brought up to date only when asked (`download`:
+//! checkpoints, the end of a run).
 
 use super::optim::Adam;
 use crate::cuda::{self, tensor::RowTable, Buffer, Gpu};
@@ -78,7 +79,7 @@ impl GpuState {
 
     /// Queues the clipping and Adam's update of every trainable parameter, from `grads` and the
     /// step's `loss` (the step's tape must be dropped by now). Nothing waits for the GPU: the
-    /// returned `{norm, scale, apply}` (`cuda::optim::read_clip`) stays there, and when the norm or
+    /// returned `{norm, scale, apply}` (`Clip::from_values` reads it) stays there, and when the norm or
     /// the loss is not finite the kernels leave every weight and moment untouched.
     pub fn update(&mut self, params: &Params<f32>, adam: &mut Adam, grads: DeviceGradients, loss: &Buffer<f32>) -> Result<Buffer<f64>> {
         let gpu = &*self.gpu;

@@ -215,7 +215,6 @@ pub fn optimise_step(
         None => tape.backward(loss),
     };
     let mark = std::time::Instant::now();
-    let stopped = |why: String| Error::Numerical { step, why };
     let (stats, accumulate) = match gpu.as_deref_mut() {
         Some(state) => {
             // The scalars stay on the GPU: `PendingStats::finish` reads them, after the caller has
@@ -236,17 +235,11 @@ pub fn optimise_step(
             let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
             let (energy, loss) = (scalar(energy)?, scalar(loss)?);
             let selected = mean_w.map(&scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
-            if !loss.is_finite() {
-                return Err(stopped(format!("the loss is {loss}")));
-            }
             grads.accumulate_into(&tape, params)?;
             drop(tape);
             let accumulate = mark.elapsed().as_secs_f64();
             let clip = adam.step(params, loss as f32);
-            if !clip.apply {
-                return Err(stopped(format!("the gradient norm is {}", clip.norm)));
-            }
-            (Pending::Ready(StepStats { loss, energy, selected, grad_norm: clip.norm }), accumulate)
+            (Pending::Ready(step_stats(step, energy, loss, selected, clip)?), accumulate)
         }
     };
     if let Some(b) = breakdown {
@@ -290,13 +283,18 @@ impl PendingStats {
         let clip = Clip::from_values(&clip.wait()?[0]);
         let scalars: Vec<f64> = scalars.wait()?.iter().map(|v| v[0] as f64).collect();
         let (energy, loss) = (scalars[0], scalars[1]);
-        let selected = scalars.get(2).map(|w| w * top_k as f64);
-        if !clip.apply {
-            let why = if loss.is_finite() { format!("the gradient norm is {}", clip.norm) } else { format!("the loss is {loss}") };
-            return Err(Error::Numerical { step, why });
-        }
-        Ok(StepStats { loss, energy, selected, grad_norm: clip.norm })
+        step_stats(step, energy, loss, scalars.get(2).map(|w| w * top_k as f64), clip)
     }
+}
+
+/// A step's statistics, or the numerical failure that stops the run when its update did not apply
+/// (on either engine the weights are then untouched).
+fn step_stats(step: usize, energy: f64, loss: f64, selected: Option<f64>, clip: Clip) -> Result<StepStats> {
+    if !clip.apply {
+        let why = if loss.is_finite() { format!("the gradient norm is {}", clip.norm) } else { format!("the loss is {loss}") };
+        return Err(Error::Numerical { step, why });
+    }
+    Ok(StepStats { loss, energy, selected, grad_norm: clip.norm })
 }
 
 /// The GenePT table of a store and the retrieval database that `which` selects for `fold`.
