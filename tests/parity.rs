@@ -272,8 +272,15 @@ fn run_ours<T: Real>(c: &Case, params32: &Params<f32>, mut tape: Tape<T>) -> Our
 fn close(what: &str, actual: &[f64], expected: &[f64], atol: f64, rtol: f64) {
     assert_eq!(actual.len(), expected.len(), "{what}: lengths");
     let scale = expected.iter().fold(0.0f64, |m, &v| m.max(v.abs()));
+    // The worst difference, a NaN (which no comparison sees) counting as worse than any number.
+    let worse = |e: f64, than: f64| !than.is_nan() && !(e <= than);
     let (i, err) =
-        actual.iter().zip(expected).map(|(a, e)| (a - e).abs()).enumerate().fold((0, 0.0), |m, (i, e)| if e > m.1 { (i, e) } else { m });
+        actual
+            .iter()
+            .zip(expected)
+            .map(|(a, e)| (a - e).abs())
+            .enumerate()
+            .fold((0, 0.0), |m, (i, e)| if worse(e, m.1) { (i, e) } else { m });
     assert!(
         err <= atol + rtol * scale,
         "{what}: worst |diff| {err:.3e} at [{i}] (ours {}, PyTorch {}), allowed {:.3e}",
