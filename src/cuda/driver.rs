@@ -89,6 +89,14 @@ impl Driver {
         Ok(DeviceSlice { slice, stream: self.stream.clone() })
     }
 
+    pub fn unfilled<T: Element>(&self, len: usize) -> Result<DeviceSlice<T>> {
+        // SAFETY: stream-ordered memory whose contents are undefined: the caller's kernels write
+        // every element before anything reads it (`Gpu::unfilled`), and any bit pattern is a valid
+        // `Element` (plain numbers), so even a stray read is no memory unsafety.
+        let slice = unsafe { self.stream.alloc(len) }.map_err(|e| driver_error(&format!("allocating {len} elements on the GPU"), e))?;
+        Ok(DeviceSlice { slice, stream: self.stream.clone() })
+    }
+
     pub fn download<T: Element>(&self, buffer: &DeviceSlice<T>) -> Result<Vec<T>> {
         self.stream.clone_dtoh(&buffer.slice).map_err(|e| driver_error("copy from the GPU", e))
     }

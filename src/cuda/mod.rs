@@ -179,6 +179,17 @@ impl Gpu {
         Ok(Buffer { storage })
     }
 
+    /// An f32 buffer for a kernel that writes every element: its contents are undefined until then
+    /// (no zero-filling pass on the GPU). The emulator fills it with NaN, so that an element a kernel
+    /// fails to write shows in every emulated test.
+    pub fn unfilled(&self, len: usize) -> Result<Buffer<f32>> {
+        let storage = match self {
+            Gpu::Cuda(d) => Storage::Device(d.unfilled(len)?),
+            Gpu::Emulated { .. } => Storage::Host(vec![f32::NAN; len]),
+        };
+        Ok(Buffer { storage })
+    }
+
     /// Copies a buffer back to the host (waiting for the kernels that write it).
     pub fn download<T: Element>(&self, buffer: &Buffer<T>) -> Result<Vec<T>> {
         match (&buffer.storage, self) {

@@ -249,6 +249,13 @@ enum Operand<'a, T> {
     Grad(&'a Memory<T>),
 }
 
+/// What a new GPU output holds before its kernels run (host outputs always start as zeros).
+#[derive(Clone, Copy)]
+enum Start {
+    Unfilled,
+    Zeros,
+}
+
 struct Node<T> {
     value: Memory<T>,
     shape: Vec<usize>,
@@ -348,11 +355,39 @@ impl<T: Real> Tape<T> {
         self.fault.borrow_mut().get_or_insert(e);
     }
 
-    /// New tensors of `sizes` elements (zeros) on the tape's device, written by `cpu` on a host tape
-    /// or by `gpu` on a GPU tape. Forward kernels overwrite them; backward kernels add into the zeros.
+    /// New tensors of `sizes` elements on the tape's device, written by `cpu` on a host tape or by
+    /// `gpu` on a GPU tape, whose kernels overwrite every element: the forward kernels, products and
+    /// copies. On a GPU they start unfilled (NaN under the emulator), with no zero-filling pass.
     fn compute<const K: usize>(
         &self,
         sizes: [usize; K],
+        cpu: impl FnOnce([&mut [T]; K]),
+        gpu: impl FnOnce(&Gpu, [&mut Buffer<f32>; K]) -> Result<()>,
+    ) -> [Memory<T>; K] {
+        self.outputs(sizes, Start::Unfilled, cpu, gpu)
+    }
+    fn compute1(&self, n: usize, cpu: impl FnOnce(&mut [T]), gpu: impl FnOnce(&Gpu, &mut Buffer<f32>) -> Result<()>) -> Memory<T> {
+        let [out] = self.compute([n], |[o]| cpu(o), |g, [o]| gpu(g, o));
+        out
+    }
+    /// `compute` for kernels that add (`+=`) into their outputs, which start as zeros: the backward
+    /// kernels, and copies into part of the output.
+    fn accumulate<const K: usize>(
+        &self,
+        sizes: [usize; K],
+        cpu: impl FnOnce([&mut [T]; K]),
+        gpu: impl FnOnce(&Gpu, [&mut Buffer<f32>; K]) -> Result<()>,
+    ) -> [Memory<T>; K] {
+        self.outputs(sizes, Start::Zeros, cpu, gpu)
+    }
+    fn accumulate1(&self, n: usize, cpu: impl FnOnce(&mut [T]), gpu: impl FnOnce(&Gpu, &mut Buffer<f32>) -> Result<()>) -> Memory<T> {
+        let [out] = self.accumulate([n], |[o]| cpu(o), |g, [o]| gpu(g, o));
+        out
+    }
+    fn outputs<const K: usize>(
+        &self,
+        sizes: [usize; K],
+        start: Start,
         cpu: impl FnOnce([&mut [T]; K]),
         gpu: impl FnOnce(&Gpu, [&mut Buffer<f32>; K]) -> Result<()>,
     ) -> [Memory<T>; K] {
@@ -365,7 +400,11 @@ impl<T: Real> Tape<T> {
             return sizes.map(|_| Memory::Missing);
         }
         let run = || -> Result<[Buffer<f32>; K]> {
-            let outs: Vec<Buffer<f32>> = sizes.iter().map(|&n| device.zeros(n)).collect::<Result<_>>()?;
+            let new = |n| match start {
+                Start::Unfilled => device.unfilled(n),
+                Start::Zeros => device.zeros(n),
+            };
+            let outs: Vec<Buffer<f32>> = sizes.iter().map(|&n| new(n)).collect::<Result<_>>()?;
             let mut outs: [Buffer<f32>; K] = outs.try_into().unwrap_or_else(|_| unreachable!("one buffer per size"));
             gpu(device, outs.each_mut())?;
             Ok(outs)
@@ -377,10 +416,6 @@ impl<T: Real> Tape<T> {
                 sizes.map(|_| Memory::Missing)
             }
         }
-    }
-    fn compute1(&self, n: usize, cpu: impl FnOnce(&mut [T]), gpu: impl FnOnce(&Gpu, &mut Buffer<f32>) -> Result<()>) -> Memory<T> {
-        let [out] = self.compute([n], |[o]| cpu(o), |g, [o]| gpu(g, o));
-        out
     }
 
     /// Data from the host onto the tape's device.
@@ -932,7 +967,7 @@ impl<T: Real> Tape<T> {
     /// copy on the GPU (whose gradients are updated in place through `Arc::get_mut`).
     fn duplicate(&self, g: &Memory<T>) -> Memory<T> {
         match g {
-            Memory::Gpu(b) => self.compute1(b.len(), |_| {}, |gpu, o| cuda::tensor::accumulate(gpu, b, o)),
+            Memory::Gpu(b) => self.accumulate1(b.len(), |_| {}, |gpu, o| cuda::tensor::accumulate(gpu, b, o)),
             shared => shared.clone(),
         }
     }
@@ -1029,12 +1064,13 @@ impl<T: Real> Tape<T> {
                 }
             }
             &Op::Sum { x } => {
-                let dx = self.compute1(n(x), |o| tensor::sum_backward(g.host(), o), |gpu, o| cuda::tensor::sum_backward(gpu, g.dev(), o));
+                let dx =
+                    self.accumulate1(n(x), |o| tensor::sum_backward(g.host(), o), |gpu, o| cuda::tensor::sum_backward(gpu, g.dev(), o));
                 self.add_grad(grads, x, dx);
             }
             &Op::Unary { x, kind } => {
                 use cuda::elementwise as cw;
-                let dx = self.compute1(
+                let dx = self.accumulate1(
                     n(x),
                     |o| match kind {
                         Unary::Silu => ew::silu_backward(self.h(x), g.host(), o),
@@ -1050,7 +1086,7 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, x, dx);
             }
             &Op::SwiGlu { gate, up } => {
-                let [dgate, dup] = self.compute(
+                let [dgate, dup] = self.accumulate(
                     [n(gate), n(up)],
                     |[dg, du]| ew::swiglu_backward(self.h(gate), self.h(up), g.host(), dg, du),
                     |gpu, [dg, du]| cuda::elementwise::swiglu_backward(gpu, self.d(gate), self.d(up), g.dev(), dg, du),
@@ -1066,7 +1102,7 @@ impl<T: Real> Tape<T> {
             }
             &Op::Softmax { x } => {
                 let cols = cols_of(&node.shape);
-                let dx = self.compute1(
+                let dx = self.accumulate1(
                     n(x),
                     |o| ew::softmax_backward(node.value.host(), g.host(), o, cols),
                     |gpu, o| cuda::elementwise::softmax_backward(gpu, node.value.dev(), g.dev(), o, cols),
@@ -1075,7 +1111,7 @@ impl<T: Real> Tape<T> {
             }
             Op::RmsNorm { x, w, rstd } => {
                 let (x, w) = (*x, *w);
-                let [dx, dw] = self.compute(
+                let [dx, dw] = self.accumulate(
                     [n(x), n(w)],
                     |[dx, dw]| norm::rmsnorm_backward(self.h(x), self.h(w), rstd.host(), g.host(), dx, dw),
                     |gpu, [dx, dw]| cuda::norm::rmsnorm_backward(gpu, self.d(x), self.d(w), rstd.dev(), g.dev(), dx, dw),
@@ -1085,7 +1121,7 @@ impl<T: Real> Tape<T> {
             }
             Op::LayerNorm { x, w, b, mean, rstd } => {
                 let (x, w, b) = (*x, *w, *b);
-                let [dx, dw, db] = self.compute(
+                let [dx, dw, db] = self.accumulate(
                     [n(x), n(w), n(b)],
                     |[dx, dw, db]| norm::layernorm_backward(self.h(x), self.h(w), mean.host(), rstd.host(), g.host(), dx, dw, db),
                     |gpu, [dx, dw, db]| {
@@ -1098,7 +1134,7 @@ impl<T: Real> Tape<T> {
             }
             Op::Attention { q, k, v, shape, lse } => {
                 let (q, k, v, shape) = (*q, *k, *v, *shape);
-                let [dq, dk, dv] = self.compute(
+                let [dq, dk, dv] = self.accumulate(
                     [n(q), n(k), n(v)],
                     |[dq, dk, dv]| {
                         attention_backward(self.h(q), self.h(k), self.h(v), node.value.host(), lse.host(), g.host(), shape, dq, dk, dv)
@@ -1125,7 +1161,7 @@ impl<T: Real> Tape<T> {
             }
             Op::Gather { table, index } => {
                 let (table, cols) = (*table, cols_of(&node.shape));
-                let dt = self.compute1(
+                let dt = self.accumulate1(
                     n(table),
                     |o| tensor::scatter_add_rows(g.host(), cols, index, o),
                     |gpu, o| cuda::tensor::scatter_add_rows(gpu, g.dev(), cols, &gpu.upload(&index_i32(index))?, o),
@@ -1147,7 +1183,7 @@ impl<T: Real> Tape<T> {
             }
             &Op::SliceCols { x, start, width } => {
                 let cols = cols_of(self.shape(x));
-                let dx = self.compute1(
+                let dx = self.accumulate1(
                     n(x),
                     |o| tensor::copy_cols(g.host(), width, 0, o, cols, start, width, false),
                     |gpu, o| cuda::tensor::copy_cols(gpu, g.dev(), width, 0, o, cols, start, width, false),
@@ -1155,7 +1191,7 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, x, dx);
             }
             &Op::Energy { pred, obs, shape } => {
-                let dp = self.compute1(
+                let dp = self.accumulate1(
                     n(pred),
                     |o| energy_backward(self.h(pred), self.h(obs), shape, g.host(), o),
                     |gpu, o| cuda::energy::energy_backward(gpu, self.d(pred), self.d(obs), shape, g.dev(), o),
@@ -1164,7 +1200,7 @@ impl<T: Real> Tape<T> {
             }
             Op::GumbelSt { logits, soft, tau } => {
                 let (logits, tau, classes) = (*logits, *tau, cols_of(&node.shape));
-                let dl = self.compute1(
+                let dl = self.accumulate1(
                     n(logits),
                     |o| gumbel_st_backward(soft.host(), g.host(), tau, classes, o),
                     |gpu, o| cuda::selection::gumbel_st_backward(gpu, soft.dev(), g.dev(), tau, classes, o),
@@ -1173,7 +1209,7 @@ impl<T: Real> Tape<T> {
             }
             &Op::Rope { x, rope } => {
                 let dx =
-                    self.compute1(n(x), |o| rope.backward(g.host(), o), |gpu, o| cuda::attention::rope_backward(gpu, rope, g.dev(), o));
+                    self.accumulate1(n(x), |o| rope.backward(g.host(), o), |gpu, o| cuda::attention::rope_backward(gpu, rope, g.dev(), o));
                 self.add_grad(grads, x, dx);
             }
             &Op::ScaleCols { x, v } => {
@@ -1192,7 +1228,7 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, v, dv);
             }
             &Op::TripletStats { sums, squares, layout, width } => {
-                let [s0, s1, s2, q0, q1, q2] = self.compute(
+                let [s0, s1, s2, q0, q1, q2] = self.accumulate(
                     [sums, squares].concat().iter().map(|&v| n(v)).collect::<Vec<_>>().try_into().expect("six parts"),
                     |[s0, s1, s2, q0, q1, q2]| {
                         triplet_stats_backward(node.value.host(), g.host(), layout, width, [s0, s1, s2], [q0, q1, q2])
@@ -1206,7 +1242,7 @@ impl<T: Real> Tape<T> {
                 }
             }
             &Op::TripletAssemble { parts, stats, v, c, layout } => {
-                let [p0, p1, p2, dstats, dv, dc] = self.compute(
+                let [p0, p1, p2, dstats, dv, dc] = self.accumulate(
                     [n(parts[0]), n(parts[1]), n(parts[2]), n(stats), n(v), n(c)],
                     |[p0, p1, p2, ds, dv, dc]| {
                         triplet_assemble_backward(
@@ -1246,7 +1282,7 @@ impl<T: Real> Tape<T> {
             }
             &Op::SumGroups { x, group } => {
                 let cols = cols_of(&node.shape);
-                let dx = self.compute1(
+                let dx = self.accumulate1(
                     n(x),
                     |o| tensor::sum_groups_backward(g.host(), cols, group, o),
                     |gpu, o| cuda::tensor::sum_groups_backward(gpu, g.dev(), cols, group, o),
@@ -1255,7 +1291,7 @@ impl<T: Real> Tape<T> {
             }
             Op::StdScale { x, stats } => {
                 let x = *x;
-                let dx = self.compute1(
+                let dx = self.accumulate1(
                     n(x),
                     |o| tensor::std_scale_backward(self.h(x), stats.host(), g.host(), o),
                     |gpu, o| cuda::tensor::std_scale_backward(gpu, self.d(x), stats.dev(), g.dev(), o),
