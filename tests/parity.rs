@@ -273,7 +273,7 @@ fn close(what: &str, actual: &[f64], expected: &[f64], atol: f64, rtol: f64) {
     assert_eq!(actual.len(), expected.len(), "{what}: lengths");
     let scale = expected.iter().fold(0.0f64, |m, &v| m.max(v.abs()));
     // The worst difference, a NaN (which no comparison sees) counting as worse than any number.
-    let worse = |e: f64, than: f64| !than.is_nan() && !(e <= than);
+    let worse = |e: f64, than: f64| !than.is_nan() && (e.is_nan() || e > than);
     let (i, err) =
         actual
             .iter()
