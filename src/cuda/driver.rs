@@ -44,6 +44,27 @@ fn driver_error(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Device(format!("{what}: {e:?}"))
 }
 
+/// Keeps device memory freed by the engine in the stream-ordered allocator's pool. With the driver's
+/// default release threshold (0), every wait for the stream or an event (each step's readback) hands
+/// the pool's free memory back, and the next step's allocations map it again.
+fn keep_freed_memory(context: &CudaContext) -> Result<()> {
+    let pools = context
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)
+        .map_err(|e| driver_error("device attribute", e))?;
+    if pools == 0 {
+        return Ok(()); // allocations are synchronous cuMemAlloc: no pool to keep
+    }
+    let mut keep = u64::MAX;
+    // SAFETY: the device is this context's own; the release threshold's value type is cuuint64_t,
+    // and `keep` outlives the call.
+    unsafe {
+        let pool = cudarc::driver::result::device::get_default_mem_pool(context.cu_device()).map_err(|e| driver_error("memory pool", e))?;
+        let attribute = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+        cudarc::driver::result::mem_pool::set_attribute(pool, attribute, (&mut keep as *mut u64).cast())
+    }
+    .map_err(|e| driver_error("memory pool release threshold", e))
+}
+
 impl Driver {
     pub fn new(ordinal: usize) -> Result<Self> {
         if !CUDA_BUILT {
@@ -67,6 +88,7 @@ impl Driver {
             driver_version: driver_version()?,
             multiprocessors: attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
         };
+        keep_freed_memory(&context)?;
         let stream = context.default_stream();
         Ok(Driver {
             info,
