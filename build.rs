@@ -1,7 +1,8 @@
 //! Build script: compiles every `kernels/*.cu` twice.
 //!
-//! 1. With nvcc into an sm_90 cubin plus compute_90 PTX, embedded in the binary (`src/cuda` loads
-//!    them). nvcc is found through `NVCC`, then `CUDA_HOME/bin/nvcc`, then `PATH` (`tools/install_cuda.sh`
+//! 1. With nvcc into an sm_90 cubin plus compute_75 PTX, embedded in the binary (`src/cuda` loads
+//!    them: the cubin on Hopper, the PTX, compiled by the driver, on any other GPU from Turing on, A100
+//!    included; 7.5 is the oldest target nvcc 13 has). nvcc is found through `NVCC`, then `CUDA_HOME/bin/nvcc`, then `PATH` (`tools/install_cuda.sh`
 //!    installs the pinned 13.0 from PyPI). Without nvcc the crate builds the CPU engine and warns;
 //!    with `PTRAG_REQUIRE_CUDA=1` (CI, the GPU check) a missing nvcc, an nvcc error or warning, or a
 //!    register spill fails the build instead (without it, an nvcc failure also falls back to the CPU).
@@ -108,7 +109,7 @@ fn compile_cuda(nvcc: &Path, family: &Family, out: &Path, require: bool) -> Resu
     let cubin = out.join(format!("{}.cubin", family.name));
     let ptx = out.join(format!("{}.ptx", family.name));
     let log = run(&["-arch=sm_90", "-cubin", "-o", cubin.to_str().expect("utf-8 path")], "the sm_90 cubin")?;
-    run(&["-arch=compute_90", "-ptx", "-o", ptx.to_str().expect("utf-8 path")], "the PTX")?;
+    run(&["-arch=compute_75", "-ptx", "-o", ptx.to_str().expect("utf-8 path")], "the PTX")?;
     for line in log.lines().filter(|l| l.contains("spill") || l.contains("lmem")) {
         println!("cargo:warning={}: {line}", family.name);
     }

@@ -88,6 +88,13 @@ impl Driver {
             driver_version: driver_version()?,
             multiprocessors: attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
         };
+        if info.compute_capability < (7, 5) {
+            let (major, minor) = info.compute_capability;
+            return Err(Error::Device(format!(
+                "{} has compute capability {major}.{minor}; the kernels need 7.5 or newer (Turing on)",
+                info.name
+            )));
+        }
         keep_freed_memory(&context)?;
         let stream = context.default_stream();
         Ok(Driver {
@@ -171,7 +178,7 @@ impl Driver {
             match modules.get(family.name) {
                 Some(m) => m.clone(),
                 None => {
-                    // The sm_90 cubin runs on Hopper; elsewhere the driver compiles the PTX.
+                    // The sm_90 cubin runs on Hopper; elsewhere the driver compiles the compute_75 PTX.
                     let image = if self.info.compute_capability == (9, 0) {
                         cudarc::nvrtc::Ptx::from_binary(family.cubin.to_vec())
                     } else {

@@ -28,7 +28,8 @@ use std::sync::Arc;
 
 pub use driver::DeviceInfo;
 
-/// One `kernels/<name>.cu`: its kernels and, when nvcc was found at build time, its sm_90 cubin and PTX.
+/// One `kernels/<name>.cu`: its kernels and, when nvcc was found at build time, its sm_90 cubin and
+/// compute_75 PTX.
 pub struct KernelFamily {
     pub name: &'static str,
     pub kernels: &'static [&'static str],
@@ -431,7 +432,7 @@ impl std::fmt::Display for EngineInfo {
         writeln!(f, "ptrag-engine {}", self.version)?;
         match self.cuda_kernel_families.as_slice() {
             [] => writeln!(f, "CUDA kernels: not built (no nvcc at build time; tools/install_cuda.sh installs one)")?,
-            names => writeln!(f, "CUDA kernels: sm_90 cubin + PTX for {}", names.join(", "))?,
+            names => writeln!(f, "CUDA kernels: sm_90 cubin + compute_75 PTX for {}", names.join(", "))?,
         }
         writeln!(f, "emulated kernels (CPU, for tests): {}", if self.emulated_kernels { "built" } else { "not built" })?;
         match (&self.gpu, &self.gpu_unavailable) {
