@@ -563,6 +563,12 @@ fn launch_errors_are_values_not_panics() {
     assert!(err.to_string().contains("no_such_kernel_f32"), "{err}");
     let bad_block = Launch { block: 48, ..Launch::elementwise(4) };
     assert!(gpu.launch("relu_forward_f32", bad_block, Args::new()).is_err());
+    // CUDA's grid limits hold under the emulator too: 65,535 blocks in y and z, none empty
+    for grid in [[1, 65_536, 1], [1, 1, 65_536], [0, 1, 1]] {
+        let err = gpu.launch("relu_forward_f32", Launch { grid, ..Launch::elementwise(4) }, Args::new()).unwrap_err();
+        assert!(err.to_string().contains("grid of"), "{err}");
+    }
+    assert!(Launch::new([1, 1, 0], 32, 0).is_err() && Launch::new([1 << 32, 1, 1], 32, 0).is_err());
     let (x, mut y) = (gpu.upload(&[1.0f32; 5]).unwrap(), gpu.upload(&[0.0f32; 4]).unwrap());
     let err = cuda::elementwise::relu_forward(&gpu, &x, &mut y).unwrap_err();
     assert!(err.to_string().contains("y has 4 elements, expected 5"), "{err}");

@@ -83,13 +83,17 @@ pub struct Launch {
     pub shared_bytes: u32,
 }
 
+/// CUDA's grid limits in blocks (x, y, z), checked for every launch so that the emulator refuses
+/// what a GPU would.
+const GRID_LIMITS: [u32; 3] = [i32::MAX as u32, 65_535, 65_535];
+
 impl Launch {
     pub fn new(grid: [usize; 3], block: u32, shared_floats: usize) -> Result<Self> {
-        let dim = |n: usize| u32::try_from(n).ok().filter(|&n| n > 0);
-        let grid = [dim(grid[0]), dim(grid[1]), dim(grid[2])];
-        match (grid, u32::try_from(shared_floats * 4)) {
-            ([Some(x), Some(y), Some(z)], Ok(shared_bytes)) => Ok(Launch { grid: [x, y, z], block, shared_bytes }),
-            _ => Err(Error::invalid("kernel launch", format!("grid {grid:?} with {shared_floats} shared floats"))),
+        let blocks = grid.map(|n| u32::try_from(n).ok().filter(|&n| n > 0));
+        let shared_bytes = shared_floats.checked_mul(4).and_then(|b| u32::try_from(b).ok());
+        match (blocks, shared_bytes) {
+            ([Some(x), Some(y), Some(z)], Some(shared_bytes)) => Ok(Launch { grid: [x, y, z], block, shared_bytes }),
+            _ => Err(Error::invalid("kernel launch", format!("grid of {grid:?} blocks with {shared_floats} shared floats"))),
         }
     }
     /// A 1-D grid-stride launch over `n` elements: 256 threads per block, at most 65,535 blocks.
@@ -225,6 +229,12 @@ impl Gpu {
             return Err(Error::invalid(
                 "kernel launch",
                 format!("{kernel}: block of {} threads (a multiple of 32, at most 1024)", launch.block),
+            ));
+        }
+        if launch.grid.iter().zip(GRID_LIMITS).any(|(&n, max)| n == 0 || n > max) {
+            return Err(Error::invalid(
+                "kernel launch",
+                format!("{kernel}: grid of {:?} blocks (1 to {GRID_LIMITS:?} in x, y, z)", launch.grid),
             ));
         }
         let mut params: Vec<*mut c_void> = args.slots.iter().map(|s| s as *const u64 as *mut c_void).collect();
