@@ -35,6 +35,8 @@ pub struct Driver {
     blas: std::sync::OnceLock<cudarc::cublas::CudaBlas>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Dynamic shared memory one block may use (opted in above the default 48 KiB, see `function`).
+    shared_limit: u32,
     /// Page-locked buffers for `read_later`, kept and reused: allocating and freeing page-locked
     /// memory every step is slow, and freeing it may wait for the GPU.
     pinned: Arc<Mutex<Vec<PinnedHostSlice<u8>>>>,
@@ -96,6 +98,7 @@ impl Driver {
             )));
         }
         keep_freed_memory(&context)?;
+        let shared_limit = attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
         let stream = context.default_stream();
         Ok(Driver {
             info,
@@ -104,6 +107,7 @@ impl Driver {
             blas: std::sync::OnceLock::new(),
             modules: Mutex::default(),
             functions: Mutex::default(),
+            shared_limit,
             pinned: Arc::default(),
         })
     }
@@ -192,17 +196,18 @@ impl Driver {
         };
         let f = module.load_function(kernel).map_err(|e| driver_error(kernel, e))?;
         // Let kernels use more than the default 48 KiB of dynamic shared memory where the GPU has it.
-        let optin = self
-            .context
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .map_err(|e| driver_error("shared memory limit", e))?;
-        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, optin)
+        f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, self.shared_limit as i32)
             .map_err(|e| driver_error(kernel, e))?;
         self.functions.lock().expect("function cache").insert(kernel, f.clone());
         Ok(f)
     }
 
     pub fn launch(&self, kernel: &'static str, launch: Launch, params: &mut [*mut c_void]) -> Result<()> {
+        if launch.shared_bytes > self.shared_limit {
+            let why =
+                format!("needs {} bytes of shared memory per block; {} has {}", launch.shared_bytes, self.info.name, self.shared_limit);
+            return Err(Error::Kernel { kernel, why });
+        }
         let f = self.function(kernel)?;
         let [x, y, z] = launch.grid;
         // SAFETY: `params` are the kernel's parameters in its declared order (the launchers build
