@@ -61,6 +61,9 @@ fn bench_runs_the_training_step_and_accounts_for_its_time() {
     let r = bench(&o, true).unwrap();
     assert_eq!(r.step_seconds.len(), 2);
     assert!(r.cells_per_second > 0.0 && r.model_flops_per_step > 0.0);
+    // the peak is measured (a product of 2 * 1024^3 FLOPs), and the fraction is the achieved rate over it
+    assert!(r.peak_gflops.is_finite() && r.peak_gflops > 0.0, "{}", r.peak_gflops);
+    assert!((r.fraction_of_peak * r.peak_gflops - r.achieved_gflops).abs() <= 1e-9 * r.achieved_gflops, "{r:?}");
     let b = r.breakdown.unwrap();
     for family in ["matmul", "attention", "energy", "gumbel-st", "norm"] {
         assert!(b.forward.contains_key(family) && b.backward.contains_key(family), "{family} missing from the breakdown");
