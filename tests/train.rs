@@ -229,6 +229,8 @@ fn frozen_backbone_trains_only_encoders_and_selection() {
     assert_eq!(t.params.trainable_count(), trainable);
 }
 
+/// On the CPU and on the (emulated) GPU, whose loop has queued the next step when it reads a failed
+/// one: the error names the failed step, as the log's "stopped" line does.
 #[test]
 fn a_diverging_run_stops_naming_the_step_and_keeps_a_finite_checkpoint() {
     let (tmp, store) = tiny_store();
@@ -237,17 +239,21 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_a_finite_checkpoint() {
     train.adam.lr = 1e30;
     train.adam.clip_norm = 0.0;
     let record = RunRecord { data: store.dir.clone(), split: store.split_path.clone(), train };
-    let dir = tmp.path().join("run");
-    let err =
-        execute(&record, &store, &split, &dir, false, &RunControl { progress: false, stop: None, gpu: None }).unwrap_err().to_string();
-    assert!(err.contains("training stopped at step") && err.contains("checkpoint-last.safetensors") && err.contains("--resume"), "{err}");
-    // The kept checkpoint is the last good one (here the initial weights) and loads.
-    let mut t = trainer(&store, record.train.clone());
-    t.load_checkpoint(&dir.join("checkpoint-last.safetensors")).unwrap();
-    assert_eq!(t.step, 0);
-    assert!(t.params.entries.iter().all(|p| p.value.iter().all(|v| v.is_finite())));
-    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
-    assert!(log.lines().last().unwrap().contains("\"stopped\""), "{log}");
+    let emulated = std::sync::Arc::new(ptrag_engine::cuda::Gpu::emulated(ptrag_engine::cuda::ThreadOrder::Forward).unwrap());
+    for (name, gpu) in [("cpu", None), ("emulated", Some(emulated))] {
+        let dir = tmp.path().join(name);
+        let err = execute(&record, &store, &split, &dir, false, &RunControl { progress: false, stop: None, gpu }).unwrap_err().to_string();
+        assert!(err.contains("training stopped at step") && err.contains("checkpoint-last.safetensors") && err.contains("--resume"), "{err}");
+        // The kept checkpoint is the last good one (here the initial weights) and loads.
+        let mut t = trainer(&store, record.train.clone());
+        t.load_checkpoint(&dir.join("checkpoint-last.safetensors")).unwrap();
+        assert_eq!(t.step, 0);
+        assert!(t.params.entries.iter().all(|p| p.value.iter().all(|v| v.is_finite())));
+        let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+        assert_eq!(last["event"], "stopped", "{log}");
+        assert!(err.contains(&format!("training stopped at step {}:", last["step"])), "{name}: {err}\n{log}");
+    }
 }
 
 #[test]

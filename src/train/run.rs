@@ -241,9 +241,9 @@ fn run_fold(
     bar.set_position(trainer.step as u64);
     let start = std::time::Instant::now();
     let first_step = trainer.step;
-    let stopped = |what: String, trainer: &Trainer, last_saved: usize| {
+    let stopped = |step: usize, what: String, last_saved: usize| {
         Error::Numerical {
-        step: trainer.step,
+        step,
         why: format!(
             "{what}; the last good checkpoint (step {last_saved}) is kept at {}; continue from it with `--resume {}` (e.g. after lowering --lr in {})",
             last_path.display(),
@@ -264,7 +264,7 @@ fn run_fold(
                     "val_mse_change_control_baseline": summary.mse_change_control_baseline, "val_mean_selected": summary.mean_selected}),
             )?;
             if !summary.energy.is_finite() {
-                return Err(stopped(format!("the validation energy is {}", summary.energy), trainer, *last_saved));
+                return Err(stopped(trainer.step, format!("the validation energy is {}", summary.energy), *last_saved));
             }
             if best.best_val_energy.is_none_or(|b| summary.energy < b) {
                 *best = RunState { best_val_energy: Some(summary.energy), best_step: trainer.step, ..*best };
@@ -286,6 +286,15 @@ fn run_fold(
     // A step's time is what its own calls took (queuing it, then finishing it): on the CPU all of
     // it is in the queuing, on a GPU the wait is in the finishing.
     let mut in_flight: Option<(PendingStats, f64)> = None;
+    // A step's failure: a numerical one (at `step`, which on a GPU may be behind `trainer.step`) is
+    // logged and stops the run, keeping the last good checkpoint.
+    let step_failed = |e: Error, log: &mut std::fs::File, last_saved: usize| -> Error {
+        let Error::Numerical { step, why } = e else { return e };
+        match append(log, &log_path, serde_json::json!({"step": step, "event": "stopped", "why": why})) {
+            Ok(()) => stopped(step, why, last_saved),
+            Err(e) => e,
+        }
+    };
     loop {
         let done = trainer.step;
         let must_finish = in_flight.is_some() && (validates(done, &trainer) || stop_requested());
@@ -295,14 +304,7 @@ fn run_fold(
         });
         if let Some((pending, queued_seconds)) = in_flight.take() {
             let clock = std::time::Instant::now();
-            let stats = match pending.finish() {
-                Ok(s) => s,
-                Err(Error::Numerical { step, why }) => {
-                    append(&mut log, &log_path, serde_json::json!({"step": step, "event": "stopped", "why": why}))?;
-                    return Err(stopped(why, &trainer, last_saved));
-                }
-                Err(e) => return Err(e),
-            };
+            let stats = pending.finish().map_err(|e| step_failed(e, &mut log, last_saved))?;
             let seconds = queued_seconds + clock.elapsed().as_secs_f64();
             best.train_seconds += seconds;
             let rate = cells_per_step / seconds;
@@ -338,11 +340,7 @@ fn run_fold(
             None if trainer.step >= steps => break,
             None => None,
             Some(Ok(pending)) => Some(pending),
-            Some(Err(Error::Numerical { step, why })) => {
-                append(&mut log, &log_path, serde_json::json!({"step": step, "event": "stopped", "why": why}))?;
-                return Err(stopped(why, &trainer, last_saved));
-            }
-            Some(Err(e)) => return Err(e),
+            Some(Err(e)) => return Err(step_failed(e, &mut log, last_saved)),
         };
     }
     if last_saved != trainer.step || first_step == steps {
