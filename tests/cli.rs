@@ -203,7 +203,7 @@ fn a_diverging_run_stops_with_the_step_and_the_kept_checkpoint() {
 }
 
 #[test]
-fn evaluate_reports_every_model_and_both_baselines() {
+fn evaluate_reports_every_model_and_the_five_baselines() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tiny_store(tmp.path());
     let (a, b) = (tmp.path().join("state"), tmp.path().join("pt-rag"));
@@ -215,12 +215,13 @@ fn evaluate_reports_every_model_and_both_baselines() {
     let csv = std::fs::read_to_string(out_dir.join("per_condition.csv")).unwrap();
     let header = csv.lines().next().unwrap();
     assert!(header.starts_with("model,target,perturbation,cell_type,cells,pearson_deg"), "{header}");
-    for model in ["state", "pt-rag", "control", "training-mean"] {
+    for model in ["state", "pt-rag", "control", "training-mean", "cross-cell-type", "neighbours", "linear"] {
         let n = csv.lines().filter(|l| l.starts_with(&format!("{model},"))).count();
         assert!(n > 0, "{model} rows missing");
     }
     let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     assert!(report.contains("Mann-Whitney") && report.contains("| pearson_deg"), "{report}");
+    assert!(report.contains("Each model against the strongest baseline") && report.contains("neighbours k ="), "{report}");
     for figure in ["distributions.svg", "curves.svg"] {
         let svg = std::fs::read_to_string(out_dir.join(figure)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("pt-rag"), "{figure}");

@@ -93,7 +93,8 @@ pub fn curves_svg(curves: &[Curve]) -> Result<String> {
 
 /// Models in a fixed reading order: the baselines, then the models from simplest to PT-RAG.
 pub fn model_order(rows: &[ConditionRow]) -> Vec<String> {
-    const ORDER: [&str; 6] = ["control", "training-mean", "state", "state-genept", "vanilla-rag", "pt-rag"];
+    const ORDER: [&str; 9] =
+        ["control", "training-mean", "cross-cell-type", "neighbours", "linear", "state", "state-genept", "vanilla-rag", "pt-rag"];
     let mut names: Vec<String> = rows.iter().map(|r| r.model.clone()).collect();
     names.sort_by_key(|n| (ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()), n.clone()));
     names.dedup();

@@ -1,6 +1,7 @@
 //! Evaluation: the paper's per-condition metrics (`metrics`) and the statistics that compare models
 //! (`stats`).
 
+pub mod baselines;
 pub mod figures;
 pub mod metrics;
 pub mod pca;

@@ -1,11 +1,9 @@
 //! `evaluate`: every test condition of one or more run directories through the paper's metrics,
-//! with the two baselines, summarised per model with Mann-Whitney U tests between every pair of
-//! models and Benjamini-Hochberg over all tests.
-//!
-//! Baselines, per fold: `control` predicts each real cell by its paired control cell (no change);
-//! `training-mean` adds to it the mean change of the target cell type's training perturbations
-//! (training cells' mean minus the control mean).
+//! with the five baselines of `baselines` (each fitted per fold on training data), summarised per
+//! model with Mann-Whitney U tests between every pair of models and baselines and
+//! Benjamini-Hochberg over all tests.
 
+use super::baselines::{Baseline, BaselineChoices, Baselines};
 use super::figures::{curves_svg, distributions_svg, jaccard_svg, read_curve, Curve};
 use super::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
 use super::pca::Pca;
@@ -125,9 +123,11 @@ pub fn pt_rag_records(folds: &[PathBuf]) -> Result<Vec<crate::train::RetrievalRe
     Ok(out)
 }
 
-/// Per-condition metrics of every model and both baselines, over fold directories (`all_folds`).
-pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> Result<Vec<ConditionRow>> {
+/// Per-condition metrics of every model and the baselines (`baselines`: once per data, split,
+/// target and seed), over fold directories (`all_folds`).
+pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> Result<Evaluation> {
     let mut rows = Vec::new();
+    let mut choices = BTreeMap::new();
     let mut baselines_done: Vec<(PathBuf, PathBuf, String, u64)> = Vec::new();
     for dir in folds {
         let run = TrainedRun::open(dir)?;
@@ -140,7 +140,7 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
             eprintln!("evaluating {model} on {target} ({} test conditions) from {}", trainer.fold.test.len(), run.checkpoint().display());
         }
 
-        // PCA on training cells of the fold, and the target cell type's controls and training mean.
+        // PCA on training cells of the fold, and the target cell type's controls.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x9CA);
         let train = &trainer.fold.train;
         let sample = (0..opts.pca_cells).map(|_| {
@@ -149,16 +149,14 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
         });
         let pca = Pca::fit(&rows_f64(store, sample), g, opts.pca_components);
         let controls = rows_f64(store, trainer.fold.controls[ct].iter().copied());
-        let target_train: Vec<u32> = train.iter().filter(|c| c.cell_type as usize == ct).flat_map(|c| c.cells.iter().copied()).collect();
-        let shift: Vec<f64> = if target_train.is_empty() {
-            vec![0.0; g]
-        } else {
-            let picked = (0..opts.pca_cells.min(target_train.len())).map(|_| target_train[rng.gen_range(0..target_train.len())]);
-            let tm = mean_rows(&rows_f64(store, picked), g);
-            tm.iter().zip(mean_rows(&controls, g)).map(|(t, c)| t - c).collect()
-        };
         let key = (record.data.clone(), record.split.clone(), target.clone(), trainer.cfg.seed);
-        let with_baselines = !baselines_done.contains(&key);
+        let baselines = if baselines_done.contains(&key) {
+            None
+        } else {
+            let fitted = Baselines::fit(store, &trainer.fold)?;
+            choices.insert(target.clone(), fitted.choices.clone());
+            Some(fitted)
+        };
         baselines_done.push(key);
 
         let mut eval_rng = trainer.eval_rng();
@@ -174,14 +172,22 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
                 values,
             };
             rows.push(row(&model, condition_metrics(&pred, &real, &controls, g, &pca, opts)?));
-            if with_baselines {
-                rows.push(row("control", condition_metrics(&paired, &real, &controls, g, &pca, opts)?));
-                let shifted: Vec<f64> = paired.chunks(g).flat_map(|r| r.iter().zip(&shift).map(|(x, s)| (x + s).max(0.0))).collect();
-                rows.push(row("training-mean", condition_metrics(&shifted, &real, &controls, g, &pca, opts)?));
+            if let Some(b) = &baselines {
+                for baseline in Baseline::ALL {
+                    let predicted = b.predict_cells(baseline, cond.perturbation, &paired);
+                    rows.push(row(baseline.name(), condition_metrics(&predicted, &real, &controls, g, &pca, opts)?));
+                }
             }
         }
     }
-    Ok(rows)
+    Ok(Evaluation { rows, baseline_choices: choices })
+}
+
+/// Per-condition metrics of every model and baseline, and what validation chose for the
+/// baselines per target cell type.
+pub struct Evaluation {
+    pub rows: Vec<ConditionRow>,
+    pub baseline_choices: BTreeMap<String, BaselineChoices>,
 }
 
 /// metric -> (mean, standard deviation, conditions)
@@ -195,6 +201,8 @@ pub struct Summary {
     pub per_cell_type: BTreeMap<String, BTreeMap<String, MetricTable>>,
     /// (metric, model a, model b, Mann-Whitney U of a, p, BH q)
     pub tests: Vec<(String, String, String, f64, f64, f64)>,
+    /// Target cell type -> what validation chose for the baselines.
+    pub baseline_choices: BTreeMap<String, BaselineChoices>,
 }
 
 fn column(rs: &[&ConditionRow], m: usize) -> Vec<f64> {
@@ -235,7 +243,7 @@ pub fn summarise(rows: &[ConditionRow]) -> Summary {
     }
     let q = benjamini_hochberg(&tests.iter().map(|t| t.4).collect::<Vec<_>>());
     tests.iter_mut().zip(q).for_each(|(t, q)| t.5 = q);
-    Summary { models, per_cell_type, tests }
+    Summary { models, per_cell_type, tests, baseline_choices: BTreeMap::new() }
 }
 
 /// A Markdown table like the paper's Table 1 (mean +- sd per metric and model), then every test.
@@ -251,6 +259,7 @@ pub fn markdown(summary: &Summary, opts: &EvalOptions) -> String {
         }
     );
     s += &metric_table(&summary.models);
+    s += &against_baselines(summary);
     if summary.per_cell_type.len() > 1 {
         for (ct, models) in &summary.per_cell_type {
             s += &format!("\n## {ct}\n\n| metric |");
@@ -260,6 +269,53 @@ pub fn markdown(summary: &Summary, opts: &EvalOptions) -> String {
     s += "\n## Mann-Whitney U between models (two-sided), Benjamini-Hochberg over all tests\n\n| metric | a | b | U | p | q | |\n|---|---|---|---|---|---|---|\n";
     for (metric, a, b, u, p, q) in &summary.tests {
         s += &format!("| {metric} | {a} | {b} | {u} | {p:.3e} | {q:.3e} | {} |\n", significance_mark(*q));
+    }
+    s
+}
+
+/// The test of `a` against `b` on `metric`, whichever order it was run in: (q, a's mean - b's).
+fn compared(summary: &Summary, metric: &str, a: &str, b: &str) -> Option<(f64, f64)> {
+    let t = summary.tests.iter().find(|t| t.0 == metric && ((t.1 == a && t.2 == b) || (t.1 == b && t.2 == a)))?;
+    Some((t.5, summary.models[a][metric].0 - summary.models[b][metric].0))
+}
+
+/// Per metric, the baseline with the best mean and every model against it: the difference of means,
+/// the BH q-value of their Mann-Whitney test, and whether the model is better.
+fn against_baselines(summary: &Summary) -> String {
+    let models: Vec<&String> = summary.models.keys().filter(|m| !Baseline::is_baseline(m)).collect();
+    if models.is_empty() || !summary.models.keys().any(|m| Baseline::is_baseline(m)) {
+        return String::new();
+    }
+    let mut s = "\n## Each model against the strongest baseline\n\nPer metric, the baseline with the best mean; `+`: the model is better, `-`: worse; q: Benjamini-Hochberg over all tests; marks `***` q < 0.01, `**` < 0.05, `*` < 0.1.\n\n| metric | strongest baseline |".to_string();
+    models.iter().for_each(|m| s += &format!(" {m} |"));
+    s += "\n|---|---|";
+    models.iter().for_each(|_| s += "---|");
+    s += "\n";
+    for (m, metric) in METRICS.iter().enumerate().take(METRICS.len() - 1) {
+        let better = |a: f64, b: f64| if HIGHER_IS_BETTER[m] { a > b } else { a < b };
+        let strongest = summary
+            .models
+            .iter()
+            .filter(|(name, t)| Baseline::is_baseline(name) && t[*metric].0.is_finite())
+            .reduce(|a, b| if better(b.1[*metric].0, a.1[*metric].0) { b } else { a });
+        let Some((base, table)) = strongest else { continue };
+        s += &format!("| {metric} | {base} ({:.4}) |", table[*metric].0);
+        for model in &models {
+            match compared(summary, metric, model, base) {
+                Some((q, diff)) => {
+                    let sign = if better(diff, 0.0) { "+" } else { "-" };
+                    s += &format!(" {sign} {diff:+.4}, q {q:.2e} {} |", significance_mark(q));
+                }
+                None => s += " |",
+            }
+        }
+        s += "\n";
+    }
+    for (target, c) in &summary.baseline_choices {
+        s += &format!(
+            "\nBaselines on {target}, chosen on its validation perturbations: neighbours k = {}, linear ridge penalty {} x n (components {} GenePT + {} cross-cell-type).\n",
+            c.neighbours_k, c.ridge_penalty, c.linear_components.0, c.linear_components.1
+        );
     }
     s
 }
@@ -292,8 +348,8 @@ fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
 /// report files in `out`; returns the overall Markdown table.
 pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progress: bool) -> Result<String> {
     let folds = all_folds(run_dirs)?;
-    let rows = evaluate_runs(&folds, opts, progress)?;
-    let summary = summarise(&rows);
+    let Evaluation { rows, baseline_choices } = evaluate_runs(&folds, opts, progress)?;
+    let summary = Summary { baseline_choices, ..summarise(&rows) };
     let records = pt_rag_records(&folds)?;
     let retrieval = (!records.is_empty()).then(|| super::retrieval::analyse(&records));
     let mut curves = Vec::new();

@@ -1,0 +1,357 @@
+//! The baselines a perturbation model has to beat (Ahlmann-Eltze, Huber & Anders, Nature Methods
+//! 2025; Csendes et al. 2025). Each predicts a condition's mean expression change in the target
+//! cell type; its predicted cells are the paired control cells plus that change, clamped at 0, so
+//! the distributional metrics apply to it as to a model.
+//!
+//! Fitted per fold from the fold's training conditions and control cells only. The target cell
+//! type's validation conditions choose the two hyper-parameters (the neighbours' k and the ridge
+//! penalty); its test conditions are never read. "Mean change" is a condition's mean expression
+//! minus the mean of all control cells of its cell type.
+
+use super::metrics::{mean_rows, mse};
+use crate::data::split::{Condition, Fold};
+use crate::data::store::Store;
+use crate::Result;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// The baselines, in reading order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Baseline {
+    /// No change: each real cell predicted by its paired control cell.
+    Control,
+    /// The mean change of the target cell type's training perturbations (each counts once).
+    TrainingMean,
+    /// The query's own mean change in the other cell types (training data in this protocol), averaged.
+    CrossCellType,
+    /// The mean change, in the target cell type, of the query's k nearest GenePT neighbours (cosine)
+    /// among the target's training perturbations; k chosen on validation.
+    Neighbours,
+    /// Ridge regression from [GenePT PCs; cross-cell-type change PCs] to the target-cell-type
+    /// change, fitted on the target's training perturbations; penalty chosen on validation.
+    Linear,
+}
+
+impl Baseline {
+    pub const ALL: [Baseline; 5] = [Baseline::Control, Baseline::TrainingMean, Baseline::CrossCellType, Baseline::Neighbours, Baseline::Linear];
+    pub fn name(self) -> &'static str {
+        match self {
+            Baseline::Control => "control",
+            Baseline::TrainingMean => "training-mean",
+            Baseline::CrossCellType => "cross-cell-type",
+            Baseline::Neighbours => "neighbours",
+            Baseline::Linear => "linear",
+        }
+    }
+    pub fn is_baseline(name: &str) -> bool {
+        Baseline::ALL.iter().any(|b| b.name() == name)
+    }
+}
+
+/// The neighbours' k is chosen among these (clamped to the training perturbations available).
+pub const NEIGHBOUR_KS: [usize; 4] = [5, 10, 20, 32];
+/// The ridge penalty is chosen among these, each times the number of training perturbations.
+pub const RIDGE_PENALTIES: [f64; 7] = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0];
+/// Principal components kept of each feature block of `linear` (GenePT, cross-cell-type change).
+pub const LINEAR_COMPONENTS: usize = 32;
+
+/// What validation chose, with the validation mean-change MSE of every candidate value.
+#[derive(Clone, Debug, Serialize)]
+pub struct BaselineChoices {
+    pub neighbours_k: usize,
+    pub neighbours_val_mse: Vec<(usize, f64)>,
+    pub ridge_penalty: f64,
+    pub ridge_val_mse: Vec<(f64, f64)>,
+    /// Components kept per block (GenePT, cross-cell-type change).
+    pub linear_components: (usize, usize),
+}
+
+pub struct Baselines {
+    target: u32,
+    /// Mean change of every training condition, by (perturbation, cell type).
+    observed: HashMap<(u32, u32), Vec<f64>>,
+    /// The target cell type's training perturbations (the control excluded), in fold order.
+    target_train: Vec<u32>,
+    /// Unit GenePT vectors `[perturbations, dim]` (zero rows stay zero).
+    genept: Vec<f64>,
+    dim: usize,
+    training_mean: Vec<f64>,
+    ridge: Ridge,
+    pub choices: BaselineChoices,
+}
+
+/// Mean expression of a set of cells.
+fn mean_of(store: &Store, cells: &[u32]) -> Vec<f64> {
+    let g = store.n_genes();
+    let (mut sum, mut row) = (vec![0.0f64; g], vec![0.0f32; g]);
+    for &c in cells {
+        store.expression_row(c as usize, &mut row);
+        sum.iter_mut().zip(&row).for_each(|(s, &v)| *s += v as f64);
+    }
+    sum.iter().map(|s| s / cells.len().max(1) as f64).collect()
+}
+
+fn mean_of_vectors<'a>(vectors: impl Iterator<Item = &'a Vec<f64>>, g: usize) -> Option<Vec<f64>> {
+    let (mut sum, mut n) = (vec![0.0; g], 0usize);
+    for v in vectors {
+        sum.iter_mut().zip(v).for_each(|(s, x)| *s += x);
+        n += 1;
+    }
+    (n > 0).then(|| sum.into_iter().map(|s| s / n as f64).collect())
+}
+
+fn unit_rows(v: &[f32], dim: usize) -> Vec<f64> {
+    v.chunks(dim.max(1))
+        .flat_map(|r| {
+            let n = r.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            r.iter().map(move |&x| if n > 0.0 { x as f64 / n } else { 0.0 })
+        })
+        .collect()
+}
+
+impl Baselines {
+    /// Fits every baseline for `fold` (see the module doc for what each may read).
+    pub fn fit(store: &Store, fold: &Fold) -> Result<Baselines> {
+        let g = store.n_genes();
+        let control_mean: Vec<Vec<f64>> = fold.controls.iter().map(|pool| mean_of(store, pool)).collect();
+        let change = |c: &Condition| -> Vec<f64> {
+            mean_of(store, &c.cells).iter().zip(&control_mean[c.cell_type as usize]).map(|(m, c)| m - c).collect()
+        };
+        let target = fold.target as u32;
+        let mut observed = HashMap::new();
+        let mut target_train = Vec::new();
+        for c in fold.train.iter().filter(|c| c.perturbation != store.control_index) {
+            observed.insert((c.perturbation, c.cell_type), change(c));
+            if c.cell_type == target {
+                target_train.push(c.perturbation);
+            }
+        }
+        let training_mean = mean_of_vectors(target_train.iter().map(|p| &observed[&(*p, target)]), g).unwrap_or_else(|| vec![0.0; g]);
+        let dim = store.manifest.embed_dim;
+        let genept = unit_rows(&store.genept_table(), dim);
+        let mut b = Baselines {
+            target,
+            observed,
+            target_train,
+            genept,
+            dim,
+            training_mean,
+            ridge: Ridge::default(),
+            choices: BaselineChoices {
+                neighbours_k: 10,
+                neighbours_val_mse: vec![],
+                ridge_penalty: 1.0,
+                ridge_val_mse: vec![],
+                linear_components: (0, 0),
+            },
+        };
+        // Validation chooses k and the penalty: the mean-change MSE over its conditions.
+        let val: Vec<(u32, Vec<f64>)> = fold.val.iter().map(|c| (c.perturbation, change(c))).collect();
+        let val_mse = |predict: &dyn Fn(u32) -> Vec<f64>| -> f64 {
+            val.iter().map(|(p, real)| mse(&predict(*p), real)).sum::<f64>() / val.len().max(1) as f64
+        };
+        let n_train = b.target_train.len();
+        if val.is_empty() {
+            // nothing to choose on: the defaults, and `linear` at the default penalty
+            let design = LinearDesign::fit(&b);
+            b.ridge = design.ridge(&b, b.choices.ridge_penalty * n_train.max(1) as f64);
+            b.choices.linear_components = design.components(dim, g);
+            b.ridge.design = Some(design);
+            b.choices.neighbours_k = b.choices.neighbours_k.min(n_train.max(1));
+            return Ok(b);
+        }
+        let mut ks: Vec<usize> = NEIGHBOUR_KS.iter().map(|&k| k.min(n_train.max(1))).collect();
+        ks.dedup();
+        b.choices.neighbours_val_mse = ks.iter().map(|&k| (k, val_mse(&|p| b.neighbours(p, k)))).collect();
+        b.choices.neighbours_k = best(&b.choices.neighbours_val_mse).unwrap_or(10.min(n_train.max(1)));
+
+        let design = LinearDesign::fit(&b);
+        b.choices.linear_components = design.components(dim, g);
+        let fits: Vec<(f64, Ridge)> = RIDGE_PENALTIES.iter().map(|&l| (l, design.ridge(&b, l * n_train.max(1) as f64))).collect();
+        b.choices.ridge_val_mse = fits.iter().map(|(l, r)| (*l, val_mse(&|p| r.predict(&design.features(&b, p))))).collect();
+        let chosen = best(&b.choices.ridge_val_mse).unwrap_or(1.0);
+        b.choices.ridge_penalty = chosen;
+        b.ridge = fits.into_iter().find(|(l, _)| *l == chosen).map(|(_, r)| r).unwrap_or_default();
+        b.ridge.design = Some(design);
+        Ok(b)
+    }
+
+    /// The predicted mean change of `perturbation` in the target cell type.
+    pub fn shift(&self, baseline: Baseline, perturbation: u32) -> Vec<f64> {
+        match baseline {
+            Baseline::Control => vec![0.0; self.training_mean.len()],
+            Baseline::TrainingMean => self.training_mean.clone(),
+            Baseline::CrossCellType => self.cross_cell_type(perturbation).unwrap_or_else(|| self.training_mean.clone()),
+            Baseline::Neighbours => self.neighbours(perturbation, self.choices.neighbours_k),
+            Baseline::Linear => match &self.ridge.design {
+                Some(d) => self.ridge.predict(&d.features(self, perturbation)),
+                None => self.training_mean.clone(),
+            },
+        }
+    }
+
+    /// Predicted cells: every paired control cell `[n, genes]` plus the baseline's shift, at least 0.
+    pub fn predict_cells(&self, baseline: Baseline, perturbation: u32, paired: &[f64]) -> Vec<f64> {
+        let shift = self.shift(baseline, perturbation);
+        paired.chunks(shift.len().max(1)).flat_map(|r| r.iter().zip(&shift).map(|(x, s)| (x + s).max(0.0))).collect()
+    }
+
+    /// The query's observed mean change averaged over the other cell types; None if never observed.
+    fn cross_cell_type(&self, p: u32) -> Option<Vec<f64>> {
+        let mut other: Vec<(&(u32, u32), &Vec<f64>)> = self.observed.iter().filter(|((q, ct), _)| *q == p && *ct != self.target).collect();
+        other.sort_by_key(|(k, _)| **k); // a fixed summation order
+        mean_of_vectors(other.into_iter().map(|(_, v)| v), self.training_mean.len())
+    }
+
+    /// `linear` refitted at another penalty (times the number of training perturbations).
+    pub fn linear_at(&self, p: u32, penalty: f64) -> Vec<f64> {
+        let design = LinearDesign::fit(self);
+        design.ridge(self, penalty * self.target_train.len().max(1) as f64).predict(&design.features(self, p))
+    }
+
+    /// The mean target-cell-type change of the k training perturbations nearest to `p` in GenePT
+    /// cosine (`p` itself excluded; ties by index).
+    pub fn neighbours(&self, p: u32, k: usize) -> Vec<f64> {
+        let row = |i: u32| &self.genept[i as usize * self.dim..(i as usize + 1) * self.dim];
+        let q = row(p);
+        let mut scored: Vec<(f64, u32)> =
+            self.target_train.iter().filter(|&&c| c != p).map(|&c| (row(c).iter().zip(q).map(|(a, b)| a * b).sum::<f64>(), c)).collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        mean_of_vectors(scored.iter().take(k).map(|(_, c)| &self.observed[&(*c, self.target)]), self.training_mean.len())
+            .unwrap_or_else(|| self.training_mean.clone())
+    }
+}
+
+/// The value (first of a tie) with the smallest finite validation error.
+fn best<T: Copy>(scores: &[(T, f64)]) -> Option<T> {
+    scores.iter().filter(|(_, e)| e.is_finite()).min_by(|a, b| a.1.total_cmp(&b.1)).map(|(v, _)| *v)
+}
+
+/// A projection onto leading principal components, fitted through the `n x n` Gram matrix (few
+/// rows of high dimension), each coordinate divided by the square root of the block's total
+/// variance so that two blocks weigh alike in the ridge.
+#[derive(Default)]
+struct Projection {
+    dims: usize,
+    mean: Vec<f64>,
+    /// `[components, dims]`, orthonormal rows, already scaled by `1 / sqrt(total variance)`.
+    directions: Vec<f64>,
+}
+
+impl Projection {
+    fn fit(rows: &[f64], dims: usize, components: usize) -> Projection {
+        let n = rows.len() / dims.max(1);
+        if n < 2 {
+            return Projection { dims, mean: vec![0.0; dims], directions: vec![] };
+        }
+        let mean = mean_rows(rows, dims);
+        let centred: Vec<f64> = rows.chunks(dims).flat_map(|r| r.iter().zip(&mean).map(|(x, m)| x - m)).collect();
+        let mut gram = vec![0.0; n * n];
+        crate::cpu::gemm::matmul(&centred, &centred, &mut gram, n, dims, n, false, true, false);
+        let (values, vectors) = super::pca::symmetric_eigen(&gram, n);
+        let total: f64 = values.iter().filter(|&&v| v > 0.0).sum();
+        let keep = values.iter().take(components).filter(|&&v| v > 1e-10 * values[0].max(1e-300)).count();
+        let mut directions = vec![0.0; keep * dims];
+        for (i, dir) in directions.chunks_mut(dims).enumerate() {
+            // v_i = X^T u_i / sqrt(lambda_i) is the unit direction; scaled for the block weight.
+            let scale = 1.0 / (values[i].sqrt() * total.sqrt());
+            for (j, row) in centred.chunks(dims).enumerate() {
+                let u = vectors[i * n + j] * scale;
+                dir.iter_mut().zip(row).for_each(|(d, x)| *d += u * x);
+            }
+        }
+        Projection { dims, mean, directions }
+    }
+    fn project(&self, x: &[f64]) -> Vec<f64> {
+        self.directions.chunks(self.dims.max(1)).map(|d| d.iter().zip(x).zip(&self.mean).map(|((d, x), m)| d * (x - m)).sum()).collect()
+    }
+}
+
+/// `linear`'s features: [GenePT projection; cross-cell-type change projection].
+#[derive(Default)]
+struct LinearDesign {
+    genept: Projection,
+    cross: Projection,
+}
+
+impl LinearDesign {
+    fn fit(b: &Baselines) -> LinearDesign {
+        let g = b.training_mean.len();
+        let genept: Vec<f64> = b.target_train.iter().flat_map(|&p| b.genept[p as usize * b.dim..(p as usize + 1) * b.dim].to_vec()).collect();
+        let cross: Vec<f64> = b.target_train.iter().flat_map(|&p| b.cross_cell_type(p).unwrap_or_else(|| vec![0.0; g])).collect();
+        LinearDesign { genept: Projection::fit(&genept, b.dim, LINEAR_COMPONENTS), cross: Projection::fit(&cross, g, LINEAR_COMPONENTS) }
+    }
+    fn components(&self, dim: usize, genes: usize) -> (usize, usize) {
+        (self.genept.directions.len() / dim.max(1), self.cross.directions.len() / genes.max(1))
+    }
+    /// A perturbation never observed in another cell type gets the training perturbations' mean
+    /// cross-cell-type change (a zero coordinate in that block).
+    fn features(&self, b: &Baselines, p: u32) -> Vec<f64> {
+        let e = self.genept.project(&b.genept[p as usize * b.dim..(p as usize + 1) * b.dim]);
+        let x = b.cross_cell_type(p).map(|v| self.cross.project(&v)).unwrap_or_else(|| vec![0.0; self.cross.directions.len() / self.cross.dims.max(1)]);
+        [e, x].concat()
+    }
+    /// Ridge with an intercept: `W = (F^T F + penalty I)^-1 F^T (Y - mean Y)` over centred features.
+    fn ridge(&self, b: &Baselines, penalty: f64) -> Ridge {
+        let g = b.training_mean.len();
+        let rows: Vec<Vec<f64>> = b.target_train.iter().map(|&p| self.features(b, p)).collect();
+        let f = rows.first().map_or(0, |r| r.len());
+        let n = rows.len();
+        if n == 0 || f == 0 {
+            return Ridge { feature_mean: vec![0.0; f], target_mean: b.training_mean.clone(), weights: vec![0.0; f * g], design: None };
+        }
+        let feature_mean = mean_rows(&rows.concat(), f);
+        let x: Vec<f64> = rows.iter().flat_map(|r| r.iter().zip(&feature_mean).map(|(v, m)| v - m)).collect();
+        let y: Vec<f64> = b.target_train.iter().flat_map(|&p| b.observed[&(p, b.target)].iter().zip(&b.training_mean).map(|(v, m)| v - m)).collect();
+        let mut a = vec![0.0; f * f];
+        crate::cpu::gemm::matmul(&x, &x, &mut a, f, n, f, true, false, false);
+        (0..f).for_each(|i| a[i * f + i] += penalty);
+        let mut rhs = vec![0.0; f * g];
+        crate::cpu::gemm::matmul(&x, &y, &mut rhs, f, n, g, true, false, false);
+        let weights = cholesky_solve(&a, f, &rhs, g);
+        Ridge { feature_mean, target_mean: b.training_mean.clone(), weights, design: None }
+    }
+}
+
+#[derive(Default)]
+struct Ridge {
+    feature_mean: Vec<f64>,
+    target_mean: Vec<f64>,
+    /// `[features, genes]`
+    weights: Vec<f64>,
+    design: Option<LinearDesign>,
+}
+
+impl Ridge {
+    fn predict(&self, features: &[f64]) -> Vec<f64> {
+        let mut out = self.target_mean.clone();
+        let g = out.len();
+        for ((x, m), w) in features.iter().zip(&self.feature_mean).zip(self.weights.chunks(g.max(1))) {
+            out.iter_mut().zip(w).for_each(|(o, w)| *o += (x - m) * w);
+        }
+        out
+    }
+}
+
+/// Solves `A X = B` for a symmetric positive definite `a: [n, n]` and `b: [n, m]` (Cholesky).
+fn cholesky_solve(a: &[f64], n: usize, b: &[f64], m: usize) -> Vec<f64> {
+    let mut l = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let s: f64 = a[i * n + j] - (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum::<f64>();
+            l[i * n + j] = if i == j { s.max(1e-300).sqrt() } else { s / l[j * n + j] };
+        }
+    }
+    let mut x = b.to_vec();
+    for c in 0..m {
+        for i in 0..n {
+            let s = x[i * m + c] - (0..i).map(|k| l[i * n + k] * x[k * m + c]).sum::<f64>();
+            x[i * m + c] = s / l[i * n + i];
+        }
+        for i in (0..n).rev() {
+            let s = x[i * m + c] - (i + 1..n).map(|k| l[k * n + i] * x[k * m + c]).sum::<f64>();
+            x[i * m + c] = s / l[i * n + i];
+        }
+    }
+    x
+}
