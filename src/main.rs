@@ -52,7 +52,13 @@ enum Command {
         preset: String,
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// Output directory (default: data/synth-<preset>).
+        /// How cell-type-specific the planted biology is, in [0, 1): the share of pathways silent
+        /// per cell type; above 0.25 (the default data) more perturbations belong to two pathways
+        /// and act through only one of them, chosen per cell type (README, "context specificity").
+        #[arg(long, default_value_t = 0.25)]
+        context_specificity: f64,
+        /// Output directory (default: data/synth-<preset>, or data/synth-<preset>-cs<X> at another
+        /// context specificity).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -386,9 +392,12 @@ fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result
 
 fn run(cli: Cli) -> ptrag_engine::Result<()> {
     match cli.command {
-        Command::Synth { preset, seed, out } => {
-            let cfg = SynthConfig::preset(&preset, seed)?;
-            let out = out.unwrap_or_else(|| PathBuf::from(format!("data/synth-{preset}")));
+        Command::Synth { preset, seed, context_specificity, out } => {
+            let cfg = SynthConfig::preset(&preset, seed)?.with_context_specificity(context_specificity)?;
+            let out = out.unwrap_or_else(|| match cfg.context_specificity {
+                None => PathBuf::from(format!("data/synth-{preset}")),
+                Some(x) => PathBuf::from(format!("data/synth-{preset}-cs{x}")),
+            });
             let report = synth::generate(&cfg, &out, !cli.quiet)?;
             println!(
                 "wrote {} cells x {} genes to {} ({:.1} MB) in {:.1} s",

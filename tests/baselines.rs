@@ -78,9 +78,11 @@ fn baselines_match_hand_derived_values() {
     let argmin = b.choices.ridge_val_mse.iter().min_by(|a, c| a.1.total_cmp(&c.1)).unwrap().0;
     assert_eq!(b.choices.ridge_penalty, argmin);
     close(&b.shift(Baseline::Linear, 5), &b.linear_at(5, argmin), "linear at the chosen penalty");
-    // Cells: the paired control plus the shift, clamped at zero.
+    // Cells: the paired controls centred on A's control mean [2, 2], plus the shift, not clamped.
     let cells = b.predict_cells(Baseline::CrossCellType, 6, &[1.0, 1.0, 0.0, 0.0]);
-    close(&cells, &[3.0, 1.0, 2.0, 0.0], "predicted cells");
+    close(&cells, &[2.0 + 0.5 + 2.0, 2.0 + 0.5, 2.0 - 0.5 + 2.0, 2.0 - 0.5], "predicted cells");
+    let cells = b.predict_cells(Baseline::Control, 5, &[0.5, -9.0]);
+    close(&cells, &[2.0, 2.0], "a single paired cell lands on the control mean");
 }
 
 #[test]

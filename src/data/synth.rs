@@ -4,7 +4,9 @@
 //! - 4 cell types, each with its own baseline profile and 3 control sub-states (heterogeneity);
 //! - pathways, each with a sparse response program over genes; a pathway's ACTIVITY differs per
 //!   cell type and is zero ("silent") in some cell types;
-//! - each perturbation belongs to one pathway (some to two, a few to none) with its own strength,
+//! - each perturbation belongs to one pathway (some to two, a few to none) with its own strength;
+//!   with a context specificity above the default, a two-pathway perturbation may act through only
+//!   one of its pathways in a cell type (`SynthConfig::with_context_specificity`);
 //!   a small idiosyncratic effect, and knock-down of its target gene when that gene is measured;
 //! - each cell type has a generic response program that every perturbation triggers in proportion
 //!   to its strength; batches (gem groups, nested in cell types) add small offsets;
@@ -19,6 +21,7 @@
 
 use super::split::{SplitFile, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION};
 use super::store::{ExprDtype, Manifest, StoreWriter, FORMAT, VERSION};
+use crate::eval::planted::TruthFile;
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -43,7 +46,15 @@ pub struct SynthConfig {
     pub cells_per_condition: usize,
     pub controls_per_cell_type: usize,
     pub batches_per_cell_type: usize,
+    /// How cell-type-specific the planted biology is (`with_context_specificity`); None is the
+    /// original data (0.25), kept out of `source` so that its cached stores stay valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_specificity: Option<f64>,
 }
+
+/// The context specificity of the original built-in data: a quarter of the pathways silent per
+/// cell type, and no perturbation switching pathway between cell types.
+pub const DEFAULT_CONTEXT_SPECIFICITY: f64 = 0.25;
 
 impl SynthConfig {
     pub fn preset(name: &str, seed: u64) -> Result<SynthConfig> {
@@ -63,7 +74,28 @@ impl SynthConfig {
             cells_per_condition,
             controls_per_cell_type,
             batches_per_cell_type,
+            context_specificity: None,
         })
+    }
+
+    /// The data at context specificity `x` in [0, 1): each pathway is silent in a cell type with
+    /// probability `x`; above the default 0.25 a growing share of the perturbations belongs to two
+    /// pathways (10% at 0.25, up to 50%) and acts through only one of them, chosen per cell type, in
+    /// a share `m = (x - 0.25) / 0.75` of the cell types. A cell-type-agnostic retrieval then finds
+    /// neighbours through the wrong pathway more often. `x = 0.25` gives the original data exactly.
+    pub fn with_context_specificity(mut self, x: f64) -> Result<SynthConfig> {
+        if !(0.0..1.0).contains(&x) {
+            return Err(Error::invalid("--context-specificity", format!("a value in [0, 1), got {x}")));
+        }
+        self.context_specificity = (x != DEFAULT_CONTEXT_SPECIFICITY).then_some(x);
+        Ok(self)
+    }
+    fn specificity(&self) -> f64 {
+        self.context_specificity.unwrap_or(DEFAULT_CONTEXT_SPECIFICITY)
+    }
+    /// The share of cell types in which a two-pathway perturbation acts through one pathway only.
+    fn switching(&self) -> f64 {
+        ((self.specificity() - DEFAULT_CONTEXT_SPECIFICITY) / (1.0 - DEFAULT_CONTEXT_SPECIFICITY)).clamp(0.0, 1.0)
     }
     pub fn source(&self) -> String {
         format!("synth {}", serde_json::to_string(self).expect("config serialises"))
@@ -71,15 +103,6 @@ impl SynthConfig {
     pub fn n_batches(&self) -> usize {
         self.batches_per_cell_type * CELL_TYPES.len()
     }
-}
-
-/// The hidden truth of a synthetic data set (written beside the store for analysis).
-#[derive(Serialize)]
-pub struct Truth {
-    /// Per perturbation (store order, control first), its pathways.
-    pub pathways_of: Vec<Vec<usize>>,
-    /// `[cell type][pathway]` activity; 0 means silent.
-    pub activity: Vec<Vec<f32>>,
 }
 
 struct Model {
@@ -91,6 +114,7 @@ struct Model {
     activity: Vec<Vec<f32>>,        // [ct][pathway]
     generic: Vec<Vec<f32>>,         // [ct][g]
     pert_pathways: Vec<Vec<usize>>, // [pert] (index 0 = control)
+    switched_off: Vec<Vec<Option<usize>>>, // [ct][pert]: a pathway of the perturbation not acting there
     strength: Vec<f32>,
     penetrance: Vec<f32>,
     idiosyncratic: Vec<Vec<(usize, f32)>>,
@@ -114,23 +138,35 @@ impl Model {
         let substates = (0..n_ct).map(|_| (0..3).map(|_| sparse(&mut rng, g, 0.1, 0.5)).collect()).collect();
         let batch_offset = (0..cfg.n_batches()).map(|_| (0..g).map(|_| normal(&mut rng, 0.08)).collect()).collect();
         let programs = (0..cfg.pathways).map(|_| sparse(&mut rng, g, 0.08, 1.0)).collect();
+        let silent = cfg.specificity();
         let activity = (0..n_ct)
-            .map(|_| (0..cfg.pathways).map(|_| if rng.gen_bool(0.25) { 0.0 } else { rng.gen_range(0.3..1.5) }).collect())
+            .map(|_| (0..cfg.pathways).map(|_| if rng.gen_bool(silent) { 0.0 } else { rng.gen_range(0.3..1.5) }).collect())
             .collect();
         let generic = (0..n_ct).map(|_| sparse(&mut rng, g, 0.05, 0.5)).collect();
         let mut pert_pathways = vec![vec![]];
+        let two_pathways = 0.15 + 0.4 * cfg.switching();
         for _ in 0..cfg.perturbations {
             let u: f64 = rng.gen();
             let first = rng.gen_range(0..cfg.pathways);
             pert_pathways.push(if u < 0.05 {
                 vec![]
-            } else if u < 0.15 {
+            } else if u < two_pathways {
                 let second = (first + 1 + rng.gen_range(0..cfg.pathways - 1)) % cfg.pathways;
                 vec![first, second]
             } else {
                 vec![first]
             });
         }
+        // From a stream of its own, so that the original data (no switching) draws nothing here.
+        let mut switch_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5EC1_F1C1);
+        let switched_off = (0..n_ct)
+            .map(|_| {
+                pert_pathways
+                    .iter()
+                    .map(|pws: &Vec<usize>| (pws.len() == 2 && cfg.switching() > 0.0 && switch_rng.gen_bool(cfg.switching())).then(|| pws[switch_rng.gen_range(0..2)]))
+                    .collect()
+            })
+            .collect();
         let strength = (0..np).map(|j| if j == 0 { 0.0 } else { rng.gen_range(0.6..1.4) }).collect();
         let penetrance = (0..np).map(|_| rng.gen_range(0.6..0.95)).collect();
         let idiosyncratic = (0..np)
@@ -153,6 +189,7 @@ impl Model {
             activity,
             generic,
             pert_pathways,
+            switched_off,
             strength,
             penetrance,
             idiosyncratic,
@@ -169,7 +206,7 @@ impl Model {
             return d;
         }
         let s = self.strength[p];
-        for &pw in &self.pert_pathways[p] {
+        for pw in self.acting(p, ct) {
             let a = self.activity[ct][pw] * s / (self.pert_pathways[p].len() as f32).sqrt();
             d.iter_mut().zip(&self.programs[pw]).for_each(|(d, &v)| *d += a * v);
         }
@@ -181,6 +218,12 @@ impl Model {
             d[t] += (0.15f32).ln();
         }
         d
+    }
+
+    /// The pathways through which perturbation `p` acts in cell type `ct`: its pathways, less one
+    /// switched off there (silent pathways included: they act with activity 0).
+    fn acting(&self, p: usize, ct: usize) -> Vec<usize> {
+        self.pert_pathways[p].iter().copied().filter(|&pw| self.switched_off[ct][p] != Some(pw)).collect()
     }
 
     /// One normalised, log1p'd expression profile.
@@ -347,7 +390,10 @@ pub fn generate(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<SynthRe
         n_batches: cfg.n_batches(),
         embed_dim: cfg.embed_dim,
     };
-    let truth = Truth { pathways_of: model.pert_pathways.clone(), activity: model.activity.clone() };
+    let acting = (0..n_ct)
+        .map(|ct| (0..=cfg.perturbations).map(|p| model.acting(p, ct).into_iter().filter(|&pw| model.activity[ct][pw] > 0.0).collect()).collect())
+        .collect();
+    let truth = TruthFile { pathways_of: model.pert_pathways.clone(), activity: model.activity.clone(), acting: Some(acting) };
     let truth = serde_json::to_string(&truth).expect("truth serialises");
     let cells = writer.n_cells();
     let dir = writer.finish(manifest, &embeddings(&model), &split.to_toml(), &[("synth_truth.json", truth)])?;

@@ -5,6 +5,7 @@ pub mod baselines;
 pub mod figures;
 pub mod metrics;
 pub mod pca;
+pub mod planted;
 pub mod predict;
 pub mod report;
 pub mod retrieval;

@@ -4,6 +4,7 @@
 //! Benjamini-Hochberg over all tests.
 
 use super::baselines::{Baseline, BaselineChoices, Baselines};
+use super::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
 use super::figures::{curves_svg, distributions_svg, jaccard_svg, read_curve, Curve};
 use super::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
 use super::pca::Pca;
@@ -203,6 +204,10 @@ pub struct Summary {
     pub tests: Vec<(String, String, String, f64, f64, f64)>,
     /// Target cell type -> what validation chose for the baselines.
     pub baseline_choices: BTreeMap<String, BaselineChoices>,
+    /// Model -> cell type -> retrieval and selection against the planted truth; absent on a store
+    /// without one (real data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planted: Option<BTreeMap<String, BTreeMap<String, PlantedMetrics>>>,
 }
 
 fn column(rs: &[&ConditionRow], m: usize) -> Vec<f64> {
@@ -243,7 +248,7 @@ pub fn summarise(rows: &[ConditionRow]) -> Summary {
     }
     let q = benjamini_hochberg(&tests.iter().map(|t| t.4).collect::<Vec<_>>());
     tests.iter_mut().zip(q).for_each(|(t, q)| t.5 = q);
-    Summary { models, per_cell_type, tests, baseline_choices: BTreeMap::new() }
+    Summary { models, per_cell_type, tests, baseline_choices: BTreeMap::new(), planted: None }
 }
 
 /// A Markdown table like the paper's Table 1 (mean +- sd per metric and model), then every test.
@@ -344,12 +349,40 @@ fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
     s
 }
 
+/// Per retrieving model, its test records scored against the planted truth of its store (each
+/// fold against its own store's; a model evaluated on several stores is named with the store);
+/// None when no fold's store has a truth.
+pub fn planted_by_model(folds: &[PathBuf]) -> Result<Option<BTreeMap<String, BTreeMap<String, PlantedMetrics>>>> {
+    let mut records: BTreeMap<(String, PathBuf), Vec<crate::train::RetrievalRecord>> = BTreeMap::new();
+    let mut truths: BTreeMap<PathBuf, PlantedTruth> = BTreeMap::new();
+    for dir in folds {
+        let path = dir.join("retrieval-test.jsonl");
+        if !path.exists() {
+            continue;
+        }
+        let run = TrainedRun::open(dir)?;
+        let Some(truth) = PlantedTruth::load(&run.store)? else { continue };
+        truths.insert(run.record.data.clone(), truth);
+        let key = (run.record.train.model.kind.name().to_string(), run.record.data.clone());
+        records.entry(key).or_default().extend(super::retrieval::read_records(&path)?);
+    }
+    if truths.is_empty() {
+        return Ok(None);
+    }
+    let name = |model: &str, data: &Path| match truths.len() {
+        1 => model.to_string(),
+        _ => format!("{model} ({})", data.file_name().unwrap_or_default().to_string_lossy()),
+    };
+    Ok(Some(records.iter().map(|((model, data), r)| (name(model, data), planted_metrics(r, &truths[data]))).collect()))
+}
+
 /// `evaluate` end to end: metrics of every run, summary, retrieval analysis (with PT-RAG runs),
 /// report files in `out`; returns the overall Markdown table.
 pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progress: bool) -> Result<String> {
     let folds = all_folds(run_dirs)?;
     let Evaluation { rows, baseline_choices } = evaluate_runs(&folds, opts, progress)?;
-    let summary = Summary { baseline_choices, ..summarise(&rows) };
+    let planted = planted_by_model(&folds)?;
+    let summary = Summary { baseline_choices, planted, ..summarise(&rows) };
     let records = pt_rag_records(&folds)?;
     let retrieval = (!records.is_empty()).then(|| super::retrieval::analyse(&records));
     let mut curves = Vec::new();
@@ -405,6 +438,9 @@ pub fn write_report(
             md += "- `jaccard.svg`: the retrieval analysis' Jaccard matrix between cell types\n";
         }
         md += &super::retrieval::markdown(a);
+    }
+    if let Some(p) = &summary.planted {
+        md += &super::planted::markdown(p);
     }
     crate::data::write_atomic(&out.join("report.md"), md.as_bytes())
 }

@@ -32,7 +32,7 @@ pub fn read_records(path: &Path) -> Result<Vec<RetrievalRecord>> {
         .collect()
 }
 
-fn jaccard(a: &BTreeSet<&str>, b: &BTreeSet<&str>) -> f64 {
+pub fn jaccard(a: &BTreeSet<&str>, b: &BTreeSet<&str>) -> f64 {
     let union = a.union(b).count();
     if union == 0 {
         1.0

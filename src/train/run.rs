@@ -14,6 +14,7 @@ use crate::data::split::SplitFile;
 use crate::data::store::Store;
 use crate::data::write_atomic;
 use crate::{Error, Result};
+use crate::eval::planted::{planted_metrics, PlantedTruth};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -206,6 +207,7 @@ fn run_fold(
 ) -> Result<RunSummary> {
     let cfg = record.train.clone();
     let mut trainer = Trainer::new(cfg, store, split, &record.split)?;
+    let truth = if trainer.cfg.model.kind.retrieves() { PlantedTruth::load(store)? } else { None };
     if let Some(gpu) = &ctl.gpu {
         trainer.use_gpu(gpu.clone())?;
     }
@@ -256,13 +258,15 @@ fn run_fold(
     // Validation: logs, keeps the best weights, and checkpoints the run.
     let validate = |trainer: &Trainer, log: &mut std::fs::File, best: &mut RunState, last_saved: &mut usize| -> Result<()> {
         if !trainer.fold.val.is_empty() {
-            let (summary, _) = trainer.evaluate(&trainer.fold.val)?;
-            append(
-                log,
-                &log_path,
-                serde_json::json!({"step": trainer.step, "val_energy": summary.energy, "val_mse_change": summary.mse_change,
-                    "val_mse_change_control_baseline": summary.mse_change_control_baseline, "val_mean_selected": summary.mean_selected}),
-            )?;
+            let (summary, records) = trainer.evaluate(&trainer.fold.val)?;
+            let mut line = serde_json::json!({"step": trainer.step, "val_energy": summary.energy, "val_mse_change": summary.mse_change,
+                    "val_mse_change_control_baseline": summary.mse_change_control_baseline, "val_mean_selected": summary.mean_selected});
+            // On synthetic data, how well retrieval and selection find the planted relevant candidates.
+            if let Some(m) = truth.as_ref().and_then(|t| planted_metrics(&records, t).into_values().next()) {
+                line["val_retrieval_precision"] = m.retrieval_precision.into();
+                line["val_selection_precision"] = m.selection_precision.into();
+            }
+            append(log, &log_path, line)?;
             if !summary.energy.is_finite() {
                 return Err(stopped(trainer.step, format!("the validation energy is {}", summary.energy), *last_saved));
             }
