@@ -433,3 +433,45 @@ fn info_reports_the_kernels_and_why_no_gpu_is_used() {
     let families = info["cuda_kernel_families"].as_array().unwrap();
     assert!(families.is_empty() || families.iter().any(|f| f == "attention"), "{info}");
 }
+
+#[test]
+fn planted_truth_metrics_are_reported_on_synthetic_data_and_absent_without_a_truth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for entry in std::fs::read_dir(&store).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "synth_truth.json" {
+            std::fs::copy(&path, bare.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let args = ["--steps", "2", "--val-every", "1", "--top-k", "4"];
+    let (rag, pt, pt_bare) = (tmp.path().join("rag"), tmp.path().join("pt"), tmp.path().join("pt-bare"));
+    assert!(train(&store, &rag, &[&["--model", "vanilla-rag"][..], &args].concat()).status.success());
+    assert!(train(&store, &pt, &[&["--model", "pt-rag"][..], &args].concat()).status.success());
+    assert!(train(&bare, &pt_bare, &[&["--model", "pt-rag"][..], &args].concat()).status.success());
+    let log = std::fs::read_to_string(pt.join("log.jsonl")).unwrap();
+    assert!(log.contains("\"val_selection_precision\":") && log.contains("\"val_retrieval_precision\":"), "{log}");
+    assert!(!std::fs::read_to_string(pt_bare.join("log.jsonl")).unwrap().contains("precision"));
+
+    let evaluate = |out: &Path, runs: &[&PathBuf]| {
+        let mut c = cli();
+        c.args(["evaluate", "--quiet", "--pca-components", "5", "--out"]).arg(out);
+        runs.iter().for_each(|r| {
+            c.arg(r);
+        });
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        (summary, std::fs::read_to_string(out.join("report.md")).unwrap())
+    };
+    let (summary, report) = evaluate(&tmp.path().join("eval"), &[&rag, &pt]);
+    let k562 = &summary["planted"]["pt-rag"]["K562"];
+    let precision = k562["selection_precision"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&precision) && k562["retrieval_precision"].as_f64().is_some(), "{k562}");
+    assert!(summary["planted"]["vanilla-rag"]["K562"]["selection_precision"].is_null());
+    assert!(report.contains("Planted-truth retrieval"), "{report}");
+    let (summary, report) = evaluate(&tmp.path().join("eval-bare"), &[&pt_bare]);
+    assert!(summary.get("planted").is_none() && !report.contains("Planted-truth"), "{summary}");
+}

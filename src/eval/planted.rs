@@ -41,7 +41,14 @@ impl PlantedTruth {
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let t: TruthFile = serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, "json", format!("a synthetic truth ({e})")))?;
-        let (n_ct, n_p) = (store.manifest.cell_types.len(), store.manifest.n_perturbations());
+        PlantedTruth::new(t, &store.manifest.perturbations, &store.manifest.cell_types)
+            .map(Some)
+            .map_err(|expected| Error::bad_file(&path, "acting", expected))
+    }
+
+    /// The truth of a store with these perturbations and cell types (in store order).
+    pub fn new(t: TruthFile, perturbations: &[String], cell_types: &[String]) -> Result<PlantedTruth, String> {
+        let (n_ct, n_p) = (cell_types.len(), perturbations.len());
         let acting = t.acting.clone().unwrap_or_else(|| {
             t.activity
                 .iter()
@@ -49,11 +56,11 @@ impl PlantedTruth {
                 .collect()
         });
         if acting.len() != n_ct || acting.iter().any(|a| a.len() != n_p) {
-            return Err(Error::bad_file(&path, "acting", format!("{n_ct} cell types x {n_p} perturbations, as the store")));
+            return Err(format!("{n_ct} cell types x {n_p} perturbations, as the store"));
         }
-        let index = store.manifest.perturbations.iter().enumerate().map(|(i, p)| (p.clone(), i)).collect();
-        let cell_types = store.manifest.cell_types.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect();
-        Ok(Some(PlantedTruth { acting, index, cell_types }))
+        let index = perturbations.iter().enumerate().map(|(i, p)| (p.clone(), i)).collect();
+        let cell_types = cell_types.iter().enumerate().map(|(i, c)| (c.clone(), i)).collect();
+        Ok(PlantedTruth { acting, index, cell_types })
     }
 
     /// Whether `candidate` is relevant to `query` in `cell_type` (names as in the store).

@@ -1,0 +1,64 @@
+//! Planted-truth retrieval metrics against values derived by hand.
+
+use ptrag_engine::eval::planted::{planted_metrics, PlantedTruth, TruthFile};
+use ptrag_engine::train::RetrievalRecord;
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Pathway 0 is active in X only, pathway 1 in both. Q acts through 0 and 1; A through 0; B
+/// through 1; C through none (no pathway).
+fn truth() -> PlantedTruth {
+    let t = TruthFile {
+        pathways_of: vec![vec![], vec![0, 1], vec![0], vec![1], vec![]],
+        activity: vec![vec![1.0, 0.5], vec![0.0, 0.7]],
+        acting: None,
+    };
+    PlantedTruth::new(t, &names(&["ctrl", "Q", "A", "B", "C"]), &names(&["X", "Y"])).unwrap()
+}
+
+fn record(cell_type: &str, cells: usize, selected: Option<Vec<f64>>) -> RetrievalRecord {
+    RetrievalRecord {
+        perturbation: "Q".into(),
+        cell_type: cell_type.into(),
+        set: 0,
+        cells,
+        retrieved: names(&["A", "B", "C"]),
+        similarity: vec![0.9, 0.8, 0.7],
+        selected,
+    }
+}
+
+#[test]
+fn relevance_follows_the_pathways_active_in_the_cell_type() {
+    let t = truth();
+    assert!(t.relevant("X", "Q", "A") && t.relevant("X", "Q", "B") && !t.relevant("X", "Q", "C"));
+    // pathway 0 is silent in Y: A no longer shares an active pathway with Q there
+    assert!(!t.relevant("Y", "Q", "A") && t.relevant("Y", "Q", "B"));
+}
+
+#[test]
+fn precision_recall_and_jaccard_match_hand_values() {
+    let t = truth();
+    // X: A and B relevant. 4 cells gave weights A 4, B 0, C 2. Y: only B relevant; weights A 1, B 1, C 0 over 2 cells.
+    let records = vec![record("X", 4, Some(vec![4.0, 0.0, 2.0])), record("Y", 2, Some(vec![1.0, 1.0, 0.0]))];
+    let m = planted_metrics(&records, &t);
+    let (x, y) = (&m["X"], &m["Y"]);
+    assert!((x.retrieval_precision - 2.0 / 3.0).abs() < 1e-12 && (y.retrieval_precision - 1.0 / 3.0).abs() < 1e-12);
+    assert!((x.selection_precision.unwrap() - 4.0 / 6.0).abs() < 1e-12, "{x:?}");
+    assert!((x.selection_recall.unwrap() - 4.0 / 8.0).abs() < 1e-12, "{x:?}");
+    assert!((x.mean_selected.unwrap() - 1.5).abs() < 1e-12);
+    assert!((y.selection_precision.unwrap() - 0.5).abs() < 1e-12 && (y.selection_recall.unwrap() - 0.5).abs() < 1e-12);
+    // ideal sets {A, B} and {B}: Jaccard 1/2. Measured top-10 (positive weights): {A, C} and {A, B}: 1/3.
+    assert!((x.ideal_jaccard.unwrap() - 0.5).abs() < 1e-12 && (y.ideal_jaccard.unwrap() - 0.5).abs() < 1e-12);
+    assert!((x.measured_jaccard.unwrap() - 1.0 / 3.0).abs() < 1e-12, "{x:?}");
+
+    // A model that does not select: retrieval precision only; its top 10 retrieved are the same
+    // in both cell types.
+    let m = planted_metrics(&[record("X", 4, None), record("Y", 2, None)], &t);
+    assert!(m["X"].selection_precision.is_none() && m["X"].mean_selected.is_none());
+    assert_eq!(m["X"].measured_jaccard, Some(1.0));
+    // One cell type: no Jaccard.
+    assert!(planted_metrics(&[record("X", 4, None)], &t)["X"].ideal_jaccard.is_none());
+}
