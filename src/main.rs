@@ -89,6 +89,16 @@ enum Command {
         #[arg(long)]
         per_component: bool,
     },
+    /// Draw the `evaluate` reports of one experiment at several run lengths as test metrics against
+    /// training steps, the baselines as horizontal lines; prints the table with q-values.
+    LearningCurve {
+        /// Report directories (each holding an `evaluate` summary.json).
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// The SVG to write.
+        #[arg(long, default_value = "learning-curve.svg")]
+        out: PathBuf,
+    },
     /// How this binary was built (which CUDA kernel families) and which GPU and driver it can use.
     Info {
         #[arg(long)]
@@ -421,6 +431,10 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
             println!("{}", evaluate_into(&runs, &opts, &out, !cli.quiet)?);
             println!("per-condition values, summary and report in {}", out.display());
+        }
+        Command::LearningCurve { reports, out } => {
+            print!("{}", ptrag_engine::eval::learning_curve::learning_curve(&reports, &out)?);
+            println!("figure in {}", out.display());
         }
         Command::Bench { model, device, sets, cells, steps, breakdown, json } => {
             use ptrag_engine::bench::{bench, report, BenchOptions};

@@ -475,3 +475,30 @@ fn planted_truth_metrics_are_reported_on_synthetic_data_and_absent_without_a_tru
     let (summary, report) = evaluate(&tmp.path().join("eval-bare"), &[&pt_bare]);
     assert!(summary.get("planted").is_none() && !report.contains("Planted-truth"), "{summary}");
 }
+
+#[test]
+fn learning_curve_draws_reports_of_several_lengths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let mut reports = Vec::new();
+    for steps in ["2", "3"] {
+        let run = tmp.path().join(format!("state-{steps}"));
+        assert!(train(&store, &run, &["--steps", steps, "--val-every", "0"]).status.success());
+        let report = tmp.path().join(format!("eval-{steps}"));
+        let out = cli().args(["evaluate", "--quiet", "--pca-components", "5", "--out"]).arg(&report).arg(&run).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        reports.push(report);
+    }
+    let svg = tmp.path().join("curve.svg");
+    let out = cli().args(["learning-curve", "--out"]).arg(&svg).args(&reports).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| 2 | state |") && table.contains("| 3 | state |") && table.contains(" than ") && table.contains(", q "),
+        "{table}"
+    );
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    let out = cli().args(["learning-curve", "--out"]).arg(&svg).arg(tmp.path().join("nowhere")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nowhere/summary.json"), "{}", stderr(&out));
+}

@@ -243,7 +243,10 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_a_finite_checkpoint() {
     for (name, gpu) in [("cpu", None), ("emulated", Some(emulated))] {
         let dir = tmp.path().join(name);
         let err = execute(&record, &store, &split, &dir, false, &RunControl { progress: false, stop: None, gpu }).unwrap_err().to_string();
-        assert!(err.contains("training stopped at step") && err.contains("checkpoint-last.safetensors") && err.contains("--resume"), "{err}");
+        assert!(
+            err.contains("training stopped at step") && err.contains("checkpoint-last.safetensors") && err.contains("--resume"),
+            "{err}"
+        );
         // The kept checkpoint is the last good one (here the initial weights) and loads.
         let mut t = trainer(&store, record.train.clone());
         t.load_checkpoint(&dir.join("checkpoint-last.safetensors")).unwrap();

@@ -107,13 +107,13 @@ impl SynthConfig {
 
 struct Model {
     cfg: SynthConfig,
-    base: Vec<Vec<f32>>,            // [ct][g]: baseline log-expression
-    substates: Vec<Vec<Vec<f32>>>,  // [ct][s][g]
-    batch_offset: Vec<Vec<f32>>,    // [batch][g]
-    programs: Vec<Vec<f32>>,        // [pathway][g]
-    activity: Vec<Vec<f32>>,        // [ct][pathway]
-    generic: Vec<Vec<f32>>,         // [ct][g]
-    pert_pathways: Vec<Vec<usize>>, // [pert] (index 0 = control)
+    base: Vec<Vec<f32>>,                   // [ct][g]: baseline log-expression
+    substates: Vec<Vec<Vec<f32>>>,         // [ct][s][g]
+    batch_offset: Vec<Vec<f32>>,           // [batch][g]
+    programs: Vec<Vec<f32>>,               // [pathway][g]
+    activity: Vec<Vec<f32>>,               // [ct][pathway]
+    generic: Vec<Vec<f32>>,                // [ct][g]
+    pert_pathways: Vec<Vec<usize>>,        // [pert] (index 0 = control)
     switched_off: Vec<Vec<Option<usize>>>, // [ct][pert]: a pathway of the perturbation not acting there
     strength: Vec<f32>,
     penetrance: Vec<f32>,
@@ -163,7 +163,10 @@ impl Model {
             .map(|_| {
                 pert_pathways
                     .iter()
-                    .map(|pws: &Vec<usize>| (pws.len() == 2 && cfg.switching() > 0.0 && switch_rng.gen_bool(cfg.switching())).then(|| pws[switch_rng.gen_range(0..2)]))
+                    .map(|pws: &Vec<usize>| {
+                        (pws.len() == 2 && cfg.switching() > 0.0 && switch_rng.gen_bool(cfg.switching()))
+                            .then(|| pws[switch_rng.gen_range(0..2)])
+                    })
                     .collect()
             })
             .collect();
@@ -391,7 +394,9 @@ pub fn generate(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<SynthRe
         embed_dim: cfg.embed_dim,
     };
     let acting = (0..n_ct)
-        .map(|ct| (0..=cfg.perturbations).map(|p| model.acting(p, ct).into_iter().filter(|&pw| model.activity[ct][pw] > 0.0).collect()).collect())
+        .map(|ct| {
+            (0..=cfg.perturbations).map(|p| model.acting(p, ct).into_iter().filter(|&pw| model.activity[ct][pw] > 0.0).collect()).collect()
+        })
         .collect();
     let truth = TruthFile { pathways_of: model.pert_pathways.clone(), activity: model.activity.clone(), acting: Some(acting) };
     let truth = serde_json::to_string(&truth).expect("truth serialises");

@@ -38,7 +38,8 @@ pub enum Baseline {
 }
 
 impl Baseline {
-    pub const ALL: [Baseline; 5] = [Baseline::Control, Baseline::TrainingMean, Baseline::CrossCellType, Baseline::Neighbours, Baseline::Linear];
+    pub const ALL: [Baseline; 5] =
+        [Baseline::Control, Baseline::TrainingMean, Baseline::CrossCellType, Baseline::Neighbours, Baseline::Linear];
     pub fn name(self) -> &'static str {
         match self {
             Baseline::Control => "control",
@@ -290,7 +291,8 @@ struct LinearDesign {
 impl LinearDesign {
     fn fit(b: &Baselines) -> LinearDesign {
         let g = b.training_mean.len();
-        let genept: Vec<f64> = b.target_train.iter().flat_map(|&p| b.genept[p as usize * b.dim..(p as usize + 1) * b.dim].to_vec()).collect();
+        let genept: Vec<f64> =
+            b.target_train.iter().flat_map(|&p| b.genept[p as usize * b.dim..(p as usize + 1) * b.dim].to_vec()).collect();
         let cross: Vec<f64> = b.target_train.iter().flat_map(|&p| b.cross_cell_type(p).unwrap_or_else(|| vec![0.0; g])).collect();
         LinearDesign { genept: Projection::fit(&genept, b.dim, LINEAR_COMPONENTS), cross: Projection::fit(&cross, g, LINEAR_COMPONENTS) }
     }
@@ -301,7 +303,10 @@ impl LinearDesign {
     /// cross-cell-type change (a zero coordinate in that block).
     fn features(&self, b: &Baselines, p: u32) -> Vec<f64> {
         let e = self.genept.project(&b.genept[p as usize * b.dim..(p as usize + 1) * b.dim]);
-        let x = b.cross_cell_type(p).map(|v| self.cross.project(&v)).unwrap_or_else(|| vec![0.0; self.cross.directions.len() / self.cross.dims.max(1)]);
+        let x = b
+            .cross_cell_type(p)
+            .map(|v| self.cross.project(&v))
+            .unwrap_or_else(|| vec![0.0; self.cross.directions.len() / self.cross.dims.max(1)]);
         [e, x].concat()
     }
     /// Ridge with an intercept: `W = (F^T F + penalty I)^-1 F^T (Y - mean Y)` over centred features.
@@ -315,7 +320,8 @@ impl LinearDesign {
         }
         let feature_mean = mean_rows(&rows.concat(), f);
         let x: Vec<f64> = rows.iter().flat_map(|r| r.iter().zip(&feature_mean).map(|(v, m)| v - m)).collect();
-        let y: Vec<f64> = b.target_train.iter().flat_map(|&p| b.observed[&(p, b.target)].iter().zip(&b.training_mean).map(|(v, m)| v - m)).collect();
+        let y: Vec<f64> =
+            b.target_train.iter().flat_map(|&p| b.observed[&(p, b.target)].iter().zip(&b.training_mean).map(|(v, m)| v - m)).collect();
         let mut a = vec![0.0; f * f];
         crate::cpu::gemm::matmul(&x, &x, &mut a, f, n, f, true, false, false);
         (0..f).for_each(|i| a[i * f + i] += penalty);

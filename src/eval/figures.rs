@@ -15,6 +15,9 @@ pub struct Curve {
     pub label: String,
     pub train: Vec<(f64, f64)>,
     pub val: Vec<(f64, f64)>,
+    /// On synthetic data: validation retrieval and selection precision against the planted truth.
+    pub val_retrieval_precision: Vec<(f64, f64)>,
+    pub val_selection_precision: Vec<(f64, f64)>,
 }
 
 /// Steps averaged per point of a training curve: single steps are too noisy to read.
@@ -35,6 +38,12 @@ pub fn read_curve(dir: &Path, label: &str) -> Result<Curve> {
         }
         if let Some(e) = val {
             curve.val.push((step, e));
+        }
+        if let Some(p) = v["val_retrieval_precision"].as_f64() {
+            curve.val_retrieval_precision.push((step, p));
+        }
+        if let Some(p) = v["val_selection_precision"].as_f64() {
+            curve.val_selection_precision.push((step, p));
         }
     }
     curve.train = raw
@@ -86,6 +95,130 @@ pub fn curves_svg(curves: &[Curve]) -> Result<String> {
             chart.draw_series(c.val.iter().map(|&p| Circle::new(p, 4, colour.filled()))).map_err(|e| fail(&e))?;
         }
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| fail(&e))?;
+        root.present().map_err(|e| fail(&e))?;
+    }
+    Ok(svg)
+}
+
+/// Validation selection precision (solid, with points) and retrieval precision (dashed) against
+/// the planted truth per step, for the runs that log them: whether and when the selection learns.
+pub fn planted_svg(curves: &[Curve]) -> Result<String> {
+    let fail = |e: &dyn std::fmt::Display| plot_error("planted", e);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        let points = || curves.iter().flat_map(|c| c.val_retrieval_precision.iter().chain(&c.val_selection_precision));
+        let (_, x_max) = padded_range(points().map(|p| p.0));
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Validation precision against the planted truth (selection: solid; retrieval: dashed)", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max, 0.0..1.0)
+            .map_err(|e| fail(&e))?;
+        chart.configure_mesh().x_desc("step").y_desc("relevant share").draw().map_err(|e| fail(&e))?;
+        for (i, c) in curves.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            if !c.val_selection_precision.is_empty() {
+                chart
+                    .draw_series(LineSeries::new(c.val_selection_precision.iter().copied(), colour.stroke_width(2)))
+                    .map_err(|e| fail(&e))?
+                    .label(format!("{} selection", c.label))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+                chart.draw_series(c.val_selection_precision.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(|e| fail(&e))?;
+            }
+            if !c.val_retrieval_precision.is_empty() {
+                chart
+                    .draw_series(DashedLineSeries::new(c.val_retrieval_precision.iter().copied(), 6, 4, colour.stroke_width(1)))
+                    .map_err(|e| fail(&e))?
+                    .label(format!("{} retrieval", c.label))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(1)));
+            }
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| fail(&e))?;
+        root.present().map_err(|e| fail(&e))?;
+    }
+    Ok(svg)
+}
+
+/// One model's mean test metric after a number of training steps (one report of a learning curve).
+#[derive(Clone, Debug)]
+pub struct CurvePoint {
+    pub model: String,
+    pub steps: usize,
+    pub value: f64,
+}
+
+/// Colours of the baselines' dashed lines, distinct from the models' palette.
+const BASELINE_COLOURS: [RGBColor; 5] =
+    [RGBColor(0, 0, 0), RGBColor(130, 130, 130), RGBColor(0, 140, 140), RGBColor(190, 0, 190), RGBColor(160, 100, 0)];
+/// Colours of the models' lines.
+const MODEL_COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(23, 190, 207),
+];
+
+/// Test metrics against training steps (log scale), one panel per metric, a line per model and a
+/// dashed horizontal line per baseline: `panels` holds (metric, model points, baseline values).
+/// The legend is a strip below the panels, so it hides no point.
+pub fn learning_curve_svg(panels: &[(String, Vec<CurvePoint>, Vec<(String, f64)>)]) -> Result<String> {
+    let fail = |e: &dyn std::fmt::Display| plot_error("learning curve", e);
+    let mut models: Vec<String> = panels.iter().flat_map(|p| p.1.iter().map(|c| c.model.clone())).collect();
+    models.sort();
+    models.dedup();
+    let baselines: Vec<String> = panels.first().map(|p| p.2.iter().map(|b| b.0.clone()).collect()).unwrap_or_default();
+    let model_colour = |m: &str| MODEL_COLOURS[models.iter().position(|x| x == m).unwrap_or(0) % MODEL_COLOURS.len()];
+    let baseline_colour = |j: usize| BASELINE_COLOURS[j % BASELINE_COLOURS.len()];
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (420 * panels.len().max(1) as u32, 540)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| fail(&e))?;
+        let (charts, legend) = root.split_vertically(460);
+        let areas = charts.split_evenly((1, panels.len().max(1)));
+        for ((metric, points, lines), area) in panels.iter().zip(areas.iter()) {
+            let (s_min, s_max) = points.iter().fold((f64::INFINITY, 0.0f64), |(l, h), p| (l.min(p.steps as f64), h.max(p.steps as f64)));
+            let (s_min, s_max) = if s_min.is_finite() { (s_min / 1.5, s_max * 1.5) } else { (1.0, 10.0) };
+            let (y_min, y_max) = padded_range(points.iter().map(|p| p.value).chain(lines.iter().map(|b| b.1)));
+            let mut chart = ChartBuilder::on(area)
+                .caption(metric, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d((s_min..s_max).log_scale(), y_min..y_max)
+                .map_err(|e| fail(&e))?;
+            chart.configure_mesh().x_desc("training steps").draw().map_err(|e| fail(&e))?;
+            for (j, (_, value)) in lines.iter().enumerate() {
+                let style = baseline_colour(j).stroke_width(1);
+                chart.draw_series(DashedLineSeries::new(vec![(s_min, *value), (s_max, *value)], 6, 4, style)).map_err(|e| fail(&e))?;
+            }
+            for model in &models {
+                let colour = model_colour(model);
+                let mut line: Vec<(f64, f64)> = points.iter().filter(|p| &p.model == model).map(|p| (p.steps as f64, p.value)).collect();
+                line.sort_by(|a, b| a.0.total_cmp(&b.0));
+                chart.draw_series(LineSeries::new(line.iter().copied(), colour.stroke_width(2))).map_err(|e| fail(&e))?;
+                chart.draw_series(line.iter().map(|&p| Circle::new(p, 4, colour.filled()))).map_err(|e| fail(&e))?;
+            }
+        }
+        let font = ("sans-serif", 13).into_font();
+        let entries = models
+            .iter()
+            .map(|m| (m.clone(), model_colour(m), false))
+            .chain(baselines.iter().enumerate().map(|(j, b)| (format!("{b} (baseline)"), baseline_colour(j), true)));
+        for (i, (label, colour, dashed)) in entries.enumerate() {
+            let (x, y) = (20 + 200 * (i % 5) as i32, 20 + 28 * (i / 5) as i32);
+            let style = colour.stroke_width(if dashed { 1 } else { 3 });
+            let segment = if dashed { vec![(x, y), (x + 10, y)] } else { vec![(x, y), (x + 24, y)] };
+            legend.draw(&PathElement::new(segment, style)).map_err(|e| fail(&e))?;
+            if dashed {
+                legend.draw(&PathElement::new(vec![(x + 14, y), (x + 24, y)], style)).map_err(|e| fail(&e))?;
+            }
+            legend.draw(&Text::new(label, (x + 30, y - 7), font.clone())).map_err(|e| fail(&e))?;
+        }
         root.present().map_err(|e| fail(&e))?;
     }
     Ok(svg)

@@ -52,7 +52,12 @@ impl PlantedTruth {
         let acting = t.acting.clone().unwrap_or_else(|| {
             t.activity
                 .iter()
-                .map(|act| t.pathways_of.iter().map(|pws| pws.iter().copied().filter(|&pw| act.get(pw).is_some_and(|&a| a > 0.0)).collect()).collect())
+                .map(|act| {
+                    t.pathways_of
+                        .iter()
+                        .map(|pws| pws.iter().copied().filter(|&pw| act.get(pw).is_some_and(|&a| a > 0.0)).collect())
+                        .collect()
+                })
                 .collect()
         });
         if acting.len() != n_ct || acting.iter().any(|a| a.len() != n_p) {
@@ -130,12 +135,16 @@ pub fn planted_metrics(records: &[RetrievalRecord], truth: &PlantedTruth) -> BTr
         .iter()
         .map(|r| match &r.selected {
             Some(_) => r.clone(),
-            None => RetrievalRecord { selected: Some((0..r.retrieved.len()).map(|i| if i < 10 { r.cells as f64 } else { 0.0 }).collect()), ..r.clone() },
+            None => RetrievalRecord {
+                selected: Some((0..r.retrieved.len()).map(|i| if i < 10 { r.cells as f64 } else { 0.0 }).collect()),
+                ..r.clone()
+            },
         })
         .collect();
     let measured = analyse(&as_selected);
     let cell_types: Vec<String> = sums.keys().cloned().collect();
-    let shared: Vec<&BTreeMap<String, BTreeSet<&str>>> = ideal.values().filter(|by| cell_types.iter().all(|c| by.contains_key(c))).collect();
+    let shared: Vec<&BTreeMap<String, BTreeSet<&str>>> =
+        ideal.values().filter(|by| cell_types.iter().all(|c| by.contains_key(c))).collect();
     let off_diagonal_mean = |row: usize, value: &dyn Fn(usize, usize) -> f64| -> Option<f64> {
         let n = cell_types.len();
         (n > 1).then(|| (0..n).filter(|&j| j != row).map(|j| value(row, j)).sum::<f64>() / (n - 1) as f64)

@@ -4,10 +4,10 @@
 //! Benjamini-Hochberg over all tests.
 
 use super::baselines::{Baseline, BaselineChoices, Baselines};
-use super::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
-use super::figures::{curves_svg, distributions_svg, jaccard_svg, read_curve, Curve};
+use super::figures::{curves_svg, distributions_svg, jaccard_svg, planted_svg, read_curve, Curve};
 use super::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
 use super::pca::Pca;
+use super::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
 use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark};
 use crate::data::store::Store;
 use crate::train::run::{fold_dirs, RunRecord, TrainedRun};
@@ -208,6 +208,8 @@ pub struct Summary {
     /// without one (real data).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planted: Option<BTreeMap<String, BTreeMap<String, PlantedMetrics>>>,
+    /// Model -> training steps of its runs (the largest, if its folds differ).
+    pub steps: BTreeMap<String, usize>,
 }
 
 fn column(rs: &[&ConditionRow], m: usize) -> Vec<f64> {
@@ -248,7 +250,7 @@ pub fn summarise(rows: &[ConditionRow]) -> Summary {
     }
     let q = benjamini_hochberg(&tests.iter().map(|t| t.4).collect::<Vec<_>>());
     tests.iter_mut().zip(q).for_each(|(t, q)| t.5 = q);
-    Summary { models, per_cell_type, tests, baseline_choices: BTreeMap::new(), planted: None }
+    Summary { models, per_cell_type, tests, baseline_choices: BTreeMap::new(), planted: None, steps: BTreeMap::new() }
 }
 
 /// A Markdown table like the paper's Table 1 (mean +- sd per metric and model), then every test.
@@ -298,11 +300,13 @@ fn against_baselines(summary: &Summary) -> String {
     s += "\n";
     for (m, metric) in METRICS.iter().enumerate().take(METRICS.len() - 1) {
         let better = |a: f64, b: f64| if HIGHER_IS_BETTER[m] { a > b } else { a < b };
-        let strongest = summary
-            .models
-            .iter()
-            .filter(|(name, t)| Baseline::is_baseline(name) && t[*metric].0.is_finite())
-            .reduce(|a, b| if better(b.1[*metric].0, a.1[*metric].0) { b } else { a });
+        let strongest = summary.models.iter().filter(|(name, t)| Baseline::is_baseline(name) && t[*metric].0.is_finite()).reduce(|a, b| {
+            if better(b.1[*metric].0, a.1[*metric].0) {
+                b
+            } else {
+                a
+            }
+        });
         let Some((base, table)) = strongest else { continue };
         s += &format!("| {metric} | {base} ({:.4}) |", table[*metric].0);
         for model in &models {
@@ -385,11 +389,14 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
     let summary = Summary { baseline_choices, planted, ..summarise(&rows) };
     let records = pt_rag_records(&folds)?;
     let retrieval = (!records.is_empty()).then(|| super::retrieval::analyse(&records));
-    let mut curves = Vec::new();
+    let (mut curves, mut steps) = (Vec::new(), BTreeMap::new());
     for dir in &folds {
         let train = RunRecord::read(dir)?.train;
         curves.push(read_curve(dir, &format!("{} {}", train.model.kind.name(), train.target_cell_type))?);
+        let s = steps.entry(train.model.kind.name().to_string()).or_insert(0);
+        *s = train.steps.max(*s);
     }
+    let summary = Summary { steps, ..summary };
     write_report(&rows, &summary, retrieval.as_ref(), &curves, opts, out)?;
     Ok(markdown(&summary, opts).split("\n## ").next().unwrap_or_default().to_string())
 }
@@ -429,6 +436,10 @@ pub fn write_report(
     if !curves.is_empty() {
         crate::data::write_atomic(&out.join("curves.svg"), curves_svg(curves)?.as_bytes())?;
         md += "- `curves.svg`: training and validation energy distance per step, per run\n";
+    }
+    if curves.iter().any(|c| !c.val_retrieval_precision.is_empty()) {
+        crate::data::write_atomic(&out.join("planted.svg"), planted_svg(curves)?.as_bytes())?;
+        md += "- `planted.svg`: validation retrieval and selection precision against the planted truth per step\n";
     }
     if let Some(a) = retrieval {
         crate::data::write_atomic(&out.join("retrieval.json"), serde_json::to_string_pretty(a).expect("analysis serialises").as_bytes())?;
