@@ -172,6 +172,9 @@ enum Command {
         /// obs column for the cell type.
         #[arg(long, default_value = "cell_line")]
         cell_type_col: String,
+        /// Write a baseline's predictions instead of the model's [default out: RUN/predictions-BASELINE].
+        #[arg(long, value_enum)]
+        baseline: Option<ptrag_engine::eval::baselines::Baseline>,
     },
 }
 
@@ -475,10 +478,13 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
                 println!("wrote {}", p.display());
             }
         }
-        Command::Predict { run, out, pert_col, cell_type_col } => {
+        Command::Predict { run, out, pert_col, cell_type_col, baseline } => {
             use ptrag_engine::eval::predict::{predict_run, PredictOptions};
-            let out = out.unwrap_or_else(|| run.join("predictions"));
-            for (pred, real) in predict_run(&run, &out, &PredictOptions { pert_col, cell_type_col }, !cli.quiet)? {
+            let out = out.unwrap_or_else(|| match baseline {
+                Some(b) => run.join(format!("predictions-{}", b.name())),
+                None => run.join("predictions"),
+            });
+            for (pred, real) in predict_run(&run, &out, &PredictOptions { pert_col, cell_type_col, baseline }, !cli.quiet)? {
                 println!("wrote {} and {}", pred.display(), real.display());
             }
         }

@@ -303,6 +303,16 @@ fn predict_writes_matching_predicted_and_real_h5ad_files() {
             assert_eq!(&pred.x[i * g..(i + 1) * g], r, "control row {i}");
         }
     }
+
+    // A baseline's predictions: the same cells and labels, its own values.
+    let out = cli().args(["predict", "--quiet", "--pert-col", "target_gene", "--baseline", "neighbours"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read =
+        |name: &str| H5ad::open(&run.join("predictions-neighbours").join(name)).unwrap().read(&["target_gene", "cell_line"]).unwrap();
+    let (base_pred, base_real) = (read("pred.h5ad"), read("real.h5ad"));
+    assert_eq!(base_real.x, real.x, "the same real cells");
+    assert_eq!(base_pred.obs, pred.obs);
+    assert!(base_pred.x.iter().all(|&v| v >= 0.0) && base_pred.x != pred.x);
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //! `.h5ad` files for external evaluators (Arc Institute's `cell-eval`, scanpy). Both files have the
 //! store's genes in its order, obs columns for the perturbation and the cell type (categoricals),
 //! X >= 0, and the target cell type's real control cells (labelled with the control) in both;
-//! predicted and real cells of a perturbation come in equal numbers.
+//! predicted and real cells of a perturbation come in equal numbers. With a baseline, its
+//! predictions (fitted on the run's fold, `baselines`) replace the model's.
 
+use super::baselines::{Baseline, Baselines};
 use crate::data::h5ad::{write_h5ad, AnnData};
+use crate::data::sampler::evaluation_sets;
 use crate::train::run::{fold_dirs, TrainedRun};
 use crate::Result;
 use std::path::{Path, PathBuf};
@@ -15,11 +18,13 @@ pub struct PredictOptions {
     pub pert_col: String,
     /// obs column of the cell type (`cell_line`).
     pub cell_type_col: String,
+    /// Predict with this baseline (fitted on the run's fold) instead of the run's model.
+    pub baseline: Option<Baseline>,
 }
 
 impl Default for PredictOptions {
     fn default() -> Self {
-        PredictOptions { pert_col: "gene".into(), cell_type_col: "cell_line".into() }
+        PredictOptions { pert_col: "gene".into(), cell_type_col: "cell_line".into(), baseline: None }
     }
 }
 
@@ -48,10 +53,25 @@ pub fn fold_predictions(run: &TrainedRun, opts: &PredictOptions) -> Result<(AnnD
         push(&mut pred, &row, format!("control-{cell}"), &names.control);
         push(&mut real, &row, format!("control-{cell}"), &names.control);
     }
+    let baselines = opts.baseline.map(|_| Baselines::fit(store, fold)).transpose()?;
     let mut rng = trainer.eval_rng();
     for cond in &fold.test {
         let pert = &names.perturbations[cond.perturbation as usize];
-        let (p, r, _) = trainer.predict_condition(cond, &mut rng)?;
+        let (p, r) = match (&baselines, opts.baseline) {
+            (Some(b), Some(baseline)) => {
+                let (mut real, mut paired) = (Vec::new(), Vec::new());
+                for set in evaluation_sets(store, fold, cond, trainer.cfg.cells_per_set, &mut rng) {
+                    real.extend_from_slice(&set.target);
+                    paired.extend(set.control.iter().map(|&v| v as f64));
+                }
+                let predicted = b.predict_cells(baseline, cond.perturbation, &paired);
+                (predicted.iter().map(|&v| v as f32).collect::<Vec<f32>>(), real)
+            }
+            _ => {
+                let (p, r, _) = trainer.predict_condition(cond, &mut rng)?;
+                (p, r)
+            }
+        };
         for (i, (p, r)) in p.chunks(store.n_genes()).zip(r.chunks(store.n_genes())).enumerate() {
             push(&mut pred, p, format!("{pert}-{i}"), pert);
             push(&mut real, r, format!("{pert}-{i}"), pert);
@@ -71,7 +91,10 @@ pub fn predict_run(run_dir: &Path, out: &Path, opts: &PredictOptions, progress: 
         let fold_out = if folds.len() > 1 { out.join(target.to_lowercase()) } else { out.to_path_buf() };
         std::fs::create_dir_all(&fold_out).map_err(|e| crate::Error::io(&fold_out, e))?;
         if progress {
-            eprintln!("predicting {} on {target} from {}", run.record.train.model.kind.label(), run.checkpoint().display());
+            match opts.baseline {
+                Some(b) => eprintln!("predicting the {} baseline on {target}", b.name()),
+                None => eprintln!("predicting {} on {target} from {}", run.record.train.model.kind.label(), run.checkpoint().display()),
+            }
         }
         let (pred, real) = fold_predictions(&run, opts)?;
         let paths = (fold_out.join("pred.h5ad"), fold_out.join("real.h5ad"));
