@@ -58,6 +58,9 @@ impl Baseline {
 pub const NEIGHBOUR_KS: [usize; 4] = [5, 10, 20, 32];
 /// The ridge penalty is chosen among these, each times the number of training perturbations.
 pub const RIDGE_PENALTIES: [f64; 7] = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0];
+/// Without validation conditions to choose on: the neighbours' k and the ridge penalty.
+const DEFAULT_K: usize = 10;
+const DEFAULT_PENALTY: f64 = 1.0;
 /// Principal components kept of each feature block of `linear` (GenePT, cross-cell-type change).
 pub const LINEAR_COMPONENTS: usize = 32;
 
@@ -84,6 +87,7 @@ pub struct Baselines {
     genept: Vec<f64>,
     dim: usize,
     training_mean: Vec<f64>,
+    design: LinearDesign,
     ridge: Ridge,
     pub choices: BaselineChoices,
 }
@@ -145,43 +149,38 @@ impl Baselines {
             genept,
             dim,
             training_mean,
+            design: LinearDesign::default(),
             ridge: Ridge::default(),
             choices: BaselineChoices {
-                neighbours_k: 10,
+                neighbours_k: DEFAULT_K,
                 neighbours_val_mse: vec![],
-                ridge_penalty: 1.0,
+                ridge_penalty: DEFAULT_PENALTY,
                 ridge_val_mse: vec![],
                 linear_components: (0, 0),
             },
         };
-        // Validation chooses k and the penalty: the mean-change MSE over its conditions.
+        // Validation chooses k and the penalty by the mean-change MSE over its conditions; with no
+        // validation conditions, the defaults.
         let val: Vec<(u32, Vec<f64>)> = fold.val.iter().map(|c| (c.perturbation, change(c))).collect();
         let val_mse = |predict: &dyn Fn(u32) -> Vec<f64>| -> f64 {
             val.iter().map(|(p, real)| mse(&predict(*p), real)).sum::<f64>() / val.len().max(1) as f64
         };
-        let n_train = b.target_train.len();
-        if val.is_empty() {
-            // nothing to choose on: the defaults, and `linear` at the default penalty
-            let design = LinearDesign::fit(&b);
-            b.ridge = design.ridge(&b, b.choices.ridge_penalty * n_train.max(1) as f64);
-            b.choices.linear_components = design.components(dim, g);
-            b.ridge.design = Some(design);
-            b.choices.neighbours_k = b.choices.neighbours_k.min(n_train.max(1));
-            return Ok(b);
-        }
-        let mut ks: Vec<usize> = NEIGHBOUR_KS.iter().map(|&k| k.min(n_train.max(1))).collect();
+        let n_train = b.target_train.len().max(1);
+        let mut ks: Vec<usize> = NEIGHBOUR_KS.iter().map(|&k| k.min(n_train)).collect();
         ks.dedup();
-        b.choices.neighbours_val_mse = ks.iter().map(|&k| (k, val_mse(&|p| b.neighbours(p, k)))).collect();
-        b.choices.neighbours_k = best(&b.choices.neighbours_val_mse).unwrap_or(10.min(n_train.max(1)));
-
-        let design = LinearDesign::fit(&b);
-        b.choices.linear_components = design.components(dim, g);
-        let fits: Vec<(f64, Ridge)> = RIDGE_PENALTIES.iter().map(|&l| (l, design.ridge(&b, l * n_train.max(1) as f64))).collect();
-        b.choices.ridge_val_mse = fits.iter().map(|(l, r)| (*l, val_mse(&|p| r.predict(&design.features(&b, p))))).collect();
-        let chosen = best(&b.choices.ridge_val_mse).unwrap_or(1.0);
-        b.choices.ridge_penalty = chosen;
-        b.ridge = fits.into_iter().find(|(l, _)| *l == chosen).map(|(_, r)| r).unwrap_or_default();
-        b.ridge.design = Some(design);
+        if !val.is_empty() {
+            b.choices.neighbours_val_mse = ks.iter().map(|&k| (k, val_mse(&|p| b.neighbours(p, k)))).collect();
+        }
+        b.choices.neighbours_k = best(&b.choices.neighbours_val_mse).unwrap_or(DEFAULT_K.min(n_train));
+        b.design = LinearDesign::fit(&b);
+        b.choices.linear_components = b.design.components(dim, g);
+        if !val.is_empty() {
+            let fit_at = |l: f64| b.design.ridge(&b, l * n_train as f64);
+            b.choices.ridge_val_mse =
+                RIDGE_PENALTIES.iter().map(|&l| (l, val_mse(&|p| fit_at(l).predict(&b.design.features(&b, p))))).collect();
+        }
+        b.choices.ridge_penalty = best(&b.choices.ridge_val_mse).unwrap_or(DEFAULT_PENALTY);
+        b.ridge = b.design.ridge(&b, b.choices.ridge_penalty * n_train as f64);
         Ok(b)
     }
 
@@ -192,10 +191,7 @@ impl Baselines {
             Baseline::TrainingMean => self.training_mean.clone(),
             Baseline::CrossCellType => self.cross_cell_type(perturbation).unwrap_or_else(|| self.training_mean.clone()),
             Baseline::Neighbours => self.neighbours(perturbation, self.choices.neighbours_k),
-            Baseline::Linear => match &self.ridge.design {
-                Some(d) => self.ridge.predict(&d.features(self, perturbation)),
-                None => self.training_mean.clone(),
-            },
+            Baseline::Linear => self.ridge.predict(&self.design.features(self, perturbation)),
         }
     }
 
@@ -218,8 +214,7 @@ impl Baselines {
 
     /// `linear` refitted at another penalty (times the number of training perturbations).
     pub fn linear_at(&self, p: u32, penalty: f64) -> Vec<f64> {
-        let design = LinearDesign::fit(self);
-        design.ridge(self, penalty * self.target_train.len().max(1) as f64).predict(&design.features(self, p))
+        self.design.ridge(self, penalty * self.target_train.len().max(1) as f64).predict(&self.design.features(self, p))
     }
 
     /// The mean target-cell-type change of the k training perturbations nearest to `p` in GenePT
@@ -316,7 +311,7 @@ impl LinearDesign {
         let f = rows.first().map_or(0, |r| r.len());
         let n = rows.len();
         if n == 0 || f == 0 {
-            return Ridge { feature_mean: vec![0.0; f], target_mean: b.training_mean.clone(), weights: vec![0.0; f * g], design: None };
+            return Ridge { feature_mean: vec![0.0; f], target_mean: b.training_mean.clone(), weights: vec![0.0; f * g] };
         }
         let feature_mean = mean_rows(&rows.concat(), f);
         let x: Vec<f64> = rows.iter().flat_map(|r| r.iter().zip(&feature_mean).map(|(v, m)| v - m)).collect();
@@ -328,7 +323,7 @@ impl LinearDesign {
         let mut rhs = vec![0.0; f * g];
         crate::cpu::gemm::matmul(&x, &y, &mut rhs, f, n, g, true, false, false);
         let weights = cholesky_solve(&a, f, &rhs, g);
-        Ridge { feature_mean, target_mean: b.training_mean.clone(), weights, design: None }
+        Ridge { feature_mean, target_mean: b.training_mean.clone(), weights }
     }
 }
 
@@ -338,7 +333,6 @@ struct Ridge {
     target_mean: Vec<f64>,
     /// `[features, genes]`
     weights: Vec<f64>,
-    design: Option<LinearDesign>,
 }
 
 impl Ridge {

@@ -381,7 +381,8 @@ pub fn planted_by_model(folds: &[PathBuf]) -> Result<Option<BTreeMap<String, BTr
 }
 
 /// `evaluate` end to end: metrics of every run, summary, retrieval analysis (with PT-RAG runs),
-/// report files in `out`; returns the overall Markdown table.
+/// report files in `out`; returns the overall Markdown table and the models against the strongest
+/// baseline.
 pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progress: bool) -> Result<String> {
     let folds = all_folds(run_dirs)?;
     let Evaluation { rows, baseline_choices } = evaluate_runs(&folds, opts, progress)?;
@@ -398,7 +399,8 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
     }
     let summary = Summary { steps, ..summary };
     write_report(&rows, &summary, retrieval.as_ref(), &curves, opts, out)?;
-    Ok(markdown(&summary, opts).split("\n## ").next().unwrap_or_default().to_string())
+    let table = markdown(&summary, opts).split("\n## ").next().unwrap_or_default().to_string();
+    Ok(table + &against_baselines(&summary))
 }
 
 /// Writes `per_condition.csv`, `summary.json` and `summary.csv` (mean, sd per model, cell type and
