@@ -62,3 +62,34 @@ fn precision_recall_and_jaccard_match_hand_values() {
     // One cell type: no Jaccard.
     assert!(planted_metrics(&[record("X", 4, None)], &t)["X"].ideal_jaccard.is_none());
 }
+
+#[test]
+fn context_specificity_plants_cell_type_specific_pathways() {
+    use ptrag_engine::data::synth::{generate, SynthConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let read = |x: f64, name: &str| -> TruthFile {
+        let cfg = SynthConfig::preset("tiny", 3).unwrap().with_context_specificity(x).unwrap();
+        let dir = generate(&cfg, &tmp.path().join(name), false).unwrap().dir;
+        serde_json::from_str(&std::fs::read_to_string(dir.join("synth_truth.json")).unwrap()).unwrap()
+    };
+    let silent = |t: &TruthFile| t.activity.iter().flatten().filter(|&&a| a == 0.0).count();
+    let (default, high) = (read(0.25, "default"), read(0.75, "high"));
+    assert!(silent(&high) > silent(&default), "more silent pathways at 0.75");
+    // At 0.75 some two-pathway perturbation acts through a pathway in one cell type that is active,
+    // but not acting, in another: switched off there.
+    let acting = high.acting.as_ref().unwrap();
+    let switched = (0..high.pathways_of.len()).any(|p| {
+        high.pathways_of[p].iter().any(|&pw| (0..acting.len()).any(|ct| high.activity[ct][pw] > 0.0 && !acting[ct][p].contains(&pw)))
+    });
+    assert!(switched, "no perturbation switches pathway between cell types");
+    // At the default nothing is switched off: acting = the pathways active there.
+    let acting = default.acting.as_ref().unwrap();
+    for (ct, act) in default.activity.iter().enumerate() {
+        for (p, pws) in default.pathways_of.iter().enumerate() {
+            let active: Vec<usize> = pws.iter().copied().filter(|&pw| act[pw] > 0.0).collect();
+            assert_eq!(acting[ct][p], active);
+        }
+    }
+    assert!(SynthConfig::preset("tiny", 3).unwrap().with_context_specificity(1.0).is_err());
+    assert_eq!(SynthConfig::preset("tiny", 3).unwrap().with_context_specificity(0.25).unwrap(), SynthConfig::preset("tiny", 3).unwrap());
+}
