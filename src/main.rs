@@ -341,6 +341,10 @@ fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<Vec
         println!("    energy distance (half, as the loss)      {:.4}", t.energy);
         println!("    MSE of mean expression change, model     {:.5}", t.mse_change);
         println!("    MSE of mean expression change, control   {:.5}  (baseline: predict the control mean)", t.mse_change_control_baseline);
+        let strongest = s.baselines_mse_change.iter().min_by(|a, b| a.1.total_cmp(b.1));
+        if let Some((name, value)) = strongest {
+            println!("    MSE of mean expression change, {name:<9} {value:.5}  (the strongest baseline; `evaluate` compares all five)");
+        }
         if let Some(k) = t.mean_selected {
             println!("    candidates selected per cell (of {})    {k:.2}", record.train.model.top_k);
         }

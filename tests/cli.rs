@@ -59,6 +59,14 @@ fn each_model_trains_and_writes_a_run_directory() {
         assert!(out.status.success(), "{model}: {}", stderr(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains("energy distance") && stdout.contains("control mean"), "{stdout}");
+        assert!(stdout.contains("(the strongest baseline;"), "{stdout}");
+        let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+        for b in ["control", "training-mean", "cross-cell-type", "neighbours", "linear"] {
+            assert!(metrics["baselines_mse_change"][b].as_f64().is_some_and(f64::is_finite), "{model}: {b} in {metrics}");
+        }
+        // The control baseline's figure is the one `evaluate` has always printed beside the model.
+        let control = metrics["baselines_mse_change"]["control"].as_f64().unwrap();
+        assert!((control - metrics["test"]["mse_change_control_baseline"].as_f64().unwrap()).abs() < 1e-9);
         for f in ["config.toml", "log.jsonl", "metrics.json", "checkpoint-best.safetensors", "checkpoint-last.safetensors"] {
             assert!(run.join(f).exists(), "{model}: {f} missing");
         }

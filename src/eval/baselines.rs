@@ -195,6 +195,19 @@ impl Baselines {
         }
     }
 
+    /// Per baseline, the mean over `conditions` (of the target cell type) of the MSE between its
+    /// predicted and the observed mean change: `train`'s figure beside the model's mean-change MSE.
+    pub fn mean_change_mse(&self, store: &Store, conditions: &[Condition]) -> Vec<(Baseline, f64)> {
+        let observed: Vec<(u32, Vec<f64>)> = conditions
+            .iter()
+            .map(|c| (c.perturbation, mean_of(store, &c.cells).iter().zip(&self.control_mean).map(|(m, c)| m - c).collect()))
+            .collect();
+        Baseline::ALL
+            .iter()
+            .map(|&b| (b, observed.iter().map(|(p, real)| mse(&self.shift(b, *p), real)).sum::<f64>() / observed.len().max(1) as f64))
+            .collect()
+    }
+
     /// Predicted cells: the paired control cells `[n, genes]` centred on the control mean, plus
     /// the baseline's shift (not clamped; see the module doc).
     pub fn predict_cells(&self, baseline: Baseline, perturbation: u32, paired: &[f64]) -> Vec<f64> {

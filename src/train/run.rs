@@ -13,6 +13,7 @@ use crate::cuda::Gpu;
 use crate::data::split::SplitFile;
 use crate::data::store::Store;
 use crate::data::write_atomic;
+use crate::eval::baselines::Baselines;
 use crate::eval::planted::{planted_metrics, PlantedTruth};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -116,6 +117,10 @@ pub struct RunSummary {
     pub parameters: usize,
     pub trainable_parameters: usize,
     pub test: super::EvalSummary,
+    /// Each baseline's test mean-change MSE on the same conditions (`eval::baselines`), to read
+    /// beside `test.mse_change`.
+    #[serde(default)]
+    pub baselines_mse_change: std::collections::BTreeMap<String, f64>,
 }
 
 /// Carried in the checkpoints so that a resumed run keeps it: the best validation so far and the
@@ -358,6 +363,7 @@ fn run_fold(
         trainer.load_checkpoint(&best_path)?;
     }
     let (test, records) = trainer.evaluate(&trainer.fold.test)?;
+    let baselines = Baselines::fit(store, &trainer.fold)?.mean_change_mse(store, &trainer.fold.test);
     if trainer.cfg.model.kind.retrieves() {
         write_records(&run_dir.join(RETRIEVAL), &records)?;
     }
@@ -372,6 +378,7 @@ fn run_fold(
         parameters: trainer.params.count(),
         trainable_parameters: trainer.params.trainable_count(),
         test,
+        baselines_mse_change: baselines.into_iter().map(|(b, v)| (b.name().to_string(), v)).collect(),
     };
     write_atomic(&run_dir.join(METRICS), serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes())?;
     Ok(summary)
