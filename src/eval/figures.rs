@@ -191,7 +191,15 @@ pub fn learning_curve_svg(panels: &[(String, Vec<CurvePoint>, Vec<(String, f64)>
                 .y_label_area_size(56)
                 .build_cartesian_2d((s_min..s_max).log_scale(), y_min..y_max)
                 .map_err(|e| fail(&e))?;
-            chart.configure_mesh().x_desc("training steps").draw().map_err(|e| fail(&e))?;
+            // Few whole-number step labels and no minor grid: a log axis labels every minor tick otherwise.
+            chart
+                .configure_mesh()
+                .x_desc("training steps (log scale)")
+                .x_labels(4)
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .light_line_style(WHITE)
+                .draw()
+                .map_err(|e| fail(&e))?;
             for (j, (_, value)) in lines.iter().enumerate() {
                 let style = baseline_colour(j).stroke_width(1);
                 chart.draw_series(DashedLineSeries::new(vec![(s_min, *value), (s_max, *value)], 6, 4, style)).map_err(|e| fail(&e))?;
