@@ -5,6 +5,7 @@ pub mod genept;
 pub mod h5ad;
 pub mod inspect;
 pub mod prepare;
+pub mod responses;
 pub mod sampler;
 pub mod split;
 pub mod store;

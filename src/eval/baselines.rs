@@ -14,11 +14,11 @@
 //! minus the mean of all control cells of its cell type.
 
 use super::metrics::{mean_rows, mse};
+use crate::data::responses::{mean_of_vectors, ObservedResponses};
 use crate::data::split::{Condition, Fold};
 use crate::data::store::Store;
 use crate::Result;
 use serde::Serialize;
-use std::collections::HashMap;
 
 /// The baselines, in reading order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -79,8 +79,8 @@ pub struct Baselines {
     target: u32,
     /// Mean of all the target cell type's control cells.
     control_mean: Vec<f64>,
-    /// Mean change of every training condition, by (perturbation, cell type).
-    observed: HashMap<(u32, u32), Vec<f64>>,
+    /// Mean change of every training condition.
+    observed: ObservedResponses,
     /// The target cell type's training perturbations (the control excluded), in fold order.
     target_train: Vec<u32>,
     /// Unit GenePT vectors `[perturbations, dim]` (zero rows stay zero).
@@ -90,26 +90,6 @@ pub struct Baselines {
     design: LinearDesign,
     ridge: Ridge,
     pub choices: BaselineChoices,
-}
-
-/// Mean expression of a set of cells.
-fn mean_of(store: &Store, cells: &[u32]) -> Vec<f64> {
-    let g = store.n_genes();
-    let (mut sum, mut row) = (vec![0.0f64; g], vec![0.0f32; g]);
-    for &c in cells {
-        store.expression_row(c as usize, &mut row);
-        sum.iter_mut().zip(&row).for_each(|(s, &v)| *s += v as f64);
-    }
-    sum.iter().map(|s| s / cells.len().max(1) as f64).collect()
-}
-
-fn mean_of_vectors<'a>(vectors: impl Iterator<Item = &'a Vec<f64>>, g: usize) -> Option<Vec<f64>> {
-    let (mut sum, mut n) = (vec![0.0; g], 0usize);
-    for v in vectors {
-        sum.iter_mut().zip(v).for_each(|(s, x)| *s += x);
-        n += 1;
-    }
-    (n > 0).then(|| sum.into_iter().map(|s| s / n as f64).collect())
 }
 
 fn unit_rows(v: &[f32], dim: usize) -> Vec<f64> {
@@ -125,25 +105,17 @@ impl Baselines {
     /// Fits every baseline for `fold` (see the module doc for what each may read).
     pub fn fit(store: &Store, fold: &Fold) -> Result<Baselines> {
         let g = store.n_genes();
-        let control_mean: Vec<Vec<f64>> = fold.controls.iter().map(|pool| mean_of(store, pool)).collect();
-        let change = |c: &Condition| -> Vec<f64> {
-            mean_of(store, &c.cells).iter().zip(&control_mean[c.cell_type as usize]).map(|(m, c)| m - c).collect()
-        };
+        let observed = ObservedResponses::fit(store, fold);
         let target = fold.target as u32;
-        let mut observed = HashMap::new();
-        let mut target_train = Vec::new();
-        for c in fold.train.iter().filter(|c| c.perturbation != store.control_index) {
-            observed.insert((c.perturbation, c.cell_type), change(c));
-            if c.cell_type == target {
-                target_train.push(c.perturbation);
-            }
-        }
-        let training_mean = mean_of_vectors(target_train.iter().map(|p| &observed[&(*p, target)]), g).unwrap_or_else(|| vec![0.0; g]);
+        let target_train: Vec<u32> =
+            fold.train.iter().filter(|c| c.cell_type == target && c.perturbation != store.control_index).map(|c| c.perturbation).collect();
+        let training_mean =
+            mean_of_vectors(target_train.iter().filter_map(|&p| observed.change(p, target)), g).unwrap_or_else(|| vec![0.0; g]);
         let dim = store.manifest.embed_dim;
         let genept = unit_rows(&store.genept_table(), dim);
         let mut b = Baselines {
             target,
-            control_mean: control_mean[fold.target].clone(),
+            control_mean: observed.control_mean[fold.target].clone(),
             observed,
             target_train,
             genept,
@@ -161,7 +133,7 @@ impl Baselines {
         };
         // Validation chooses k and the penalty by the mean-change MSE over its conditions; with no
         // validation conditions, the defaults.
-        let val: Vec<(u32, Vec<f64>)> = fold.val.iter().map(|c| (c.perturbation, change(c))).collect();
+        let val: Vec<(u32, Vec<f64>)> = fold.val.iter().map(|c| (c.perturbation, b.observed.change_of(store, c))).collect();
         let val_mse = |predict: &dyn Fn(u32) -> Vec<f64>| -> f64 {
             val.iter().map(|(p, real)| mse(&predict(*p), real)).sum::<f64>() / val.len().max(1) as f64
         };
@@ -198,10 +170,7 @@ impl Baselines {
     /// Per baseline, the mean over `conditions` (of the target cell type) of the MSE between its
     /// predicted and the observed mean change: `train`'s figure beside the model's mean-change MSE.
     pub fn mean_change_mse(&self, store: &Store, conditions: &[Condition]) -> Vec<(Baseline, f64)> {
-        let observed: Vec<(u32, Vec<f64>)> = conditions
-            .iter()
-            .map(|c| (c.perturbation, mean_of(store, &c.cells).iter().zip(&self.control_mean).map(|(m, c)| m - c).collect()))
-            .collect();
+        let observed: Vec<(u32, Vec<f64>)> = conditions.iter().map(|c| (c.perturbation, self.observed.change_of(store, c))).collect();
         Baseline::ALL
             .iter()
             .map(|&b| (b, observed.iter().map(|(p, real)| mse(&self.shift(b, *p), real)).sum::<f64>() / observed.len().max(1) as f64))
@@ -220,9 +189,7 @@ impl Baselines {
 
     /// The query's observed mean change averaged over the other cell types; None if never observed.
     fn cross_cell_type(&self, p: u32) -> Option<Vec<f64>> {
-        let mut other: Vec<(&(u32, u32), &Vec<f64>)> = self.observed.iter().filter(|((q, ct), _)| *q == p && *ct != self.target).collect();
-        other.sort_by_key(|(k, _)| **k); // a fixed summation order
-        mean_of_vectors(other.into_iter().map(|(_, v)| v), self.training_mean.len())
+        self.observed.cross_cell_type(p, self.target)
     }
 
     /// `linear` refitted at another penalty (times the number of training perturbations).
@@ -238,8 +205,11 @@ impl Baselines {
         let mut scored: Vec<(f64, u32)> =
             self.target_train.iter().filter(|&&c| c != p).map(|&c| (row(c).iter().zip(q).map(|(a, b)| a * b).sum::<f64>(), c)).collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        mean_of_vectors(scored.iter().take(k).map(|(_, c)| &self.observed[&(*c, self.target)]), self.training_mean.len())
-            .unwrap_or_else(|| self.training_mean.clone())
+        mean_of_vectors(
+            scored.iter().take(k).map(|(_, c)| self.observed.change(*c, self.target).expect("a training perturbation")),
+            self.training_mean.len(),
+        )
+        .unwrap_or_else(|| self.training_mean.clone())
     }
 }
 
@@ -328,8 +298,13 @@ impl LinearDesign {
         }
         let feature_mean = mean_rows(&rows.concat(), f);
         let x: Vec<f64> = rows.iter().flat_map(|r| r.iter().zip(&feature_mean).map(|(v, m)| v - m)).collect();
-        let y: Vec<f64> =
-            b.target_train.iter().flat_map(|&p| b.observed[&(p, b.target)].iter().zip(&b.training_mean).map(|(v, m)| v - m)).collect();
+        let y: Vec<f64> = b
+            .target_train
+            .iter()
+            .flat_map(|&p| {
+                b.observed.change(p, b.target).expect("a training perturbation").iter().zip(&b.training_mean).map(|(v, m)| v - m)
+            })
+            .collect();
         let mut a = vec![0.0; f * f];
         crate::cpu::gemm::matmul(&x, &x, &mut a, f, n, f, true, false, false);
         (0..f).for_each(|i| a[i * f + i] += penalty);
