@@ -245,6 +245,7 @@ fn run_ours<T: Real>(c: &Case, params32: &Params<f32>, mut tape: Tape<T>) -> Our
         cells: CELLS,
         control: ptrag_engine::model::Cells::Values(&c.control),
         perturbation: &c.perturbation,
+        cell_type: &[0; SETS],
         batch: &c.batch,
         training: true,
         selection: Selection::from_noise(noise),

@@ -3,9 +3,10 @@
 
 mod common;
 use common::{assert_close, small_config, tiny_store, trainer, TestRng};
+use ptrag_engine::data::responses::ObservedResponses;
 use ptrag_engine::data::sampler::Batch;
 use ptrag_engine::data::split::SplitFile;
-use ptrag_engine::model::{energy_loss, Model, ModelInput, ModelKind, Selection};
+use ptrag_engine::model::{energy_loss, CandidateContext, LogitNorm, Model, ModelInput, ModelKind, Selection};
 use ptrag_engine::tape::{Params, Tape};
 use ptrag_engine::train::run::{execute, RunControl, RunRecord};
 use ptrag_engine::train::{knowledge_for, TrainConfig};
@@ -151,15 +152,30 @@ fn predictions_do_not_depend_on_cell_order() {
 /// whose gradient is exact. PT-RAG's scorer, LayerNorm and encoders reach the loss through the
 /// straight-through estimator, whose gradient is by design not the derivative of the hard forward
 /// pass; for them `tests/parity.rs` compares with PyTorch's implementation of the same estimator.
+/// Besides the four models: the retrieval models with observed responses (`both`), PT-RAG also
+/// with the response readout and unscaled logits.
 #[test]
 fn whole_model_gradients_match_finite_differences() {
     let (_tmp, store) = tiny_store();
-    for kind in KINDS {
+    let with_responses = [(ModelKind::VanillaRag, false), (ModelKind::PtRag, true)].map(|(kind, readout)| {
         let mut cfg = small_config(&store, kind);
+        cfg.model.candidate_context = CandidateContext::Both;
+        cfg.model.response_readout = readout;
+        cfg.model.logit_norm = if readout { LogitNorm::None } else { LogitNorm::GlobalStd };
+        cfg
+    });
+    for mut cfg in KINDS.map(|kind| small_config(&store, kind)).into_iter().chain(with_responses) {
+        let kind = cfg.model.kind;
         cfg.model.layers = 1;
         let t = trainer(&store, cfg.clone());
         let (batch, mut rng) = t.batch_for_step(0);
-        let knowledge = kind.uses_genept().then(|| knowledge_for(&store, &t.fold, cfg.retrieval_database).unwrap());
+        let knowledge = kind.uses_genept().then(|| {
+            let k = knowledge_for(&store, &t.fold, cfg.retrieval_database).unwrap();
+            match cfg.model.candidate_context {
+                CandidateContext::Genept => k,
+                _ => k.with_responses(ObservedResponses::fit(&store, &t.fold)),
+            }
+        });
         let mut params = Params::<f64>::new();
         let model = Model::new(&cfg.model, knowledge, &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
         let noise = model.sample_noise(true, &mut rng);
@@ -178,8 +194,10 @@ fn whole_model_gradients_match_finite_differences() {
         let (_, tape, loss) = loss_of(&params);
         tape.backward(loss).accumulate_into(&tape, &mut params).unwrap();
         let mut rng = TestRng::new(3);
-        let through_selection =
-            |name: &str| kind == ModelKind::PtRag && ["select.norm", "select.score", "pert.", "basal."].iter().any(|p| name.starts_with(p));
+        let through_selection = |name: &str| {
+            let selection_inputs = ["select.norm", "select.score", "pert.", "basal.", "responses.candidate", "responses.query"];
+            kind == ModelKind::PtRag && selection_inputs.iter().any(|p| name.starts_with(p))
+        };
         for pi in 0..params.entries.len() {
             let name = params.entries[pi].name.clone();
             if through_selection(&name) {
@@ -195,7 +213,8 @@ fn whole_model_gradients_match_finite_differences() {
                 };
                 let numeric = (eval(1e-6) - eval(-1e-6)) / 2e-6;
                 let analytic = params.entries[pi].grad[j];
-                assert_close(&[analytic], &[numeric], 1e-6, 1e-4, &format!("{kind:?}: d loss / d {name}[{j}]"));
+                let variant = cfg.model.variant_name();
+                assert_close(&[analytic], &[numeric], 1e-6, 1e-4, &format!("{variant}: d loss / d {name}[{j}]"));
             }
         }
     }

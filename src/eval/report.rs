@@ -117,7 +117,8 @@ pub fn pt_rag_records(folds: &[PathBuf]) -> Result<Vec<crate::train::RetrievalRe
     let mut out = Vec::new();
     for dir in folds {
         let path = dir.join("retrieval-test.jsonl");
-        if RunRecord::read(dir)?.train.model.kind == crate::model::ModelKind::PtRag && path.exists() {
+        // The paper's PT-RAG only: a variant's selection is another model's (its own rows are in the planted-truth table).
+        if RunRecord::read(dir)?.train.model.variant_name() == crate::model::ModelKind::PtRag.name() && path.exists() {
             out.extend(super::retrieval::read_records(&path)?);
         }
     }
@@ -136,7 +137,7 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
         let trainer = run.trainer()?;
         let (g, target) = (store.n_genes(), trainer.cfg.target_cell_type.clone());
         let ct = trainer.fold.target;
-        let model = trainer.cfg.model.kind.name().to_string();
+        let model = trainer.cfg.model.variant_name();
         if progress {
             eprintln!("evaluating {model} on {target} ({} test conditions) from {}", trainer.fold.test.len(), run.checkpoint().display());
         }
@@ -367,7 +368,7 @@ pub fn planted_by_model(folds: &[PathBuf]) -> Result<Option<BTreeMap<String, BTr
         let run = TrainedRun::open(dir)?;
         let Some(truth) = PlantedTruth::load(&run.store)? else { continue };
         truths.insert(run.record.data.clone(), truth);
-        let key = (run.record.train.model.kind.name().to_string(), run.record.data.clone());
+        let key = (run.record.train.model.variant_name(), run.record.data.clone());
         records.entry(key).or_default().extend(super::retrieval::read_records(&path)?);
     }
     if truths.is_empty() {
@@ -393,8 +394,8 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
     let (mut curves, mut steps) = (Vec::new(), BTreeMap::new());
     for dir in &folds {
         let train = RunRecord::read(dir)?.train;
-        curves.push(read_curve(dir, &format!("{} {}", train.model.kind.name(), train.target_cell_type))?);
-        let s = steps.entry(train.model.kind.name().to_string()).or_insert(0);
+        curves.push(read_curve(dir, &format!("{} {}", train.model.variant_name(), train.target_cell_type))?);
+        let s = steps.entry(train.model.variant_name()).or_insert(0);
         *s = train.steps.max(*s);
     }
     let summary = Summary { steps, ..summary };

@@ -5,7 +5,7 @@
 //! Cell `c` belongs to row `c / (N / rows)`.
 
 use super::layers::{norm_scale, norm_shift, Linear};
-use super::{ModelConfig, Noise, Selection};
+use super::{LogitNorm, ModelConfig, Noise, Selection};
 use crate::cpu::attention::AttentionShape;
 use crate::cpu::selection::TripletLayout;
 use crate::real::Real;
@@ -53,7 +53,7 @@ impl CrossAttention {
 
 /// PT-RAG's stage two: for every cell and candidate the triplet `[h_ctrl; h_pert; h_k]` (3H),
 /// LayerNorm, a scorer MLP `Linear(3H -> H) GELU Dropout Linear(H -> 2)` giving (exclude, include)
-/// logits divided by their global standard deviation, straight-through Gumbel-Softmax (hard 0/1
+/// logits divided by their global standard deviation (`LogitNorm`), straight-through Gumbel-Softmax (hard 0/1
 /// forward, soft gradient), and `z = sum_k w_k * Linear(3H -> H)(triplet_k)`, not normalised by the count.
 pub struct Selector {
     norm_w: ParamId,
@@ -113,7 +113,7 @@ impl Selector {
         }
     }
 
-    /// Returns `(z [N, H], w [N * K, 1])`. Only `Selection::Sampled` applies dropout; hard selection
+    /// Returns `(z [N, H], w [N * K, 1], logits [N * K, 2])`, the logits as scaled for the Gumbel-Softmax. Only `Selection::Sampled` applies dropout; hard selection
     /// breaks ties towards exclusion.
     #[allow(clippy::too_many_arguments)]
     pub fn forward<T: Real>(
@@ -126,7 +126,7 @@ impl Selector {
         cand_enc: Var,
         rows: usize,
         selection: Selection,
-    ) -> (Var, Var) {
+    ) -> (Var, Var, Var) {
         let (n, k, h) = (tape.shape(basal)[0], cfg.top_k, tape.shape(basal)[1]);
         // The triplets [h_ctrl; h_pert; h_k] are never formed: their LayerNorm statistics come from
         // per-part row sums, and each linear layer on them from per-part products (see
@@ -147,7 +147,10 @@ impl Selector {
             hidden = tape.dropout(hidden, *mask);
         }
         let logits = self.score_out.apply(tape, params, hidden);
-        let logits = tape.scale_by_std(logits, STD_FLOOR);
+        let logits = match cfg.logit_norm {
+            LogitNorm::GlobalStd => tape.scale_by_std(logits, STD_FLOOR),
+            LogitNorm::None => logits,
+        };
         let choice = match selection {
             Selection::Sampled(noise) => {
                 let noise = tape.gumbel_noise(&[n * k, 2], noise.gumbel_key);
@@ -164,6 +167,6 @@ impl Selector {
 
         let projected = linear_on_triplets(tape, params, &self.proj, norm, parts, stats, layout);
         let weighted = tape.scale_rows(projected, w);
-        (tape.sum_groups(weighted, k), w)
+        (tape.sum_groups(weighted, k), w, logits)
     }
 }

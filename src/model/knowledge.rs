@@ -1,7 +1,9 @@
 //! What the GenePT-based models know besides their weights: one GenePT vector per perturbation
-//! (the control's is zero) and the retrieval database, the perturbations that stage one may return.
+//! (the control's is zero), the retrieval database, the perturbations that stage one may return,
+//! and (for `--candidate-context responses|both`) the fold's observed responses.
 
 use crate::cpu::retrieval::{cosine_topk, normalise_rows};
+use crate::data::responses::ObservedResponses;
 use crate::{Error, Result};
 
 pub struct Knowledge {
@@ -11,6 +13,8 @@ pub struct Knowledge {
     normalised: Vec<f32>,
     /// `[P]`: whether perturbation `p` may be retrieved.
     pub in_database: Vec<bool>,
+    /// The fold's training conditions' mean changes, for the observed-response context.
+    pub responses: Option<ObservedResponses>,
     /// By `k`: see `retrieve`.
     neighbours: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<Neighbours>>>,
 }
@@ -33,7 +37,11 @@ impl Knowledge {
         for (p, row) in vectors.chunks(dim).enumerate() {
             in_database[p] &= row.iter().any(|&v| v != 0.0);
         }
-        Ok(Knowledge { dim, vectors, normalised, in_database, neighbours: Default::default() })
+        Ok(Knowledge { dim, vectors, normalised, in_database, responses: None, neighbours: Default::default() })
+    }
+
+    pub fn with_responses(self, responses: ObservedResponses) -> Self {
+        Knowledge { responses: Some(responses), ..self }
     }
 
     pub fn database_size(&self) -> usize {

@@ -32,6 +32,7 @@ use knowledge::Knowledge;
 use layers::{normal, uniform_fan_in, Linear};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -68,6 +69,45 @@ impl ModelKind {
     pub fn retrieves(self) -> bool {
         matches!(self, ModelKind::VanillaRag | ModelKind::PtRag)
     }
+}
+
+/// What the retrieval models' context module sees of the query and of each retrieved candidate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CandidateContext {
+    /// The paper: the GenePT vectors of the query and of the candidates, encoded.
+    #[default]
+    Genept,
+    /// Observed responses (beyond the paper): each candidate's mean change in the set's cell type
+    /// when it is a training condition there, instead of its GenePT vector; the query's GenePT
+    /// encoding plus its mean change in the other cell types. Each is `Linear(G + 1 -> H)` of the
+    /// change and an observed indicator (a zero change and indicator when nothing was observed).
+    Responses,
+    /// The candidates' GenePT and response encodings summed; the query as in `responses`.
+    Both,
+}
+
+impl CandidateContext {
+    pub fn name(self) -> &'static str {
+        match self {
+            CandidateContext::Genept => "genept",
+            CandidateContext::Responses => "responses",
+            CandidateContext::Both => "both",
+        }
+    }
+}
+
+/// How PT-RAG's (exclude, include) logits are scaled before the Gumbel-Softmax.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogitNorm {
+    /// Divided by their one standard deviation over the batch (the paper's code). This caps every
+    /// include-exclude gap: with all candidates pushed one way the logits are +-s, normalised +-1,
+    /// so no candidate's inclusion probability falls below sigmoid(-2) = 0.12 (3.8 of 32).
+    #[default]
+    GlobalStd,
+    /// Used as they are.
+    None,
 }
 
 /// Which perturbation a query may not retrieve.
@@ -111,6 +151,17 @@ pub struct ModelConfig {
     pub self_exclusion: SelfExclusion,
     /// Retrieve and encode candidates once per cell (the reference's formulation) instead of once per set.
     pub per_cell_retrieval: bool,
+    /// What the context module sees of the query and the candidates (retrieval models).
+    #[serde(default)]
+    pub candidate_context: CandidateContext,
+    /// PT-RAG's logit scaling before the Gumbel-Softmax.
+    #[serde(default)]
+    pub logit_norm: LogitNorm,
+    /// PT-RAG with observed responses (beyond the paper): the prediction adds, per gene and gated,
+    /// the mean of the candidates' observed changes in the set's cell type weighted by the softmax
+    /// over candidates of their include-exclude logit gap (unobserved candidates weigh nothing).
+    #[serde(default)]
+    pub response_readout: bool,
     /// From the data: genes, perturbations (control included), batch groups, GenePT width (0 for STATE).
     pub genes: usize,
     pub perturbations: usize,
@@ -137,11 +188,30 @@ impl ModelConfig {
             scorer_dropout: 0.1,
             self_exclusion: SelfExclusion::Always,
             per_cell_retrieval: false,
+            candidate_context: CandidateContext::Genept,
+            logit_norm: LogitNorm::GlobalStd,
+            response_readout: false,
             genes,
             perturbations,
             batches,
             genept_dim: if kind.uses_genept() { genept_dim } else { 0 },
         }
+    }
+
+    /// The model's name in reports: the paper's name, and `+<option>` for each option beyond the
+    /// paper that changes it (`pt-rag+both`, `pt-rag+no-logit-norm`).
+    pub fn variant_name(&self) -> String {
+        let mut name = self.kind.name().to_string();
+        if self.candidate_context != CandidateContext::Genept {
+            name += &format!("+{}", self.candidate_context.name());
+        }
+        if self.kind == ModelKind::PtRag && self.logit_norm == LogitNorm::None {
+            name += "+no-logit-norm";
+        }
+        if self.response_readout {
+            name += "+readout";
+        }
+        name
     }
 
     /// Checks sizes and options that are not caught by the type system.
@@ -158,6 +228,12 @@ impl ModelConfig {
         }
         if !(self.tau > 0.0 && self.tau.is_finite()) {
             return Err(Error::invalid("tau", format!("the Gumbel-Softmax temperature must be positive, got {}", self.tau)));
+        }
+        if self.candidate_context != CandidateContext::Genept && !self.kind.retrieves() {
+            return Err(Error::invalid("candidate context", format!("applies to the retrieval models, not {}", self.kind.name())));
+        }
+        if self.response_readout && (self.kind != ModelKind::PtRag || self.candidate_context == CandidateContext::Genept) {
+            return Err(Error::invalid("response readout", "applies to pt-rag with --candidate-context responses or both"));
         }
         if !(0.0..1.0).contains(&self.scorer_dropout) {
             return Err(Error::invalid("scorer dropout", format!("must be in [0, 1), got {}", self.scorer_dropout)));
@@ -231,6 +307,8 @@ pub struct ModelInput<'a> {
     pub control: Cells<'a>,
     /// `[sets]`
     pub perturbation: &'a [u32],
+    /// `[sets]`: the cell type of each set (whose observed responses a candidate carries).
+    pub cell_type: &'a [u32],
     /// `[sets * cells]`
     pub batch: &'a [u32],
     /// A training forward pass (the reference's self-exclusion bug acts only there).
@@ -249,6 +327,7 @@ impl<'a> ModelInput<'a> {
             cells: b.cells,
             control: Cells::Values(&b.control),
             perturbation: &b.perturbation,
+            cell_type: &b.cell_type,
             batch: &b.batch,
             training,
             selection,
@@ -272,6 +351,8 @@ pub struct Forward {
     pub pred: Var,
     /// PT-RAG: `[sets * cells * K, 1]`, the selection weights (exactly 0 or 1 unless `Selection::Expected`).
     pub selection: Option<Var>,
+    /// PT-RAG: `[sets * cells * K, 2]`, the (exclude, include) logits as scaled for the Gumbel-Softmax.
+    pub selection_logits: Option<Var>,
     pub retrieval: Option<Retrieval>,
 }
 
@@ -299,7 +380,17 @@ pub struct Model {
     context: Context,
     backbone: Backbone,
     head: Linear,
+    responses: Option<ResponseEncoders>,
     knowledge: Option<Knowledge>,
+}
+
+/// `Linear(G + 1 -> H)` of an observed mean change and its observed indicator: one for the
+/// candidates' changes in the set's cell type, one for the query's in the other cell types.
+struct ResponseEncoders {
+    candidate: Linear,
+    query: Linear,
+    /// `[G]`, 1 at the start: the response readout's per-gene gate (`response_readout` only).
+    readout_gate: Option<ParamId>,
 }
 
 impl Model {
@@ -359,6 +450,28 @@ impl Model {
         };
         let backbone = Backbone::new(cfg, params, rng);
         let head = Linear::new(params, rng, "head", h, g, true);
+        // Registered last, so that every other parameter starts as in the paper's models.
+        let responses = match (cfg.candidate_context, &knowledge) {
+            (CandidateContext::Genept, _) => None,
+            (_, Some(Knowledge { responses: Some(observed), .. })) => {
+                // Encodings of unit scale for a change of typical norm, as the GenePT encoder's.
+                let sd = (1.0 / observed.rms_norm()) as f32;
+                let mut encoder = |name: &str| {
+                    let lin = Linear::new(params, rng, name, g + 1, h, true);
+                    params.entries[lin.weight.0].value = std::sync::Arc::new(T::from_f32_slice(&normal(rng, h * (g + 1), sd)));
+                    lin
+                };
+                let (candidate, query) = (encoder("responses.candidate"), encoder("responses.query"));
+                let readout_gate = cfg.response_readout.then(|| params.add("responses.readout_gate", &[g], vec![T::one(); g]));
+                Some(ResponseEncoders { candidate, query, readout_gate })
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "candidate context",
+                    "observed responses need the fold's response table (`Knowledge::with_responses`)",
+                ))
+            }
+        };
         if cfg.frozen_backbone {
             for p in params.entries.iter_mut() {
                 if p.name.starts_with("layers.") || p.name == "final_norm" || p.name.starts_with("head.") {
@@ -366,7 +479,7 @@ impl Model {
                 }
             }
         }
-        Ok(Model { cfg: cfg.clone(), basal, pert, batch_table, context, backbone, head, knowledge })
+        Ok(Model { cfg: cfg.clone(), basal, pert, batch_table, context, backbone, head, responses, knowledge })
     }
 
     pub fn knowledge(&self) -> Option<&Knowledge> {
@@ -429,12 +542,29 @@ impl Model {
         let buggy = self.cfg.self_exclusion == SelfExclusion::FirstSetInTraining && input.training;
         let exclude: Vec<bool> = (0..rows).map(|r| !(buggy && set_of_row(r) > 0)).collect();
         let (candidates, similarity) = knowledge.retrieve(&queries, &exclude, k);
-        let (query_enc, cand_enc) = if per_cell {
-            // The reference's formulation: every cell encodes its own query and candidates.
-            (self.encode_genept(tape, params, &queries, input.genept), self.encode_genept(tape, params, &candidates, input.genept))
-        } else {
-            (self.encode_genept(tape, params, &queries, input.genept), self.encode_distinct(tape, params, &candidates, input.genept))
+        let mut query_enc = self.encode_genept(tape, params, &queries, input.genept);
+        let genept_candidates = self.cfg.candidate_context != CandidateContext::Responses;
+        // The reference's formulation (per cell) encodes every cell's candidates; ours each distinct one.
+        let mut cand_enc = match (genept_candidates, per_cell) {
+            (false, _) => None,
+            (true, true) => Some(self.encode_genept(tape, params, &candidates, input.genept)),
+            (true, false) => Some(self.encode_distinct(tape, params, &candidates, input.genept)),
         };
+        if let (Some(enc), Some(observed)) = (&self.responses, knowledge.responses.as_ref()) {
+            let cell_type = |r: usize| input.cell_type[set_of_row(r)];
+            let cand_rows = (0..rows * k).map(|i| observed.change(candidates[i], cell_type(i / k)).map(Cow::Borrowed));
+            let x = response_rows(tape, cand_rows, self.cfg.genes);
+            let responses = enc.candidate.apply(tape, params, x);
+            cand_enc = Some(match cand_enc {
+                Some(genept) => tape.add(genept, responses),
+                None => responses,
+            });
+            let query_rows = (0..rows).map(|r| observed.cross_cell_type(queries[r], cell_type(r)).map(Cow::Owned));
+            let x = response_rows(tape, query_rows, self.cfg.genes);
+            let cross = enc.query.apply(tape, params, x);
+            query_enc = tape.add(query_enc, cross);
+        }
+        let cand_enc = cand_enc.expect("a candidate encoding: GenePT, responses or both");
         (Retrieval { rows, candidates, similarity }, query_enc, cand_enc)
     }
 
@@ -446,6 +576,7 @@ impl Model {
         let basal = self.basal.apply(tape, params, control);
         let set_of_cell: Vec<usize> = (0..n).map(|i| i / input.cells).collect();
 
+        let (mut readout, mut selection_logits) = (None, None);
         let (x, selection, retrieval) = match &self.context {
             Context::None => {
                 let pert = match &self.pert {
@@ -467,7 +598,9 @@ impl Model {
             }
             Context::Selector(sel) => {
                 let (r, query_enc, cand_enc) = self.retrieve(tape, params, input);
-                let (z, w) = sel.forward(&self.cfg, tape, params, basal, query_enc, cand_enc, r.rows, input.selection);
+                let (z, w, logits) = sel.forward(&self.cfg, tape, params, basal, query_enc, cand_enc, r.rows, input.selection);
+                readout = self.response_readout(tape, params, input, &r, logits);
+                selection_logits = Some(logits);
                 (z, Some(w), Some(r))
             }
         };
@@ -478,9 +611,78 @@ impl Model {
         let x = tape.add(x, batch);
         let x = self.backbone.forward(&self.cfg, tape, params, x, input.sets, input.cells);
         let x = tape.add(x, basal);
-        let out = self.head.apply(tape, params, x);
-        Forward { pred: tape.relu(out), selection, retrieval }
+        let mut out = self.head.apply(tape, params, x);
+        if let Some(readout) = readout {
+            out = tape.add(out, readout);
+        }
+        Forward { pred: tape.relu(out), selection, selection_logits, retrieval }
     }
+
+    /// The response readout `[N, G]` (see `ModelConfig::response_readout`), or none without it.
+    fn response_readout<T: Real>(
+        &self,
+        tape: &mut Tape<T>,
+        params: &Params<T>,
+        input: &ModelInput,
+        r: &Retrieval,
+        logits: Var,
+    ) -> Option<Var> {
+        let (enc, observed) = (self.responses.as_ref()?, self.knowledge.as_ref()?.responses.as_ref()?);
+        let gate = enc.readout_gate?;
+        let (k, g, n) = (self.cfg.top_k, self.cfg.genes, input.sets * input.cells);
+        let cells_per_row = n / r.rows;
+        let set_of_row = |row: usize| row * cells_per_row / input.cells;
+        // The candidates' observed changes `[rows * K, G]` (zero where unobserved), and a mask that
+        // keeps the unobserved out of the softmax.
+        let (mut changes, mut mask) = (Vec::with_capacity(r.rows * k * g), Vec::with_capacity(n * k));
+        for (i, &c) in r.candidates.iter().enumerate() {
+            match observed.change(c, input.cell_type[set_of_row(i / k)]) {
+                Some(v) => changes.extend(v.iter().map(|&x| T::f(x))),
+                None => changes.extend(std::iter::repeat_n(T::zero(), g)),
+            }
+        }
+        for cell in 0..n {
+            let row = cell / cells_per_row;
+            let set = set_of_row(row);
+            mask.extend(r.candidates[row * k..][..k].iter().map(|&c| {
+                if observed.change(c, input.cell_type[set]).is_some() {
+                    T::zero()
+                } else {
+                    T::f(-1e4)
+                }
+            }));
+        }
+        let changes = tape.constant(&[r.rows * k, g], changes);
+        // The include-exclude gap of every (cell, candidate), softmax over each cell's K.
+        let difference = tape.constant(&[2, 1], vec![T::f(-1.0), T::one()]);
+        let gap = tape.matmul(logits, difference, false, false);
+        let gap = tape.reshape(gap, &[n, k]);
+        let mask = tape.constant(&[n, k], mask);
+        let gap = tape.add(gap, mask);
+        let weights = tape.softmax(gap);
+        let weights = tape.reshape(weights, &[n * k, 1]);
+        let per_cell: Vec<usize> = (0..n * k).map(|i| (i / k / cells_per_row) * k + i % k).collect();
+        let changes = tape.gather(changes, &per_cell);
+        let weighted = tape.scale_rows(changes, weights);
+        let readout = tape.sum_groups(weighted, k);
+        let gate = tape.param(params, gate);
+        Some(tape.scale_cols(readout, gate))
+    }
+}
+
+/// Observed changes as an encoder's input `[rows, genes + 1]`: each change and a 1, or zeros for
+/// one never observed.
+fn response_rows<'c, T: Real>(tape: &mut Tape<T>, changes: impl Iterator<Item = Option<Cow<'c, Vec<f64>>>>, genes: usize) -> Var {
+    let mut values = Vec::new();
+    let mut rows = 0;
+    for change in changes {
+        match change {
+            Some(v) => values.extend(v.iter().map(|&x| T::f(x)).chain([T::one()])),
+            None => values.extend(std::iter::repeat_n(T::zero(), genes + 1)),
+        }
+        rows += 1;
+    }
+    tape.constant(&[rows, genes + 1], values)
 }
 
 /// Mean over sets of the per-set (half) energy distance between `pred` and `target`, both `[sets * cells, genes]`.

@@ -13,11 +13,12 @@ pub mod run;
 
 use crate::cpu::optim::Clip;
 use crate::cuda::{Buffer, Gpu, Readback};
+use crate::data::responses::ObservedResponses;
 use crate::data::sampler::{evaluation_sets, training_batch, Batch};
 use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
 use crate::model::knowledge::Knowledge;
-use crate::model::{energy_loss, Cells, Model, ModelConfig, ModelInput, Selection};
+use crate::model::{energy_loss, CandidateContext, Cells, Model, ModelConfig, ModelInput, Selection};
 use crate::tape::{Params, Tape};
 use crate::{Error, Result};
 use device::GpuState;
@@ -88,6 +89,9 @@ pub struct StepStats {
     /// PT-RAG: mean number of candidates selected per cell.
     pub selected: Option<f64>,
     pub grad_norm: f64,
+    /// PT-RAG on the CPU: the gradient norm reaching the scorer MLP (`select.score_*`), the signal
+    /// that would teach the selection (not read back from a GPU).
+    pub scorer_grad_norm: Option<f64>,
 }
 
 /// Per-condition evaluation results.
@@ -128,7 +132,35 @@ pub struct EvalSummary {
     pub mse_change: f64,
     pub mse_change_control_baseline: f64,
     pub mean_selected: Option<f64>,
+    /// PT-RAG: the distribution of the include-exclude logit gap over every (cell, candidate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_gap: Option<GapStats>,
     pub per_condition: Vec<ConditionResult>,
+}
+
+/// Mean, standard deviation and 10th / 50th / 90th percentiles of the include-exclude logit gap
+/// (logits as scaled for the Gumbel-Softmax): a selection that discriminates spreads it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GapStats {
+    pub mean: f64,
+    pub sd: f64,
+    pub p10: f64,
+    pub p50: f64,
+    pub p90: f64,
+}
+
+impl GapStats {
+    fn of(mut gaps: Vec<f64>) -> Option<GapStats> {
+        if gaps.is_empty() {
+            return None;
+        }
+        gaps.sort_by(f64::total_cmp);
+        let n = gaps.len() as f64;
+        let mean = gaps.iter().sum::<f64>() / n;
+        let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let at = |q: f64| gaps[((q * (n - 1.0)).round() as usize).min(gaps.len() - 1)];
+        Some(GapStats { mean, sd, p10: at(0.1), p50: at(0.5), p90: at(0.9) })
+    }
 }
 
 pub struct Trainer<'s> {
@@ -236,10 +268,14 @@ pub fn optimise_step(
             let (energy, loss) = (scalar(energy)?, scalar(loss)?);
             let selected = mean_w.map(&scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
             grads.accumulate_into(&tape, params)?;
+            let scorer = params.entries.iter().filter(|p| p.name.starts_with("select.score"));
+            let scorer_grad_norm = scorer.flat_map(|p| p.grad.iter().map(|&g| (g as f64).powi(2))).sum::<f64>().sqrt();
+            let scorer_grad_norm = (model.cfg.kind == crate::model::ModelKind::PtRag).then_some(scorer_grad_norm);
             drop(tape);
             let accumulate = mark.elapsed().as_secs_f64();
             let clip = adam.step(params, loss as f32);
-            (Pending::Ready(step_stats(step, energy, loss, selected, clip)?), accumulate)
+            let stats = StepStats { scorer_grad_norm, ..step_stats(step, energy, loss, selected, clip)? };
+            (Pending::Ready(stats), accumulate)
         }
     };
     if let Some(b) = breakdown {
@@ -294,7 +330,7 @@ fn step_stats(step: usize, energy: f64, loss: f64, selected: Option<f64>, clip: 
         let why = if loss.is_finite() { format!("the gradient norm is {}", clip.norm) } else { format!("the loss is {loss}") };
         return Err(Error::Numerical { step, why });
     }
-    Ok(StepStats { loss, energy, selected, grad_norm: clip.norm })
+    Ok(StepStats { loss, energy, selected, grad_norm: clip.norm, scorer_grad_norm: None })
 }
 
 /// The GenePT table of a store and the retrieval database that `which` selects for `fold`.
@@ -337,7 +373,15 @@ impl<'s> Trainer<'s> {
         if fold.train.is_empty() {
             return Err(Error::invalid("split", "no training conditions left for this target cell type"));
         }
-        let knowledge = if cfg.model.kind.uses_genept() { Some(knowledge_for(store, &fold, cfg.retrieval_database)?) } else { None };
+        let knowledge = match cfg.model.kind.uses_genept() {
+            false => None,
+            true => {
+                let knowledge = knowledge_for(store, &fold, cfg.retrieval_database)?;
+                // Read from the fold's training conditions only (`ObservedResponses::fit`).
+                let with_responses = cfg.model.candidate_context != CandidateContext::Genept;
+                Some(if with_responses { knowledge.with_responses(ObservedResponses::fit(store, &fold)) } else { knowledge })
+            }
+        };
         let mut params = Params::new();
         let model = Model::new(&cfg.model, knowledge, &mut params, &mut rng_stream(cfg.seed, INIT_STREAM))?;
         if cfg.head_bias_from_data {
@@ -482,6 +526,7 @@ impl<'s> Trainer<'s> {
         let mut control_means: Vec<Option<Vec<f64>>> = vec![None; self.store.manifest.cell_types.len()];
         let mut per_condition = Vec::with_capacity(conditions.len());
         let mut records = Vec::new();
+        let mut gaps = Vec::new();
         for cond in conditions {
             let ct = cond.cell_type as usize;
             let ctrl = control_means[ct].get_or_insert_with(|| self.control_mean(ct));
@@ -491,6 +536,9 @@ impl<'s> Trainer<'s> {
             for (set_index, set) in sets.iter().enumerate() {
                 let (tape, out) = self.eval_forward(set, &mut rng);
                 let pred = &tape.fetch(out.pred)?;
+                if let Some(logits) = out.selection_logits {
+                    gaps.extend(tape.fetch(logits)?.chunks(2).map(|l| (l[1] - l[0]) as f64));
+                }
                 let mut e = [0.0f32];
                 let shape = crate::cpu::energy::EnergyShape { sets: 1, cells_pred: set.cells, cells_obs: set.cells, genes: g };
                 crate::cpu::energy::energy_forward(pred, &set.target, shape, &mut e);
@@ -551,6 +599,7 @@ impl<'s> Trainer<'s> {
             mse_change: mean(&|c| c.mse_change),
             mse_change_control_baseline: mean(&|c| c.mse_change_control_baseline),
             mean_selected: per_condition.first().and_then(|c| c.mean_selected).map(|_| mean(&|c| c.mean_selected.unwrap_or(0.0))),
+            logit_gap: GapStats::of(gaps),
             per_condition,
         };
         Ok((summary, records))

@@ -3,7 +3,7 @@
 
 use super::{EvalSelection, RetrievalDatabase, TrainConfig};
 use crate::data::store::Store;
-use crate::model::{ModelKind, SelfExclusion};
+use crate::model::{CandidateContext, LogitNorm, ModelKind, SelfExclusion};
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -108,6 +108,18 @@ pub struct TrainOptions {
     /// PT-RAG's scorer dropout [default: 0.1]
     #[arg(long)]
     pub scorer_dropout: Option<f64>,
+    /// What the retrieval models see of the query and the candidates: `genept` (the paper),
+    /// `responses` (the candidates' observed mean changes in the set's cell type, and the query's
+    /// in the other cell types) or `both` [default: genept]
+    #[arg(long, value_enum)]
+    pub candidate_context: Option<CandidateContext>,
+    /// PT-RAG's logit scaling: `global-std` (the paper's code) or `none` [default: global-std]
+    #[arg(long, value_enum)]
+    pub logit_norm: Option<LogitNorm>,
+    /// PT-RAG with `--candidate-context responses|both`: add to the prediction the candidates'
+    /// observed changes, weighted by the softmax of their include-exclude logit gap [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub response_readout: Option<bool>,
     /// Reference-compatibility preset; the finer switches below override it [default: none]
     #[arg(long, value_enum)]
     pub compat: Option<Compat>,
@@ -161,6 +173,9 @@ macro_rules! fields {
             sparsity,
             tau,
             scorer_dropout,
+            candidate_context,
+            logit_norm,
+            response_readout,
             compat,
             causal_rope,
             frozen_backbone,
@@ -217,6 +232,8 @@ impl TrainOptions {
         only("tau", self.tau.is_some(), pt_rag, "pt-rag")?;
         only("scorer-dropout", self.scorer_dropout.is_some(), pt_rag, "pt-rag")?;
         only("eval-selection", self.eval_selection.is_some(), pt_rag, "pt-rag")?;
+        only("candidate-context", self.candidate_context.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
+        only("logit-norm", self.logit_norm.is_some(), pt_rag, "pt-rag")?;
 
         macro_rules! set {
             ($($dst:expr => $src:ident),*) => { $( if let Some(v) = self.$src.clone() { $dst = v; } )* };
@@ -225,7 +242,8 @@ impl TrainOptions {
              c.val_every => val_every, c.sparsity => sparsity, c.adam.lr => lr, c.adam.weight_decay => weight_decay,
              c.adam.clip_norm => clip_norm, c.model.hidden => hidden, c.model.layers => layers, c.model.heads => heads,
              c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau,
-             c.model.scorer_dropout => scorer_dropout);
+             c.model.scorer_dropout => scorer_dropout, c.model.candidate_context => candidate_context,
+             c.model.logit_norm => logit_norm, c.model.response_readout => response_readout);
         let causal = self.causal_rope.unwrap_or(reference);
         c.model.causal = causal;
         c.model.rope_theta = causal.then_some(10000.0);
@@ -250,10 +268,10 @@ impl TrainOptions {
         Ok(c)
     }
 
-    /// `runs/<model>-<target>-<seed>` unless `--run-dir` was given.
+    /// `runs/<model variant>-<target>-<seed>` unless `--run-dir` was given.
     pub fn run_dir(&self, cfg: &TrainConfig) -> PathBuf {
         self.run_dir.clone().unwrap_or_else(|| {
-            Path::new("runs").join(format!("{}-{}-{}", cfg.model.kind.name(), cfg.target_cell_type.to_lowercase(), cfg.seed))
+            Path::new("runs").join(format!("{}-{}-{}", cfg.model.variant_name(), cfg.target_cell_type.to_lowercase(), cfg.seed))
         })
     }
 }

@@ -271,6 +271,9 @@ fn run_fold(
                 line["val_retrieval_precision"] = m.retrieval_precision.into();
                 line["val_selection_precision"] = m.selection_precision.into();
             }
+            if let Some(gap) = &summary.logit_gap {
+                line["val_logit_gap"] = serde_json::to_value(gap).expect("numbers serialise");
+            }
             append(log, &log_path, line)?;
             if !summary.energy.is_finite() {
                 return Err(stopped(trainer.step, format!("the validation energy is {}", summary.energy), *last_saved));
@@ -321,7 +324,8 @@ fn run_fold(
                 &mut log,
                 &log_path,
                 serde_json::json!({"step": done, "loss": stats.loss, "energy": stats.energy, "selected": stats.selected,
-                    "grad_norm": stats.grad_norm, "cells_per_s": rate, "elapsed_s": start.elapsed().as_secs_f64()}),
+                    "grad_norm": stats.grad_norm, "scorer_grad_norm": stats.scorer_grad_norm, "cells_per_s": rate,
+                    "elapsed_s": start.elapsed().as_secs_f64()}),
             )?;
             let s = smoothed.map_or(stats.loss, |s| 0.9 * s + 0.1 * stats.loss);
             smoothed = Some(s);
@@ -369,7 +373,7 @@ fn run_fold(
     }
     let summary = RunSummary {
         run_dir: run_dir.to_path_buf(),
-        model: trainer.cfg.model.kind.name().to_string(),
+        model: trainer.cfg.model.variant_name(),
         target_cell_type: trainer.cfg.target_cell_type.clone(),
         steps,
         best_step: if best.best_val_energy.is_some() { best.best_step } else { steps },

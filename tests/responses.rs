@@ -1,0 +1,80 @@
+//! The observed-response context (`--candidate-context responses|both`): the target cell type's
+//! test and validation cells never reach a feature, while its training cells do.
+
+mod common;
+
+use ptrag_engine::data::store::{Store, StoreWriter};
+use ptrag_engine::model::{CandidateContext, ModelKind};
+use ptrag_engine::train::Trainer;
+use std::collections::HashSet;
+use std::path::Path;
+
+/// A copy of `store` in `dir` whose `cells` have their expression changed (tripled, plus one).
+fn copy_changing(store: &Store, dir: &Path, cells: &[u32]) -> Store {
+    let cells: HashSet<u32> = cells.iter().copied().collect();
+    let g = store.n_genes();
+    let mut w = StoreWriter::create(dir, g, store.manifest.expression_dtype).unwrap();
+    let mut row = vec![0.0f32; g];
+    for c in 0..store.n_cells() {
+        store.expression_row(c, &mut row);
+        if cells.contains(&(c as u32)) {
+            row.iter_mut().for_each(|x| *x = 3.0 * *x + 1.0);
+        }
+        w.push_cell(&row, store.cell_perturbation[c], store.cell_type[c], store.cell_batch[c]).unwrap();
+    }
+    let split = std::fs::read_to_string(&store.split_path).unwrap();
+    Store::open(w.finish(store.manifest.clone(), &store.genept_table(), &split, &[]).unwrap()).unwrap()
+}
+
+/// A trainer of `kind` with the response context, after `steps` steps.
+fn trained(store: &Store, kind: ModelKind, steps: usize) -> Trainer<'_> {
+    let mut cfg = common::small_config(store, kind);
+    cfg.model.candidate_context = CandidateContext::Both;
+    let mut t = common::trainer(store, cfg);
+    for _ in 0..steps {
+        t.train_step().unwrap();
+    }
+    t
+}
+
+/// Every validation and test condition's predicted cells, in fold order.
+fn predictions(t: &Trainer) -> Vec<Vec<f32>> {
+    t.fold.val.iter().chain(&t.fold.test).map(|c| t.predict_condition(c, &mut t.eval_rng()).unwrap().0).collect()
+}
+
+#[test]
+fn a_test_conditions_cells_reach_no_prediction() {
+    let (tmp, store) = common::tiny_store();
+    for kind in [ModelKind::PtRag, ModelKind::VanillaRag] {
+        let t = trained(&store, kind, 3);
+        // One test and one validation condition of the target cell type, changed.
+        let changed: Vec<u32> = t.fold.test[0].cells.iter().chain(&t.fold.val[0].cells).copied().collect();
+        let other = copy_changing(&store, &tmp.path().join(format!("changed-{}", kind.name())), &changed);
+        let u = trained(&other, kind, 3);
+        let (a, b) = (predictions(&t), predictions(&u));
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(x == y, "{}: condition {i} of validation + test moved when a test condition's cells changed", kind.name());
+        }
+    }
+}
+
+/// The counterpart that makes the test above able to fail: the target cell type's training
+/// cells do reach the predictions, through the candidates' observed responses alone (no step is
+/// taken, so the weights are the same).
+#[test]
+fn a_target_training_conditions_cells_do_reach_predictions() {
+    let (tmp, store) = common::tiny_store();
+    let t = trained(&store, ModelKind::PtRag, 0);
+    let target = t.fold.target as u32;
+    let changed: Vec<u32> = t
+        .fold
+        .train
+        .iter()
+        .filter(|c| c.cell_type == target && c.perturbation != store.control_index)
+        .flat_map(|c| c.cells.clone())
+        .collect();
+    let other = copy_changing(&store, &tmp.path().join("changed"), &changed);
+    let u = trained(&other, ModelKind::PtRag, 0);
+    assert!(predictions(&t) != predictions(&u), "the candidates' observed responses did not reach any prediction");
+}
