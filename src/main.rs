@@ -366,6 +366,9 @@ fn install_ctrl_c() -> ptrag_engine::Result<()> {
 }
 
 /// The paper's experiment in one command: the four models on one target cell type, then `evaluate`.
+/// With `--candidate-context`, `--response-readout` or `--logit-norm` (options beyond the paper),
+/// the four stay the paper's and the retrieval models are trained once more with those options
+/// (`vanilla-rag+both`, `pt-rag+both+readout`, ...), beside them in the same report.
 fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<()> {
     use ptrag_engine::eval::report::{evaluate_into, EvalOptions};
     use ptrag_engine::model::ModelKind;
@@ -379,15 +382,19 @@ fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result
         .run_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}-{}", target.to_lowercase(), opts.seed.unwrap_or(42))));
-    let kinds = ModelKind::ALL;
-    for kind in kinds {
-        let dir = root.join(kind.name());
-        if dir.join("metrics.json").exists() {
-            eprintln!("{}: finished run kept in {}", kind.label(), dir.display());
-            continue;
+    // The paper's four without the options beyond the paper; then the variants that have them.
+    let paper = TrainOptions { candidate_context: None, response_readout: None, logit_norm: None, ..opts.clone() };
+    let mut runs: Vec<(ModelKind, TrainOptions)> = ModelKind::ALL.iter().map(|&k| (k, paper.clone())).collect();
+    if opts.candidate_context.is_some() || opts.response_readout.is_some() || opts.logit_norm.is_some() {
+        let vanilla = TrainOptions { response_readout: None, logit_norm: None, ..opts.clone() };
+        if vanilla.candidate_context.is_some() {
+            runs.push((ModelKind::VanillaRag, vanilla));
         }
-        let mut o = opts.clone();
-        (o.model, o.run_dir) = (Some(kind), Some(dir.clone()));
+        runs.push((ModelKind::PtRag, opts.clone()));
+    }
+    let mut dirs = Vec::new();
+    for (kind, mut o) in runs {
+        o.model = Some(kind);
         // Options of the retrieval models do not apply to the others.
         if !kind.retrieves() {
             (o.top_k, o.retrieval_db, o.self_retrieval_bug) = (None, None, None);
@@ -395,12 +402,20 @@ fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result
         if kind != ModelKind::PtRag {
             (o.sparsity, o.tau, o.scorer_dropout, o.eval_selection) = (None, None, None, None);
         }
+        let name = o.resolve(&store, &target)?.model.variant_name();
+        let dir = root.join(&name);
+        dirs.push(dir.clone());
+        if dir.join("metrics.json").exists() {
+            eprintln!("{name}: finished run kept in {}", dir.display());
+            continue;
+        }
+        o.run_dir = Some(dir.clone());
         if dir.join("config.toml").exists() {
             o = TrainOptions { resume: Some(dir), steps: opts.steps, ..TrainOptions::default() };
         }
         train_command(o, progress)?;
     }
-    let runs: Vec<PathBuf> = kinds.iter().map(|k| root.join(k.name())).collect();
+    let runs = dirs;
     let out = root.join("report");
     println!("{}", evaluate_into(&runs, &EvalOptions::default(), &out, progress)?);
     println!("report in {}", out.display());

@@ -265,6 +265,26 @@ fn reproduce_trains_the_four_models_and_writes_the_report() {
     assert!(out.status.success() && stderr(&out).contains("finished run kept"), "{}", stderr(&out));
 }
 
+/// Options beyond the paper train the retrieval models once more beside the paper's four, which
+/// stay as they are.
+#[test]
+fn reproduce_with_observed_responses_adds_the_variants_beside_the_papers_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let root = tmp.path().join("repro");
+    let args = ["--steps", "2", "--val-every", "0", "--top-k", "4", "--candidate-context", "both", "--response-readout"];
+    let out = train_like(&store, &root, "reproduce", &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for model in ["state", "state-genept", "vanilla-rag", "pt-rag", "vanilla-rag+both", "pt-rag+both+readout"] {
+        assert!(root.join(model).join("metrics.json").exists(), "{model}");
+    }
+    let config = std::fs::read_to_string(root.join("pt-rag/config.toml")).unwrap();
+    assert!(config.contains("candidate_context = \"genept\"") && config.contains("response_readout = false"), "{config}");
+    let report = std::fs::read_to_string(root.join("report/report.md")).unwrap();
+    assert!(report.contains("| pt-rag+both+readout |") || report.contains("pt-rag+both+readout"), "{report}");
+    assert!(report.contains("vanilla-rag+both"), "{report}");
+}
+
 #[test]
 fn predict_writes_matching_predicted_and_real_h5ad_files() {
     use ptrag_engine::data::h5ad::H5ad;
