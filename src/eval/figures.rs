@@ -163,10 +163,12 @@ const MODEL_COLOURS: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
+/// One panel of the learning curve: the metric, the models' points, and each baseline's value.
+pub type CurvePanel = (String, Vec<CurvePoint>, Vec<(String, f64)>);
+
 /// Test metrics against training steps (log scale), one panel per metric, a line per model and a
-/// dashed horizontal line per baseline: `panels` holds (metric, model points, baseline values).
-/// The legend is a strip below the panels, so it hides no point.
-pub fn learning_curve_svg(panels: &[(String, Vec<CurvePoint>, Vec<(String, f64)>)]) -> Result<String> {
+/// dashed horizontal line per baseline. The legend is a strip below the panels, so it hides no point.
+pub fn learning_curve_svg(panels: &[CurvePanel]) -> Result<String> {
     let fail = |e: &dyn std::fmt::Display| plot_error("learning curve", e);
     let mut models: Vec<String> = panels.iter().flat_map(|p| p.1.iter().map(|c| c.model.clone())).collect();
     models.sort();
