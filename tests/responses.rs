@@ -78,3 +78,16 @@ fn a_target_training_conditions_cells_do_reach_predictions() {
     let u = trained(&other, ModelKind::PtRag, 0);
     assert!(predictions(&t) != predictions(&u), "the candidates' observed responses did not reach any prediction");
 }
+
+/// The reference's self-retrieval bug would hand a training set its own observed change (its
+/// label) as a candidate: refused with observed responses.
+#[test]
+fn observed_responses_refuse_the_self_retrieval_bug() {
+    use ptrag_engine::model::{ModelConfig, SelfExclusion};
+    let mut cfg = ModelConfig::paper(ModelKind::PtRag, 8, 40, 1, 4);
+    cfg.candidate_context = CandidateContext::Both;
+    assert!(cfg.validate().is_ok());
+    cfg.self_exclusion = SelfExclusion::FirstSetInTraining;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("self-retrieval bug"), "{err}");
+}

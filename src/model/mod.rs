@@ -232,6 +232,10 @@ impl ModelConfig {
         if self.candidate_context != CandidateContext::Genept && !self.kind.retrieves() {
             return Err(Error::invalid("candidate context", format!("applies to the retrieval models, not {}", self.kind.name())));
         }
+        if self.candidate_context != CandidateContext::Genept && self.self_exclusion == SelfExclusion::FirstSetInTraining {
+            // A query retrieving itself would be handed its own observed change: the training label.
+            return Err(Error::invalid("candidate context", "observed responses cannot be combined with the self-retrieval bug"));
+        }
         if self.response_readout && (self.kind != ModelKind::PtRag || self.candidate_context == CandidateContext::Genept) {
             return Err(Error::invalid("response readout", "applies to pt-rag with --candidate-context responses or both"));
         }
