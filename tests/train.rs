@@ -335,11 +335,15 @@ fn frozen_pt_rag_at_the_papers_sizes_trains_the_references_parameter_count() {
 /// Training on a GPU (`Trainer::use_gpu`: parameters, gradients and Adam's moments resident there)
 /// follows training on the CPU: the same losses and gradient norms step by step, the same
 /// predictions afterwards; a checkpoint written from the GPU restores on the CPU, and one loaded
-/// into a GPU trainer is uploaded there. `steps` of PT-RAG, the model with every kernel family.
-fn gpu_training_matches_cpu(gpu: ptrag_engine::cuda::Gpu, steps: usize) {
+/// into a GPU trainer is uploaded there. `steps` of PT-RAG, the model with every kernel family;
+/// `responses`: with the observed-response context and readout (`both`, `--response-readout`).
+fn gpu_training_matches_cpu(gpu: ptrag_engine::cuda::Gpu, steps: usize, responses: bool) {
     let gpu = std::sync::Arc::new(gpu);
     let (tmp, store) = tiny_store();
-    let cfg = TrainConfig { steps, ..small_config(&store, ModelKind::PtRag) };
+    let mut cfg = TrainConfig { steps, ..small_config(&store, ModelKind::PtRag) };
+    if responses {
+        (cfg.model.candidate_context, cfg.model.response_readout) = (CandidateContext::Both, true);
+    }
     let (mut on_cpu, mut on_gpu) = (trainer(&store, cfg.clone()), trainer(&store, cfg.clone()));
     on_gpu.use_gpu(gpu.clone()).unwrap();
     gpu_gradients_match_cpu(&on_cpu, gpu.clone());
@@ -408,7 +412,12 @@ fn to64(v: &[f32]) -> Vec<f64> {
 
 #[test]
 fn gpu_training_emulated_matches_cpu() {
-    gpu_training_matches_cpu(ptrag_engine::cuda::Gpu::emulated(ptrag_engine::cuda::ThreadOrder::Forward).unwrap(), 3);
+    gpu_training_matches_cpu(ptrag_engine::cuda::Gpu::emulated(ptrag_engine::cuda::ThreadOrder::Forward).unwrap(), 3, false);
+}
+
+#[test]
+fn gpu_training_emulated_matches_cpu_with_observed_responses() {
+    gpu_training_matches_cpu(ptrag_engine::cuda::Gpu::emulated(ptrag_engine::cuda::ThreadOrder::Forward).unwrap(), 3, true);
 }
 
 /// On the GPU the step's update is queued before its loss and norm are read, so the kernels decide
@@ -445,6 +454,13 @@ fn a_diverging_step_on_the_gpu_stops_and_leaves_the_weights() {
 #[test]
 fn gpu_training_cuda_matches_cpu() {
     if let Some(gpu) = common::cuda_or_skip() {
-        gpu_training_matches_cpu(gpu, 30);
+        gpu_training_matches_cpu(gpu, 30, false);
+    }
+}
+
+#[test]
+fn gpu_training_cuda_matches_cpu_with_observed_responses() {
+    if let Some(gpu) = common::cuda_or_skip() {
+        gpu_training_matches_cpu(gpu, 30, true);
     }
 }
