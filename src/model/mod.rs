@@ -162,6 +162,11 @@ pub struct ModelConfig {
     /// over candidates of their include-exclude logit gap (unobserved candidates weigh nothing).
     #[serde(default)]
     pub response_readout: bool,
+    /// Beyond the paper, any model: the output head predicts the difference from the mean of the
+    /// set's cell type's control cells (`Model::set_output_anchor`), and starts at zero, so an
+    /// untrained model predicts the control mean (plus the readout, if any).
+    #[serde(default)]
+    pub anchor_output: bool,
     /// From the data: genes, perturbations (control included), batch groups, GenePT width (0 for STATE).
     pub genes: usize,
     pub perturbations: usize,
@@ -191,6 +196,7 @@ impl ModelConfig {
             candidate_context: CandidateContext::Genept,
             logit_norm: LogitNorm::GlobalStd,
             response_readout: false,
+            anchor_output: false,
             genes,
             perturbations,
             batches,
@@ -210,6 +216,9 @@ impl ModelConfig {
         }
         if self.response_readout {
             name += "+readout";
+        }
+        if self.anchor_output {
+            name += "+anchored";
         }
         name
     }
@@ -385,6 +394,8 @@ pub struct Model {
     backbone: Backbone,
     head: Linear,
     responses: Option<ResponseEncoders>,
+    /// `[cell types, G]`: what `anchor_output` adds to the head (zeros until `set_output_anchor`).
+    anchor: Vec<f32>,
     knowledge: Option<Knowledge>,
 }
 
@@ -483,7 +494,13 @@ impl Model {
                 }
             }
         }
-        Ok(Model { cfg: cfg.clone(), basal, pert, batch_table, context, backbone, head, responses, knowledge })
+        if cfg.anchor_output {
+            for id in [Some(head.weight), head.bias].into_iter().flatten() {
+                let n = params.entries[id.0].value.len();
+                params.entries[id.0].value = std::sync::Arc::new(vec![T::zero(); n]);
+            }
+        }
+        Ok(Model { cfg: cfg.clone(), basal, pert, batch_table, context, backbone, head, responses, anchor: Vec::new(), knowledge })
     }
 
     pub fn knowledge(&self) -> Option<&Knowledge> {
@@ -496,6 +513,12 @@ impl Model {
         let bias = &mut params.entries[self.head.bias.expect("the head has a bias").0];
         assert_eq!(bias.value.len(), mean.len(), "output bias length");
         bias.value = std::sync::Arc::new(T::from_f32_slice(mean));
+    }
+
+    /// The per-cell-type means `[cell types][G]` that `anchor_output` adds to the head's output
+    /// (the fold's control pools: known in the protocol, as to the baselines).
+    pub fn set_output_anchor(&mut self, means: &[Vec<f64>]) {
+        self.anchor = means.iter().flat_map(|m| m.iter().map(|&x| x as f32)).collect();
     }
 
     /// Draws the keys of PT-RAG's Gumbel noise (and of the scorer's dropout mask when `training`);
@@ -618,6 +641,13 @@ impl Model {
         let mut out = self.head.apply(tape, params, x);
         if let Some(readout) = readout {
             out = tape.add(out, readout);
+        }
+        if self.cfg.anchor_output && !self.anchor.is_empty() {
+            let types = self.anchor.len() / g;
+            let table = tape.constant(&[types, g], T::from_f32_slice(&self.anchor));
+            let per_cell: Vec<usize> = (0..n).map(|i| input.cell_type[i / input.cells] as usize).collect();
+            let anchor = tape.gather(table, &per_cell);
+            out = tape.add(out, anchor);
         }
         Forward { pred: tape.relu(out), selection, selection_logits, retrieval }
     }

@@ -383,8 +383,11 @@ impl<'s> Trainer<'s> {
             }
         };
         let mut params = Params::new();
-        let model = Model::new(&cfg.model, knowledge, &mut params, &mut rng_stream(cfg.seed, INIT_STREAM))?;
-        if cfg.head_bias_from_data {
+        let mut model = Model::new(&cfg.model, knowledge, &mut params, &mut rng_stream(cfg.seed, INIT_STREAM))?;
+        if cfg.model.anchor_output {
+            let means: Vec<Vec<f64>> = fold.controls.iter().map(|pool| crate::data::responses::mean_of(store, pool)).collect();
+            model.set_output_anchor(&means);
+        } else if cfg.head_bias_from_data {
             model.set_output_bias(&mut params, &training_mean(store, &fold, &mut rng_stream(cfg.seed, DATA_MEAN_STREAM)));
         }
         let adam = Adam::new(cfg.adam.clone(), &params);

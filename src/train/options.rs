@@ -120,6 +120,10 @@ pub struct TrainOptions {
     /// observed changes, weighted by the softmax of their include-exclude logit gap [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub response_readout: Option<bool>,
+    /// Any model: the output head predicts the difference from the cell type's control mean and
+    /// starts at zero [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub anchor_output: Option<bool>,
     /// Reference-compatibility preset; the finer switches below override it [default: none]
     #[arg(long, value_enum)]
     pub compat: Option<Compat>,
@@ -176,6 +180,7 @@ macro_rules! fields {
             candidate_context,
             logit_norm,
             response_readout,
+            anchor_output,
             compat,
             causal_rope,
             frozen_backbone,
@@ -243,7 +248,8 @@ impl TrainOptions {
              c.adam.clip_norm => clip_norm, c.model.hidden => hidden, c.model.layers => layers, c.model.heads => heads,
              c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau,
              c.model.scorer_dropout => scorer_dropout, c.model.candidate_context => candidate_context,
-             c.model.logit_norm => logit_norm, c.model.response_readout => response_readout);
+             c.model.logit_norm => logit_norm, c.model.response_readout => response_readout,
+             c.model.anchor_output => anchor_output);
         let causal = self.causal_rope.unwrap_or(reference);
         c.model.causal = causal;
         c.model.rope_theta = causal.then_some(10000.0);
