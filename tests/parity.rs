@@ -18,7 +18,10 @@ mod common;
 use ptrag_engine::cpu::elementwise::DropoutMask;
 use ptrag_engine::cuda::{Gpu, ThreadOrder};
 use ptrag_engine::model::knowledge::Knowledge;
-use ptrag_engine::model::{energy_loss, Model, ModelConfig, ModelInput, ModelKind, Noise, Selection, SelfExclusion};
+use ptrag_engine::data::responses::ObservedResponses;
+use ptrag_engine::model::{
+    energy_loss, CandidateContext, LogitNorm, Model, ModelConfig, ModelInput, ModelKind, Noise, Selection, SelfExclusion,
+};
 use ptrag_engine::real::Real;
 use ptrag_engine::tape::{Params, Tape};
 use ptrag_engine::train::optim::{Adam, AdamConfig};
@@ -28,7 +31,11 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const CASES: [&str; 5] = ["state", "state-genept", "vanilla-rag", "pt-rag", "pt-rag-reference"];
+/// `pt-rag-responses`: the options beyond the paper, all at once (observed responses for the
+/// candidates and the query, the response readout, unscaled logits, the anchored output).
+const CASES: [&str; 6] = ["state", "state-genept", "vanilla-rag", "pt-rag", "pt-rag-reference", "pt-rag-responses"];
+/// Cell types of the `pt-rag-responses` case (the others have one).
+const CELL_TYPES: usize = 2;
 const SETS: usize = 3;
 const CELLS: usize = 4;
 const GENES: usize = 24;
@@ -57,6 +64,10 @@ fn case_config(case: &str) -> TrainConfig {
     if case == "pt-rag-reference" {
         (model.causal, model.rope_theta, model.self_exclusion) = (true, Some(10000.0), SelfExclusion::FirstSetInTraining);
     }
+    if case == "pt-rag-responses" {
+        (model.candidate_context, model.response_readout, model.logit_norm, model.anchor_output) =
+            (CandidateContext::Both, true, LogitNorm::None, true);
+    }
     TrainConfig {
         target_cell_type: "parity".into(),
         steps: 1,
@@ -83,10 +94,31 @@ struct Case {
     perturbation: Vec<u32>,
     batch: Vec<u32>,
     noise: Noise,
+    /// `[sets]`
+    cell_type: Vec<u32>,
+    /// `pt-rag-responses`: per cell type the control mean `[CELL_TYPES, GENES]`, and the observed
+    /// mean changes `[CELL_TYPES * PERTS, GENES]` (zero where `observed` is 0).
+    responses: Option<(Vec<f32>, Vec<f32>, Vec<bool>)>,
 }
 
 fn knowledge(c: &Case) -> Option<Knowledge> {
-    c.cfg.model.kind.uses_genept().then(|| Knowledge::new(c.genept.clone(), EMBED, c.in_database.clone()).unwrap())
+    let k = c.cfg.model.kind.uses_genept().then(|| Knowledge::new(c.genept.clone(), EMBED, c.in_database.clone()).unwrap())?;
+    let Some((control_mean, change, observed)) = &c.responses else { return Some(k) };
+    let control_mean = control_mean.chunks(GENES).map(|r| r.iter().map(|&x| x as f64).collect()).collect();
+    let mut table = std::collections::BTreeMap::new();
+    for (i, row) in change.chunks(GENES).enumerate().filter(|(i, _)| observed[*i]) {
+        table.insert(((i % PERTS) as u32, (i / PERTS) as u32), row.iter().map(|&x| x as f64).collect());
+    }
+    Some(k.with_responses(ObservedResponses::from_parts(GENES, control_mean, table)))
+}
+
+/// The case's model over `params` (initialised from `rng`), with its output anchor.
+fn model_of<T: Real>(c: &Case, params: &mut Params<T>, rng: &mut rand_chacha::ChaCha8Rng) -> Model {
+    let mut model = Model::new(&c.cfg.model, knowledge(c), params, rng).unwrap();
+    if let Some((control_mean, ..)) = &c.responses {
+        model.set_output_anchor(&control_mean.chunks(GENES).map(|r| r.iter().map(|&x| x as f64).collect()).collect::<Vec<_>>());
+    }
+    model
 }
 
 fn to_bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
@@ -96,7 +128,9 @@ fn to_bytes<T: bytemuck::Pod>(v: &[T]) -> Vec<u8> {
 #[test]
 #[ignore = "writes the fixture inputs; run by hand, then tools/torch_parity.py"]
 fn write_parity_inputs() {
-    for (i, case) in CASES.iter().enumerate() {
+    // PTRAG_PARITY_CASE=<case>: write that case only.
+    let only = std::env::var("PTRAG_PARITY_CASE").ok();
+    for (i, case) in CASES.iter().enumerate().filter(|(_, c)| only.as_deref().is_none_or(|o| o == **c)) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(100 + i as u64);
         let cfg = case_config(case);
         let n = SETS * CELLS;
@@ -107,9 +141,32 @@ fn write_parity_inputs() {
         let (control, target) = (expr(&mut rng), expr(&mut rng));
         let perturbation = vec![3, 9, 14];
         let batch: Vec<u32> = (0..n).map(|_| rng.gen_range(0..BATCHES as u32)).collect();
+        let (cell_type, responses) = match cfg.model.candidate_context {
+            CandidateContext::Genept => (vec![0; SETS], None),
+            _ => {
+                let control_mean: Vec<f32> = (0..CELL_TYPES * GENES).map(|_| rng.gen_range(0.5f32..1.5)).collect();
+                // Most (perturbation, cell type) pairs observed; the control never.
+                let observed: Vec<bool> = (0..CELL_TYPES * PERTS).map(|i| i % PERTS != 0 && rng.gen_bool(0.6)).collect();
+                let change: Vec<f32> = (0..CELL_TYPES * PERTS * GENES)
+                    .map(|i| if observed[i / GENES] { rng.gen_range(-0.5f32..0.5) } else { 0.0 })
+                    .collect();
+                (vec![0, 1, 0], Some((control_mean, change, observed)))
+            }
+        };
         let mut params = Params::<f32>::new();
-        let k = Knowledge::new(genept.clone(), EMBED, in_database.clone()).unwrap();
-        let model = Model::new(&cfg.model, cfg.model.kind.uses_genept().then_some(k), &mut params, &mut rng).unwrap();
+        let stub = Case {
+            cfg: cfg.clone(),
+            genept: genept.clone(),
+            in_database: in_database.clone(),
+            control: vec![],
+            target: vec![],
+            perturbation: vec![],
+            batch: vec![],
+            noise: Noise { gumbel_key: 0, dropout: None },
+            cell_type: cell_type.clone(),
+            responses: responses.clone(),
+        };
+        let model = model_of(&stub, &mut params, &mut rng);
         // Move every parameter away from its initialisation (unit norm scales, zero shifts and
         // biases would hide mistakes), as after some training.
         for p in params.entries.iter_mut() {
@@ -128,7 +185,14 @@ fn write_parity_inputs() {
             ("target", Dtype::F32, vec![n, GENES], to_bytes(&target)),
             ("perturbation", Dtype::I64, vec![SETS], to_bytes(&i64s(&perturbation))),
             ("batch", Dtype::I64, vec![n], to_bytes(&i64s(&batch))),
+            ("cell_type", Dtype::I64, vec![SETS], to_bytes(&i64s(&cell_type))),
         ];
+        if let Some((control_mean, change, observed)) = &responses {
+            tensors.push(("control_mean", Dtype::F32, vec![CELL_TYPES, GENES], to_bytes(control_mean)));
+            tensors.push(("response_change", Dtype::F32, vec![CELL_TYPES * PERTS, GENES], to_bytes(change)));
+            let observed: Vec<i64> = observed.iter().map(|&b| b as i64).collect();
+            tensors.push(("response_observed", Dtype::I64, vec![CELL_TYPES * PERTS], to_bytes(&observed)));
+        }
         if cfg.model.kind == ModelKind::PtRag {
             let rows = n * cfg.model.top_k;
             tensors.push(("gumbel", Dtype::F32, vec![rows, 2], to_bytes(&gumbel(noise.gumbel_key, rows * 2))));
@@ -214,10 +278,15 @@ fn load_case(case: &str) -> (Case, Params<f32>) {
         perturbation: u32s("perturbation"),
         batch: u32s("batch"),
         noise: noise.unwrap_or(Noise { gumbel_key: 0, dropout: None }),
+        // Fixtures written before cell types mattered have none: one cell type.
+        cell_type: if st.names().iter().any(|n| *n == "cell_type") { u32s("cell_type") } else { vec![0; SETS] },
+        responses: st.names().iter().any(|n| *n == "response_change").then(|| {
+            (f32s("control_mean"), f32s("response_change"), u32s("response_observed").iter().map(|&b| b == 1).collect())
+        }),
         cfg,
     };
     let mut params = Params::<f32>::new();
-    Model::new(&c.cfg.model, knowledge(&c), &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0)).unwrap();
+    model_of(&c, &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
     let mut adam = Adam::new(c.cfg.adam.clone(), &params);
     checkpoint::load(&ckpt, &mut params, &mut adam).unwrap();
     (c, params)
@@ -234,7 +303,7 @@ struct Ours {
 /// One training step's forward and backward on `tape` (a host tape, or one on a GPU or the emulator).
 fn run_ours<T: Real>(c: &Case, params32: &Params<f32>, mut tape: Tape<T>) -> Ours {
     let mut params = Params::<T>::new();
-    let model = Model::new(&c.cfg.model, knowledge(c), &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let model = model_of(c, &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
     for (p, q) in params.entries.iter_mut().zip(&params32.entries) {
         p.value = std::sync::Arc::new(T::from_f32_slice(&q.value));
     }
@@ -245,7 +314,7 @@ fn run_ours<T: Real>(c: &Case, params32: &Params<f32>, mut tape: Tape<T>) -> Our
         cells: CELLS,
         control: ptrag_engine::model::Cells::Values(&c.control),
         perturbation: &c.perturbation,
-        cell_type: &[0; SETS],
+        cell_type: &c.cell_type,
         batch: &c.batch,
         training: true,
         selection: Selection::from_noise(noise),

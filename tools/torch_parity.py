@@ -127,6 +127,22 @@ def forward_loss(p, m, sparsity, data, B, S, energy_fn=energy):
             idx = sims.topk(K, dim=-1).indices
         out["candidates"] = idx.reshape(-1)
         cand = linear(genept[idx], p, "pert")  # [B, K, H]
+        context = m.get("candidate_context", "genept")
+        if context != "genept":
+            # Observed responses: each candidate's mean change in the set's cell type (with an
+            # indicator), the query's mean change averaged over the other cell types observed.
+            ct = data["cell_type"]
+            C, P = data["control_mean"].shape[0], m["perturbations"]
+            change = data["response_change"].to(dt).view(C, P, G)
+            seen = data["response_observed"].to(dt).view(C, P)
+            cand_change, cand_seen = change[ct[:, None], idx], seen[ct[:, None], idx]  # [B, K, G], [B, K]
+            responses = linear(torch.cat([cand_change, cand_seen[..., None]], -1), p, "responses.candidate")
+            cand = cand + responses if context == "both" else responses
+            other = torch.stack([(torch.arange(C) != ct[b]).to(dt) * seen[:, pidx[b]] for b in range(B)])  # [B, C]
+            count = other.sum(-1, keepdim=True)
+            cross = (other[:, :, None] * change[:, pidx].transpose(0, 1)).sum(1) / count.clamp(min=1)
+            has = (count > 0).to(dt)
+            pert = pert + linear(torch.cat([cross * has, has], -1), p, "responses.query")
         if kind == "vanilla-rag":
             q = linear(basal + pert[:, None, :], p, "context.q")
             k, v = linear(cand, p, "context.k"), linear(cand, p, "context.v")
@@ -138,14 +154,24 @@ def forward_loss(p, m, sparsity, data, B, S, energy_fn=energy):
             hidden = F.gelu(linear(trip, p, "select.score_hidden"))
             hidden = hidden * data["dropout_keep"].to(dt).view(B, S, K, H) / (1.0 - m["scorer_dropout"])
             logits = linear(hidden, p, "select.score_out")
-            logits = logits / logits.std().clamp(min=1e-6)
+            if m.get("logit_norm", "global-std") == "global-std":
+                logits = logits / logits.std().clamp(min=1e-6)
             soft = torch.softmax((logits + data["gumbel"].to(dt).view(B, S, K, 2)) / m["tau"], -1)
             hard = F.one_hot(soft.argmax(-1), 2).to(dt)
             w = (hard - soft.detach() + soft)[..., 1:]
             x = (w * linear(trip, p, "select.proj")).sum(2)
             out["selection"] = w.reshape(-1, 1)
     x = x + p["batch.weight"][data["batch"].view(B, S)]
-    pred = F.relu(linear(backbone(x, p, m) + basal, p, "head"))
+    out_pre = linear(backbone(x, p, m) + basal, p, "head")
+    if m.get("response_readout", False):
+        # The candidates' observed changes weighted by the softmax over candidates of the
+        # include-exclude gap, the unobserved masked out; a per-gene gate.
+        gap = logits[..., 1] - logits[..., 0] + ((1 - cand_seen) * -1e4)[:, None, :]  # [B, S, K]
+        weights = torch.softmax(gap, -1)
+        out_pre = out_pre + (weights[..., None] * cand_change[:, None]).sum(2) * p["responses.readout_gate"]
+    if m.get("anchor_output", False):
+        out_pre = out_pre + data["control_mean"].to(dt)[data["cell_type"]][:, None, :]
+    pred = F.relu(out_pre)
     loss = energy_fn(pred, target)
     if w is not None:
         loss = loss + sparsity * w.mean()

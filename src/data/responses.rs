@@ -52,6 +52,12 @@ impl ObservedResponses {
         responses
     }
 
+    /// Responses measured elsewhere: per cell type its control mean, and the mean change of each
+    /// (perturbation, cell type) observed.
+    pub fn from_parts(genes: usize, control_mean: Vec<Vec<f64>>, change: BTreeMap<(u32, u32), Vec<f64>>) -> ObservedResponses {
+        ObservedResponses { genes, control_mean, change }
+    }
+
     /// The observed mean change of a condition's cells (its cell type's control pool subtracted).
     /// The caller decides which conditions it may read: `fit` reads only training ones.
     pub fn change_of(&self, store: &Store, c: &Condition) -> Vec<f64> {
