@@ -17,8 +17,8 @@
 mod common;
 use ptrag_engine::cpu::elementwise::DropoutMask;
 use ptrag_engine::cuda::{Gpu, ThreadOrder};
-use ptrag_engine::model::knowledge::Knowledge;
 use ptrag_engine::data::responses::ObservedResponses;
+use ptrag_engine::model::knowledge::Knowledge;
 use ptrag_engine::model::{
     energy_loss, CandidateContext, LogitNorm, Model, ModelConfig, ModelInput, ModelKind, Noise, Selection, SelfExclusion,
 };
@@ -147,9 +147,8 @@ fn write_parity_inputs() {
                 let control_mean: Vec<f32> = (0..CELL_TYPES * GENES).map(|_| rng.gen_range(0.5f32..1.5)).collect();
                 // Most (perturbation, cell type) pairs observed; the control never.
                 let observed: Vec<bool> = (0..CELL_TYPES * PERTS).map(|i| i % PERTS != 0 && rng.gen_bool(0.6)).collect();
-                let change: Vec<f32> = (0..CELL_TYPES * PERTS * GENES)
-                    .map(|i| if observed[i / GENES] { rng.gen_range(-0.5f32..0.5) } else { 0.0 })
-                    .collect();
+                let change: Vec<f32> =
+                    (0..CELL_TYPES * PERTS * GENES).map(|i| if observed[i / GENES] { rng.gen_range(-0.5f32..0.5) } else { 0.0 }).collect();
                 (vec![0, 1, 0], Some((control_mean, change, observed)))
             }
         };
@@ -280,9 +279,11 @@ fn load_case(case: &str) -> (Case, Params<f32>) {
         noise: noise.unwrap_or(Noise { gumbel_key: 0, dropout: None }),
         // Fixtures written before cell types mattered have none: one cell type.
         cell_type: if st.names().iter().any(|n| *n == "cell_type") { u32s("cell_type") } else { vec![0; SETS] },
-        responses: st.names().iter().any(|n| *n == "response_change").then(|| {
-            (f32s("control_mean"), f32s("response_change"), u32s("response_observed").iter().map(|&b| b == 1).collect())
-        }),
+        responses: st
+            .names()
+            .iter()
+            .any(|n| *n == "response_change")
+            .then(|| (f32s("control_mean"), f32s("response_change"), u32s("response_observed").iter().map(|&b| b == 1).collect())),
         cfg,
     };
     let mut params = Params::<f32>::new();
