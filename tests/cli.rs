@@ -174,6 +174,57 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     assert_eq!(text.lines().filter(|l| l.contains("\"loss\"")).count() as u64, step + 2);
 }
 
+/// The losses and validation energies of a run's log, in order, as written.
+fn log_values(run: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| match (v.get("loss"), v.get("val_energy")) {
+            (Some(loss), _) => Some(format!("{} loss {loss}", v["step"])),
+            (_, Some(energy)) => Some(format!("{} val {energy}", v["step"])),
+            _ => None,
+        })
+        .collect()
+}
+
+/// SIGKILL at instants spread over a run that checkpoints every step, then `--resume` (or, when
+/// the kill came before the run was recorded, `train` again): every log is the uninterrupted run's,
+/// bit for bit, and so is the test summary.
+#[test]
+fn a_run_killed_at_any_instant_resumes_to_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let args = ["--model", "pt-rag", "--top-k", "4", "--steps", "40", "--val-every", "1"];
+    let full = tmp.path().join("full");
+    let start = std::time::Instant::now();
+    assert!(train(&store, &full, &args).status.success());
+    let duration = start.elapsed();
+    let (want, want_test) = (log_values(&full), std::fs::read_to_string(full.join("metrics.json")).unwrap());
+    let test_of = |metrics: &str| serde_json::from_str::<serde_json::Value>(metrics).unwrap()["test"].clone();
+    let kills = 8;
+    for i in 0..kills {
+        let run = tmp.path().join(format!("killed-{i}"));
+        let mut child = small_run(&store, &run, "train", &args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(duration.mul_f64((i as f64 + 0.5) / kills as f64));
+        let _ = child.kill(); // SIGKILL; the run may have finished already
+        child.wait().unwrap();
+        let out = if run.join("config.toml").exists() {
+            cli().args(["train", "--quiet", "--resume"]).arg(&run).output().unwrap()
+        } else {
+            train(&store, &run, &args)
+        };
+        assert!(out.status.success(), "kill {i}: {}", stderr(&out));
+        assert_eq!(log_values(&run), want, "kill {i}: the resumed run's log differs");
+        let got_test = std::fs::read_to_string(run.join("metrics.json")).unwrap();
+        assert_eq!(test_of(&got_test), test_of(&want_test), "kill {i}: the test results differ");
+    }
+    assert!(test_of(&want_test)["mse_change"].is_number(), "{want_test}");
+    // A finished run resumed (a kill after its last checkpoint, before its summary) adds nothing.
+    let out = cli().args(["train", "--quiet", "--resume"]).arg(&full).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(log_values(&full), want, "resuming the finished run changed its log");
+}
+
 #[test]
 fn every_fold_runs_in_turn_with_results_kept_per_fold() {
     let tmp = tempfile::tempdir().unwrap();

@@ -174,29 +174,37 @@ pub fn execute(
 
 /// Creates the directory and records the configuration; refuses to overwrite another run.
 fn prepare_dir(record: &RunRecord, run_dir: &Path, resume: bool) -> Result<()> {
+    claim_dir(run_dir, resume)?;
+    record.write(run_dir)
+}
+
+/// Creates the directory; refuses one that holds another run (has a configuration) unless resuming it.
+fn claim_dir(run_dir: &Path, resume: bool) -> Result<()> {
     if !resume && run_dir.join(CONFIG).exists() {
         return Err(Error::invalid(
             "run directory",
             format!("{} already holds a run; continue it with --resume {0} or choose another --run-dir", run_dir.display()),
         ));
     }
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    record.write(run_dir)
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))
 }
 
-/// Keeps the log lines up to `step` (a resumed run rewrites what followed its checkpoint).
-fn truncate_log(path: &Path, step: usize) -> Result<()> {
+/// Keeps the log lines up to `step` (a resumed run rewrites what followed its checkpoint; a line
+/// half-written by a kill is dropped). Returns whether a validation line at `step` is kept: the
+/// checkpoint of `step` was then written after that validation, which must not run again.
+fn truncate_log(path: &Path, step: usize) -> Result<bool> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s as usize <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    write_atomic(path, kept.as_bytes())
+    let lines: Vec<(&str, serde_json::Value)> = text.lines().filter_map(|l| Some((l, serde_json::from_str(l).ok()?))).collect();
+    let kept: Vec<&(&str, serde_json::Value)> =
+        lines.iter().filter(|(_, v)| v["step"].as_u64().is_some_and(|s| s as usize <= step)).collect();
+    let validated = kept.iter().any(|(_, v)| v["step"].as_u64() == Some(step as u64) && v.get("val_energy").is_some());
+    let text: String = kept.iter().map(|(l, _)| format!("{l}\n")).collect();
+    write_atomic(path, text.as_bytes())?;
+    Ok(validated)
 }
 
 /// Trains and tests one fold in `run_dir`; messages tell the user to resume `resume_dir` (the
@@ -218,6 +226,7 @@ fn run_fold(
     }
     let (last_path, best_path, log_path) = (run_dir.join(LAST), run_dir.join(BEST), run_dir.join(LOG));
     let mut best = RunState { best_val_energy: None, best_step: 0, train_seconds: 0.0 };
+    let mut validated_at_start = false;
     if resume {
         let saved = RunRecord::read(run_dir)?;
         if saved.train.model != trainer.cfg.model {
@@ -230,9 +239,11 @@ fn run_fold(
             return Err(Error::invalid("--steps", format!("the checkpoint is at step {}, past {}", trainer.step, trainer.cfg.steps)));
         }
         record.write(run_dir)?;
-        truncate_log(&log_path, trainer.step)?;
+        validated_at_start = truncate_log(&log_path, trainer.step)?;
     } else {
-        prepare_dir(record, run_dir, false)?;
+        // The configuration is recorded last (below), after the first checkpoint: a run killed
+        // before that is no run yet, and `train` may start it again in the same directory.
+        claim_dir(run_dir, false)?;
         std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
     }
     let run_state = |b: &RunState| serde_json::to_string(b).expect("serialises");
@@ -240,6 +251,7 @@ fn run_fold(
     let mut last_saved = trainer.step;
     if !resume {
         trainer.save_checkpoint(&last_path, &run_state(&best))?;
+        record.write(run_dir)?;
     }
 
     let steps = trainer.cfg.steps;
@@ -356,7 +368,8 @@ fn run_fold(
             Some(Err(e)) => return Err(step_failed(e, &mut log, last_saved)),
         };
     }
-    if last_saved != trainer.step || first_step == steps {
+    // A run resumed at its last step validates then, unless it had before it was stopped.
+    if last_saved != trainer.step || (first_step == steps && !validated_at_start) {
         validate(&trainer, &mut log, &mut best, &mut last_saved)?;
     }
     bar.finish_and_clear();
