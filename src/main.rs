@@ -302,7 +302,8 @@ fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<Vec
                 None => data.join("split.toml"),
             };
             let run_dir = opts.run_dir(&train);
-            (RunRecord { data, split, train }, run_dir, false)
+            let data_fingerprint = store.manifest.fingerprint.clone();
+            (RunRecord { data, split, train, data_fingerprint }, run_dir, false)
         }
     };
     let store = Store::open(&record.data)?;

@@ -53,6 +53,7 @@ fn store(dir: &Path, p6_in_a: [f32; 2]) -> Store {
         cell_types: vec!["A".into(), "B".into()],
         n_batches: 1,
         embed_dim: 2,
+        fingerprint: None,
     };
     Store::open(w.finish(manifest, &genept, &split.to_toml(), &[]).unwrap()).unwrap()
 }

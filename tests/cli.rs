@@ -225,6 +225,28 @@ fn a_run_killed_at_any_instant_resumes_to_the_uninterrupted_run() {
     assert_eq!(log_values(&full), want, "resuming the finished run changed its log");
 }
 
+/// A store records a fingerprint of its data; resuming a run against another store at the same
+/// path is an error naming both.
+#[test]
+fn resume_refuses_a_store_replaced_by_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let run = tmp.path().join("run");
+    assert!(train(&store, &run, &["--steps", "2", "--val-every", "0"]).status.success());
+    let resume = || cli().args(["train", "--quiet", "--resume"]).arg(&run).args(["--steps", "3"]).output().unwrap();
+    std::fs::remove_dir_all(&store).unwrap();
+    let regenerate =
+        |seed: &str| cli().args(["synth", "--preset", "tiny", "--quiet", "--seed", seed, "--out"]).arg(&store).status().unwrap();
+    assert!(regenerate("12").success());
+    let out = resume();
+    assert!(!out.status.success() && stderr(&out).contains("fingerprint"), "{}", stderr(&out));
+    // The same data written again is the same store.
+    std::fs::remove_dir_all(&store).unwrap();
+    assert!(regenerate("42").success()); // `synth`'s default seed, as `tiny_store`'s
+    let out = resume();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn every_fold_runs_in_turn_with_results_kept_per_fold() {
     let tmp = tempfile::tempdir().unwrap();

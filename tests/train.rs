@@ -41,7 +41,7 @@ fn an_interrupted_run_resumed_ends_where_an_uninterrupted_run_ends() {
     let split = SplitFile::read(&store.split_path).unwrap();
     let mut train = small_config(&store, ModelKind::PtRag);
     train.val_every = 2;
-    let record = RunRecord { data: store.dir.clone(), split: store.split_path.clone(), train };
+    let record = RunRecord { data: store.dir.clone(), split: store.split_path.clone(), train, data_fingerprint: None };
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let straight = execute(&record, &store, &split, &a, false, &RunControl { progress: false, stop: None, gpu: None }).unwrap();
     // A stop request (Ctrl-C) is honoured after the current step, with a checkpoint.
@@ -257,7 +257,7 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_a_finite_checkpoint() {
     let mut train = small_config(&store, ModelKind::State);
     train.adam.lr = 1e30;
     train.adam.clip_norm = 0.0;
-    let record = RunRecord { data: store.dir.clone(), split: store.split_path.clone(), train };
+    let record = RunRecord { data: store.dir.clone(), split: store.split_path.clone(), train, data_fingerprint: None };
     let emulated = std::sync::Arc::new(ptrag_engine::cuda::Gpu::emulated(ptrag_engine::cuda::ThreadOrder::Forward).unwrap());
     for (name, gpu) in [("cpu", None), ("emulated", Some(emulated))] {
         let dir = tmp.path().join(name);

@@ -336,6 +336,7 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
         cell_types,
         n_batches: batch_labels.len(),
         embed_dim: genept.dim,
+        fingerprint: None,
     };
     report.seconds = start.elapsed().as_secs_f64();
     let json = serde_json::to_string_pretty(&report).expect("report serialises");

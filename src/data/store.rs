@@ -55,6 +55,26 @@ pub struct Manifest {
     pub cell_types: Vec<String>,
     pub n_batches: usize,
     pub embed_dim: usize,
+    /// A hash of the data (expression, cell labels, GenePT, names; not `source`), written by
+    /// `StoreWriter::finish`: a resumed run checks that its store is the one it trained on.
+    /// Stores written before it existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// FNV-1a over 64 bits: a fingerprint, not a defence against a crafted collision.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
 }
 
 impl Manifest {
@@ -238,6 +258,8 @@ pub struct StoreWriter {
     cell_batch: Vec<u32>,
     /// One encoded row, reused for every cell.
     row_bytes: Vec<u8>,
+    /// Of every row written, then (in `finish`) of the rest of the data.
+    fingerprint: Fnv,
     finished: bool,
 }
 
@@ -261,6 +283,7 @@ impl StoreWriter {
             cell_type: Vec::new(),
             cell_batch: Vec::new(),
             row_bytes: Vec::with_capacity(n_genes * dtype.size()),
+            fingerprint: Fnv::new(),
             finished: false,
         })
     }
@@ -274,6 +297,7 @@ impl StoreWriter {
             ExprDtype::F32 => expression.iter().for_each(|&v| buf.extend_from_slice(&v.to_le_bytes())),
         }
         self.expression.write_all(&self.row_bytes).map_err(|e| Error::io(self.tmp_dir.join("expression.bin"), e))?;
+        self.fingerprint.update(&self.row_bytes);
         self.cell_perturbation.push(perturbation);
         self.cell_type.push(cell_type);
         self.cell_batch.push(batch);
@@ -293,10 +317,19 @@ impl StoreWriter {
         self.expression.flush().map_err(|e| Error::io(tmp.join("expression.bin"), e))?;
         let le = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let write = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(|e| Error::io(tmp.join(name), e));
-        write("cell_perturbation.u32", &le(&self.cell_perturbation))?;
-        write("cell_type.u32", &le(&self.cell_type))?;
-        write("cell_batch.u32", &le(&self.cell_batch))?;
-        write("genept.f32", &genept.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+        let arrays = [le(&self.cell_perturbation), le(&self.cell_type), le(&self.cell_batch)];
+        let genept = genept.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let names = serde_json::to_vec(&(&manifest.genes, &manifest.perturbations, &manifest.control, &manifest.cell_types))
+            .expect("names serialise");
+        let sizes = serde_json::to_vec(&(manifest.n_batches, manifest.embed_dim, manifest.expression_dtype)).expect("sizes serialise");
+        for bytes in arrays.iter().chain([&genept, &names, &sizes]) {
+            self.fingerprint.update(bytes);
+        }
+        manifest.fingerprint = Some(format!("{:016x}", self.fingerprint.0));
+        write("cell_perturbation.u32", &arrays[0])?;
+        write("cell_type.u32", &arrays[1])?;
+        write("cell_batch.u32", &arrays[2])?;
+        write("genept.f32", &genept)?;
         write("split.toml", split_toml.as_bytes())?;
         for (name, text) in extra {
             write(name, text.as_bytes())?;

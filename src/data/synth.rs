@@ -392,6 +392,7 @@ pub fn generate(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<SynthRe
         cell_types,
         n_batches: cfg.n_batches(),
         embed_dim: cfg.embed_dim,
+        fingerprint: None,
     };
     let acting = (0..n_ct)
         .map(|ct| {

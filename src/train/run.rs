@@ -36,6 +36,9 @@ pub struct RunRecord {
     pub data: PathBuf,
     pub split: PathBuf,
     pub train: TrainConfig,
+    /// The store's fingerprint when the run started (none for stores written before fingerprints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_fingerprint: Option<String>,
 }
 
 impl RunRecord {
@@ -231,6 +234,18 @@ fn run_fold(
         let saved = RunRecord::read(run_dir)?;
         if saved.train.model != trainer.cfg.model {
             return Err(Error::bad_file(run_dir.join(CONFIG), "train.model", "the model of the run being resumed"));
+        }
+        if let (Some(was), Some(now)) = (&saved.data_fingerprint, &store.manifest.fingerprint) {
+            if was != now {
+                return Err(Error::bad_file(
+                    store.dir.join("manifest.json"),
+                    "fingerprint",
+                    format!(
+                        "the data this run was trained on (fingerprint {was} in {}); this store is another ({now})",
+                        run_dir.join(CONFIG).display()
+                    ),
+                ));
+            }
         }
         let state = trainer.load_checkpoint(&last_path)?;
         best =
