@@ -236,7 +236,7 @@ fn resume_refuses_a_store_replaced_by_another() {
     let resume = || cli().args(["train", "--quiet", "--resume"]).arg(&run).args(["--steps", "3"]).output().unwrap();
     std::fs::remove_dir_all(&store).unwrap();
     let regenerate =
-        |seed: &str| cli().args(["synth", "--preset", "tiny", "--quiet", "--seed", seed, "--out"]).arg(&store).status().unwrap();
+        |seed: &str| cli().args(["synth", "--preset", "tiny", "--quiet", "--seed", seed, "--out"]).arg(&store).output().unwrap().status;
     assert!(regenerate("12").success());
     let out = resume();
     assert!(!out.status.success() && stderr(&out).contains("fingerprint"), "{}", stderr(&out));
