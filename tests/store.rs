@@ -139,6 +139,18 @@ test = ['D', 'E']
     assert!(e.contains("bad.toml") && e.contains("fewshot.\"d.k562\".val"), "{e}");
     let e = SplitFile::parse(Path::new("bad.toml"), "[training]\n").unwrap_err().to_string();
     assert!(e.contains("fewshot"), "{e}");
+    // Nothing silently accepted: a misspelt key, a name twice, no test list, a cell line twice.
+    let refused = [
+        ("[fewshot.\"d.k562\"]\nval = []\ntset = ['A']\ntest = ['B']", "fewshot.\"d.k562\".tset"),
+        ("[fewshot.\"d.k562\"]\nval = ['A']\ntest = ['B', 'A']", "`A` again"),
+        ("[fewshot.\"d.k562\"]\nval = ['A', 'A']\ntest = ['B']", "`A` again"),
+        ("[fewshot.\"d.k562\"]\nval = ['A']\ntest = []", "fewshot.\"d.k562\".test"),
+        ("[fewshot.\"d.k562\"]\nval = []\ntest = ['A']\n[fewshot.\"d.K562\"]\nval = []\ntest = ['B']", "has two"),
+    ];
+    for (text, want) in refused {
+        let e = SplitFile::parse(Path::new("bad.toml"), text).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains(want), "{text}: {e}");
+    }
 }
 
 #[test]
@@ -167,4 +179,9 @@ fn folds_hold_out_only_the_target_cell_type() {
     bad.fewshot.get_mut("k562").unwrap().test.push("NOT_A_GENE".into());
     let e = Fold::new(&store, &bad, Path::new("my_split.toml"), 0).err().unwrap().to_string();
     assert!(e.contains("my_split.toml") && e.contains("NOT_A_GENE") && e.contains("k562.test"), "{e}");
+    // The control held out would be both the control pool and a test condition.
+    let mut bad = split.clone();
+    bad.fewshot.get_mut("k562").unwrap().test.push(store.manifest.control.clone());
+    let e = Fold::new(&store, &bad, Path::new("my_split.toml"), 0).err().unwrap().to_string();
+    assert!(e.contains("my_split.toml") && e.contains("not the control"), "{e}");
 }

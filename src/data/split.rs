@@ -49,6 +49,11 @@ impl SplitFile {
                 .rsplit_once('.')
                 .ok_or_else(|| Error::bad_file(path, format!("fewshot.\"{key}\""), "a section name of the form \"dataset.cellline\""))?;
             out.dataset = dataset.to_string();
+            let field_of = |f: &str| format!("fewshot.\"{key}\".{f}");
+            let table = section.as_table().ok_or_else(|| Error::bad_file(path, field_of(""), "a table with val and test lists"))?;
+            if let Some(other) = table.keys().find(|k| *k != "val" && *k != "test") {
+                return Err(Error::bad_file(path, field_of(other), "only `val` and `test` lists in a section"));
+            }
             let list = |field: &str| -> Result<Vec<String>> {
                 let arr = section
                     .get(field)
@@ -62,7 +67,23 @@ impl SplitFile {
                     })
                     .collect()
             };
-            out.fewshot.insert(line.to_lowercase(), HeldOut { val: list("val")?, test: list("test")? });
+            let held = HeldOut { val: list("val")?, test: list("test")? };
+            let mut seen = HashSet::new();
+            for (field, name) in held.val.iter().map(|n| ("val", n)).chain(held.test.iter().map(|n| ("test", n))) {
+                if !seen.insert(name) {
+                    return Err(Error::bad_file(path, field_of(field), format!("each perturbation once in val and test; `{name}` again")));
+                }
+            }
+            if held.test.is_empty() {
+                return Err(Error::bad_file(path, field_of("test"), "at least one perturbation"));
+            }
+            if out.fewshot.insert(line.to_lowercase(), held).is_some() {
+                return Err(Error::bad_file(
+                    path,
+                    format!("fewshot.\"{key}\""),
+                    format!("one section per cell line (names match case-insensitively); `{line}` has two"),
+                ));
+            }
         }
         if out.fewshot.is_empty() {
             return Err(Error::bad_file(path, "fewshot", "at least one \"dataset.cellline\" section"));
@@ -169,6 +190,13 @@ impl Fold {
                 .collect()
         };
         let (val, test) = (resolve(&held.val, "val")?, resolve(&held.test, "test")?);
+        if val.contains(&store.control_index) || test.contains(&store.control_index) {
+            return Err(Error::bad_file(
+                split_path,
+                format!("fewshot.{}", target_name.to_lowercase()),
+                format!("held-out perturbations, not the control `{}`", store.manifest.control),
+            ));
+        }
         if let Some(p) = val.intersection(&test).next() {
             return Err(Error::bad_file(
                 split_path,
