@@ -95,6 +95,18 @@ fn corrupt_manifest_and_codes_are_reported() {
     std::fs::write(&mpath, manifest.replace("\"version\": 1", "\"version\": 9")).unwrap();
     assert!(err_of(&dir).contains("version"));
 
+    // Declared sizes checked before use: a cell count whose byte size wraps around to the real
+    // one (n + 2^62), and more batch groups than cells.
+    let n: u64 = serde_json::from_str::<serde_json::Value>(&manifest).unwrap()["n_cells"].as_u64().unwrap();
+    let wrapped = manifest.replace(&format!("\"n_cells\": {n}"), &format!("\"n_cells\": {}", n + (1u64 << 62)));
+    std::fs::write(&mpath, wrapped).unwrap();
+    let e = err_of(&dir);
+    assert!(e.contains("manifest.json") && e.contains("overflows"), "{e}");
+    let batches: u64 = serde_json::from_str::<serde_json::Value>(&manifest).unwrap()["n_batches"].as_u64().unwrap();
+    std::fs::write(&mpath, manifest.replace(&format!("\"n_batches\": {batches}"), "\"n_batches\": 1000000000000")).unwrap();
+    let e = err_of(&dir);
+    assert!(e.contains("n_batches") && e.contains("at most one batch group per cell"), "{e}");
+
     std::fs::write(&mpath, manifest.replace("\"GENE0001\"", "\"GENE0000\"")).unwrap();
     let e = err_of(&dir);
     assert!(e.contains("genes") && e.contains("twice"), "{e}");

@@ -107,8 +107,12 @@ pub struct Store {
 
 fn read_codes(path: &Path, n: usize, limit: usize, what: &str) -> Result<Vec<u32>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if bytes.len() != n * 4 {
-        return Err(Error::bad_file(path, what, format!("{n} little-endian u32 values ({} bytes), found {} bytes", n * 4, bytes.len())));
+    if n.checked_mul(4) != Some(bytes.len()) {
+        return Err(Error::bad_file(
+            path,
+            what,
+            format!("{n} little-endian u32 values ({} bytes), found {} bytes", n as u128 * 4, bytes.len()),
+        ));
     }
     let codes: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     if let Some((i, &c)) = codes.iter().enumerate().find(|(_, &c)| c as usize >= limit) {
@@ -175,8 +179,22 @@ impl Store {
             return Err(Error::bad_file(&mpath, "sizes", "non-zero cells, genes, cell types, batches and embedding dimension"));
         }
         let (n, g) = (manifest.n_cells, manifest.n_genes());
-        let expression = map_exact(&dir.join("expression.bin"), n * g * manifest.expression_dtype.size(), "expression")?;
-        let genept = map_exact(&dir.join("genept.f32"), manifest.n_perturbations() * manifest.embed_dim * 4, "genept")?;
+        // Sizes the manifest declares, checked before anything is allocated for them: their
+        // products may not overflow, and a batch group needs at least one cell.
+        if manifest.n_batches > n {
+            return Err(Error::bad_file(
+                &mpath,
+                "n_batches",
+                format!("at most one batch group per cell ({n} cells), found {}", manifest.n_batches),
+            ));
+        }
+        let bytes = |a: usize, b: usize, c: usize, what: &str| {
+            a.checked_mul(b)
+                .and_then(|x| x.checked_mul(c))
+                .ok_or_else(|| Error::bad_file(&mpath, what, format!("sizes whose product fits in memory ({a} x {b} x {c} overflows)")))
+        };
+        let expression = map_exact(&dir.join("expression.bin"), bytes(n, g, manifest.expression_dtype.size(), "n_cells")?, "expression")?;
+        let genept = map_exact(&dir.join("genept.f32"), bytes(manifest.n_perturbations(), manifest.embed_dim, 4, "embed_dim")?, "genept")?;
         let cell_perturbation = read_codes(&dir.join("cell_perturbation.u32"), n, manifest.n_perturbations(), "cell_perturbation")?;
         let cell_type = read_codes(&dir.join("cell_type.u32"), n, manifest.cell_types.len(), "cell_type")?;
         let cell_batch = read_codes(&dir.join("cell_batch.u32"), n, manifest.n_batches, "cell_batch")?;
