@@ -111,3 +111,16 @@ fn anndata_files_read_as_written_dense_gzip_and_sparse() {
     let err = f.column("obs", "perturbation").unwrap_err().to_string();
     assert!(err.contains("sparse.h5ad") && err.contains("obs/perturbation") && err.contains("gene, cell_line, gem_group"), "{err}");
 }
+
+/// CSR rows whose column indices are out of order are valid and read as scipy reads them; a
+/// column twice in a row is refused (tools/make_h5ad_fixtures.py, `csr-variants`).
+#[test]
+fn csr_rows_unsorted_are_read_and_with_a_repeated_column_are_refused() {
+    let x: Vec<f32> = expected()["x"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let f = H5ad::open(&fixture("csr_unsorted.h5ad")).unwrap();
+    assert_eq!(f.read(&["gene", "cell_line", "gem_group"]).unwrap().x, x);
+    let f = H5ad::open(&fixture("csr_duplicate.h5ad")).unwrap();
+    let m = f.matrix("X").unwrap();
+    let err = f.rows(&m, 0, 3).unwrap_err().to_string();
+    assert!(err.contains("csr_duplicate.h5ad") && err.contains("X/indices") && err.contains("twice"), "{err}");
+}

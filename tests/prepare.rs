@@ -162,6 +162,21 @@ fn every_validation_error_names_file_field_and_expectation() {
         let e = failure(&a, GENEPT, None, ok);
         assert!(e.contains("field `X`") && e.contains("cell `c7` (row 7), gene `G2` has") && e.contains(what), "{what}: {e}");
     }
+    // f16 would store 1e30 as infinity: refused for an f16 store, kept exactly in an f32 one.
+    let mut a = base();
+    a.x[4 * 3] = 1e30;
+    let e = failure(&a, GENEPT, None, ok);
+    assert!(e.contains("field `X`") && e.contains("cell `c4` (row 4), gene `G1`") && e.contains("--dtype f32"), "f16 overflow: {e}");
+    let dir = tempfile::tempdir().unwrap();
+    let (h5ad, g) = (dir.path().join("data.h5ad"), dir.path().join("genept.tsv"));
+    write_h5ad(&h5ad, &a).unwrap();
+    std::fs::write(&g, GENEPT).unwrap();
+    let opts = PrepareOptions { dtype: ExprDtype::F32, ..PrepareOptions::new(h5ad, g, dir.path().join("store")) };
+    let store = Store::open(prepare(&opts, false).unwrap().store).unwrap();
+    let mut row = vec![0.0f32; 3];
+    store.expression_row(4, &mut row);
+    assert_eq!(row[0], 1e30);
+
     let mut a = base();
     a.var_names[2] = "G1".into();
     let e = failure(&a, GENEPT, None, ok);

@@ -15,6 +15,10 @@ Files:
   arrays), genept_numpy5.pickle (protocol 5, numpy float64 arrays), genept.npz, genept.safetensors,
   genept.tsv: the same vectors; lower-case `cdk1` checks upper-case matching, `NOVEC` has none.
 - split.toml: a cell-load few-shot split naming the fixture's perturbations.
+- csr_unsorted.h5ad, csr_duplicate.h5ad: sparse.h5ad with row 0's first two entries swapped
+  (column indices out of order: valid CSR, the same matrix) and with row 0's second column index
+  set to its first (a column twice in a row: malformed). `... make_h5ad_fixtures.py csr-variants`
+  writes these two alone, from sparse.h5ad, with h5py and numpy only.
 """
 
 import json
@@ -129,5 +133,28 @@ def main():
     )
 
 
+def csr_variants():
+    import shutil
+    for name in ("csr_unsorted.h5ad", "csr_duplicate.h5ad"):
+        shutil.copy(OUT / "sparse.h5ad", OUT / name)
+    with h5py.File(OUT / "csr_unsorted.h5ad", "r+") as f:
+        lo, hi = f["X/indptr"][0], f["X/indptr"][1]
+        assert hi - lo >= 2
+        for key in ("X/indices", "X/data"):
+            v = f[key][...]
+            v[lo], v[lo + 1] = v[lo + 1], v[lo]
+            f[key][...] = v
+    with h5py.File(OUT / "csr_duplicate.h5ad", "r+") as f:
+        lo = f["X/indptr"][0]
+        v = f["X/indices"][...]
+        v[lo + 1] = v[lo]
+        f["X/indices"][...] = v
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    if sys.argv[1:] == ["csr-variants"]:
+        csr_variants()
+    else:
+        main()
+        csr_variants()

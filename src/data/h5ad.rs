@@ -300,6 +300,10 @@ impl H5ad {
                     return Err(self.bad(&data_key, format!("entries {lo}..{hi} in data and indices")));
                 }
                 let mut out = vec![0.0f32; count * cols];
+                // The row that last set each column: a second entry for it in a row is an error
+                // (anndata would sum them; a writer that emits them is broken). Unsorted column
+                // indices are valid CSR and read as scipy reads them.
+                let mut set_in_row = vec![usize::MAX; *cols];
                 for r in 0..count {
                     let (a, b) = ((indptr[start + r] as u64 - lo) as usize, (indptr[start + r + 1] as u64 - lo) as usize);
                     for (&c, &v) in indices[a..b].iter().zip(&data[a..b]) {
@@ -307,6 +311,10 @@ impl H5ad {
                             .ok()
                             .filter(|&c| c < *cols)
                             .ok_or_else(|| self.bad(&index_key, format!("column indices in 0..{cols} (row {} has {c})", start + r)))?;
+                        if set_in_row[c] == r {
+                            return Err(self.bad(&index_key, format!("each column at most once per row (row {} has {c} twice)", start + r)));
+                        }
+                        set_in_row[c] = r;
                         out[r * cols + c] = v;
                     }
                 }

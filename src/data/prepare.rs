@@ -296,6 +296,18 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
                     ),
                 ));
             }
+            // f16 would store it as infinity.
+            let f16_max = half::f16::MAX.to_f32();
+            if let Some((g, v)) = row.iter().enumerate().find(|(_, v)| opts.dtype == ExprDtype::F16 && **v > f16_max) {
+                return Err(Error::bad_file(
+                    path,
+                    matrix.key(),
+                    format!(
+                        "values up to {f16_max} for an f16 store (or `prepare --dtype f32`); cell `{}` (row {cell}), gene `{}` has {v}",
+                        obs_names[cell], genes[g]
+                    ),
+                ));
+            }
             if keep[cell] {
                 let p = pert_index[perts[cell].as_str()];
                 writer.push_cell(row, p, type_index[types[cell].as_str()], batch_index[batches[cell].as_str()])?;

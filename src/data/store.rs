@@ -308,6 +308,15 @@ impl StoreWriter {
 
     pub fn push_cell(&mut self, expression: &[f32], perturbation: u32, cell_type: u32, batch: u32) -> Result<()> {
         assert_eq!(expression.len(), self.n_genes);
+        // The callers check their inputs with the file's context; this keeps a store from ever
+        // holding a value that is not finite in its dtype.
+        let f16_max = half::f16::MAX.to_f32();
+        if let Some((g, v)) =
+            expression.iter().enumerate().find(|(_, v)| !v.is_finite() || (self.dtype == ExprDtype::F16 && v.abs() > f16_max))
+        {
+            let cell = self.n_cells();
+            return Err(Error::invalid("expression", format!("finite values within the store's dtype; cell {cell}, gene {g} has {v}")));
+        }
         let buf = &mut self.row_bytes;
         buf.clear();
         match self.dtype {
