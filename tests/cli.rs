@@ -442,6 +442,15 @@ fn prepare_inspect_and_train_on_an_anndata_file() {
     let out = cli().arg("inspect").arg(fixtures.join("sparse.h5ad")).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("X: 42 x 6 CSR") && text.contains("obsm/X_hvg: 42 x 4 dense"), "{text}");
+    assert!(!text.contains("prepare would refuse"), "{text}");
+    // A CSR X declaring 4e10 columns: named, nothing allocated for it, the rest still reported.
+    let out = cli().arg("inspect").arg(fixtures.join("csr_huge_shape.h5ad")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("at most 10000000 columns") && text.contains("obsm/X_hvg: 42 x 4"), "{text}");
+    // X narrower than var: what prepare would refuse is said.
+    let out = cli().arg("inspect").arg(fixtures.join("csr_narrow.h5ad")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("prepare would refuse X: 5 columns for the 6 genes of var"), "{text}");
 
     // the prepared store trains (K562's test perturbation AARS)
     let run = tmp.path().join("run");

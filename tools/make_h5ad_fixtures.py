@@ -18,7 +18,10 @@ Files:
 - csr_unsorted.h5ad, csr_duplicate.h5ad: sparse.h5ad with row 0's first two entries swapped
   (column indices out of order: valid CSR, the same matrix) and with row 0's second column index
   set to its first (a column twice in a row: malformed). `... make_h5ad_fixtures.py csr-variants`
-  writes these two alone, from sparse.h5ad, with h5py and numpy only.
+  writes these alone, from sparse.h5ad, with h5py and numpy only.
+- csr_huge_shape.h5ad: sparse.h5ad whose X declares 4e10 columns (its entries unchanged).
+- csr_narrow.h5ad: sparse.h5ad whose X declares 5 columns for var's 6 genes (entries unchanged,
+  so some column indices are out of range).
 """
 
 import json
@@ -144,6 +147,12 @@ def csr_variants():
             v = f[key][...]
             v[lo], v[lo + 1] = v[lo + 1], v[lo]
             f[key][...] = v
+    shutil.copy(OUT / "sparse.h5ad", OUT / "csr_huge_shape.h5ad")
+    with h5py.File(OUT / "csr_huge_shape.h5ad", "r+") as f:
+        f["X"].attrs["shape"] = np.array([f["X"].attrs["shape"][0], 40_000_000_000], dtype=np.int64)
+    shutil.copy(OUT / "sparse.h5ad", OUT / "csr_narrow.h5ad")
+    with h5py.File(OUT / "csr_narrow.h5ad", "r+") as f:
+        f["X"].attrs["shape"] = np.array([f["X"].attrs["shape"][0], 5], dtype=np.int64)
     with h5py.File(OUT / "csr_duplicate.h5ad", "r+") as f:
         lo = f["X/indptr"][0]
         v = f["X/indices"][...]

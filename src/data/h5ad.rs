@@ -11,6 +11,10 @@ use hdf5_pure::{AttrValue, DType, File, FileBuilder, GroupBuilder};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+/// The widest matrix read (a gene count far beyond any transcriptome's): a file declaring more is
+/// refused before anything is allocated for its rows.
+pub const MAX_COLUMNS: usize = 10_000_000;
+
 /// An in-memory AnnData with a dense expression matrix and string-valued obs columns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AnnData {
@@ -254,8 +258,11 @@ impl H5ad {
     /// Where the matrix `key` (`X`, `obsm/X_hvg`, a layer) is and how it is stored: a dense 2-D
     /// dataset, or a CSR group (`data`, `indices`, `indptr`, a `shape` attribute).
     pub fn matrix(&self, key: &str) -> Result<Matrix> {
+        let too_wide =
+            |cols: u64| (cols > MAX_COLUMNS as u64).then(|| self.bad(key, format!("at most {MAX_COLUMNS} columns (genes), found {cols}")));
         if let Ok(ds) = self.file.dataset(key) {
             return match ds.shape().map_err(|e| self.bad(key, e))?[..] {
+                [_, cols] if too_wide(cols).is_some() => Err(too_wide(cols).expect("checked")),
                 [rows, cols] => Ok(Matrix::Dense { key: key.into(), rows: rows as usize, cols: cols as usize }),
                 ref s => Err(self.bad(key, format!("a 2-D matrix, found shape {s:?}"))),
             };
@@ -275,6 +282,12 @@ impl H5ad {
             _ => return Err(self.bad(&format!("{key}.shape"), "a 2-integer shape attribute")),
         };
         let [rows, cols] = shape[..] else { return Err(self.bad(&format!("{key}.shape"), format!("2 dimensions, found {shape:?}"))) };
+        if rows < 0 || cols < 0 {
+            return Err(self.bad(&format!("{key}.shape"), format!("non-negative dimensions, found {shape:?}")));
+        }
+        if let Some(e) = too_wide(cols as u64) {
+            return Err(e);
+        }
         let indptr = self.codes(&format!("{key}/indptr"))?;
         if indptr.len() != rows as usize + 1 || indptr[0] != 0 || indptr.windows(2).any(|w| w[1] < w[0]) {
             return Err(self.bad(&format!("{key}/indptr"), format!("{} non-decreasing offsets from 0", rows + 1)));
@@ -299,7 +312,13 @@ impl H5ad {
                 if data.len() != (hi - lo) as usize || indices.len() != data.len() {
                     return Err(self.bad(&data_key, format!("entries {lo}..{hi} in data and indices")));
                 }
-                let mut out = vec![0.0f32; count * cols];
+                // The shape is what the file declares (columns checked by `matrix`): allocate only
+                // what fits, or fail cleanly.
+                let len = count.checked_mul(*cols).unwrap_or(usize::MAX);
+                let mut out = Vec::new();
+                out.try_reserve_exact(len)
+                    .map_err(|_| self.bad(key, format!("rows that fit in memory ({count} rows of {cols} columns)")))?;
+                out.resize(len, 0.0f32);
                 // The row that last set each column: a second entry for it in a row is an error
                 // (anndata would sum them; a writer that emits them is broken). Unsorted column
                 // indices are valid CSR and read as scipy reads them.

@@ -87,27 +87,38 @@ pub fn inspect(path: &Path, pert_col: &str, cell_type_col: &str, control: &str) 
     }
     let f = H5ad::open(path)?;
     let n = f.index("obs")?.len();
-    let mut s = format!("h5ad {}\n{n} cells, {} var entries\n", path.display(), f.index("var")?.len());
+    let n_var = f.index("var")?.len();
+    let mut s = format!("h5ad {}\n{n} cells, {n_var} var entries\n", path.display());
+    // What `prepare` would refuse, said here rather than found there.
+    if n == 0 {
+        s += "prepare would refuse this file: it has no cells\n";
+    }
     let x = f.members("/")?.contains(&"X".to_string()).then(|| "X".to_string());
     if x.is_none() {
-        s += "X: absent\n";
+        s += "X: absent (prepare needs X, or an obsm matrix named with --expression obsm:KEY)\n";
     }
     for key in x.into_iter().chain(f.members("obsm")?.into_iter().map(|k| format!("obsm/{k}"))) {
         match f.matrix(&key) {
             Ok(m) => {
                 let kind = if matches!(m, super::h5ad::Matrix::Dense { .. }) { "dense" } else { "CSR" };
                 let (starts, rows) = sample_windows(m.rows());
-                let mut zeros = 0.0;
-                for &r in &starts {
-                    zeros += zero_fraction(&f.rows(&m, r, rows)?) * rows as f64;
-                }
+                let zeros: Result<f64> = starts.iter().map(|&r| Ok(zero_fraction(&f.rows(&m, r, rows)?) * rows as f64)).sum();
                 let sampled = starts.len() * rows;
-                s += &format!(
-                    "{key}: {} x {} {kind}, {:.1}% zeros ({sampled} rows sampled)\n",
-                    m.rows(),
-                    m.cols(),
-                    100.0 * zeros / sampled.max(1) as f64
-                );
+                s += &match zeros {
+                    Ok(z) => format!(
+                        "{key}: {} x {} {kind}, {:.1}% zeros ({sampled} rows sampled)\n",
+                        m.rows(),
+                        m.cols(),
+                        100.0 * z / sampled.max(1) as f64
+                    ),
+                    Err(e) => format!("{key}: {} x {} {kind}, unreadable: prepare would refuse it ({e})\n", m.rows(), m.cols()),
+                };
+                if m.rows() != n {
+                    s += &format!("prepare would refuse {key}: {} rows for the {n} cells of obs\n", m.rows());
+                }
+                if key == "X" && m.cols() != n_var {
+                    s += &format!("prepare would refuse X: {} columns for the {n_var} genes of var\n", m.cols());
+                }
             }
             Err(e) => s += &format!("{key}: not a matrix this tool reads ({e})\n"),
         }
