@@ -57,3 +57,28 @@ fn bad_genept_files_are_named_errors() {
     let e = err(&write("p0.pickle", b"(dp0\nVAARS\np1\n(lp2\nF1.0\na."));
     assert!(e.contains("protocol 2 or later"), "{e}");
 }
+
+/// Pickles built to exhaust the reader: a "memo bomb" (a list doubled 40 times through memo
+/// copies, 2^40 nodes from 330 bytes) and lists nested 200,000 deep (whose drop alone would
+/// overflow the stack). Both are refused (without the limits the first exhausts memory and the
+/// second aborts the process).
+#[test]
+fn hostile_pickles_are_refused_in_bounded_time_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |name: &str, body: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, [&[0x80u8, 2][..], body, b"."].concat()).unwrap();
+        GenePt::read(&path).err().expect("refused").to_string()
+    };
+    // L0 = []; L(i+1) = [L(i), L(i)], each memoised: EMPTY_LIST, GET i, APPEND, GET i, APPEND, MEMOIZE.
+    let mut bomb = vec![b']', 0x94];
+    for i in 0..40u8 {
+        bomb.extend([b']', b'h', i, b'a', b'h', i, b'a', 0x94]);
+    }
+    let e = read("bomb.pickle", &bomb);
+    assert!(e.contains("bomb.pickle") && e.contains("memo"), "{e}");
+    let mut deep = vec![b']'; 200_000];
+    deep.extend(std::iter::repeat_n(b'a', 199_999));
+    let e = read("deep.pickle", &deep);
+    assert!(e.contains("deep.pickle") && e.contains("nested at most"), "{e}");
+}

@@ -213,6 +213,46 @@ mod pickle {
         }
     }
 
+    /// The deepest nesting a value may have (a GenePT dict of lists is 2 deep; numpy arrays 4).
+    const MAX_DEPTH: usize = 64;
+
+    /// Values made by copying memo entries may total at most this many nodes: a "memo bomb" of a
+    /// few hundred bytes otherwise doubles a list 40 times (2^40 nodes). Legitimate pickles copy
+    /// small things (a dtype, a class name) once per vector.
+    fn copy_budget(file_len: usize) -> usize {
+        file_len.saturating_mul(16).saturating_add(1_000_000)
+    }
+
+    /// The nodes of `v` (counted up to just past `cap`) and its depth, without recursion.
+    fn measure(v: &V, cap: usize) -> (usize, usize) {
+        let (mut todo, mut nodes, mut depth) = (vec![(v, 1usize)], 0usize, 0usize);
+        while let Some((x, d)) = todo.pop() {
+            nodes += 1;
+            depth = depth.max(d);
+            if nodes > cap {
+                break;
+            }
+            match x {
+                V::List(a) | V::Tuple(a) => todo.extend(a.iter().map(|c| (c, d + 1))),
+                V::Dict(a) => todo.extend(a.iter().flat_map(|(k, v)| [(k, d + 1), (v, d + 1)])),
+                V::Call(f, args, state) => {
+                    todo.extend([(&**f, d + 1), (&**args, d + 1)]);
+                    todo.extend(state.as_deref().map(|s| (s, d + 1)));
+                }
+                _ => {}
+            }
+        }
+        (nodes, depth)
+    }
+
+    /// Refuses a value that would nest too deeply as a child of another.
+    fn nestable(v: &V) -> R<()> {
+        if measure(v, usize::MAX).1 >= MAX_DEPTH {
+            return Err(format!("values nested at most {MAX_DEPTH} deep"));
+        }
+        Ok(())
+    }
+
     fn utf8(b: &[u8]) -> R<String> {
         String::from_utf8(b.to_vec()).map_err(|_| "UTF-8 strings".to_string())
     }
@@ -221,6 +261,16 @@ mod pickle {
         let mut r = Reader { b: bytes, pos: 0 };
         let mut stack: Vec<V> = Vec::new();
         let mut memo: std::collections::HashMap<usize, V> = std::collections::HashMap::new();
+        let mut budget = copy_budget(bytes.len());
+        // A memo copy, charged to the budget.
+        let mut copy = |v: &V| -> R<V> {
+            let (nodes, _) = measure(v, budget);
+            if nodes > budget {
+                return Err(format!("a pickle whose memo copies stay within {} values (a memo bomb?)", copy_budget(bytes.len())));
+            }
+            budget -= nodes;
+            Ok(v.clone())
+        };
         let pop = |stack: &mut Vec<V>| stack.pop().ok_or_else(|| "a well-formed pickle (stack underflow)".to_string());
         let pop_mark = |stack: &mut Vec<V>| -> R<Vec<V>> {
             let at = stack.iter().rposition(|v| matches!(v, V::Mark)).ok_or("a well-formed pickle (no MARK)")?;
@@ -281,6 +331,7 @@ mod pickle {
                 }
                 b'a' => {
                     let v = pop(&mut stack)?;
+                    nestable(&v)?;
                     match stack.last_mut() {
                         Some(V::List(l)) => l.push(v),
                         _ => return Err("APPEND to a list".into()),
@@ -288,6 +339,7 @@ mod pickle {
                 }
                 b'e' => {
                     let items = pop_mark(&mut stack)?;
+                    items.iter().try_for_each(nestable)?;
                     match stack.last_mut() {
                         Some(V::List(l)) => l.extend(items),
                         _ => return Err("APPENDS to a list".into()),
@@ -295,6 +347,8 @@ mod pickle {
                 }
                 b's' => {
                     let (v, k) = (pop(&mut stack)?, pop(&mut stack)?);
+                    nestable(&v)?;
+                    nestable(&k)?;
                     match stack.last_mut() {
                         Some(V::Dict(d)) => d.push((k, v)),
                         _ => return Err("SETITEM on a dict".into()),
@@ -302,6 +356,7 @@ mod pickle {
                 }
                 b'u' => {
                     let items = pop_mark(&mut stack)?;
+                    items.iter().try_for_each(nestable)?;
                     let Some(V::Dict(d)) = stack.last_mut() else { return Err("SETITEMS on a dict".into()) };
                     let mut it = items.into_iter();
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -310,6 +365,7 @@ mod pickle {
                 }
                 b't' => {
                     let items = pop_mark(&mut stack)?;
+                    items.iter().try_for_each(nestable)?;
                     stack.push(V::Tuple(items))
                 }
                 0x85..=0x87 => {
@@ -318,6 +374,7 @@ mod pickle {
                         return Err("a well-formed pickle (short tuple)".into());
                     }
                     let items = stack.split_off(stack.len() - n);
+                    items.iter().try_for_each(nestable)?;
                     stack.push(V::Tuple(items))
                 }
                 b'c' => {
@@ -334,26 +391,28 @@ mod pickle {
                 b'R' | 0x81 => {
                     // REDUCE (callable, args) and NEWOBJ (class, args): recorded, never run
                     let (args, f) = (pop(&mut stack)?, pop(&mut stack)?);
+                    nestable(&args)?;
                     stack.push(V::Call(Box::new(f), Box::new(args), None))
                 }
                 b'b' => {
                     let state = pop(&mut stack)?;
+                    nestable(&state)?;
                     match stack.last_mut() {
                         Some(V::Call(_, _, s)) => *s = Some(Box::new(state)),
                         _ => return Err("BUILD on an object".into()),
                     }
                 }
                 0x94 => {
-                    let top = stack.last().ok_or("MEMOIZE of a value")?.clone();
+                    let top = copy(stack.last().ok_or("MEMOIZE of a value")?)?;
                     memo.insert(memo.len(), top);
                 }
                 b'q' | b'r' => {
                     let i = r.uint(if op == b'q' { 1 } else { 4 })?;
-                    memo.insert(i, stack.last().ok_or("PUT of a value")?.clone());
+                    memo.insert(i, copy(stack.last().ok_or("PUT of a value")?)?);
                 }
                 b'h' | b'j' => {
                     let i = r.uint(if op == b'h' { 1 } else { 4 })?;
-                    stack.push(memo.get(&i).ok_or("a memo entry that was stored")?.clone())
+                    stack.push(copy(memo.get(&i).ok_or("a memo entry that was stored")?)?)
                 }
                 other => return Err(format!("a pickle of protocol 2 or later (opcode 0x{other:02x} is not supported)")),
             }
