@@ -134,6 +134,8 @@ impl Matrix {
 pub struct H5ad {
     path: PathBuf,
     file: File,
+    /// The file's length: what its datasets may declare is bounded by it.
+    len: u64,
 }
 
 fn attr_string(v: &AttrValue) -> Option<String> {
@@ -146,7 +148,23 @@ fn attr_string(v: &AttrValue) -> Option<String> {
 impl H5ad {
     pub fn open(path: &Path) -> Result<H5ad> {
         let file = File::open_streaming(path).map_err(|e| Error::bad_file(path, "HDF5", format!("an HDF5 (AnnData .h5ad) file ({e})")))?;
-        Ok(H5ad { path: path.to_path_buf(), file })
+        let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+        Ok(H5ad { path: path.to_path_buf(), file, len })
+    }
+
+    /// The dataset at `path`, refused when the size it declares could not come from this file:
+    /// more than gzip's best ratio (about 1,032:1) allows, plus 64 MiB. The reader library
+    /// allocates what a dataset declares; a damaged shape would otherwise abort the process.
+    fn dataset(&self, path: &str, what: &str) -> Result<hdf5_pure::Dataset> {
+        let ds = self.file.dataset(path).map_err(|e| self.bad(path, format!("{what} ({e})")))?;
+        let shape = ds.shape().map_err(|e| self.bad(path, e))?;
+        let element = ds.element_size().map_err(|e| self.bad(path, e))?;
+        let declared = shape.iter().try_fold(element, |acc, &d| acc.checked_mul(d));
+        let limit = self.len.saturating_mul(1100).saturating_add(64 << 20);
+        match declared {
+            Some(bytes) if bytes <= limit => Ok(ds),
+            _ => Err(self.bad(path, format!("{what} whose declared size ({shape:?} x {element} bytes) fits a file of {} bytes", self.len))),
+        }
     }
 
     fn bad(&self, field: &str, expected: impl std::fmt::Display) -> Error {
@@ -163,13 +181,13 @@ impl H5ad {
     }
 
     fn strings(&self, path: &str) -> Result<Vec<String>> {
-        let ds = self.file.dataset(path).map_err(|e| self.bad(path, format!("a string dataset ({e})")))?;
+        let ds = self.dataset(path, "a string dataset")?;
         ds.read_string().map_err(|e| self.bad(path, format!("strings ({e})")))
     }
 
     /// Integer codes of any width, as i64.
     fn codes(&self, path: &str) -> Result<Vec<i64>> {
-        let ds = self.file.dataset(path).map_err(|e| self.bad(path, format!("an integer dataset ({e})")))?;
+        let ds = self.dataset(path, "an integer dataset")?;
         match ds.dtype().map_err(|e| self.bad(path, e))? {
             DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::U8 | DType::U16 | DType::U32 => {
                 ds.read_i64().map_err(|e| self.bad(path, format!("integers ({e})")))
@@ -233,10 +251,11 @@ impl H5ad {
                 })
                 .collect();
         }
-        let Ok(ds) = self.file.dataset(&path) else {
+        if self.file.dataset(&path).is_err() {
             let have = self.columns(frame).map(|c| c.join(", ")).unwrap_or_default();
             return Err(self.bad(&path, format!("a column `{name}` in `{frame}` (it has: {have})")));
-        };
+        }
+        let ds = self.dataset(&path, "a column")?;
         let numbers = |r: std::result::Result<Vec<i64>, hdf5_pure::Error>| {
             r.map(|v| v.iter().map(i64::to_string).collect()).map_err(|e| self.bad(&path, format!("integers ({e})")))
         };
@@ -306,7 +325,7 @@ impl H5ad {
             Matrix::Csr { key, cols, indptr, .. } => {
                 let (lo, hi) = (indptr[start] as u64, indptr[start + count] as u64);
                 let (data_key, index_key) = (format!("{key}/data"), format!("{key}/indices"));
-                let open = |k: &str| self.file.dataset(k).map_err(|e| self.bad(k, format!("a CSR array ({e})")));
+                let open = |k: &str| self.dataset(k, "a CSR array");
                 let data = open(&data_key)?.read_f32_rows(lo, hi - lo).map_err(|e| self.bad(&data_key, e))?;
                 let indices = open(&index_key)?.read_i64_rows(lo, hi - lo).map_err(|e| self.bad(&index_key, e))?;
                 if data.len() != (hi - lo) as usize || indices.len() != data.len() {
@@ -356,7 +375,7 @@ impl H5ad {
 
     /// Rows `start..start + count` of a dense matrix as f32 (only the chunks they touch are read).
     pub fn dense_rows(&self, key: &str, start: usize, count: usize) -> Result<Vec<f32>> {
-        let ds = self.file.dataset(key).map_err(|e| self.bad(key, format!("a dense 2-D matrix ({e})")))?;
+        let ds = self.dataset(key, "a dense 2-D matrix")?;
         ds.read_f32_rows(start as u64, count as u64).map_err(|e| self.bad(key, format!("float rows {start}..{} ({e})", start + count)))
     }
 
