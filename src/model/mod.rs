@@ -356,6 +356,17 @@ pub struct Retrieval {
     pub candidates: Vec<u32>,
     /// `[rows, K]` cosine similarities.
     pub similarity: Vec<f32>,
+    /// With observed responses, `[rows, K]`: whether each candidate's change in the row's cell
+    /// type was observed; empty without them.
+    pub observed: Vec<bool>,
+}
+
+/// Stage one's encodings: queries `[rows, H]`, candidates `[rows * K, H]`, and with observed
+/// responses the candidates' encoder input `[rows * K, G + 1]` (changes, then the indicator).
+struct Encoded {
+    query: Var,
+    candidates: Var,
+    candidate_changes: Option<Var>,
 }
 
 /// What a forward pass produces.
@@ -559,7 +570,7 @@ impl Model {
     }
 
     /// Stage one for every query row, and the encodings of queries `[rows, H]` and candidates `[rows * K, H]`.
-    fn retrieve<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, input: &ModelInput) -> (Retrieval, Var, Var) {
+    fn retrieve<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, input: &ModelInput) -> (Retrieval, Encoded) {
         let k = self.cfg.top_k;
         let knowledge = self.knowledge.as_ref().expect("retrieval model has knowledge");
         let per_cell = self.cfg.per_cell_retrieval;
@@ -577,10 +588,13 @@ impl Model {
             (true, true) => Some(self.encode_genept(tape, params, &candidates, input.genept)),
             (true, false) => Some(self.encode_distinct(tape, params, &candidates, input.genept)),
         };
+        let (mut candidate_changes, mut seen) = (None, Vec::new());
         if let (Some(enc), Some(observed)) = (&self.responses, knowledge.responses.as_ref()) {
             let cell_type = |r: usize| input.cell_type[set_of_row(r)];
-            let cand_rows = (0..rows * k).map(|i| observed.change(candidates[i], cell_type(i / k)).map(Cow::Borrowed));
-            let x = response_rows(tape, cand_rows, self.cfg.genes);
+            let changes: Vec<Option<&Vec<f64>>> = (0..rows * k).map(|i| observed.change(candidates[i], cell_type(i / k))).collect();
+            seen = changes.iter().map(Option::is_some).collect();
+            let x = response_rows(tape, changes.into_iter().map(|c| c.map(Cow::Borrowed)), self.cfg.genes);
+            candidate_changes = Some(x);
             let responses = enc.candidate.apply(tape, params, x);
             cand_enc = Some(match cand_enc {
                 Some(genept) => tape.add(genept, responses),
@@ -591,8 +605,9 @@ impl Model {
             let cross = enc.query.apply(tape, params, x);
             query_enc = tape.add(query_enc, cross);
         }
-        let cand_enc = cand_enc.expect("a candidate encoding: GenePT, responses or both");
-        (Retrieval { rows, candidates, similarity }, query_enc, cand_enc)
+        let candidates_enc = cand_enc.expect("a candidate encoding: GenePT, responses or both");
+        let encoded = Encoded { query: query_enc, candidates: candidates_enc, candidate_changes };
+        (Retrieval { rows, candidates, similarity, observed: seen }, encoded)
     }
 
     /// Predicted expression (and, for PT-RAG, the selection) for one batch.
@@ -620,13 +635,13 @@ impl Model {
                 (tape.add(basal, pert), None, None)
             }
             Context::CrossAttention(attn) => {
-                let (r, query_enc, cand_enc) = self.retrieve(tape, params, input);
-                (attn.forward(tape, params, basal, query_enc, cand_enc, r.rows, self.cfg.top_k), None, Some(r))
+                let (r, e) = self.retrieve(tape, params, input);
+                (attn.forward(tape, params, basal, e.query, e.candidates, r.rows, self.cfg.top_k), None, Some(r))
             }
             Context::Selector(sel) => {
-                let (r, query_enc, cand_enc) = self.retrieve(tape, params, input);
-                let (z, w, logits) = sel.forward(&self.cfg, tape, params, basal, query_enc, cand_enc, r.rows, input.selection);
-                readout = self.response_readout(tape, params, input, &r, logits);
+                let (r, e) = self.retrieve(tape, params, input);
+                let (z, w, logits) = sel.forward(&self.cfg, tape, params, basal, e.query, e.candidates, r.rows, input.selection);
+                readout = e.candidate_changes.and_then(|changes| self.response_readout(tape, params, input, &r, logits, changes));
                 selection_logits = Some(logits);
                 (z, Some(w), Some(r))
             }
@@ -652,7 +667,8 @@ impl Model {
         Forward { pred: tape.relu(out), selection, selection_logits, retrieval }
     }
 
-    /// The response readout `[N, G]` (see `ModelConfig::response_readout`), or none without it.
+    /// The response readout `[N, G]` (see `ModelConfig::response_readout`) from the candidates'
+    /// encoder input `[rows * K, G + 1]`, or none without it.
     fn response_readout<T: Real>(
         &self,
         tape: &mut Tape<T>,
@@ -660,43 +676,25 @@ impl Model {
         input: &ModelInput,
         r: &Retrieval,
         logits: Var,
+        candidate_changes: Var,
     ) -> Option<Var> {
-        let (enc, observed) = (self.responses.as_ref()?, self.knowledge.as_ref()?.responses.as_ref()?);
-        let gate = enc.readout_gate?;
+        let gate = self.responses.as_ref()?.readout_gate?;
         let (k, g, n) = (self.cfg.top_k, self.cfg.genes, input.sets * input.cells);
         let cells_per_row = n / r.rows;
-        let set_of_row = |row: usize| row * cells_per_row / input.cells;
-        // The candidates' observed changes `[rows * K, G]` (zero where unobserved), and a mask that
-        // keeps the unobserved out of the softmax.
-        let (mut changes, mut mask) = (Vec::with_capacity(r.rows * k * g), Vec::with_capacity(n * k));
-        for (i, &c) in r.candidates.iter().enumerate() {
-            match observed.change(c, input.cell_type[set_of_row(i / k)]) {
-                Some(v) => changes.extend(v.iter().map(|&x| T::f(x))),
-                None => changes.extend(std::iter::repeat_n(T::zero(), g)),
-            }
-        }
-        for cell in 0..n {
-            let row = cell / cells_per_row;
-            let set = set_of_row(row);
-            mask.extend(r.candidates[row * k..][..k].iter().map(|&c| {
-                if observed.change(c, input.cell_type[set]).is_some() {
-                    T::zero()
-                } else {
-                    T::f(-1e4)
-                }
-            }));
-        }
-        let changes = tape.constant(&[r.rows * k, g], changes);
-        // The include-exclude gap of every (cell, candidate), softmax over each cell's K.
+        // Each (cell, candidate)'s row among the candidates `[rows * K]`.
+        let per_cell: Vec<usize> = (0..n * k).map(|i| (i / k / cells_per_row) * k + i % k).collect();
+        let changes = tape.slice_cols(candidate_changes, 0, g);
+        let changes = tape.gather(changes, &per_cell);
+        // The include-exclude gap of every (cell, candidate), softmax over each cell's K; the
+        // unobserved (zero changes) are kept out of it.
         let difference = tape.constant(&[2, 1], vec![T::f(-1.0), T::one()]);
         let gap = tape.matmul(logits, difference, false, false);
         let gap = tape.reshape(gap, &[n, k]);
+        let mask = per_cell.iter().map(|&j| if r.observed[j] { T::zero() } else { T::f(-1e4) }).collect();
         let mask = tape.constant(&[n, k], mask);
         let gap = tape.add(gap, mask);
         let weights = tape.softmax(gap);
         let weights = tape.reshape(weights, &[n * k, 1]);
-        let per_cell: Vec<usize> = (0..n * k).map(|i| (i / k / cells_per_row) * k + i % k).collect();
-        let changes = tape.gather(changes, &per_cell);
         let weighted = tape.scale_rows(changes, weights);
         let readout = tape.sum_groups(weighted, k);
         let gate = tape.param(params, gate);
