@@ -197,3 +197,20 @@ fn folds_hold_out_only_the_target_cell_type() {
     let e = Fold::new(&store, &bad, Path::new("my_split.toml"), 0).err().unwrap().to_string();
     assert!(e.contains("my_split.toml") && e.contains("not the control"), "{e}");
 }
+
+/// The store writer itself refuses a value its dtype cannot hold (callers check with their file's
+/// context first), and an abandoned writer leaves nothing behind.
+#[test]
+fn the_writer_refuses_values_its_dtype_cannot_hold() {
+    use ptrag_engine::data::store::{ExprDtype, StoreWriter};
+    let tmp = tempfile::tempdir().unwrap();
+    for (dtype, bad) in [(ExprDtype::F16, 1e30f32), (ExprDtype::F16, f32::NAN), (ExprDtype::F32, f32::INFINITY)] {
+        let dir = tmp.path().join("w");
+        let mut w = StoreWriter::create(&dir, 3, dtype).unwrap();
+        w.push_cell(&[1.0, 2.0, 3.0], 0, 0, 0).unwrap();
+        let e = w.push_cell(&[0.5, bad, 1.0], 0, 0, 0).unwrap_err().to_string();
+        assert!(e.contains("cell 1, gene 1") && e.contains(&format!("{bad}")), "{dtype:?} {bad}: {e}");
+        drop(w);
+        assert!(!dir.exists() && !tmp.path().join("w.partial").exists());
+    }
+}

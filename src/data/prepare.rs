@@ -286,27 +286,16 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
         let rows = f.rows(&matrix, lo, count)?;
         for (r, row) in rows.chunks(genes.len()).enumerate() {
             let cell = lo + r;
-            if let Some((g, v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0) {
-                return Err(Error::bad_file(
-                    path,
-                    matrix.key(),
-                    format!(
-                        "finite, non-negative log-normalised values; cell `{}` (row {cell}), gene `{}` has {v}",
-                        obs_names[cell], genes[g]
-                    ),
-                ));
-            }
-            // f16 would store it as infinity.
+            // An f16 store would hold a value beyond f16's range as infinity.
             let f16_max = half::f16::MAX.to_f32();
-            if let Some((g, v)) = row.iter().enumerate().find(|(_, v)| opts.dtype == ExprDtype::F16 && **v > f16_max) {
-                return Err(Error::bad_file(
-                    path,
-                    matrix.key(),
-                    format!(
-                        "values up to {f16_max} for an f16 store (or `prepare --dtype f32`); cell `{}` (row {cell}), gene `{}` has {v}",
-                        obs_names[cell], genes[g]
-                    ),
-                ));
+            let limit = if opts.dtype == ExprDtype::F16 { f16_max } else { f32::MAX };
+            if let Some((g, v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0 || **v > limit) {
+                let expected = match v.is_finite() && *v > limit {
+                    true => format!("values up to {f16_max} for an f16 store (or `prepare --dtype f32`)"),
+                    false => "finite, non-negative log-normalised values".to_string(),
+                };
+                let (obs, gene) = (&obs_names[cell], &genes[g]);
+                return Err(Error::bad_file(path, matrix.key(), format!("{expected}; cell `{obs}` (row {cell}), gene `{gene}` has {v}")));
             }
             if keep[cell] {
                 let p = pert_index[perts[cell].as_str()];

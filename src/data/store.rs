@@ -308,20 +308,27 @@ impl StoreWriter {
 
     pub fn push_cell(&mut self, expression: &[f32], perturbation: u32, cell_type: u32, batch: u32) -> Result<()> {
         assert_eq!(expression.len(), self.n_genes);
-        // The callers check their inputs with the file's context; this keeps a store from ever
-        // holding a value that is not finite in its dtype.
-        let f16_max = half::f16::MAX.to_f32();
-        if let Some((g, v)) =
-            expression.iter().enumerate().find(|(_, v)| !v.is_finite() || (self.dtype == ExprDtype::F16 && v.abs() > f16_max))
-        {
-            let cell = self.n_cells();
-            return Err(Error::invalid("expression", format!("finite values within the store's dtype; cell {cell}, gene {g} has {v}")));
-        }
         let buf = &mut self.row_bytes;
         buf.clear();
+        // The callers check their inputs with the file's context; checked again in the encoding
+        // pass, a store never holds a value that is not finite in its dtype.
+        let mut finite = true;
         match self.dtype {
-            ExprDtype::F16 => expression.iter().for_each(|&v| buf.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())),
-            ExprDtype::F32 => expression.iter().for_each(|&v| buf.extend_from_slice(&v.to_le_bytes())),
+            ExprDtype::F16 => expression.iter().for_each(|&v| {
+                let h = half::f16::from_f32(v);
+                finite &= h.is_finite();
+                buf.extend_from_slice(&h.to_le_bytes())
+            }),
+            ExprDtype::F32 => expression.iter().for_each(|&v| {
+                finite &= v.is_finite();
+                buf.extend_from_slice(&v.to_le_bytes())
+            }),
+        }
+        if !finite {
+            let representable = |v: f32| if self.dtype == ExprDtype::F16 { half::f16::from_f32(v).is_finite() } else { v.is_finite() };
+            let (g, v) = expression.iter().enumerate().find(|(_, v)| !representable(**v)).expect("a value not finite in the dtype");
+            let cell = self.n_cells();
+            return Err(Error::invalid("expression", format!("finite values within the store's dtype; cell {cell}, gene {g} has {v}")));
         }
         self.expression.write_all(&self.row_bytes).map_err(|e| Error::io(self.tmp_dir.join("expression.bin"), e))?;
         self.fingerprint.update(&self.row_bytes);

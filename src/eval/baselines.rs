@@ -77,9 +77,7 @@ pub struct BaselineChoices {
 
 pub struct Baselines {
     target: u32,
-    /// Mean of all the target cell type's control cells.
-    control_mean: Vec<f64>,
-    /// Mean change of every training condition.
+    /// Mean change of every training condition, and each cell type's control mean.
     observed: ObservedResponses,
     /// The target cell type's training perturbations (the control excluded), in fold order.
     target_train: Vec<u32>,
@@ -115,7 +113,6 @@ impl Baselines {
         let genept = unit_rows(&store.genept_table(), dim);
         let mut b = Baselines {
             target,
-            control_mean: observed.control_mean[fold.target].clone(),
             observed,
             target_train,
             genept,
@@ -183,7 +180,8 @@ impl Baselines {
         let shift = self.shift(baseline, perturbation);
         let g = shift.len().max(1);
         let paired_mean = mean_rows(paired, g);
-        let offset: Vec<f64> = shift.iter().zip(&self.control_mean).zip(&paired_mean).map(|((s, c), m)| s + c - m).collect();
+        let offset: Vec<f64> =
+            shift.iter().zip(&self.observed.control_mean[self.target as usize]).zip(&paired_mean).map(|((s, c), m)| s + c - m).collect();
         paired.chunks(g).flat_map(|r| r.iter().zip(&offset).map(|(x, o)| x + o)).collect()
     }
 

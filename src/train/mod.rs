@@ -508,16 +508,7 @@ impl<'s> Trainer<'s> {
     }
 
     fn control_mean(&self, cell_type: usize) -> Vec<f64> {
-        let g = self.store.n_genes();
-        let pool = &self.fold.controls[cell_type];
-        let mut mean = vec![0.0f64; g];
-        let mut row = vec![0.0f32; g];
-        for &c in pool {
-            self.store.expression_row(c as usize, &mut row);
-            mean.iter_mut().zip(&row).for_each(|(m, &v)| *m += v as f64);
-        }
-        mean.iter_mut().for_each(|m| *m /= pool.len() as f64);
-        mean
+        crate::data::responses::mean_of(self.store, &self.fold.controls[cell_type])
     }
 
     /// Predicts every condition in sets of at most S real cells: energy distance and mean-change MSE
