@@ -157,6 +157,11 @@ impl H5ad {
     /// allocates what a dataset declares; a damaged shape would otherwise abort the process.
     fn dataset(&self, path: &str, what: &str) -> Result<hdf5_pure::Dataset> {
         let ds = self.file.dataset(path).map_err(|e| self.bad(path, format!("{what} ({e})")))?;
+        self.checked(ds, path, what)
+    }
+
+    /// `ds` (at `path`) if the size it declares fits this file (see `dataset`).
+    fn checked(&self, ds: hdf5_pure::Dataset, path: &str, what: &str) -> Result<hdf5_pure::Dataset> {
         let shape = ds.shape().map_err(|e| self.bad(path, e))?;
         let element = ds.element_size().map_err(|e| self.bad(path, e))?;
         let declared = shape.iter().try_fold(element, |acc, &d| acc.checked_mul(d));
@@ -251,11 +256,11 @@ impl H5ad {
                 })
                 .collect();
         }
-        if self.file.dataset(&path).is_err() {
+        let Ok(ds) = self.file.dataset(&path) else {
             let have = self.columns(frame).map(|c| c.join(", ")).unwrap_or_default();
             return Err(self.bad(&path, format!("a column `{name}` in `{frame}` (it has: {have})")));
-        }
-        let ds = self.dataset(&path, "a column")?;
+        };
+        let ds = self.checked(ds, &path, "a column")?;
         let numbers = |r: std::result::Result<Vec<i64>, hdf5_pure::Error>| {
             r.map(|v| v.iter().map(i64::to_string).collect()).map_err(|e| self.bad(&path, format!("integers ({e})")))
         };
