@@ -183,7 +183,8 @@ struct PrepareArgs {
     /// The AnnData file.
     #[arg(long)]
     h5ad: PathBuf,
-    /// GenePT vectors: .pickle/.pkl (dict symbol -> vector), .npz, .safetensors or .tsv.
+    /// GenePT vectors: .pickle/.pkl (dict symbol -> vector), .npz, .safetensors or .tsv; `none`
+    /// for a store without them (STATE only).
     #[arg(long)]
     genept: PathBuf,
     /// cell-load few-shot split TOML; without it, a seeded split with the real files' proportions.
@@ -213,10 +214,26 @@ struct PrepareArgs {
     /// Seed of a generated split.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// none (store the values as found) or total-log1p (scanpy's normalize_total + log1p); required
+    /// when the values are integer counts.
+    #[arg(long)]
+    normalize: Option<String>,
+    /// The per-cell total of `--normalize total-log1p`.
+    #[arg(long, default_value_t = ptrag_engine::data::prepare::DEFAULT_TARGET_SUM)]
+    target_sum: f32,
+    /// Keep only the N most variable genes (scanpy's highly_variable_genes, flavor "seurat").
+    #[arg(long, value_name = "N")]
+    hvg: Option<usize>,
+    /// Perturbation labels whose cells are left out (e.g. --drop unassigned multiple).
+    #[arg(long, num_args = 1.., value_name = "LABEL")]
+    drop: Vec<String>,
+    /// Leave out conditions (perturbation, cell type) with fewer cells; controls are kept.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    min_cells: usize,
 }
 
 fn prepare_command(a: PrepareArgs, progress: bool) -> ptrag_engine::Result<()> {
-    use ptrag_engine::data::prepare::{prepare, PrepareOptions};
+    use ptrag_engine::data::prepare::{prepare, Normalize, PrepareOptions};
     use ptrag_engine::data::store::ExprDtype;
     let dtype = match a.dtype.as_str() {
         "f16" => ExprDtype::F16,
@@ -233,18 +250,26 @@ fn prepare_command(a: PrepareArgs, progress: bool) -> ptrag_engine::Result<()> {
         var_names: a.var_names,
         dtype,
         seed: a.seed,
-        ..PrepareOptions::new(a.h5ad, a.genept, a.out)
+        normalize: a.normalize.map(|n| Normalize::parse(&n, a.target_sum)).transpose()?,
+        hvg: a.hvg,
+        drop: a.drop,
+        min_cells: a.min_cells,
+        genept: (a.genept.as_os_str() != "none").then_some(a.genept),
+        ..PrepareOptions::new(a.h5ad, PathBuf::new(), a.out)
     };
     let r = prepare(&opts, progress)?;
+    println!("values: {}; normalization: {}", r.values_found, r.normalization);
     println!(
-        "wrote {}: {} cells x {} genes from {}, {} perturbations (GenePT covers {} of {}), cell types {}, {} batches, in {:.1} s",
+        "wrote {}: {} cells x {} genes from {}, {} perturbations ({}), cell types {}, {} batches, in {:.1} s",
         r.store.display(),
         r.cells,
         r.genes,
         r.expression,
         r.perturbations,
-        r.genept_coverage.0,
-        r.genept_coverage.1,
+        match r.embed_dim {
+            0 => "no GenePT vectors: STATE only".to_string(),
+            _ => format!("GenePT covers {} of {}", r.genept_coverage.0, r.genept_coverage.1),
+        },
         r.cell_types.iter().map(|(t, n)| format!("{t} ({n})")).collect::<Vec<_>>().join(", "),
         r.batches,
         r.seconds
@@ -256,6 +281,16 @@ fn prepare_command(a: PrepareArgs, progress: bool) -> ptrag_engine::Result<()> {
             r.dropped_cells,
             r.dropped_perturbations.join(", ")
         );
+    }
+    for (label, cells) in &r.dropped_labels {
+        println!("dropped label `{label}` ({cells} cells)");
+    }
+    if !r.dropped_conditions.is_empty() {
+        let list: Vec<String> = r.dropped_conditions.iter().map(|(p, t, c)| format!("{p} in {t} ({c})")).collect();
+        println!("dropped {} conditions with fewer than {} cells: {}", list.len(), opts.min_cells, list.join(", "));
+    }
+    if !r.perturbations_without_cells.is_empty() {
+        println!("perturbations left without cells, not in the store: {}", r.perturbations_without_cells.join(", "));
     }
     println!("split: {}", r.split);
     Ok(())
@@ -344,7 +379,7 @@ fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<Vec
         println!("    MSE of mean expression change, control   {:.5}  (baseline: predict the control mean)", t.mse_change_control_baseline);
         let strongest = s.baselines_mse_change.iter().min_by(|a, b| a.1.total_cmp(b.1));
         if let Some((name, value)) = strongest {
-            println!("    MSE of mean expression change, {name:<9} {value:.5}  (the strongest baseline; `evaluate` compares all five)");
+            println!("    MSE of mean expression change, {name:<9} {value:.5}  (the strongest baseline; `evaluate` compares them all)");
         }
         if let Some(k) = t.mean_selected {
             println!("    candidates selected per cell (of {})    {k:.2}", record.train.model.top_k);

@@ -622,3 +622,39 @@ fn learning_curve_draws_reports_of_several_lengths() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nowhere/summary.json"), "{}", stderr(&out));
 }
+
+#[test]
+fn raw_counts_prepare_with_normalize_and_a_state_only_store_refuses_retrieval() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let prepare = |extra: &[&str]| {
+        cli()
+            .args(["prepare", "--quiet", "--genept", "none", "--batch-col", "none", "--h5ad"])
+            .arg(fixtures.join("raw_counts.h5ad"))
+            .arg("--out")
+            .arg(&store)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = prepare(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).trim().lines().count() == 1 && stderr(&out).contains("--normalize total-log1p"), "{}", stderr(&out));
+    let out = prepare(&["--normalize", "total-log1p", "--hvg", "8", "--drop", "unassigned", "--min-cells", "5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("integer counts") && stdout.contains("8 highly variable genes"), "{stdout}");
+    assert!(stdout.contains("dropped label `unassigned` (8 cells)") && stdout.contains("DDX3X in K562 (3)"), "{stdout}");
+
+    let run = tmp.path().join("state");
+    let out = train(&store, &run, &["--model", "state", "--steps", "2", "--val-every", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for model in ["pt-rag", "state-genept"] {
+        let out = train(&store, &tmp.path().join(model), &["--model", model, "--steps", "2"]);
+        assert_eq!(out.status.code(), Some(1), "{model}");
+        let err = stderr(&out);
+        assert!(err.trim().lines().count() == 1 && err.contains("--genept none") && err.contains(model), "{err}");
+        assert!(!tmp.path().join(model).exists(), "nothing written for a refused run");
+    }
+}

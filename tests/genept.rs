@@ -68,7 +68,7 @@ fn hostile_pickles_are_refused_in_bounded_time_and_memory() {
     let read = |name: &str, body: &[u8]| {
         let path = dir.path().join(name);
         std::fs::write(&path, [&[0x80u8, 2][..], body, b"."].concat()).unwrap();
-        GenePt::read(&path).err().expect("refused").to_string()
+        GenePt::read(&path).expect_err("refused").to_string()
     };
     // L0 = []; L(i+1) = [L(i), L(i)], each memoised: EMPTY_LIST, GET i, APPEND, GET i, APPEND, MEMOIZE.
     let mut bomb = vec![b']', 0x94];

@@ -3,7 +3,7 @@
 //! no store behind.
 
 use ptrag_engine::data::h5ad::{write_h5ad, AnnData};
-use ptrag_engine::data::prepare::{export, prepare, PrepareOptions};
+use ptrag_engine::data::prepare::{export, prepare, Normalize, PrepareOptions};
 use ptrag_engine::data::store::{ExprDtype, Store};
 use ptrag_engine::data::synth::{self, SynthConfig};
 use std::path::{Path, PathBuf};
@@ -195,4 +195,130 @@ fn every_validation_error_names_file_field_and_expectation() {
     let split = "[fewshot.\"d.hepg2\"]\nval = [\"A\"]\ntest = [\"B\"]\n";
     let e = failure(&base(), GENEPT, Some(split), ok);
     assert!(e.contains("fewshot.\"d.hepg2\"") && e.contains("K562, RPE1"), "unknown cell line: {e}");
+}
+
+/// scanpy's view of `raw_counts.h5ad` (tools/make_h5ad_fixtures.py `raw-counts`, scanpy 1.11.5).
+struct Scanpy {
+    genes: Vec<String>,
+    cells: usize,
+    x_normalised: Vec<f64>,
+    means: Vec<f64>,
+    dispersions: Vec<f64>,
+    dispersions_norm: Vec<f64>,
+    hvg: Vec<String>,
+}
+
+fn scanpy_expected() -> Scanpy {
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("raw_counts_expected.json")).unwrap()).unwrap();
+    let strings = |k: &str| -> Vec<String> { e[k].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect() };
+    let floats = |k: &str| -> Vec<f64> { e[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect() };
+    Scanpy {
+        genes: strings("genes"),
+        cells: e["obs_names"].as_array().unwrap().len(),
+        x_normalised: floats("x_normalised"),
+        means: floats("means"),
+        dispersions: floats("dispersions"),
+        dispersions_norm: floats("dispersions_norm"),
+        hvg: strings("hvg"),
+    }
+}
+
+fn raw_counts_options(out: PathBuf) -> PrepareOptions {
+    PrepareOptions {
+        genept: None,
+        batch_col: None,
+        dtype: ExprDtype::F32,
+        ..PrepareOptions::new(fixture("raw_counts.h5ad"), PathBuf::new(), out)
+    }
+}
+
+#[test]
+fn raw_counts_are_refused_without_normalize() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = prepare(&raw_counts_options(dir.path().join("s")), false).unwrap_err().to_string();
+    assert!(err.contains("raw_counts.h5ad") && err.contains("X") && err.contains("integer counts"), "{err}");
+    assert!(err.contains("--normalize total-log1p") && err.contains("--normalize none"), "the error names the options: {err}");
+    assert!(!dir.path().join("s").exists());
+    // said explicitly, the counts are stored as they are
+    let opts = PrepareOptions { normalize: Some(Normalize::None), ..raw_counts_options(dir.path().join("s")) };
+    let r = prepare(&opts, false).unwrap();
+    assert!(r.values_found.starts_with("integer counts"), "{}", r.values_found);
+    let store = Store::open(&r.store).unwrap();
+    let mut row = vec![0.0; store.n_genes()];
+    store.expression_row(0, &mut row);
+    assert!(row.iter().all(|v| v.fract() == 0.0) && row.iter().any(|&v| v > 1.0), "{row:?}");
+}
+
+#[test]
+fn normalize_and_hvg_equal_scanpy_on_the_raw_count_fixture() {
+    let s = scanpy_expected();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = PrepareOptions {
+        normalize: Some(Normalize::parse("total-log1p", 1e4).unwrap()),
+        hvg: Some(8),
+        drop: vec!["unassigned".into()],
+        min_cells: 5,
+        ..raw_counts_options(dir.path().join("s"))
+    };
+    let r = prepare(&opts, false).unwrap();
+    assert_eq!(r.dropped_labels, [("unassigned".to_string(), 8)]);
+    assert_eq!(r.dropped_conditions, [("DDX3X".to_string(), "K562".to_string(), 3)]);
+    assert_eq!(r.perturbations_without_cells, ["DDX3X"]);
+    assert_eq!((r.genes_in_file, r.embed_dim, r.cells), (40, 0, s.cells));
+    let store = Store::open(&r.store).unwrap();
+    assert_eq!(store.manifest.genes, s.hvg, "the chosen genes, in the file's order");
+    assert!(!store.has_genept());
+    assert_eq!(store.manifest.perturbations, ["non-targeting", "AARS", "BRCA1", "CDK1"]);
+    let columns: Vec<usize> = s.hvg.iter().map(|g| s.genes.iter().position(|x| x == g).unwrap()).collect();
+    let mut row = vec![0.0; store.n_genes()];
+    for cell in 0..s.cells {
+        store.expression_row(cell, &mut row);
+        for (j, &g) in columns.iter().enumerate() {
+            let want = s.x_normalised[cell * s.genes.len() + g];
+            assert!((row[j] as f64 - want).abs() <= 1e-6 * want.max(1.0), "cell {cell} gene {}: {} vs scanpy {want}", s.hvg[j], row[j]);
+        }
+    }
+}
+
+#[test]
+fn hvg_statistics_equal_scanpy_gene_by_gene() {
+    use ptrag_engine::data::hvg::HvgAccumulator;
+    let s = scanpy_expected();
+    let g = s.genes.len();
+    let mut acc = HvgAccumulator::new(g);
+    for row in s.x_normalised.chunks(g) {
+        acc.push(&row.iter().map(|&v| v as f32).collect::<Vec<_>>());
+    }
+    let r = acc.finish(8).unwrap();
+    let close = |a: f64, b: f64| (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    for i in 0..g {
+        assert!(close(r.means[i], s.means[i]), "{}: mean {} vs {}", s.genes[i], r.means[i], s.means[i]);
+        assert!(close(r.dispersions[i], s.dispersions[i]), "{}: dispersion {} vs {}", s.genes[i], r.dispersions[i], s.dispersions[i]);
+        assert!(
+            close(r.dispersions_norm[i], s.dispersions_norm[i]),
+            "{}: normalised dispersion {} vs {}",
+            s.genes[i],
+            r.dispersions_norm[i],
+            s.dispersions_norm[i]
+        );
+    }
+    let chosen: Vec<&String> = r.selected().iter().map(|&i| &s.genes[i]).collect();
+    assert_eq!(chosen, s.hvg.iter().collect::<Vec<_>>());
+    assert!(s.dispersions_norm.iter().filter(|v| **v == 1.0).count() >= 1, "the fixture has a one-gene bin");
+    assert!(s.dispersions.iter().any(|v| v.is_nan()), "and genes never seen");
+}
+
+#[test]
+fn drop_and_min_cells_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = || PrepareOptions { normalize: Some(Normalize::None), ..raw_counts_options(dir.path().join("s")) };
+    let err = prepare(&PrepareOptions { drop: vec!["unasigned".into()], ..base() }, false).unwrap_err().to_string();
+    assert!(err.contains("raw_counts.h5ad") && err.contains("obs/gene") && err.contains("`unasigned`"), "{err}");
+    let err = prepare(&PrepareOptions { drop: vec!["non-targeting".into()], ..base() }, false).unwrap_err().to_string();
+    assert!(err.contains("--drop") && err.contains("control"), "{err}");
+    let err = prepare(&PrepareOptions { min_cells: 1000, ..base() }, false).unwrap_err().to_string();
+    assert!(err.contains("--min-cells") && err.contains("1000"), "{err}");
+    let err = prepare(&PrepareOptions { hvg: Some(0), ..base() }, false).unwrap_err().to_string();
+    assert!(err.contains("--hvg"), "{err}");
+    assert!(!dir.path().join("s").exists(), "no store is left behind");
 }

@@ -22,6 +22,13 @@ Files:
 - csr_huge_shape.h5ad: sparse.h5ad whose X declares 4e10 columns (its entries unchanged).
 - csr_narrow.h5ad: sparse.h5ad whose X declares 5 columns for var's 6 genes (entries unchanged,
   so some column indices are out of range).
+- raw_counts.h5ad: a Perturb-seq file as Cell Ranger users have it: X raw UMI counts (CSR float32),
+  one cell line, `unassigned` cells, one perturbation with too few cells. raw_counts_expected.json
+  holds what scanpy makes of it after the same filtering (`unassigned` dropped, conditions under 5
+  cells dropped): `normalize_total(target_sum=1e4)`, `log1p`, then
+  `highly_variable_genes(flavor="seurat", n_top_genes=8)`: the normalised matrix of all genes, the
+  per-gene means, dispersions and normalised dispersions, and the chosen genes.
+  `... make_h5ad_fixtures.py raw-counts` writes these alone (needs scanpy as well).
 """
 
 import json
@@ -160,10 +167,56 @@ def csr_variants():
         f["X/indices"][...] = v
 
 
+def raw_counts():
+    import scanpy as sc
+    rng = np.random.default_rng(23)
+    n_genes = 40
+    genes = [f"G{i:02d}" for i in range(n_genes)]
+    labels = ["non-targeting"] * 30 + ["AARS"] * 12 + ["BRCA1"] * 12 + ["CDK1"] * 12 + ["DDX3X"] * 3 + ["unassigned"] * 8
+    rng.shuffle(labels)
+    obs = pd.DataFrame({"gene": pd.Categorical(labels), "cell_line": pd.Categorical(["K562"] * len(labels)),
+                        "gem_group": rng.integers(1, 3, size=len(labels))},
+                       index=[f"AAAC{i:04d}-1" for i in range(len(labels))])
+    # negative-binomial-like counts with gene-specific means and overdispersion; 3 genes never seen
+    mu = np.exp(rng.normal(0.5, 1.3, size=n_genes))
+    shape = rng.uniform(0.3, 5.0, size=n_genes)
+    depth = rng.uniform(0.5, 2.0, size=(len(labels), 1))
+    counts = rng.poisson(rng.gamma(shape, mu / shape, size=(len(labels), n_genes)) * depth).astype(np.float32)
+    counts[:, [5, 17, 33]] = 0
+    a = ad.AnnData(X=sp.csr_matrix(counts), obs=obs, var=pd.DataFrame(index=genes))
+    a.write_h5ad(OUT / "raw_counts.h5ad", compression="gzip")
+
+    b = ad.read_h5ad(OUT / "raw_counts.h5ad")
+    b = b[b.obs.gene != "unassigned"].copy()
+    sizes = b.obs.groupby(["gene", "cell_line"], observed=True).size()
+    small = {g for (g, _), n in sizes.items() if n < 5 and g != "non-targeting"}
+    b = b[~b.obs.gene.isin(small)].copy()
+    sc.pp.normalize_total(b, target_sum=1e4)
+    sc.pp.log1p(b)
+    sc.pp.highly_variable_genes(b, flavor="seurat", n_top_genes=8)
+    x = b.X.toarray()
+    nan_none = lambda v: None if np.isnan(v) else float(v)
+    expected = {
+        "scanpy": __import__("importlib.metadata").metadata.version("scanpy"),
+        "dropped_conditions": sorted(small),
+        "obs_names": list(b.obs_names),
+        "genes": genes,
+        "x_normalised": [float(v) for v in x.ravel()],
+        "means": [float(v) for v in b.var.means],
+        "dispersions": [nan_none(v) for v in b.var.dispersions],
+        "dispersions_norm": [nan_none(v) for v in b.var.dispersions_norm],
+        "hvg": list(b.var_names[b.var.highly_variable]),
+    }
+    (OUT / "raw_counts_expected.json").write_text(json.dumps(expected))
+
+
 if __name__ == "__main__":
     import sys
-    if sys.argv[1:] == ["csr-variants"]:
+    if sys.argv[1:] == ["raw-counts"]:
+        raw_counts()
+    elif sys.argv[1:] == ["csr-variants"]:
         csr_variants()
     else:
         main()
         csr_variants()
+        raw_counts()

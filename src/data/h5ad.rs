@@ -338,7 +338,7 @@ impl H5ad {
                 }
                 // The shape is what the file declares (columns checked by `matrix`): allocate only
                 // what fits, or fail cleanly.
-                let len = count.checked_mul(*cols).unwrap_or(usize::MAX);
+                let len = count.saturating_mul(*cols);
                 let mut out = Vec::new();
                 out.try_reserve_exact(len)
                     .map_err(|_| self.bad(key, format!("rows that fit in memory ({count} rows of {cols} columns)")))?;

@@ -3,6 +3,7 @@
 
 pub mod genept;
 pub mod h5ad;
+pub mod hvg;
 pub mod inspect;
 pub mod prepare;
 pub mod responses;

@@ -6,9 +6,16 @@
 //! appearance; batches sorted (numerically when every label is an integer). Cells stream through
 //! in windows, so memory stays bounded whatever the file size; every check that can fail runs
 //! before or while writing into `<out>.partial`, which is renamed into place only at the end.
+//!
+//! Raw counts (the usual Cell Ranger / Perturb-seq file) are recognised by their integer values
+//! and refused unless `--normalize` says what to do: `total-log1p` is scanpy's `normalize_total`
+//! (each cell scaled to a target sum, 1e4 by default) then `log1p`, computed in float32 as scanpy
+//! does; `--hvg N` then keeps scanpy's seurat-flavour highly variable genes (`hvg.rs`), measured
+//! in a first streaming pass over the kept cells.
 
 use super::genept::GenePt;
 use super::h5ad::{H5ad, Matrix};
+use super::hvg::HvgAccumulator;
 use super::split::{SplitFile, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION};
 use super::store::{ExprDtype, Manifest, StoreWriter, FORMAT, VERSION};
 use crate::{Error, Result};
@@ -19,7 +26,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug)]
 pub struct PrepareOptions {
     pub h5ad: PathBuf,
-    pub genept: PathBuf,
+    /// `None` (`--genept none`): a store without GenePT vectors, for STATE only.
+    pub genept: Option<PathBuf>,
     /// A cell-load few-shot split; without one, a seeded split with the real files' proportions.
     pub split: Option<PathBuf>,
     pub out: PathBuf,
@@ -37,14 +45,59 @@ pub struct PrepareOptions {
     pub seed: u64,
     /// Cells read per window.
     pub window: usize,
+    /// What to do with the values: `None` (not given) refuses raw counts and takes anything else as
+    /// it is.
+    pub normalize: Option<Normalize>,
+    /// Keep only this many highly variable genes (scanpy's seurat flavour).
+    pub hvg: Option<usize>,
+    /// Perturbation labels whose cells are left out (e.g. `unassigned`, `multiple`).
+    pub drop: Vec<String>,
+    /// Conditions (perturbation, cell type) with fewer cells are left out; controls are kept.
+    pub min_cells: usize,
 }
+
+/// `--normalize`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Normalize {
+    /// The values as they are (already log-normalised, or raw counts on purpose).
+    None,
+    /// scanpy's `normalize_total(target_sum)` then `log1p`.
+    TotalLog1p { target_sum: f32 },
+}
+
+/// scanpy's customary target sum, and ours.
+pub const DEFAULT_TARGET_SUM: f32 = 1e4;
+
+impl Normalize {
+    pub fn parse(name: &str, target_sum: f32) -> Result<Normalize> {
+        match name {
+            "none" => Ok(Normalize::None),
+            "total-log1p" if target_sum > 0.0 && target_sum.is_finite() => Ok(Normalize::TotalLog1p { target_sum }),
+            "total-log1p" => Err(Error::invalid("--target-sum", format!("a positive number, found {target_sum}"))),
+            other => Err(Error::invalid("--normalize", format!("none or total-log1p, found `{other}`"))),
+        }
+    }
+
+    /// Normalises one cell in place: `x / (total / target_sum)` then `log1p`, in float32 as scanpy
+    /// computes it (a cell with no counts stays zero).
+    pub fn apply(self, row: &mut [f32]) {
+        if let Normalize::TotalLog1p { target_sum } = self {
+            let total: f64 = row.iter().map(|&v| v as f64).sum();
+            let scale = if total > 0.0 { (total / target_sum as f64) as f32 } else { 1.0 };
+            row.iter_mut().for_each(|v| *v = (*v / scale).ln_1p());
+        }
+    }
+}
+
+/// Cells looked at to tell raw counts from normalised values.
+const VALUE_SAMPLE_CELLS: usize = 1000;
 
 impl PrepareOptions {
     /// The Replogle-Nadig file's names (REFERENCE.md §3).
     pub fn new(h5ad: PathBuf, genept: PathBuf, out: PathBuf) -> Self {
         PrepareOptions {
             h5ad,
-            genept,
+            genept: Some(genept),
             split: None,
             out,
             pert_col: "gene".into(),
@@ -56,6 +109,10 @@ impl PrepareOptions {
             dtype: ExprDtype::F16,
             seed: 42,
             window: 4096,
+            normalize: None,
+            hvg: None,
+            drop: Vec::new(),
+            min_cells: 0,
         }
     }
 }
@@ -65,6 +122,12 @@ impl PrepareOptions {
 pub struct PrepareReport {
     pub store: PathBuf,
     pub expression: String,
+    /// What the values looked like (`integer counts` or `non-integer values`, from the first cells).
+    pub values_found: String,
+    /// What was done to them.
+    pub normalization: String,
+    /// Genes of the file, and with `--hvg` how many were kept.
+    pub genes_in_file: usize,
     pub cells: usize,
     pub genes: usize,
     pub perturbations: usize,
@@ -76,6 +139,12 @@ pub struct PrepareReport {
     /// Perturbations without a GenePT vector: dropped with their cells, from every split list.
     pub dropped_perturbations: Vec<String>,
     pub dropped_cells: usize,
+    /// `--drop` labels and their cells.
+    pub dropped_labels: Vec<(String, usize)>,
+    /// Conditions below `--min-cells`: perturbation, cell type, cells.
+    pub dropped_conditions: Vec<(String, String, usize)>,
+    /// Perturbations left with no cells at all after `--min-cells`, removed from the store.
+    pub perturbations_without_cells: Vec<String>,
     pub split: String,
     pub seconds: f64,
 }
@@ -149,15 +218,21 @@ fn gene_names(f: &H5ad, path: &Path, matrix: &Matrix, column: Option<&str>) -> R
     Ok(names)
 }
 
-/// The user's split checked against the data, minus the dropped perturbations.
-fn checked_split(path: &Path, labels: &BTreeSet<String>, dropped: &BTreeSet<String>, cell_types: &[String]) -> Result<(SplitFile, usize)> {
+/// The user's split checked against the data, minus what is not in the store: perturbations
+/// dropped everywhere, and names whose condition in that cell line has no cells left (`present`).
+fn checked_split(
+    path: &Path,
+    labels: &BTreeSet<String>,
+    present: &dyn Fn(&str, &str) -> bool,
+    cell_types: &[String],
+) -> Result<(SplitFile, usize)> {
     let mut split = SplitFile::read(path)?;
     let mut removed = 0;
     for (line, held) in split.fewshot.iter_mut() {
         let field = format!("fewshot.\"{}.{line}\"", split.dataset);
-        if !cell_types.iter().any(|c| c.eq_ignore_ascii_case(line)) {
+        let Some(cell_type) = cell_types.iter().find(|c| c.eq_ignore_ascii_case(line)) else {
             return Err(Error::bad_file(path, field, format!("a cell line of the data ({})", cell_types.join(", "))));
-        }
+        };
         for (list, names) in [("val", &mut held.val), ("test", &mut held.test)] {
             let unknown: Vec<String> = names.iter().filter(|n| !labels.contains(*n)).cloned().collect();
             if !unknown.is_empty() {
@@ -168,11 +243,23 @@ fn checked_split(path: &Path, labels: &BTreeSet<String>, dropped: &BTreeSet<Stri
                 ));
             }
             let before = names.len();
-            names.retain(|n| !dropped.contains(n));
+            names.retain(|n| present(n, cell_type));
             removed += before - names.len();
+        }
+        if held.test.is_empty() {
+            return Err(Error::bad_file(
+                path,
+                format!("{field}.test"),
+                "test perturbations with cells in the store; every one was dropped (no GenePT vector, --drop or --min-cells)",
+            ));
         }
     }
     Ok((split, removed))
+}
+
+/// Whether every non-zero value of the first cells is an integer: raw counts.
+fn looks_like_counts(rows: &[f32]) -> bool {
+    rows.iter().any(|&v| v != 0.0) && rows.iter().all(|&v| v.is_finite() && v.fract() == 0.0)
 }
 
 pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
@@ -198,22 +285,24 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
         None => vec!["0".to_string(); n],
     };
     let labels: BTreeSet<String> = perts.iter().cloned().collect();
+    let pert_field = format!("obs/{}", opts.pert_col);
     if !labels.contains(&opts.control) {
         let have: Vec<String> = labels.iter().cloned().collect();
-        return Err(Error::bad_file(
-            path,
-            format!("obs/{}", opts.pert_col),
-            format!("the control label `{}` (labels: {})", opts.control, first_few(&have)),
-        ));
+        return Err(Error::bad_file(path, &pert_field, format!("the control label `{}` (labels: {})", opts.control, first_few(&have))));
     }
     let mut by_upper: HashMap<String, &String> = HashMap::new();
     for l in &labels {
         if let Some(other) = by_upper.insert(l.to_uppercase(), l) {
-            return Err(Error::bad_file(
-                path,
-                format!("obs/{}", opts.pert_col),
-                format!("perturbations unique up to case; `{other}` and `{l}`"),
-            ));
+            return Err(Error::bad_file(path, &pert_field, format!("perturbations unique up to case; `{other}` and `{l}`")));
+        }
+    }
+    for d in &opts.drop {
+        if *d == opts.control {
+            return Err(Error::invalid("--drop", format!("labels other than the control `{d}`")));
+        }
+        if !labels.contains(d) {
+            let have: Vec<String> = labels.iter().cloned().collect();
+            return Err(Error::bad_file(path, &pert_field, format!("the --drop label `{d}` (labels: {})", first_few(&have))));
         }
     }
 
@@ -221,27 +310,69 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
     if matrix.rows() != n {
         return Err(Error::bad_file(path, matrix.key(), format!("{n} rows, one per obs cell, found {}", matrix.rows())));
     }
-    let genes = gene_names(&f, path, &matrix, opts.var_names.as_deref())?;
+    let file_genes = gene_names(&f, path, &matrix, opts.var_names.as_deref())?;
+    let n_file_genes = file_genes.len();
 
-    let genept = GenePt::read(&opts.genept)?;
+    // Raw counts or normalised values, from the first cells.
+    let counts = looks_like_counts(&f.rows(&matrix, 0, n.min(VALUE_SAMPLE_CELLS))?);
+    let values_found =
+        format!("{} in the first {} cells", if counts { "integer counts" } else { "non-integer values" }, n.min(VALUE_SAMPLE_CELLS));
+    let normalize = match opts.normalize {
+        Some(x) => x,
+        None if counts => {
+            return Err(Error::bad_file(
+                path,
+                matrix.key(),
+                format!(
+                    "log-normalised expression, found {values_found} (raw counts?); give `--normalize total-log1p` \
+                     (scanpy's normalize_total to {DEFAULT_TARGET_SUM:.0} + log1p), or `--normalize none` to store them as they are"
+                ),
+            ))
+        }
+        None => Normalize::None,
+    };
+
+    // Perturbations: the control first, then those with a GenePT vector (all without --genept none).
+    let genept = opts.genept.as_deref().map(GenePt::read).transpose()?;
+    let drop: BTreeSet<&str> = opts.drop.iter().map(String::as_str).collect();
     let (mut kept, mut dropped) = (Vec::new(), BTreeSet::new());
-    for l in labels.iter().filter(|l| **l != opts.control) {
-        if genept.get(l).is_some() {
+    for l in labels.iter().filter(|l| **l != opts.control && !drop.contains(l.as_str())) {
+        if genept.as_ref().is_none_or(|g| g.get(l).is_some()) {
             kept.push(l.clone());
         } else {
             dropped.insert(l.clone());
         }
     }
-    if kept.is_empty() {
-        return Err(Error::bad_file(&opts.genept, "genes", format!("a vector for at least one perturbation of {}", path.display())));
+    if let (Some(file), true) = (&opts.genept, kept.is_empty()) {
+        return Err(Error::bad_file(file, "genes", format!("a vector for at least one perturbation of {}", path.display())));
     }
-    let coverage = (kept.len(), labels.len() - 1);
+    let coverage = (kept.len(), labels.len() - 1 - drop.len());
+
+    // Conditions below --min-cells (controls excepted), and perturbations left with no cells.
+    let mut condition_cells: HashMap<(&str, &str), usize> = HashMap::new();
+    for (p, t) in perts.iter().zip(&types) {
+        *condition_cells.entry((p.as_str(), t.as_str())).or_default() += 1;
+    }
+    let mut dropped_conditions: Vec<(String, String, usize)> = condition_cells
+        .iter()
+        .filter(|((p, _), &c)| *p != opts.control && c < opts.min_cells && kept.binary_search_by(|k| k.as_str().cmp(p)).is_ok())
+        .map(|((p, t), &c)| (p.to_string(), t.to_string(), c))
+        .collect();
+    dropped_conditions.sort();
+    let small: BTreeSet<(&str, &str)> = dropped_conditions.iter().map(|(p, t, _)| (p.as_str(), t.as_str())).collect();
+    let with_cells: BTreeSet<&str> = condition_cells.keys().filter(|k| !small.contains(k)).map(|(p, _)| *p).collect();
+    let perturbations_without_cells: Vec<String> = kept.iter().filter(|p| !with_cells.contains(p.as_str())).cloned().collect();
+    kept.retain(|p| with_cells.contains(p.as_str()));
+    if kept.is_empty() {
+        return Err(Error::invalid("--min-cells", format!("leaves no perturbation with {} or more cells", opts.min_cells)));
+    }
     let mut perturbations = vec![opts.control.clone()];
     perturbations.extend(kept);
     let pert_index: HashMap<&str, u32> = perturbations.iter().enumerate().map(|(i, p)| (p.as_str(), i as u32)).collect();
 
     // Cell types (first appearance among kept cells), each with controls; batches.
-    let keep: Vec<bool> = perts.iter().map(|p| pert_index.contains_key(p.as_str())).collect();
+    let keep: Vec<bool> =
+        perts.iter().zip(&types).map(|(p, t)| pert_index.contains_key(p.as_str()) && !small.contains(&(p.as_str(), t.as_str()))).collect();
     let mut cell_types: Vec<String> = Vec::new();
     for (t, _) in types.iter().zip(&keep).filter(|(_, &k)| k) {
         if !cell_types.contains(t) {
@@ -249,13 +380,13 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
         }
     }
     let type_index: HashMap<&str, u32> = cell_types.iter().enumerate().map(|(i, t)| (t.as_str(), i as u32)).collect();
-    let mut counts = vec![(0usize, 0usize); cell_types.len()];
+    let mut type_counts = vec![(0usize, 0usize); cell_types.len()];
     for ((p, t), _) in perts.iter().zip(&types).zip(&keep).filter(|(_, &k)| k) {
-        let c = &mut counts[type_index[t.as_str()] as usize];
+        let c = &mut type_counts[type_index[t.as_str()] as usize];
         c.0 += 1;
         c.1 += usize::from(*p == opts.control);
     }
-    if let Some(i) = counts.iter().position(|c| c.1 == 0) {
+    if let Some(i) = type_counts.iter().position(|c| c.1 == 0) {
         return Err(Error::bad_file(
             path,
             format!("obs/{}", opts.cell_type_col),
@@ -267,8 +398,9 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
 
     let (split, split_note) = match &opts.split {
         Some(s) => {
-            let (split, removed) = checked_split(s, &labels, &dropped, &cell_types)?;
-            (split, format!("{} ({removed} names without a GenePT vector removed)", s.display()))
+            let present = |p: &str, t: &str| pert_index.contains_key(p) && !small.contains(&(p, t));
+            let (split, removed) = checked_split(s, &labels, &present, &cell_types)?;
+            (split, format!("{} ({removed} names without cells in the store removed)", s.display()))
         }
         None => {
             let dataset = path.file_stem().and_then(|s| s.to_str()).unwrap_or("data").to_lowercase();
@@ -278,57 +410,113 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
         }
     };
 
-    // Stream the cells: check every value, write the kept cells.
-    let mut writer = StoreWriter::create(&opts.out, genes.len(), opts.dtype)?;
-    let bar = crate::progress::bar(n as u64, "cells", progress);
-    for lo in (0..n).step_by(opts.window.max(1)) {
-        let count = opts.window.max(1).min(n - lo);
-        let rows = f.rows(&matrix, lo, count)?;
-        for (r, row) in rows.chunks(genes.len()).enumerate() {
-            let cell = lo + r;
-            // An f16 store would hold a value beyond f16's range as infinity.
-            let f16_max = half::f16::MAX.to_f32();
-            let limit = if opts.dtype == ExprDtype::F16 { f16_max } else { f32::MAX };
-            if let Some((g, v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0 || **v > limit) {
-                let expected = match v.is_finite() && *v > limit {
-                    true => format!("values up to {f16_max} for an f16 store (or `prepare --dtype f32`)"),
-                    false => "finite, non-negative log-normalised values".to_string(),
-                };
-                let (obs, gene) = (&obs_names[cell], &genes[g]);
-                return Err(Error::bad_file(path, matrix.key(), format!("{expected}; cell `{obs}` (row {cell}), gene `{gene}` has {v}")));
+    // Each cell's raw values checked, then normalised; a window at a time.
+    let window = opts.window.max(1);
+    let for_each_kept_cell = |label: &str, visit: &mut dyn FnMut(usize, &[f32]) -> Result<()>| -> Result<()> {
+        let bar = crate::progress::bar(n as u64, label, progress);
+        for lo in (0..n).step_by(window) {
+            let count = window.min(n - lo);
+            let mut rows = f.rows(&matrix, lo, count)?;
+            for (r, row) in rows.chunks_mut(n_file_genes).enumerate() {
+                let cell = lo + r;
+                if let Some((g, v)) = row.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0) {
+                    let (obs, gene) = (&obs_names[cell], &file_genes[g]);
+                    return Err(Error::bad_file(
+                        path,
+                        matrix.key(),
+                        format!("finite, non-negative expression values; cell `{obs}` (row {cell}), gene `{gene}` has {v}"),
+                    ));
+                }
+                if keep[cell] {
+                    normalize.apply(row);
+                    visit(cell, row)?;
+                }
             }
-            if keep[cell] {
-                let p = pert_index[perts[cell].as_str()];
-                writer.push_cell(row, p, type_index[types[cell].as_str()], batch_index[batches[cell].as_str()])?;
+            bar.inc(count as u64);
+        }
+        bar.finish_and_clear();
+        Ok(())
+    };
+
+    // --hvg: a first pass measures every gene over the kept cells.
+    let columns: Vec<usize> = match opts.hvg {
+        None => (0..n_file_genes).collect(),
+        Some(top) => {
+            let mut acc = HvgAccumulator::new(n_file_genes);
+            for_each_kept_cell("cells (highly variable genes)", &mut |_, row| {
+                acc.push(row);
+                Ok(())
+            })?;
+            acc.finish(top)?.selected()
+        }
+    };
+    let genes: Vec<String> = columns.iter().map(|&g| file_genes[g].clone()).collect();
+
+    // Write the kept cells.
+    let mut writer = StoreWriter::create(&opts.out, genes.len(), opts.dtype)?;
+    let f16_max = half::f16::MAX.to_f32();
+    let mut out_row = vec![0.0f32; genes.len()];
+    for_each_kept_cell("cells", &mut |cell, row| {
+        for (o, &g) in out_row.iter_mut().zip(&columns) {
+            *o = row[g];
+        }
+        // An f16 store would hold a value beyond f16's range as infinity.
+        if opts.dtype == ExprDtype::F16 {
+            if let Some((g, v)) = out_row.iter().enumerate().find(|(_, v)| **v > f16_max) {
+                let (obs, gene) = (&obs_names[cell], &genes[g]);
+                return Err(Error::bad_file(
+                    path,
+                    matrix.key(),
+                    format!(
+                        "values up to {f16_max} for an f16 store (or `prepare --dtype f32`, or `--normalize total-log1p` for raw counts); \
+                         cell `{obs}` (row {cell}), gene `{gene}` has {v}"
+                    ),
+                ));
             }
         }
-        bar.inc(count as u64);
-    }
-    bar.finish_and_clear();
+        let p = pert_index[perts[cell].as_str()];
+        writer.push_cell(&out_row, p, type_index[types[cell].as_str()], batch_index[batches[cell].as_str()])
+    })?;
 
-    let mut table = vec![0.0f32; perturbations.len() * genept.dim];
-    for (p, name) in perturbations.iter().enumerate().skip(1) {
-        table[p * genept.dim..(p + 1) * genept.dim].copy_from_slice(genept.get(name).expect("kept perturbations have vectors"));
+    let embed_dim = genept.as_ref().map_or(0, |g| g.dim);
+    let mut table = vec![0.0f32; perturbations.len() * embed_dim];
+    if let Some(genept) = &genept {
+        for (p, name) in perturbations.iter().enumerate().skip(1) {
+            table[p * embed_dim..(p + 1) * embed_dim].copy_from_slice(genept.get(name).expect("kept perturbations have vectors"));
+        }
     }
+    let dropped_labels = opts.drop.iter().map(|d| (d.clone(), perts.iter().filter(|p| *p == d).count())).collect();
+    let normalization =
+        match normalize {
+            Normalize::None => "none (stored as found)".to_string(),
+            Normalize::TotalLog1p { target_sum } => format!("normalize_total to {target_sum} per cell, then log1p"),
+        } + &opts.hvg.map_or(String::new(), |top| format!("; {} highly variable genes (seurat flavour, n_top_genes {top})", genes.len()));
+    let genept_note = opts.genept.as_ref().map_or("none".to_string(), |p| p.display().to_string());
     let mut report = PrepareReport {
         store: opts.out.clone(),
         expression: matrix.key().to_string(),
+        values_found,
+        normalization: normalization.clone(),
+        genes_in_file: n_file_genes,
         cells: writer.n_cells(),
         genes: genes.len(),
         perturbations: perturbations.len(),
-        cell_types: cell_types.iter().cloned().zip(counts.iter().map(|c| c.0)).collect(),
+        cell_types: cell_types.iter().cloned().zip(type_counts.iter().map(|c| c.0)).collect(),
         batches: batch_labels.len(),
-        embed_dim: genept.dim,
+        embed_dim,
         genept_coverage: coverage,
         dropped_cells: n - writer.n_cells(),
         dropped_perturbations: dropped.into_iter().collect(),
+        dropped_labels,
+        dropped_conditions,
+        perturbations_without_cells,
         split: split_note,
         seconds: 0.0,
     };
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
-        source: format!("h5ad {} expression={} genept={}", path.display(), matrix.key(), opts.genept.display()),
+        source: format!("h5ad {} expression={} normalization={normalization} genept={genept_note}", path.display(), matrix.key()),
         n_cells: 0,
         expression_dtype: opts.dtype,
         genes,
@@ -336,7 +524,7 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
         control: opts.control.clone(),
         cell_types,
         n_batches: batch_labels.len(),
-        embed_dim: genept.dim,
+        embed_dim,
         fingerprint: None,
     };
     report.seconds = start.elapsed().as_secs_f64();

@@ -97,7 +97,8 @@ pub struct Store {
     pub dir: PathBuf,
     pub manifest: Manifest,
     expression: Mmap,
-    genept: Mmap,
+    /// `None` in a store prepared with `--genept none` (embed_dim 0).
+    genept: Option<Mmap>,
     pub cell_perturbation: Vec<u32>,
     pub cell_type: Vec<u32>,
     pub cell_batch: Vec<u32>,
@@ -170,13 +171,8 @@ impl Store {
         let control_index = manifest.perturbations.iter().position(|p| *p == manifest.control).ok_or_else(|| {
             Error::bad_file(&mpath, "control", format!("the control label `{}` among the perturbations", manifest.control))
         })? as u32;
-        if manifest.n_cells == 0
-            || manifest.genes.is_empty()
-            || manifest.cell_types.is_empty()
-            || manifest.n_batches == 0
-            || manifest.embed_dim == 0
-        {
-            return Err(Error::bad_file(&mpath, "sizes", "non-zero cells, genes, cell types, batches and embedding dimension"));
+        if manifest.n_cells == 0 || manifest.genes.is_empty() || manifest.cell_types.is_empty() || manifest.n_batches == 0 {
+            return Err(Error::bad_file(&mpath, "sizes", "non-zero cells, genes, cell types and batches"));
         }
         let (n, g) = (manifest.n_cells, manifest.n_genes());
         // Sizes the manifest declares, checked before anything is allocated for them: their
@@ -194,7 +190,10 @@ impl Store {
                 .ok_or_else(|| Error::bad_file(&mpath, what, format!("sizes whose product fits in memory ({a} x {b} x {c} overflows)")))
         };
         let expression = map_exact(&dir.join("expression.bin"), bytes(n, g, manifest.expression_dtype.size(), "n_cells")?, "expression")?;
-        let genept = map_exact(&dir.join("genept.f32"), bytes(manifest.n_perturbations(), manifest.embed_dim, 4, "embed_dim")?, "genept")?;
+        let genept = match manifest.embed_dim {
+            0 => None,
+            d => Some(map_exact(&dir.join("genept.f32"), bytes(manifest.n_perturbations(), d, 4, "embed_dim")?, "genept")?),
+        };
         let cell_perturbation = read_codes(&dir.join("cell_perturbation.u32"), n, manifest.n_perturbations(), "cell_perturbation")?;
         let cell_type = read_codes(&dir.join("cell_type.u32"), n, manifest.cell_types.len(), "cell_type")?;
         let cell_batch = read_codes(&dir.join("cell_batch.u32"), n, manifest.n_batches, "cell_batch")?;
@@ -238,15 +237,21 @@ impl Store {
         }
     }
 
-    /// The GenePT-like embedding of perturbation `p` (the control's is all zeros).
+    /// The GenePT-like embedding of perturbation `p` (the control's is all zeros; empty without GenePT).
     pub fn genept_row(&self, p: usize) -> Vec<f32> {
         let d = self.manifest.embed_dim;
-        self.genept[p * d * 4..(p + 1) * d * 4].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        let bytes = self.genept.as_deref().map_or(&[][..], |g| &g[p * d * 4..(p + 1) * d * 4]);
+        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
     }
 
-    /// All GenePT-like embeddings, `[perturbations, embed_dim]`.
+    /// All GenePT-like embeddings, `[perturbations, embed_dim]` (empty without GenePT).
     pub fn genept_table(&self) -> Vec<f32> {
-        self.genept.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        self.genept.as_deref().unwrap_or(&[]).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    /// Whether the store has GenePT vectors (not prepared with `--genept none`).
+    pub fn has_genept(&self) -> bool {
+        self.genept.is_some()
     }
 
     /// Per cell, the perturbation and the cell type by name.

@@ -49,6 +49,10 @@ impl Baseline {
             Baseline::Linear => "linear",
         }
     }
+    /// `neighbours` and `linear` read GenePT vectors: a store prepared with `--genept none` has neither.
+    pub fn needs_genept(self) -> bool {
+        matches!(self, Baseline::Neighbours | Baseline::Linear)
+    }
     pub fn is_baseline(name: &str) -> bool {
         Baseline::ALL.iter().any(|b| b.name() == name)
     }
@@ -134,6 +138,9 @@ impl Baselines {
         let val_mse = |predict: &dyn Fn(u32) -> Vec<f64>| -> f64 {
             val.iter().map(|(p, real)| mse(&predict(*p), real)).sum::<f64>() / val.len().max(1) as f64
         };
+        if dim == 0 {
+            return Ok(b);
+        }
         let n_train = b.target_train.len().max(1);
         let mut ks: Vec<usize> = NEIGHBOUR_KS.iter().map(|&k| k.min(n_train)).collect();
         ks.dedup();
@@ -153,6 +160,11 @@ impl Baselines {
         Ok(b)
     }
 
+    /// The baselines this store allows (without GenePT vectors, not `neighbours` or `linear`).
+    pub fn available(&self) -> Vec<Baseline> {
+        Baseline::ALL.into_iter().filter(|b| self.dim > 0 || !b.needs_genept()).collect()
+    }
+
     /// The predicted mean change of `perturbation` in the target cell type.
     pub fn shift(&self, baseline: Baseline, perturbation: u32) -> Vec<f64> {
         match baseline {
@@ -168,9 +180,9 @@ impl Baselines {
     /// predicted and the observed mean change: `train`'s figure beside the model's mean-change MSE.
     pub fn mean_change_mse(&self, store: &Store, conditions: &[Condition]) -> Vec<(Baseline, f64)> {
         let observed: Vec<(u32, Vec<f64>)> = conditions.iter().map(|c| (c.perturbation, self.observed.change_of(store, c))).collect();
-        Baseline::ALL
-            .iter()
-            .map(|&b| (b, observed.iter().map(|(p, real)| mse(&self.shift(b, *p), real)).sum::<f64>() / observed.len().max(1) as f64))
+        self.available()
+            .into_iter()
+            .map(|b| (b, observed.iter().map(|(p, real)| mse(&self.shift(b, *p), real)).sum::<f64>() / observed.len().max(1) as f64))
             .collect()
     }
 

@@ -9,7 +9,7 @@ use super::baselines::{Baseline, Baselines};
 use crate::data::h5ad::{write_h5ad, AnnData};
 use crate::data::sampler::evaluation_sets;
 use crate::train::run::{fold_dirs, TrainedRun};
-use crate::Result;
+use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug)]
@@ -54,6 +54,12 @@ pub fn fold_predictions(run: &TrainedRun, opts: &PredictOptions) -> Result<(AnnD
         push(&mut real, &row, format!("control-{cell}"), &names.control);
     }
     let baselines = opts.baseline.map(|_| Baselines::fit(store, fold)).transpose()?;
+    if let Some(b) = opts.baseline.filter(|b| b.needs_genept() && !store.has_genept()) {
+        return Err(Error::invalid(
+            "--baseline",
+            format!("`{}` needs GenePT vectors; {} was prepared with --genept none", b.name(), store.dir.display()),
+        ));
+    }
     let mut rng = trainer.eval_rng();
     for cond in &fold.test {
         let pert = &names.perturbations[cond.perturbation as usize];

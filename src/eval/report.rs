@@ -175,7 +175,7 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
             };
             rows.push(row(&model, condition_metrics(&pred, &real, &controls, g, &pca, opts)?));
             if let Some(b) = &baselines {
-                for baseline in Baseline::ALL {
+                for baseline in b.available() {
                     let predicted = b.predict_cells(baseline, cond.perturbation, &paired);
                     rows.push(row(baseline.name(), condition_metrics(&predicted, &real, &controls, g, &pca, opts)?));
                 }

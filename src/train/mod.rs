@@ -18,7 +18,7 @@ use crate::data::sampler::{evaluation_sets, training_batch, Batch};
 use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
 use crate::model::knowledge::Knowledge;
-use crate::model::{energy_loss, CandidateContext, Cells, Model, ModelConfig, ModelInput, Selection};
+use crate::model::{energy_loss, CandidateContext, Cells, Model, ModelConfig, ModelInput, ModelKind, Selection};
 use crate::tape::{Params, Tape};
 use crate::{Error, Result};
 use device::GpuState;
@@ -348,6 +348,21 @@ pub fn knowledge_for(store: &Store, fold: &Fold, which: RetrievalDatabase) -> Re
     Knowledge::new(store.genept_table(), store.manifest.embed_dim, in_db)
 }
 
+/// The models other than STATE read GenePT vectors: a store prepared with `--genept none` has none.
+pub fn needs_genept(kind: ModelKind, store: &Store) -> Result<()> {
+    if kind.uses_genept() && !store.has_genept() {
+        return Err(Error::invalid(
+            "--model",
+            format!(
+                "`{}` needs GenePT vectors, and {} was prepared with --genept none; prepare it with --genept FILE, or train --model state",
+                kind.name(),
+                store.dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl<'s> Trainer<'s> {
     pub fn new(cfg: TrainConfig, store: &'s Store, split: &SplitFile, split_path: &Path) -> Result<Self> {
         if cfg.sets_per_batch == 0 || cfg.cells_per_set == 0 {
@@ -356,6 +371,7 @@ impl<'s> Trainer<'s> {
         if !(cfg.sparsity >= 0.0 && cfg.sparsity.is_finite()) {
             return Err(Error::invalid("sparsity", format!("the sparsity weight must be >= 0, got {}", cfg.sparsity)));
         }
+        needs_genept(cfg.model.kind, store)?;
         let m = &store.manifest;
         let data_dims = (m.n_genes(), m.n_perturbations(), m.n_batches);
         if (cfg.model.genes, cfg.model.perturbations, cfg.model.batches) != data_dims

@@ -222,6 +222,7 @@ impl TrainOptions {
     pub fn resolve(&self, store: &Store, target: &str) -> Result<TrainConfig> {
         let kind = self.model.unwrap_or(ModelKind::State);
         let reference = self.compat == Some(Compat::Reference);
+        crate::train::needs_genept(kind, store)?;
         let mut c = TrainConfig::defaults(kind, store, target);
         let only = |flag: &str, set: bool, ok: bool, models: &str| -> Result<()> {
             if set && !ok {
