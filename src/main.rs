@@ -159,7 +159,9 @@ enum Command {
         json: bool,
     },
     /// Write a trained run's predictions and the real cells of its test perturbations as
-    /// `pred.h5ad` and `real.h5ad` (with the real controls in both) for cell-eval or scanpy.
+    /// `pred.h5ad` and `real.h5ad` (with the real controls in both) for cell-eval or scanpy; with
+    /// --screen, an in-silico screen: perturbations predicted in one cell type, measured there or
+    /// not, ranked by predicted effect (`pred.h5ad`, `screen.csv`).
     Predict {
         /// A run directory (an `all` run writes one pair per cell type).
         run: PathBuf,
@@ -173,8 +175,23 @@ enum Command {
         #[arg(long, default_value = "cell_line")]
         cell_type_col: String,
         /// Write a baseline's predictions instead of the model's [default out: RUN/predictions-BASELINE].
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, conflicts_with = "screen")]
         baseline: Option<ptrag_engine::eval::baselines::Baseline>,
+        /// An in-silico screen [default out: RUN/screen-<cell type>].
+        #[arg(long)]
+        screen: bool,
+        /// With --screen: `all` (every perturbation of the store) or a file with one name per line.
+        #[arg(long, default_value = "all", requires = "screen")]
+        perturbations: String,
+        /// With --screen: the cell type to screen in [default: the run's target].
+        #[arg(long, requires = "screen")]
+        cell_type: Option<String>,
+        /// With --screen: control cells predicted per perturbation (the same cells for each).
+        #[arg(long, default_value_t = 64, requires = "screen")]
+        cells: usize,
+        /// With --screen: |predicted mean change| above which a gene counts as moved.
+        #[arg(long, default_value_t = 0.1, requires = "screen")]
+        threshold: f64,
     },
 }
 
@@ -535,7 +552,54 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
                 println!("wrote {}", p.display());
             }
         }
-        Command::Predict { run, out, pert_col, cell_type_col, baseline } => {
+        Command::Predict {
+            run,
+            out,
+            pert_col,
+            cell_type_col,
+            baseline: None,
+            screen: true,
+            perturbations,
+            cell_type,
+            cells,
+            threshold,
+        } => {
+            use ptrag_engine::eval::screen::{screen, ScreenOptions};
+            let opts = ScreenOptions {
+                perturbations: (perturbations != "all").then(|| PathBuf::from(perturbations)),
+                cell_type: cell_type.clone(),
+                cells,
+                threshold,
+                pert_col,
+                cell_type_col,
+                ..ScreenOptions::default()
+            };
+            let out = match out {
+                Some(o) => o,
+                None => {
+                    let target = match &cell_type {
+                        Some(t) => t.clone(),
+                        None => run::RunRecord::read(&run)?.train.target_cell_type,
+                    };
+                    run.join(format!("screen-{}", target.to_lowercase()))
+                }
+            };
+            let s = screen(&run, &out, &opts, !cli.quiet)?;
+            let unmeasured = s.rows.iter().filter(|r| !r.measured_in_target).count();
+            println!(
+                "{} perturbations predicted in {} by {} ({} never measured there), {} cells each, in {:.1} s",
+                s.rows.len(),
+                s.cell_type,
+                s.model,
+                unmeasured,
+                cells,
+                s.seconds
+            );
+            println!("largest predicted effects:");
+            print!("{}", ptrag_engine::eval::screen::csv(&s.rows[..s.rows.len().min(10)], &s.cell_type));
+            println!("wrote {} and {}", s.pred.display(), s.csv.display());
+        }
+        Command::Predict { run, out, pert_col, cell_type_col, baseline, .. } => {
             use ptrag_engine::eval::predict::{predict_run, PredictOptions};
             let out = out.unwrap_or_else(|| match baseline {
                 Some(b) => run.join(format!("predictions-{}", b.name())),

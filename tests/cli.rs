@@ -658,3 +658,82 @@ fn raw_counts_prepare_with_normalize_and_a_state_only_store_refuses_retrieval() 
         assert!(!tmp.path().join(model).exists(), "nothing written for a refused run");
     }
 }
+
+#[test]
+fn predict_screen_ranks_every_perturbation_from_the_same_control_cells() {
+    use ptrag_engine::data::h5ad::H5ad;
+    use ptrag_engine::data::store::Store;
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tiny_store(tmp.path());
+    let run = tmp.path().join("pt-rag");
+    assert!(train(&store_dir, &run, &["--model", "pt-rag", "--top-k", "4", "--steps", "2", "--val-every", "0"]).status.success());
+    let out = cli().args(["predict", "--quiet", "--screen", "--cells", "6"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = Store::open(&store_dir).unwrap();
+    let m = &store.manifest;
+    let target = m.cell_types[0].to_lowercase();
+    let dir = run.join(format!("screen-{target}"));
+    let a = H5ad::open(&dir.join("pred.h5ad")).unwrap().read(&["gene", "cell_line", "measured_in_target"]).unwrap();
+    let g = store.n_genes();
+    assert_eq!(a.var_names, m.genes);
+    assert_eq!(a.obs_names.len(), 6 * m.n_perturbations(), "6 control cells, then 6 predicted cells per perturbation");
+    assert!(a.x.iter().all(|&v| v >= 0.0));
+    let csv = std::fs::read_to_string(dir.join("screen.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), m.n_perturbations() - 1, "every perturbation once");
+    let effects: Vec<f64> = rows.iter().map(|r| r[5].parse().unwrap()).collect();
+    assert!(effects.windows(2).all(|w| w[0] >= w[1]), "largest effect first");
+    // The control rows are the target's real control cells; each effect is the norm of the
+    // perturbation's predicted mean minus their mean, as written.
+    let mean = |label: &str| -> Vec<f64> {
+        let idx: Vec<usize> = (0..a.obs_names.len()).filter(|&i| a.obs[0].1[i] == label).collect();
+        assert_eq!(idx.len(), 6, "{label}");
+        (0..g).map(|j| idx.iter().map(|&i| a.x[i * g + j] as f64).sum::<f64>() / 6.0).collect()
+    };
+    let control = mean(&m.control);
+    for r in &rows {
+        let d: f64 = mean(r[1]).iter().zip(&control).map(|(p, c)| (p - c).powi(2)).sum::<f64>().sqrt();
+        assert!((d - r[5].parse::<f64>().unwrap()).abs() < 1e-3, "{}: {d} vs {}", r[1], r[5]);
+        assert_eq!(r[3], "yes", "the tiny data measures every perturbation in every cell type");
+    }
+    let trained = rows.iter().filter(|r| r[4] == "yes").count();
+    assert!(trained > 0 && trained < rows.len(), "held-out perturbations are not trained on: {trained} of {}", rows.len());
+    let mut row = vec![0.0f32; g];
+    let controls: Vec<Vec<f32>> = (0..store.n_cells())
+        .filter(|&i| store.cell_perturbation[i] == store.control_index && store.cell_type[i] == 0)
+        .map(|i| {
+            store.expression_row(i, &mut row);
+            row.clone()
+        })
+        .collect();
+    assert!((0..6).all(|i| controls.iter().any(|c| c.as_slice() == &a.x[i * g..(i + 1) * g])), "control rows are real control cells");
+
+    // A list of two: the same predictions for those two (the screen does not depend on what else is in it).
+    let list = tmp.path().join("list.txt");
+    std::fs::write(&list, format!("# two of them\n{}\n\n{}\n", rows[2][1], rows[0][1].to_lowercase())).unwrap();
+    let out2 = tmp.path().join("two");
+    let out = cli()
+        .args(["predict", "--quiet", "--screen", "--cells", "6", "--perturbations"])
+        .arg(&list)
+        .arg("--out")
+        .arg(&out2)
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let two = std::fs::read_to_string(out2.join("screen.csv")).unwrap();
+    let lines: Vec<&str> = two.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2);
+    for l in lines {
+        let name = l.split(',').nth(1).unwrap();
+        let full = csv.lines().find(|r| r.split(',').nth(1) == Some(name)).unwrap();
+        assert_eq!(l.split(',').skip(1).collect::<Vec<_>>(), full.split(',').skip(1).collect::<Vec<_>>(), "{name}");
+    }
+    // An unknown name: the file and line.
+    std::fs::write(&list, "GENE0001\nNOPE\n").unwrap();
+    let out =
+        cli().args(["predict", "--quiet", "--screen", "--perturbations"]).arg(&list).arg("--out").arg(&out2).arg(&run).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.trim().lines().count() == 1 && err.contains("list.txt") && err.contains("line 2") && err.contains("NOPE"), "{err}");
+}

@@ -102,3 +102,23 @@ pub fn evaluation_sets(store: &Store, fold: &Fold, condition: &Condition, cells:
         })
         .collect()
 }
+
+/// Sets for predicting `perturbation` in `cell_type` from the given control cells alone (an in-silico
+/// screen: there may be no real cells): at most `cells` per set, each control cell its own basal
+/// input; the "target" rows are the control cells too (their batch labels; no real target exists).
+pub fn control_sets(store: &Store, controls: &[u32], perturbation: u32, cell_type: u32, cells: usize) -> Vec<Batch> {
+    controls
+        .chunks(cells.max(1))
+        .map(|chunk| {
+            let mut batch = Batch::with_capacity(1, chunk.len(), store.n_genes());
+            for &cell in chunk {
+                batch.target_rows.push(cell);
+                batch.control_rows.push(cell);
+                batch.batch.push(store.cell_batch[cell as usize]);
+            }
+            batch.perturbation.push(perturbation);
+            batch.cell_type.push(cell_type);
+            batch.load_values(store)
+        })
+        .collect()
+}

@@ -10,4 +10,5 @@ pub mod planted;
 pub mod predict;
 pub mod report;
 pub mod retrieval;
+pub mod screen;
 pub mod stats;

@@ -523,6 +523,16 @@ impl<'s> Trainer<'s> {
         Ok((pred, real, control))
     }
 
+    /// The model's predicted cells for each set, concatenated `[cells, genes]`.
+    pub fn predict_sets(&self, sets: &[Batch], rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
+        let mut pred = Vec::new();
+        for set in sets {
+            let (tape, out) = self.eval_forward(set, rng);
+            pred.extend_from_slice(&tape.fetch(out.pred)?);
+        }
+        Ok(pred)
+    }
+
     fn control_mean(&self, cell_type: usize) -> Vec<f64> {
         crate::data::responses::mean_of(self.store, &self.fold.controls[cell_type])
     }

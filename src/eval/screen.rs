@@ -1,0 +1,242 @@
+//! `predict --screen`: an in-silico screen. A trained run predicts perturbations in one cell type,
+//! whether or not they were ever measured there, from the same control cells for every
+//! perturbation (so effects compare on identical basal cells), and ranks them by the size of the
+//! predicted mean change (predicted mean, the cells clamped at 0 as written, minus the mean of
+//! those control cells).
+//!
+//! Writes `pred.h5ad` (the control cells, then every perturbation's predicted cells; obs: the
+//! perturbation, the cell type, `measured_in_target` yes/no) and `screen.csv` (one row per
+//! perturbation, largest effect first, whether it was measured in the cell type and whether the
+//! run trained on it there, with the genes moved most up and down).
+//!
+//! Perturbations are those of the run's store; one with a GenePT vector but no cells anywhere is
+//! not in the store and cannot be screened yet (the models' perturbation tables are sized by it).
+
+use crate::data::h5ad::{write_h5ad, AnnData};
+use crate::data::sampler::control_sets;
+use crate::train::run::{fold_dirs, TrainedRun};
+use crate::{Error, Result};
+use rand::seq::index::sample;
+use rand::Rng;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug)]
+pub struct ScreenOptions {
+    /// A file with one perturbation per line (`#` comments, blank lines ignored); `None`: all.
+    pub perturbations: Option<PathBuf>,
+    /// The cell type to screen in; `None`: the run's target cell type.
+    pub cell_type: Option<String>,
+    /// Control cells (the same for every perturbation), predicted once per perturbation.
+    pub cells: usize,
+    /// A gene counts as moved when its predicted mean change exceeds this (log1p units).
+    pub threshold: f64,
+    /// Genes listed per direction in `screen.csv`.
+    pub top_genes: usize,
+    pub pert_col: String,
+    pub cell_type_col: String,
+}
+
+impl Default for ScreenOptions {
+    fn default() -> Self {
+        ScreenOptions {
+            perturbations: None,
+            cell_type: None,
+            cells: 64,
+            threshold: 0.1,
+            top_genes: 5,
+            pert_col: "gene".into(),
+            cell_type_col: "cell_line".into(),
+        }
+    }
+}
+
+/// One perturbation's predicted effect.
+#[derive(Clone, Debug)]
+pub struct ScreenRow {
+    pub perturbation: String,
+    pub measured_in_target: bool,
+    /// Whether the run trained on this perturbation in the target cell type (not held out there).
+    pub trained_in_target: bool,
+    /// Euclidean norm of the predicted mean change over all genes.
+    pub effect_norm: f64,
+    /// Genes whose |predicted mean change| exceeds the threshold.
+    pub genes_moved: usize,
+    pub top_up: Vec<(String, f64)>,
+    pub top_down: Vec<(String, f64)>,
+}
+
+pub struct Screen {
+    pub cell_type: String,
+    pub model: String,
+    pub rows: Vec<ScreenRow>,
+    pub pred: PathBuf,
+    pub csv: PathBuf,
+    pub seconds: f64,
+}
+
+/// The perturbations named in `path`, as store indices.
+fn read_list(path: &Path, names: &[String], control: &str) -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let name = line.split('#').next().unwrap_or("").trim();
+        if name.is_empty() {
+            continue;
+        }
+        let field = format!("line {}", i + 1);
+        if name == control {
+            return Err(Error::bad_file(path, field, format!("perturbations, not the control `{control}`")));
+        }
+        let p = names.iter().position(|n| n.eq_ignore_ascii_case(name)).ok_or_else(|| {
+            Error::bad_file(path, &field, format!("a perturbation of the run's store; `{name}` is not one ({} there)", names.len() - 1))
+        })?;
+        if seen.insert(p) {
+            out.push(p as u32);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::bad_file(path, "perturbations", "at least one perturbation name"));
+    }
+    Ok(out)
+}
+
+/// The fold of `run_dir` to screen with: the one whose target is `cell_type`, else the first.
+fn choose_fold(run_dir: &Path, cell_type: Option<&str>) -> Result<TrainedRun> {
+    let folds = fold_dirs(run_dir)?;
+    let mut first = None;
+    for dir in &folds {
+        let run = TrainedRun::open(dir)?;
+        if cell_type.is_none_or(|t| run.record.train.target_cell_type.eq_ignore_ascii_case(t)) {
+            return Ok(run);
+        }
+        first.get_or_insert(run);
+    }
+    first.ok_or_else(|| Error::invalid("predict --screen", format!("{} holds no trained fold", run_dir.display())))
+}
+
+pub fn screen(run_dir: &Path, out: &Path, opts: &ScreenOptions, progress: bool) -> Result<Screen> {
+    let start = std::time::Instant::now();
+    if opts.cells == 0 {
+        return Err(Error::invalid("--cells", "at least 1"));
+    }
+    let run = choose_fold(run_dir, opts.cell_type.as_deref())?;
+    let trainer = run.trainer()?;
+    let store = &run.store;
+    let m = &store.manifest;
+    let cell_type = opts.cell_type.clone().unwrap_or_else(|| run.record.train.target_cell_type.clone());
+    let target = store.cell_type_index(&cell_type).ok_or_else(|| {
+        Error::invalid("--cell-type", format!("`{cell_type}` is not a cell type of the store (have: {})", m.cell_types.join(", ")))
+    })?;
+    let cell_type = m.cell_types[target].clone();
+    let perturbations: Vec<u32> = match &opts.perturbations {
+        Some(path) => read_list(path, &m.perturbations, &m.control)?,
+        None => (0..m.n_perturbations() as u32).filter(|&p| p != store.control_index).collect(),
+    };
+    let mut measured = vec![false; m.n_perturbations()];
+    for (&p, &t) in store.cell_perturbation.iter().zip(&store.cell_type) {
+        if t as usize == target {
+            measured[p as usize] = true;
+        }
+    }
+    let mut trained = vec![false; m.n_perturbations()];
+    trainer.fold.train.iter().filter(|c| c.cell_type as usize == target).for_each(|c| trained[c.perturbation as usize] = true);
+
+    // The same control cells for every perturbation: without replacement when the pool allows.
+    let pool = &trainer.fold.controls[target];
+    let mut rng = trainer.eval_rng();
+    let controls: Vec<u32> = if pool.len() >= opts.cells {
+        let mut idx = sample(&mut rng, pool.len(), opts.cells).into_vec();
+        idx.sort_unstable();
+        idx.into_iter().map(|i| pool[i]).collect()
+    } else {
+        (0..opts.cells).map(|_| pool[rng.gen_range(0..pool.len())]).collect()
+    };
+    let g = store.n_genes();
+    let mut basal = vec![0.0f32; controls.len() * g];
+    for (row, &cell) in basal.chunks_mut(g).zip(&controls) {
+        store.expression_row(cell as usize, row);
+    }
+    let basal_mean = crate::eval::metrics::mean_rows(&basal.iter().map(|&v| v as f64).collect::<Vec<_>>(), g);
+
+    let mut a = AnnData {
+        x: Vec::with_capacity((perturbations.len() + 1) * controls.len() * g),
+        obs_names: Vec::new(),
+        var_names: m.genes.clone(),
+        obs: vec![(opts.pert_col.clone(), vec![]), (opts.cell_type_col.clone(), vec![]), ("measured_in_target".into(), vec![])],
+    };
+    let push = |a: &mut AnnData, cells: &[f32], pert: &str, measured: bool, names: &mut dyn FnMut(usize) -> String| {
+        a.x.extend_from_slice(cells);
+        for i in 0..cells.len() / g {
+            a.obs_names.push(names(i));
+            a.obs[0].1.push(pert.to_string());
+            a.obs[1].1.push(cell_type.clone());
+            a.obs[2].1.push(if measured { "yes" } else { "no" }.to_string());
+        }
+    };
+    push(&mut a, &basal, &m.control, true, &mut |i| format!("control-{}", controls[i]));
+
+    let bar = crate::progress::bar(perturbations.len() as u64, "perturbations", progress);
+    let mut rows = Vec::with_capacity(perturbations.len());
+    for &p in &perturbations {
+        let sets = control_sets(store, &controls, p, target as u32, trainer.cfg.cells_per_set);
+        // clamped at 0 as in the file written (expression is never negative)
+        let pred: Vec<f32> = trainer.predict_sets(&sets, &mut rng)?.into_iter().map(|v| v.max(0.0)).collect();
+        let name = &m.perturbations[p as usize];
+        let mean = crate::eval::metrics::mean_rows(&pred.iter().map(|&v| v as f64).collect::<Vec<_>>(), g);
+        let change: Vec<f64> = mean.iter().zip(&basal_mean).map(|(a, b)| a - b).collect();
+        let mut order: Vec<usize> = (0..g).collect();
+        order.sort_by(|&i, &j| change[j].total_cmp(&change[i]).then(i.cmp(&j)));
+        let named = |i: &usize| (m.genes[*i].clone(), change[*i]);
+        rows.push(ScreenRow {
+            perturbation: name.clone(),
+            measured_in_target: measured[p as usize],
+            trained_in_target: trained[p as usize],
+            effect_norm: change.iter().map(|c| c * c).sum::<f64>().sqrt(),
+            genes_moved: change.iter().filter(|c| c.abs() > opts.threshold).count(),
+            top_up: order.iter().take(opts.top_genes).filter(|&&i| change[i] > 0.0).map(named).collect(),
+            top_down: order.iter().rev().take(opts.top_genes).filter(|&&i| change[i] < 0.0).map(named).collect(),
+        });
+        push(&mut a, &pred, name, measured[p as usize], &mut |i| format!("{name}-{i}"));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    rows.sort_by(|a, b| b.effect_norm.total_cmp(&a.effect_norm).then_with(|| a.perturbation.cmp(&b.perturbation)));
+
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let (pred_path, csv_path) = (out.join("pred.h5ad"), out.join("screen.csv"));
+    write_h5ad(&pred_path, &a)?;
+    crate::data::write_atomic(&csv_path, csv(&rows, &cell_type).as_bytes())?;
+    Ok(Screen {
+        cell_type,
+        model: run.record.train.model.variant_name(),
+        rows,
+        pred: pred_path,
+        csv: csv_path,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// `screen.csv`: rank, perturbation, cell type, measured_in_target, trained_in_target, effect_norm,
+/// genes_moved, top_up and top_down as `GENE:change` separated by `;`.
+pub fn csv(rows: &[ScreenRow], cell_type: &str) -> String {
+    let genes = |v: &[(String, f64)]| v.iter().map(|(g, c)| format!("{g}:{c:.4}")).collect::<Vec<_>>().join(";");
+    let quote = |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
+    let mut s = String::from("rank,perturbation,cell_type,measured_in_target,trained_in_target,effect_norm,genes_moved,top_up,top_down\n");
+    for (i, r) in rows.iter().enumerate() {
+        s += &format!(
+            "{},{},{},{},{},{:.6},{},{},{}\n",
+            i + 1,
+            quote(&r.perturbation),
+            quote(cell_type),
+            if r.measured_in_target { "yes" } else { "no" },
+            if r.trained_in_target { "yes" } else { "no" },
+            r.effect_norm,
+            r.genes_moved,
+            quote(&genes(&r.top_up)),
+            quote(&genes(&r.top_down))
+        );
+    }
+    s
+}
