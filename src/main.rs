@@ -74,8 +74,23 @@ enum Command {
     /// training-mean baselines, and Mann-Whitney U / Benjamini-Hochberg between models.
     Evaluate {
         /// Run directories (one per model; an `all` run counts every fold).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "pred", conflicts_with = "pred")]
         runs: Vec<PathBuf>,
+        /// Score a prediction file of any tool instead (cell-eval's convention): with --real.
+        #[arg(long, requires = "real")]
+        pred: Option<PathBuf>,
+        /// The real cells for --pred, control cells included.
+        #[arg(long, requires = "pred")]
+        real: Option<PathBuf>,
+        /// With --pred: the obs column of the perturbation.
+        #[arg(long, default_value = "gene")]
+        pert_col: String,
+        /// With --pred: the obs column of the cell type [default: every cell one cell type].
+        #[arg(long)]
+        celltype_col: Option<String>,
+        /// With --pred: the control label.
+        #[arg(long, default_value = "non-targeting")]
+        control_pert: String,
         /// Report directory.
         #[arg(long, default_value = "runs/evaluation")]
         out: PathBuf,
@@ -177,6 +192,10 @@ enum Command {
         /// Write a baseline's predictions instead of the model's [default out: RUN/predictions-BASELINE].
         #[arg(long, value_enum, conflicts_with = "screen")]
         baseline: Option<ptrag_engine::eval::baselines::Baseline>,
+        /// Write predictions as computed, negative values included (default: clamped at 0, as
+        /// cell-eval expects); `evaluate --pred/--real` then reproduces the run's `evaluate`.
+        #[arg(long, conflicts_with = "screen")]
+        unclamped: bool,
         /// An in-silico screen [default out: RUN/screen-<cell type>].
         #[arg(long)]
         screen: bool,
@@ -503,10 +522,18 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             install_ctrl_c()?;
             reproduce_command(args, !cli.quiet)?;
         }
-        Command::Evaluate { runs, out, deg_rule, pca_components, per_component } => {
+        Command::Evaluate { runs, pred, real, pert_col, celltype_col, control_pert, out, deg_rule, pca_components, per_component } => {
+            use ptrag_engine::eval::files::{evaluate_files_into, FilesOptions};
             use ptrag_engine::eval::report::{evaluate_into, EvalOptions};
             let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
-            println!("{}", evaluate_into(&runs, &opts, &out, !cli.quiet)?);
+            match (pred, real) {
+                (Some(pred), Some(real)) => {
+                    let name = pred.file_stem().map_or("prediction".into(), |s| s.to_string_lossy().into_owned());
+                    let files = FilesOptions { pred, real, pert_col, cell_type_col: celltype_col, control: control_pert, name };
+                    println!("{}", evaluate_files_into(&files, &opts, &out)?);
+                }
+                _ => println!("{}", evaluate_into(&runs, &opts, &out, !cli.quiet)?),
+            }
             println!("per-condition values, summary and report in {}", out.display());
         }
         Command::LearningCurve { reports, out } => {
@@ -563,6 +590,7 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             cell_type,
             cells,
             threshold,
+            ..
         } => {
             use ptrag_engine::eval::screen::{screen, ScreenOptions};
             let opts = ScreenOptions {
@@ -599,13 +627,13 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             print!("{}", ptrag_engine::eval::screen::csv(&s.rows[..s.rows.len().min(10)], &s.cell_type));
             println!("wrote {} and {}", s.pred.display(), s.csv.display());
         }
-        Command::Predict { run, out, pert_col, cell_type_col, baseline, .. } => {
+        Command::Predict { run, out, pert_col, cell_type_col, baseline, unclamped, .. } => {
             use ptrag_engine::eval::predict::{predict_run, PredictOptions};
             let out = out.unwrap_or_else(|| match baseline {
                 Some(b) => run.join(format!("predictions-{}", b.name())),
                 None => run.join("predictions"),
             });
-            for (pred, real) in predict_run(&run, &out, &PredictOptions { pert_col, cell_type_col, baseline }, !cli.quiet)? {
+            for (pred, real) in predict_run(&run, &out, &PredictOptions { pert_col, cell_type_col, baseline, unclamped }, !cli.quiet)? {
                 println!("wrote {} and {}", pred.display(), real.display());
             }
         }

@@ -737,3 +737,88 @@ fn predict_screen_ranks_every_perturbation_from_the_same_control_cells() {
     let err = stderr(&out);
     assert!(err.trim().lines().count() == 1 && err.contains("list.txt") && err.contains("line 2") && err.contains("NOPE"), "{err}");
 }
+
+#[test]
+fn evaluate_pred_real_reproduces_the_runs_evaluate_and_names_bad_input() {
+    use ptrag_engine::data::h5ad::{write_h5ad, H5ad};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let run = tmp.path().join("pt-rag");
+    assert!(train(&store, &run, &["--model", "pt-rag", "--top-k", "4", "--steps", "2", "--val-every", "0"]).status.success());
+    let files = tmp.path().join("files");
+    let out = cli().args(["predict", "--quiet", "--unclamped", "--out"]).arg(&files).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (pred, real) = (files.join("pred.h5ad"), files.join("real.h5ad"));
+    let evaluate = |pred: &Path, real: &Path, out: &Path| {
+        cli()
+            .args(["evaluate", "--celltype-col", "cell_line", "--pred"])
+            .arg(pred)
+            .arg("--real")
+            .arg(real)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let o = evaluate(&pred, &real, &tmp.path().join("by-files"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = cli().args(["evaluate", "--quiet", "--out"]).arg(tmp.path().join("by-run")).arg(&run).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // per condition, the metrics without a PCA are the run's own, for the model and for `control`
+    let read = |dir: &str| -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(tmp.path().join(dir).join("per_condition.csv")).unwrap();
+        text.lines().map(|l| l.split(',').map(str::to_string).collect()).collect()
+    };
+    let (by_files, by_run) = (read("by-files"), read("by-run"));
+    let header = &by_run[0];
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let find = |rows: &[Vec<String>], model: &str, pert: &str| rows.iter().find(|r| r[0] == model && r[2] == pert).cloned();
+    let mut compared = 0;
+    for r in by_run.iter().skip(1).filter(|r| r[0] == "pt-rag") {
+        let f = find(&by_files, "pred", &r[2]).unwrap_or_else(|| panic!("{} missing from the files' evaluation", r[2]));
+        let c = (find(&by_run, "control", &r[2]).unwrap(), find(&by_files, "control", &r[2]).unwrap());
+        for m in ["pearson_deg", "spearman_deg", "mse", "rmse", "mae", "degs"] {
+            let (a, b) = (r[at(m)].parse::<f64>().unwrap(), f[at(m)].parse::<f64>().unwrap());
+            assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{} {m}: run {a}, files {b}", r[2]);
+        }
+        for m in ["mse", "mae"] {
+            let (a, b) = (c.0[at(m)].parse::<f64>().unwrap(), c.1[at(m)].parse::<f64>().unwrap());
+            assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "control {} {m}: run {a}, files {b}", r[2]);
+        }
+        compared += 1;
+    }
+    assert!(compared > 0);
+
+    // Bad inputs: one line naming the file and the field.
+    let h = |p: &Path| H5ad::open(p).unwrap().read(&["gene", "cell_line"]).unwrap();
+    let (p, r) = (h(&pred), h(&real));
+    let check =
+        |pred_a: &ptrag_engine::data::h5ad::AnnData, real_a: &ptrag_engine::data::h5ad::AnnData, file: &str, field: &str, says: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let (pp, rp) = (dir.path().join("p.h5ad"), dir.path().join("r.h5ad"));
+            write_h5ad(&pp, pred_a).unwrap();
+            write_h5ad(&rp, real_a).unwrap();
+            let o = evaluate(&pp, &rp, &dir.path().join("out"));
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{says}");
+            assert!(err.trim().lines().count() == 1 && err.contains(file) && err.contains(field) && err.contains(says), "{err}");
+        };
+    let mut genes = p.clone();
+    genes.var_names[3] = "OTHER".into();
+    check(&genes, &r, "p.h5ad", "var", "gene 3 is `OTHER` here");
+    let without = |a: &ptrag_engine::data::h5ad::AnnData, drop: &dyn Fn(&str) -> bool| {
+        let g = a.var_names.len();
+        let keep: Vec<usize> = (0..a.obs_names.len()).filter(|&i| !drop(&a.obs[0].1[i])).collect();
+        ptrag_engine::data::h5ad::AnnData {
+            x: keep.iter().flat_map(|&i| a.x[i * g..(i + 1) * g].to_vec()).collect(),
+            obs_names: keep.iter().map(|&i| a.obs_names[i].clone()).collect(),
+            var_names: a.var_names.clone(),
+            obs: a.obs.iter().map(|(c, v)| (c.clone(), keep.iter().map(|&i| v[i].clone()).collect())).collect(),
+        }
+    };
+    check(&p, &without(&r, &|l| l == "non-targeting"), "r.h5ad", "obs/gene", "control cells");
+    let victim = p.obs[0].1.iter().find(|l| *l != "non-targeting").unwrap().clone();
+    check(&without(&p, &|l| l == victim), &r, "p.h5ad", "obs/gene", &format!("predicted cells of `{victim}`"));
+    check(&p, &without(&r, &|l| l == victim), "r.h5ad", "obs/gene", &format!("`{victim}`"));
+}

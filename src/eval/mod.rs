@@ -3,6 +3,7 @@
 
 pub mod baselines;
 pub mod figures;
+pub mod files;
 pub mod learning_curve;
 pub mod metrics;
 pub mod pca;

@@ -20,11 +20,15 @@ pub struct PredictOptions {
     pub cell_type_col: String,
     /// Predict with this baseline (fitted on the run's fold) instead of the run's model.
     pub baseline: Option<Baseline>,
+    /// Write predictions as computed, negative values included (by default clamped at 0, as
+    /// expression is and cell-eval expects): `evaluate --pred/--real` then reproduces the run's
+    /// `evaluate` exactly on the metrics without a PCA.
+    pub unclamped: bool,
 }
 
 impl Default for PredictOptions {
     fn default() -> Self {
-        PredictOptions { pert_col: "gene".into(), cell_type_col: "cell_line".into(), baseline: None }
+        PredictOptions { pert_col: "gene".into(), cell_type_col: "cell_line".into(), baseline: None, unclamped: false }
     }
 }
 
@@ -41,8 +45,9 @@ pub fn fold_predictions(run: &TrainedRun, opts: &PredictOptions) -> Result<(AnnD
         obs: vec![(opts.pert_col.clone(), Vec::new()), (opts.cell_type_col.clone(), Vec::new())],
     };
     let (mut pred, mut real) = (empty(&names.genes), empty(&names.genes));
+    let floor = if opts.unclamped { f32::NEG_INFINITY } else { 0.0 };
     let push = |a: &mut AnnData, rows: &[f32], name: String, pert: &str| {
-        a.x.extend(rows.iter().map(|v| v.max(0.0)));
+        a.x.extend(rows.iter().map(|v| v.max(floor)));
         a.obs_names.push(name);
         a.obs[0].1.push(pert.to_string());
         a.obs[1].1.push(cell_type.clone());

@@ -26,11 +26,13 @@ pub struct EvalOptions {
     /// Compatibility: W1, W2, energy and MMD as the mean over principal components of 1-D
     /// distances (how the paper's evaluator computed them), instead of between the clouds.
     pub per_component: bool,
+    /// What the PCA is fitted on, as the report says it.
+    pub pca_fitted_on: &'static str,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { deg_rule: DegRule::Paper, pca_components: 50, pca_cells: 4096, per_component: false }
+        EvalOptions { deg_rule: DegRule::Paper, pca_components: 50, pca_cells: 4096, per_component: false, pca_fitted_on: "training cells" }
     }
 }
 
@@ -257,9 +259,10 @@ pub fn summarise(rows: &[ConditionRow]) -> Summary {
 /// A Markdown table like the paper's Table 1 (mean +- sd per metric and model), then every test.
 pub fn markdown(summary: &Summary, opts: &EvalOptions) -> String {
     let mut s = format!(
-        "# Evaluation\n\nDEGs: {:?} rule. Distributional metrics in a {}-component PCA fitted on training cells: {}.\n\n| metric |",
+        "# Evaluation\n\nDEGs: {:?} rule. Distributional metrics in a {}-component PCA fitted on {}: {}.\n\n| metric |",
         opts.deg_rule,
         opts.pca_components,
+        opts.pca_fitted_on,
         if opts.per_component {
             "COMPATIBILITY MODE, each the mean over components of 1-D distances (the paper's evaluator)"
         } else {
