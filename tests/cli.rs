@@ -638,6 +638,21 @@ fn raw_counts_prepare_with_normalize_and_a_state_only_store_refuses_retrieval() 
             .output()
             .unwrap()
     };
+    let out = cli().arg("inspect").arg(fixtures.join("raw_counts.h5ad")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("X holds integer values (raw counts?): prepare needs --normalize"), "{text}");
+    // a NaN among the values: inspect says prepare would refuse it
+    let nan = tmp.path().join("nan.h5ad");
+    let a = ptrag_engine::data::h5ad::AnnData {
+        x: vec![0.5, f32::NAN, 1.5, 0.0],
+        obs_names: vec!["c0".into(), "c1".into()],
+        var_names: vec!["A".into(), "B".into()],
+        obs: vec![("gene".into(), vec!["non-targeting".into(), "A".into()]), ("cell_line".into(), vec!["K562".into(), "K562".into()])],
+    };
+    ptrag_engine::data::h5ad::write_h5ad(&nan, &a).unwrap();
+    let text = String::from_utf8_lossy(&cli().arg("inspect").arg(&nan).output().unwrap().stdout).into_owned();
+    assert!(text.contains("prepare would refuse X: NaN among the sampled values"), "{text}");
+
     let out = prepare(&[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).trim().lines().count() == 1 && stderr(&out).contains("--normalize total-log1p"), "{}", stderr(&out));

@@ -102,17 +102,27 @@ pub fn inspect(path: &Path, pert_col: &str, cell_type_col: &str, control: &str) 
             Ok(m) => {
                 let kind = if matches!(m, super::h5ad::Matrix::Dense { .. }) { "dense" } else { "CSR" };
                 let (starts, rows) = sample_windows(m.rows());
-                let zeros: Result<f64> = starts.iter().map(|&r| Ok(zero_fraction(&f.rows(&m, r, rows)?) * rows as f64)).sum();
+                let sampled_values: Result<Vec<f32>> =
+                    starts.iter().map(|&r| f.rows(&m, r, rows)).collect::<Result<Vec<_>>>().map(|v| v.concat());
                 let sampled = starts.len() * rows;
-                s += &match zeros {
-                    Ok(z) => format!(
+                s += &match &sampled_values {
+                    Ok(v) => format!(
                         "{key}: {} x {} {kind}, {:.1}% zeros ({sampled} rows sampled)\n",
                         m.rows(),
                         m.cols(),
-                        100.0 * z / sampled.max(1) as f64
+                        100.0 * zero_fraction(v)
                     ),
                     Err(e) => format!("{key}: {} x {} {kind}, unreadable: prepare would refuse it ({e})\n", m.rows(), m.cols()),
                 };
+                if let Ok(v) = &sampled_values {
+                    if let Some(bad) = v.iter().find(|x| !x.is_finite() || **x < 0.0) {
+                        s += &format!(
+                            "prepare would refuse {key}: {bad} among the sampled values (finite, non-negative expression expected)\n"
+                        );
+                    } else if super::prepare::looks_like_counts(v) {
+                        s += &format!("{key} holds integer values (raw counts?): prepare needs --normalize total-log1p, or --normalize none to keep them\n");
+                    }
+                }
                 if m.rows() != n {
                     s += &format!("prepare would refuse {key}: {} rows for the {n} cells of obs\n", m.rows());
                 }

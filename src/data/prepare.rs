@@ -258,7 +258,7 @@ fn checked_split(
 }
 
 /// Whether every non-zero value of the first cells is an integer: raw counts.
-fn looks_like_counts(rows: &[f32]) -> bool {
+pub(crate) fn looks_like_counts(rows: &[f32]) -> bool {
     rows.iter().any(|&v| v != 0.0) && rows.iter().all(|&v| v.is_finite() && v.fract() == 0.0)
 }
 
