@@ -82,3 +82,56 @@ fn hostile_pickles_are_refused_in_bounded_time_and_memory() {
     let e = read("deep.pickle", &deep);
     assert!(e.contains("deep.pickle") && e.contains("nested at most"), "{e}");
 }
+
+/// An `.npz` with one entry `name` holding `data`, stored or deflated; then `patch` on its bytes.
+fn npz_with(name: &str, data: &[u8], deflate: bool) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let method = if deflate { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+    w.start_file(name, zip::write::SimpleFileOptions::default().compression_method(method)).unwrap();
+    w.write_all(data).unwrap();
+    w.finish().unwrap().into_inner()
+}
+
+/// Sets the uncompressed size of the archive's only entry, in its local header and in the central
+/// directory, to `size`.
+fn declare_size(zip: &mut [u8], size: u32) {
+    let find = |zip: &[u8], sig: &[u8; 4]| (0..zip.len() - 4).find(|&i| &zip[i..i + 4] == sig).unwrap();
+    let local = find(zip, b"PK\x03\x04");
+    zip[local + 22..local + 26].copy_from_slice(&size.to_le_bytes());
+    let central = find(zip, b"PK\x01\x02");
+    zip[central + 24..central + 28].copy_from_slice(&size.to_le_bytes());
+}
+
+#[test]
+fn npz_sizes_are_bounded_before_anything_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = |values: usize| {
+        let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({values},), }}");
+        let mut v = b"\x93NUMPY\x01\x00".to_vec();
+        v.extend((header.len() as u16).to_le_bytes());
+        v.extend(header.as_bytes());
+        v.extend(std::iter::repeat_n(0u8, values * 4));
+        v
+    };
+    let read = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        GenePt::read(&p).map(|g| g.dim).map_err(|e| e.to_string())
+    };
+    assert_eq!(read("ok.npz", &npz_with("AARS.npy", &npy(8), false)), Ok(8));
+    // an entry declaring 4 GB: refused from the header, nothing allocated
+    let mut zip = npz_with("AARS.npy", &npy(8), false);
+    declare_size(&mut zip, 0xFFFF_FFF0);
+    let err = read("declared.npz", &zip).unwrap_err();
+    assert!(err.contains("declared.npz") && err.contains("AARS") && err.contains("4294967280 bytes"), "{err}");
+    // a deflate bomb: 2 MB of zeros in a few KB, declared as it is: refused from the header
+    let mut zip = npz_with("AARS.npy", &npy(512 * 1024), true);
+    assert!(zip.len() < 16 * 1024, "{}", zip.len());
+    let err = read("bomb.npz", &zip).unwrap_err();
+    assert!(err.contains("bomb.npz") && err.contains("AARS") && err.contains("at most 1048576 bytes"), "{err}");
+    // declaring 100 bytes: reading stops where the declared size ends, a clean error
+    declare_size(&mut zip, 100);
+    let err = read("lying.npz", &zip).unwrap_err();
+    assert!(err.contains("lying.npz") && err.contains("AARS") && err.contains("larger than its declared"), "{err}");
+}

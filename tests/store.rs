@@ -92,6 +92,12 @@ fn corrupt_manifest_and_codes_are_reported() {
     let e = err_of(&dir);
     assert!(e.contains("control") && e.contains("DMSO"), "{e}");
 
+    // a control label naming another perturbation of the store
+    let other = serde_json::from_str::<serde_json::Value>(&manifest).unwrap()["perturbations"][1].as_str().unwrap().to_string();
+    std::fs::write(&mpath, manifest.replace("\"control\": \"non-targeting\"", &format!("\"control\": \"{other}\""))).unwrap();
+    let e = err_of(&dir);
+    assert!(e.contains("manifest.json") && e.contains("control") && e.contains(&format!("`{other}` is perturbation 1")), "{e}");
+
     std::fs::write(&mpath, manifest.replace("\"version\": 1", "\"version\": 9")).unwrap();
     assert!(err_of(&dir).contains("version"));
 

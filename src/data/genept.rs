@@ -102,6 +102,9 @@ fn safetensors_vectors(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Vec<f32
     Ok(out)
 }
 
+/// The largest `.npy` entry of an `.npz` read (131,072 float64 values: far beyond any embedding).
+const MAX_NPY_BYTES: u64 = 1 << 20;
+
 /// `.npz`: a zip of `.npy` arrays (stored or deflated), one 1-D float array per symbol.
 fn npz(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Vec<f32>)>> {
     let bad = |field: &str, e: String| Error::bad_file(path, field, e);
@@ -110,8 +113,18 @@ fn npz(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Vec<f32>)>> {
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| bad("zip", e.to_string()))?;
         let name = entry.name().map_err(|e| bad("zip", e.to_string()))?.trim_end_matches(".npy").to_string();
+        let too_big = |size: u64| {
+            bad(&name, format!("one vector of at most {MAX_NPY_BYTES} bytes (a GenePT vector is a few KB), found {size} bytes"))
+        };
+        if entry.size() > MAX_NPY_BYTES {
+            return Err(too_big(entry.size()));
+        }
+        // The declared size may lie (a deflate bomb): never read past the limit.
         let mut npy = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut npy).map_err(|e| bad(&name, e.to_string()))?;
+        (&mut entry).take(MAX_NPY_BYTES + 1).read_to_end(&mut npy).map_err(|e| bad(&name, e.to_string()))?;
+        if npy.len() as u64 > MAX_NPY_BYTES {
+            return Err(too_big(npy.len() as u64));
+        }
         out.push((name.clone(), npy_vector(&npy).map_err(|e| bad(&name, e))?));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));

@@ -171,6 +171,18 @@ impl Store {
         let control_index = manifest.perturbations.iter().position(|p| *p == manifest.control).ok_or_else(|| {
             Error::bad_file(&mpath, "control", format!("the control label `{}` among the perturbations", manifest.control))
         })? as u32;
+        // Stores list the control first: a control label naming another perturbation would make
+        // that perturbation's cells the basal cells of every model.
+        if control_index != 0 {
+            return Err(Error::bad_file(
+                &mpath,
+                "control",
+                format!(
+                    "the first perturbation (`{}`), as stores list the control first; `{}` is perturbation {control_index}",
+                    manifest.perturbations[0], manifest.control
+                ),
+            ));
+        }
         if manifest.n_cells == 0 || manifest.genes.is_empty() || manifest.cell_types.is_empty() || manifest.n_batches == 0 {
             return Err(Error::bad_file(&mpath, "sizes", "non-zero cells, genes, cell types and batches"));
         }
