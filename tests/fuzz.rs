@@ -84,7 +84,7 @@ fn damaged_genept_files_never_panic() {
 
 #[test]
 fn damaged_h5ad_files_never_panic() {
-    for (i, file) in ["dense_gzip.h5ad", "sparse.h5ad"].iter().enumerate() {
+    for (i, file) in ["dense_gzip.h5ad", "sparse.h5ad", "raw_counts.h5ad"].iter().enumerate() {
         fuzz(file, 20 + i as u64, |p| {
             let Ok(f) = H5ad::open(p) else { return false };
             let read = f.read(&["gene", "cell_line", "gem_group"]).is_ok();
