@@ -322,3 +322,20 @@ fn drop_and_min_cells_name_what_is_wrong() {
     assert!(err.contains("--hvg"), "{err}");
     assert!(!dir.path().join("s").exists(), "no store is left behind");
 }
+
+#[test]
+fn export_refuses_a_damaged_store_with_nan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = synth::generate(&SynthConfig::preset("tiny", 7).unwrap(), &dir.path().join("synth"), false).unwrap().dir;
+    let path = store_dir.join("expression.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // cell 1, gene 2 of an f16 store: the NaN bit pattern
+    let g = Store::open(&store_dir).unwrap().n_genes();
+    let at = (g + 2) * 2;
+    bytes[at..at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let store = Store::open(&store_dir).unwrap();
+    let err = export(&store, &dir.path().join("out")).unwrap_err().to_string();
+    assert!(err.contains("expression.bin") && err.contains("cell 1") && err.contains("NaN"), "{err}");
+    assert!(!dir.path().join("out/data.h5ad").exists());
+}

@@ -550,6 +550,14 @@ pub fn export(store: &super::store::Store, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut x = vec![0.0f32; n * g];
     for (cell, row) in x.chunks_mut(g).enumerate() {
         store.expression_row(cell, row);
+        // a store's writer never stores these; a damaged expression.bin can hold them
+        if let Some(gene) = row.iter().position(|v| !v.is_finite()) {
+            return Err(Error::bad_file(
+                store.dir.join("expression.bin"),
+                "expression",
+                format!("finite values; cell {cell}, gene `{}` has {}", m.genes[gene], row[gene]),
+            ));
+        }
     }
     let (perts, types) = store.cell_labels();
     let a = AnnData {
