@@ -8,6 +8,73 @@ fn filled(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
 }
 
+/// The step's products through each candidate, side by side (issue: CPU speed without AVX-512):
+/// `engine` (ours: the AVX-512 kernel, or with PTRAG_CPU=avx2 the gemm crate), the `gemm` crate
+/// called directly (its AVX2+FMA kernels on stable Rust) and `matrixmultiply` (AVX2+FMA kernels,
+/// its own threads: MATMUL_NUM_THREADS).
+fn gemm_candidates(c: &mut Criterion, backward: &[(&str, usize, usize, usize, bool, bool)]) {
+    let mut shapes = vec![("fwd_4096x128x2784_tb", 4096, 128, 2784, false, true)];
+    shapes.extend_from_slice(backward);
+    let mut g = c.benchmark_group("cpu/gemm-candidates");
+    g.sample_size(10);
+    for (name, m, k, n, ta, tb) in shapes {
+        let (a, b, mut out) = (filled(m * k, 1), filled(k * n, 2), vec![0.0f32; m * n]);
+        // strides of op(a) [m, k] and op(b) [k, n] inside the stored matrices
+        let (a_rs, a_cs) = if ta { (1, m) } else { (k, 1) };
+        let (b_rs, b_cs) = if tb { (1, k) } else { (n, 1) };
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        g.bench_function(format!("engine/{name}"), |bench| bench.iter(|| gemm::matmul(&a, &b, &mut out, m, k, n, ta, tb, false)));
+        g.bench_function(format!("gemm-crate/{name}"), |bench| {
+            // SAFETY: a, b and out hold m*k, k*n and m*n floats at these strides; out is a distinct borrow.
+            bench.iter(|| unsafe {
+                ::gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    a_cs as isize,
+                    a_rs as isize,
+                    b.as_ptr(),
+                    b_cs as isize,
+                    b_rs as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    ::gemm::Parallelism::Rayon(0),
+                )
+            })
+        });
+        g.bench_function(format!("matrixmultiply/{name}"), |bench| {
+            // SAFETY: as above.
+            bench.iter(|| unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    a_rs as isize,
+                    a_cs as isize,
+                    b.as_ptr(),
+                    b_rs as isize,
+                    b_cs as isize,
+                    0.0,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     // 64 sets x 64 cells = 4096 rows, hidden 128 -> SwiGLU 2784: the largest GEMM of a step.
     let (m, k, n) = (4096, 128, 2784);
@@ -32,6 +99,8 @@ fn benches(c: &mut Criterion) {
         g.bench_function(name, |bench| bench.iter(|| gemm::matmul(&a, &b, &mut out, m, k, n, ta, tb, false)));
     }
     g.finish();
+
+    gemm_candidates(c, &shapes);
 
     let shape = attention::AttentionShape::within_sets(64, 64, 12, 58, false);
     let len = 64 * 64 * 12 * 58;

@@ -44,6 +44,8 @@ impl BenchOptions {
 pub struct BenchResult {
     pub model: String,
     pub device: String,
+    /// On the CPU, the kernels' path (`cpu::cpu_path`: AVX-512, AVX2, scalar).
+    pub cpu_path: String,
     pub threads: usize,
     pub sets: usize,
     pub cells: usize,
@@ -137,6 +139,7 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
     Ok(BenchResult {
         model: o.kind.label().to_string(),
         device: o.gpu.as_ref().map_or_else(|| "cpu".into(), |g| g.name()),
+        cpu_path: crate::cpu::cpu_path().to_string(),
         threads: rayon::current_num_threads(),
         sets: o.sets,
         cells: o.cells,
@@ -187,10 +190,11 @@ pub fn peak_gflops(gpu: Option<&Gpu>) -> Result<f64> {
 /// A text report: the headline figures, then the breakdown sorted by time.
 pub fn report(r: &BenchResult) -> String {
     let mut s = format!(
-        "{} on {} ({} threads), {} sets x {} cells: median {:.3} s per step over {} steps, {:.0} cells/s, {:.1} GFLOP/s (model FLOPs), \
+        "{} on {} ({}; {} threads), {} sets x {} cells: median {:.3} s per step over {} steps, {:.0} cells/s, {:.1} GFLOP/s (model FLOPs), \
          {:.0}% of the device's measured f32 GEMM peak ({:.0} GFLOP/s)\n",
         r.model,
         r.device,
+        r.cpu_path,
         r.threads,
         r.sets,
         r.cells,

@@ -7,5 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash tools/install_cuda.sh)"
 PTRAG_REQUIRE_CUDA=1 cargo test --locked --all-targets "$@"
+# The CPU kernels again on the path of CPUs without AVX-512 (forced on a machine that has it).
+PTRAG_CPU=avx2 PTRAG_REQUIRE_CUDA=1 cargo test --locked --lib --test kernels --test parity "$@"
 # The CPU-only build, as on a machine without nvcc, must still compile.
 env -u NVCC -u CUDA_HOME cargo check --locked --lib --quiet

@@ -79,14 +79,43 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Whether this CPU has AVX-512F, for the kernels with an AVX-512 path (`gemm`, `elementwise`).
+/// The environment variable that forces a narrower CPU path: `PTRAG_CPU=avx2` runs as on a CPU
+/// without AVX-512 (tests and benchmarks of that path on an AVX-512 machine).
+pub const CPU_PATH_VAR: &str = "PTRAG_CPU";
+
+/// Whether the AVX-512 kernels run (`gemm`, `elementwise`): the CPU has AVX-512F and `PTRAG_CPU`
+/// does not say `avx2`. Read once per process.
 pub fn has_avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| {
+        let forced_off = std::env::var(CPU_PATH_VAR).is_ok_and(|v| v.eq_ignore_ascii_case("avx2"));
+        !forced_off && cpu_has("avx512f")
+    })
+}
+
+fn cpu_has(feature: &str) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        match feature {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+            "fma" => std::arch::is_x86_feature_detected!("fma"),
+            _ => false,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        let _ = feature;
         false
+    }
+}
+
+/// The CPU path the kernels take, as `bench` and `info` report it.
+pub fn cpu_path() -> &'static str {
+    match (has_avx512(), cpu_has("avx512f"), cpu_has("avx2") && cpu_has("fma")) {
+        (true, _, _) => "avx512 (own GEMM micro-kernel)",
+        (false, true, _) => "avx2+fma, forced by PTRAG_CPU=avx2 (gemm crate)",
+        (false, false, true) => "avx2+fma (gemm crate)",
+        _ => "no AVX2 (gemm crate, scalar/SSE)",
     }
 }

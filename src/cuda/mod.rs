@@ -418,6 +418,8 @@ pub struct EngineInfo {
     /// Kernel families compiled with nvcc into sm_90 cubins (empty without nvcc at build time).
     pub cuda_kernel_families: Vec<&'static str>,
     pub emulated_kernels: bool,
+    /// The CPU kernels' path (`cpu::cpu_path`).
+    pub cpu_path: &'static str,
     pub gpu: Option<DeviceInfo>,
     /// Why no GPU can be used, when none can.
     pub gpu_unavailable: Option<String>,
@@ -432,6 +434,7 @@ pub fn engine_info() -> EngineInfo {
         version: env!("CARGO_PKG_VERSION"),
         cuda_kernel_families: if CUDA_BUILT { families().iter().map(|f| f.name).collect() } else { Vec::new() },
         emulated_kernels: emulation_built(),
+        cpu_path: crate::cpu::cpu_path(),
         gpu,
         gpu_unavailable,
     }
@@ -445,6 +448,7 @@ impl std::fmt::Display for EngineInfo {
             names => writeln!(f, "CUDA kernels: sm_90 cubin + compute_75 PTX for {}", names.join(", "))?,
         }
         writeln!(f, "emulated kernels (CPU, for tests): {}", if self.emulated_kernels { "built" } else { "not built" })?;
+        writeln!(f, "CPU kernels: {}", self.cpu_path)?;
         match (&self.gpu, &self.gpu_unavailable) {
             (Some(g), _) => writeln!(
                 f,
