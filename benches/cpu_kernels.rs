@@ -8,10 +8,9 @@ fn filled(n: usize, seed: u32) -> Vec<f32> {
     (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
 }
 
-/// The step's products through each candidate, side by side (issue: CPU speed without AVX-512):
-/// `engine` (ours: the AVX-512 kernel, or with PTRAG_CPU=avx2 the gemm crate), the `gemm` crate
-/// called directly (its AVX2+FMA kernels on stable Rust) and `matrixmultiply` (AVX2+FMA kernels,
-/// its own threads: MATMUL_NUM_THREADS).
+/// The step's products through each candidate, side by side: `engine` (ours: the AVX-512 kernel,
+/// or with PTRAG_CPU=avx2 matrixmultiply's AVX2+FMA kernel on rayon blocks) and the `gemm` crate
+/// called directly (its AVX2+FMA kernels on stable Rust), which the engine used before.
 fn gemm_candidates(c: &mut Criterion, backward: &[(&str, usize, usize, usize, bool, bool)]) {
     let mut shapes = vec![("fwd_4096x128x2784_tb", 4096, 128, 2784, false, true)];
     shapes.extend_from_slice(backward);
@@ -47,27 +46,6 @@ fn gemm_candidates(c: &mut Criterion, backward: &[(&str, usize, usize, usize, bo
                     false,
                     false,
                     ::gemm::Parallelism::Rayon(0),
-                )
-            })
-        });
-        g.bench_function(format!("matrixmultiply/{name}"), |bench| {
-            // SAFETY: as above.
-            bench.iter(|| unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    a.as_ptr(),
-                    a_rs as isize,
-                    a_cs as isize,
-                    b.as_ptr(),
-                    b_rs as isize,
-                    b_cs as isize,
-                    0.0,
-                    out.as_mut_ptr(),
-                    n as isize,
-                    1,
                 )
             })
         });

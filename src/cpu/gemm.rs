@@ -1,6 +1,8 @@
 //! Dense matrix products, generic over f32/f64: through the `gemm` crate, except large f32
-//! products on CPUs with AVX-512, which go to our own packed kernel (`avx512` below): the `gemm`
-//! crate uses AVX-512 only on nightly Rust, and on stable runs at AVX2 speed.
+//! products, which go on CPUs with AVX-512 to our own packed kernel (`avx512` below; the `gemm`
+//! crate uses AVX-512 only on nightly Rust) and on CPUs with AVX2 and FMA but no AVX-512 to
+//! `matrixmultiply`'s kernel (`fma` below), which reached 1.2-2.0 times the `gemm` crate's rate on
+//! the step's shapes (criterion group `cpu/gemm-candidates`, docs/benchmarks.md).
 
 use crate::real::Real;
 use std::any::TypeId;
@@ -19,14 +21,14 @@ pub fn matmul<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usi
 /// largest tensors).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_new<T: Real>(a: &[T], b: &[T], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) -> Vec<T> {
-    if !on_avx512_path::<T>(m, n, k) {
+    if !on_avx512_path::<T>(m, n, k) && !on_fma_path::<T>(m, n, k) {
         let mut c = vec![T::zero(); m * n];
         matmul(a, b, &mut c, m, k, n, trans_a, trans_b, false);
         return c;
     }
     let mut c = Vec::with_capacity(m * n);
-    // SAFETY: the capacity is m * n, and on the AVX-512 path an overwriting product writes every one
-    // of the m * n elements (reading none), so all are initialised before the length is set.
+    // SAFETY: the capacity is m * n, and on the AVX-512 and FMA paths an overwriting product writes
+    // every one of the m * n elements (reading none), so all are initialised before the length is set.
     unsafe {
         product_into(a, b, c.as_mut_ptr(), m, k, n, trans_a, trans_b, false);
         c.set_len(m * n);
@@ -39,12 +41,17 @@ fn on_avx512_path<T: Real>(m: usize, n: usize, k: usize) -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>() && avx512::suits(m, n, k)
 }
 
+/// Whether an f32 product of this size goes to matrixmultiply's AVX2+FMA kernel.
+fn on_fma_path<T: Real>(m: usize, n: usize, k: usize) -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>() && fma::suits(m, n, k)
+}
+
 /// The product behind `matmul` and `matmul_new`.
 ///
 /// # Safety
 /// `c` is valid for writes of `m * n` elements and aliases neither `a` nor `b`. Its elements are
-/// initialised, except that without `accumulate` on the AVX-512 path (`on_avx512_path`) they may
-/// not be: that kernel then writes every element before reading any.
+/// initialised, except that without `accumulate` on the AVX-512 and FMA paths (`on_avx512_path`,
+/// `on_fma_path`) they may not be: those kernels then write every element before reading any.
 #[allow(clippy::too_many_arguments)]
 unsafe fn product_into<T: Real>(a: &[T], b: &[T], c: *mut T, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, accumulate: bool) {
     assert_eq!(a.len(), m * k, "matmul: a has {} elements, expected {m}x{k}", a.len());
@@ -70,6 +77,14 @@ unsafe fn product_into<T: Real>(a: &[T], b: &[T], c: *mut T, m: usize, k: usize,
         // SAFETY: the caller's contract on c, passed on; avx512::gemm writes every element when
         // not accumulating (each tile of the first KC slice overwrites).
         unsafe { avx512::gemm(m, n, k, a, av, b, bv, c, accumulate) };
+        return;
+    }
+    if on_fma_path::<T>(m, n, k) {
+        // SAFETY: T is f32 (checked just above), so these are the same slices and pointer as f32.
+        let (a, b, c) = unsafe { (&*(a as *const [T] as *const [f32]), &*(b as *const [T] as *const [f32]), c as *mut f32) };
+        // SAFETY: the caller's contract on c, passed on; the strides describe a [m, k] and b [k, n]
+        // inside slices whose lengths were checked above.
+        unsafe { fma::gemm(m, n, k, a, (a_rs, a_cs), b, (b_rs, b_cs), c, accumulate) };
         return;
     }
     let parallelism = if m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
@@ -164,6 +179,33 @@ pub fn matmul_strided<T: Real>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &m
         };
         return;
     }
+    if TypeId::of::<T>() == TypeId::of::<f32>() && !crate::cpu::has_avx512() && crate::cpu::has_avx2_fma() {
+        // SAFETY: T is f32 (checked just above), so these are the same slices as f32.
+        let (a, b, c) =
+            unsafe { (&*(a as *const [T] as *const [f32]), &*(b as *const [T] as *const [f32]), &mut *(c as *mut [T] as *mut [f32])) };
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        // SAFETY: as for the gemm crate below: every view's last element lies inside its slice, c
+        // is a distinct borrow; matrixmultiply (without its threading feature) runs on this thread.
+        unsafe {
+            matrixmultiply::sgemm(
+                cv.rows,
+                av.cols,
+                cv.cols,
+                1.0,
+                a.as_ptr().add(av.offset),
+                av.row_stride as isize,
+                av.col_stride as isize,
+                b.as_ptr().add(bv.offset),
+                bv.row_stride as isize,
+                bv.col_stride as isize,
+                beta,
+                c.as_mut_ptr().add(cv.offset),
+                cv.row_stride as isize,
+                cv.col_stride as isize,
+            )
+        };
+        return;
+    }
     // SAFETY: the last element of each view was checked to lie inside its slice, and views address
     // only offset + r*rs + c*cs with r < rows, c < cols, so every access is in bounds; c is a distinct
     // mutable borrow and cannot alias a or b.
@@ -189,6 +231,74 @@ pub fn matmul_strided<T: Real>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &m
             false,
             gemm::Parallelism::None,
         );
+    }
+}
+
+/// Large f32 products on CPUs with AVX2 and FMA but no AVX-512 (or `PTRAG_CPU=avx2`):
+/// matrixmultiply's packed kernel, single-threaded per call, on blocks of C that rayon runs in
+/// parallel (its own threads stop at 4 and would sit beside rayon's).
+mod fma {
+    use rayon::prelude::*;
+
+    /// Below this many multiply-adds the `gemm` crate's lower overhead wins.
+    const MIN_WORK: usize = 1 << 20;
+    /// Rows (or columns) of C per parallel block, at least.
+    const MIN_BLOCK: usize = 64;
+
+    pub fn suits(m: usize, n: usize, k: usize) -> bool {
+        m * n * k >= MIN_WORK && !crate::cpu::has_avx512() && crate::cpu::has_avx2_fma()
+    }
+
+    /// `c[m, n] (+)= a[m, k] b[k, n]`, `c` row-major; operand element `(r, c)` at `r * rs + c * cs`.
+    ///
+    /// # Safety
+    /// `c` is valid for writes of `m * n` elements and aliases neither `a` nor `b`; with `accumulate`
+    /// they are also initialised. `a` and `b` hold every element their strides address.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        (a_rs, a_cs): (isize, isize),
+        b: &[f32],
+        (b_rs, b_cs): (isize, isize),
+        c: *mut f32,
+        accumulate: bool,
+    ) {
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        let threads = rayon::current_num_threads().max(1);
+        // split the longer side of C, so that each thread has a block
+        let by_rows = m >= n;
+        let long = if by_rows { m } else { n };
+        let block = long.div_ceil(threads).max(MIN_BLOCK);
+        let c_addr = c as usize;
+        (0..long.div_ceil(block)).into_par_iter().for_each(|i| {
+            let (lo, len) = (i * block, block.min(long - i * block));
+            let (rows, cols, a_off, b_off, c_off) =
+                if by_rows { (len, n, lo as isize * a_rs, 0, lo * n) } else { (m, len, 0, lo as isize * b_cs, lo) };
+            // SAFETY: the block's rows/columns lie inside a, b and c (the contract above); blocks of
+            // c are disjoint, so no two tasks write one element; with beta 0 matrixmultiply writes
+            // C without reading it.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    cols,
+                    1.0,
+                    a.as_ptr().offset(a_off),
+                    a_rs,
+                    a_cs,
+                    b.as_ptr().offset(b_off),
+                    b_rs,
+                    b_cs,
+                    beta,
+                    (c_addr as *mut f32).add(c_off),
+                    n as isize,
+                    1,
+                )
+            };
+        });
     }
 }
 
@@ -652,6 +762,41 @@ mod tests {
                 let bv = if tb { avx512::View { rs: 1, cs: k } } else { avx512::View { rs: n, cs: 1 } };
                 // SAFETY: c holds m * n initialised floats and is not aliased.
                 unsafe { avx512::gemm(m, n, k, &a, av, &b, bv, c.as_mut_ptr(), acc) };
+                for i in 0..m {
+                    for j in 0..n {
+                        let want = (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>() + if acc { c0[i * n + j] as f64 } else { 0.0 };
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()) * (k as f64).sqrt(),
+                            "{m}x{n}x{k} ta={ta} tb={tb} acc={acc} at ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The FMA path (matrixmultiply on rayon blocks) on the same shapes, split by rows and by
+    /// columns, overwriting (C full of NaN: every element must be written) and accumulating.
+    #[test]
+    fn fma_gemm_matches_a_plain_product() {
+        if !crate::cpu::has_avx2_fma() {
+            eprintln!("skipped: this CPU has no AVX2+FMA");
+            return;
+        }
+        let value = |i: usize, salt: usize| (((i * 2654435761 + salt * 97) % 1000) as f32) / 500.0 - 1.0;
+        for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (150, 40, 200), (37, 1100, 5), (300, 3, 500), (200, 2100, 300)] {
+            for (ta, tb, acc) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
+                let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
+                let c0: Vec<f32> = (0..m * n).map(|i| if acc { value(i, 3) } else { f32::NAN }).collect();
+                let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] } as f64;
+                let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] } as f64;
+                let mut c = c0.clone();
+                let av = if ta { (1, m as isize) } else { (k as isize, 1) };
+                let bv = if tb { (1, k as isize) } else { (n as isize, 1) };
+                // SAFETY: c holds m * n floats and is not aliased; a and b hold what the strides address.
+                unsafe { fma::gemm(m, n, k, &a, av, &b, bv, c.as_mut_ptr(), acc) };
                 for i in 0..m {
                     for j in 0..n {
                         let want = (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>() + if acc { c0[i * n + j] as f64 } else { 0.0 };

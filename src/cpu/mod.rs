@@ -38,9 +38,10 @@ pub fn zeros<T: crate::real::Real>(n: usize) -> Vec<T> {
 }
 
 /// `vectorised!(fn name<T>(args...) => body);` defines `name`, which calls `body(args...)` compiled
-/// for AVX-512 where the CPU has it (the crate's baseline target is SSE2), so its loops, with the
-/// branch-free f32 `exp_activation` and `erf`, vectorise 16 wide; same operations either way, so the
-/// same results. `body` must be `#[inline(always)]`: called by name from the `target_feature`
+/// for AVX-512 where the CPU has it, else for AVX2 where it has that (the crate's baseline target is
+/// SSE2), so its loops, with the branch-free f32 `exp_activation` and `erf`, vectorise 16 or 8
+/// wide; same operations either way (Rust never fuses a multiply and an add by itself), so the same
+/// results. `body` must be `#[inline(always)]`: called by name from the `target_feature`
 /// function it is then compiled inside it. (A closure handed to such a function is inlined only when
 /// LLVM chooses to; large ones, GELU's backward loop among them, were not, and ran at SSE2 speed.)
 macro_rules! vectorised {
@@ -55,6 +56,15 @@ macro_rules! vectorised {
                 }
                 // SAFETY: has_avx512() checked that the CPU has AVX-512F.
                 return unsafe { avx512($($arg),*) };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::has_avx2_fma() {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2<$t: crate::real::Real>($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                // SAFETY: has_avx2_fma() checked that the CPU has AVX2 and FMA.
+                return unsafe { avx2($($arg),*) };
             }
             $body($($arg),*)
         }
@@ -93,6 +103,11 @@ pub fn has_avx512() -> bool {
     })
 }
 
+/// Whether the CPU has AVX2 and FMA (matrixmultiply's fast kernel; `gemm`'s FMA path).
+pub fn has_avx2_fma() -> bool {
+    cpu_has("avx2") && cpu_has("fma")
+}
+
 fn cpu_has(feature: &str) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -114,8 +129,8 @@ fn cpu_has(feature: &str) -> bool {
 pub fn cpu_path() -> &'static str {
     match (has_avx512(), cpu_has("avx512f"), cpu_has("avx2") && cpu_has("fma")) {
         (true, _, _) => "avx512 (own GEMM micro-kernel)",
-        (false, true, _) => "avx2+fma, forced by PTRAG_CPU=avx2 (gemm crate)",
-        (false, false, true) => "avx2+fma (gemm crate)",
+        (false, true, _) => "avx2+fma, forced by PTRAG_CPU=avx2 (matrixmultiply GEMM kernel)",
+        (false, false, true) => "avx2+fma (matrixmultiply GEMM kernel)",
         _ => "no AVX2 (gemm crate, scalar/SSE)",
     }
 }

@@ -163,14 +163,17 @@ mod tests {
     }
 
     #[test]
-    fn the_most_variable_gene_is_chosen() {
+    fn constant_genes_are_never_chosen_and_ties_at_the_cut_are_kept() {
         let mut acc = HvgAccumulator::new(3);
         for c in 0..10 {
             let v = c as f32;
             acc.push(&[1.0, (v / 10.0).ln_1p(), (v * 3.0).ln_1p() * (c % 2) as f32]);
         }
         let r = acc.finish(1).unwrap();
-        assert!(r.dispersions[0].is_nan(), "a constant gene has no dispersion");
-        assert_eq!(r.selected(), [2]);
+        assert!(r.dispersions[0].is_nan() && r.dispersions_norm[0].is_nan(), "a constant gene has no dispersion");
+        // genes 1 and 2 fall alone into their mean bins: both normalised to 1, so both are kept
+        assert_ne!(mean_bins(&r.means, MEAN_BINS)[1], mean_bins(&r.means, MEAN_BINS)[2]);
+        assert_eq!((r.dispersions_norm[1], r.dispersions_norm[2]), (1.0, 1.0));
+        assert_eq!(r.selected(), [1, 2]);
     }
 }
