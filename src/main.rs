@@ -205,6 +205,10 @@ enum Command {
         /// With --screen: the cell type to screen in [default: the run's target].
         #[arg(long, requires = "screen")]
         cell_type: Option<String>,
+        /// With --screen, for the GenePT-based models: a GenePT file whose genes without cells in
+        /// the store are screened too.
+        #[arg(long, requires = "screen")]
+        genept: Option<PathBuf>,
         /// With --screen: control cells predicted per perturbation (the same cells for each).
         #[arg(long, default_value_t = 64, requires = "screen")]
         cells: usize,
@@ -590,11 +594,13 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             cell_type,
             cells,
             threshold,
+            genept,
             ..
         } => {
             use ptrag_engine::eval::screen::{screen, ScreenOptions};
             let opts = ScreenOptions {
                 perturbations: (perturbations != "all").then(|| PathBuf::from(perturbations)),
+                genept,
                 cell_type: cell_type.clone(),
                 cells,
                 threshold,

@@ -744,6 +744,39 @@ fn predict_screen_ranks_every_perturbation_from_the_same_control_cells() {
         let full = csv.lines().find(|r| r.split(',').nth(1) == Some(name)).unwrap();
         assert_eq!(l.split(',').skip(1).collect::<Vec<_>>(), full.split(',').skip(1).collect::<Vec<_>>(), "{name}");
     }
+    // A gene with a GenePT vector and no cells anywhere joins the screen with --genept; STATE refuses it.
+    let table = store.genept_table();
+    let d = m.embed_dim;
+    let vector = |p: usize| table[p * d..(p + 1) * d].iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\t");
+    let genept = tmp.path().join("genept.tsv");
+    std::fs::write(&genept, format!("NEWGENE\t{}\n{}\t{}\n", vector(3), m.perturbations[3], vector(3))).unwrap();
+    std::fs::write(&list, format!("NEWGENE\n{}\n", m.perturbations[3])).unwrap();
+    let out3 = tmp.path().join("new");
+    let screen_new = |run: &Path| {
+        cli()
+            .args(["predict", "--quiet", "--screen", "--cells", "6", "--perturbations"])
+            .arg(&list)
+            .arg("--genept")
+            .arg(&genept)
+            .arg("--out")
+            .arg(&out3)
+            .arg(run)
+            .output()
+            .unwrap()
+    };
+    let out = screen_new(&run);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let new = std::fs::read_to_string(out3.join("screen.csv")).unwrap();
+    let row = new.lines().find(|l| l.split(',').nth(1) == Some("NEWGENE")).unwrap_or_else(|| panic!("{new}"));
+    let fields: Vec<&str> = row.split(',').collect();
+    assert_eq!((fields[3], fields[4]), ("no", "no"), "never measured, never trained on: {row}");
+    assert!(fields[5].parse::<f64>().unwrap().is_finite() && new.lines().count() == 3, "{new}");
+    let state = tmp.path().join("state");
+    assert!(train(&store_dir, &state, &["--model", "state", "--steps", "2", "--val-every", "0"]).status.success());
+    let out = screen_new(&state);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--genept") && stderr(&out).contains("STATE"), "{}", stderr(&out));
+
     // An unknown name: the file and line.
     std::fs::write(&list, "GENE0001\nNOPE\n").unwrap();
     let out =

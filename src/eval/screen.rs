@@ -9,8 +9,9 @@
 //! perturbation, largest effect first, whether it was measured in the cell type and whether the
 //! run trained on it there, with the genes moved most up and down).
 //!
-//! Perturbations are those of the run's store; one with a GenePT vector but no cells anywhere is
-//! not in the store and cannot be screened yet (the models' perturbation tables are sized by it).
+//! Perturbations are those of the run's store and, with `--genept FILE` for the GenePT-based models,
+//! every gene of that file with no cells in the store: appended to the model's GenePT table (never
+//! retrieved as candidates), predicted like the others, `measured_in_target` no.
 
 use crate::data::h5ad::{write_h5ad, AnnData};
 use crate::data::sampler::control_sets;
@@ -25,6 +26,8 @@ use std::path::{Path, PathBuf};
 pub struct ScreenOptions {
     /// A file with one perturbation per line (`#` comments, blank lines ignored); `None`: all.
     pub perturbations: Option<PathBuf>,
+    /// A GenePT file: its genes without cells in the store join the screen (GenePT-based models).
+    pub genept: Option<PathBuf>,
     /// The cell type to screen in; `None`: the run's target cell type.
     pub cell_type: Option<String>,
     /// Control cells (the same for every perturbation), predicted once per perturbation.
@@ -41,6 +44,7 @@ impl Default for ScreenOptions {
     fn default() -> Self {
         ScreenOptions {
             perturbations: None,
+            genept: None,
             cell_type: None,
             cells: 64,
             threshold: 0.1,
@@ -122,25 +126,47 @@ pub fn screen(run_dir: &Path, out: &Path, opts: &ScreenOptions, progress: bool) 
         return Err(Error::invalid("--cells", "at least 1"));
     }
     let run = choose_fold(run_dir, opts.cell_type.as_deref())?;
-    let trainer = run.trainer()?;
+    let mut trainer = run.trainer()?;
     let store = &run.store;
     let m = &store.manifest;
+    // The store's perturbations, then those known only by a GenePT vector.
+    let mut names = m.perturbations.clone();
+    if let Some(path) = &opts.genept {
+        if !run.record.train.model.kind.uses_genept() {
+            return Err(Error::invalid("--genept", "STATE encodes perturbations without GenePT: it predicts only the store's"));
+        }
+        let genept = crate::data::genept::GenePt::read(path)?;
+        if genept.dim != m.embed_dim {
+            return Err(Error::bad_file(
+                path,
+                "dimension",
+                format!("{} values per gene, as in the run's store; found {}", m.embed_dim, genept.dim),
+            ));
+        }
+        let known: HashSet<String> = m.perturbations.iter().map(|p| p.to_uppercase()).collect();
+        let mut extra_names: Vec<&String> = genept.vectors.keys().filter(|g| !known.contains(&g.to_uppercase())).collect();
+        extra_names.sort();
+        let extra: Vec<f32> = extra_names.iter().flat_map(|g| genept.vectors[*g].iter().copied()).collect();
+        trainer.extend_perturbations(&extra)?;
+        names.extend(extra_names.into_iter().cloned());
+    }
+    let trainer = trainer;
     let cell_type = opts.cell_type.clone().unwrap_or_else(|| run.record.train.target_cell_type.clone());
     let target = store.cell_type_index(&cell_type).ok_or_else(|| {
         Error::invalid("--cell-type", format!("`{cell_type}` is not a cell type of the store (have: {})", m.cell_types.join(", ")))
     })?;
     let cell_type = m.cell_types[target].clone();
     let perturbations: Vec<u32> = match &opts.perturbations {
-        Some(path) => read_list(path, &m.perturbations, &m.control)?,
-        None => (0..m.n_perturbations() as u32).filter(|&p| p != store.control_index).collect(),
+        Some(path) => read_list(path, &names, &m.control)?,
+        None => (0..names.len() as u32).filter(|&p| p != store.control_index).collect(),
     };
-    let mut measured = vec![false; m.n_perturbations()];
+    let mut measured = vec![false; names.len()];
     for (&p, &t) in store.cell_perturbation.iter().zip(&store.cell_type) {
         if t as usize == target {
             measured[p as usize] = true;
         }
     }
-    let mut trained = vec![false; m.n_perturbations()];
+    let mut trained = vec![false; names.len()];
     trainer.fold.train.iter().filter(|c| c.cell_type as usize == target).for_each(|c| trained[c.perturbation as usize] = true);
 
     // The same control cells for every perturbation: without replacement when the pool allows.
@@ -183,7 +209,7 @@ pub fn screen(run_dir: &Path, out: &Path, opts: &ScreenOptions, progress: bool) 
         let sets = control_sets(store, &controls, p, target as u32, trainer.cfg.cells_per_set);
         // clamped at 0 as in the file written (expression is never negative)
         let pred: Vec<f32> = trainer.predict_sets(&sets, &mut rng)?.into_iter().map(|v| v.max(0.0)).collect();
-        let name = &m.perturbations[p as usize];
+        let name = &names[p as usize];
         let mean = crate::eval::metrics::mean_rows(&pred.iter().map(|&v| v as f64).collect::<Vec<_>>(), g);
         let change: Vec<f64> = mean.iter().zip(&basal_mean).map(|(a, b)| a - b).collect();
         let mut order: Vec<usize> = (0..g).collect();

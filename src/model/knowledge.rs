@@ -40,6 +40,16 @@ impl Knowledge {
         Ok(Knowledge { dim, vectors, normalised, in_database, responses: None, neighbours: Default::default() })
     }
 
+    /// The same knowledge with perturbations appended (`extra`: `[n, dim]` vectors, none of them
+    /// retrievable): perturbations with a GenePT vector but no cells, for an in-silico screen.
+    pub fn extended(self, extra: &[f32]) -> Result<Self> {
+        let mut vectors = self.vectors;
+        vectors.extend_from_slice(extra);
+        let mut in_database = self.in_database;
+        in_database.resize(vectors.len() / self.dim.max(1), false);
+        Ok(Knowledge { responses: self.responses, ..Knowledge::new(vectors, self.dim, in_database)? })
+    }
+
     pub fn with_responses(self, responses: ObservedResponses) -> Self {
         Knowledge { responses: Some(responses), ..self }
     }

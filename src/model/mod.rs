@@ -514,6 +514,14 @@ impl Model {
         Ok(Model { cfg: cfg.clone(), basal, pert, batch_table, context, backbone, head, responses, anchor: Vec::new(), knowledge })
     }
 
+    /// Appends perturbations known only by their GenePT vectors (`[n, dim]`), never retrieved;
+    /// their indices follow the store's. For the GenePT-based models only.
+    pub fn extend_knowledge(&mut self, extra: &[f32]) -> Result<()> {
+        let k = self.knowledge.take().ok_or_else(|| Error::invalid("GenePT vectors", "STATE has no GenePT encoder"))?;
+        self.knowledge = Some(k.extended(extra)?);
+        Ok(())
+    }
+
     pub fn knowledge(&self) -> Option<&Knowledge> {
         self.knowledge.as_ref()
     }

@@ -426,6 +426,15 @@ impl<'s> Trainer<'s> {
 
     /// Moves the training state and the dataset's expression onto `gpu`: training steps and
     /// evaluation run there from now on.
+    /// Perturbations known only by their GenePT vectors (`[n, dim]`), appended after the store's
+    /// for prediction (an in-silico screen); on the CPU engine.
+    pub fn extend_perturbations(&mut self, extra: &[f32]) -> Result<()> {
+        if self.gpu.is_some() {
+            return Err(Error::invalid("GenePT-only perturbations", "predicted on the CPU engine only"));
+        }
+        self.model.extend_knowledge(extra)
+    }
+
     pub fn use_gpu(&mut self, gpu: Arc<Gpu>) -> Result<()> {
         let mut state = GpuState::upload(gpu, &self.params, &self.adam)?;
         state.upload_expression(self.store)?;
