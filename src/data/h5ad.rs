@@ -77,6 +77,11 @@ fn dataframe(b: &mut FileBuilder, name: &str, index: &[String], columns: &[(Stri
 
 /// Writes `a` to `path` atomically (a temporary sibling, then a rename).
 pub fn write_h5ad(path: &Path, a: &AnnData) -> Result<()> {
+    write_h5ad_with_varm(path, a, &[])
+}
+
+/// `write_h5ad` with dense float32 `varm` matrices: (name, `[genes, columns]` row-major).
+pub fn write_h5ad_with_varm(path: &Path, a: &AnnData, varm: &[(&str, &[f32])]) -> Result<()> {
     let (n, g) = (a.obs_names.len(), a.var_names.len());
     if a.x.len() != n * g {
         return Err(Error::invalid("AnnData", format!("X has {} values for {n} cells x {g} genes", a.x.len())));
@@ -98,6 +103,16 @@ pub fn write_h5ad(path: &Path, a: &AnnData) -> Result<()> {
         let mut group = b.create_group(name);
         for (k, v) in encoding("dict", "0.1.0") {
             group.set_attr(k, v);
+        }
+        for (key, values) in varm.iter().filter(|_| name == "varm") {
+            let cols = values.len() / g.max(1);
+            if cols * g != values.len() {
+                return Err(Error::invalid("AnnData", format!("varm `{key}` has {} values for {g} genes", values.len())));
+            }
+            let ds = group.create_dataset(key).with_f32_data(values).with_shape(&[g as u64, cols as u64]);
+            for (k, v) in encoding("array", "0.2.0") {
+                ds.set_attr(k, v);
+            }
         }
         b.add_group(group.finish());
     }

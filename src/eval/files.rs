@@ -7,10 +7,10 @@
 //!
 //! The metrics are `report::condition_metrics` against the real file's control cells of that cell
 //! type, beside the one baseline that needs no training data (`control`: the real control cells
-//! at the control mean; see `baselines`). The distributional metrics use a PCA fitted on the real
-//! file's cells (a run's own `evaluate` fits it on training cells, which the files do not hold),
-//! so those five differ from a run's; the other six reproduce it exactly on `predict --unclamped`
-//! output.
+//! at the control mean; see `baselines`). The distributional metrics use the real file's PCA,
+//! `varm/PCs` (scanpy's place for it; `predict` writes the run's there, fitted on training cells),
+//! or without one a PCA fitted on the real file's cells. On `predict --unclamped` output every
+//! metric then reproduces the run's `evaluate`.
 
 use super::baselines::Baseline;
 use super::metrics::mean_rows;
@@ -64,6 +64,32 @@ fn condition_label(pert: &str, cell_type: &str) -> String {
     } else {
         format!("`{pert}` in `{cell_type}`")
     }
+}
+
+fn has_pcs(path: &Path) -> Result<bool> {
+    let f = H5ad::open(path)?;
+    Ok(f.members("/")?.iter().any(|k| k == "varm") && f.members("varm")?.iter().any(|k| k == "PCs"))
+}
+
+/// `varm/PCs` of the real file (`[genes, components]`), when it has one.
+fn stored_pca(path: &Path, genes: usize) -> Result<Option<Pca>> {
+    if !has_pcs(path)? {
+        return Ok(None);
+    }
+    let f = H5ad::open(path)?;
+    let m = f.matrix("varm/PCs")?;
+    if m.rows() != genes || m.cols() == 0 {
+        return Err(Error::bad_file(
+            path,
+            "varm/PCs",
+            format!("{genes} rows (one per gene) of loadings, found {} x {}", m.rows(), m.cols()),
+        ));
+    }
+    let loadings = f.rows(&m, 0, m.rows())?;
+    if loadings.iter().any(|v| !v.is_finite()) {
+        return Err(Error::bad_file(path, "varm/PCs", "finite loadings"));
+    }
+    Ok(Some(Pca::from_loadings(&loadings, genes)))
 }
 
 /// Per-condition rows of the prediction and of the `control` baseline.
@@ -131,11 +157,17 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<Vec<Con
         }
     }
 
-    // The PCA: fitted on (a sample of) the real file's cells.
+    // The PCA: the real file's own (`varm/PCs`, as scanpy and `predict` write it), else fitted on
+    // (a sample of) its cells.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x9CA);
-    let n_real = real.obs_names.len();
-    let sample: Vec<usize> = (0..eval.pca_cells.min(n_real)).map(|_| rng.gen_range(0..n_real)).collect();
-    let pca = Pca::fit(&rows(&real, &sample), g, eval.pca_components);
+    let pca = match stored_pca(&opts.real, g)? {
+        Some(pca) => pca,
+        None => {
+            let n_real = real.obs_names.len();
+            let sample: Vec<usize> = (0..eval.pca_cells.min(n_real)).map(|_| rng.gen_range(0..n_real)).collect();
+            Pca::fit(&rows(&real, &sample), g, eval.pca_components)
+        }
+    };
 
     let mut out = Vec::new();
     for key in conditions {
@@ -168,7 +200,11 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<Vec<Con
 /// `evaluate --pred --real` end to end: the report files in `out` (as `evaluate` writes them);
 /// returns the overall table and the prediction against the `control` baseline.
 pub fn evaluate_files_into(opts: &FilesOptions, eval: &EvalOptions, out: &Path) -> Result<String> {
-    let eval = &EvalOptions { pca_fitted_on: "the real file's cells", ..eval.clone() };
+    let fitted_on = match has_pcs(&opts.real)? {
+        true => "training cells (the run's, from the real file's varm/PCs)",
+        false => "the real file's cells",
+    };
+    let eval = &EvalOptions { pca_fitted_on: fitted_on, ..eval.clone() };
     let rows = evaluate_files(opts, eval)?;
     let summary = summarise(&rows);
     write_report(&rows, &summary, None, &[], eval, out)?;

@@ -133,6 +133,20 @@ impl Pca {
         Pca { genes, mean, components: comps, variance: values[..k].to_vec() }
     }
 
+    /// The components as scanpy stores them in `varm["PCs"]`: `[genes, components]`, float32.
+    pub fn loadings(&self) -> Vec<f32> {
+        let k = self.n_components();
+        (0..self.genes).flat_map(|g| (0..k).map(move |c| self.components[c * self.genes + g] as f32)).collect()
+    }
+
+    /// A PCA from `loadings: [genes, components]` (`varm["PCs"]`), centred at zero: the distances
+    /// between projected clouds and the differences of their means do not depend on the centre.
+    pub fn from_loadings(loadings: &[f32], genes: usize) -> Pca {
+        let k = loadings.len() / genes.max(1);
+        let components = (0..k).flat_map(|c| (0..genes).map(move |g| loadings[g * k + c] as f64)).collect();
+        Pca { genes, mean: vec![0.0; genes], components, variance: vec![f64::NAN; k] }
+    }
+
     pub fn n_components(&self) -> usize {
         self.variance.len()
     }

@@ -3,10 +3,12 @@
 //! store's genes in its order, obs columns for the perturbation and the cell type (categoricals),
 //! X >= 0, and the target cell type's real control cells (labelled with the control) in both;
 //! predicted and real cells of a perturbation come in equal numbers. With a baseline, its
-//! predictions (fitted on the run's fold, `baselines`) replace the model's.
+//! predictions (fitted on the run's fold, `baselines`) replace the model's. `real.h5ad` carries the
+//! PCA of the run's `evaluate` (fitted on training cells) as scanpy keeps one, `varm["PCs"]`, so
+//! that `evaluate --pred/--real` computes the distributional metrics in the same space.
 
 use super::baselines::{Baseline, Baselines};
-use crate::data::h5ad::{write_h5ad, AnnData};
+use crate::data::h5ad::{write_h5ad, write_h5ad_with_varm, AnnData};
 use crate::data::sampler::evaluation_sets;
 use crate::train::run::{fold_dirs, TrainedRun};
 use crate::{Error, Result};
@@ -109,8 +111,10 @@ pub fn predict_run(run_dir: &Path, out: &Path, opts: &PredictOptions, progress: 
         }
         let (pred, real) = fold_predictions(&run, opts)?;
         let paths = (fold_out.join("pred.h5ad"), fold_out.join("real.h5ad"));
+        let trainer = run.trainer()?;
+        let pca = super::report::fold_pca(&run.store, &trainer.fold, &super::report::EvalOptions::default());
         write_h5ad(&paths.0, &pred)?;
-        write_h5ad(&paths.1, &real)?;
+        write_h5ad_with_varm(&paths.1, &real, &[("PCs", &pca.loadings())])?;
         written.push(paths);
     }
     Ok(written)

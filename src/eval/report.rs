@@ -109,6 +109,18 @@ fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
+/// The PCA of a fold's evaluation: fitted on `pca_cells` training cells of the fold drawn with a
+/// fixed seed (so `predict` can write the same one into `real.h5ad`).
+pub fn fold_pca(store: &Store, fold: &crate::data::split::Fold, opts: &EvalOptions) -> Pca {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x9CA);
+    let train = &fold.train;
+    let sample = (0..opts.pca_cells).map(|_| {
+        let c = &train[rng.gen_range(0..train.len())];
+        c.cells[rng.gen_range(0..c.cells.len())]
+    });
+    Pca::fit(&rows_f64(store, sample), store.n_genes(), opts.pca_components)
+}
+
 /// The fold directories of all `run_dirs` (a run itself, or one per cell type for an `all` run).
 pub fn all_folds(run_dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(run_dirs.iter().map(|d| fold_dirs(d)).collect::<Result<Vec<_>>>()?.concat())
@@ -144,14 +156,7 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
             eprintln!("evaluating {model} on {target} ({} test conditions) from {}", trainer.fold.test.len(), run.checkpoint().display());
         }
 
-        // PCA on training cells of the fold, and the target cell type's controls.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x9CA);
-        let train = &trainer.fold.train;
-        let sample = (0..opts.pca_cells).map(|_| {
-            let c = &train[rng.gen_range(0..train.len())];
-            c.cells[rng.gen_range(0..c.cells.len())]
-        });
-        let pca = Pca::fit(&rows_f64(store, sample), g, opts.pca_components);
+        let pca = fold_pca(store, &trainer.fold, opts);
         let controls = rows_f64(store, trainer.fold.controls[ct].iter().copied());
         let key = (record.data.clone(), record.split.clone(), target.clone(), trainer.cfg.seed);
         let baselines = if baselines_done.contains(&key) {
