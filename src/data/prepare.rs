@@ -485,7 +485,7 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
             table[p * embed_dim..(p + 1) * embed_dim].copy_from_slice(genept.get(name).expect("kept perturbations have vectors"));
         }
     }
-    let dropped_labels = opts.drop.iter().map(|d| (d.clone(), perts.iter().filter(|p| *p == d).count())).collect();
+    let dropped_labels = drop.iter().map(|d| (d.to_string(), perts.iter().filter(|p| p == d).count())).collect();
     let normalization =
         match normalize {
             Normalize::None => "none (stored as found)".to_string(),

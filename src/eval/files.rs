@@ -113,11 +113,7 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<Vec<Con
     }
     let g = real.var_names.len();
     let pert_field = format!("obs/{}", opts.pert_col);
-    let cell_types: Vec<&String> = {
-        let mut v: Vec<&String> = real_groups.keys().map(|(_, t)| t).collect();
-        v.dedup();
-        v
-    };
+    let cell_types: std::collections::BTreeSet<&String> = real_groups.keys().map(|(_, t)| t).collect();
     let mut controls = BTreeMap::new();
     for t in &cell_types {
         let idx = real_groups.get(&(opts.control.clone(), (*t).clone())).ok_or_else(|| {
