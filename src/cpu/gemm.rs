@@ -743,25 +743,25 @@ mod tests {
     /// The AVX-512 path against a plain triple loop in f64, on shapes that are not multiples of the
     /// tiles or blocks, every transpose, overwrite and accumulate; B packed once and shared, and
     /// (20 x 2100 x 2100, B over `SHARED_B_MAX`) packed per block.
-    #[test]
-    fn avx512_gemm_matches_a_plain_product() {
-        if !crate::cpu::has_avx512() {
-            eprintln!("skipped: this CPU has no AVX-512");
-            return;
-        }
+    /// A kernel `(m, n, k, a, (a_rs, a_cs), b, (b_rs, b_cs), c, accumulate)` against the plain
+    /// product in f64 on awkward shapes, every transpose and both overwrite (C full of NaN: every
+    /// element must be written) and accumulate.
+    fn check_against_plain_product(
+        shapes: &[(usize, usize, usize)],
+        kernel: impl Fn(usize, usize, usize, &[f32], (usize, usize), &[f32], (usize, usize), &mut [f32], bool),
+    ) {
         let value = |i: usize, salt: usize| (((i * 2654435761 + salt * 97) % 1000) as f32) / 500.0 - 1.0;
-        for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (25, 70, 300), (150, 40, 200), (37, 1100, 5), (300, 3, 500), (20, 2100, 2100)] {
+        for &(m, n, k) in shapes {
             for (ta, tb, acc) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
                 let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
                 let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
-                let c0: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
+                let c0: Vec<f32> = (0..m * n).map(|i| if acc { value(i, 3) } else { f32::NAN }).collect();
                 let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] } as f64;
                 let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] } as f64;
                 let mut c = c0.clone();
-                let av = if ta { avx512::View { rs: 1, cs: m } } else { avx512::View { rs: k, cs: 1 } };
-                let bv = if tb { avx512::View { rs: 1, cs: k } } else { avx512::View { rs: n, cs: 1 } };
-                // SAFETY: c holds m * n initialised floats and is not aliased.
-                unsafe { avx512::gemm(m, n, k, &a, av, &b, bv, c.as_mut_ptr(), acc) };
+                let av = if ta { (1, m) } else { (k, 1) };
+                let bv = if tb { (1, k) } else { (n, 1) };
+                kernel(m, n, k, &a, av, &b, bv, &mut c, acc);
                 for i in 0..m {
                     for j in 0..n {
                         let want = (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>() + if acc { c0[i * n + j] as f64 } else { 0.0 };
@@ -776,38 +776,32 @@ mod tests {
         }
     }
 
-    /// The FMA path (matrixmultiply on rayon blocks) on the same shapes, split by rows and by
-    /// columns, overwriting (C full of NaN: every element must be written) and accumulating.
+    #[test]
+    fn avx512_gemm_matches_a_plain_product() {
+        if !crate::cpu::has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512 (or PTRAG_CPU=avx2)");
+            return;
+        }
+        let shapes = [(1, 1, 1), (13, 33, 7), (25, 70, 300), (150, 40, 200), (37, 1100, 5), (300, 3, 500), (20, 2100, 2100)];
+        check_against_plain_product(&shapes, |m, n, k, a, (a_rs, a_cs), b, (b_rs, b_cs), c, acc| {
+            let (av, bv) = (avx512::View { rs: a_rs, cs: a_cs }, avx512::View { rs: b_rs, cs: b_cs });
+            // SAFETY: c holds m * n floats and is not aliased; the views address a and b only.
+            unsafe { avx512::gemm(m, n, k, a, av, b, bv, c.as_mut_ptr(), acc) }
+        });
+    }
+
+    /// The FMA path (matrixmultiply on rayon blocks), split by rows and by columns.
     #[test]
     fn fma_gemm_matches_a_plain_product() {
         if !crate::cpu::has_avx2_fma() {
             eprintln!("skipped: this CPU has no AVX2+FMA");
             return;
         }
-        let value = |i: usize, salt: usize| (((i * 2654435761 + salt * 97) % 1000) as f32) / 500.0 - 1.0;
-        for &(m, n, k) in &[(1, 1, 1), (13, 33, 7), (150, 40, 200), (37, 1100, 5), (300, 3, 500), (200, 2100, 300)] {
-            for (ta, tb, acc) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
-                let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
-                let b: Vec<f32> = (0..k * n).map(|i| value(i, 2)).collect();
-                let c0: Vec<f32> = (0..m * n).map(|i| if acc { value(i, 3) } else { f32::NAN }).collect();
-                let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] } as f64;
-                let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] } as f64;
-                let mut c = c0.clone();
-                let av = if ta { (1, m as isize) } else { (k as isize, 1) };
-                let bv = if tb { (1, k as isize) } else { (n as isize, 1) };
-                // SAFETY: c holds m * n floats and is not aliased; a and b hold what the strides address.
-                unsafe { fma::gemm(m, n, k, &a, av, &b, bv, c.as_mut_ptr(), acc) };
-                for i in 0..m {
-                    for j in 0..n {
-                        let want = (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>() + if acc { c0[i * n + j] as f64 } else { 0.0 };
-                        let got = c[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()) * (k as f64).sqrt(),
-                            "{m}x{n}x{k} ta={ta} tb={tb} acc={acc} at ({i},{j}): {got} vs {want}"
-                        );
-                    }
-                }
-            }
-        }
+        let shapes = [(1, 1, 1), (13, 33, 7), (150, 40, 200), (37, 1100, 5), (300, 3, 500), (200, 2100, 300)];
+        check_against_plain_product(&shapes, |m, n, k, a, (a_rs, a_cs), b, (b_rs, b_cs), c, acc| {
+            let (av, bv) = ((a_rs as isize, a_cs as isize), (b_rs as isize, b_cs as isize));
+            // SAFETY: c holds m * n floats and is not aliased; the strides address a and b only.
+            unsafe { fma::gemm(m, n, k, a, av, b, bv, c.as_mut_ptr(), acc) }
+        });
     }
 }
