@@ -313,7 +313,7 @@ fn bad_checkpoints_give_clear_errors() {
 }
 
 /// The reference trained only the encoders and the selection module: about 0.56 M parameters at
-/// the paper's sizes (REFERENCE.md §1). Counted here: basal 2000x128+128, GenePT encoder
+/// the paper's sizes (Table 7). Counted here: basal 2000x128+128, GenePT encoder
 /// 1536x128+128, batch 56x128, LayerNorm 2x384, scorer 384x128+128 and 128x2+2, projection 384x128+128.
 #[test]
 fn frozen_pt_rag_at_the_papers_sizes_trains_the_references_parameter_count() {

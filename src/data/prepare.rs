@@ -93,7 +93,7 @@ impl Normalize {
 const VALUE_SAMPLE_CELLS: usize = 1000;
 
 impl PrepareOptions {
-    /// The Replogle-Nadig file's names (REFERENCE.md §3).
+    /// The Replogle-Nadig file's column names and control label.
     pub fn new(h5ad: PathBuf, genept: PathBuf, out: PathBuf) -> Self {
         PrepareOptions {
             h5ad,

@@ -2,7 +2,7 @@
 //! metric per model, and the retrieval Jaccard heatmap. plotters' SVG backend writes text as SVG
 //! text, so no system fonts or font libraries are needed to build or draw.
 
-use super::report::{ConditionRow, HIGHER_IS_BETTER, METRICS};
+use super::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
 use super::retrieval::RetrievalAnalysis;
 use crate::{Error, Result};
 use plotters::prelude::*;

@@ -4,7 +4,7 @@
 
 use super::baselines::Baseline;
 use super::figures::{learning_curve_svg, CurvePoint};
-use super::report::{HIGHER_IS_BETTER, METRICS};
+use super::metrics::{HIGHER_IS_BETTER, METRICS};
 use super::stats::significance_mark;
 use crate::{Error, Result};
 use serde_json::Value;

@@ -212,3 +212,20 @@ pub fn wasserstein(x: &[f64], y: &[f64], dims: usize) -> Result<(f64, f64)> {
     let w2 = cost_of(&sq, &min_cost_assignment(&sq, n)).sqrt();
     Ok((w1, w2))
 }
+
+/// The metrics of a report, in the order of `ConditionRow::values`.
+pub const METRICS: [&str; 11] = ["pearson_deg", "spearman_deg", "mse", "rmse", "mae", "mse_pca", "w1", "w2", "energy", "mmd", "degs"];
+/// Whether a larger value is better, per metric of `METRICS`.
+pub const HIGHER_IS_BETTER: [bool; 11] = [true, true, false, false, false, false, false, false, false, false, false];
+
+/// One model's (or baseline's) metrics on one condition.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConditionRow {
+    pub model: String,
+    pub target: String,
+    pub perturbation: String,
+    pub cell_type: String,
+    pub cells: usize,
+    /// In the order of `METRICS`.
+    pub values: Vec<f64>,
+}

@@ -6,6 +6,8 @@
 use super::baselines::{Baseline, BaselineChoices, Baselines};
 use super::figures::{curves_svg, distributions_svg, jaccard_svg, planted_svg, read_curve, Curve};
 use super::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
+// The rows of a report, here for the modules that read them (figures, learning curves).
+pub use super::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
 use super::pca::Pca;
 use super::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
 use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark};
@@ -34,21 +36,6 @@ impl Default for EvalOptions {
     fn default() -> Self {
         EvalOptions { deg_rule: DegRule::Paper, pca_components: 50, pca_cells: 4096, per_component: false, pca_fitted_on: "training cells" }
     }
-}
-
-pub const METRICS: [&str; 11] = ["pearson_deg", "spearman_deg", "mse", "rmse", "mae", "mse_pca", "w1", "w2", "energy", "mmd", "degs"];
-/// Whether a larger value is better, per metric of `METRICS`.
-pub const HIGHER_IS_BETTER: [bool; 11] = [true, true, false, false, false, false, false, false, false, false, false];
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ConditionRow {
-    pub model: String,
-    pub target: String,
-    pub perturbation: String,
-    pub cell_type: String,
-    pub cells: usize,
-    /// In the order of `METRICS`.
-    pub values: Vec<f64>,
 }
 
 /// The metrics of one condition: predicted and real cells `[n, genes]`, all control cells of the

@@ -1,6 +1,6 @@
 //! The four models of the paper. They share the basal (control-cell) encoder, the batch embedding,
 //! the Llama backbone over each set and the output head; they differ in how the perturbation is
-//! encoded and in what the backbone receives (REFERENCE.md §1):
+//! encoded and in what the backbone receives (README, "The four models"):
 //!
 //! | model        | perturbation encoder        | backbone input                                   |
 //! |--------------|-----------------------------|--------------------------------------------------|
@@ -121,7 +121,7 @@ pub enum SelfExclusion {
     FirstSetInTraining,
 }
 
-/// Architecture and retrieval settings; `ModelConfig::paper` gives the paper's (REFERENCE.md §1).
+/// Architecture and retrieval settings; `ModelConfig::paper` gives the paper's (Table 7's sizes; README, "The four models").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub kind: ModelKind,
