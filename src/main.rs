@@ -356,7 +356,7 @@ fn train_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<Vec
                     "--resume",
                     format!(
                         "continues the configuration recorded in {}; only --steps may change (got {})",
-                        dir.join("config.toml").display(),
+                        dir.join(run::CONFIG).display(),
                         extra.join(", ")
                     ),
                 ));
@@ -483,12 +483,12 @@ fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result
         let name = o.resolve(&store, &target)?.model.variant_name();
         let dir = root.join(&name);
         dirs.push(dir.clone());
-        if dir.join("metrics.json").exists() {
+        if dir.join(run::METRICS).exists() {
             eprintln!("{name}: finished run kept in {}", dir.display());
             continue;
         }
         o.run_dir = Some(dir.clone());
-        if dir.join("config.toml").exists() {
+        if dir.join(run::CONFIG).exists() {
             o = TrainOptions { resume: Some(dir), steps: opts.steps, ..TrainOptions::default() };
         }
         train_command(o, progress)?;

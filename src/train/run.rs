@@ -23,11 +23,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub const ALL_FOLDS: &str = "all";
-const CONFIG: &str = "config.toml";
+pub const CONFIG: &str = "config.toml";
 const LOG: &str = "log.jsonl";
 const LAST: &str = "checkpoint-last.safetensors";
 const BEST: &str = "checkpoint-best.safetensors";
-const METRICS: &str = "metrics.json";
+pub const METRICS: &str = "metrics.json";
 const RETRIEVAL: &str = "retrieval-test.jsonl";
 
 /// What `config.toml` records.
