@@ -608,17 +608,7 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
                 cell_type_col,
                 ..ScreenOptions::default()
             };
-            let out = match out {
-                Some(o) => o,
-                None => {
-                    let target = match &cell_type {
-                        Some(t) => t.clone(),
-                        None => run::RunRecord::read(&run)?.train.target_cell_type,
-                    };
-                    run.join(format!("screen-{}", target.to_lowercase()))
-                }
-            };
-            let s = screen(&run, &out, &opts, !cli.quiet)?;
+            let s = screen(&run, out.as_deref(), &opts, !cli.quiet)?;
             let unmeasured = s.rows.iter().filter(|r| !r.measured_in_target).count();
             println!(
                 "{} perturbations predicted in {} by {} ({} never measured there), {} cells each, in {:.1} s",

@@ -120,7 +120,9 @@ fn choose_fold(run_dir: &Path, cell_type: Option<&str>) -> Result<TrainedRun> {
     first.ok_or_else(|| Error::invalid("predict --screen", format!("{} holds no trained fold", run_dir.display())))
 }
 
-pub fn screen(run_dir: &Path, out: &Path, opts: &ScreenOptions, progress: bool) -> Result<Screen> {
+/// Screens with the run in `run_dir` (an `all` run: the fold whose target is the cell type, else its
+/// first) into `out` [default: `run_dir/screen-<cell type>`].
+pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress: bool) -> Result<Screen> {
     let start = std::time::Instant::now();
     if opts.cells == 0 {
         return Err(Error::invalid("--cells", "at least 1"));
@@ -230,7 +232,8 @@ pub fn screen(run_dir: &Path, out: &Path, opts: &ScreenOptions, progress: bool) 
     bar.finish_and_clear();
     rows.sort_by(|a, b| b.effect_norm.total_cmp(&a.effect_norm).then_with(|| a.perturbation.cmp(&b.perturbation)));
 
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let out = out.map_or_else(|| run_dir.join(format!("screen-{}", cell_type.to_lowercase())), Path::to_path_buf);
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let (pred_path, csv_path) = (out.join("pred.h5ad"), out.join("screen.csv"));
     write_h5ad(&pred_path, &a)?;
     crate::data::write_atomic(&csv_path, csv(&rows, &cell_type).as_bytes())?;
