@@ -179,29 +179,25 @@ pub fn matmul_strided<T: Real>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &m
         };
         return;
     }
-    if TypeId::of::<T>() == TypeId::of::<f32>() && !crate::cpu::has_avx512() && crate::cpu::has_avx2_fma() {
+    if TypeId::of::<T>() == TypeId::of::<f32>() && fma::available() {
         // SAFETY: T is f32 (checked just above), so these are the same slices as f32.
         let (a, b, c) =
             unsafe { (&*(a as *const [T] as *const [f32]), &*(b as *const [T] as *const [f32]), &mut *(c as *mut [T] as *mut [f32])) };
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        // SAFETY: as for the gemm crate below: every view's last element lies inside its slice, c
-        // is a distinct borrow; matrixmultiply (without its threading feature) runs on this thread.
+        let stride = |v: Strided| (v.row_stride as isize, v.col_stride as isize);
+        // SAFETY: every view's last element lies inside its slice (asserted above) and c is a
+        // distinct borrow, so the product reads and writes only inside them.
         unsafe {
-            matrixmultiply::sgemm(
+            fma::serial(
                 cv.rows,
                 av.cols,
                 cv.cols,
-                1.0,
                 a.as_ptr().add(av.offset),
-                av.row_stride as isize,
-                av.col_stride as isize,
+                stride(av),
                 b.as_ptr().add(bv.offset),
-                bv.row_stride as isize,
-                bv.col_stride as isize,
-                beta,
+                stride(bv),
                 c.as_mut_ptr().add(cv.offset),
-                cv.row_stride as isize,
-                cv.col_stride as isize,
+                stride(cv),
+                accumulate,
             )
         };
         return;
@@ -245,8 +241,37 @@ mod fma {
     /// Rows (or columns) of C per parallel block, at least.
     const MIN_BLOCK: usize = 64;
 
+    /// The path is taken: AVX2 and FMA, and not the AVX-512 kernel.
+    pub fn available() -> bool {
+        !crate::cpu::has_avx512() && crate::cpu::has_avx2_fma()
+    }
+
     pub fn suits(m: usize, n: usize, k: usize) -> bool {
-        m * n * k >= MIN_WORK && !crate::cpu::has_avx512() && crate::cpu::has_avx2_fma()
+        m * n * k >= MIN_WORK && available()
+    }
+
+    /// `c (+)= a[m, k] b[k, n]` on this thread (matrixmultiply without its threading feature);
+    /// every operand as `(row stride, column stride)`.
+    ///
+    /// # Safety
+    /// The pointers address every element their strides reach; `c`'s aliases neither `a` nor `b`
+    /// and, with `accumulate`, is initialised (without it, matrixmultiply writes C without reading).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn serial(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f32,
+        (a_rs, a_cs): (isize, isize),
+        b: *const f32,
+        (b_rs, b_cs): (isize, isize),
+        c: *mut f32,
+        (c_rs, c_cs): (isize, isize),
+        accumulate: bool,
+    ) {
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        // SAFETY: the caller's contract, passed on.
+        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, a_rs, a_cs, b, b_rs, b_cs, beta, c, c_rs, c_cs) }
     }
 
     /// `c[m, n] (+)= a[m, k] b[k, n]`, `c` row-major; operand element `(r, c)` at `r * rs + c * cs`.
@@ -266,7 +291,6 @@ mod fma {
         c: *mut f32,
         accumulate: bool,
     ) {
-        let beta = if accumulate { 1.0 } else { 0.0 };
         let threads = rayon::current_num_threads().max(1);
         // split the longer side of C, so that each thread has a block
         let by_rows = m >= n;
@@ -278,24 +302,19 @@ mod fma {
             let (rows, cols, a_off, b_off, c_off) =
                 if by_rows { (len, n, lo as isize * a_rs, 0, lo * n) } else { (m, len, 0, lo as isize * b_cs, lo) };
             // SAFETY: the block's rows/columns lie inside a, b and c (the contract above); blocks of
-            // c are disjoint, so no two tasks write one element; with beta 0 matrixmultiply writes
-            // C without reading it.
+            // c are disjoint, so no two tasks write one element.
             unsafe {
-                matrixmultiply::sgemm(
+                serial(
                     rows,
                     k,
                     cols,
-                    1.0,
                     a.as_ptr().offset(a_off),
-                    a_rs,
-                    a_cs,
+                    (a_rs, a_cs),
                     b.as_ptr().offset(b_off),
-                    b_rs,
-                    b_cs,
-                    beta,
+                    (b_rs, b_cs),
                     (c_addr as *mut f32).add(c_off),
-                    n as isize,
-                    1,
+                    (n as isize, 1),
+                    accumulate,
                 )
             };
         });
