@@ -48,25 +48,21 @@ macro_rules! vectorised {
     ($(#[$meta:meta])* $vis:vis fn $name:ident<$t:ident>($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$meta])*
         $vis fn $name<$t: crate::real::Real>($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            if crate::cpu::has_avx512() {
-                #[target_feature(enable = "avx512f")]
-                fn avx512<$t: crate::real::Real>($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                // SAFETY: has_avx512() checked that the CPU has AVX-512F.
-                return unsafe { avx512($($arg),*) };
-            }
-            #[cfg(target_arch = "x86_64")]
-            if crate::cpu::has_avx2_fma() {
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2<$t: crate::real::Real>($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                // SAFETY: has_avx2_fma() checked that the CPU has AVX2 and FMA.
-                return unsafe { avx2($($arg),*) };
-            }
+            crate::cpu::vectorised!(@on "avx512f", has_avx512, $t, $body, $($arg: $ty),*);
+            crate::cpu::vectorised!(@on "avx2,fma", has_avx2_fma, $t, $body, $($arg: $ty),*);
             $body($($arg),*)
+        }
+    };
+    // `body` compiled with `feature` and returned from the caller, when `has()` says the CPU has it
+    (@on $feature:literal, $has:ident, $t:ident, $body:ident, $($arg:ident: $ty:ty),*) => {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::$has() {
+            #[target_feature(enable = $feature)]
+            fn wide<$t: crate::real::Real>($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            // SAFETY: `$has()` checked that the CPU has the features `wide` is compiled for.
+            return unsafe { wide($($arg),*) };
         }
     };
 }
