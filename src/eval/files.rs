@@ -37,7 +37,8 @@ pub struct FilesOptions {
 /// Cells grouped by (perturbation, cell type): row indices, in file order.
 type Groups = BTreeMap<(String, String), Vec<usize>>;
 
-fn read(path: &Path, opts: &FilesOptions) -> Result<(AnnData, Groups)> {
+/// A file's cells and their groups, and with `with_pca` its `varm/PCs` when it has one.
+fn read(path: &Path, opts: &FilesOptions, with_pca: bool) -> Result<(AnnData, Groups, Option<Pca>)> {
     let f = H5ad::open(path)?;
     let mut cols = vec![opts.pert_col.as_str()];
     cols.extend(opts.cell_type_col.as_deref());
@@ -50,7 +51,8 @@ fn read(path: &Path, opts: &FilesOptions) -> Result<(AnnData, Groups)> {
     if let Some(v) = a.x.iter().find(|v| !v.is_finite()) {
         return Err(Error::bad_file(path, "X", format!("finite values, found {v}")));
     }
-    Ok((a, groups))
+    let pca = if with_pca { stored_pca(&f, path, a.var_names.len())? } else { None };
+    Ok((a, groups, pca))
 }
 
 fn rows(a: &AnnData, idx: &[usize]) -> Vec<f64> {
@@ -66,17 +68,11 @@ fn condition_label(pert: &str, cell_type: &str) -> String {
     }
 }
 
-fn has_pcs(path: &Path) -> Result<bool> {
-    let f = H5ad::open(path)?;
-    Ok(f.members("/")?.iter().any(|k| k == "varm") && f.members("varm")?.iter().any(|k| k == "PCs"))
-}
-
-/// `varm/PCs` of the real file (`[genes, components]`), when it has one.
-fn stored_pca(path: &Path, genes: usize) -> Result<Option<Pca>> {
-    if !has_pcs(path)? {
+/// `varm/PCs` of an opened file (`[genes, components]`), when it has one.
+fn stored_pca(f: &H5ad, path: &Path, genes: usize) -> Result<Option<Pca>> {
+    if !(f.members("/")?.iter().any(|k| k == "varm") && f.members("varm")?.iter().any(|k| k == "PCs")) {
         return Ok(None);
     }
-    let f = H5ad::open(path)?;
     let m = f.matrix("varm/PCs")?;
     if m.rows() != genes || m.cols() == 0 {
         return Err(Error::bad_file(
@@ -92,10 +88,11 @@ fn stored_pca(path: &Path, genes: usize) -> Result<Option<Pca>> {
     Ok(Some(Pca::from_loadings(&loadings, genes)))
 }
 
-/// Per-condition rows of the prediction and of the `control` baseline.
-pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<Vec<ConditionRow>> {
-    let (pred, pred_groups) = read(&opts.pred, opts)?;
-    let (real, real_groups) = read(&opts.real, opts)?;
+/// Per-condition rows of the prediction and of the `control` baseline, and what the PCA was
+/// fitted on (as the report says it).
+pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<(Vec<ConditionRow>, &'static str)> {
+    let (pred, pred_groups, _) = read(&opts.pred, opts, false)?;
+    let (real, real_groups, real_pca) = read(&opts.real, opts, true)?;
     if pred.var_names != real.var_names {
         let i =
             pred.var_names.iter().zip(&real.var_names).position(|(a, b)| a != b).unwrap_or(pred.var_names.len().min(real.var_names.len()));
@@ -156,12 +153,12 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<Vec<Con
     // The PCA: the real file's own (`varm/PCs`, as scanpy and `predict` write it), else fitted on
     // (a sample of) its cells.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x9CA);
-    let pca = match stored_pca(&opts.real, g)? {
-        Some(pca) => pca,
+    let (pca, fitted_on) = match real_pca {
+        Some(pca) => (pca, "training cells (the run's, from the real file's varm/PCs)"),
         None => {
             let n_real = real.obs_names.len();
             let sample: Vec<usize> = (0..eval.pca_cells.min(n_real)).map(|_| rng.gen_range(0..n_real)).collect();
-            Pca::fit(&rows(&real, &sample), g, eval.pca_components)
+            (Pca::fit(&rows(&real, &sample), g, eval.pca_components), "the real file's cells")
         }
     };
 
@@ -190,18 +187,14 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<Vec<Con
             drawn.chunks(g).flat_map(|r| r.iter().zip(&ctrl_mean).zip(&drawn_mean).map(|((x, c), m)| x + c - m)).collect();
         out.push(row(Baseline::Control.name(), condition_metrics(&baseline, &real_cells, ctrl, g, &pca, eval)?));
     }
-    Ok(out)
+    Ok((out, fitted_on))
 }
 
 /// `evaluate --pred --real` end to end: the report files in `out` (as `evaluate` writes them);
 /// returns the overall table and the prediction against the `control` baseline.
 pub fn evaluate_files_into(opts: &FilesOptions, eval: &EvalOptions, out: &Path) -> Result<String> {
-    let fitted_on = match has_pcs(&opts.real)? {
-        true => "training cells (the run's, from the real file's varm/PCs)",
-        false => "the real file's cells",
-    };
+    let (rows, fitted_on) = evaluate_files(opts, eval)?;
     let eval = &EvalOptions { pca_fitted_on: fitted_on, ..eval.clone() };
-    let rows = evaluate_files(opts, eval)?;
     let summary = summarise(&rows);
     write_report(&rows, &summary, None, &[], eval, out)?;
     let md = markdown(&summary, eval);

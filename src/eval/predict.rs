@@ -11,6 +11,7 @@ use super::baselines::{Baseline, Baselines};
 use crate::data::h5ad::{write_h5ad, write_h5ad_with_varm, AnnData};
 use crate::data::sampler::evaluation_sets;
 use crate::train::run::{fold_dirs, TrainedRun};
+use crate::train::Trainer;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -34,9 +35,9 @@ impl Default for PredictOptions {
     }
 }
 
-/// The `(predicted, real)` AnnData of one fold's run: controls first, then every test condition.
-pub fn fold_predictions(run: &TrainedRun, opts: &PredictOptions) -> Result<(AnnData, AnnData)> {
-    let trainer = run.trainer()?;
+/// The `(predicted, real)` AnnData of one fold's run (`trainer`: `run.trainer()`): controls first,
+/// then every test condition.
+pub fn fold_predictions(run: &TrainedRun, trainer: &Trainer, opts: &PredictOptions) -> Result<(AnnData, AnnData)> {
     let (store, fold) = (&run.store, &trainer.fold);
     let names = &store.manifest;
     let cell_type = names.cell_types[fold.target].clone();
@@ -109,9 +110,9 @@ pub fn predict_run(run_dir: &Path, out: &Path, opts: &PredictOptions, progress: 
                 None => eprintln!("predicting {} on {target} from {}", run.record.train.model.kind.label(), run.checkpoint().display()),
             }
         }
-        let (pred, real) = fold_predictions(&run, opts)?;
-        let paths = (fold_out.join("pred.h5ad"), fold_out.join("real.h5ad"));
         let trainer = run.trainer()?;
+        let (pred, real) = fold_predictions(&run, &trainer, opts)?;
+        let paths = (fold_out.join("pred.h5ad"), fold_out.join("real.h5ad"));
         let pca = super::report::fold_pca(&run.store, &trainer.fold, &super::report::EvalOptions::default());
         write_h5ad(&paths.0, &pred)?;
         write_h5ad_with_varm(&paths.1, &real, &[("PCs", &pca.loadings())])?;
