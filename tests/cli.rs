@@ -36,6 +36,14 @@ fn tiny_store(dir: &Path) -> PathBuf {
     store
 }
 
+/// The tiny store and a 2-step PT-RAG run on it (`dir/s`, `dir/pt-rag`).
+fn tiny_pt_rag_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let store = tiny_store(dir);
+    let run = dir.join("pt-rag");
+    assert!(train(&store, &run, &["--model", "pt-rag", "--top-k", "4", "--steps", "2", "--val-every", "0"]).status.success());
+    (store, run)
+}
+
 /// `train` on the tiny store with a small architecture.
 fn train(store: &Path, run: &Path, extra: &[&str]) -> Output {
     train_like(store, run, "train", extra)
@@ -363,9 +371,7 @@ fn predict_writes_matching_predicted_and_real_h5ad_files() {
     use ptrag_engine::data::h5ad::H5ad;
     use ptrag_engine::data::store::Store;
     let tmp = tempfile::tempdir().unwrap();
-    let store_dir = tiny_store(tmp.path());
-    let run = tmp.path().join("pt-rag");
-    assert!(train(&store_dir, &run, &["--model", "pt-rag", "--top-k", "4", "--steps", "2", "--val-every", "0"]).status.success());
+    let (store_dir, run) = tiny_pt_rag_run(tmp.path());
     let out = cli().args(["predict", "--quiet", "--pert-col", "target_gene"]).arg(&run).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let read = |name: &str| H5ad::open(&run.join("predictions").join(name)).unwrap().read(&["target_gene", "cell_line"]).unwrap();
@@ -679,9 +685,7 @@ fn predict_screen_ranks_every_perturbation_from_the_same_control_cells() {
     use ptrag_engine::data::h5ad::H5ad;
     use ptrag_engine::data::store::Store;
     let tmp = tempfile::tempdir().unwrap();
-    let store_dir = tiny_store(tmp.path());
-    let run = tmp.path().join("pt-rag");
-    assert!(train(&store_dir, &run, &["--model", "pt-rag", "--top-k", "4", "--steps", "2", "--val-every", "0"]).status.success());
+    let (store_dir, run) = tiny_pt_rag_run(tmp.path());
     let out = cli().args(["predict", "--quiet", "--screen", "--cells", "6"]).arg(&run).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let store = Store::open(&store_dir).unwrap();
@@ -790,9 +794,7 @@ fn predict_screen_ranks_every_perturbation_from_the_same_control_cells() {
 fn evaluate_pred_real_reproduces_the_runs_evaluate_and_names_bad_input() {
     use ptrag_engine::data::h5ad::{write_h5ad, H5ad};
     let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(tmp.path());
-    let run = tmp.path().join("pt-rag");
-    assert!(train(&store, &run, &["--model", "pt-rag", "--top-k", "4", "--steps", "2", "--val-every", "0"]).status.success());
+    let (_, run) = tiny_pt_rag_run(tmp.path());
     let files = tmp.path().join("files");
     let out = cli().args(["predict", "--quiet", "--unclamped", "--out"]).arg(&files).arg(&run).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
