@@ -442,7 +442,8 @@ fn install_ctrl_c() -> ptrag_engine::Result<()> {
 }
 
 /// The paper's experiment in one command: the four models on one target cell type, then `evaluate`.
-/// With `--candidate-context`, `--response-readout`, `--logit-norm` or `--anchor-output` (options beyond the paper),
+/// With `--candidate-context`, `--response-readout`, `--logit-norm`, `--anchor-output` or
+/// `--similarity-features` (options beyond the paper),
 /// the four stay the paper's and the retrieval models are trained once more with those options
 /// (`vanilla-rag+both`, `pt-rag+both+readout`, ...), beside them in the same report.
 fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result<()> {
@@ -459,13 +460,25 @@ fn reproduce_command(opts: TrainOptions, progress: bool) -> ptrag_engine::Result
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}-{}", target.to_lowercase(), opts.seed.unwrap_or(42))));
     // The paper's four without the options beyond the paper; then the variants that have them.
-    let paper = TrainOptions { candidate_context: None, response_readout: None, logit_norm: None, anchor_output: None, ..opts.clone() };
+    let paper = TrainOptions {
+        candidate_context: None,
+        response_readout: None,
+        logit_norm: None,
+        anchor_output: None,
+        similarity_features: None,
+        ..opts.clone()
+    };
     let mut runs: Vec<(ModelKind, TrainOptions)> = ModelKind::ALL.iter().map(|&k| (k, paper.clone())).collect();
-    let beyond =
-        [opts.candidate_context.is_some(), opts.response_readout.is_some(), opts.logit_norm.is_some(), opts.anchor_output.is_some()];
+    let beyond = [
+        opts.candidate_context.is_some(),
+        opts.response_readout.is_some(),
+        opts.logit_norm.is_some(),
+        opts.anchor_output.is_some(),
+        opts.similarity_features.is_some(),
+    ];
     if beyond.contains(&true) {
         let vanilla = TrainOptions { response_readout: None, logit_norm: None, ..opts.clone() };
-        if vanilla.candidate_context.is_some() {
+        if vanilla.candidate_context.is_some() || vanilla.similarity_features.is_some() {
             runs.push((ModelKind::VanillaRag, vanilla));
         }
         runs.push((ModelKind::PtRag, opts.clone()));

@@ -32,9 +32,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// `pt-rag-responses`: the options beyond the paper, all at once (observed responses for the
-/// candidates and the query, the response readout, unscaled logits, the anchored output).
-const CASES: [&str; 6] = ["state", "state-genept", "vanilla-rag", "pt-rag", "pt-rag-reference", "pt-rag-responses"];
-/// Cell types of the `pt-rag-responses` case (the others have one).
+/// candidates and the query, the response readout, unscaled logits, the anchored output);
+/// `pt-rag-similarity`: those and the candidates' similarity features.
+const CASES: [&str; 7] = ["state", "state-genept", "vanilla-rag", "pt-rag", "pt-rag-reference", "pt-rag-responses", "pt-rag-similarity"];
+/// Cell types of the `pt-rag-responses` and `pt-rag-similarity` cases (the others have one).
 const CELL_TYPES: usize = 2;
 const SETS: usize = 3;
 const CELLS: usize = 4;
@@ -64,10 +65,11 @@ fn case_config(case: &str) -> TrainConfig {
     if case == "pt-rag-reference" {
         (model.causal, model.rope_theta, model.self_exclusion) = (true, Some(10000.0), SelfExclusion::FirstSetInTraining);
     }
-    if case == "pt-rag-responses" {
+    if case == "pt-rag-responses" || case == "pt-rag-similarity" {
         (model.candidate_context, model.response_readout, model.logit_norm, model.anchor_output) =
             (CandidateContext::Both, true, LogitNorm::None, true);
     }
+    model.similarity_features = case == "pt-rag-similarity";
     TrainConfig {
         target_cell_type: "parity".into(),
         steps: 1,
@@ -96,7 +98,7 @@ struct Case {
     noise: Noise,
     /// `[sets]`
     cell_type: Vec<u32>,
-    /// `pt-rag-responses`: per cell type the control mean `[CELL_TYPES, GENES]`, and the observed
+    /// `pt-rag-responses` and `pt-rag-similarity`: per cell type the control mean `[CELL_TYPES, GENES]`, and the observed
     /// mean changes `[CELL_TYPES * PERTS, GENES]` (zero where `observed` is 0).
     responses: Option<(Vec<f32>, Vec<f32>, Vec<bool>)>,
 }

@@ -143,6 +143,22 @@ def forward_loss(p, m, sparsity, data, B, S, energy_fn=energy):
             cross = (other[:, :, None] * change[:, pidx].transpose(0, 1)).sum(1) / count.clamp(min=1)
             has = (count > 0).to(dt)
             pert = pert + linear(torch.cat([cross * has, has], -1), p, "responses.query")
+        if m.get("similarity_features", False):
+            # Per candidate, standardised over its query's K: the GenePT cosine, and with observed
+            # responses the cosine of its change to the query's cross-cell-type change.
+            columns = [(sims.gather(1, idx).to(dt), torch.ones(B, K, dtype=torch.bool))]
+            if context != "genept":
+                norms = cross.norm(dim=-1)[:, None] * cand_change.norm(dim=-1)
+                dots = (cross[:, None, :] * cand_change).sum(-1)
+                cosine = torch.where(norms > 0, dots / norms.clamp(min=1e-300), torch.zeros_like(dots))
+                columns.append((cosine, (has > 0) & (cand_seen > 0)))
+            features = []
+            for value, present in columns:
+                count = present.sum(-1, keepdim=True).clamp(min=1)
+                mean = (value * present).sum(-1, keepdim=True) / count
+                sd = ((((value - mean) * present) ** 2).sum(-1, keepdim=True) / count).sqrt().clamp(min=1e-6)
+                features.append(torch.where(present, (value - mean) / sd, torch.zeros_like(value)))
+            cand = cand + linear(torch.stack(features, -1), p, "similarity")
         if kind == "vanilla-rag":
             q = linear(basal + pert[:, None, :], p, "context.q")
             k, v = linear(cand, p, "context.k"), linear(cand, p, "context.v")

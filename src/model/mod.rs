@@ -23,6 +23,7 @@ pub mod layers;
 use crate::cpu::elementwise::DropoutMask;
 use crate::cpu::energy::EnergyShape;
 use crate::cuda::tensor::RowTable;
+use crate::data::responses::ObservedResponses;
 use crate::real::Real;
 use crate::tape::{ParamId, Params, Tape, Var};
 use crate::{Error, Result};
@@ -167,6 +168,13 @@ pub struct ModelConfig {
     /// untrained model predicts the control mean (plus the readout, if any).
     #[serde(default)]
     pub anchor_output: bool,
+    /// Beyond the paper, the retrieval models: every candidate's encoding adds `Linear(F -> H)` of
+    /// scalar features standardised over its query's K (`similarity_features`): the GenePT cosine
+    /// to the query and, with observed responses, the cosine of the candidate's change in the set's
+    /// cell type to the query's cross-cell-type change. A scorer on concatenated encodings cannot
+    /// form these dot products itself.
+    #[serde(default)]
+    pub similarity_features: bool,
     /// From the data: genes, perturbations (control included), batch groups, GenePT width (0 for STATE).
     pub genes: usize,
     pub perturbations: usize,
@@ -197,6 +205,7 @@ impl ModelConfig {
             logit_norm: LogitNorm::GlobalStd,
             response_readout: false,
             anchor_output: false,
+            similarity_features: false,
             genes,
             perturbations,
             batches,
@@ -219,6 +228,9 @@ impl ModelConfig {
         }
         if self.anchor_output {
             name += "+anchored";
+        }
+        if self.similarity_features {
+            name += "+similarity";
         }
         name
     }
@@ -247,6 +259,9 @@ impl ModelConfig {
         }
         if self.response_readout && (self.kind != ModelKind::PtRag || self.candidate_context == CandidateContext::Genept) {
             return Err(Error::invalid("response readout", "applies to pt-rag with --candidate-context responses or both"));
+        }
+        if self.similarity_features && !self.kind.retrieves() {
+            return Err(Error::invalid("similarity features", format!("apply to the retrieval models, not {}", self.kind.name())));
         }
         if !(0.0..1.0).contains(&self.scorer_dropout) {
             return Err(Error::invalid("scorer dropout", format!("must be in [0, 1), got {}", self.scorer_dropout)));
@@ -405,6 +420,8 @@ pub struct Model {
     backbone: Backbone,
     head: Linear,
     responses: Option<ResponseEncoders>,
+    /// `Linear(F -> H)` of the candidates' similarity features (`similarity_features` only).
+    similarity: Option<Linear>,
     /// `[cell types, G]`: what `anchor_output` adds to the head (zeros until `set_output_anchor`).
     anchor: Vec<f32>,
     knowledge: Option<Knowledge>,
@@ -498,6 +515,10 @@ impl Model {
                 ))
             }
         };
+        let similarity = cfg.similarity_features.then(|| {
+            let features = if responses.is_some() { 2 } else { 1 };
+            Linear::new(params, rng, "similarity", features, h, false)
+        });
         if cfg.frozen_backbone {
             for p in params.entries.iter_mut() {
                 if p.name.starts_with("layers.") || p.name == "final_norm" || p.name.starts_with("head.") {
@@ -511,7 +532,19 @@ impl Model {
                 params.entries[id.0].value = std::sync::Arc::new(vec![T::zero(); n]);
             }
         }
-        Ok(Model { cfg: cfg.clone(), basal, pert, batch_table, context, backbone, head, responses, anchor: Vec::new(), knowledge })
+        Ok(Model {
+            cfg: cfg.clone(),
+            basal,
+            pert,
+            batch_table,
+            context,
+            backbone,
+            head,
+            responses,
+            similarity,
+            anchor: Vec::new(),
+            knowledge,
+        })
     }
 
     /// Appends perturbations known only by their GenePT vectors (`[n, dim]`), never retrieved;
@@ -612,6 +645,16 @@ impl Model {
             let x = response_rows(tape, query_rows, self.cfg.genes);
             let cross = enc.query.apply(tape, params, x);
             query_enc = tape.add(query_enc, cross);
+        }
+        if let Some(lin) = &self.similarity {
+            let observed = self.responses.as_ref().and(knowledge.responses.as_ref());
+            let features = similarity_features(knowledge, observed, &queries, &candidates, k, |r| input.cell_type[set_of_row(r)]);
+            let x = tape.constant(&[rows * k, features.len() / (rows * k)], features.into_iter().map(T::f).collect());
+            let encoded = lin.apply(tape, params, x);
+            cand_enc = Some(match cand_enc {
+                Some(c) => tape.add(c, encoded),
+                None => encoded,
+            });
         }
         let candidates_enc = cand_enc.expect("a candidate encoding: GenePT, responses or both");
         let encoded = Encoded { query: query_enc, candidates: candidates_enc, candidate_changes };
@@ -723,6 +766,63 @@ fn response_rows<'c, T: Real>(tape: &mut Tape<T>, changes: impl Iterator<Item = 
         rows += 1;
     }
     tape.constant(&[rows, genes + 1], values)
+}
+
+/// The similarity features `[rows * K, F]` of every query row's K candidates (see
+/// `ModelConfig::similarity_features`), each standardised over the row's K (over the observed
+/// candidates for the response cosine; 0 for the unobserved and for a row without spread).
+fn similarity_features(
+    knowledge: &Knowledge,
+    observed: Option<&ObservedResponses>,
+    queries: &[u32],
+    candidates: &[u32],
+    k: usize,
+    cell_type: impl Fn(usize) -> u32,
+) -> Vec<f64> {
+    let features = if observed.is_some() { 2 } else { 1 };
+    let mut out = vec![0.0; candidates.len() * features];
+    for (r, &query) in queries.iter().enumerate() {
+        let row = r * k..(r + 1) * k;
+        // In f64 from the vectors (retrieval's f32 similarities would carry their rounding, which the
+        // standardisation magnifies, into the features).
+        let vector =
+            |p: u32| -> Vec<f64> { knowledge.vectors[p as usize * knowledge.dim..][..knowledge.dim].iter().map(|&v| v as f64).collect() };
+        let q = vector(query);
+        let cosine: Vec<Option<f64>> = candidates[row.clone()].iter().map(|&c| Some(cosine_of(&q, &vector(c)))).collect();
+        let mut columns = vec![cosine];
+        if let Some(observed) = observed {
+            let cross = observed.cross_cell_type(query, cell_type(r));
+            let response = |c: u32| Some(cosine_of(cross.as_ref()?, observed.change(c, cell_type(r))?));
+            columns.push(candidates[row.clone()].iter().map(|&c| response(c)).collect());
+        }
+        for (f, column) in columns.iter().enumerate() {
+            for (j, z) in standardised(column).into_iter().enumerate() {
+                out[(row.start + j) * features + f] = z;
+            }
+        }
+    }
+    out
+}
+
+fn cosine_of(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norms = (a.iter().map(|x| x * x).sum::<f64>() * b.iter().map(|x| x * x).sum::<f64>()).sqrt();
+    if norms > 0.0 {
+        dot / norms
+    } else {
+        0.0
+    }
+}
+
+/// `(x - mean) / sd` over the present values (sd with ddof 0, floored at 1e-6), 0 for the absent.
+fn standardised(values: &[Option<f64>]) -> Vec<f64> {
+    let present: Vec<f64> = values.iter().flatten().copied().collect();
+    if present.is_empty() {
+        return vec![0.0; values.len()];
+    }
+    let mean = present.iter().sum::<f64>() / present.len() as f64;
+    let sd = (present.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / present.len() as f64).sqrt().max(1e-6);
+    values.iter().map(|v| v.map_or(0.0, |x| (x - mean) / sd)).collect()
 }
 
 /// Mean over sets of the per-set (half) energy distance between `pred` and `target`, both `[sets * cells, genes]`.

@@ -124,6 +124,11 @@ pub struct TrainOptions {
     /// starts at zero [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub anchor_output: Option<bool>,
+    /// The retrieval models: each candidate's encoding adds a learned map of its GenePT cosine to
+    /// the query and (with observed responses) of the cosine of its change to the query's
+    /// cross-cell-type change, standardised over the K [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub similarity_features: Option<bool>,
     /// Reference-compatibility preset; the finer switches below override it [default: none]
     #[arg(long, value_enum)]
     pub compat: Option<Compat>,
@@ -181,6 +186,7 @@ macro_rules! fields {
             logit_norm,
             response_readout,
             anchor_output,
+            similarity_features,
             compat,
             causal_rope,
             frozen_backbone,
@@ -240,6 +246,7 @@ impl TrainOptions {
         only("eval-selection", self.eval_selection.is_some(), pt_rag, "pt-rag")?;
         only("candidate-context", self.candidate_context.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
         only("logit-norm", self.logit_norm.is_some(), pt_rag, "pt-rag")?;
+        only("similarity-features", self.similarity_features.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
 
         macro_rules! set {
             ($($dst:expr => $src:ident),*) => { $( if let Some(v) = self.$src.clone() { $dst = v; } )* };
@@ -250,7 +257,7 @@ impl TrainOptions {
              c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau,
              c.model.scorer_dropout => scorer_dropout, c.model.candidate_context => candidate_context,
              c.model.logit_norm => logit_norm, c.model.response_readout => response_readout,
-             c.model.anchor_output => anchor_output);
+             c.model.anchor_output => anchor_output, c.model.similarity_features => similarity_features);
         let causal = self.causal_rope.unwrap_or(reference);
         c.model.causal = causal;
         c.model.rope_theta = causal.then_some(10000.0);
