@@ -1,5 +1,6 @@
-//! The observed-response context (`--candidate-context responses|both`): the target cell type's
-//! test and validation cells never reach a feature, while its training cells do.
+//! The observed-response context (`--candidate-context responses|both`, and with it the response
+//! cosine of `--similarity-features`): the target cell type's test and validation cells never reach
+//! a feature, while its training cells do.
 
 mod common;
 
@@ -26,10 +27,11 @@ fn copy_changing(store: &Store, dir: &Path, cells: &[u32]) -> Store {
     Store::open(w.finish(store.manifest.clone(), &store.genept_table(), &split, &[]).unwrap()).unwrap()
 }
 
-/// A trainer of `kind` with the response context, after `steps` steps.
-fn trained(store: &Store, kind: ModelKind, steps: usize) -> Trainer<'_> {
+/// A trainer of `kind` with the response context (and the similarity features), after `steps` steps.
+fn trained(store: &Store, kind: ModelKind, similarity: bool, steps: usize) -> Trainer<'_> {
     let mut cfg = common::small_config(store, kind);
     cfg.model.candidate_context = CandidateContext::Both;
+    cfg.model.similarity_features = similarity;
     let mut t = common::trainer(store, cfg);
     for _ in 0..steps {
         t.train_step().unwrap();
@@ -45,16 +47,17 @@ fn predictions(t: &Trainer) -> Vec<Vec<f32>> {
 #[test]
 fn a_test_conditions_cells_reach_no_prediction() {
     let (tmp, store) = common::tiny_store();
-    for kind in [ModelKind::PtRag, ModelKind::VanillaRag] {
-        let t = trained(&store, kind, 3);
+    for (kind, similarity) in [(ModelKind::PtRag, false), (ModelKind::VanillaRag, false), (ModelKind::PtRag, true)] {
+        let t = trained(&store, kind, similarity, 3);
+        let name = t.cfg.model.variant_name();
         // One test and one validation condition of the target cell type, changed.
         let changed: Vec<u32> = t.fold.test[0].cells.iter().chain(&t.fold.val[0].cells).copied().collect();
-        let other = copy_changing(&store, &tmp.path().join(format!("changed-{}", kind.name())), &changed);
-        let u = trained(&other, kind, 3);
+        let other = copy_changing(&store, &tmp.path().join(format!("changed-{name}")), &changed);
+        let u = trained(&other, kind, similarity, 3);
         let (a, b) = (predictions(&t), predictions(&u));
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            assert!(x == y, "{}: condition {i} of validation + test moved when a test condition's cells changed", kind.name());
+            assert!(x == y, "{name}: condition {i} of validation + test moved when a test condition's cells changed");
         }
     }
 }
@@ -65,7 +68,7 @@ fn a_test_conditions_cells_reach_no_prediction() {
 #[test]
 fn a_target_training_conditions_cells_do_reach_predictions() {
     let (tmp, store) = common::tiny_store();
-    let t = trained(&store, ModelKind::PtRag, 0);
+    let t = trained(&store, ModelKind::PtRag, false, 0);
     let target = t.fold.target as u32;
     let changed: Vec<u32> = t
         .fold
@@ -75,7 +78,7 @@ fn a_target_training_conditions_cells_do_reach_predictions() {
         .flat_map(|c| c.cells.clone())
         .collect();
     let other = copy_changing(&store, &tmp.path().join("changed"), &changed);
-    let u = trained(&other, ModelKind::PtRag, 0);
+    let u = trained(&other, ModelKind::PtRag, false, 0);
     assert!(predictions(&t) != predictions(&u), "the candidates' observed responses did not reach any prediction");
 }
 
@@ -90,4 +93,16 @@ fn observed_responses_refuse_the_self_retrieval_bug() {
     cfg.self_exclusion = SelfExclusion::FirstSetInTraining;
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("self-retrieval bug"), "{err}");
+}
+
+/// The similarity features read the candidates' GenePT vectors and responses: for the retrieval
+/// models only.
+#[test]
+fn similarity_features_apply_to_the_retrieval_models_only() {
+    use ptrag_engine::model::ModelConfig;
+    for kind in ModelKind::ALL {
+        let mut cfg = ModelConfig::paper(kind, 8, 40, 1, 4);
+        cfg.similarity_features = true;
+        assert_eq!(cfg.validate().is_ok(), kind.retrieves(), "{}", kind.name());
+    }
 }
