@@ -54,7 +54,7 @@ enum Command {
         seed: u64,
         /// How cell-type-specific the planted biology is, in [0, 1): the share of pathways silent
         /// per cell type; above 0.25 (the default data) more perturbations belong to two pathways
-        /// and act through only one of them, chosen per cell type (README, "context specificity").
+        /// and act through only one of them, chosen per cell type (docs/design.md, "Context specificity").
         #[arg(long, default_value_t = 0.25)]
         context_specificity: f64,
         /// Output directory (default: data/synth-<preset>, or data/synth-<preset>-cs<X> at another

@@ -37,7 +37,7 @@ fn reference_flops_come_close_to_table7_except_vanilla_rag() {
     // Table 7 averaged over test sets of at most 64 cells (1.67 B per batch / 34.9 M per cell = 48
     // cells), which shrinks the attention term against our S = 64; 0.6% covers that. Vanilla RAG
     // is the exception (55.8 M against 34.8 M): the reference's profiler did not register its
-    // retrieval, candidate encoding and cross-attention; see the README.
+    // retrieval, candidate encoding and cross-attention; see docs/reference.md, "Cost and speed".
     for kind in [ModelKind::State, ModelKind::StateGenept, ModelKind::PtRag] {
         let p = profile(kind, &Shapes::paper()).unwrap();
         let total: f64 = p.reference_flops.iter().map(|x| x.1).sum();

@@ -2,7 +2,7 @@
 Replogle-Nadig file: expression in obsm/X_hvg (dense float32, chunked, gzip), categorical obs
 `gene`, `cell_line`, `gem_group`, gene symbols as the var index; plus the GenePT vectors as .npz.
 Rows stream through in blocks, so memory stays small whatever the size. Used to measure `prepare`
-at full size (README); needs numpy and h5py.
+at full size (docs/reference.md, "Real data"); needs numpy and h5py.
 
     .venv/bin/python tools/make_large_h5ad.py STORE_DIR OUT.h5ad OUT_genept.npz
 """

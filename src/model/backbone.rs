@@ -1,7 +1,7 @@
 //! The Llama backbone STATE runs over the cells of each set: pre-norm RMSNorm, multi-head attention,
 //! SwiGLU MLP, no biases, final RMSNorm. Attention is bidirectional without positions by default (a
 //! set has no order); the reference ran it causal with rotary positions over a randomly ordered set
-//! (`causal` + `rope_theta`: the reference code's choices; README, "Reference compatibility").
+//! (`causal` + `rope_theta`: the reference code's choices; docs/design.md, "Reference compatibility").
 
 use super::layers::{norm_scale, Linear};
 use super::ModelConfig;

@@ -1,6 +1,6 @@
 //! The four models of the paper. They share the basal (control-cell) encoder, the batch embedding,
 //! the Llama backbone over each set and the output head; they differ in how the perturbation is
-//! encoded and in what the backbone receives (README, "The four models"):
+//! encoded and in what the backbone receives (docs/design.md, "The four models"):
 //!
 //! | model        | perturbation encoder        | backbone input                                   |
 //! |--------------|-----------------------------|--------------------------------------------------|
@@ -122,7 +122,7 @@ pub enum SelfExclusion {
     FirstSetInTraining,
 }
 
-/// Architecture and retrieval settings; `ModelConfig::paper` gives the paper's (Table 7's sizes; README, "The four models").
+/// Architecture and retrieval settings; `ModelConfig::paper` gives the paper's (Table 7's sizes; docs/design.md, "The four models").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub kind: ModelKind,

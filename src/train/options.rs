@@ -8,7 +8,7 @@ use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-/// Presets of the reference-compatibility switches (README, "Reference compatibility").
+/// Presets of the reference-compatibility switches (docs/design.md, "Reference compatibility").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Compat {
