@@ -1,4 +1,4 @@
-//! Dense products on the GPU: cuBLAS, not a hand-written kernel (twin of `src/cpu/gemm.rs`; there
+//! Dense products on the GPU: cuBLAS, not a hand-written kernel (twin of `src/cpu/gemm/`; there
 //! is no `kernels/gemm.cu`). Under the emulator, whose buffers are host memory, the CPU GEMM runs.
 
 use super::{check_len, Buffer, Gpu, Storage};
