@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod device;
 mod evaluation;
+mod fold;
 pub mod optim;
 pub mod options;
 pub mod run;
