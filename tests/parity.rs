@@ -33,9 +33,11 @@ use std::path::{Path, PathBuf};
 
 /// `pt-rag-responses`: the options beyond the paper, all at once (observed responses for the
 /// candidates and the query, the response readout, unscaled logits, the anchored output);
-/// `pt-rag-similarity`: those and the candidates' similarity features.
-const CASES: [&str; 7] = ["state", "state-genept", "vanilla-rag", "pt-rag", "pt-rag-reference", "pt-rag-responses", "pt-rag-similarity"];
-/// Cell types of the `pt-rag-responses` and `pt-rag-similarity` cases (the others have one).
+/// `pt-rag-similarity`: those and the candidates' similarity features; `pt-rag-residual`: the
+/// responses case with the residual output in place of the anchored one.
+const CASES: [&str; 8] =
+    ["state", "state-genept", "vanilla-rag", "pt-rag", "pt-rag-reference", "pt-rag-responses", "pt-rag-similarity", "pt-rag-residual"];
+/// Cell types of the cases with observed responses (the others have one).
 const CELL_TYPES: usize = 2;
 const SETS: usize = 3;
 const CELLS: usize = 4;
@@ -65,10 +67,11 @@ fn case_config(case: &str) -> TrainConfig {
     if case == "pt-rag-reference" {
         (model.causal, model.rope_theta, model.self_exclusion) = (true, Some(10000.0), SelfExclusion::FirstSetInTraining);
     }
-    if case == "pt-rag-responses" || case == "pt-rag-similarity" {
+    if case == "pt-rag-responses" || case == "pt-rag-similarity" || case == "pt-rag-residual" {
         (model.candidate_context, model.response_readout, model.logit_norm, model.anchor_output) =
-            (CandidateContext::Both, true, LogitNorm::None, true);
+            (CandidateContext::Both, true, LogitNorm::None, case != "pt-rag-residual");
     }
+    model.residual_output = case == "pt-rag-residual";
     model.similarity_features = case == "pt-rag-similarity";
     TrainConfig {
         target_cell_type: "parity".into(),
@@ -114,11 +117,24 @@ fn knowledge(c: &Case) -> Option<Knowledge> {
     Some(k.with_responses(ObservedResponses::from_parts(GENES, control_mean, table)))
 }
 
-/// The case's model over `params` (initialised from `rng`), with its output anchor.
+/// The case's model over `params` (initialised from `rng`), with its output anchor (the control
+/// means, or for the residual output the mean observed changes).
 fn model_of<T: Real>(c: &Case, params: &mut Params<T>, rng: &mut rand_chacha::ChaCha8Rng) -> Model {
     let mut model = Model::new(&c.cfg.model, knowledge(c), params, rng).unwrap();
-    if let Some((control_mean, ..)) = &c.responses {
-        model.set_output_anchor(&control_mean.chunks(GENES).map(|r| r.iter().map(|&x| x as f64).collect()).collect::<Vec<_>>());
+    if let Some((control_mean, change, observed)) = &c.responses {
+        let anchor: Vec<Vec<f64>> = if c.cfg.model.residual_output {
+            // Per cell type, the mean of its observed changes.
+            (0..CELL_TYPES)
+                .map(|ct| {
+                    let rows: Vec<&[f32]> =
+                        (0..PERTS).filter(|p| observed[ct * PERTS + p]).map(|p| &change[(ct * PERTS + p) * GENES..][..GENES]).collect();
+                    (0..GENES).map(|g| rows.iter().map(|r| r[g] as f64).sum::<f64>() / rows.len().max(1) as f64).collect()
+                })
+                .collect()
+        } else {
+            control_mean.chunks(GENES).map(|r| r.iter().map(|&x| x as f64).collect()).collect()
+        };
+        model.set_output_anchor(&anchor);
     }
     model
 }

@@ -1,6 +1,6 @@
 //! The observed-response context (`--candidate-context responses|both`, and with it the response
-//! cosine of `--similarity-features`): the target cell type's test and validation cells never reach
-//! a feature, while its training cells do.
+//! cosine of `--similarity-features` and the training mean change of `--residual-output`): the
+//! target cell type's test and validation cells never reach a feature, while its training cells do.
 
 mod common;
 
@@ -29,9 +29,15 @@ fn copy_changing(store: &Store, dir: &Path, cells: &[u32]) -> Store {
 
 /// A trainer of `kind` with the response context (and the similarity features), after `steps` steps.
 fn trained(store: &Store, kind: ModelKind, similarity: bool, steps: usize) -> Trainer<'_> {
+    trained_with(store, kind, (similarity, false), steps)
+}
+
+/// `trained` with the similarity features and the residual output as asked.
+fn trained_with(store: &Store, kind: ModelKind, (similarity, residual): (bool, bool), steps: usize) -> Trainer<'_> {
     let mut cfg = common::small_config(store, kind);
     cfg.model.candidate_context = CandidateContext::Both;
     cfg.model.similarity_features = similarity;
+    cfg.model.residual_output = residual;
     let mut t = common::trainer(store, cfg);
     for _ in 0..steps {
         t.train_step().unwrap();
@@ -47,13 +53,14 @@ fn predictions(t: &Trainer) -> Vec<Vec<f32>> {
 #[test]
 fn a_test_conditions_cells_reach_no_prediction() {
     let (tmp, store) = common::tiny_store();
-    for (kind, similarity) in [(ModelKind::PtRag, false), (ModelKind::VanillaRag, false), (ModelKind::PtRag, true)] {
-        let t = trained(&store, kind, similarity, 3);
+    let variants = [(ModelKind::PtRag, (false, false)), (ModelKind::VanillaRag, (false, false)), (ModelKind::PtRag, (true, true))];
+    for (kind, options) in variants {
+        let t = trained_with(&store, kind, options, 3);
         let name = t.cfg.model.variant_name();
         // One test and one validation condition of the target cell type, changed.
         let changed: Vec<u32> = t.fold.test[0].cells.iter().chain(&t.fold.val[0].cells).copied().collect();
         let other = copy_changing(&store, &tmp.path().join(format!("changed-{name}")), &changed);
-        let u = trained(&other, kind, similarity, 3);
+        let u = trained_with(&other, kind, options, 3);
         let (a, b) = (predictions(&t), predictions(&u));
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
@@ -105,4 +112,16 @@ fn similarity_features_apply_to_the_retrieval_models_only() {
         cfg.similarity_features = true;
         assert_eq!(cfg.validate().is_ok(), kind.retrieves(), "{}", kind.name());
     }
+}
+
+/// The anchored and the residual output are two different anchors: refused together.
+#[test]
+fn the_two_output_anchors_are_refused_together() {
+    use ptrag_engine::model::ModelConfig;
+    let mut cfg = ModelConfig::paper(ModelKind::State, 8, 40, 1, 0);
+    cfg.residual_output = true;
+    assert!(cfg.validate().is_ok());
+    cfg.anchor_output = true;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("--anchor-output and --residual-output"), "{err}");
 }

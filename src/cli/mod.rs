@@ -208,6 +208,7 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
         logit_norm: None,
         anchor_output: None,
         similarity_features: None,
+        residual_output: None,
         ..opts.clone()
     };
     let mut runs: Vec<(ModelKind, TrainOptions)> = ModelKind::ALL.iter().map(|&k| (k, paper.clone())).collect();
@@ -217,6 +218,7 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
         opts.logit_norm.is_some(),
         opts.anchor_output.is_some(),
         opts.similarity_features.is_some(),
+        opts.residual_output.is_some(),
     ];
     if beyond.contains(&true) {
         let vanilla = TrainOptions { response_readout: None, logit_norm: None, ..opts.clone() };

@@ -77,6 +77,13 @@ impl ObservedResponses {
         mean_of_vectors(other.map(|(_, v)| v), self.genes)
     }
 
+    /// The mean of the observed changes in `cell_type` (each training perturbation once); zeros
+    /// when none was observed there.
+    pub fn mean_change_in(&self, cell_type: u32) -> Vec<f64> {
+        let there = self.change.iter().filter(|((_, ct), _)| *ct == cell_type).map(|(_, v)| v);
+        mean_of_vectors(there, self.genes).unwrap_or_else(|| vec![0.0; self.genes])
+    }
+
     /// Root mean squared L2 norm of the observed changes (1 when there are none): the scale the
     /// response encoders' initialisation divides by.
     pub fn rms_norm(&self) -> f64 {

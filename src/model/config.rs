@@ -136,6 +136,11 @@ pub struct ModelConfig {
     /// untrained model predicts the control mean (plus the readout, if any).
     #[serde(default)]
     pub anchor_output: bool,
+    /// Beyond the paper, any model: the prediction is the paired control cell plus its cell type's
+    /// mean change over the training perturbations (`Model::set_output_anchor`) plus the output
+    /// head, which starts at zero: an untrained model is the `training-mean` baseline, cell for cell.
+    #[serde(default)]
+    pub residual_output: bool,
     /// Beyond the paper, the retrieval models: every candidate's encoding adds `Linear(F -> H)` of
     /// scalar features standardised over its query's K (`similarity_features`): the GenePT cosine
     /// to the query and, with observed responses, the cosine of the candidate's change in the set's
@@ -173,6 +178,7 @@ impl ModelConfig {
             logit_norm: LogitNorm::GlobalStd,
             response_readout: false,
             anchor_output: false,
+            residual_output: false,
             similarity_features: false,
             genes,
             perturbations,
@@ -199,6 +205,9 @@ impl ModelConfig {
         }
         if self.similarity_features {
             name += "+similarity";
+        }
+        if self.residual_output {
+            name += "+residual";
         }
         name
     }
@@ -227,6 +236,9 @@ impl ModelConfig {
         }
         if self.response_readout && (self.kind != ModelKind::PtRag || self.candidate_context == CandidateContext::Genept) {
             return Err(Error::invalid("response readout", "applies to pt-rag with --candidate-context responses or both"));
+        }
+        if self.anchor_output && self.residual_output {
+            return Err(Error::invalid("output", "--anchor-output and --residual-output are two different anchors; choose one"));
         }
         if self.similarity_features && !self.kind.retrieves() {
             return Err(Error::invalid("similarity features", format!("apply to the retrieval models, not {}", self.kind.name())));

@@ -98,8 +98,9 @@ pub struct Model {
     responses: Option<ResponseEncoders>,
     /// `Linear(F -> H)` of the candidates' similarity features (`similarity_features` only).
     similarity: Option<Linear>,
-    /// `[cell types, G]`: what `anchor_output` adds to the head (zeros until `set_output_anchor`).
-    anchor: Vec<f32>,
+    /// `[cell types, G]`: what `anchor_output` or `residual_output` adds to the head (none until
+    /// `set_output_anchor`).
+    anchor: Vec<f64>,
     knowledge: Option<Knowledge>,
 }
 
@@ -133,7 +134,7 @@ impl Model {
                 }
             }
         }
-        if cfg.anchor_output {
+        if cfg.anchor_output || cfg.residual_output {
             for id in [Some(head.weight), head.bias].into_iter().flatten() {
                 let n = params.entries[id.0].value.len();
                 params.entries[id.0].value = std::sync::Arc::new(vec![T::zero(); n]);
@@ -174,10 +175,11 @@ impl Model {
         bias.value = std::sync::Arc::new(T::from_f32_slice(mean));
     }
 
-    /// The per-cell-type means `[cell types][G]` that `anchor_output` adds to the head's output
-    /// (the fold's control pools: known in the protocol, as to the baselines).
+    /// The per-cell-type vectors `[cell types][G]` that the output adds: for `anchor_output` the
+    /// fold's control means, for `residual_output` the mean change of each cell type's training
+    /// perturbations (both known in the protocol, as to the baselines).
     pub fn set_output_anchor(&mut self, means: &[Vec<f64>]) {
-        self.anchor = means.iter().flat_map(|m| m.iter().map(|&x| x as f32)).collect();
+        self.anchor = means.concat();
     }
 
     /// Draws the keys of PT-RAG's Gumbel noise (and of the scorer's dropout mask when `training`);
@@ -315,12 +317,15 @@ impl Model {
         if let Some(readout) = readout {
             out = tape.add(out, readout);
         }
-        if self.cfg.anchor_output && !self.anchor.is_empty() {
+        if (self.cfg.anchor_output || self.cfg.residual_output) && !self.anchor.is_empty() {
             let types = self.anchor.len() / g;
-            let table = tape.constant(&[types, g], T::from_f32_slice(&self.anchor));
+            let table = tape.constant(&[types, g], self.anchor.iter().map(|&x| T::f(x)).collect());
             let per_cell: Vec<usize> = (0..n).map(|i| input.cell_type[i / input.cells] as usize).collect();
             let anchor = tape.gather(table, &per_cell);
             out = tape.add(out, anchor);
+            if self.cfg.residual_output {
+                out = tape.add(out, control);
+            }
         }
         Forward { pred: tape.relu(out), selection, selection_logits, retrieval }
     }

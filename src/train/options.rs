@@ -129,6 +129,10 @@ pub struct TrainOptions {
     /// cross-cell-type change, standardised over the K [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub similarity_features: Option<bool>,
+    /// Any model: the prediction is the paired control cell plus the cell type's mean training
+    /// change plus the output head, which starts at zero [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub residual_output: Option<bool>,
     /// Reference-compatibility preset; the finer switches below override it [default: none]
     #[arg(long, value_enum)]
     pub compat: Option<Compat>,
@@ -187,6 +191,7 @@ macro_rules! fields {
             response_readout,
             anchor_output,
             similarity_features,
+            residual_output,
             compat,
             causal_rope,
             frozen_backbone,
@@ -257,7 +262,8 @@ impl TrainOptions {
              c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau,
              c.model.scorer_dropout => scorer_dropout, c.model.candidate_context => candidate_context,
              c.model.logit_norm => logit_norm, c.model.response_readout => response_readout,
-             c.model.anchor_output => anchor_output, c.model.similarity_features => similarity_features);
+             c.model.anchor_output => anchor_output, c.model.similarity_features => similarity_features,
+             c.model.residual_output => residual_output);
         let causal = self.causal_rope.unwrap_or(reference);
         c.model.causal = causal;
         c.model.rope_theta = causal.then_some(10000.0);
