@@ -14,7 +14,7 @@ use ptrag_engine::cpu;
 use ptrag_engine::cpu::attention::{AttentionShape, Rope};
 use ptrag_engine::cpu::energy::EnergyShape;
 use ptrag_engine::cpu::selection::TripletLayout;
-use ptrag_engine::cuda::{self, Args, Buffer, Gpu, Launch, ThreadOrder};
+use ptrag_engine::cuda::{self, kernels, Args, Buffer, Gpu, Kernel, Launch, Param, ThreadOrder};
 
 /// Tolerances of an f32 kernel against the f64 reference.
 mod tol {
@@ -534,9 +534,11 @@ fn selection_backward(gpu: &Gpu) {
 
 // ---- the emulator catches what a GPU would get wrong ---------------------------------------
 
-fn run_selftest(gpu: &Gpu, kernel: &'static str, shared_floats: usize) -> ptrag_engine::Result<Vec<f32>> {
+/// One of the emulator's self-test kernels (`kernels/emulation/selftest.cu`), each writing one buffer.
+fn run_selftest(gpu: &Gpu, symbol: &'static str, shared_floats: usize) -> ptrag_engine::Result<Vec<f32>> {
+    let kernel = Kernel { symbol, params: &[Param::Out] };
     let mut out = gpu.upload(&[f32::NAN; 64]).unwrap();
-    gpu.launch(kernel, Launch::new([1, 1, 1], 64, shared_floats)?, Args::new().output(&mut out))?;
+    gpu.launch(&kernel, Launch::new([1, 1, 1], 64, shared_floats)?, Args::new().output(&mut out))?;
     Ok(gpu.download(&out).unwrap())
 }
 
@@ -559,13 +561,14 @@ fn emulator_reports_divergent_barriers_missing_barriers_and_bad_shuffles() {
 fn launch_errors_are_values_not_panics() {
     let gpu = Gpu::emulated(ThreadOrder::Forward).unwrap();
     let mut out = gpu.upload(&[0.0f32; 4]).unwrap();
-    let err = gpu.launch("no_such_kernel_f32", Launch::elementwise(4), Args::new().output(&mut out)).unwrap_err();
+    let missing = Kernel { symbol: "no_such_kernel_f32", params: &[Param::Out] };
+    let err = gpu.launch(&missing, Launch::elementwise(4), Args::new().output(&mut out)).unwrap_err();
     assert!(err.to_string().contains("no_such_kernel_f32"), "{err}");
     let bad_block = Launch { block: 48, ..Launch::elementwise(4) };
-    assert!(gpu.launch("relu_forward_f32", bad_block, Args::new()).is_err());
+    assert!(gpu.launch(&kernels::RELU_FORWARD_F32, bad_block, Args::new()).is_err());
     // CUDA's grid limits hold under the emulator too: 65,535 blocks in y and z, none empty
     for grid in [[1, 65_536, 1], [1, 1, 65_536], [0, 1, 1]] {
-        let err = gpu.launch("relu_forward_f32", Launch { grid, ..Launch::elementwise(4) }, Args::new()).unwrap_err();
+        let err = gpu.launch(&kernels::RELU_FORWARD_F32, Launch { grid, ..Launch::elementwise(4) }, Args::new()).unwrap_err();
         assert!(err.to_string().contains("grid of"), "{err}");
     }
     assert!(Launch::new([1, 1, 0], 32, 0).is_err() && Launch::new([1 << 32, 1, 1], 32, 0).is_err());

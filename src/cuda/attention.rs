@@ -1,7 +1,7 @@
 //! Launchers for `kernels/attention.cu`, the twin of `src/cpu/attention.rs`: flash-style attention
 //! within each set, forward (saving the log-sum-exp) and backward (accumulating into dq, dk, dv).
 
-use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
+use super::{check_int, check_len, kernels, Args, Buffer, Gpu, Launch};
 use crate::cpu::attention::{AttentionShape, Rope};
 use crate::{Error, Result};
 
@@ -44,7 +44,7 @@ pub fn attention_forward(
     check_len("attention", "lse", lse, shape.sets * shape.heads * shape.cells)?;
     let launch = grid(shape.cells, shape, 2 * TILE * shape.head_dim)?;
     let args = Args::new().input(q).input(k).input(v).int(shape.cells).int(shape.keys).int(shape.heads).int(shape.head_dim);
-    gpu.launch("attention_forward_f32", launch, args.i32(shape.causal as i32).output(out).output(lse))
+    gpu.launch(&kernels::ATTENTION_FORWARD_F32, launch, args.i32(shape.causal as i32).output(out).output(lse))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -74,10 +74,10 @@ pub fn attention_backward(
     let mut delta = gpu.zeros::<f32>(stats)?;
     let args = Args::new().input(q).input(k).input(v).input(out).input(lse).input(dout);
     let args = args.int(cells).int(keys).int(heads).int(head_dim).i32(causal as i32).output(dq).output(&mut delta);
-    gpu.launch("attention_backward_dq_f32", grid(cells, shape, 2 * TILE * head_dim)?, args)?;
+    gpu.launch(&kernels::ATTENTION_BACKWARD_DQ_F32, grid(cells, shape, 2 * TILE * head_dim)?, args)?;
     let args = Args::new().input(q).input(k).input(v).input(lse).input(&delta).input(dout);
     let args = args.int(cells).int(keys).int(heads).int(head_dim).i32(causal as i32).output(dk).output(dv);
-    gpu.launch("attention_backward_dkdv_f32", grid(keys, shape, (2 * head_dim + 2) * TILE)?, args)
+    gpu.launch(&kernels::ATTENTION_BACKWARD_DKDV_F32, grid(keys, shape, (2 * head_dim + 2) * TILE)?, args)
 }
 
 fn rope(gpu: &Gpu, rope: Rope, x: &Buffer<f32>, out: &mut Buffer<f32>, inverse: bool) -> Result<()> {
@@ -97,7 +97,7 @@ fn rope(gpu: &Gpu, rope: Rope, x: &Buffer<f32>, out: &mut Buffer<f32>, inverse: 
     // the backward pass is the inverse rotation, and it accumulates
     let (inverse, accumulate) = (inverse as i32, inverse as i32);
     let args = Args::new().input(x).input(&sin_cos).int(cells).int(heads).int(head_dim).i32(inverse).i32(accumulate);
-    gpu.launch("rope_f32", Launch::elementwise(pairs), args.output(out).i64(pairs as i64))
+    gpu.launch(&kernels::ROPE_F32, Launch::elementwise(pairs), args.output(out).i64(pairs as i64))
 }
 /// Rotary position encoding (see `cpu::attention::Rope`): overwrites `y`.
 pub fn rope_forward(gpu: &Gpu, r: Rope, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Launchers for `kernels/energy.cu`, the twin of `src/cpu/energy.rs`: the energy distance per set
 //! and its gradient with respect to the predictions (accumulated).
 
-use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
+use super::{check_int, check_len, kernels, Args, Buffer, Gpu, Launch};
 use crate::cpu::energy::EnergyShape;
 use crate::Result;
 
@@ -20,9 +20,9 @@ pub fn energy_forward(gpu: &Gpu, pred: &Buffer<f32>, obs: &Buffer<f32>, shape: E
     check_len("energy", "energy", energy, sets)?;
     let mut partial = gpu.zeros::<f32>(sets * (n + m))?;
     let rows = Launch::new([n + m, sets, 1], THREADS, genes + THREADS as usize / 32)?;
-    gpu.launch("energy_rows_f32", rows, Args::new().input(pred).input(obs).int(n).int(m).int(genes).output(&mut partial))?;
+    gpu.launch(&kernels::ENERGY_ROWS_F32, rows, Args::new().input(pred).input(obs).int(n).int(m).int(genes).output(&mut partial))?;
     let reduce = Launch::new([sets.div_ceil(64), 1, 1], 64, 0)?;
-    gpu.launch("energy_reduce_f32", reduce, Args::new().input(&partial).int(sets).int(n + m).output(energy))
+    gpu.launch(&kernels::ENERGY_REDUCE_F32, reduce, Args::new().input(&partial).int(sets).int(n + m).output(energy))
 }
 
 /// `dpred += d_energy[s] * d energy_s / d pred`.
@@ -39,5 +39,9 @@ pub fn energy_backward(
     check_len("energy backward", "d_energy", d_energy, sets)?;
     check_len("energy backward", "dpred", dpred, sets * n * genes)?;
     let launch = Launch::new([n, sets, 1], THREADS, genes + n + m)?;
-    gpu.launch("energy_backward_f32", launch, Args::new().input(pred).input(obs).input(d_energy).int(n).int(m).int(genes).output(dpred))
+    gpu.launch(
+        &kernels::ENERGY_BACKWARD_F32,
+        launch,
+        Args::new().input(pred).input(obs).input(d_energy).int(n).int(m).int(genes).output(dpred),
+    )
 }

@@ -15,6 +15,8 @@ pub mod elementwise;
 mod emulator;
 pub mod energy;
 pub mod gemm;
+#[rustfmt::skip]
+pub mod kernels;
 pub mod norm;
 pub mod optim;
 pub mod retrieval;
@@ -223,8 +225,9 @@ impl Gpu {
         }
     }
 
-    /// Launches `kernel` with `args` in the kernel's parameter order.
-    pub fn launch(&self, kernel: &'static str, launch: Launch, args: Args) -> Result<()> {
+    /// Launches `kernel` with `args`, which must match its declared parameters (`kernels.rs`).
+    pub fn launch(&self, declared: &Kernel, launch: Launch, args: Args) -> Result<()> {
+        let kernel = declared.symbol;
         if launch.block == 0 || launch.block > 1024 || !launch.block.is_multiple_of(32) {
             return Err(Error::invalid(
                 "kernel launch",
@@ -235,6 +238,12 @@ impl Gpu {
             return Err(Error::invalid(
                 "kernel launch",
                 format!("{kernel}: grid of {:?} blocks (1 to {GRID_LIMITS:?} in x, y, z)", launch.grid),
+            ));
+        }
+        if args.kinds != declared.params {
+            return Err(Error::invalid(
+                "kernel launch",
+                format!("{kernel}: arguments {:?} where the kernel declares {:?}", args.kinds, declared.params),
             ));
         }
         let mut params: Vec<*mut c_void> = args.slots.iter().map(|s| s as *const u64 as *mut c_void).collect();
@@ -323,13 +332,37 @@ impl DeviceChoice {
 /// The lifetime keeps the borrowed buffers alive and unmoved until the launch.
 pub struct Args<'a> {
     slots: Vec<u64>,
+    /// What each slot is, checked against the kernel's declaration at launch.
+    kinds: Vec<Param>,
     borrows: PhantomData<&'a mut ()>,
+}
+
+/// A kernel's declaration (`kernels.rs`, written from the `.cu` signatures): its symbol and the
+/// kinds of its parameters, in order.
+#[derive(Debug)]
+pub struct Kernel {
+    pub symbol: &'static str,
+    pub params: &'static [Param],
+}
+
+/// A kernel parameter: a pointer the kernel only reads (`const T*`) or may write (`T*`), or a
+/// scalar of a C type (`int`, `long long`, `unsigned`, `unsigned long long`, `float`, `double`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    In,
+    Out,
+    Int,
+    I64,
+    U32,
+    U64,
+    F32,
+    F64,
 }
 
 impl<'a> Args<'a> {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        Args { slots: Vec::with_capacity(16), borrows: PhantomData }
+        Args { slots: Vec::with_capacity(16), kinds: Vec::with_capacity(16), borrows: PhantomData }
     }
     /// A buffer the kernel only reads.
     pub fn input<T: Element>(mut self, buffer: &'a Buffer<T>) -> Self {
@@ -337,6 +370,7 @@ impl<'a> Args<'a> {
             Storage::Host(v) => v.as_ptr() as u64,
             Storage::Device(d) => d.address(),
         };
+        self.kinds.push(Param::In);
         self.slots.push(address);
         self
     }
@@ -346,15 +380,18 @@ impl<'a> Args<'a> {
             Storage::Host(v) => v.as_mut_ptr() as u64,
             Storage::Device(d) => d.address(),
         };
+        self.kinds.push(Param::Out);
         self.slots.push(address);
         self
     }
     /// A null pointer, for an optional input the kernel tests for.
     pub fn null(mut self) -> Self {
+        self.kinds.push(Param::In);
         self.slots.push(0);
         self
     }
     pub fn i32(mut self, value: i32) -> Self {
+        self.kinds.push(Param::Int);
         self.slots.push(value as u32 as u64);
         self
     }
@@ -363,22 +400,27 @@ impl<'a> Args<'a> {
         self.i32(value as i32)
     }
     pub fn i64(mut self, value: i64) -> Self {
+        self.kinds.push(Param::I64);
         self.slots.push(value as u64);
         self
     }
     pub fn u64(mut self, value: u64) -> Self {
+        self.kinds.push(Param::U64);
         self.slots.push(value);
         self
     }
     pub fn u32(mut self, value: u32) -> Self {
+        self.kinds.push(Param::U32);
         self.slots.push(value as u64);
         self
     }
     pub fn f32(mut self, value: f32) -> Self {
+        self.kinds.push(Param::F32);
         self.slots.push(value.to_bits() as u64);
         self
     }
     pub fn f64(mut self, value: f64) -> Self {
+        self.kinds.push(Param::F64);
         self.slots.push(value.to_bits());
         self
     }
@@ -463,5 +505,23 @@ impl std::fmt::Display for EngineInfo {
             ),
             (None, why) => writeln!(f, "GPU: none usable: {}", why.as_deref().unwrap_or("unknown")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A launch whose arguments differ from the kernel's declaration (a missing scalar, or an
+    /// output where an input belongs) is refused before anything runs, naming the kernel.
+    #[test]
+    fn a_launch_must_match_its_declaration() {
+        let gpu = Gpu::Emulated { order: ThreadOrder::Forward };
+        let (x, mut y) = (gpu.upload(&[1.0f32; 4]).unwrap(), gpu.upload(&[0.0f32; 4]).unwrap());
+        let missing = Args::new().input(&x).output(&mut y);
+        let err = gpu.launch(&kernels::SILU_FORWARD_F32, Launch::elementwise(4), missing).unwrap_err().to_string();
+        assert!(err.contains("silu_forward_f32") && err.contains("declares"), "{err}");
+        let swapped = Args::new().output(&mut y).input(&x).i64(4);
+        assert!(gpu.launch(&kernels::SILU_FORWARD_F32, Launch::elementwise(4), swapped).is_err());
     }
 }

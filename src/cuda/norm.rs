@@ -1,7 +1,7 @@
 //! Launchers for `kernels/norm.cu`, the twin of `src/cpu/norm.rs`. `x, y, dy, dx: [rows, cols]`,
 //! `w, b, dw, db: [cols]`, `mean, rstd: [rows]`; backward accumulates into `dx, dw, db`.
 
-use super::{check_len, check_rows, Args, Buffer, Gpu, Launch};
+use super::{check_len, check_rows, kernels, Args, Buffer, Gpu, Launch};
 use crate::Result;
 
 /// Threads per row in the row kernels, and per block in the column (weight-gradient) kernels.
@@ -23,7 +23,11 @@ pub fn rmsnorm_forward(gpu: &Gpu, x: &Buffer<f32>, w: &Buffer<f32>, eps: f64, y:
     let (rows, cols) = shape("rmsnorm", x, w)?;
     check_len("rmsnorm", "y", y, rows * cols)?;
     check_len("rmsnorm", "rstd", rstd, rows)?;
-    gpu.launch("rmsnorm_forward_f32", per_row(rows)?, Args::new().input(x).input(w).f32(eps as f32).int(cols).output(y).output(rstd))
+    gpu.launch(
+        &kernels::RMSNORM_FORWARD_F32,
+        per_row(rows)?,
+        Args::new().input(x).input(w).f32(eps as f32).int(cols).output(y).output(rstd),
+    )
 }
 
 pub fn rmsnorm_backward(
@@ -41,8 +45,12 @@ pub fn rmsnorm_backward(
     }
     check_len("rmsnorm backward", "rstd", rstd, rows)?;
     check_len("rmsnorm backward", "dw", dw, cols)?;
-    gpu.launch("rmsnorm_backward_f32", per_row(rows)?, Args::new().input(x).input(w).input(rstd).input(dy).int(cols).output(dx))?;
-    gpu.launch("rmsnorm_backward_weight_f32", per_column(cols)?, Args::new().input(x).input(rstd).input(dy).int(rows).int(cols).output(dw))
+    gpu.launch(&kernels::RMSNORM_BACKWARD_F32, per_row(rows)?, Args::new().input(x).input(w).input(rstd).input(dy).int(cols).output(dx))?;
+    gpu.launch(
+        &kernels::RMSNORM_BACKWARD_WEIGHT_F32,
+        per_column(cols)?,
+        Args::new().input(x).input(rstd).input(dy).int(rows).int(cols).output(dw),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -62,7 +70,7 @@ pub fn layernorm_forward(
     check_len("layernorm", "mean", mean, rows)?;
     check_len("layernorm", "rstd", rstd, rows)?;
     let args = Args::new().input(x).input(w).input(b).f32(eps as f32).int(cols).output(y).output(mean).output(rstd);
-    gpu.launch("layernorm_forward_f32", per_row(rows)?, args)
+    gpu.launch(&kernels::LAYERNORM_FORWARD_F32, per_row(rows)?, args)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -88,7 +96,7 @@ pub fn layernorm_backward(
         check_len("layernorm backward", name, b, cols)?;
     }
     let args = Args::new().input(x).input(w).input(mean).input(rstd).input(dy).int(cols).output(dx);
-    gpu.launch("layernorm_backward_f32", per_row(rows)?, args)?;
+    gpu.launch(&kernels::LAYERNORM_BACKWARD_F32, per_row(rows)?, args)?;
     let args = Args::new().input(x).input(mean).input(rstd).input(dy).int(rows).int(cols).output(dw).output(db);
-    gpu.launch("layernorm_backward_weight_f32", per_column(cols)?, args)
+    gpu.launch(&kernels::LAYERNORM_BACKWARD_WEIGHT_F32, per_column(cols)?, args)
 }

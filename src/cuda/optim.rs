@@ -1,6 +1,6 @@
 //! Launchers for `kernels/optim.cu`, the twin of `src/cpu/optim.rs`.
 
-use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
+use super::{check_int, check_len, kernels, Args, Buffer, Gpu, Launch};
 use crate::cpu::optim::AdamStep;
 use crate::Result;
 
@@ -23,7 +23,7 @@ pub fn adam_update(
     let (bias1, bias2_sqrt) = s.bias_corrections();
     let args = Args::new().output(param).input(grad).output(m).output(v).i64(n as i64).input(clip);
     let args = args.f32(s.lr).f32(s.beta1).f32(s.beta2).f32(s.eps).f32(s.weight_decay).f32(bias1).f32(bias2_sqrt);
-    gpu.launch("adam_update_f32", Launch::elementwise(n), args)
+    gpu.launch(&kernels::ADAM_UPDATE_F32, Launch::elementwise(n), args)
 }
 
 /// The step's clipping on the GPU, from the gradients `xs` and the loss (a one-element tensor):
@@ -39,11 +39,11 @@ pub fn clip(gpu: &Gpu, xs: &[&Buffer<f32>], loss: &Buffer<f32>, clip_norm: f64) 
     let mut partial = gpu.zeros::<f64>(total)?;
     let mut first = 0;
     for (x, b) in xs.iter().zip(blocks) {
-        gpu.launch("squared_norm_f32", launch(x.len()), Args::new().input(x).i64(x.len() as i64).output(&mut partial).int(first))?;
+        gpu.launch(&kernels::SQUARED_NORM_F32, launch(x.len()), Args::new().input(x).i64(x.len() as i64).output(&mut partial).int(first))?;
         first += b;
     }
     let mut clip = gpu.zeros::<f64>(3)?;
     let one_block = Launch { grid: [1, 1, 1], block: 32, shared_bytes: 0 };
-    gpu.launch("clip_f64", one_block, Args::new().input(&partial).int(total).input(loss).f64(clip_norm).output(&mut clip))?;
+    gpu.launch(&kernels::CLIP_F64, one_block, Args::new().input(&partial).int(total).input(loss).f64(clip_norm).output(&mut clip))?;
     Ok(clip)
 }

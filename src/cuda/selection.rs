@@ -1,7 +1,7 @@
 //! Launchers for `kernels/selection.cu`, the twin of `src/cpu/selection.rs` (straight-through
 //! Gumbel-Softmax over `[rows, classes]`).
 
-use super::{check_int, check_len, Args, Buffer, Gpu, Launch};
+use super::{check_int, check_len, kernels, Args, Buffer, Gpu, Launch};
 use crate::cpu::selection::TripletLayout;
 use crate::{Error, Result};
 
@@ -17,7 +17,7 @@ fn rows(op: &'static str, x: &Buffer<f32>, classes: usize) -> Result<(usize, Lau
 /// Standard Gumbel noise drawn from the counter stream `key`, as `cpu::selection::gumbel_noise`.
 pub fn gumbel_noise(gpu: &Gpu, key: u64, out: &mut Buffer<f32>) -> Result<()> {
     let n = out.len();
-    gpu.launch("gumbel_noise_f32", Launch::elementwise(n), Args::new().output(out).i64(n as i64).u64(key))
+    gpu.launch(&kernels::GUMBEL_NOISE_F32, Launch::elementwise(n), Args::new().output(out).i64(n as i64).u64(key))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -35,7 +35,7 @@ pub fn gumbel_st_forward(
         check_len("gumbel_st", name, b, logits.len())?;
     }
     let args = Args::new().input(logits).input(noise).f32(tau as f32).int(n).int(classes).output(soft).output(hard);
-    gpu.launch("gumbel_st_forward_f32", launch, args)
+    gpu.launch(&kernels::GUMBEL_ST_FORWARD_F32, launch, args)
 }
 
 pub fn gumbel_st_backward(
@@ -50,7 +50,11 @@ pub fn gumbel_st_backward(
     for (name, b) in [("dy", dy), ("dlogits", &*dlogits)] {
         check_len("gumbel_st backward", name, b, soft.len())?;
     }
-    gpu.launch("gumbel_st_backward_f32", launch, Args::new().input(soft).input(dy).f32(tau as f32).int(n).int(classes).output(dlogits))
+    gpu.launch(
+        &kernels::GUMBEL_ST_BACKWARD_F32,
+        launch,
+        Args::new().input(soft).input(dy).f32(tau as f32).int(n).int(classes).output(dlogits),
+    )
 }
 
 fn check_layout(op: &'static str, layout: TripletLayout, h: usize) -> Result<()> {
@@ -79,7 +83,7 @@ pub fn triplet_stats_forward(
     check_len("triplet_stats", "stats", stats, 2 * layout.triplets())?;
     let args = Args::new().input(sums[0]).input(sums[1]).input(sums[2]).input(squares[0]).input(squares[1]).input(squares[2]);
     let args = args.int(layout.cells).int(layout.rows).int(layout.k).int(width).f32(eps as f32).output(stats);
-    gpu.launch("triplet_stats_forward_f32", Launch::elementwise(layout.triplets()), args)
+    gpu.launch(&kernels::TRIPLET_STATS_FORWARD_F32, Launch::elementwise(layout.triplets()), args)
 }
 
 pub fn triplet_stats_backward(
@@ -102,7 +106,7 @@ pub fn triplet_stats_backward(
     let [q0, q1, q2] = dsquares;
     let args = Args::new().input(stats).input(dstats).int(layout.cells).int(layout.rows).int(layout.k).int(width);
     let args = args.output(s0).output(s1).output(s2).output(q0).output(q1).output(q2);
-    gpu.launch("triplet_stats_backward_f32", Launch::elementwise(layout.part_rows().iter().sum()), args)
+    gpu.launch(&kernels::TRIPLET_STATS_BACKWARD_F32, Launch::elementwise(layout.part_rows().iter().sum()), args)
 }
 
 fn check_parts(op: &'static str, parts: [&Buffer<f32>; 3], layout: TripletLayout, h: usize) -> Result<()> {
@@ -132,7 +136,7 @@ pub fn triplet_assemble_forward(
     check_len("triplet_assemble", "out", out, layout.triplets() * h)?;
     let args = Args::new().input(parts[0]).input(parts[1]).input(parts[2]).input(stats).input(v).input(c);
     let args = args.int(layout.cells).int(layout.rows).int(layout.k).int(h).output(out);
-    gpu.launch("triplet_assemble_forward_f32", Launch::elementwise(layout.triplets() * h), args)
+    gpu.launch(&kernels::TRIPLET_ASSEMBLE_FORWARD_F32, Launch::elementwise(layout.triplets() * h), args)
 }
 
 /// Accumulates the gradients of the parts, the statistics, `v` and `c`.
@@ -161,12 +165,16 @@ pub fn triplet_assemble_backward(
     let (cells, rows, k) = (layout.cells, layout.rows, layout.k);
     let args = Args::new().input(parts[0]).input(parts[1]).input(parts[2]).input(stats).input(v).input(dout);
     let warps = Launch::elementwise(32 * layout.triplets());
-    gpu.launch("triplet_assemble_stats_backward_f32", warps, args.int(cells).int(rows).int(k).int(h).output(dstats))?;
+    gpu.launch(&kernels::TRIPLET_ASSEMBLE_STATS_BACKWARD_F32, warps, args.int(cells).int(rows).int(k).int(h).output(dstats))?;
     let (mut partial_v, mut partial_c) = (gpu.zeros::<f32>(rows * h)?, gpu.zeros::<f32>(rows * h)?);
     let [d0, d1, d2] = dparts;
     let elements = (cells + rows + rows * k) * h;
     let args = Args::new().input(stats).input(dout).int(cells).int(rows).int(k).int(h).output(d0).output(d1).output(d2);
-    gpu.launch("triplet_assemble_parts_backward_f32", Launch::elementwise(elements), args.output(&mut partial_v).output(&mut partial_c))?;
+    gpu.launch(
+        &kernels::TRIPLET_ASSEMBLE_PARTS_BACKWARD_F32,
+        Launch::elementwise(elements),
+        args.output(&mut partial_v).output(&mut partial_c),
+    )?;
     let args = Args::new().input(&partial_v).input(&partial_c).int(rows).int(h).output(dv).output(dc);
-    gpu.launch("triplet_assemble_vectors_backward_f32", Launch::new([h.div_ceil(128), 1, 1], 128, 0)?, args)
+    gpu.launch(&kernels::TRIPLET_ASSEMBLE_VECTORS_BACKWARD_F32, Launch::new([h.div_ceil(128), 1, 1], 128, 0)?, args)
 }

@@ -2,7 +2,7 @@
 //! arithmetic, broadcasts, reductions, gathers, column copies, group sums and std scaling.
 //! Forward operations overwrite `out`; `accumulate`, `scatter_add_rows` and `*_backward` add into it.
 
-use super::{check_int, check_len, check_rows, Args, Buffer, Gpu, Launch};
+use super::{check_int, check_len, check_rows, kernels, Args, Buffer, Gpu, Kernel, Launch};
 use crate::{Error, Result};
 
 /// Threads of the one-block reductions (`sum`, `std_scale`).
@@ -14,50 +14,50 @@ fn one_block() -> Result<Launch> {
     Launch::new([1, 1, 1], REDUCE_THREADS, REDUCE_THREADS as usize / 32)
 }
 
-fn binary(gpu: &Gpu, kernel: &'static str, a: &Buffer<f32>, b: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
+fn binary(gpu: &Gpu, kernel: &'static Kernel, a: &Buffer<f32>, b: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
     let n = a.len();
-    check_len(kernel, "b", b, n)?;
-    check_len(kernel, "out", out, n)?;
+    check_len(kernel.symbol, "b", b, n)?;
+    check_len(kernel.symbol, "out", out, n)?;
     gpu.launch(kernel, Launch::elementwise(n), Args::new().input(a).input(b).output(out).i64(n as i64))
 }
 
 pub fn add(gpu: &Gpu, a: &Buffer<f32>, b: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
-    binary(gpu, "add_forward_f32", a, b, out)
+    binary(gpu, &kernels::ADD_FORWARD_F32, a, b, out)
 }
 pub fn mul(gpu: &Gpu, a: &Buffer<f32>, b: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
-    binary(gpu, "mul_forward_f32", a, b, out)
+    binary(gpu, &kernels::MUL_FORWARD_F32, a, b, out)
 }
 pub fn scale(gpu: &Gpu, x: &Buffer<f32>, factor: f32, out: &mut Buffer<f32>) -> Result<()> {
     let n = x.len();
     check_len("scale", "out", out, n)?;
-    gpu.launch("scale_forward_f32", Launch::elementwise(n), Args::new().input(x).f32(factor).output(out).i64(n as i64))
+    gpu.launch(&kernels::SCALE_FORWARD_F32, Launch::elementwise(n), Args::new().input(x).f32(factor).output(out).i64(n as i64))
 }
 pub fn accumulate(gpu: &Gpu, src: &Buffer<f32>, dst: &mut Buffer<f32>) -> Result<()> {
     let n = src.len();
     check_len("accumulate", "dst", dst, n)?;
-    gpu.launch("accumulate_f32", Launch::elementwise(n), Args::new().input(src).output(dst).i64(n as i64))
+    gpu.launch(&kernels::ACCUMULATE_F32, Launch::elementwise(n), Args::new().input(src).output(dst).i64(n as i64))
 }
 
 /// `out[r, c] = x[r, c] (+ or *) v[c or r]`: `cols` is the broadcast vector's length (per column)
 /// or `x`'s length over it (per row).
-fn broadcast(gpu: &Gpu, kernel: &'static str, x: &Buffer<f32>, v: &Buffer<f32>, cols: usize, out: &mut Buffer<f32>) -> Result<()> {
+fn broadcast(gpu: &Gpu, kernel: &'static Kernel, x: &Buffer<f32>, v: &Buffer<f32>, cols: usize, out: &mut Buffer<f32>) -> Result<()> {
     let n = x.len();
-    check_rows(kernel, n, cols)?;
-    check_len(kernel, "out", out, n)?;
+    check_rows(kernel.symbol, n, cols)?;
+    check_len(kernel.symbol, "out", out, n)?;
     gpu.launch(kernel, Launch::elementwise(n), Args::new().input(x).input(v).int(cols).output(out).i64(n as i64))
 }
 pub fn add_bias(gpu: &Gpu, x: &Buffer<f32>, bias: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
-    broadcast(gpu, "add_bias_forward_f32", x, bias, bias.len(), out)
+    broadcast(gpu, &kernels::ADD_BIAS_FORWARD_F32, x, bias, bias.len(), out)
 }
 pub fn scale_rows(gpu: &Gpu, x: &Buffer<f32>, w: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
     let rows = w.len();
     if rows == 0 || !x.len().is_multiple_of(rows) {
         return Err(Error::Shape { op: "scale_rows", why: format!("{} values, {rows} rows", x.len()) });
     }
-    broadcast(gpu, "scale_rows_forward_f32", x, w, x.len() / rows, out)
+    broadcast(gpu, &kernels::SCALE_ROWS_FORWARD_F32, x, w, x.len() / rows, out)
 }
 pub fn scale_cols(gpu: &Gpu, x: &Buffer<f32>, v: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
-    broadcast(gpu, "scale_cols_forward_f32", x, v, v.len(), out)
+    broadcast(gpu, &kernels::SCALE_COLS_FORWARD_F32, x, v, v.len(), out)
 }
 
 /// `out[c] = sum_r a[r, c] * b[r, c]`, or plain column sums without `b`.
@@ -72,7 +72,7 @@ pub fn column_dots(gpu: &Gpu, a: &Buffer<f32>, b: Option<&Buffer<f32>>, out: &mu
         }
         None => Args::new().input(a).null(),
     };
-    gpu.launch("column_dots_f32", launch, args.int(rows).int(cols).output(out))
+    gpu.launch(&kernels::COLUMN_DOTS_F32, launch, args.int(rows).int(cols).output(out))
 }
 
 /// `out[r] = sum_c a[r, c] * b[r, c]`
@@ -85,7 +85,7 @@ pub fn row_dots(gpu: &Gpu, a: &Buffer<f32>, b: &Buffer<f32>, out: &mut Buffer<f3
     check_int("row_dots", &[a.len()])?;
     let warps = ROW_THREADS as usize / 32;
     let launch = Launch::new([rows.div_ceil(warps), 1, 1], ROW_THREADS, 0)?;
-    gpu.launch("row_dots_f32", launch, Args::new().input(a).input(b).int(rows).int(a.len() / rows).output(out))
+    gpu.launch(&kernels::ROW_DOTS_F32, launch, Args::new().input(a).input(b).int(rows).int(a.len() / rows).output(out))
 }
 
 /// `out[i, :] = table[index[i], :]` with rows of `cols`; the caller checks the indices.
@@ -93,15 +93,15 @@ pub fn gather_rows(gpu: &Gpu, table: &Buffer<f32>, cols: usize, index: &Buffer<i
     check_rows("gather_rows", table.len(), cols)?;
     check_len("gather_rows", "out", out, index.len() * cols)?;
     let n = out.len();
-    gpu.launch("gather_rows_f32", Launch::elementwise(n), Args::new().input(table).input(index).int(cols).output(out).i64(n as i64))
+    gpu.launch(&kernels::GATHER_ROWS_F32, Launch::elementwise(n), Args::new().input(table).input(index).int(cols).output(out).i64(n as i64))
 }
 
 /// `out[i, :] = table[index[i], :]` from f16 bit patterns, as `cpu::tensor::gather_rows_f16`.
 pub fn gather_rows_f16(gpu: &Gpu, table: &Buffer<u16>, cols: usize, index: &Buffer<i32>, out: &mut Buffer<f32>) -> Result<()> {
-    check_rows("gather_rows_f16", table.len(), cols)?;
-    check_len("gather_rows_f16", "out", out, index.len() * cols)?;
+    check_rows(kernels::GATHER_ROWS_F16.symbol, table.len(), cols)?;
+    check_len(kernels::GATHER_ROWS_F16.symbol, "out", out, index.len() * cols)?;
     let n = out.len();
-    gpu.launch("gather_rows_f16", Launch::elementwise(n), Args::new().input(table).input(index).int(cols).output(out).i64(n as i64))
+    gpu.launch(&kernels::GATHER_ROWS_F16, Launch::elementwise(n), Args::new().input(table).input(index).int(cols).output(out).i64(n as i64))
 }
 
 /// A row-major table kept on the GPU in its storage precision (the dataset's expression matrix,
@@ -145,7 +145,11 @@ pub fn scatter_add_rows(gpu: &Gpu, g: &Buffer<f32>, cols: usize, index: &Buffer<
     check_rows("scatter_add_rows", dtable.len(), cols)?;
     check_len("scatter_add_rows", "g", g, index.len() * cols)?;
     let n = g.len();
-    gpu.launch("scatter_add_rows_f32", Launch::elementwise(n), Args::new().input(g).input(index).int(cols).output(dtable).i64(n as i64))
+    gpu.launch(
+        &kernels::SCATTER_ADD_ROWS_F32,
+        Launch::elementwise(n),
+        Args::new().input(g).input(index).int(cols).output(dtable).i64(n as i64),
+    )
 }
 
 /// Columns `src_start..src_start + width` of `src[rows, src_cols]` into columns `dst_start..` of
@@ -172,7 +176,7 @@ pub fn copy_cols(
     check_len("copy_cols", "dst", dst, rows * dst_cols)?;
     let n = rows * width;
     let args = Args::new().input(src).int(src_cols).int(src_start).output(dst).int(dst_cols).int(dst_start).int(width);
-    gpu.launch("copy_cols_f32", Launch::elementwise(n), args.i32(accumulate as i32).i64(n as i64))
+    gpu.launch(&kernels::COPY_COLS_F32, Launch::elementwise(n), args.i32(accumulate as i32).i64(n as i64))
 }
 
 /// `out[r, :] = sum_{j < group} x[r * group + j, :]` with rows of `cols`.
@@ -183,7 +187,11 @@ pub fn sum_groups_forward(gpu: &Gpu, x: &Buffer<f32>, cols: usize, group: usize,
     }
     check_len("sum_groups", "out", out, rows / group * cols)?;
     let n = out.len();
-    gpu.launch("sum_groups_forward_f32", Launch::elementwise(n), Args::new().input(x).int(cols).int(group).output(out).i64(n as i64))
+    gpu.launch(
+        &kernels::SUM_GROUPS_FORWARD_F32,
+        Launch::elementwise(n),
+        Args::new().input(x).int(cols).int(group).output(out).i64(n as i64),
+    )
 }
 
 /// `dx[r * group + j, :] += dy[r, :]`
@@ -191,20 +199,24 @@ pub fn sum_groups_backward(gpu: &Gpu, dy: &Buffer<f32>, cols: usize, group: usiz
     check_rows("sum_groups backward", dy.len(), cols)?;
     check_len("sum_groups backward", "dx", dx, dy.len() * group)?;
     let n = dx.len();
-    gpu.launch("sum_groups_backward_f32", Launch::elementwise(n), Args::new().input(dy).int(cols).int(group).output(dx).i64(n as i64))
+    gpu.launch(
+        &kernels::SUM_GROUPS_BACKWARD_F32,
+        Launch::elementwise(n),
+        Args::new().input(dy).int(cols).int(group).output(dx).i64(n as i64),
+    )
 }
 
 /// `out[0] = sum(x)`
 pub fn sum(gpu: &Gpu, x: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
     check_len("sum", "out", out, 1)?;
-    gpu.launch("sum_forward_f32", one_block()?, Args::new().input(x).i64(x.len() as i64).output(out))
+    gpu.launch(&kernels::SUM_FORWARD_F32, one_block()?, Args::new().input(x).i64(x.len() as i64).output(out))
 }
 
 /// `dx += dy[0]`
 pub fn sum_backward(gpu: &Gpu, dy: &Buffer<f32>, dx: &mut Buffer<f32>) -> Result<()> {
     check_len("sum backward", "dy", dy, 1)?;
     let n = dx.len();
-    gpu.launch("sum_backward_f32", Launch::elementwise(n), Args::new().input(dy).output(dx).i64(n as i64))
+    gpu.launch(&kernels::SUM_BACKWARD_F32, Launch::elementwise(n), Args::new().input(dy).output(dx).i64(n as i64))
 }
 
 /// `out = x / max(std(x), floor)`; `stats = [mean, divisor, clamped]` for the backward.
@@ -215,7 +227,11 @@ pub fn std_scale_forward(gpu: &Gpu, x: &Buffer<f32>, floor: f64, out: &mut Buffe
     }
     check_len("std_scale", "out", out, n)?;
     check_len("std_scale", "stats", stats, 3)?;
-    gpu.launch("std_scale_forward_f32", one_block()?, Args::new().input(x).i64(n as i64).f32(floor as f32).output(out).output(stats))
+    gpu.launch(
+        &kernels::STD_SCALE_FORWARD_F32,
+        one_block()?,
+        Args::new().input(x).i64(n as i64).f32(floor as f32).output(out).output(stats),
+    )
 }
 
 /// `dx += d(x / s)/dx dy` (see the CPU twin)
@@ -224,5 +240,5 @@ pub fn std_scale_backward(gpu: &Gpu, x: &Buffer<f32>, stats: &Buffer<f32>, dy: &
     check_len("std_scale backward", "stats", stats, 3)?;
     check_len("std_scale backward", "dy", dy, n)?;
     check_len("std_scale backward", "dx", dx, n)?;
-    gpu.launch("std_scale_backward_f32", one_block()?, Args::new().input(x).input(stats).input(dy).i64(n as i64).output(dx))
+    gpu.launch(&kernels::STD_SCALE_BACKWARD_F32, one_block()?, Args::new().input(x).input(stats).input(dy).i64(n as i64).output(dx))
 }

@@ -1,0 +1,70 @@
+//! The kernel declarations (`src/cuda/kernels.rs`, through which every launcher calls its kernel)
+//! agree with the C signatures of `kernels/*.cu`: the same kernels, each with the same parameter
+//! kinds in the same order. This reads the `.cu` sources itself, independently of the script that
+//! wrote the declarations (`tools/kernel_decls.py`).
+
+use ptrag_engine::cuda::kernels::ALL;
+use ptrag_engine::cuda::Param;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The kind of one C parameter (`const float* __restrict__ x`, `int cols`, ...).
+fn kind(param: &str) -> Param {
+    let p = param.replace("__restrict__", "");
+    let p = p.split_whitespace().collect::<Vec<_>>().join(" ");
+    if p.contains('*') {
+        return if p.starts_with("const ") { Param::In } else { Param::Out };
+    }
+    let ty = p.rsplit_once(' ').map_or(p.as_str(), |(t, _)| t).trim_start_matches("const ");
+    match ty {
+        "int" => Param::Int,
+        "long long" | "int64_t" => Param::I64,
+        "unsigned int" | "uint32_t" => Param::U32,
+        "unsigned long long" | "uint64_t" => Param::U64,
+        "float" => Param::F32,
+        "double" => Param::F64,
+        other => panic!("{param}: a parameter type the declarations do not know ({other})"),
+    }
+}
+
+/// Every `extern "C" __global__` kernel of `kernels/*.cu`: symbol -> parameter kinds.
+fn declared_in_sources() -> BTreeMap<String, Vec<Param>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "cu") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (at, _) in text.match_indices("__global__") {
+            let head = &text[..at];
+            if !head.trim_end().ends_with("\"C\"") {
+                continue;
+            }
+            let rest = &text[at..];
+            let open = rest.find('(').unwrap();
+            let name = rest[..open].split_whitespace().last().unwrap().to_string();
+            let close = rest.find(')').unwrap();
+            let params: Vec<Param> = rest[open + 1..close].split(',').map(str::trim).filter(|p| !p.is_empty()).map(kind).collect();
+            assert!(found.insert(name.clone(), params).is_none(), "{name} is defined twice in kernels/");
+        }
+    }
+    found
+}
+
+#[test]
+fn the_kernel_declarations_match_the_cuda_sources() {
+    let sources = declared_in_sources();
+    let declared: BTreeMap<String, Vec<Param>> = ALL.iter().map(|k| (k.symbol.to_string(), k.params.to_vec())).collect();
+    assert_eq!(declared.len(), ALL.len(), "a kernel declared twice");
+    for (name, params) in &sources {
+        match declared.get(name) {
+            None => panic!("{name} (kernels/) has no declaration: run tools/kernel_decls.py"),
+            Some(d) => assert_eq!(d, params, "{name}: declared {d:?}, the source has {params:?}; run tools/kernel_decls.py"),
+        }
+    }
+    for name in declared.keys() {
+        assert!(sources.contains_key(name), "{name} is declared but not in kernels/: run tools/kernel_decls.py");
+    }
+}
