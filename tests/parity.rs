@@ -34,9 +34,19 @@ use std::path::{Path, PathBuf};
 /// `pt-rag-responses`: the options beyond the paper, all at once (observed responses for the
 /// candidates and the query, the response readout, unscaled logits, the anchored output);
 /// `pt-rag-similarity`: those and the candidates' similarity features; `pt-rag-residual`: the
-/// responses case with the residual output in place of the anchored one.
-const CASES: [&str; 8] =
-    ["state", "state-genept", "vanilla-rag", "pt-rag", "pt-rag-reference", "pt-rag-responses", "pt-rag-similarity", "pt-rag-residual"];
+/// responses case with the residual output in place of the anchored one; `pt-rag-shift`: with
+/// the shifted output.
+const CASES: [&str; 9] = [
+    "state",
+    "state-genept",
+    "vanilla-rag",
+    "pt-rag",
+    "pt-rag-reference",
+    "pt-rag-responses",
+    "pt-rag-similarity",
+    "pt-rag-residual",
+    "pt-rag-shift",
+];
 /// Cell types of the cases with observed responses (the others have one).
 const CELL_TYPES: usize = 2;
 const SETS: usize = 3;
@@ -67,11 +77,13 @@ fn case_config(case: &str) -> TrainConfig {
     if case == "pt-rag-reference" {
         (model.causal, model.rope_theta, model.self_exclusion) = (true, Some(10000.0), SelfExclusion::FirstSetInTraining);
     }
-    if case == "pt-rag-responses" || case == "pt-rag-similarity" || case == "pt-rag-residual" {
+    if ["pt-rag-responses", "pt-rag-similarity", "pt-rag-residual", "pt-rag-shift"].contains(&case) {
+        let anchored = case == "pt-rag-responses" || case == "pt-rag-similarity";
         (model.candidate_context, model.response_readout, model.logit_norm, model.anchor_output) =
-            (CandidateContext::Both, true, LogitNorm::None, case != "pt-rag-residual");
+            (CandidateContext::Both, true, LogitNorm::None, anchored);
     }
     model.residual_output = case == "pt-rag-residual";
+    model.shift_output = case == "pt-rag-shift";
     model.similarity_features = case == "pt-rag-similarity";
     TrainConfig {
         target_cell_type: "parity".into(),
@@ -122,7 +134,7 @@ fn knowledge(c: &Case) -> Option<Knowledge> {
 fn model_of<T: Real>(c: &Case, params: &mut Params<T>, rng: &mut rand_chacha::ChaCha8Rng) -> Model {
     let mut model = Model::new(&c.cfg.model, knowledge(c), params, rng).unwrap();
     if let Some((control_mean, change, observed)) = &c.responses {
-        let anchor: Vec<Vec<f64>> = if c.cfg.model.residual_output {
+        let anchor: Vec<Vec<f64>> = if c.cfg.model.residual_output || c.cfg.model.shift_output {
             // Per cell type, the mean of its observed changes.
             (0..CELL_TYPES)
                 .map(|ct| {

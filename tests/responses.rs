@@ -53,6 +53,7 @@ fn predictions(t: &Trainer) -> Vec<Vec<f32>> {
 #[test]
 fn a_test_conditions_cells_reach_no_prediction() {
     let (tmp, store) = common::tiny_store();
+    // (the residual and the shifted output read the same mean training change)
     let variants = [(ModelKind::PtRag, (false, false)), (ModelKind::VanillaRag, (false, false)), (ModelKind::PtRag, (true, true))];
     for (kind, options) in variants {
         let t = trained_with(&store, kind, options, 3);
@@ -114,14 +115,16 @@ fn similarity_features_apply_to_the_retrieval_models_only() {
     }
 }
 
-/// The anchored and the residual output are two different anchors: refused together.
+/// The anchored, the residual and the shifted output are different anchors: any two refused together.
 #[test]
-fn the_two_output_anchors_are_refused_together() {
+fn the_output_anchors_are_refused_together() {
     use ptrag_engine::model::ModelConfig;
-    let mut cfg = ModelConfig::paper(ModelKind::State, 8, 40, 1, 0);
-    cfg.residual_output = true;
-    assert!(cfg.validate().is_ok());
-    cfg.anchor_output = true;
-    let err = cfg.validate().unwrap_err().to_string();
-    assert!(err.contains("--anchor-output and --residual-output"), "{err}");
+    for (anchor, residual, shift) in [(true, true, false), (true, false, true), (false, true, true)] {
+        let mut cfg = ModelConfig::paper(ModelKind::State, 8, 40, 1, 0);
+        (cfg.anchor_output, cfg.residual_output, cfg.shift_output) = (anchor, residual, false);
+        assert_eq!(cfg.validate().is_ok(), !(anchor && residual));
+        (cfg.anchor_output, cfg.residual_output, cfg.shift_output) = (anchor, residual, shift);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("--anchor-output, --residual-output and --shift-output"), "{err}");
+    }
 }

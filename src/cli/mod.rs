@@ -209,6 +209,7 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
         anchor_output: None,
         similarity_features: None,
         residual_output: None,
+        shift_output: None,
         ..opts.clone()
     };
     let mut runs: Vec<(ModelKind, TrainOptions)> = ModelKind::ALL.iter().map(|&k| (k, paper.clone())).collect();
@@ -219,6 +220,7 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
         opts.anchor_output.is_some(),
         opts.similarity_features.is_some(),
         opts.residual_output.is_some(),
+        opts.shift_output.is_some(),
     ];
     if beyond.contains(&true) {
         let vanilla = TrainOptions { response_readout: None, logit_norm: None, ..opts.clone() };

@@ -141,6 +141,10 @@ pub struct ModelConfig {
     /// head, which starts at zero: an untrained model is the `training-mean` baseline, cell for cell.
     #[serde(default)]
     pub residual_output: bool,
+    /// Beyond the paper, any model: the output adds its cell type's mean change over the training
+    /// perturbations (`Model::set_output_anchor`); the head keeps its initialisation.
+    #[serde(default)]
+    pub shift_output: bool,
     /// Beyond the paper, the retrieval models: every candidate's encoding adds `Linear(F -> H)` of
     /// scalar features standardised over its query's K (`similarity_features`): the GenePT cosine
     /// to the query and, with observed responses, the cosine of the candidate's change in the set's
@@ -179,6 +183,7 @@ impl ModelConfig {
             response_readout: false,
             anchor_output: false,
             residual_output: false,
+            shift_output: false,
             similarity_features: false,
             genes,
             perturbations,
@@ -209,6 +214,9 @@ impl ModelConfig {
         if self.residual_output {
             name += "+residual";
         }
+        if self.shift_output {
+            name += "+shift";
+        }
         name
     }
 
@@ -237,8 +245,11 @@ impl ModelConfig {
         if self.response_readout && (self.kind != ModelKind::PtRag || self.candidate_context == CandidateContext::Genept) {
             return Err(Error::invalid("response readout", "applies to pt-rag with --candidate-context responses or both"));
         }
-        if self.anchor_output && self.residual_output {
-            return Err(Error::invalid("output", "--anchor-output and --residual-output are two different anchors; choose one"));
+        if [self.anchor_output, self.residual_output, self.shift_output].iter().filter(|&&on| on).count() > 1 {
+            return Err(Error::invalid(
+                "output",
+                "--anchor-output, --residual-output and --shift-output are different anchors; choose one",
+            ));
         }
         if self.similarity_features && !self.kind.retrieves() {
             return Err(Error::invalid("similarity features", format!("apply to the retrieval models, not {}", self.kind.name())));

@@ -176,8 +176,8 @@ impl Model {
     }
 
     /// The per-cell-type vectors `[cell types][G]` that the output adds: for `anchor_output` the
-    /// fold's control means, for `residual_output` the mean change of each cell type's training
-    /// perturbations (both known in the protocol, as to the baselines).
+    /// fold's control means, for `residual_output` and `shift_output` the mean change of each cell
+    /// type's training perturbations (both known in the protocol, as to the baselines).
     pub fn set_output_anchor(&mut self, means: &[Vec<f64>]) {
         self.anchor = means.concat();
     }
@@ -317,7 +317,7 @@ impl Model {
         if let Some(readout) = readout {
             out = tape.add(out, readout);
         }
-        if (self.cfg.anchor_output || self.cfg.residual_output) && !self.anchor.is_empty() {
+        if (self.cfg.anchor_output || self.cfg.residual_output || self.cfg.shift_output) && !self.anchor.is_empty() {
             let types = self.anchor.len() / g;
             let table = tape.constant(&[types, g], self.anchor.iter().map(|&x| T::f(x)).collect());
             let per_cell: Vec<usize> = (0..n).map(|i| input.cell_type[i / input.cells] as usize).collect();

@@ -171,11 +171,12 @@ impl<'s> Trainer<'s> {
         if cfg.model.anchor_output {
             let means: Vec<Vec<f64>> = fold.controls.iter().map(|pool| crate::data::responses::mean_of(store, pool)).collect();
             model.set_output_anchor(&means);
-        } else if cfg.model.residual_output {
+        } else if cfg.model.residual_output || cfg.model.shift_output {
             let observed = ObservedResponses::fit(store, &fold);
             let shifts: Vec<Vec<f64>> = (0..fold.controls.len() as u32).map(|c| observed.mean_change_in(c)).collect();
             model.set_output_anchor(&shifts);
-        } else if cfg.head_bias_from_data {
+        }
+        if !(cfg.model.anchor_output || cfg.model.residual_output) && cfg.head_bias_from_data {
             model.set_output_bias(&mut params, &training_mean(store, &fold, &mut rng_stream(cfg.seed, DATA_MEAN_STREAM)));
         }
         let adam = Adam::new(cfg.adam.clone(), &params);

@@ -133,6 +133,10 @@ pub struct TrainOptions {
     /// change plus the output head, which starts at zero [default: false]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub residual_output: Option<bool>,
+    /// Any model: the output adds the cell type's mean change over its training perturbations,
+    /// the head kept as initialised [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub shift_output: Option<bool>,
     /// Reference-compatibility preset; the finer switches below override it [default: none]
     #[arg(long, value_enum)]
     pub compat: Option<Compat>,
@@ -192,6 +196,7 @@ macro_rules! fields {
             anchor_output,
             similarity_features,
             residual_output,
+            shift_output,
             compat,
             causal_rope,
             frozen_backbone,
@@ -263,7 +268,7 @@ impl TrainOptions {
              c.model.scorer_dropout => scorer_dropout, c.model.candidate_context => candidate_context,
              c.model.logit_norm => logit_norm, c.model.response_readout => response_readout,
              c.model.anchor_output => anchor_output, c.model.similarity_features => similarity_features,
-             c.model.residual_output => residual_output);
+             c.model.residual_output => residual_output, c.model.shift_output => shift_output);
         let causal = self.causal_rope.unwrap_or(reference);
         c.model.causal = causal;
         c.model.rope_theta = causal.then_some(10000.0);
