@@ -1,9 +1,8 @@
 //! One batch of model inputs, and the random parts of a forward pass.
 
 use crate::cpu::elementwise::DropoutMask;
-use crate::cuda::tensor::RowTable;
 use crate::real::Real;
-use crate::tape::{Tape, Var};
+use crate::tape::{RowTable, Tape, Var};
 
 /// The random parts of PT-RAG's forward pass, drawn by the caller so that they can be fixed.
 #[derive(Clone, Debug)]

@@ -28,9 +28,8 @@ pub use input::{Cells, ModelInput, Noise, Selection};
 
 use crate::cpu::elementwise::DropoutMask;
 use crate::cpu::energy::EnergyShape;
-use crate::cuda::tensor::RowTable;
 use crate::real::Real;
-use crate::tape::{ParamId, Params, Tape, Var};
+use crate::tape::{ParamId, Params, RowTable, Tape, Var};
 use crate::{Error, Result};
 use backbone::Backbone;
 use context::{CrossAttention, Selector};

@@ -19,6 +19,10 @@ pub mod params;
 mod selection;
 
 use crate::cpu::{gemm::matmul_new, tensor, zeros};
+/// A table (the dataset's expression, the GenePT vectors) resident on a GPU tape's device, whose
+/// rows `Tape::table_rows` gathers there: the model layer names it through the tape, the seam to
+/// the engines, not through `cuda`.
+pub use crate::cuda::tensor::RowTable;
 use crate::cuda::{self, Buffer, Gpu};
 use crate::real::Real;
 use crate::{Error, Result};
@@ -343,7 +347,7 @@ impl<T: Real> Tape<T> {
     }
     /// Data gathered on the GPU: rows `rows` of a table resident there (the dataset's expression),
     /// `[rows.len(), cols]`. Only a GPU tape can read such a table.
-    pub fn table_rows(&mut self, table: &cuda::tensor::RowTable, rows: &[u32]) -> Var {
+    pub fn table_rows(&mut self, table: &RowTable, rows: &[u32]) -> Var {
         assert!(self.gpu.is_some(), "{WRONG_SIDE}");
         let n = rows.len() * table.cols();
         let out = self.compute1(
