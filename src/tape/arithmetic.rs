@@ -156,24 +156,22 @@ impl<T: Real> Tape<T> {
                     );
                     self.add_grad(grads, a, da);
                 }
-                let db = match grad {
-                    Memory::Host(mut v) => {
-                        Arc::make_mut(&mut v).iter_mut().zip(self.h(a)).for_each(|(g, &a)| *g = *g * a);
-                        Memory::Host(v)
-                    }
-                    dev => self.compute1(n(b), |_| {}, |gpu, o| cuda::tensor::mul(gpu, dev.dev(), self.d(a), o)),
-                };
+                let db = self.scaled_in_place(
+                    grad,
+                    n(b),
+                    |v| v.iter_mut().zip(self.h(a)).for_each(|(g, &a)| *g = *g * a),
+                    |gpu, g, o| cuda::tensor::mul(gpu, g, self.d(a), o),
+                );
                 self.add_grad(grads, b, db);
             }
             ArithmeticOp::Scale { x, factor } => {
-                let dx = match grad {
-                    Memory::Host(mut v) => {
-                        let f = T::f(factor);
-                        Arc::make_mut(&mut v).iter_mut().for_each(|g| *g = *g * f);
-                        Memory::Host(v)
-                    }
-                    dev => self.compute1(n(x), |_| {}, |gpu, o| cuda::tensor::scale(gpu, dev.dev(), factor as f32, o)),
-                };
+                let f = T::f(factor);
+                let dx = self.scaled_in_place(
+                    grad,
+                    n(x),
+                    |v| v.iter_mut().for_each(|g| *g = *g * f),
+                    |gpu, g, o| cuda::tensor::scale(gpu, g, factor as f32, o),
+                );
                 self.add_grad(grads, x, dx);
             }
             ArithmeticOp::Sum { x } => {
@@ -188,31 +186,16 @@ impl<T: Real> Tape<T> {
                     |gpu, o| cuda::tensor::row_dots(gpu, g.dev(), self.d(x), o),
                 );
                 self.add_grad(grads, w, dw);
-                let dx = match grad {
-                    Memory::Host(mut v) => {
-                        let cols = cols_of(&node.shape);
-                        Arc::make_mut(&mut v).chunks_mut(cols).zip(self.h(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w));
-                        Memory::Host(v)
-                    }
-                    dev => self.compute1(n(x), |_| {}, |gpu, o| cuda::tensor::scale_rows(gpu, dev.dev(), self.d(w), o)),
-                };
-                self.add_grad(grads, x, dx);
-            }
-            ArithmeticOp::ScaleCols { x, v } => {
-                let [dx, dv] = self.compute(
-                    [n(x), n(v)],
-                    |[dx, dv]| {
-                        tensor::scale_cols(g.host(), self.h(v), dx);
-                        tensor::column_dots(g.host(), Some(self.h(x)), dv);
-                    },
-                    |gpu, [dx, dv]| {
-                        cuda::tensor::scale_cols(gpu, g.dev(), self.d(v), dx)?;
-                        cuda::tensor::column_dots(gpu, g.dev(), Some(self.d(x)), dv)
-                    },
+                let cols = cols_of(&node.shape);
+                let dx = self.scaled_in_place(
+                    grad,
+                    n(x),
+                    |v| v.chunks_mut(cols).zip(self.h(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w)),
+                    |gpu, g, o| cuda::tensor::scale_rows(gpu, g, self.d(w), o),
                 );
                 self.add_grad(grads, x, dx);
-                self.add_grad(grads, v, dv);
             }
+            ArithmeticOp::ScaleCols { x, v } => self.scale_cols_backward(x, v, g, grads),
             ArithmeticOp::SumGroups { x, group } => {
                 let cols = cols_of(&node.shape);
                 let dx = self.accumulate1(
@@ -223,5 +206,42 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, x, dx);
             }
         }
+    }
+
+    /// The incoming gradient (`n` elements) scaled elementwise: in place on the host (`host` on its
+    /// own buffer, copied first only when shared), into a new buffer by `gpu` on a GPU tape.
+    fn scaled_in_place(
+        &self,
+        grad: Memory<T>,
+        n: usize,
+        host: impl FnOnce(&mut [T]),
+        gpu: impl FnOnce(&Gpu, &Buffer<f32>, &mut Buffer<f32>) -> Result<()>,
+    ) -> Memory<T> {
+        match grad {
+            Memory::Host(mut v) => {
+                host(Arc::make_mut(&mut v).as_mut_slice());
+                Memory::Host(v)
+            }
+            // (a failed GPU op's gradient is Missing: `compute1` then skips the kernel)
+            dev => self.compute1(n, |_| {}, |g, o| gpu(g, dev.dev(), o)),
+        }
+    }
+
+    /// `x * v` by columns: `dx = g * v` and `dv = column sums of g * x`.
+    fn scale_cols_backward(&self, x: Var, v: Var, g: &Memory<T>, grads: &mut [Option<Memory<T>>]) {
+        let n = |v: Var| self.numel(v);
+        let [dx, dv] = self.compute(
+            [n(x), n(v)],
+            |[dx, dv]| {
+                tensor::scale_cols(g.host(), self.h(v), dx);
+                tensor::column_dots(g.host(), Some(self.h(x)), dv);
+            },
+            |gpu, [dx, dv]| {
+                cuda::tensor::scale_cols(gpu, g.dev(), self.d(v), dx)?;
+                cuda::tensor::column_dots(gpu, g.dev(), Some(self.d(x)), dv)
+            },
+        );
+        self.add_grad(grads, x, dx);
+        self.add_grad(grads, v, dv);
     }
 }
