@@ -90,7 +90,36 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn train_command(opts: TrainOptions, progress: bool) -> Result<Vec<run::RunSummary>> {
     let opts = opts.with_config_file()?;
-    let (record, run_dir, resume) = match &opts.resume {
+    let (record, run_dir, resume) = run_record(&opts, progress)?;
+    let store = Store::open(&record.data)?;
+    let split = SplitFile::read(&record.split)?;
+    let gpu = opts.device.unwrap_or(DeviceChoice::Cpu).open(|m| eprintln!("{m}"))?;
+    let t = &record.train;
+    eprintln!(
+        "{} {} on {} ({} cells, {} genes), target cell type {}, {} steps of {} sets x {} cells -> {}",
+        if resume { "resuming" } else { "training" },
+        t.model.kind.label(),
+        store.dir.display(),
+        store.n_cells(),
+        store.n_genes(),
+        t.target_cell_type,
+        t.steps,
+        t.sets_per_batch,
+        t.cells_per_set,
+        run_dir.display()
+    );
+    let ctl = RunControl { progress, stop: Some(&STOP), gpu };
+    let summaries = run::execute(&record, &store, &split, &run_dir, resume, &ctl)?;
+    for s in &summaries {
+        print_summary(s, record.train.model.top_k);
+    }
+    Ok(summaries)
+}
+
+/// The run `train` is asked for: a new one from the options (`resume` false), or the one recorded
+/// in `--resume DIR`, whose configuration only `--steps` may change.
+fn run_record(opts: &TrainOptions, progress: bool) -> Result<(RunRecord, PathBuf, bool)> {
+    Ok(match &opts.resume {
         Some(dir) => {
             let extra: Vec<String> = opts.set_names().into_iter().filter(|n| n != "--steps").collect();
             if !extra.is_empty() {
@@ -122,53 +151,35 @@ pub fn train_command(opts: TrainOptions, progress: bool) -> Result<Vec<run::RunS
             let data_fingerprint = store.manifest.fingerprint.clone();
             (RunRecord { data, split, train, data_fingerprint }, run_dir, false)
         }
-    };
-    let store = Store::open(&record.data)?;
-    let split = SplitFile::read(&record.split)?;
-    let gpu = opts.device.unwrap_or(DeviceChoice::Cpu).open(|m| eprintln!("{m}"))?;
-    let t = &record.train;
-    eprintln!(
-        "{} {} on {} ({} cells, {} genes), target cell type {}, {} steps of {} sets x {} cells -> {}",
-        if resume { "resuming" } else { "training" },
-        t.model.kind.label(),
-        store.dir.display(),
-        store.n_cells(),
-        store.n_genes(),
-        t.target_cell_type,
-        t.steps,
-        t.sets_per_batch,
-        t.cells_per_set,
-        run_dir.display()
+    })
+}
+
+/// What `train` prints of one fold's run.
+fn print_summary(s: &run::RunSummary, top_k: usize) {
+    let t = &s.test;
+    println!(
+        "{} on {}: {} steps at {:.0} cells/s; best validation energy {} at step {}; {} of {} parameters trained",
+        s.model,
+        s.target_cell_type,
+        s.steps,
+        s.cells_per_second,
+        s.best_val_energy.map_or("-".to_string(), |v| format!("{v:.4}")),
+        s.best_step,
+        s.trainable_parameters,
+        s.parameters
     );
-    let ctl = RunControl { progress, stop: Some(&STOP), gpu };
-    let summaries = run::execute(&record, &store, &split, &run_dir, resume, &ctl)?;
-    for s in &summaries {
-        let t = &s.test;
-        println!(
-            "{} on {}: {} steps at {:.0} cells/s; best validation energy {} at step {}; {} of {} parameters trained",
-            s.model,
-            s.target_cell_type,
-            s.steps,
-            s.cells_per_second,
-            s.best_val_energy.map_or("-".to_string(), |v| format!("{v:.4}")),
-            s.best_step,
-            s.trainable_parameters,
-            s.parameters
-        );
-        println!("  test split ({} conditions):", t.conditions);
-        println!("    energy distance (half, as the loss)      {:.4}", t.energy);
-        println!("    MSE of mean expression change, model     {:.5}", t.mse_change);
-        println!("    MSE of mean expression change, control   {:.5}  (baseline: predict the control mean)", t.mse_change_control_baseline);
-        let strongest = s.baselines_mse_change.iter().min_by(|a, b| a.1.total_cmp(b.1));
-        if let Some((name, value)) = strongest {
-            println!("    MSE of mean expression change, {name:<9} {value:.5}  (the strongest baseline; `evaluate` compares them all)");
-        }
-        if let Some(k) = t.mean_selected {
-            println!("    candidates selected per cell (of {})    {k:.2}", record.train.model.top_k);
-        }
-        println!("  run directory: {}", s.run_dir.display());
+    println!("  test split ({} conditions):", t.conditions);
+    println!("    energy distance (half, as the loss)      {:.4}", t.energy);
+    println!("    MSE of mean expression change, model     {:.5}", t.mse_change);
+    println!("    MSE of mean expression change, control   {:.5}  (baseline: predict the control mean)", t.mse_change_control_baseline);
+    let strongest = s.baselines_mse_change.iter().min_by(|a, b| a.1.total_cmp(b.1));
+    if let Some((name, value)) = strongest {
+        println!("    MSE of mean expression change, {name:<9} {value:.5}  (the strongest baseline; `evaluate` compares them all)");
     }
-    Ok(summaries)
+    if let Some(k) = t.mean_selected {
+        println!("    candidates selected per cell (of {})    {k:.2}", top_k);
+    }
+    println!("  run directory: {}", s.run_dir.display());
 }
 
 /// Ctrl-C sets `STOP` (training checkpoints after the current step); a second Ctrl-C exits at once.
