@@ -2,6 +2,7 @@
 //! by `train` and `bench`, and its statistics.
 
 use super::*;
+use crate::tape::{Gradients, Var};
 
 pub struct StepStats {
     /// The full loss (energy plus the sparsity term).
@@ -86,36 +87,10 @@ pub fn optimise_step(
         None => tape.backward(loss),
     };
     let mark = std::time::Instant::now();
+    let scalars = StepScalars { energy, loss, mean_w };
     let (stats, accumulate) = match gpu.as_deref_mut() {
-        Some(state) => {
-            // The scalars stay on the GPU: `PendingStats::finish` reads them, after the caller has
-            // queued the next step if it wants to.
-            let [energy, loss] = [energy, loss].map(|v| tape.device_value(v));
-            let (energy, loss, mean_w) = (energy?, loss?, mean_w.map(|v| tape.device_value(v)).transpose()?);
-            let grads = grads.on_gpu(&tape, params.entries.len())?;
-            drop(tape);
-            let accumulate = mark.elapsed().as_secs_f64();
-            let clip = state.update(params, adam, grads, &loss)?;
-            // Copies queued now, behind this step's work only: reading them later does not wait for
-            // the steps queued after this one.
-            let scalars: Vec<&Buffer<f32>> = [&*energy, &*loss].into_iter().chain(mean_w.as_deref()).collect();
-            let (scalars, clip) = (state.gpu.read_later(&scalars)?, state.gpu.read_later(&[&clip])?);
-            (Pending::OnGpu { step, top_k: model.cfg.top_k, scalars, clip }, accumulate)
-        }
-        None => {
-            let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
-            let (energy, loss) = (scalar(energy)?, scalar(loss)?);
-            let selected = mean_w.map(&scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
-            grads.accumulate_into(&tape, params)?;
-            let scorer = params.entries.iter().filter(|p| p.name.starts_with("select.score"));
-            let scorer_grad_norm = scorer.flat_map(|p| p.grad.iter().map(|&g| (g as f64).powi(2))).sum::<f64>().sqrt();
-            let scorer_grad_norm = (model.cfg.kind == crate::model::ModelKind::PtRag).then_some(scorer_grad_norm);
-            drop(tape);
-            let accumulate = mark.elapsed().as_secs_f64();
-            let clip = adam.step(params, loss as f32);
-            let stats = StepStats { scorer_grad_norm, ..step_stats(step, energy, loss, selected, clip)? };
-            (Pending::Ready(stats), accumulate)
-        }
+        Some(state) => update_on_gpu(state, model, params, adam, tape, grads, scalars, step, mark)?,
+        None => update_on_cpu(model, params, adam, tape, grads, scalars, step, mark)?,
     };
     if let Some(b) = breakdown {
         if let Some(state) = gpu {
@@ -129,6 +104,67 @@ pub fn optimise_step(
         StepBreakdown::add(&mut b.other, &parts);
     }
     Ok(PendingStats(stats))
+}
+
+/// The step's scalars on its tape: the energy, the full loss and (PT-RAG) the mean selection weight.
+struct StepScalars {
+    energy: Var,
+    loss: Var,
+    mean_w: Option<Var>,
+}
+
+/// The GPU side of the step's seam: the update runs there, and the scalars stay there, read by
+/// `PendingStats::finish` after the caller has queued the next step if it wants to. Returns the
+/// pending statistics and the seconds spent gathering the gradients.
+#[allow(clippy::too_many_arguments)]
+fn update_on_gpu(
+    state: &mut GpuState,
+    model: &Model,
+    params: &Params<f32>,
+    adam: &mut Adam,
+    tape: Tape<f32>,
+    grads: Gradients<f32>,
+    StepScalars { energy, loss, mean_w }: StepScalars,
+    step: usize,
+    mark: std::time::Instant,
+) -> Result<(Pending, f64)> {
+    let [energy, loss] = [energy, loss].map(|v| tape.device_value(v));
+    let (energy, loss, mean_w) = (energy?, loss?, mean_w.map(|v| tape.device_value(v)).transpose()?);
+    let grads = grads.on_gpu(&tape, params.entries.len())?;
+    drop(tape);
+    let accumulate = mark.elapsed().as_secs_f64();
+    let clip = state.update(params, adam, grads, &loss)?;
+    // Copies queued now, behind this step's work only: reading them later does not wait for the
+    // steps queued after this one.
+    let scalars: Vec<&Buffer<f32>> = [&*energy, &*loss].into_iter().chain(mean_w.as_deref()).collect();
+    let (scalars, clip) = (state.gpu.read_later(&scalars)?, state.gpu.read_later(&[&clip])?);
+    Ok((Pending::OnGpu { step, top_k: model.cfg.top_k, scalars, clip }, accumulate))
+}
+
+/// The CPU side of the step's seam: gradients into `params`, the scorer's gradient norm, Adam.
+#[allow(clippy::too_many_arguments)]
+fn update_on_cpu(
+    model: &Model,
+    params: &mut Params<f32>,
+    adam: &mut Adam,
+    tape: Tape<f32>,
+    grads: Gradients<f32>,
+    StepScalars { energy, loss, mean_w }: StepScalars,
+    step: usize,
+    mark: std::time::Instant,
+) -> Result<(Pending, f64)> {
+    let scalar = |v| -> Result<f64> { Ok(tape.fetch(v)?[0] as f64) };
+    let (energy, loss) = (scalar(energy)?, scalar(loss)?);
+    let selected = mean_w.map(&scalar).transpose()?.map(|w| w * model.cfg.top_k as f64);
+    grads.accumulate_into(&tape, params)?;
+    let scorer = params.entries.iter().filter(|p| p.name.starts_with("select.score"));
+    let scorer_grad_norm = scorer.flat_map(|p| p.grad.iter().map(|&g| (g as f64).powi(2))).sum::<f64>().sqrt();
+    let scorer_grad_norm = (model.cfg.kind == crate::model::ModelKind::PtRag).then_some(scorer_grad_norm);
+    drop(tape);
+    let accumulate = mark.elapsed().as_secs_f64();
+    let clip = adam.step(params, loss as f32);
+    let stats = StepStats { scorer_grad_norm, ..step_stats(step, energy, loss, selected, clip)? };
+    Ok((Pending::Ready(stats), accumulate))
 }
 
 /// A queued step's statistics: ready on the CPU; on a GPU still there, so that the caller can queue
