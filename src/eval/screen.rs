@@ -16,6 +16,7 @@
 use crate::data::h5ad::{write_h5ad, AnnData};
 use crate::data::sampler::control_sets;
 use crate::train::run::{fold_dirs, TrainedRun};
+use crate::train::Trainer;
 use crate::{Error, Result};
 use rand::seq::index::sample;
 use rand::Rng;
@@ -137,55 +138,19 @@ pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress
         if !run.record.train.model.kind.uses_genept() {
             return Err(Error::invalid("--genept", "STATE encodes perturbations without GenePT: it predicts only the store's"));
         }
-        let genept = crate::data::genept::GenePt::read(path)?;
-        if genept.dim != m.embed_dim {
-            return Err(Error::bad_file(
-                path,
-                "dimension",
-                format!("{} values per gene, as in the run's store; found {}", m.embed_dim, genept.dim),
-            ));
-        }
-        let known: HashSet<String> = m.perturbations.iter().map(|p| p.to_uppercase()).collect();
-        let mut extra_names: Vec<&String> = genept.vectors.keys().filter(|g| !known.contains(&g.to_uppercase())).collect();
-        extra_names.sort();
-        let extra: Vec<f32> = extra_names.iter().flat_map(|g| genept.vectors[*g].iter().copied()).collect();
-        trainer.extend_perturbations(&extra)?;
-        names.extend(extra_names.into_iter().cloned());
+        names.extend(add_genept_only(&mut trainer, path)?);
     }
     let trainer = trainer;
-    let cell_type = opts.cell_type.clone().unwrap_or_else(|| run.record.train.target_cell_type.clone());
-    let target = store.cell_type_index(&cell_type).ok_or_else(|| {
-        Error::invalid("--cell-type", format!("`{cell_type}` is not a cell type of the store (have: {})", m.cell_types.join(", ")))
-    })?;
-    let cell_type = m.cell_types[target].clone();
+    let (target, cell_type) = cell_type_of(store, opts.cell_type.as_deref().unwrap_or(&run.record.train.target_cell_type))?;
     let perturbations: Vec<u32> = match &opts.perturbations {
         Some(path) => read_list(path, &names, &m.control)?,
         None => (0..names.len() as u32).filter(|&p| p != store.control_index).collect(),
     };
-    let mut measured = vec![false; names.len()];
-    for (&p, &t) in store.cell_perturbation.iter().zip(&store.cell_type) {
-        if t as usize == target {
-            measured[p as usize] = true;
-        }
-    }
-    let mut trained = vec![false; names.len()];
-    trainer.fold.train.iter().filter(|c| c.cell_type as usize == target).for_each(|c| trained[c.perturbation as usize] = true);
-
-    // The same control cells for every perturbation: without replacement when the pool allows.
-    let pool = &trainer.fold.controls[target];
+    let (measured, trained) = measured_and_trained(&trainer, target, names.len());
     let mut rng = trainer.eval_rng();
-    let controls: Vec<u32> = if pool.len() >= opts.cells {
-        let mut idx = sample(&mut rng, pool.len(), opts.cells).into_vec();
-        idx.sort_unstable();
-        idx.into_iter().map(|i| pool[i]).collect()
-    } else {
-        (0..opts.cells).map(|_| pool[rng.gen_range(0..pool.len())]).collect()
-    };
+    let controls = screen_controls(&trainer.fold.controls[target], opts.cells, &mut rng);
     let g = store.n_genes();
-    let mut basal = vec![0.0f32; controls.len() * g];
-    for (row, &cell) in basal.chunks_mut(g).zip(&controls) {
-        store.expression_row(cell as usize, row);
-    }
+    let basal = expression_rows(store, &controls);
     let basal_mean = crate::eval::metrics::mean_rows(&basal.iter().map(|&v| v as f64).collect::<Vec<_>>(), g);
 
     let mut a = AnnData {
@@ -214,18 +179,12 @@ pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress
         let name = &names[p as usize];
         let mean = crate::eval::metrics::mean_rows(&pred.iter().map(|&v| v as f64).collect::<Vec<_>>(), g);
         let change: Vec<f64> = mean.iter().zip(&basal_mean).map(|(a, b)| a - b).collect();
-        let mut order: Vec<usize> = (0..g).collect();
-        order.sort_by(|&i, &j| change[j].total_cmp(&change[i]).then(i.cmp(&j)));
-        let named = |i: &usize| (m.genes[*i].clone(), change[*i]);
-        rows.push(ScreenRow {
-            perturbation: name.clone(),
+        let row = ScreenRow {
             measured_in_target: measured[p as usize],
             trained_in_target: trained[p as usize],
-            effect_norm: change.iter().map(|c| c * c).sum::<f64>().sqrt(),
-            genes_moved: change.iter().filter(|c| c.abs() > opts.threshold).count(),
-            top_up: order.iter().take(opts.top_genes).filter(|&&i| change[i] > 0.0).map(named).collect(),
-            top_down: order.iter().rev().take(opts.top_genes).filter(|&&i| change[i] < 0.0).map(named).collect(),
-        });
+            ..effect(name, &change, &m.genes, opts)
+        };
+        rows.push(row);
         push(&mut a, &pred, name, measured[p as usize], &mut |i| format!("{name}-{i}"));
         bar.inc(1);
     }
@@ -233,10 +192,7 @@ pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress
     rows.sort_by(|a, b| b.effect_norm.total_cmp(&a.effect_norm).then_with(|| a.perturbation.cmp(&b.perturbation)));
 
     let out = out.map_or_else(|| run_dir.join(format!("screen-{}", cell_type.to_lowercase())), Path::to_path_buf);
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let (pred_path, csv_path) = (out.join("pred.h5ad"), out.join("screen.csv"));
-    write_h5ad(&pred_path, &a)?;
-    crate::data::write_atomic(&csv_path, csv(&rows, &cell_type).as_bytes())?;
+    let (pred_path, csv_path) = write_outputs(&out, &a, &rows, &cell_type)?;
     Ok(Screen {
         cell_type,
         model: run.record.train.model.variant_name(),
@@ -245,6 +201,98 @@ pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress
         csv: csv_path,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The store's index and spelling of the cell type named `name`.
+fn cell_type_of(store: &crate::data::store::Store, name: &str) -> Result<(usize, String)> {
+    let m = &store.manifest;
+    let target = store.cell_type_index(name).ok_or_else(|| {
+        Error::invalid("--cell-type", format!("`{name}` is not a cell type of the store (have: {})", m.cell_types.join(", ")))
+    })?;
+    Ok((target, m.cell_types[target].clone()))
+}
+
+/// The expression of `cells` of `store`, `[cells, genes]`.
+fn expression_rows(store: &crate::data::store::Store, cells: &[u32]) -> Vec<f32> {
+    let g = store.n_genes();
+    let mut rows = vec![0.0f32; cells.len() * g];
+    for (row, &cell) in rows.chunks_mut(g).zip(cells) {
+        store.expression_row(cell as usize, row);
+    }
+    rows
+}
+
+/// Writes `pred.h5ad` and `screen.csv` into `out` (created); returns their paths.
+fn write_outputs(out: &Path, a: &AnnData, rows: &[ScreenRow], cell_type: &str) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let (pred_path, csv_path) = (out.join("pred.h5ad"), out.join("screen.csv"));
+    write_h5ad(&pred_path, a)?;
+    crate::data::write_atomic(&csv_path, csv(rows, cell_type).as_bytes())?;
+    Ok((pred_path, csv_path))
+}
+
+/// Appends to the trainer's model the perturbations of the GenePT file at `path` that the store
+/// lacks (matched case-insensitively), sorted by name; returns their names.
+fn add_genept_only(trainer: &mut Trainer, path: &Path) -> Result<Vec<String>> {
+    let m = &trainer.store.manifest;
+    let genept = crate::data::genept::GenePt::read(path)?;
+    if genept.dim != m.embed_dim {
+        return Err(Error::bad_file(
+            path,
+            "dimension",
+            format!("{} values per gene, as in the run's store; found {}", m.embed_dim, genept.dim),
+        ));
+    }
+    let known: HashSet<String> = m.perturbations.iter().map(|p| p.to_uppercase()).collect();
+    let mut extra_names: Vec<&String> = genept.vectors.keys().filter(|g| !known.contains(&g.to_uppercase())).collect();
+    extra_names.sort();
+    let extra: Vec<f32> = extra_names.iter().flat_map(|g| genept.vectors[*g].iter().copied()).collect();
+    trainer.extend_perturbations(&extra)?;
+    Ok(extra_names.into_iter().cloned().collect())
+}
+
+/// Per perturbation index (of `n`): whether it has cells in the target cell type, and whether the
+/// run trained on it there.
+fn measured_and_trained(trainer: &Trainer, target: usize, n: usize) -> (Vec<bool>, Vec<bool>) {
+    let store = trainer.store;
+    let mut measured = vec![false; n];
+    for (&p, &t) in store.cell_perturbation.iter().zip(&store.cell_type) {
+        if t as usize == target {
+            measured[p as usize] = true;
+        }
+    }
+    let mut trained = vec![false; n];
+    trainer.fold.train.iter().filter(|c| c.cell_type as usize == target).for_each(|c| trained[c.perturbation as usize] = true);
+    (measured, trained)
+}
+
+/// The same control cells for every perturbation: `cells` of `pool`, without replacement when the
+/// pool allows.
+fn screen_controls(pool: &[u32], cells: usize, rng: &mut impl Rng) -> Vec<u32> {
+    if pool.len() >= cells {
+        let mut idx = sample(rng, pool.len(), cells).into_vec();
+        idx.sort_unstable();
+        idx.into_iter().map(|i| pool[i]).collect()
+    } else {
+        (0..cells).map(|_| pool[rng.gen_range(0..pool.len())]).collect()
+    }
+}
+
+/// A screen row's effect figures for the predicted mean `change` (the measured and trained flags
+/// left false).
+fn effect(name: &str, change: &[f64], genes: &[String], opts: &ScreenOptions) -> ScreenRow {
+    let mut order: Vec<usize> = (0..change.len()).collect();
+    order.sort_by(|&i, &j| change[j].total_cmp(&change[i]).then(i.cmp(&j)));
+    let named = |i: &usize| (genes[*i].clone(), change[*i]);
+    ScreenRow {
+        perturbation: name.to_string(),
+        measured_in_target: false,
+        trained_in_target: false,
+        effect_norm: change.iter().map(|c| c * c).sum::<f64>().sqrt(),
+        genes_moved: change.iter().filter(|c| c.abs() > opts.threshold).count(),
+        top_up: order.iter().take(opts.top_genes).filter(|&&i| change[i] > 0.0).map(named).collect(),
+        top_down: order.iter().rev().take(opts.top_genes).filter(|&&i| change[i] < 0.0).map(named).collect(),
+    }
 }
 
 /// `screen.csv`: rank, perturbation, cell type, measured_in_target, trained_in_target, effect_norm,
