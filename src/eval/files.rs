@@ -88,11 +88,8 @@ fn stored_pca(f: &H5ad, path: &Path, genes: usize) -> Result<Option<Pca>> {
     Ok(Some(Pca::from_loadings(&loadings, genes)))
 }
 
-/// Per-condition rows of the prediction and of the `control` baseline, and what the PCA was
-/// fitted on (as the report says it).
-pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<(Vec<ConditionRow>, &'static str)> {
-    let (pred, pred_groups, _) = read(&opts.pred, opts, false)?;
-    let (real, real_groups, real_pca) = read(&opts.real, opts, true)?;
+/// The prediction must have the real file's genes in its order.
+fn same_genes(pred: &AnnData, real: &AnnData, opts: &FilesOptions) -> Result<()> {
     if pred.var_names != real.var_names {
         let i =
             pred.var_names.iter().zip(&real.var_names).position(|(a, b)| a != b).unwrap_or(pred.var_names.len().min(real.var_names.len()));
@@ -108,21 +105,13 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<(Vec<Co
             ),
         ));
     }
-    let g = real.var_names.len();
+    Ok(())
+}
+
+/// Every condition of the prediction is in the real file, and every real condition is predicted
+/// with as many cells.
+fn same_conditions(pred_groups: &Groups, real_groups: &Groups, conditions: &[&(String, String)], opts: &FilesOptions) -> Result<()> {
     let pert_field = format!("obs/{}", opts.pert_col);
-    let cell_types: std::collections::BTreeSet<&String> = real_groups.keys().map(|(_, t)| t).collect();
-    let mut controls = BTreeMap::new();
-    for t in &cell_types {
-        let idx = real_groups.get(&(opts.control.clone(), (*t).clone())).ok_or_else(|| {
-            let what = if t.is_empty() { String::new() } else { format!(" of cell type `{t}`") };
-            Error::bad_file(&opts.real, &pert_field, format!("control cells{what} labelled `{}`", opts.control))
-        })?;
-        controls.insert((*t).clone(), rows(&real, idx));
-    }
-    let conditions: Vec<&(String, String)> = real_groups.keys().filter(|(p, _)| *p != opts.control).collect();
-    if conditions.is_empty() {
-        return Err(Error::bad_file(&opts.real, &pert_field, format!("perturbed cells besides the control `{}`", opts.control)));
-    }
     for key in pred_groups.keys().filter(|(p, _)| *p != opts.control) {
         if !real_groups.contains_key(key) {
             return Err(Error::bad_file(
@@ -132,7 +121,7 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<(Vec<Co
             ));
         }
     }
-    for key in &conditions {
+    for key in conditions {
         let (n_pred, n_real) = (pred_groups.get(*key).map_or(0, Vec::len), real_groups[*key].len());
         if n_pred == 0 {
             return Err(Error::bad_file(
@@ -149,6 +138,31 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<(Vec<Co
             ));
         }
     }
+    Ok(())
+}
+
+/// Per-condition rows of the prediction and of the `control` baseline, and what the PCA was
+/// fitted on (as the report says it).
+pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<(Vec<ConditionRow>, &'static str)> {
+    let (pred, pred_groups, _) = read(&opts.pred, opts, false)?;
+    let (real, real_groups, real_pca) = read(&opts.real, opts, true)?;
+    same_genes(&pred, &real, opts)?;
+    let g = real.var_names.len();
+    let pert_field = format!("obs/{}", opts.pert_col);
+    let cell_types: std::collections::BTreeSet<&String> = real_groups.keys().map(|(_, t)| t).collect();
+    let mut controls = BTreeMap::new();
+    for t in &cell_types {
+        let idx = real_groups.get(&(opts.control.clone(), (*t).clone())).ok_or_else(|| {
+            let what = if t.is_empty() { String::new() } else { format!(" of cell type `{t}`") };
+            Error::bad_file(&opts.real, &pert_field, format!("control cells{what} labelled `{}`", opts.control))
+        })?;
+        controls.insert((*t).clone(), rows(&real, idx));
+    }
+    let conditions: Vec<&(String, String)> = real_groups.keys().filter(|(p, _)| *p != opts.control).collect();
+    if conditions.is_empty() {
+        return Err(Error::bad_file(&opts.real, &pert_field, format!("perturbed cells besides the control `{}`", opts.control)));
+    }
+    same_conditions(&pred_groups, &real_groups, &conditions, opts)?;
 
     // The PCA: the real file's own (`varm/PCs`, as scanpy and `predict` write it), else fitted on
     // (a sample of) its cells.
