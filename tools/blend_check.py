@@ -13,7 +13,7 @@ mean changes. Each row is tested against `linear` with Mann-Whitney U (two-sided
 the tests of the table.
 
 Usage:  python tools/blend_check.py MODEL_DIR LINEAR_DIR NEIGHBOURS_DIR [--pert-col gene] [--control non-targeting]
-Needs anndata, numpy and scipy.
+Needs anndata, numpy and scipy (1.11 or later).
 """
 import argparse
 import pathlib
@@ -28,17 +28,6 @@ def means(path, pert_col, control):
     x = np.asarray(a.X, dtype=np.float64)
     labels = a.obs[pert_col].astype(str).to_numpy()
     return {p: x[labels == p].mean(0) for p in np.unique(labels) if p != control}
-
-
-def bh(p):
-    p = np.asarray(p)
-    order = np.argsort(p)
-    q = np.empty_like(p)
-    running = 1.0
-    for rank, i in reversed(list(enumerate(order, start=1))):
-        running = min(running, p[i] * len(p) / rank)
-        q[i] = running
-    return q
 
 
 def main():
@@ -66,7 +55,7 @@ def main():
     names = [k for k in rows if k != "linear"]
     p_mw = [stats.mannwhitneyu(rows[k], ref, alternative="two-sided").pvalue for k in names]
     p_w = [stats.wilcoxon(rows[k], ref).pvalue for k in names]
-    q = bh(p_mw + p_w)
+    q = stats.false_discovery_control(p_mw + p_w, method="bh")
     q_mw, q_w = q[: len(names)], q[len(names):]
     print(f"{len(ref)} test conditions; test MSE of the mean change, each against `linear`\n")
     print("| prediction | mean MSE | difference from `linear` | Mann-Whitney q | paired Wilcoxon q | conditions better than `linear` |")

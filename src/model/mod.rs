@@ -237,7 +237,7 @@ impl Model {
             (true, true) => Some(self.encode_genept(tape, params, &candidates, input.genept)),
             (true, false) => Some(self.encode_distinct(tape, params, &candidates, input.genept)),
         };
-        let (mut candidate_changes, mut seen) = (None, Vec::new());
+        let (mut candidate_changes, mut seen, mut cross) = (None, Vec::new(), Vec::new());
         if let (Some(enc), Some(observed)) = (&self.responses, knowledge.responses.as_ref()) {
             let cell_type = |r: usize| input.cell_type[set_of_row(r)];
             let changes: Vec<Option<&Vec<f64>>> = (0..rows * k).map(|i| observed.change(candidates[i], cell_type(i / k))).collect();
@@ -249,14 +249,15 @@ impl Model {
                 Some(genept) => tape.add(genept, responses),
                 None => responses,
             });
-            let query_rows = (0..rows).map(|r| observed.cross_cell_type(queries[r], cell_type(r)).map(Cow::Owned));
-            let x = response_rows(tape, query_rows, self.cfg.genes);
-            let cross = enc.query.apply(tape, params, x);
-            query_enc = tape.add(query_enc, cross);
+            cross = (0..rows).map(|r| observed.cross_cell_type(queries[r], cell_type(r))).collect();
+            let x = response_rows(tape, cross.iter().map(|c| c.as_ref().map(Cow::Borrowed)), self.cfg.genes);
+            let encoded = enc.query.apply(tape, params, x);
+            query_enc = tape.add(query_enc, encoded);
         }
         if let Some(lin) = &self.similarity {
-            let observed = self.responses.as_ref().and(knowledge.responses.as_ref());
-            let features = similarity_features(knowledge, observed, &queries, &candidates, k, |r| input.cell_type[set_of_row(r)]);
+            // The response cosine reads the query rows' cross-cell-type changes made above.
+            let responses = self.responses.as_ref().and(knowledge.responses.as_ref()).map(|o| (o, cross.as_slice()));
+            let features = similarity_features(knowledge, responses, &queries, &candidates, k, |r| input.cell_type[set_of_row(r)]);
             let x = tape.constant(&[rows * k, features.len() / (rows * k)], features.into_iter().map(T::f).collect());
             let encoded = lin.apply(tape, params, x);
             cand_enc = Some(match cand_enc {
@@ -316,7 +317,8 @@ impl Model {
         if let Some(readout) = readout {
             out = tape.add(out, readout);
         }
-        if (self.cfg.anchor_output || self.cfg.residual_output || self.cfg.shift_output) && !self.anchor.is_empty() {
+        // Set (`set_output_anchor`) only for the options that add one.
+        if !self.anchor.is_empty() {
             let types = self.anchor.len() / g;
             let table = tape.constant(&[types, g], self.anchor.iter().map(|&x| T::f(x)).collect());
             let per_cell: Vec<usize> = (0..n).map(|i| input.cell_type[i / input.cells] as usize).collect();

@@ -76,26 +76,23 @@ pub(super) fn response_rows<'c, T: Real>(
 /// candidates for the response cosine; 0 for the unobserved and for a row without spread).
 pub(super) fn similarity_features(
     knowledge: &Knowledge,
-    observed: Option<&ObservedResponses>,
+    responses: Option<(&ObservedResponses, &[Option<Vec<f64>>])>,
     queries: &[u32],
     candidates: &[u32],
     k: usize,
     cell_type: impl Fn(usize) -> u32,
 ) -> Vec<f64> {
-    let features = if observed.is_some() { 2 } else { 1 };
+    let features = if responses.is_some() { 2 } else { 1 };
+    let vector = |p: u32| &knowledge.vectors[p as usize * knowledge.dim..][..knowledge.dim];
     let mut out = vec![0.0; candidates.len() * features];
     for (r, &query) in queries.iter().enumerate() {
         let row = r * k..(r + 1) * k;
         // In f64 from the vectors (retrieval's f32 similarities would carry their rounding, which the
         // standardisation magnifies, into the features).
-        let vector =
-            |p: u32| -> Vec<f64> { knowledge.vectors[p as usize * knowledge.dim..][..knowledge.dim].iter().map(|&v| v as f64).collect() };
-        let q = vector(query);
-        let cosine: Vec<Option<f64>> = candidates[row.clone()].iter().map(|&c| Some(cosine_of(&q, &vector(c)))).collect();
+        let cosine: Vec<Option<f64>> = candidates[row.clone()].iter().map(|&c| Some(cosine_of(vector(query), vector(c)))).collect();
         let mut columns = vec![cosine];
-        if let Some(observed) = observed {
-            let cross = observed.cross_cell_type(query, cell_type(r));
-            let response = |c: u32| Some(cosine_of(cross.as_ref()?, observed.change(c, cell_type(r))?));
+        if let Some((observed, cross)) = responses {
+            let response = |c: u32| Some(cosine_of(cross[r].as_ref()?, observed.change(c, cell_type(r))?));
             columns.push(candidates[row.clone()].iter().map(|&c| response(c)).collect());
         }
         for (f, column) in columns.iter().enumerate() {
@@ -107,9 +104,11 @@ pub(super) fn similarity_features(
     out
 }
 
-fn cosine_of(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norms = (a.iter().map(|x| x * x).sum::<f64>() * b.iter().map(|x| x * x).sum::<f64>()).sqrt();
+/// The cosine of `a` and `b`, computed in f64 (0 when either is zero).
+fn cosine_of<A: Copy + Into<f64>>(a: &[A], b: &[A]) -> f64 {
+    let f = |x: &A| -> f64 { (*x).into() };
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f(x) * f(y)).sum();
+    let norms = (a.iter().map(|x| f(x) * f(x)).sum::<f64>() * b.iter().map(|x| f(x) * f(x)).sum::<f64>()).sqrt();
     if norms > 0.0 {
         dot / norms
     } else {
