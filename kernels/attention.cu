@@ -204,14 +204,14 @@ extern "C" __global__ void attention_backward_dkdv_f32(const float* __restrict__
     }
 }
 
-// Rotary position encoding (src/cpu/attention.rs's Rope): x, out: [rows, heads * head_dim], a row's
-// position is its index within its set of `cells`; the pair (x[i], x[i + head_dim/2]) of every head
-// is rotated by position * theta^(-2i / head_dim), backwards when `inverse` (the backward pass). The
-// sines and cosines come from the reference's f64 table, sin_cos[cells, head_dim / 2, 2], rounded to
-// f32 (double sin/cos would spill to local memory). One element per (row, head, i); overwrites out,
-// or adds into it when `accumulate`.
-extern "C" __global__ void rope_f32(const float* __restrict__ x, const float* __restrict__ sin_cos, int cells, int heads, int head_dim,
-                                    int inverse, int accumulate, float* __restrict__ out, long long pairs) {
+// Rotary position encoding (src/cpu/attention.rs's rope_forward): x, out: [rows, heads * head_dim], a
+// row's position is its index within its set of `cells`; the pair (x[i], x[i + head_dim/2]) of every
+// head is rotated by position * theta^(-2i / head_dim), backwards when `inverse`. The sines and
+// cosines come from the reference's f64 table, sin_cos[cells, head_dim / 2, 2], rounded to f32
+// (double sin/cos would spill to local memory). One element per (row, head, i); overwrites out, or
+// adds into it when `accumulate`.
+__device__ __forceinline__ void rope_rotate(const float* __restrict__ x, const float* __restrict__ sin_cos, int cells, int heads, int head_dim,
+                                            bool inverse, bool accumulate, float* __restrict__ out, long long pairs) {
     const int half = head_dim / 2;
     FOR_EACH_INDEX(p, pairs) {
         const int i = (int)(p % half);
@@ -224,4 +224,16 @@ extern "C" __global__ void rope_f32(const float* __restrict__ x, const float* __
         out[base] = accumulate ? out[base] + ya : ya;
         out[base + half] = accumulate ? out[base + half] + yb : yb;
     }
+}
+
+// Forward: rotates x into y (overwrites).
+extern "C" __global__ void rope_forward_f32(const float* __restrict__ x, const float* __restrict__ sin_cos, int cells, int heads, int head_dim,
+                                            float* __restrict__ y, long long pairs) {
+    rope_rotate(x, sin_cos, cells, heads, head_dim, false, false, y, pairs);
+}
+
+// Backward: the inverse rotation of dy (a rotation's transpose), added into dx.
+extern "C" __global__ void rope_backward_f32(const float* __restrict__ dy, const float* __restrict__ sin_cos, int cells, int heads, int head_dim,
+                                             float* __restrict__ dx, long long pairs) {
+    rope_rotate(dy, sin_cos, cells, heads, head_dim, true, true, dx, pairs);
 }

@@ -6,9 +6,9 @@
 // Distances are taken from the differences directly (not from Gram matrices), so a row's distance to
 // itself is exactly 0 and clamped, and nothing S x S is written to global memory.
 //
-// energy_rows_f32: grid (n + m, sets), blockDim.x threads (multiple of 32); row r of the joined set
+// energy_forward_rows_f32: grid (n + m, sets), blockDim.x threads (multiple of 32); row r of the joined set
 //   [x; y] is held in shared memory and compared with every row; writes its weighted sum to
-//   partial[set, r]. energy_reduce_f32 then sums each set's partials in order (deterministic).
+//   partial[set, r]. energy_forward_reduce_f32 then sums each set's partials in order (deterministic).
 //   Shared memory: genes + blockDim.x / 32 floats.
 // energy_backward_f32: grid (n, sets); dpred[i] += d_energy * sum_j w_ij (x_i - z_j), with
 //   w_ij = 1 / (n m d_ij) for observed z_j, -1 / (n^2 d_ij) for predicted z_j, 0 where clamped.
@@ -32,7 +32,7 @@ __device__ __forceinline__ float warp_squared_distance(const float* a, const flo
     return warp_sum(sq);
 }
 
-extern "C" __global__ void energy_rows_f32(const float* __restrict__ pred, const float* __restrict__ obs, int n, int m, int genes,
+extern "C" __global__ void energy_forward_rows_f32(const float* __restrict__ pred, const float* __restrict__ obs, int n, int m, int genes,
                                            float* __restrict__ partial) {
     DYNAMIC_SHARED(float, shared);
     float* row = shared;
@@ -60,7 +60,7 @@ extern "C" __global__ void energy_rows_f32(const float* __restrict__ pred, const
 }
 
 // energy[s] = sum of partial[s, :] in row order. One thread per set.
-extern "C" __global__ void energy_reduce_f32(const float* __restrict__ partial, int sets, int rows, float* __restrict__ energy) {
+extern "C" __global__ void energy_forward_reduce_f32(const float* __restrict__ partial, int sets, int rows, float* __restrict__ energy) {
     const int s = blockIdx.x * blockDim.x + threadIdx.x;
     if (s >= sets) return;
     float total = 0.0f;

@@ -1,10 +1,10 @@
 // Optimiser kernels: PyTorch's Adam update, and the gradient norm and clipping coefficient, so that
 // a training step on the GPU waits for no download before its update.
 // Twins: src/cpu/optim.rs (reference), src/cuda/optim.rs (launchers).
-// squared_norm_f32: x: [n] -> partial[first + b] for each block b (one double per block),
+// clip_squares_f32: x: [n] -> partial[first + b] for each block b (one double per block),
 // accumulated in double like the reference; `first` lets the launches for several tensors share one
 // partial buffer.
-// clip_f64: partial: [count] -> clip = {norm, scale, apply}: the partials summed in order by one
+// clip_norm_f64: partial: [count] -> clip = {norm, scale, apply}: the partials summed in order by one
 // thread (as the reference sums them), the norm, PyTorch's clip_grad_norm_ coefficient, and whether
 // the step applies (norm and loss finite; otherwise the update leaves every tensor untouched).
 // adam_update_f32: param, grad, m, v: [n]; 1-D grid-stride; updates param, m, v in place, reading
@@ -29,7 +29,7 @@ extern "C" __global__ void adam_update_f32(float* __restrict__ param, const floa
 }
 
 // Dynamic shared memory: blockDim.x / 32 doubles.
-extern "C" __global__ void squared_norm_f32(const float* __restrict__ x, long long n, double* __restrict__ partial, int first) {
+extern "C" __global__ void clip_squares_f32(const float* __restrict__ x, long long n, double* __restrict__ partial, int first) {
     DYNAMIC_SHARED(double, scratch);
     double s = 0.0;
     FOR_EACH_INDEX(i, n) s += (double)x[i] * (double)x[i];
@@ -44,7 +44,7 @@ extern "C" __global__ void squared_norm_f32(const float* __restrict__ x, long lo
 }
 
 // One block; thread 0 does the (short, sequential) work.
-extern "C" __global__ void clip_f64(const double* __restrict__ partial, int count, const float* __restrict__ loss, double clip_norm,
+extern "C" __global__ void clip_norm_f64(const double* __restrict__ partial, int count, const float* __restrict__ loss, double clip_norm,
                                     double* __restrict__ clip) {
     if (threadIdx.x != 0) return;
     double total = 0.0;

@@ -1,9 +1,9 @@
 // Cosine top-K retrieval over perturbation embeddings (PT-RAG's stage one, also Vanilla RAG's).
 // Twins: src/cpu/retrieval.rs (reference), src/cuda/retrieval.rs (launchers).
 //
-// retrieval_normalise_f32: x: [rows, dim] scaled in place to unit rows (zero rows stay zero).
+// normalise_rows_f32: x: [rows, dim] scaled in place to unit rows (zero rows stay zero).
 //   One block per row; shared memory blockDim.x / 32 floats.
-// retrieval_topk_f32: queries: [Q, dim] and db: [N, dim], both normalised; allowed: [N] (0/1);
+// cosine_topk_f32: queries: [Q, dim] and db: [N, dim], both normalised; allowed: [N] (0/1);
 //   exclude: [Q] (a row the query may not return, -1 for none); indices, sims: [Q, k], best first,
 //   ties to the lower row (as the reference). One block per query: each warp takes database rows
 //   and writes their similarities to shared memory, then k rounds of a block-wide arg-max pick the
@@ -12,7 +12,7 @@
 //   Shared memory: dim + N + 2 * blockDim.x / 32 floats.
 #include "common.cuh"
 
-extern "C" __global__ void retrieval_normalise_f32(float* __restrict__ x, int dim) {
+extern "C" __global__ void normalise_rows_f32(float* __restrict__ x, int dim) {
     DYNAMIC_SHARED(float, scratch);
     float* row = x + (long long)blockIdx.x * dim;
     float sq = 0.0f;
@@ -27,7 +27,7 @@ __device__ __forceinline__ bool better(float value, unsigned index, float other_
     return value > other_value || (value == other_value && index < other_index);
 }
 
-extern "C" __global__ void retrieval_topk_f32(const float* __restrict__ queries, const float* __restrict__ db, const unsigned char* __restrict__ allowed,
+extern "C" __global__ void cosine_topk_f32(const float* __restrict__ queries, const float* __restrict__ db, const unsigned char* __restrict__ allowed,
                                               const int* __restrict__ exclude, int rows, int dim, int k, unsigned* __restrict__ indices,
                                               float* __restrict__ sims) {
     DYNAMIC_SHARED(float, shared);

@@ -14,9 +14,9 @@
 //   each summing over the triplets that read it (deterministic, no atomics).
 // - triplet_assemble: out[t, e] = rstd_t (a_c[i, e] + a_p[s, e] + a_k[sj, e] - mean_t v[e]) + c[e], a
 //   linear layer on the LayerNorm of the triplet, from the parts' projections. Forward one thread per
-//   output element. Backward: triplet_assemble_stats_backward (one warp per triplet, the dots over e),
-//   triplet_assemble_parts_backward (one thread per part element, summing over the triplets that read
-//   it; row threads also write per-row partials of dv, dc), triplet_assemble_vectors_backward (one
+//   output element. Backward: triplet_assemble_backward_stats (one warp per triplet, the dots over e),
+//   triplet_assemble_backward_parts (one thread per part element, summing over the triplets that read
+//   it; row threads also write per-row partials of dv, dc), triplet_assemble_backward_vectors (one
 //   thread per e, summing the partials over rows in order).
 // Forward kernels overwrite; backward kernels accumulate (+=).
 #include "common.cuh"
@@ -136,7 +136,7 @@ extern "C" __global__ void triplet_assemble_forward_f32(const float* __restrict_
 }
 
 // dstats[t] += (-rstd <g, v>, <g, a_c + a_p + a_k - mean v>), one warp per triplet.
-extern "C" __global__ void triplet_assemble_stats_backward_f32(const float* __restrict__ a_c, const float* __restrict__ a_p, const float* __restrict__ a_k,
+extern "C" __global__ void triplet_assemble_backward_stats_f32(const float* __restrict__ a_c, const float* __restrict__ a_p, const float* __restrict__ a_k,
                                                                const float* __restrict__ stats, const float* __restrict__ v, const float* __restrict__ dout,
                                                                int cells, int rows, int k, int h, float* __restrict__ dstats) {
     const TripletLayout l{cells, rows, k};
@@ -164,7 +164,7 @@ extern "C" __global__ void triplet_assemble_stats_backward_f32(const float* __re
 
 // Threads own one element of a part: cells * h, then rows * h (which also write the row's partial
 // sums of -rstd mean g and g for dv and dc), then rows * k * h candidates.
-extern "C" __global__ void triplet_assemble_parts_backward_f32(const float* __restrict__ stats, const float* __restrict__ dout, int cells, int rows,
+extern "C" __global__ void triplet_assemble_backward_parts_f32(const float* __restrict__ stats, const float* __restrict__ dout, int cells, int rows,
                                                                int k, int h, float* __restrict__ da_c, float* __restrict__ da_p,
                                                                float* __restrict__ da_k, float* __restrict__ partial_v, float* __restrict__ partial_c) {
     const int per_row = cells / rows;
@@ -200,7 +200,7 @@ extern "C" __global__ void triplet_assemble_parts_backward_f32(const float* __re
 }
 
 // dv[e] += sum over rows of partial_v[s, e]; dc likewise. One thread per e.
-extern "C" __global__ void triplet_assemble_vectors_backward_f32(const float* __restrict__ partial_v, const float* __restrict__ partial_c, int rows,
+extern "C" __global__ void triplet_assemble_backward_vectors_f32(const float* __restrict__ partial_v, const float* __restrict__ partial_c, int rows,
                                                                  int h, float* __restrict__ dv, float* __restrict__ dc) {
     const int e = blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= h) return;

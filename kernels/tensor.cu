@@ -8,15 +8,15 @@
 // Forward kernels overwrite out; accumulate_f32, scatter_add_rows_f32 and *_backward add (+=).
 #include "common.cuh"
 
-extern "C" __global__ void add_forward_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out, long long n) {
+extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out, long long n) {
     FOR_EACH_INDEX(i, n) out[i] = a[i] + b[i];
 }
 
-extern "C" __global__ void mul_forward_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out, long long n) {
+extern "C" __global__ void mul_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out, long long n) {
     FOR_EACH_INDEX(i, n) out[i] = a[i] * b[i];
 }
 
-extern "C" __global__ void scale_forward_f32(const float* __restrict__ x, float factor, float* __restrict__ out, long long n) {
+extern "C" __global__ void scale_f32(const float* __restrict__ x, float factor, float* __restrict__ out, long long n) {
     FOR_EACH_INDEX(i, n) out[i] = x[i] * factor;
 }
 
@@ -25,19 +25,19 @@ extern "C" __global__ void accumulate_f32(const float* __restrict__ src, float* 
 }
 
 // out[r, c] = x[r, c] + bias[c]
-extern "C" __global__ void add_bias_forward_f32(const float* __restrict__ x, const float* __restrict__ bias, int cols, float* __restrict__ out,
+extern "C" __global__ void add_bias_f32(const float* __restrict__ x, const float* __restrict__ bias, int cols, float* __restrict__ out,
                                                 long long n) {
     FOR_EACH_INDEX(i, n) out[i] = x[i] + bias[i % cols];
 }
 
 // out[r, c] = x[r, c] * w[r]
-extern "C" __global__ void scale_rows_forward_f32(const float* __restrict__ x, const float* __restrict__ w, int cols, float* __restrict__ out,
+extern "C" __global__ void scale_rows_f32(const float* __restrict__ x, const float* __restrict__ w, int cols, float* __restrict__ out,
                                                   long long n) {
     FOR_EACH_INDEX(i, n) out[i] = x[i] * w[i / cols];
 }
 
 // out[r, c] = x[r, c] * v[c]
-extern "C" __global__ void scale_cols_forward_f32(const float* __restrict__ x, const float* __restrict__ v, int cols, float* __restrict__ out,
+extern "C" __global__ void scale_cols_f32(const float* __restrict__ x, const float* __restrict__ v, int cols, float* __restrict__ out,
                                                   long long n) {
     FOR_EACH_INDEX(i, n) out[i] = x[i] * v[i % cols];
 }
@@ -113,7 +113,7 @@ extern "C" __global__ void sum_groups_backward_f32(const float* __restrict__ dy,
 }
 
 // out[0] = sum of x; one block.
-extern "C" __global__ void sum_forward_f32(const float* __restrict__ x, long long n, float* __restrict__ out) {
+extern "C" __global__ void sum_f32(const float* __restrict__ x, long long n, float* __restrict__ out) {
     DYNAMIC_SHARED(float, scratch);
     float s = 0.0f;
     for (long long i = threadIdx.x; i < n; i += blockDim.x) s += x[i];

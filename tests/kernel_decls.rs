@@ -68,3 +68,44 @@ fn the_kernel_declarations_match_the_cuda_sources() {
         assert!(sources.contains_key(name), "{name} is declared but not in kernels/: run tools/kernel_decls.py");
     }
 }
+
+/// The names of the top-level `pub fn`s of a Rust source file.
+fn public_functions(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().filter_map(|l| l.strip_prefix("pub fn ")).map(|l| l[..l.find(['(', '<']).unwrap()].to_string()).collect()
+}
+
+/// The twins are named alike: every kernel of `kernels/X.cu` is `<launcher>[_<stage>]_<type>`, where
+/// the launcher is a function of `src/cuda/X.rs`, and every launcher has a CPU twin of the same name
+/// in `src/cpu/X.rs` (the reference it is tested against).
+#[test]
+fn kernels_launchers_and_cpu_twins_are_named_alike() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // A launcher with no CPU twin, and why.
+    let cuda_only = [("gather_table_rows", "picks gather_rows or gather_rows_f16 by the table's precision")];
+    for entry in std::fs::read_dir(root.join("kernels")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "cu") {
+            continue;
+        }
+        let family = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let launchers = public_functions(&root.join(format!("src/cuda/{family}.rs")));
+        let twins = public_functions(&root.join(format!("src/cpu/{family}.rs")));
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines().filter_map(|l| l.strip_prefix("extern \"C\" __global__ void ")) {
+            let symbol = &line[..line.find('(').unwrap()];
+            let launcher = launchers.iter().filter(|f| symbol.starts_with(&format!("{f}_"))).max_by_key(|f| f.len());
+            let launcher =
+                launcher.unwrap_or_else(|| panic!("{symbol} (kernels/{family}.cu) is not named after a launcher of src/cuda/{family}.rs"));
+            let ty = symbol.rsplit('_').next().unwrap();
+            assert!(["f16", "f32", "f64"].contains(&ty), "{symbol}: the name ends in its element type");
+            assert!(symbol.len() > launcher.len() + 1, "{symbol}");
+        }
+        for f in &launchers {
+            assert!(
+                twins.contains(f) || cuda_only.iter().any(|(name, _)| name == f),
+                "src/cuda/{family}.rs::{f} has no CPU twin of that name in src/cpu/{family}.rs"
+            );
+        }
+    }
+}

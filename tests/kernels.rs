@@ -448,7 +448,7 @@ fn attention_forward(gpu: &Gpu) {
     for rope in ROPES {
         let x = inputs(&mut TestRng::new(13), 3 * rope.cells * rope.heads * rope.head_dim, 1.0);
         let mut want = vec![0.0; x.len()];
-        rope.forward(&x, &mut want);
+        cpu::attention::rope_forward(rope, &x, &mut want);
         let mut y = poisoned(gpu, x.len());
         cuda::attention::rope_forward(gpu, rope, &up(gpu, &x), &mut y).unwrap();
         check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, &format!("{rope:?}"));
@@ -484,7 +484,7 @@ fn attention_backward(gpu: &Gpu) {
             inputs(&mut rng, 3 * rope.cells * rope.heads * rope.head_dim, 1.0),
         );
         let mut want = dx0.clone();
-        rope.backward(&dy, &mut want);
+        cpu::attention::rope_backward(rope, &dy, &mut want);
         let mut dx = up(gpu, &dx0);
         cuda::attention::rope_backward(gpu, rope, &up(gpu, &dy), &mut dx).unwrap();
         check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, &format!("{rope:?} backward"));

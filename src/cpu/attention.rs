@@ -210,10 +210,14 @@ impl Rope {
             }
         }
     }
-    pub fn forward<T: Real>(&self, x: &[T], y: &mut [T]) {
-        self.apply(x, y, false, false);
-    }
-    pub fn backward<T: Real>(&self, dy: &[T], dx: &mut [T]) {
-        self.apply(dy, dx, true, true);
-    }
+}
+
+/// Rotary position encoding of `x` into `y` (overwrites).
+pub fn rope_forward<T: Real>(rope: Rope, x: &[T], y: &mut [T]) {
+    rope.apply(x, y, false, false);
+}
+
+/// Its backward: the inverse rotation of `dy`, added into `dx`.
+pub fn rope_backward<T: Real>(rope: Rope, dy: &[T], dx: &mut [T]) {
+    rope.apply(dy, dx, true, true);
 }

@@ -41,8 +41,13 @@ pub fn squared_norm(x: &[f32]) -> f64 {
     x.iter().map(|&v| (v as f64) * (v as f64)).sum()
 }
 
+/// The step's clipping from the gradients `xs` and the loss: the twin of `cuda::optim::clip`.
+pub fn clip(xs: &[&[f32]], loss: f32, clip_norm: f64) -> Clip {
+    Clip::new(xs.iter().map(|x| squared_norm(x)).sum(), loss, clip_norm)
+}
+
 /// A step's clipping: the gradients' global norm, PyTorch's `clip_grad_norm_` coefficient, and
-/// whether the update applies at all (the norm and the loss finite), as the GPU's `clip_f64` decides
+/// whether the update applies at all (the norm and the loss finite), as the GPU's `clip_norm_f64` decides
 /// it without the host looking.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Clip {
@@ -59,7 +64,7 @@ impl Clip {
         Clip { norm, scale: if clip_norm > 0.0 && coef < 1.0 { coef as f32 } else { 1.0 }, apply: norm.is_finite() && loss.is_finite() }
     }
 
-    /// From the three values `{norm, scale, apply}` that the GPU's `clip_f64` writes.
+    /// From the three values `{norm, scale, apply}` that the GPU's `clip_norm_f64` writes.
     pub fn from_values(c: &[f64]) -> Clip {
         Clip { norm: c[0], scale: c[1] as f32, apply: c[2] != 0.0 }
     }

@@ -80,7 +80,8 @@ pub fn attention_backward(
     gpu.launch(&kernels::ATTENTION_BACKWARD_DKDV_F32, grid(keys, shape, (2 * head_dim + 2) * TILE)?, args)
 }
 
-fn rope(gpu: &Gpu, rope: Rope, x: &Buffer<f32>, out: &mut Buffer<f32>, inverse: bool) -> Result<()> {
+/// Checks a rope launch's buffers and uploads the sine/cosine table.
+fn rope_table(gpu: &Gpu, rope: Rope, x: &Buffer<f32>, out: &Buffer<f32>) -> Result<Buffer<f32>> {
     let Rope { cells, heads, head_dim, .. } = rope;
     let row = heads * head_dim * cells;
     if head_dim % 2 != 0 || row == 0 || !x.len().is_multiple_of(row) {
@@ -91,19 +92,22 @@ fn rope(gpu: &Gpu, rope: Rope, x: &Buffer<f32>, out: &mut Buffer<f32>, inverse: 
     }
     check_int("rope", &[x.len()])?;
     check_len("rope", "out", out, x.len())?;
-    let pairs = x.len() / 2;
     let sin_cos: Vec<f32> = rope.sin_cos_table().iter().map(|&v| v as f32).collect();
-    let sin_cos = gpu.upload(&sin_cos)?;
-    // the backward pass is the inverse rotation, and it accumulates
-    let (inverse, accumulate) = (inverse as i32, inverse as i32);
-    let args = Args::new().input(x).input(&sin_cos).int(cells).int(heads).int(head_dim).i32(inverse).i32(accumulate);
-    gpu.launch(&kernels::ROPE_F32, Launch::elementwise(pairs), args.output(out).i64(pairs as i64))
+    gpu.upload(&sin_cos)
 }
-/// Rotary position encoding (see `cpu::attention::Rope`): overwrites `y`.
-pub fn rope_forward(gpu: &Gpu, r: Rope, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
-    rope(gpu, r, x, y, false)
+
+/// Rotary position encoding (`cpu::attention::rope_forward`): overwrites `y`.
+pub fn rope_forward(gpu: &Gpu, rope: Rope, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
+    let sin_cos = rope_table(gpu, rope, x, y)?;
+    let pairs = x.len() / 2;
+    let args = Args::new().input(x).input(&sin_cos).int(rope.cells).int(rope.heads).int(rope.head_dim);
+    gpu.launch(&kernels::ROPE_FORWARD_F32, Launch::elementwise(pairs), args.output(y).i64(pairs as i64))
 }
+
 /// Its backward, the inverse rotation: accumulates into `dx`.
-pub fn rope_backward(gpu: &Gpu, r: Rope, dy: &Buffer<f32>, dx: &mut Buffer<f32>) -> Result<()> {
-    rope(gpu, r, dy, dx, true)
+pub fn rope_backward(gpu: &Gpu, rope: Rope, dy: &Buffer<f32>, dx: &mut Buffer<f32>) -> Result<()> {
+    let sin_cos = rope_table(gpu, rope, dy, dx)?;
+    let pairs = dy.len() / 2;
+    let args = Args::new().input(dy).input(&sin_cos).int(rope.cells).int(rope.heads).int(rope.head_dim);
+    gpu.launch(&kernels::ROPE_BACKWARD_F32, Launch::elementwise(pairs), args.output(dx).i64(pairs as i64))
 }

@@ -20,9 +20,9 @@ pub fn energy_forward(gpu: &Gpu, pred: &Buffer<f32>, obs: &Buffer<f32>, shape: E
     check_len("energy", "energy", energy, sets)?;
     let mut partial = gpu.zeros::<f32>(sets * (n + m))?;
     let rows = Launch::new([n + m, sets, 1], THREADS, genes + THREADS as usize / 32)?;
-    gpu.launch(&kernels::ENERGY_ROWS_F32, rows, Args::new().input(pred).input(obs).int(n).int(m).int(genes).output(&mut partial))?;
+    gpu.launch(&kernels::ENERGY_FORWARD_ROWS_F32, rows, Args::new().input(pred).input(obs).int(n).int(m).int(genes).output(&mut partial))?;
     let reduce = Launch::new([sets.div_ceil(64), 1, 1], 64, 0)?;
-    gpu.launch(&kernels::ENERGY_REDUCE_F32, reduce, Args::new().input(&partial).int(sets).int(n + m).output(energy))
+    gpu.launch(&kernels::ENERGY_FORWARD_REDUCE_F32, reduce, Args::new().input(&partial).int(sets).int(n + m).output(energy))
 }
 
 /// `dpred += d_energy[s] * d energy_s / d pred`.

@@ -8,7 +8,8 @@ use super::{Kernel, Param::*};
 pub const ATTENTION_FORWARD_F32: Kernel = Kernel { symbol: "attention_forward_f32", params: &[In, In, In, Int, Int, Int, Int, Int, Out, Out] };
 pub const ATTENTION_BACKWARD_DQ_F32: Kernel = Kernel { symbol: "attention_backward_dq_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, Int, Out, Out] };
 pub const ATTENTION_BACKWARD_DKDV_F32: Kernel = Kernel { symbol: "attention_backward_dkdv_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, Int, Out, Out] };
-pub const ROPE_F32: Kernel = Kernel { symbol: "rope_f32", params: &[In, In, Int, Int, Int, Int, Int, Out, I64] };
+pub const ROPE_FORWARD_F32: Kernel = Kernel { symbol: "rope_forward_f32", params: &[In, In, Int, Int, Int, Out, I64] };
+pub const ROPE_BACKWARD_F32: Kernel = Kernel { symbol: "rope_backward_f32", params: &[In, In, Int, Int, Int, Out, I64] };
 // kernels/elementwise.cu
 pub const SILU_FORWARD_F32: Kernel = Kernel { symbol: "silu_forward_f32", params: &[In, Out, I64] };
 pub const SILU_BACKWARD_F32: Kernel = Kernel { symbol: "silu_backward_f32", params: &[In, In, Out, I64] };
@@ -22,8 +23,8 @@ pub const DROPOUT_F32: Kernel = Kernel { symbol: "dropout_f32", params: &[In, Ou
 pub const SOFTMAX_FORWARD_F32: Kernel = Kernel { symbol: "softmax_forward_f32", params: &[In, Int, Out, I64] };
 pub const SOFTMAX_BACKWARD_F32: Kernel = Kernel { symbol: "softmax_backward_f32", params: &[In, In, Int, Out, I64] };
 // kernels/energy.cu
-pub const ENERGY_ROWS_F32: Kernel = Kernel { symbol: "energy_rows_f32", params: &[In, In, Int, Int, Int, Out] };
-pub const ENERGY_REDUCE_F32: Kernel = Kernel { symbol: "energy_reduce_f32", params: &[In, Int, Int, Out] };
+pub const ENERGY_FORWARD_ROWS_F32: Kernel = Kernel { symbol: "energy_forward_rows_f32", params: &[In, In, Int, Int, Int, Out] };
+pub const ENERGY_FORWARD_REDUCE_F32: Kernel = Kernel { symbol: "energy_forward_reduce_f32", params: &[In, Int, Int, Out] };
 pub const ENERGY_BACKWARD_F32: Kernel = Kernel { symbol: "energy_backward_f32", params: &[In, In, In, Int, Int, Int, Out] };
 // kernels/norm.cu
 pub const RMSNORM_FORWARD_F32: Kernel = Kernel { symbol: "rmsnorm_forward_f32", params: &[In, In, F32, Int, Out, Out] };
@@ -34,29 +35,29 @@ pub const LAYERNORM_BACKWARD_F32: Kernel = Kernel { symbol: "layernorm_backward_
 pub const LAYERNORM_BACKWARD_WEIGHT_F32: Kernel = Kernel { symbol: "layernorm_backward_weight_f32", params: &[In, In, In, In, Int, Int, Out, Out] };
 // kernels/optim.cu
 pub const ADAM_UPDATE_F32: Kernel = Kernel { symbol: "adam_update_f32", params: &[Out, In, Out, Out, I64, In, F32, F32, F32, F32, F32, F32, F32] };
-pub const SQUARED_NORM_F32: Kernel = Kernel { symbol: "squared_norm_f32", params: &[In, I64, Out, Int] };
-pub const CLIP_F64: Kernel = Kernel { symbol: "clip_f64", params: &[In, Int, In, F64, Out] };
+pub const CLIP_SQUARES_F32: Kernel = Kernel { symbol: "clip_squares_f32", params: &[In, I64, Out, Int] };
+pub const CLIP_NORM_F64: Kernel = Kernel { symbol: "clip_norm_f64", params: &[In, Int, In, F64, Out] };
 // kernels/retrieval.cu
-pub const RETRIEVAL_NORMALISE_F32: Kernel = Kernel { symbol: "retrieval_normalise_f32", params: &[Out, Int] };
-pub const RETRIEVAL_TOPK_F32: Kernel = Kernel { symbol: "retrieval_topk_f32", params: &[In, In, In, In, Int, Int, Int, Out, Out] };
+pub const NORMALISE_ROWS_F32: Kernel = Kernel { symbol: "normalise_rows_f32", params: &[Out, Int] };
+pub const COSINE_TOPK_F32: Kernel = Kernel { symbol: "cosine_topk_f32", params: &[In, In, In, In, Int, Int, Int, Out, Out] };
 // kernels/selection.cu
 pub const GUMBEL_ST_FORWARD_F32: Kernel = Kernel { symbol: "gumbel_st_forward_f32", params: &[In, In, F32, Int, Int, Out, Out] };
 pub const GUMBEL_ST_BACKWARD_F32: Kernel = Kernel { symbol: "gumbel_st_backward_f32", params: &[In, In, F32, Int, Int, Out] };
 pub const TRIPLET_STATS_FORWARD_F32: Kernel = Kernel { symbol: "triplet_stats_forward_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, F32, Out] };
 pub const TRIPLET_STATS_BACKWARD_F32: Kernel = Kernel { symbol: "triplet_stats_backward_f32", params: &[In, In, Int, Int, Int, Int, Out, Out, Out, Out, Out, Out] };
 pub const TRIPLET_ASSEMBLE_FORWARD_F32: Kernel = Kernel { symbol: "triplet_assemble_forward_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, Out] };
-pub const TRIPLET_ASSEMBLE_STATS_BACKWARD_F32: Kernel = Kernel { symbol: "triplet_assemble_stats_backward_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, Out] };
-pub const TRIPLET_ASSEMBLE_PARTS_BACKWARD_F32: Kernel = Kernel { symbol: "triplet_assemble_parts_backward_f32", params: &[In, In, Int, Int, Int, Int, Out, Out, Out, Out, Out] };
-pub const TRIPLET_ASSEMBLE_VECTORS_BACKWARD_F32: Kernel = Kernel { symbol: "triplet_assemble_vectors_backward_f32", params: &[In, In, Int, Int, Out, Out] };
+pub const TRIPLET_ASSEMBLE_BACKWARD_STATS_F32: Kernel = Kernel { symbol: "triplet_assemble_backward_stats_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, Out] };
+pub const TRIPLET_ASSEMBLE_BACKWARD_PARTS_F32: Kernel = Kernel { symbol: "triplet_assemble_backward_parts_f32", params: &[In, In, Int, Int, Int, Int, Out, Out, Out, Out, Out] };
+pub const TRIPLET_ASSEMBLE_BACKWARD_VECTORS_F32: Kernel = Kernel { symbol: "triplet_assemble_backward_vectors_f32", params: &[In, In, Int, Int, Out, Out] };
 pub const GUMBEL_NOISE_F32: Kernel = Kernel { symbol: "gumbel_noise_f32", params: &[Out, I64, U64] };
 // kernels/tensor.cu
-pub const ADD_FORWARD_F32: Kernel = Kernel { symbol: "add_forward_f32", params: &[In, In, Out, I64] };
-pub const MUL_FORWARD_F32: Kernel = Kernel { symbol: "mul_forward_f32", params: &[In, In, Out, I64] };
-pub const SCALE_FORWARD_F32: Kernel = Kernel { symbol: "scale_forward_f32", params: &[In, F32, Out, I64] };
+pub const ADD_F32: Kernel = Kernel { symbol: "add_f32", params: &[In, In, Out, I64] };
+pub const MUL_F32: Kernel = Kernel { symbol: "mul_f32", params: &[In, In, Out, I64] };
+pub const SCALE_F32: Kernel = Kernel { symbol: "scale_f32", params: &[In, F32, Out, I64] };
 pub const ACCUMULATE_F32: Kernel = Kernel { symbol: "accumulate_f32", params: &[In, Out, I64] };
-pub const ADD_BIAS_FORWARD_F32: Kernel = Kernel { symbol: "add_bias_forward_f32", params: &[In, In, Int, Out, I64] };
-pub const SCALE_ROWS_FORWARD_F32: Kernel = Kernel { symbol: "scale_rows_forward_f32", params: &[In, In, Int, Out, I64] };
-pub const SCALE_COLS_FORWARD_F32: Kernel = Kernel { symbol: "scale_cols_forward_f32", params: &[In, In, Int, Out, I64] };
+pub const ADD_BIAS_F32: Kernel = Kernel { symbol: "add_bias_f32", params: &[In, In, Int, Out, I64] };
+pub const SCALE_ROWS_F32: Kernel = Kernel { symbol: "scale_rows_f32", params: &[In, In, Int, Out, I64] };
+pub const SCALE_COLS_F32: Kernel = Kernel { symbol: "scale_cols_f32", params: &[In, In, Int, Out, I64] };
 pub const COLUMN_DOTS_F32: Kernel = Kernel { symbol: "column_dots_f32", params: &[In, In, Int, Int, Out] };
 pub const ROW_DOTS_F32: Kernel = Kernel { symbol: "row_dots_f32", params: &[In, In, Int, Int, Out] };
 pub const GATHER_ROWS_F32: Kernel = Kernel { symbol: "gather_rows_f32", params: &[In, In, Int, Out, I64] };
@@ -65,7 +66,7 @@ pub const SCATTER_ADD_ROWS_F32: Kernel = Kernel { symbol: "scatter_add_rows_f32"
 pub const COPY_COLS_F32: Kernel = Kernel { symbol: "copy_cols_f32", params: &[In, Int, Int, Out, Int, Int, Int, Int, I64] };
 pub const SUM_GROUPS_FORWARD_F32: Kernel = Kernel { symbol: "sum_groups_forward_f32", params: &[In, Int, Int, Out, I64] };
 pub const SUM_GROUPS_BACKWARD_F32: Kernel = Kernel { symbol: "sum_groups_backward_f32", params: &[In, Int, Int, Out, I64] };
-pub const SUM_FORWARD_F32: Kernel = Kernel { symbol: "sum_forward_f32", params: &[In, I64, Out] };
+pub const SUM_F32: Kernel = Kernel { symbol: "sum_f32", params: &[In, I64, Out] };
 pub const SUM_BACKWARD_F32: Kernel = Kernel { symbol: "sum_backward_f32", params: &[In, Out, I64] };
 pub const STD_SCALE_FORWARD_F32: Kernel = Kernel { symbol: "std_scale_forward_f32", params: &[In, I64, F32, Out, Out] };
 pub const STD_SCALE_BACKWARD_F32: Kernel = Kernel { symbol: "std_scale_backward_f32", params: &[In, In, In, I64, Out] };
@@ -75,7 +76,8 @@ pub const ALL: &[&Kernel] = &[
     &ATTENTION_FORWARD_F32,
     &ATTENTION_BACKWARD_DQ_F32,
     &ATTENTION_BACKWARD_DKDV_F32,
-    &ROPE_F32,
+    &ROPE_FORWARD_F32,
+    &ROPE_BACKWARD_F32,
     &SILU_FORWARD_F32,
     &SILU_BACKWARD_F32,
     &GELU_FORWARD_F32,
@@ -87,8 +89,8 @@ pub const ALL: &[&Kernel] = &[
     &DROPOUT_F32,
     &SOFTMAX_FORWARD_F32,
     &SOFTMAX_BACKWARD_F32,
-    &ENERGY_ROWS_F32,
-    &ENERGY_REDUCE_F32,
+    &ENERGY_FORWARD_ROWS_F32,
+    &ENERGY_FORWARD_REDUCE_F32,
     &ENERGY_BACKWARD_F32,
     &RMSNORM_FORWARD_F32,
     &RMSNORM_BACKWARD_F32,
@@ -97,26 +99,26 @@ pub const ALL: &[&Kernel] = &[
     &LAYERNORM_BACKWARD_F32,
     &LAYERNORM_BACKWARD_WEIGHT_F32,
     &ADAM_UPDATE_F32,
-    &SQUARED_NORM_F32,
-    &CLIP_F64,
-    &RETRIEVAL_NORMALISE_F32,
-    &RETRIEVAL_TOPK_F32,
+    &CLIP_SQUARES_F32,
+    &CLIP_NORM_F64,
+    &NORMALISE_ROWS_F32,
+    &COSINE_TOPK_F32,
     &GUMBEL_ST_FORWARD_F32,
     &GUMBEL_ST_BACKWARD_F32,
     &TRIPLET_STATS_FORWARD_F32,
     &TRIPLET_STATS_BACKWARD_F32,
     &TRIPLET_ASSEMBLE_FORWARD_F32,
-    &TRIPLET_ASSEMBLE_STATS_BACKWARD_F32,
-    &TRIPLET_ASSEMBLE_PARTS_BACKWARD_F32,
-    &TRIPLET_ASSEMBLE_VECTORS_BACKWARD_F32,
+    &TRIPLET_ASSEMBLE_BACKWARD_STATS_F32,
+    &TRIPLET_ASSEMBLE_BACKWARD_PARTS_F32,
+    &TRIPLET_ASSEMBLE_BACKWARD_VECTORS_F32,
     &GUMBEL_NOISE_F32,
-    &ADD_FORWARD_F32,
-    &MUL_FORWARD_F32,
-    &SCALE_FORWARD_F32,
+    &ADD_F32,
+    &MUL_F32,
+    &SCALE_F32,
     &ACCUMULATE_F32,
-    &ADD_BIAS_FORWARD_F32,
-    &SCALE_ROWS_FORWARD_F32,
-    &SCALE_COLS_FORWARD_F32,
+    &ADD_BIAS_F32,
+    &SCALE_ROWS_F32,
+    &SCALE_COLS_F32,
     &COLUMN_DOTS_F32,
     &ROW_DOTS_F32,
     &GATHER_ROWS_F32,
@@ -125,7 +127,7 @@ pub const ALL: &[&Kernel] = &[
     &COPY_COLS_F32,
     &SUM_GROUPS_FORWARD_F32,
     &SUM_GROUPS_BACKWARD_F32,
-    &SUM_FORWARD_F32,
+    &SUM_F32,
     &SUM_BACKWARD_F32,
     &STD_SCALE_FORWARD_F32,
     &STD_SCALE_BACKWARD_F32,

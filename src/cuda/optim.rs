@@ -39,11 +39,11 @@ pub fn clip(gpu: &Gpu, xs: &[&Buffer<f32>], loss: &Buffer<f32>, clip_norm: f64) 
     let mut partial = gpu.zeros::<f64>(total)?;
     let mut first = 0;
     for (x, b) in xs.iter().zip(blocks) {
-        gpu.launch(&kernels::SQUARED_NORM_F32, launch(x.len()), Args::new().input(x).i64(x.len() as i64).output(&mut partial).int(first))?;
+        gpu.launch(&kernels::CLIP_SQUARES_F32, launch(x.len()), Args::new().input(x).i64(x.len() as i64).output(&mut partial).int(first))?;
         first += b;
     }
     let mut clip = gpu.zeros::<f64>(3)?;
     let one_block = Launch { grid: [1, 1, 1], block: 32, shared_bytes: 0 };
-    gpu.launch(&kernels::CLIP_F64, one_block, Args::new().input(&partial).int(total).input(loss).f64(clip_norm).output(&mut clip))?;
+    gpu.launch(&kernels::CLIP_NORM_F64, one_block, Args::new().input(&partial).int(total).input(loss).f64(clip_norm).output(&mut clip))?;
     Ok(clip)
 }

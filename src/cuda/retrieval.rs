@@ -13,7 +13,7 @@ pub fn normalise_rows(gpu: &Gpu, x: &mut Buffer<f32>, dim: usize) -> Result<()> 
     }
     check_int("normalise_rows", &[x.len()])?;
     let launch = Launch::new([x.len() / dim, 1, 1], THREADS, THREADS as usize / 32)?;
-    gpu.launch(&kernels::RETRIEVAL_NORMALISE_F32, launch, Args::new().output(x).int(dim))
+    gpu.launch(&kernels::NORMALISE_ROWS_F32, launch, Args::new().output(x).int(dim))
 }
 
 /// Top-`k` database rows by cosine similarity for every query, best first, ties to the lower row.
@@ -45,5 +45,5 @@ pub fn cosine_topk(
     check_len("cosine_topk", "sims", sims, q * k)?;
     let launch = Launch::new([q, 1, 1], THREADS, dim + n + 2 * THREADS as usize / 32)?;
     let args = Args::new().input(queries).input(db).input(allowed).input(exclude).int(n).int(dim).int(k).output(indices).output(sims);
-    gpu.launch(&kernels::RETRIEVAL_TOPK_F32, launch, args)
+    gpu.launch(&kernels::COSINE_TOPK_F32, launch, args)
 }

@@ -165,16 +165,16 @@ pub fn triplet_assemble_backward(
     let (cells, rows, k) = (layout.cells, layout.rows, layout.k);
     let args = Args::new().input(parts[0]).input(parts[1]).input(parts[2]).input(stats).input(v).input(dout);
     let warps = Launch::elementwise(32 * layout.triplets());
-    gpu.launch(&kernels::TRIPLET_ASSEMBLE_STATS_BACKWARD_F32, warps, args.int(cells).int(rows).int(k).int(h).output(dstats))?;
+    gpu.launch(&kernels::TRIPLET_ASSEMBLE_BACKWARD_STATS_F32, warps, args.int(cells).int(rows).int(k).int(h).output(dstats))?;
     let (mut partial_v, mut partial_c) = (gpu.zeros::<f32>(rows * h)?, gpu.zeros::<f32>(rows * h)?);
     let [d0, d1, d2] = dparts;
     let elements = (cells + rows + rows * k) * h;
     let args = Args::new().input(stats).input(dout).int(cells).int(rows).int(k).int(h).output(d0).output(d1).output(d2);
     gpu.launch(
-        &kernels::TRIPLET_ASSEMBLE_PARTS_BACKWARD_F32,
+        &kernels::TRIPLET_ASSEMBLE_BACKWARD_PARTS_F32,
         Launch::elementwise(elements),
         args.output(&mut partial_v).output(&mut partial_c),
     )?;
     let args = Args::new().input(&partial_v).input(&partial_c).int(rows).int(h).output(dv).output(dc);
-    gpu.launch(&kernels::TRIPLET_ASSEMBLE_VECTORS_BACKWARD_F32, Launch::new([h.div_ceil(128), 1, 1], 128, 0)?, args)
+    gpu.launch(&kernels::TRIPLET_ASSEMBLE_BACKWARD_VECTORS_F32, Launch::new([h.div_ceil(128), 1, 1], 128, 0)?, args)
 }

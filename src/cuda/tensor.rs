@@ -22,15 +22,15 @@ fn binary(gpu: &Gpu, kernel: &'static Kernel, a: &Buffer<f32>, b: &Buffer<f32>, 
 }
 
 pub fn add(gpu: &Gpu, a: &Buffer<f32>, b: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
-    binary(gpu, &kernels::ADD_FORWARD_F32, a, b, out)
+    binary(gpu, &kernels::ADD_F32, a, b, out)
 }
 pub fn mul(gpu: &Gpu, a: &Buffer<f32>, b: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
-    binary(gpu, &kernels::MUL_FORWARD_F32, a, b, out)
+    binary(gpu, &kernels::MUL_F32, a, b, out)
 }
 pub fn scale(gpu: &Gpu, x: &Buffer<f32>, factor: f32, out: &mut Buffer<f32>) -> Result<()> {
     let n = x.len();
     check_len("scale", "out", out, n)?;
-    gpu.launch(&kernels::SCALE_FORWARD_F32, Launch::elementwise(n), Args::new().input(x).f32(factor).output(out).i64(n as i64))
+    gpu.launch(&kernels::SCALE_F32, Launch::elementwise(n), Args::new().input(x).f32(factor).output(out).i64(n as i64))
 }
 pub fn accumulate(gpu: &Gpu, src: &Buffer<f32>, dst: &mut Buffer<f32>) -> Result<()> {
     let n = src.len();
@@ -47,17 +47,17 @@ fn broadcast(gpu: &Gpu, kernel: &'static Kernel, x: &Buffer<f32>, v: &Buffer<f32
     gpu.launch(kernel, Launch::elementwise(n), Args::new().input(x).input(v).int(cols).output(out).i64(n as i64))
 }
 pub fn add_bias(gpu: &Gpu, x: &Buffer<f32>, bias: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
-    broadcast(gpu, &kernels::ADD_BIAS_FORWARD_F32, x, bias, bias.len(), out)
+    broadcast(gpu, &kernels::ADD_BIAS_F32, x, bias, bias.len(), out)
 }
 pub fn scale_rows(gpu: &Gpu, x: &Buffer<f32>, w: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
     let rows = w.len();
     if rows == 0 || !x.len().is_multiple_of(rows) {
         return Err(Error::Shape { op: "scale_rows", why: format!("{} values, {rows} rows", x.len()) });
     }
-    broadcast(gpu, &kernels::SCALE_ROWS_FORWARD_F32, x, w, x.len() / rows, out)
+    broadcast(gpu, &kernels::SCALE_ROWS_F32, x, w, x.len() / rows, out)
 }
 pub fn scale_cols(gpu: &Gpu, x: &Buffer<f32>, v: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
-    broadcast(gpu, &kernels::SCALE_COLS_FORWARD_F32, x, v, v.len(), out)
+    broadcast(gpu, &kernels::SCALE_COLS_F32, x, v, v.len(), out)
 }
 
 /// `out[c] = sum_r a[r, c] * b[r, c]`, or plain column sums without `b`.
@@ -209,7 +209,7 @@ pub fn sum_groups_backward(gpu: &Gpu, dy: &Buffer<f32>, cols: usize, group: usiz
 /// `out[0] = sum(x)`
 pub fn sum(gpu: &Gpu, x: &Buffer<f32>, out: &mut Buffer<f32>) -> Result<()> {
     check_len("sum", "out", out, 1)?;
-    gpu.launch(&kernels::SUM_FORWARD_F32, one_block()?, Args::new().input(x).i64(x.len() as i64).output(out))
+    gpu.launch(&kernels::SUM_F32, one_block()?, Args::new().input(x).i64(x.len() as i64).output(out))
 }
 
 /// `dx += dy[0]`

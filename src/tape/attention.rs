@@ -2,7 +2,7 @@
 //! The family's forward ops, what their backward passes keep (the op enum), and the backward passes.
 
 use super::*;
-use crate::cpu::attention::{attention_backward, attention_forward, AttentionShape, Rope};
+use crate::cpu::attention::{attention_backward, attention_forward, rope_backward, rope_forward, AttentionShape, Rope};
 
 pub(super) enum AttentionOp<T> {
     Attention { q: Var, k: Var, v: Var, shape: AttentionShape, lse: Memory<T> },
@@ -39,7 +39,8 @@ impl<T: Real> Tape<T> {
 
     /// Rotary position encoding of `x: [sets * cells, heads * head_dim]` (see `cpu::attention::Rope`).
     pub fn rope(&mut self, x: Var, rope: Rope) -> Var {
-        let out = self.compute1(self.numel(x), |o| rope.forward(self.h(x), o), |g, o| cuda::attention::rope_forward(g, rope, self.d(x), o));
+        let out =
+            self.compute1(self.numel(x), |o| rope_forward(rope, self.h(x), o), |g, o| cuda::attention::rope_forward(g, rope, self.d(x), o));
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), AttentionOp::Rope { x, rope }, needs)
     }
@@ -78,8 +79,11 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, v, dv);
             }
             &AttentionOp::Rope { x, rope } => {
-                let dx =
-                    self.accumulate1(n(x), |o| rope.backward(g.host(), o), |gpu, o| cuda::attention::rope_backward(gpu, rope, g.dev(), o));
+                let dx = self.accumulate1(
+                    n(x),
+                    |o| rope_backward(rope, g.host(), o),
+                    |gpu, o| cuda::attention::rope_backward(gpu, rope, g.dev(), o),
+                );
                 self.add_grad(grads, x, dx);
             }
         }

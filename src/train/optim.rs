@@ -1,6 +1,6 @@
 //! Adam with global gradient-norm clipping, over the trainable parameters of a `Params<f32>`.
 
-use crate::cpu::optim::{adam_update, squared_norm, AdamStep, Clip};
+use crate::cpu::optim::{adam_update, clip, AdamStep, Clip};
 use crate::tape::Params;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -56,8 +56,8 @@ impl Adam {
     /// above the limit), then updates every trainable parameter; nothing changes when the norm or
     /// `loss` is not finite. Returns the clipping, with the pre-clipping norm.
     pub fn step(&mut self, params: &mut Params<f32>, loss: f32) -> Clip {
-        let squares = params.entries.iter().filter(|p| p.trainable).map(|p| squared_norm(&p.grad)).sum::<f64>();
-        let clip = Clip::new(squares, loss, self.cfg.clip_norm);
+        let grads: Vec<&[f32]> = params.entries.iter().filter(|p| p.trainable).map(|p| &p.grad[..]).collect();
+        let clip = clip(&grads, loss, self.cfg.clip_norm);
         if !clip.apply {
             return clip;
         }
