@@ -17,8 +17,8 @@
 // also writes delta = rowsum(dout * out), which the dK/dV kernel (launched after it) reads.
 #include "common.cuh"
 
-#define TILE 32
-#define SLOTS 4  // head_dim <= 32 * SLOTS
+#define TILE ATTENTION_TILE
+#define SLOTS ATTENTION_SLOTS  // head_dim <= 32 * SLOTS
 
 // Loads this lane's slices of row `row` (width head_dim) into registers, zero beyond head_dim.
 __device__ __forceinline__ void load_row(const float* row, int head_dim, float (&r)[SLOTS]) {
@@ -66,9 +66,10 @@ __device__ __forceinline__ void for_each_visible_key(const float* k, const float
 }
 
 extern "C" __global__ void attention_forward_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
-                                                 int cells, int keys, int heads, int head_dim, int causal, float* __restrict__ out,
+                                                 AttentionParams shape, float* __restrict__ out,
                                                  float* __restrict__ lse) {
     DYNAMIC_SHARED(float, shared);
+    const int cells = shape.cells, keys = shape.keys, heads = shape.heads, head_dim = shape.head_dim, causal = shape.causal;
     float* k_tile = shared;
     float* v_tile = shared + TILE * head_dim;
     const int h = blockIdx.y, s = blockIdx.z, width = heads * head_dim;
@@ -104,9 +105,10 @@ extern "C" __global__ void attention_forward_f32(const float* __restrict__ q, co
 // dq_i += scale * sum_j p_ij (dp_ij - delta_i) k_j, with p = exp(scale q.k - lse), dp = dout_i . v_j.
 extern "C" __global__ void attention_backward_dq_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                                      const float* __restrict__ out, const float* __restrict__ lse, const float* __restrict__ dout,
-                                                     int cells, int keys, int heads, int head_dim, int causal, float* __restrict__ dq,
+                                                     AttentionParams shape, float* __restrict__ dq,
                                                      float* __restrict__ delta) {
     DYNAMIC_SHARED(float, shared);
+    const int cells = shape.cells, keys = shape.keys, heads = shape.heads, head_dim = shape.head_dim, causal = shape.causal;
     float* k_tile = shared;
     float* v_tile = shared + TILE * head_dim;
     const int h = blockIdx.y, s = blockIdx.z, width = heads * head_dim;
@@ -150,9 +152,9 @@ extern "C" __global__ void attention_backward_dq_f32(const float* __restrict__ q
 // For key row j: dv_j += sum_i p_ij dout_i; dk_j += scale * sum_i p_ij (dp_ij - delta_i) q_i.
 extern "C" __global__ void attention_backward_dkdv_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                                        const float* __restrict__ lse, const float* __restrict__ delta,
-                                                       const float* __restrict__ dout, int cells, int keys, int heads, int head_dim,
-                                                       int causal, float* __restrict__ dk, float* __restrict__ dv) {
+                                                       const float* __restrict__ dout, AttentionParams shape, float* __restrict__ dk, float* __restrict__ dv) {
     DYNAMIC_SHARED(float, shared);
+    const int cells = shape.cells, keys = shape.keys, heads = shape.heads, head_dim = shape.head_dim, causal = shape.causal;
     float* q_tile = shared;
     float* do_tile = shared + TILE * head_dim;
     float* lse_tile = do_tile + TILE * head_dim;

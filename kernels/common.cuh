@@ -5,6 +5,8 @@
 // - forward kernels overwrite their outputs, backward kernels accumulate (+=) into gradients.
 #pragma once
 
+#include "params.h"
+
 #ifndef CUDA_EMULATION
 #define DYNAMIC_SHARED(type, name)                        \
     extern __shared__ __align__(16) unsigned char name##_bytes[]; \

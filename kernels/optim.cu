@@ -12,19 +12,18 @@
 #include "common.cuh"
 
 extern "C" __global__ void adam_update_f32(float* __restrict__ param, const float* __restrict__ grad, float* __restrict__ m, float* __restrict__ v,
-                                           long long n, const double* __restrict__ clip, float lr, float beta1, float beta2, float eps,
-                                           float weight_decay, float bias1, float bias2_sqrt) {
+                                           long long n, const double* __restrict__ clip, AdamParams s) {
     if (clip[2] == 0.0) return;
     const float grad_scale = (float)clip[1];
-    const float step_size = lr / bias1;
+    const float step_size = s.lr / s.bias1;
     FOR_EACH_INDEX(i, n) {
         float g = grad[i] * grad_scale;
-        if (weight_decay != 0.0f) g += weight_decay * param[i];
-        const float mi = beta1 * m[i] + (1.0f - beta1) * g;
-        const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        if (s.weight_decay != 0.0f) g += s.weight_decay * param[i];
+        const float mi = s.beta1 * m[i] + (1.0f - s.beta1) * g;
+        const float vi = s.beta2 * v[i] + (1.0f - s.beta2) * g * g;
         m[i] = mi;
         v[i] = vi;
-        param[i] -= step_size * mi / (sqrtf(vi) / bias2_sqrt + eps);
+        param[i] -= step_size * mi / (sqrtf(vi) / s.bias2_sqrt + s.eps);
     }
 }
 

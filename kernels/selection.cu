@@ -21,12 +21,9 @@
 // Forward kernels overwrite; backward kernels accumulate (+=).
 #include "common.cuh"
 
-struct TripletLayout {
-    int cells, rows, k;
-    __device__ __forceinline__ int per_row() const { return cells / rows; }
-    __device__ __forceinline__ int row_of(int t) const { return (t / k) / per_row(); }
-    __device__ __forceinline__ int candidate_of(int t) const { return row_of(t) * k + t % k; }
-};
+// The perturbation row and the candidate that triplet t reads (see params.h).
+__device__ __forceinline__ int row_of(const TripletLayoutParams& l, int t) { return (t / l.k) / (l.cells / l.rows); }
+__device__ __forceinline__ int candidate_of(const TripletLayoutParams& l, int t) { return row_of(l, t) * l.k + t % l.k; }
 
 extern "C" __global__ void gumbel_st_forward_f32(const float* __restrict__ logits, const float* __restrict__ noise, float tau, int rows,
                                                  int classes, float* __restrict__ soft, float* __restrict__ hard) {
@@ -67,10 +64,10 @@ extern "C" __global__ void gumbel_st_backward_f32(const float* __restrict__ soft
 
 extern "C" __global__ void triplet_stats_forward_f32(const float* __restrict__ sum_c, const float* __restrict__ sum_p, const float* __restrict__ sum_k,
                                                      const float* __restrict__ sq_c, const float* __restrict__ sq_p, const float* __restrict__ sq_k,
-                                                     int cells, int rows, int k, int width, float eps, float* __restrict__ stats) {
-    const TripletLayout l{cells, rows, k};
+                                                     TripletLayoutParams l, int width, float eps, float* __restrict__ stats) {
+    const int cells = l.cells, k = l.k;
     FOR_EACH_INDEX(t, (long long)cells * k) {
-        const int i = t / k, s = l.row_of(t), c = l.candidate_of(t);
+        const int i = t / k, s = row_of(l, t), c = candidate_of(l, t);
         const float mean = (sum_c[i] + sum_p[s] + sum_k[c]) / width;
         const float var = fmaxf((sq_c[i] + sq_p[s] + sq_k[c]) / width - mean * mean, 0.0f);
         stats[2 * t] = mean;
@@ -87,9 +84,10 @@ __device__ __forceinline__ void stats_gradient(const float* stats, const float* 
 }
 
 // Threads [0, cells) own a cell, [cells, cells + rows) a row, then rows * k candidates.
-extern "C" __global__ void triplet_stats_backward_f32(const float* __restrict__ stats, const float* __restrict__ dstats, int cells, int rows, int k,
+extern "C" __global__ void triplet_stats_backward_f32(const float* __restrict__ stats, const float* __restrict__ dstats, TripletLayoutParams l,
                                                       int width, float* __restrict__ dsum_c, float* __restrict__ dsum_p, float* __restrict__ dsum_k,
                                                       float* __restrict__ dsq_c, float* __restrict__ dsq_p, float* __restrict__ dsq_k) {
+    const int cells = l.cells, rows = l.rows, k = l.k;
     const int per_row = cells / rows;
     FOR_EACH_INDEX(u, cells + rows + (long long)rows * k) {
         float ds = 0.0f, dq = 0.0f, a, b;
@@ -125,12 +123,12 @@ extern "C" __global__ void triplet_stats_backward_f32(const float* __restrict__ 
 
 extern "C" __global__ void triplet_assemble_forward_f32(const float* __restrict__ a_c, const float* __restrict__ a_p, const float* __restrict__ a_k,
                                                         const float* __restrict__ stats, const float* __restrict__ v, const float* __restrict__ c,
-                                                        int cells, int rows, int k, int h, float* __restrict__ out) {
-    const TripletLayout l{cells, rows, k};
+                                                        TripletLayoutParams l, int h, float* __restrict__ out) {
+    const int cells = l.cells, k = l.k;
     FOR_EACH_INDEX(x, (long long)cells * k * h) {
         const long long t = x / h;
         const int e = x % h, i = t / k;
-        const float sum = a_c[(long long)i * h + e] + a_p[(long long)l.row_of(t) * h + e] + a_k[(long long)l.candidate_of(t) * h + e];
+        const float sum = a_c[(long long)i * h + e] + a_p[(long long)row_of(l, t) * h + e] + a_k[(long long)candidate_of(l, t) * h + e];
         out[x] = stats[2 * t + 1] * (sum - stats[2 * t] * v[e]) + c[e];
     }
 }
@@ -138,15 +136,15 @@ extern "C" __global__ void triplet_assemble_forward_f32(const float* __restrict_
 // dstats[t] += (-rstd <g, v>, <g, a_c + a_p + a_k - mean v>), one warp per triplet.
 extern "C" __global__ void triplet_assemble_backward_stats_f32(const float* __restrict__ a_c, const float* __restrict__ a_p, const float* __restrict__ a_k,
                                                                const float* __restrict__ stats, const float* __restrict__ v, const float* __restrict__ dout,
-                                                               int cells, int rows, int k, int h, float* __restrict__ dstats) {
-    const TripletLayout l{cells, rows, k};
+                                                               TripletLayoutParams l, int h, float* __restrict__ dstats) {
+    const int cells = l.cells, k = l.k;
     const long long triplets = (long long)cells * k;
     const long long warps = (long long)gridDim.x * blockDim.x / 32;
     for (long long t = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32; t < triplets; t += warps) {
         const float mean = stats[2 * t], r = stats[2 * t + 1];
         const float* a = a_c + (long long)(t / k) * h;
-        const float* b = a_p + (long long)l.row_of(t) * h;
-        const float* d = a_k + (long long)l.candidate_of(t) * h;
+        const float* b = a_p + (long long)row_of(l, t) * h;
+        const float* d = a_k + (long long)candidate_of(l, t) * h;
         const float* g = dout + t * h;
         float gv = 0.0f, gx = 0.0f;
         for (int e = threadIdx.x % 32; e < h; e += 32) {
@@ -164,9 +162,9 @@ extern "C" __global__ void triplet_assemble_backward_stats_f32(const float* __re
 
 // Threads own one element of a part: cells * h, then rows * h (which also write the row's partial
 // sums of -rstd mean g and g for dv and dc), then rows * k * h candidates.
-extern "C" __global__ void triplet_assemble_backward_parts_f32(const float* __restrict__ stats, const float* __restrict__ dout, int cells, int rows,
-                                                               int k, int h, float* __restrict__ da_c, float* __restrict__ da_p,
-                                                               float* __restrict__ da_k, float* __restrict__ partial_v, float* __restrict__ partial_c) {
+extern "C" __global__ void triplet_assemble_backward_parts_f32(const float* __restrict__ stats, const float* __restrict__ dout, TripletLayoutParams l,
+                                                               int h, float* __restrict__ da_c, float* __restrict__ da_p, float* __restrict__ da_k, float* __restrict__ partial_v, float* __restrict__ partial_c) {
+    const int cells = l.cells, rows = l.rows, k = l.k;
     const int per_row = cells / rows;
     const long long cell_elems = (long long)cells * h, row_elems = (long long)rows * h;
     FOR_EACH_INDEX(x, cell_elems + row_elems + row_elems * k) {

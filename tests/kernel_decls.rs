@@ -8,7 +8,14 @@ use ptrag_engine::cuda::Param;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The kind of one C parameter (`const float* __restrict__ x`, `int cols`, ...).
+/// The struct types that `kernels/params.h` defines (`typedef struct X { ... } X;`).
+fn param_structs() -> Vec<&'static str> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/params.h")).unwrap();
+    let text: &'static str = Box::leak(text.into_boxed_str());
+    text.split("typedef struct").skip(1).map(|s| s[s.find('}').unwrap() + 1..].split(';').next().unwrap().trim()).collect()
+}
+
+/// The kind of one C parameter (`const float* __restrict__ x`, `int cols`, `AdamParams s`, ...).
 fn kind(param: &str) -> Param {
     let p = param.replace("__restrict__", "");
     let p = p.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -23,6 +30,7 @@ fn kind(param: &str) -> Param {
         "unsigned long long" | "uint64_t" => Param::U64,
         "float" => Param::F32,
         "double" => Param::F64,
+        other if param_structs().contains(&other) => Param::Struct(param_structs().into_iter().find(|s| *s == other).unwrap()),
         other => panic!("{param}: a parameter type the declarations do not know ({other})"),
     }
 }

@@ -12,6 +12,11 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def param_structs():
+    """The struct types of kernels/params.h (passed to kernels by value)."""
+    return set(re.findall(r"typedef\s+struct\s+\w+\s*\{[^}]*\}\s*(\w+)\s*;", (ROOT / "kernels/params.h").read_text()))
+
+
 def kind(param):
     p = " ".join(param.replace("__restrict__", "").split())
     if "*" in p:
@@ -19,6 +24,8 @@ def kind(param):
     t = p.rsplit(" ", 1)[0].replace("const ", "")
     kinds = {"int": "Int", "long long": "I64", "int64_t": "I64", "unsigned int": "U32", "uint32_t": "U32",
              "unsigned long long": "U64", "uint64_t": "U64", "float": "F32", "double": "F64"}
+    if t in param_structs():
+        return f'Struct("{t}")'
     if t not in kinds:
         raise SystemExit(f"{param!r}: a parameter type this script does not know")
     return kinds[t]

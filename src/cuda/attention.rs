@@ -1,15 +1,23 @@
 //! Launchers for `kernels/attention.cu`, the twin of `src/cpu/attention.rs`: flash-style attention
 //! within each set, forward (saving the log-sum-exp) and backward (accumulating into dq, dk, dv).
 
+use super::params::{AttentionParams, ATTENTION_ROWS_PER_BLOCK, ATTENTION_SLOTS, ATTENTION_TILE};
 use super::{check_int, check_len, kernels, Args, Buffer, Gpu, Launch};
 use crate::cpu::attention::{AttentionShape, Rope};
 use crate::{Error, Result};
 
-/// Rows (warps) per block, and the tile of the other side streamed through shared memory (`TILE` in the kernel).
-const ROWS_PER_BLOCK: usize = 4;
-const TILE: usize = 32;
-/// `SLOTS * 32` in the kernel: each lane holds at most 4 slices of a row.
-pub const MAX_HEAD_DIM: usize = 128;
+/// Rows (warps) per block, and the tile of the other side streamed through shared memory
+/// (`kernels/params.h`).
+const ROWS_PER_BLOCK: usize = ATTENTION_ROWS_PER_BLOCK as usize;
+const TILE: usize = ATTENTION_TILE as usize;
+/// Each lane of a row's warp holds at most `ATTENTION_SLOTS` slices of the row.
+pub const MAX_HEAD_DIM: usize = 32 * ATTENTION_SLOTS as usize;
+
+/// The kernels' shape parameter (the sizes fit an `int`: `check` has tested them).
+fn params(shape: AttentionShape) -> AttentionParams {
+    let AttentionShape { cells, keys, heads, head_dim, causal, .. } = shape;
+    AttentionParams { cells: cells as i32, keys: keys as i32, heads: heads as i32, head_dim: head_dim as i32, causal: causal as i32 }
+}
 
 fn check(shape: AttentionShape, q: &Buffer<f32>, k: &Buffer<f32>, v: &Buffer<f32>) -> Result<()> {
     let AttentionShape { sets, cells, keys, heads, head_dim, causal } = shape;
@@ -43,8 +51,8 @@ pub fn attention_forward(
     check_len("attention", "out", out, q.len())?;
     check_len("attention", "lse", lse, shape.sets * shape.heads * shape.cells)?;
     let launch = grid(shape.cells, shape, 2 * TILE * shape.head_dim)?;
-    let args = Args::new().input(q).input(k).input(v).int(shape.cells).int(shape.keys).int(shape.heads).int(shape.head_dim);
-    gpu.launch(&kernels::ATTENTION_FORWARD_F32, launch, args.i32(shape.causal as i32).output(out).output(lse))
+    let args = Args::new().input(q).input(k).input(v).params(&params(shape)).output(out).output(lse);
+    gpu.launch(&kernels::ATTENTION_FORWARD_F32, launch, args)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -70,13 +78,13 @@ pub fn attention_backward(
         check_len("attention backward", name, b, k.len())?;
     }
     check_len("attention backward", "lse", lse, stats)?;
-    let AttentionShape { cells, keys, heads, head_dim, causal, .. } = shape;
+    let AttentionShape { cells, keys, head_dim, .. } = shape;
     let mut delta = gpu.zeros::<f32>(stats)?;
     let args = Args::new().input(q).input(k).input(v).input(out).input(lse).input(dout);
-    let args = args.int(cells).int(keys).int(heads).int(head_dim).i32(causal as i32).output(dq).output(&mut delta);
+    let args = args.params(&params(shape)).output(dq).output(&mut delta);
     gpu.launch(&kernels::ATTENTION_BACKWARD_DQ_F32, grid(cells, shape, 2 * TILE * head_dim)?, args)?;
     let args = Args::new().input(q).input(k).input(v).input(lse).input(&delta).input(dout);
-    let args = args.int(cells).int(keys).int(heads).int(head_dim).i32(causal as i32).output(dk).output(dv);
+    let args = args.params(&params(shape)).output(dk).output(dv);
     gpu.launch(&kernels::ATTENTION_BACKWARD_DKDV_F32, grid(keys, shape, (2 * head_dim + 2) * TILE)?, args)
 }
 

@@ -5,9 +5,9 @@
 use super::{Kernel, Param::*};
 
 // kernels/attention.cu
-pub const ATTENTION_FORWARD_F32: Kernel = Kernel { symbol: "attention_forward_f32", params: &[In, In, In, Int, Int, Int, Int, Int, Out, Out] };
-pub const ATTENTION_BACKWARD_DQ_F32: Kernel = Kernel { symbol: "attention_backward_dq_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, Int, Out, Out] };
-pub const ATTENTION_BACKWARD_DKDV_F32: Kernel = Kernel { symbol: "attention_backward_dkdv_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, Int, Out, Out] };
+pub const ATTENTION_FORWARD_F32: Kernel = Kernel { symbol: "attention_forward_f32", params: &[In, In, In, Struct("AttentionParams"), Out, Out] };
+pub const ATTENTION_BACKWARD_DQ_F32: Kernel = Kernel { symbol: "attention_backward_dq_f32", params: &[In, In, In, In, In, In, Struct("AttentionParams"), Out, Out] };
+pub const ATTENTION_BACKWARD_DKDV_F32: Kernel = Kernel { symbol: "attention_backward_dkdv_f32", params: &[In, In, In, In, In, In, Struct("AttentionParams"), Out, Out] };
 pub const ROPE_FORWARD_F32: Kernel = Kernel { symbol: "rope_forward_f32", params: &[In, In, Int, Int, Int, Out, I64] };
 pub const ROPE_BACKWARD_F32: Kernel = Kernel { symbol: "rope_backward_f32", params: &[In, In, Int, Int, Int, Out, I64] };
 // kernels/elementwise.cu
@@ -34,7 +34,7 @@ pub const LAYERNORM_FORWARD_F32: Kernel = Kernel { symbol: "layernorm_forward_f3
 pub const LAYERNORM_BACKWARD_F32: Kernel = Kernel { symbol: "layernorm_backward_f32", params: &[In, In, In, In, In, Int, Out] };
 pub const LAYERNORM_BACKWARD_WEIGHT_F32: Kernel = Kernel { symbol: "layernorm_backward_weight_f32", params: &[In, In, In, In, Int, Int, Out, Out] };
 // kernels/optim.cu
-pub const ADAM_UPDATE_F32: Kernel = Kernel { symbol: "adam_update_f32", params: &[Out, In, Out, Out, I64, In, F32, F32, F32, F32, F32, F32, F32] };
+pub const ADAM_UPDATE_F32: Kernel = Kernel { symbol: "adam_update_f32", params: &[Out, In, Out, Out, I64, In, Struct("AdamParams")] };
 pub const CLIP_SQUARES_F32: Kernel = Kernel { symbol: "clip_squares_f32", params: &[In, I64, Out, Int] };
 pub const CLIP_NORM_F64: Kernel = Kernel { symbol: "clip_norm_f64", params: &[In, Int, In, F64, Out] };
 // kernels/retrieval.cu
@@ -43,11 +43,11 @@ pub const COSINE_TOPK_F32: Kernel = Kernel { symbol: "cosine_topk_f32", params: 
 // kernels/selection.cu
 pub const GUMBEL_ST_FORWARD_F32: Kernel = Kernel { symbol: "gumbel_st_forward_f32", params: &[In, In, F32, Int, Int, Out, Out] };
 pub const GUMBEL_ST_BACKWARD_F32: Kernel = Kernel { symbol: "gumbel_st_backward_f32", params: &[In, In, F32, Int, Int, Out] };
-pub const TRIPLET_STATS_FORWARD_F32: Kernel = Kernel { symbol: "triplet_stats_forward_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, F32, Out] };
-pub const TRIPLET_STATS_BACKWARD_F32: Kernel = Kernel { symbol: "triplet_stats_backward_f32", params: &[In, In, Int, Int, Int, Int, Out, Out, Out, Out, Out, Out] };
-pub const TRIPLET_ASSEMBLE_FORWARD_F32: Kernel = Kernel { symbol: "triplet_assemble_forward_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, Out] };
-pub const TRIPLET_ASSEMBLE_BACKWARD_STATS_F32: Kernel = Kernel { symbol: "triplet_assemble_backward_stats_f32", params: &[In, In, In, In, In, In, Int, Int, Int, Int, Out] };
-pub const TRIPLET_ASSEMBLE_BACKWARD_PARTS_F32: Kernel = Kernel { symbol: "triplet_assemble_backward_parts_f32", params: &[In, In, Int, Int, Int, Int, Out, Out, Out, Out, Out] };
+pub const TRIPLET_STATS_FORWARD_F32: Kernel = Kernel { symbol: "triplet_stats_forward_f32", params: &[In, In, In, In, In, In, Struct("TripletLayoutParams"), Int, F32, Out] };
+pub const TRIPLET_STATS_BACKWARD_F32: Kernel = Kernel { symbol: "triplet_stats_backward_f32", params: &[In, In, Struct("TripletLayoutParams"), Int, Out, Out, Out, Out, Out, Out] };
+pub const TRIPLET_ASSEMBLE_FORWARD_F32: Kernel = Kernel { symbol: "triplet_assemble_forward_f32", params: &[In, In, In, In, In, In, Struct("TripletLayoutParams"), Int, Out] };
+pub const TRIPLET_ASSEMBLE_BACKWARD_STATS_F32: Kernel = Kernel { symbol: "triplet_assemble_backward_stats_f32", params: &[In, In, In, In, In, In, Struct("TripletLayoutParams"), Int, Out] };
+pub const TRIPLET_ASSEMBLE_BACKWARD_PARTS_F32: Kernel = Kernel { symbol: "triplet_assemble_backward_parts_f32", params: &[In, In, Struct("TripletLayoutParams"), Int, Out, Out, Out, Out, Out] };
 pub const TRIPLET_ASSEMBLE_BACKWARD_VECTORS_F32: Kernel = Kernel { symbol: "triplet_assemble_backward_vectors_f32", params: &[In, In, Int, Int, Out, Out] };
 pub const GUMBEL_NOISE_F32: Kernel = Kernel { symbol: "gumbel_noise_f32", params: &[Out, I64, U64] };
 // kernels/tensor.cu

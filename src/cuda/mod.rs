@@ -19,6 +19,8 @@ pub mod gemm;
 pub mod kernels;
 pub mod norm;
 pub mod optim;
+#[rustfmt::skip]
+pub mod params;
 pub mod retrieval;
 pub mod selection;
 pub mod tensor;
@@ -246,7 +248,7 @@ impl Gpu {
                 format!("{kernel}: arguments {:?} where the kernel declares {:?}", args.kinds, declared.params),
             ));
         }
-        let mut params: Vec<*mut c_void> = args.slots.iter().map(|s| s as *const u64 as *mut c_void).collect();
+        let mut params: Vec<*mut c_void> = args.starts.iter().map(|&i| &args.slots[i] as *const u64 as *mut c_void).collect();
         match self {
             Gpu::Cuda(d) => d.launch(kernel, launch, &mut params),
             Gpu::Emulated { order } => emulator::launch(kernel, launch, *order, &mut params),
@@ -327,12 +329,15 @@ impl DeviceChoice {
     }
 }
 
-/// A kernel's arguments, each stored in an 8-byte slot whose address is passed to the launch, as
-/// `cuLaunchKernel` expects (scalars narrower than 8 bytes sit in the low bytes: little-endian).
-/// The lifetime keeps the borrowed buffers alive and unmoved until the launch.
+/// A kernel's arguments, each stored from the start of an 8-byte slot whose address is passed to the
+/// launch, as `cuLaunchKernel` expects (scalars narrower than 8 bytes sit in the low bytes:
+/// little-endian; a parameter struct takes as many slots as its size needs). The lifetime keeps the
+/// borrowed buffers alive and unmoved until the launch.
 pub struct Args<'a> {
     slots: Vec<u64>,
-    /// What each slot is, checked against the kernel's declaration at launch.
+    /// The first slot of each argument.
+    starts: Vec<usize>,
+    /// What each argument is, checked against the kernel's declaration at launch.
     kinds: Vec<Param>,
     borrows: PhantomData<&'a mut ()>,
 }
@@ -345,8 +350,9 @@ pub struct Kernel {
     pub params: &'static [Param],
 }
 
-/// A kernel parameter: a pointer the kernel only reads (`const T*`) or may write (`T*`), or a
-/// scalar of a C type (`int`, `long long`, `unsigned`, `unsigned long long`, `float`, `double`).
+/// A kernel parameter: a pointer the kernel only reads (`const T*`) or may write (`T*`), a scalar
+/// of a C type (`int`, `long long`, `unsigned`, `unsigned long long`, `float`, `double`), or a
+/// struct of `kernels/params.h` passed by value (named by its C type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Param {
     In,
@@ -357,71 +363,92 @@ pub enum Param {
     U64,
     F32,
     F64,
+    Struct(&'static str),
+}
+
+/// A parameter struct of `kernels/params.h` (its Rust twin in `params.rs`), passed to kernels by value.
+///
+/// # Safety
+/// Only for the `#[repr(C)]` structs of `params.rs`: plain numbers, alignment at most 8, and
+/// `C_NAME` the C type the kernels declare (the launch checks arguments by that name).
+pub unsafe trait KernelParams: Copy {
+    const C_NAME: &'static str;
+}
+// SAFETY: bindgen's #[repr(C)] twins of the header's structs, all-number fields of 4-byte alignment.
+unsafe impl KernelParams for params::AttentionParams {
+    const C_NAME: &'static str = "AttentionParams";
+}
+// SAFETY: as above.
+unsafe impl KernelParams for params::TripletLayoutParams {
+    const C_NAME: &'static str = "TripletLayoutParams";
+}
+// SAFETY: as above.
+unsafe impl KernelParams for params::AdamParams {
+    const C_NAME: &'static str = "AdamParams";
 }
 
 impl<'a> Args<'a> {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        Args { slots: Vec::with_capacity(16), kinds: Vec::with_capacity(16), borrows: PhantomData }
+        Args { slots: Vec::with_capacity(16), starts: Vec::with_capacity(16), kinds: Vec::with_capacity(16), borrows: PhantomData }
+    }
+    fn push(mut self, kind: Param, slot: u64) -> Self {
+        self.kinds.push(kind);
+        self.starts.push(self.slots.len());
+        self.slots.push(slot);
+        self
     }
     /// A buffer the kernel only reads.
-    pub fn input<T: Element>(mut self, buffer: &'a Buffer<T>) -> Self {
+    pub fn input<T: Element>(self, buffer: &'a Buffer<T>) -> Self {
         let address = match &buffer.storage {
             Storage::Host(v) => v.as_ptr() as u64,
             Storage::Device(d) => d.address(),
         };
-        self.kinds.push(Param::In);
-        self.slots.push(address);
-        self
+        self.push(Param::In, address)
     }
     /// A buffer the kernel writes.
-    pub fn output<T: Element>(mut self, buffer: &'a mut Buffer<T>) -> Self {
+    pub fn output<T: Element>(self, buffer: &'a mut Buffer<T>) -> Self {
         let address = match &mut buffer.storage {
             Storage::Host(v) => v.as_mut_ptr() as u64,
             Storage::Device(d) => d.address(),
         };
-        self.kinds.push(Param::Out);
-        self.slots.push(address);
-        self
+        self.push(Param::Out, address)
     }
     /// A null pointer, for an optional input the kernel tests for.
-    pub fn null(mut self) -> Self {
-        self.kinds.push(Param::In);
-        self.slots.push(0);
-        self
+    pub fn null(self) -> Self {
+        self.push(Param::In, 0)
     }
-    pub fn i32(mut self, value: i32) -> Self {
-        self.kinds.push(Param::Int);
-        self.slots.push(value as u32 as u64);
-        self
+    pub fn i32(self, value: i32) -> Self {
+        self.push(Param::Int, value as u32 as u64)
     }
     /// A size or count as a C `int`; the launchers check shapes fit before calling this.
     pub fn int(self, value: usize) -> Self {
         self.i32(value as i32)
     }
-    pub fn i64(mut self, value: i64) -> Self {
-        self.kinds.push(Param::I64);
-        self.slots.push(value as u64);
-        self
+    pub fn i64(self, value: i64) -> Self {
+        self.push(Param::I64, value as u64)
     }
-    pub fn u64(mut self, value: u64) -> Self {
-        self.kinds.push(Param::U64);
-        self.slots.push(value);
-        self
+    pub fn u64(self, value: u64) -> Self {
+        self.push(Param::U64, value)
     }
-    pub fn u32(mut self, value: u32) -> Self {
-        self.kinds.push(Param::U32);
-        self.slots.push(value as u64);
-        self
+    pub fn u32(self, value: u32) -> Self {
+        self.push(Param::U32, value as u64)
     }
-    pub fn f32(mut self, value: f32) -> Self {
-        self.kinds.push(Param::F32);
-        self.slots.push(value.to_bits() as u64);
-        self
+    pub fn f32(self, value: f32) -> Self {
+        self.push(Param::F32, value.to_bits() as u64)
     }
-    pub fn f64(mut self, value: f64) -> Self {
-        self.kinds.push(Param::F64);
-        self.slots.push(value.to_bits());
+    pub fn f64(self, value: f64) -> Self {
+        self.push(Param::F64, value.to_bits())
+    }
+    /// A parameter struct, by value: its bytes copied into as many slots as it needs.
+    pub fn params<P: KernelParams>(mut self, value: &P) -> Self {
+        let (bytes, first) = (std::mem::size_of::<P>(), self.slots.len());
+        self.slots.resize(first + bytes.div_ceil(8), 0);
+        // SAFETY: `value` is `bytes` readable bytes of plain numbers (KernelParams), the slots from
+        // `first` hold at least `bytes` bytes, and the two do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping((value as *const P).cast::<u8>(), self.slots[first..].as_mut_ptr().cast::<u8>(), bytes) };
+        self.kinds.push(Param::Struct(P::C_NAME));
+        self.starts.push(first);
         self
     }
 }

@@ -1,5 +1,6 @@
 //! Launchers for `kernels/optim.cu`, the twin of `src/cpu/optim.rs`.
 
+use super::params::AdamParams;
 use super::{check_int, check_len, kernels, Args, Buffer, Gpu, Launch};
 use crate::cpu::optim::AdamStep;
 use crate::Result;
@@ -21,8 +22,8 @@ pub fn adam_update(
     }
     check_len("adam", "clip", clip, 3)?;
     let (bias1, bias2_sqrt) = s.bias_corrections();
-    let args = Args::new().output(param).input(grad).output(m).output(v).i64(n as i64).input(clip);
-    let args = args.f32(s.lr).f32(s.beta1).f32(s.beta2).f32(s.eps).f32(s.weight_decay).f32(bias1).f32(bias2_sqrt);
+    let step = AdamParams { lr: s.lr, beta1: s.beta1, beta2: s.beta2, eps: s.eps, weight_decay: s.weight_decay, bias1, bias2_sqrt };
+    let args = Args::new().output(param).input(grad).output(m).output(v).i64(n as i64).input(clip).params(&step);
     gpu.launch(&kernels::ADAM_UPDATE_F32, Launch::elementwise(n), args)
 }
 

@@ -1,6 +1,7 @@
 //! Launchers for `kernels/selection.cu`, the twin of `src/cpu/selection.rs` (straight-through
 //! Gumbel-Softmax over `[rows, classes]`).
 
+use super::params::TripletLayoutParams;
 use super::{check_int, check_len, kernels, Args, Buffer, Gpu, Launch};
 use crate::cpu::selection::TripletLayout;
 use crate::{Error, Result};
@@ -64,6 +65,11 @@ fn check_layout(op: &'static str, layout: TripletLayout, h: usize) -> Result<()>
     check_int(op, &[layout.triplets() * h.max(2), layout.rows * layout.k * h])
 }
 
+/// The kernels' layout parameter (the sizes fit an `int`: `check_layout` has tested them).
+fn layout_params(layout: TripletLayout) -> TripletLayoutParams {
+    TripletLayoutParams { cells: layout.cells as i32, rows: layout.rows as i32, k: layout.k as i32 }
+}
+
 /// `stats: [triplets, 2]` (mean, rstd) from the parts' row sums and sums of squares; see
 /// `cpu::selection::triplet_stats_forward`.
 pub fn triplet_stats_forward(
@@ -82,7 +88,7 @@ pub fn triplet_stats_forward(
     }
     check_len("triplet_stats", "stats", stats, 2 * layout.triplets())?;
     let args = Args::new().input(sums[0]).input(sums[1]).input(sums[2]).input(squares[0]).input(squares[1]).input(squares[2]);
-    let args = args.int(layout.cells).int(layout.rows).int(layout.k).int(width).f32(eps as f32).output(stats);
+    let args = args.params(&layout_params(layout)).int(width).f32(eps as f32).output(stats);
     gpu.launch(&kernels::TRIPLET_STATS_FORWARD_F32, Launch::elementwise(layout.triplets()), args)
 }
 
@@ -104,7 +110,7 @@ pub fn triplet_stats_backward(
     }
     let [s0, s1, s2] = dsums;
     let [q0, q1, q2] = dsquares;
-    let args = Args::new().input(stats).input(dstats).int(layout.cells).int(layout.rows).int(layout.k).int(width);
+    let args = Args::new().input(stats).input(dstats).params(&layout_params(layout)).int(width);
     let args = args.output(s0).output(s1).output(s2).output(q0).output(q1).output(q2);
     gpu.launch(&kernels::TRIPLET_STATS_BACKWARD_F32, Launch::elementwise(layout.part_rows().iter().sum()), args)
 }
@@ -135,7 +141,7 @@ pub fn triplet_assemble_forward(
     check_len("triplet_assemble", "c", c, h)?;
     check_len("triplet_assemble", "out", out, layout.triplets() * h)?;
     let args = Args::new().input(parts[0]).input(parts[1]).input(parts[2]).input(stats).input(v).input(c);
-    let args = args.int(layout.cells).int(layout.rows).int(layout.k).int(h).output(out);
+    let args = args.params(&layout_params(layout)).int(h).output(out);
     gpu.launch(&kernels::TRIPLET_ASSEMBLE_FORWARD_F32, Launch::elementwise(layout.triplets() * h), args)
 }
 
@@ -165,11 +171,11 @@ pub fn triplet_assemble_backward(
     let (cells, rows, k) = (layout.cells, layout.rows, layout.k);
     let args = Args::new().input(parts[0]).input(parts[1]).input(parts[2]).input(stats).input(v).input(dout);
     let warps = Launch::elementwise(32 * layout.triplets());
-    gpu.launch(&kernels::TRIPLET_ASSEMBLE_BACKWARD_STATS_F32, warps, args.int(cells).int(rows).int(k).int(h).output(dstats))?;
+    gpu.launch(&kernels::TRIPLET_ASSEMBLE_BACKWARD_STATS_F32, warps, args.params(&layout_params(layout)).int(h).output(dstats))?;
     let (mut partial_v, mut partial_c) = (gpu.zeros::<f32>(rows * h)?, gpu.zeros::<f32>(rows * h)?);
     let [d0, d1, d2] = dparts;
     let elements = (cells + rows + rows * k) * h;
-    let args = Args::new().input(stats).input(dout).int(cells).int(rows).int(k).int(h).output(d0).output(d1).output(d2);
+    let args = Args::new().input(stats).input(dout).params(&layout_params(layout)).int(h).output(d0).output(d1).output(d2);
     gpu.launch(
         &kernels::TRIPLET_ASSEMBLE_BACKWARD_PARTS_F32,
         Launch::elementwise(elements),
