@@ -58,33 +58,44 @@ fn zero_fraction(rows: &[f32]) -> f64 {
 /// given obs column names and control label.
 pub fn inspect(path: &Path, pert_col: &str, cell_type_col: &str, control: &str) -> Result<String> {
     if path.join("manifest.json").exists() {
-        let store = Store::open(path)?;
-        let m = &store.manifest;
-        let mut s = format!(
-            "store {} ({})\n{} cells x {} genes ({:?}), {} perturbations incl. control `{}`, {} batches, GenePT dim {}\n",
-            path.display(),
-            m.source,
-            m.n_cells,
-            m.n_genes(),
-            m.expression_dtype,
-            m.n_perturbations(),
-            m.control,
-            m.n_batches,
-            m.embed_dim
-        );
-        let (perts, types) = store.cell_labels();
-        s += &composition(&perts, &types, &m.control);
-        let (starts, rows) = sample_windows(store.n_cells());
-        let mut row = vec![0.0f32; store.n_genes()];
-        let mut zeros = 0.0;
-        for c in starts.iter().flat_map(|&s| s..s + rows) {
-            store.expression_row(c, &mut row);
-            zeros += zero_fraction(&row);
-        }
-        let sampled = starts.len() * rows;
-        s += &format!("zeros: {:.1}% of values ({sampled} cells sampled)\n", 100.0 * zeros / sampled as f64);
-        return Ok(s);
+        inspect_store(path)
+    } else {
+        inspect_h5ad(path, pert_col, cell_type_col, control)
     }
+}
+
+/// A store: its manifest, composition and share of zeros.
+fn inspect_store(path: &Path) -> Result<String> {
+    let store = Store::open(path)?;
+    let m = &store.manifest;
+    let mut s = format!(
+        "store {} ({})\n{} cells x {} genes ({:?}), {} perturbations incl. control `{}`, {} batches, GenePT dim {}\n",
+        path.display(),
+        m.source,
+        m.n_cells,
+        m.n_genes(),
+        m.expression_dtype,
+        m.n_perturbations(),
+        m.control,
+        m.n_batches,
+        m.embed_dim
+    );
+    let (perts, types) = store.cell_labels();
+    s += &composition(&perts, &types, &m.control);
+    let (starts, rows) = sample_windows(store.n_cells());
+    let mut row = vec![0.0f32; store.n_genes()];
+    let mut zeros = 0.0;
+    for c in starts.iter().flat_map(|&s| s..s + rows) {
+        store.expression_row(c, &mut row);
+        zeros += zero_fraction(&row);
+    }
+    let sampled = starts.len() * rows;
+    s += &format!("zeros: {:.1}% of values ({sampled} cells sampled)\n", 100.0 * zeros / sampled as f64);
+    Ok(s)
+}
+
+/// An `.h5ad`: its matrices, columns and composition, and what `prepare` would refuse.
+fn inspect_h5ad(path: &Path, pert_col: &str, cell_type_col: &str, control: &str) -> Result<String> {
     let f = H5ad::open(path)?;
     let n = f.index("obs")?.len();
     let n_var = f.index("var")?.len();
@@ -98,40 +109,7 @@ pub fn inspect(path: &Path, pert_col: &str, cell_type_col: &str, control: &str) 
         s += "X: absent (prepare needs X, or an obsm matrix named with --expression obsm:KEY)\n";
     }
     for key in x.into_iter().chain(f.members("obsm")?.into_iter().map(|k| format!("obsm/{k}"))) {
-        match f.matrix(&key) {
-            Ok(m) => {
-                let kind = if matches!(m, super::h5ad::Matrix::Dense { .. }) { "dense" } else { "CSR" };
-                let (starts, rows) = sample_windows(m.rows());
-                let sampled_values: Result<Vec<f32>> =
-                    starts.iter().map(|&r| f.rows(&m, r, rows)).collect::<Result<Vec<_>>>().map(|v| v.concat());
-                let sampled = starts.len() * rows;
-                s += &match &sampled_values {
-                    Ok(v) => format!(
-                        "{key}: {} x {} {kind}, {:.1}% zeros ({sampled} rows sampled)\n",
-                        m.rows(),
-                        m.cols(),
-                        100.0 * zero_fraction(v)
-                    ),
-                    Err(e) => format!("{key}: {} x {} {kind}, unreadable: prepare would refuse it ({e})\n", m.rows(), m.cols()),
-                };
-                if let Ok(v) = &sampled_values {
-                    if let Some(bad) = v.iter().find(|x| !x.is_finite() || **x < 0.0) {
-                        s += &format!(
-                            "prepare would refuse {key}: {bad} among the sampled values (finite, non-negative expression expected)\n"
-                        );
-                    } else if super::prepare::looks_like_counts(v) {
-                        s += &format!("{key} holds integer values (raw counts?): prepare needs --normalize total-log1p, or --normalize none to keep them\n");
-                    }
-                }
-                if m.rows() != n {
-                    s += &format!("prepare would refuse {key}: {} rows for the {n} cells of obs\n", m.rows());
-                }
-                if key == "X" && m.cols() != n_var {
-                    s += &format!("prepare would refuse X: {} columns for the {n_var} genes of var\n", m.cols());
-                }
-            }
-            Err(e) => s += &format!("{key}: not a matrix this tool reads ({e})\n"),
-        }
+        s += &describe_matrix(&f, &key, n, n_var);
     }
     let columns = f.columns("obs")?;
     s += &format!("obs columns: {}\nvar columns: {}\n", columns.join(", "), f.columns("var")?.join(", "));
@@ -146,4 +124,41 @@ pub fn inspect(path: &Path, pert_col: &str, cell_type_col: &str, control: &str) 
         s += &format!("(no `{pert_col}` and `{cell_type_col}` columns: name them with --pert-col and --cell-type-col)\n");
     }
     Ok(s)
+}
+
+/// One matrix of an `.h5ad`: its shape, storage and zeros over sampled rows, and what `prepare`
+/// would refuse in it (`n` cells of obs, `n_var` genes of var).
+fn describe_matrix(f: &H5ad, key: &str, n: usize, n_var: usize) -> String {
+    let mut s = String::new();
+    match f.matrix(key) {
+        Ok(m) => {
+            let kind = if matches!(m, super::h5ad::Matrix::Dense { .. }) { "dense" } else { "CSR" };
+            let (starts, rows) = sample_windows(m.rows());
+            let sampled_values: Result<Vec<f32>> =
+                starts.iter().map(|&r| f.rows(&m, r, rows)).collect::<Result<Vec<_>>>().map(|v| v.concat());
+            let sampled = starts.len() * rows;
+            s += &match &sampled_values {
+                Ok(v) => {
+                    format!("{key}: {} x {} {kind}, {:.1}% zeros ({sampled} rows sampled)\n", m.rows(), m.cols(), 100.0 * zero_fraction(v))
+                }
+                Err(e) => format!("{key}: {} x {} {kind}, unreadable: prepare would refuse it ({e})\n", m.rows(), m.cols()),
+            };
+            if let Ok(v) = &sampled_values {
+                if let Some(bad) = v.iter().find(|x| !x.is_finite() || **x < 0.0) {
+                    s +=
+                        &format!("prepare would refuse {key}: {bad} among the sampled values (finite, non-negative expression expected)\n");
+                } else if super::prepare::looks_like_counts(v) {
+                    s += &format!("{key} holds integer values (raw counts?): prepare needs --normalize total-log1p, or --normalize none to keep them\n");
+                }
+            }
+            if m.rows() != n {
+                s += &format!("prepare would refuse {key}: {} rows for the {n} cells of obs\n", m.rows());
+            }
+            if key == "X" && m.cols() != n_var {
+                s += &format!("prepare would refuse X: {} columns for the {n_var} genes of var\n", m.cols());
+            }
+        }
+        Err(e) => s += &format!("{key}: not a matrix this tool reads ({e})\n"),
+    }
+    s
 }

@@ -320,6 +320,18 @@ pub struct SynthReport {
 pub fn generate(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<SynthReport> {
     let start = std::time::Instant::now();
     let model = Model::new(cfg);
+    let mut writer = StoreWriter::create(dir, cfg.genes, ExprDtype::F16)?;
+    write_cells(cfg, &model, &plan_work(cfg), &mut writer, progress)?;
+    let (manifest, split, truth) = describe(cfg, &model)?;
+    let cells = writer.n_cells();
+    let dir = writer.finish(manifest, &embeddings(&model), &split.to_toml(), &[("synth_truth.json", truth)])?;
+    let bytes = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
+    Ok(SynthReport { dir, cells, bytes, seconds: start.elapsed().as_secs_f64() })
+}
+
+/// The work items: every cell type's controls in chunks of 256, then every condition with a
+/// cell count drawn around `cells_per_condition`; each with its own RNG stream.
+fn plan_work(cfg: &SynthConfig) -> Vec<Work> {
     let n_ct = CELL_TYPES.len();
     let mut plan_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xC0FFEE);
     let mut work = Vec::new();
@@ -337,12 +349,14 @@ pub fn generate(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<SynthRe
             work.push(Work { perturbation: p, cell_type: ct, cells: n, stream: work.len() as u64 });
         }
     }
+    work
+}
+
+/// Generates a window of work items in parallel and writes them in order: memory stays bounded and
+/// the output does not depend on the number of threads.
+fn write_cells(cfg: &SynthConfig, model: &Model, work: &[Work], writer: &mut StoreWriter, progress: bool) -> Result<()> {
     let total_cells: usize = work.iter().map(|w| w.cells).sum();
     let bar = crate::progress::bar(total_cells as u64, "cells", progress);
-
-    let mut writer = StoreWriter::create(dir, cfg.genes, ExprDtype::F16)?;
-    // Generate a window of work items in parallel, write them in order: memory stays bounded and
-    // the output does not depend on the number of threads.
     for window in work.chunks(64) {
         let generated: Vec<(Vec<f32>, Vec<u32>, &Work)> = window
             .par_iter()
@@ -369,7 +383,11 @@ pub fn generate(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<SynthRe
         }
     }
     bar.finish_and_clear();
+    Ok(())
+}
 
+/// The store's manifest, its seeded split, and the planted truth (`synth_truth.json`).
+fn describe(cfg: &SynthConfig, model: &Model) -> Result<(Manifest, SplitFile, String)> {
     let mut perturbations = vec![CONTROL.to_string()];
     let genes: Vec<String> = (0..cfg.genes).map(|i| format!("GENE{i:04}")).collect();
     for p in 1..=cfg.perturbations {
@@ -394,17 +412,13 @@ pub fn generate(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<SynthRe
         embed_dim: cfg.embed_dim,
         fingerprint: None,
     };
-    let acting = (0..n_ct)
+    let acting = (0..CELL_TYPES.len())
         .map(|ct| {
             (0..=cfg.perturbations).map(|p| model.acting(p, ct).into_iter().filter(|&pw| model.activity[ct][pw] > 0.0).collect()).collect()
         })
         .collect();
     let truth = TruthFile { pathways_of: model.pert_pathways.clone(), activity: model.activity.clone(), acting: Some(acting) };
-    let truth = serde_json::to_string(&truth).expect("truth serialises");
-    let cells = writer.n_cells();
-    let dir = writer.finish(manifest, &embeddings(&model), &split.to_toml(), &[("synth_truth.json", truth)])?;
-    let bytes = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
-    Ok(SynthReport { dir, cells, bytes, seconds: start.elapsed().as_secs_f64() })
+    Ok((manifest, split, serde_json::to_string(&truth).expect("truth serialises")))
 }
 
 /// Opens the cached store for `cfg` at `dir`, generating it first when absent or made differently.

@@ -148,63 +148,70 @@ pub fn matmul_strided<T: Real>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &m
         return;
     }
     let unit_stride = |v: Strided| v.row_stride == 1 || v.col_stride == 1;
-    if TypeId::of::<T>() == TypeId::of::<f32>()
-        && cv.rows >= avx512::MR
-        && cv.cols >= avx512::NR / 2
-        && cv.col_stride == 1
-        && unit_stride(av)
-        && unit_stride(bv)
-        && crate::cpu::has_avx512()
-    {
+    let avx512_fits = cv.rows >= avx512::MR && cv.cols >= avx512::NR / 2 && cv.col_stride == 1 && unit_stride(av) && unit_stride(bv);
+    if TypeId::of::<T>() == TypeId::of::<f32>() && ((avx512_fits && crate::cpu::has_avx512()) || fma::available()) {
         // SAFETY: T is f32 (checked just above), so these are the same slices as f32.
         let (a, b, c) =
             unsafe { (&*(a as *const [T] as *const [f32]), &*(b as *const [T] as *const [f32]), &mut *(c as *mut [T] as *mut [f32])) };
-        let view = |v: Strided| avx512::View { rs: v.row_stride, cs: v.col_stride };
-        // SAFETY: has_avx512() was checked; the last element of every view lies inside its slice
-        // (asserted above), so C's rows x cols at row stride cv.row_stride from cv.offset are inside
-        // c, which is a distinct &mut borrow, initialised.
-        unsafe {
-            avx512::gemm_serial(
-                cv.rows,
-                cv.cols,
-                av.cols,
-                &a[av.offset..],
-                view(av),
-                &b[bv.offset..],
-                view(bv),
-                c.as_mut_ptr().add(cv.offset),
-                cv.row_stride,
-                accumulate,
-            )
-        };
+        if avx512_fits && crate::cpu::has_avx512() {
+            strided_avx512(a, av, b, bv, c, cv, accumulate);
+        } else {
+            strided_fma(a, av, b, bv, c, cv, accumulate);
+        }
         return;
     }
-    if TypeId::of::<T>() == TypeId::of::<f32>() && fma::available() {
-        // SAFETY: T is f32 (checked just above), so these are the same slices as f32.
-        let (a, b, c) =
-            unsafe { (&*(a as *const [T] as *const [f32]), &*(b as *const [T] as *const [f32]), &mut *(c as *mut [T] as *mut [f32])) };
-        let stride = |v: Strided| (v.row_stride as isize, v.col_stride as isize);
-        // SAFETY: every view's last element lies inside its slice (asserted above) and c is a
-        // distinct borrow, so the product reads and writes only inside them.
-        unsafe {
-            fma::serial(
-                cv.rows,
-                av.cols,
-                cv.cols,
-                a.as_ptr().add(av.offset),
-                stride(av),
-                b.as_ptr().add(bv.offset),
-                stride(bv),
-                c.as_mut_ptr().add(cv.offset),
-                stride(cv),
-                accumulate,
-            )
-        };
-        return;
-    }
-    // SAFETY: the last element of each view was checked to lie inside its slice, and views address
-    // only offset + r*rs + c*cs with r < rows, c < cols, so every access is in bounds; c is a distinct
-    // mutable borrow and cannot alias a or b.
+    strided_portable(a, av, b, bv, c, cv, accumulate);
+}
+
+/// `matmul_strided` on our AVX-512 kernel: views checked by the caller, C with unit column stride.
+fn strided_avx512(a: &[f32], av: Strided, b: &[f32], bv: Strided, c: &mut [f32], cv: Strided, accumulate: bool) {
+    let view = |v: Strided| avx512::View { rs: v.row_stride, cs: v.col_stride };
+    // SAFETY: the caller checked has_avx512(); the last element of every view lies inside its slice
+    // (asserted by matmul_strided), so C's rows x cols at row stride cv.row_stride from cv.offset
+    // are inside c, which is a distinct &mut borrow, initialised.
+    unsafe {
+        avx512::gemm_serial(
+            cv.rows,
+            cv.cols,
+            av.cols,
+            &a[av.offset..],
+            view(av),
+            &b[bv.offset..],
+            view(bv),
+            c.as_mut_ptr().add(cv.offset),
+            cv.row_stride,
+            accumulate,
+        )
+    };
+}
+
+/// `matmul_strided` on matrixmultiply's AVX2+FMA kernel (CPUs without AVX-512).
+fn strided_fma(a: &[f32], av: Strided, b: &[f32], bv: Strided, c: &mut [f32], cv: Strided, accumulate: bool) {
+    let stride = |v: Strided| (v.row_stride as isize, v.col_stride as isize);
+    // SAFETY: the caller checked fma::available(); every view's last element lies inside its slice
+    // (asserted by matmul_strided) and c is a distinct borrow, so the product reads and writes only
+    // inside them.
+    unsafe {
+        fma::serial(
+            cv.rows,
+            av.cols,
+            cv.cols,
+            a.as_ptr().add(av.offset),
+            stride(av),
+            b.as_ptr().add(bv.offset),
+            stride(bv),
+            c.as_mut_ptr().add(cv.offset),
+            stride(cv),
+            accumulate,
+        )
+    };
+}
+
+/// `matmul_strided` through the `gemm` crate: f64, and f32 on CPUs without AVX2+FMA.
+fn strided_portable<T: Real>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &mut [T], cv: Strided, accumulate: bool) {
+    // SAFETY: the last element of each view was checked to lie inside its slice (matmul_strided),
+    // and views address only offset + r*rs + c*cs with r < rows, c < cols, so every access is in
+    // bounds; c is a distinct mutable borrow and cannot alias a or b.
     unsafe {
         gemm::gemm(
             cv.rows,
