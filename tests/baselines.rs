@@ -1,6 +1,9 @@
 //! The baselines against values derived by hand on a store small enough to read, and the proof
 //! that none of them reads a test condition's cells.
 
+mod common;
+use common::tolerance as tol;
+
 use ptrag_engine::data::split::{Fold, HeldOut, SplitFile};
 use ptrag_engine::data::store::{ExprDtype, Manifest, Store, StoreWriter, FORMAT, VERSION};
 use ptrag_engine::eval::baselines::{Baseline, Baselines, RIDGE_PENALTIES};
@@ -64,7 +67,7 @@ fn fit(store: &Store) -> Baselines {
 }
 
 fn close(got: &[f64], want: &[f64], what: &str) {
-    assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-9) && got.len() == want.len(), "{what}: {got:?} != {want:?}");
+    assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < tol::SAME_VALUES) && got.len() == want.len(), "{what}: {got:?} != {want:?}");
 }
 
 #[test]
@@ -89,7 +92,10 @@ fn baselines_match_hand_derived_values() {
     // interpolates the three training perturbations (more features than points).
     close(&b.linear_at(5, 1e12), &[4.0 / 3.0, 5.0 / 3.0], "linear, huge penalty");
     let fit_p1 = b.linear_at(1, 1e-12);
-    assert!((fit_p1[0] - 1.0).abs() < 1e-5 && fit_p1[1].abs() < 1e-5, "linear, tiny penalty, P1: {fit_p1:?}");
+    assert!(
+        (fit_p1[0] - 1.0).abs() < tol::RIDGE_VANISHING_PENALTY && fit_p1[1].abs() < tol::RIDGE_VANISHING_PENALTY,
+        "linear, tiny penalty, P1: {fit_p1:?}"
+    );
     // The chosen penalty is the validation argmin; P4's validation change is [1, 1].
     assert_eq!(b.choices.ridge_val_mse.len(), RIDGE_PENALTIES.len());
     let argmin = b.choices.ridge_val_mse.iter().min_by(|a, c| a.1.total_cmp(&c.1)).unwrap().0;

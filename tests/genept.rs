@@ -2,6 +2,9 @@
 //! `tools/make_h5ad_fixtures.py` with Python's pickle, numpy and safetensors); bad files are errors
 //! naming the file and the gene or line.
 
+mod common;
+use common::tolerance as tol;
+
 use ptrag_engine::data::genept::GenePt;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +25,7 @@ fn every_form_reads_the_same_vectors_with_upper_case_symbols() {
         for (symbol, want) in &expected {
             let got = g.get(&symbol.to_lowercase()).unwrap_or_else(|| panic!("{file}: {symbol} missing"));
             for (a, b) in got.iter().zip(want) {
-                assert!((*a as f64 - b).abs() < 1e-6, "{file}: {symbol}: {a} vs {b}");
+                assert!((*a as f64 - b).abs() < tol::F32_STORAGE, "{file}: {symbol}: {a} vs {b}");
             }
         }
         assert!(g.get("CDK1").is_some() && g.get("NOVEC").is_none(), "{file}: `cdk1` is CDK1; NOVEC has no vector");

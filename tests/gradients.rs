@@ -1,9 +1,9 @@
 //! Every tape operation's backward pass against central finite differences, in f64.
-//! Tolerance: h = 1e-6 gives truncation error ~h^2 * f''' ~ 1e-12 and rounding ~1e-16 / h ~ 1e-10,
-//! so analytic and numeric gradients agree to ~1e-8; we allow atol 1e-6, rtol 1e-5.
+//! Tolerance: `tol::FINITE_DIFFERENCE` (tests/common/tolerance.rs says why).
 
 mod common;
-use common::{assert_close, TestRng};
+use common::tolerance as tol;
+use common::{assert_close, assert_within, TestRng};
 use ptrag_engine::cpu::selection::TripletLayout;
 use ptrag_engine::cpu::{
     attention::{AttentionShape, Rope},
@@ -40,7 +40,7 @@ fn check(name: &str, inputs: &[(Vec<usize>, Vec<f64>)], f: impl Fn(&mut Tape<f64
             minus[i][j] -= H;
             numeric[j] = (run(&plus).0 - run(&minus).0) / (2.0 * H);
         }
-        assert_close(&analytic, &numeric, 1e-6, 1e-5, &format!("{name}: d/d input {i}"));
+        assert_within(&analytic, &numeric, tol::FINITE_DIFFERENCE, &format!("{name}: d/d input {i}"));
     }
 }
 
@@ -195,7 +195,7 @@ fn rotary_encoding_is_a_rotation_per_position() {
     assert_eq!(&y[48..60], &x[48..60], "the second set starts again at position 0");
     for (a, b) in x.chunks(6).zip(y.chunks(6)) {
         let (na, nb): (f64, f64) = (a.iter().map(|v| v * v).sum(), b.iter().map(|v| v * v).sum());
-        assert!((na - nb).abs() < 1e-12);
+        assert!((na - nb).abs() < tol::F64_EXACT_ABS);
     }
 }
 
@@ -213,7 +213,13 @@ fn row_scaling_group_sums_and_std_scaling() {
     let x = tape.constant(&[4], vec![1.0, 2.0, 3.0, 4.0]);
     let y = tape.scale_by_std(x, 1e-6);
     let sd = (5.0f64 / 3.0).sqrt(); // unbiased: sum of squared deviations 5, over n - 1 = 3
-    assert_close(tape.value(y), &[1.0 / sd, 2.0 / sd, 3.0 / sd, 4.0 / sd], 1e-15, 0.0, "scale_by_std values");
+    assert_close(
+        tape.value(y),
+        &[1.0 / sd, 2.0 / sd, 3.0 / sd, 4.0 / sd],
+        tol::F64_CLOSED_FORM.atol,
+        tol::F64_CLOSED_FORM.rtol,
+        "scale_by_std values",
+    );
 }
 
 #[test]
@@ -286,7 +292,7 @@ fn gumbel_straight_through_forward_is_hard_backward_is_soft() {
             (soft_loss(&p) - soft_loss(&m)) / (2.0 * H)
         })
         .collect();
-    assert_close(&analytic, &numeric, 1e-6, 1e-5, "gumbel-st backward vs soft finite differences");
+    assert_within(&analytic, &numeric, tol::FINITE_DIFFERENCE, "gumbel-st backward vs soft finite differences");
 }
 
 #[test]
@@ -371,5 +377,5 @@ fn triplet_ops_equal_layernorm_of_the_concatenated_triplets_then_linear() {
     let wb = tape.reshape(wb, &[out]);
     let c0 = tape.add(wb, b);
     let factorised = tape.triplet_assemble([projected[0], projected[1], projected[2]], stats, v, c0, TRIPLETS);
-    assert_close(tape.value(factorised), tape.value(explicit), 1e-12, 1e-12, "factorised vs explicit");
+    assert_within(tape.value(factorised), tape.value(explicit), tol::F64_FACTORISED, "factorised vs explicit");
 }

@@ -9,24 +9,13 @@
 //! gradients start from random values, so the accumulate (`+=`) contract is checked too.
 
 mod common;
-use common::{assert_close, cuda_or_skip, TestRng};
+use common::tolerance as tol;
+use common::{assert_within, cuda_or_skip, TestRng};
 use ptrag_engine::cpu;
 use ptrag_engine::cpu::attention::{AttentionShape, Rope};
 use ptrag_engine::cpu::energy::EnergyShape;
 use ptrag_engine::cpu::selection::TripletLayout;
 use ptrag_engine::cuda::{self, kernels, Args, Buffer, Gpu, Kernel, Launch, Param, ThreadOrder};
-
-/// Tolerances of an f32 kernel against the f64 reference.
-mod tol {
-    /// One rounding per element, plus libm-vs-CUDA differences in exp/erf (a few ulp).
-    pub const ELEMENTWISE: (f64, f64) = (1e-6, 1e-5);
-    /// Row reductions of a few hundred f32 terms in a different order from the reference.
-    pub const REDUCTION: (f64, f64) = (1e-5, 1e-4);
-    /// Energy sums sqrt of 2,000-term squared distances over ~600 pairs, then differences of means.
-    pub const ENERGY: (f64, f64) = (1e-4, 1e-4);
-    /// Online softmax (rescaled partial sums) and f32 dot products of up to 128 terms.
-    pub const ATTENTION: (f64, f64) = (2e-5, 2e-4);
-}
 
 fn emulators() -> Vec<Gpu> {
     [ThreadOrder::Forward, ThreadOrder::Reverse].into_iter().map(|o| Gpu::emulated(o).expect("the emulated kernels are built")).collect()
@@ -99,7 +88,7 @@ fn gemm_forward(gpu: &Gpu) {
             gpu,
             &down(gpu, &c),
             &want,
-            tol::REDUCTION,
+            tol::F32_REDUCTION,
             &format!("matmul {m}x{k}x{n} trans ({trans_a}, {trans_b}) accumulate {accumulate}"),
         );
     }
@@ -127,8 +116,8 @@ fn down(gpu: &Gpu, b: &Buffer<f32>) -> Vec<f64> {
 fn inputs(rng: &mut TestRng, n: usize, scale: f64) -> Vec<f64> {
     rng.vec(n).iter().map(|v| (v * scale) as f32 as f64).collect()
 }
-fn check(gpu: &Gpu, actual: &[f64], expected: &[f64], (atol, rtol): (f64, f64), what: &str) {
-    assert_close(actual, expected, atol, rtol, &format!("{what} on {}", gpu.name()));
+fn check(gpu: &Gpu, actual: &[f64], expected: &[f64], tol: tol::Tol, what: &str) {
+    assert_within(actual, expected, tol, &format!("{what} on {}", gpu.name()));
 }
 
 // ---- elementwise -----------------------------------------------------------------------------
@@ -156,13 +145,13 @@ fn elementwise_forward(gpu: &Gpu) {
         cpu_f(&x, &mut want);
         let mut y = poisoned(gpu, x.len());
         gpu_f(gpu, &up(gpu, &x), &mut y).unwrap();
-        check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, name);
+        check(gpu, &down(gpu, &y), &want, tol::F32_ELEMENTWISE, name);
     }
     let mut want = vec![0.0; x.len()];
     cpu::elementwise::swiglu_forward(&x, &up_half, &mut want);
     let mut y = poisoned(gpu, x.len());
     cuda::elementwise::swiglu_forward(gpu, &up(gpu, &x), &up(gpu, &up_half), &mut y).unwrap();
-    check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, "swiglu");
+    check(gpu, &down(gpu, &y), &want, tol::F32_ELEMENTWISE, "swiglu");
 
     // Dropout recomputes its mask from the key: the kernel must drop exactly the CPU's elements
     // (past the CPU's 16,384-element chunks, so their offsets count too) and scale the rest alike.
@@ -173,7 +162,7 @@ fn elementwise_forward(gpu: &Gpu) {
         cpu::elementwise::dropout(&f32s(&long), &mut want, &mask);
         let mut y = poisoned(gpu, long.len());
         cuda::elementwise::dropout(gpu, &up(gpu, &long), &mask, &mut y).unwrap();
-        check(gpu, &down(gpu, &y), &f64s(&want), (0.0, 0.0), &format!("dropout p = {p}"));
+        check(gpu, &down(gpu, &y), &f64s(&want), tol::EXACT, &format!("dropout p = {p}"));
     }
 
     for cols in [2, 37] {
@@ -181,7 +170,7 @@ fn elementwise_forward(gpu: &Gpu) {
         cpu::elementwise::softmax_forward(&x[..want.len()], &mut want, cols);
         let mut y = poisoned(gpu, want.len());
         cuda::elementwise::softmax_forward(gpu, &up(gpu, &x[..want.len()]), &mut y, cols).unwrap();
-        check(gpu, &down(gpu, &y), &want, tol::REDUCTION, &format!("softmax over {cols}"));
+        check(gpu, &down(gpu, &y), &want, tol::F32_REDUCTION, &format!("softmax over {cols}"));
     }
 }
 
@@ -193,15 +182,15 @@ fn elementwise_backward(gpu: &Gpu) {
         cpu_b(&x, &dy, &mut want);
         let mut dx = up(gpu, &dx0);
         gpu_b(gpu, &up(gpu, &x), &up(gpu, &dy), &mut dx).unwrap();
-        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, name);
+        check(gpu, &down(gpu, &dx), &want, tol::F32_ELEMENTWISE, name);
     }
     let (up_half, dup0) = (inputs(&mut rng, 1000, 1.0), inputs(&mut rng, 1000, 1.0));
     let (mut want_dgate, mut want_dup) = (dx0.clone(), dup0.clone());
     cpu::elementwise::swiglu_backward(&x, &up_half, &dy, &mut want_dgate, &mut want_dup);
     let (mut dgate, mut dup) = (up(gpu, &dx0), up(gpu, &dup0));
     cuda::elementwise::swiglu_backward(gpu, &up(gpu, &x), &up(gpu, &up_half), &up(gpu, &dy), &mut dgate, &mut dup).unwrap();
-    check(gpu, &down(gpu, &dgate), &want_dgate, tol::ELEMENTWISE, "swiglu dgate");
-    check(gpu, &down(gpu, &dup), &want_dup, tol::ELEMENTWISE, "swiglu dup");
+    check(gpu, &down(gpu, &dgate), &want_dgate, tol::F32_ELEMENTWISE, "swiglu dgate");
+    check(gpu, &down(gpu, &dup), &want_dup, tol::F32_ELEMENTWISE, "swiglu dup");
 
     for cols in [2, 37] {
         let n = x.len() / cols * cols;
@@ -212,7 +201,7 @@ fn elementwise_backward(gpu: &Gpu) {
         cpu::elementwise::softmax_backward(&y, &dy[..n], &mut want, cols);
         let mut dx = up(gpu, &dx0[..n]);
         cuda::elementwise::softmax_backward(gpu, &up(gpu, &y), &up(gpu, &dy[..n]), &mut dx, cols).unwrap();
-        check(gpu, &down(gpu, &dx), &want, tol::REDUCTION, &format!("softmax backward over {cols}"));
+        check(gpu, &down(gpu, &dx), &want, tol::F32_REDUCTION, &format!("softmax backward over {cols}"));
     }
 }
 
@@ -229,15 +218,15 @@ fn norm_forward(gpu: &Gpu) {
         cpu::norm::rmsnorm_forward(&x, &w, 1e-6, &mut y, &mut rstd);
         let (mut gy, mut grstd) = (poisoned(gpu, rows * cols), poisoned(gpu, rows));
         cuda::norm::rmsnorm_forward(gpu, &up(gpu, &x), &up(gpu, &w), 1e-6, &mut gy, &mut grstd).unwrap();
-        check(gpu, &down(gpu, &gy), &y, tol::REDUCTION, "rmsnorm y");
-        check(gpu, &down(gpu, &grstd), &rstd, tol::REDUCTION, "rmsnorm rstd");
+        check(gpu, &down(gpu, &gy), &y, tol::F32_REDUCTION, "rmsnorm y");
+        check(gpu, &down(gpu, &grstd), &rstd, tol::F32_REDUCTION, "rmsnorm rstd");
 
         cpu::norm::layernorm_forward(&x, &w, &b, 1e-5, &mut y, &mut mean, &mut rstd);
         let (mut gy, mut gmean, mut grstd) = (poisoned(gpu, rows * cols), poisoned(gpu, rows), poisoned(gpu, rows));
         cuda::norm::layernorm_forward(gpu, &up(gpu, &x), &up(gpu, &w), &up(gpu, &b), 1e-5, &mut gy, &mut gmean, &mut grstd).unwrap();
-        check(gpu, &down(gpu, &gy), &y, tol::REDUCTION, "layernorm y");
-        check(gpu, &down(gpu, &gmean), &mean, tol::REDUCTION, "layernorm mean");
-        check(gpu, &down(gpu, &grstd), &rstd, tol::REDUCTION, "layernorm rstd");
+        check(gpu, &down(gpu, &gy), &y, tol::F32_REDUCTION, "layernorm y");
+        check(gpu, &down(gpu, &gmean), &mean, tol::F32_REDUCTION, "layernorm mean");
+        check(gpu, &down(gpu, &grstd), &rstd, tol::F32_REDUCTION, "layernorm rstd");
     }
 }
 
@@ -254,8 +243,8 @@ fn norm_backward(gpu: &Gpu) {
         cpu::norm::rmsnorm_backward(&x, &w, &rms_rstd, &dy, &mut dx, &mut dw);
         let (mut gdx, mut gdw) = (up(gpu, &dx0), up(gpu, &dw0));
         cuda::norm::rmsnorm_backward(gpu, &up(gpu, &x), &up(gpu, &w), &up(gpu, &rms_rstd), &up(gpu, &dy), &mut gdx, &mut gdw).unwrap();
-        check(gpu, &down(gpu, &gdx), &dx, tol::REDUCTION, "rmsnorm dx");
-        check(gpu, &down(gpu, &gdw), &dw, tol::REDUCTION, "rmsnorm dw");
+        check(gpu, &down(gpu, &gdx), &dx, tol::F32_REDUCTION, "rmsnorm dx");
+        check(gpu, &down(gpu, &gdw), &dw, tol::F32_REDUCTION, "rmsnorm dw");
 
         cpu::norm::layernorm_forward(&x, &w, &w, 1e-5, &mut y, &mut mean, &mut rstd);
         let (mean, rstd) = (f64s(&f32s(&mean)), f64s(&f32s(&rstd)));
@@ -264,9 +253,9 @@ fn norm_backward(gpu: &Gpu) {
         let (mut gdx, mut gdw, mut gdb) = (up(gpu, &dx0), up(gpu, &dw0), up(gpu, &db0));
         let (gx, gw, gmean, grstd, gdy) = (up(gpu, &x), up(gpu, &w), up(gpu, &mean), up(gpu, &rstd), up(gpu, &dy));
         cuda::norm::layernorm_backward(gpu, &gx, &gw, &gmean, &grstd, &gdy, &mut gdx, &mut gdw, &mut gdb).unwrap();
-        check(gpu, &down(gpu, &gdx), &dx, tol::REDUCTION, "layernorm dx");
-        check(gpu, &down(gpu, &gdw), &dw, tol::REDUCTION, "layernorm dw");
-        check(gpu, &down(gpu, &gdb), &db, tol::REDUCTION, "layernorm db");
+        check(gpu, &down(gpu, &gdx), &dx, tol::F32_REDUCTION, "layernorm dx");
+        check(gpu, &down(gpu, &gdw), &dw, tol::F32_REDUCTION, "layernorm dw");
+        check(gpu, &down(gpu, &gdb), &db, tol::F32_REDUCTION, "layernorm db");
     }
 }
 
@@ -287,7 +276,7 @@ fn optim_forward(gpu: &Gpu) {
         let clip = gpu.upload(&[5.0, grad_scale as f64, 1.0]).unwrap();
         cuda::optim::adam_update(gpu, &mut gp, &gg, &mut gm, &mut gv, &s, &clip).unwrap();
         for (name, got, want) in [("param", &gp, &want_p), ("m", &gm, &want_m), ("v", &gv, &want_v)] {
-            check(gpu, &f64s(&gpu.download(got).unwrap()), &f64s(want), tol::ELEMENTWISE, &format!("adam {name} at step {step}"));
+            check(gpu, &f64s(&gpu.download(got).unwrap()), &f64s(want), tol::F32_ELEMENTWISE, &format!("adam {name} at step {step}"));
         }
         // a step that does not apply changes nothing
         let skip = gpu.upload(&[f64::NAN, 1.0, 0.0]).unwrap();
@@ -318,7 +307,7 @@ fn optim_forward(gpu: &Gpu) {
         let what = format!("clip at limit {limit} with loss {loss} on {}", gpu.name());
         assert_eq!(got.apply, want.apply, "{what}: apply");
         if want.norm.is_finite() {
-            assert_close(&[got.norm, got.scale as f64], &[want.norm, want.scale as f64], 0.0, 1e-6, &what);
+            assert_within(&[got.norm, got.scale as f64], &[want.norm, want.scale as f64], tol::CLIP, &what);
         } else {
             assert!(got.norm.is_nan(), "{what}: norm {}", got.norm);
         }
@@ -351,7 +340,7 @@ fn energy_forward(gpu: &Gpu) {
         cpu::energy::energy_forward(&pred, &obs, shape, &mut want);
         let mut got = poisoned(gpu, shape.sets);
         cuda::energy::energy_forward(gpu, &up(gpu, &pred), &up(gpu, &obs), shape, &mut got).unwrap();
-        check(gpu, &down(gpu, &got), &want, tol::ENERGY, &format!("energy {shape:?}"));
+        check(gpu, &down(gpu, &got), &want, tol::F32_ENERGY, &format!("energy {shape:?}"));
     }
 }
 
@@ -364,7 +353,7 @@ fn energy_backward(gpu: &Gpu) {
         cpu::energy::energy_backward(&pred, &obs, shape, &upstream, &mut want);
         let mut got = up(gpu, &dpred0);
         cuda::energy::energy_backward(gpu, &up(gpu, &pred), &up(gpu, &obs), shape, &up(gpu, &upstream), &mut got).unwrap();
-        check(gpu, &down(gpu, &got), &want, tol::ENERGY, &format!("energy gradient {shape:?}"));
+        check(gpu, &down(gpu, &got), &want, tol::F32_ENERGY, &format!("energy gradient {shape:?}"));
     }
 }
 
@@ -380,7 +369,7 @@ fn retrieval_forward(gpu: &Gpu) {
     let mut gdb = gpu.upload(&db).unwrap();
     cuda::retrieval::normalise_rows(gpu, &mut gdb, dim).unwrap();
     let got_db = gpu.download(&gdb).unwrap();
-    check(gpu, &f64s(&got_db), &f64s(&want_db), tol::REDUCTION, "normalised rows");
+    check(gpu, &f64s(&got_db), &f64s(&want_db), tol::F32_REDUCTION, "normalised rows");
 
     // Queries are database rows (as in training: a set's own perturbation), excluded from their
     // own results; a fifth of the rows are outside the database.
@@ -397,7 +386,7 @@ fn retrieval_forward(gpu: &Gpu) {
         (gpu.upload(&queries).unwrap(), gpu.upload(&want_db).unwrap(), gpu.upload(&allowed_u8).unwrap(), gpu.upload(&exclude_i32).unwrap());
     cuda::retrieval::cosine_topk(gpu, &gq, &gdb, dim, &ga, &ge, k, &mut idx, &mut sims).unwrap();
     assert_eq!(gpu.download(&idx).unwrap(), want_idx, "top-{k} indices on {}", gpu.name());
-    check(gpu, &down(gpu, &sims), &f64s(&want_sims), tol::REDUCTION, "top-k similarities");
+    check(gpu, &down(gpu, &sims), &f64s(&want_sims), tol::F32_REDUCTION, "top-k similarities");
 
     // Fewer allowed rows than k: the unfilled slots are marked, not left as garbage.
     let few: Vec<u8> = (0..rows).map(|j| (j < 4) as u8).collect();
@@ -442,8 +431,8 @@ fn attention_forward(gpu: &Gpu) {
         cpu::attention::attention_forward(&q, &k, &v, shape, &mut out, &mut lse);
         let (mut gout, mut glse) = (poisoned(gpu, q.len()), poisoned(gpu, stats));
         cuda::attention::attention_forward(gpu, &up(gpu, &q), &up(gpu, &k), &up(gpu, &v), shape, &mut gout, &mut glse).unwrap();
-        check(gpu, &down(gpu, &gout), &out, tol::ATTENTION, &format!("attention out {shape:?}"));
-        check(gpu, &down(gpu, &glse), &lse, tol::ATTENTION, &format!("attention lse {shape:?}"));
+        check(gpu, &down(gpu, &gout), &out, tol::F32_ATTENTION, &format!("attention out {shape:?}"));
+        check(gpu, &down(gpu, &glse), &lse, tol::F32_ATTENTION, &format!("attention lse {shape:?}"));
     }
     for rope in ROPES {
         let x = inputs(&mut TestRng::new(13), 3 * rope.cells * rope.heads * rope.head_dim, 1.0);
@@ -451,7 +440,7 @@ fn attention_forward(gpu: &Gpu) {
         cpu::attention::rope_forward(rope, &x, &mut want);
         let mut y = poisoned(gpu, x.len());
         cuda::attention::rope_forward(gpu, rope, &up(gpu, &x), &mut y).unwrap();
-        check(gpu, &down(gpu, &y), &want, tol::ELEMENTWISE, &format!("{rope:?}"));
+        check(gpu, &down(gpu, &y), &want, tol::F32_ELEMENTWISE, &format!("{rope:?}"));
     }
 }
 
@@ -473,9 +462,9 @@ fn attention_backward(gpu: &Gpu) {
         let (mut gdq, mut gdk, mut gdv) = (up(gpu, &dq0), up(gpu, &dk0), up(gpu, &dv0));
         let (gq, gk, gv, gout, glse, gdout) = (up(gpu, &q), up(gpu, &k), up(gpu, &v), up(gpu, &out), up(gpu, &lse), up(gpu, &dout));
         cuda::attention::attention_backward(gpu, &gq, &gk, &gv, &gout, &glse, &gdout, shape, &mut gdq, &mut gdk, &mut gdv).unwrap();
-        check(gpu, &down(gpu, &gdq), &dq, tol::ATTENTION, &format!("attention dq {shape:?}"));
-        check(gpu, &down(gpu, &gdk), &dk, tol::ATTENTION, &format!("attention dk {shape:?}"));
-        check(gpu, &down(gpu, &gdv), &dv, tol::ATTENTION, &format!("attention dv {shape:?}"));
+        check(gpu, &down(gpu, &gdq), &dq, tol::F32_ATTENTION, &format!("attention dq {shape:?}"));
+        check(gpu, &down(gpu, &gdk), &dk, tol::F32_ATTENTION, &format!("attention dk {shape:?}"));
+        check(gpu, &down(gpu, &gdv), &dv, tol::F32_ATTENTION, &format!("attention dv {shape:?}"));
     }
     for rope in ROPES {
         let mut rng = TestRng::new(14);
@@ -487,7 +476,7 @@ fn attention_backward(gpu: &Gpu) {
         cpu::attention::rope_backward(rope, &dy, &mut want);
         let mut dx = up(gpu, &dx0);
         cuda::attention::rope_backward(gpu, rope, &up(gpu, &dy), &mut dx).unwrap();
-        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, &format!("{rope:?} backward"));
+        check(gpu, &down(gpu, &dx), &want, tol::F32_ELEMENTWISE, &format!("{rope:?} backward"));
     }
 }
 
@@ -502,8 +491,8 @@ fn selection_forward(gpu: &Gpu) {
         cpu::selection::gumbel_st_forward(&logits, &noise, 0.7, classes, &mut soft, &mut hard);
         let (mut gsoft, mut ghard) = (poisoned(gpu, logits.len()), poisoned(gpu, logits.len()));
         cuda::selection::gumbel_st_forward(gpu, &up(gpu, &logits), &up(gpu, &noise), 0.7, classes, &mut gsoft, &mut ghard).unwrap();
-        check(gpu, &down(gpu, &gsoft), &soft, tol::ELEMENTWISE, "gumbel soft");
-        check(gpu, &down(gpu, &ghard), &hard, (0.0, 0.0), "gumbel hard");
+        check(gpu, &down(gpu, &gsoft), &soft, tol::F32_ELEMENTWISE, "gumbel soft");
+        check(gpu, &down(gpu, &ghard), &hard, tol::EXACT, "gumbel hard");
     }
     // The noise drawn from its key: the same samples as the CPU's (past its 16,384-element chunks).
     // The GPU's double-precision log may differ from the host's in the last bit, hence not exact.
@@ -512,7 +501,7 @@ fn selection_forward(gpu: &Gpu) {
     cpu::selection::gumbel_noise(77, &mut want);
     let mut got = poisoned(gpu, n);
     cuda::selection::gumbel_noise(gpu, 77, &mut got).unwrap();
-    check(gpu, &down(gpu, &got), &f64s(&want), (1e-7, 1e-7), "gumbel noise");
+    check(gpu, &down(gpu, &got), &f64s(&want), tol::F32_GUMBEL_NOISE, "gumbel noise");
 }
 
 fn selection_backward(gpu: &Gpu) {
@@ -528,7 +517,7 @@ fn selection_backward(gpu: &Gpu) {
         cpu::selection::gumbel_st_backward(&soft, &dy, 0.7, classes, &mut want);
         let mut got = up(gpu, &dl0);
         cuda::selection::gumbel_st_backward(gpu, &up(gpu, &soft), &up(gpu, &dy), 0.7, classes, &mut got).unwrap();
-        check(gpu, &down(gpu, &got), &want, tol::ELEMENTWISE, "gumbel gradient");
+        check(gpu, &down(gpu, &got), &want, tol::F32_ELEMENTWISE, "gumbel gradient");
     }
 }
 
@@ -616,7 +605,7 @@ fn triplets_forward(gpu: &Gpu) {
         let (gs, gq) = (sums.each_ref().map(|s| up(gpu, s)), squares.each_ref().map(|s| up(gpu, s)));
         let mut got = poisoned(gpu, want.len());
         cuda::selection::triplet_stats_forward(gpu, gs.each_ref(), gq.each_ref(), layout, 3 * TRIPLET_H, 1e-5, &mut got).unwrap();
-        check(gpu, &down(gpu, &got), &want, tol::REDUCTION, &format!("triplet stats {layout:?}"));
+        check(gpu, &down(gpu, &got), &want, tol::F32_REDUCTION, &format!("triplet stats {layout:?}"));
 
         let parts = triplet_parts(layout, TRIPLET_H, &mut rng);
         let (stats, v, c) = (triplet_stats(layout, &mut rng), inputs(&mut rng, TRIPLET_H, 1.0), inputs(&mut rng, TRIPLET_H, 1.0));
@@ -626,7 +615,7 @@ fn triplets_forward(gpu: &Gpu) {
         let mut got = poisoned(gpu, want.len());
         cuda::selection::triplet_assemble_forward(gpu, gparts.each_ref(), &up(gpu, &stats), &up(gpu, &v), &up(gpu, &c), layout, &mut got)
             .unwrap();
-        check(gpu, &down(gpu, &got), &want, tol::REDUCTION, &format!("triplet assemble {layout:?}"));
+        check(gpu, &down(gpu, &got), &want, tol::F32_REDUCTION, &format!("triplet assemble {layout:?}"));
     }
 }
 
@@ -654,8 +643,8 @@ fn triplets_backward(gpu: &Gpu) {
         )
         .unwrap();
         for p in 0..3 {
-            check(gpu, &down(gpu, &gds[p]), &ds[p], tol::REDUCTION, &format!("triplet stats dsums[{p}] {layout:?}"));
-            check(gpu, &down(gpu, &gdq[p]), &dq[p], tol::REDUCTION, &format!("triplet stats dsquares[{p}] {layout:?}"));
+            check(gpu, &down(gpu, &gds[p]), &ds[p], tol::F32_REDUCTION, &format!("triplet stats dsums[{p}] {layout:?}"));
+            check(gpu, &down(gpu, &gdq[p]), &dq[p], tol::F32_REDUCTION, &format!("triplet stats dsquares[{p}] {layout:?}"));
         }
 
         let parts = triplet_parts(layout, TRIPLET_H, &mut rng);
@@ -696,11 +685,11 @@ fn triplets_backward(gpu: &Gpu) {
         )
         .unwrap();
         for p in 0..3 {
-            check(gpu, &down(gpu, &gdp[p]), &dp[p], tol::REDUCTION, &format!("triplet assemble dparts[{p}] {layout:?}"));
+            check(gpu, &down(gpu, &gdp[p]), &dp[p], tol::F32_REDUCTION, &format!("triplet assemble dparts[{p}] {layout:?}"));
         }
-        check(gpu, &down(gpu, &gdst), &dst, tol::REDUCTION, &format!("triplet assemble dstats {layout:?}"));
-        check(gpu, &down(gpu, &gdv), &dv, tol::REDUCTION, &format!("triplet assemble dv {layout:?}"));
-        check(gpu, &down(gpu, &gdc), &dc, tol::REDUCTION, &format!("triplet assemble dc {layout:?}"));
+        check(gpu, &down(gpu, &gdst), &dst, tol::F32_REDUCTION, &format!("triplet assemble dstats {layout:?}"));
+        check(gpu, &down(gpu, &gdv), &dv, tol::F32_REDUCTION, &format!("triplet assemble dv {layout:?}"));
+        check(gpu, &down(gpu, &gdc), &dc, tol::F32_REDUCTION, &format!("triplet assemble dc {layout:?}"));
     }
 }
 
@@ -746,32 +735,32 @@ fn tensor_forward(gpu: &Gpu) {
             cpu_f(&a, v, &mut want);
             let mut out = poisoned(gpu, n);
             gpu_f(gpu, &ga, gv, &mut out).unwrap();
-            check(gpu, &down(gpu, &out), &want, tol::ELEMENTWISE, &what(name));
+            check(gpu, &down(gpu, &out), &want, tol::F32_ELEMENTWISE, &what(name));
         }
         c::scale(&a, -0.75, &mut want);
         let mut out = poisoned(gpu, n);
         g::scale(gpu, &ga, -0.75, &mut out).unwrap();
-        check(gpu, &down(gpu, &out), &want, tol::ELEMENTWISE, &what("scale"));
+        check(gpu, &down(gpu, &out), &want, tol::F32_ELEMENTWISE, &what("scale"));
 
         for b_used in [None, Some((&b, &gb))] {
             let mut want = vec![0.0; cols];
             c::column_dots(&a, b_used.map(|(b, _)| &b[..]), &mut want);
             let mut out = poisoned(gpu, cols);
             g::column_dots(gpu, &ga, b_used.map(|(_, gb)| gb), &mut out).unwrap();
-            check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what(&format!("column_dots (b: {})", b_used.is_some())));
+            check(gpu, &down(gpu, &out), &want, tol::F32_REDUCTION, &what(&format!("column_dots (b: {})", b_used.is_some())));
         }
         let mut want = vec![0.0; rows];
         c::row_dots(&a, &b, &mut want);
         let mut out = poisoned(gpu, rows);
         g::row_dots(gpu, &ga, &gb, &mut out).unwrap();
-        check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what("row_dots"));
+        check(gpu, &down(gpu, &out), &want, tol::F32_REDUCTION, &what("row_dots"));
 
         let (table, index) = (inputs(&mut rng, TABLE_ROWS * cols, 1.0), gather_index(rows));
         let mut want = vec![0.0; n];
         c::gather_rows(&table, cols, &index, &mut want);
         let mut out = poisoned(gpu, n);
         g::gather_rows(gpu, &up(gpu, &table), cols, &up_index(gpu, &index), &mut out).unwrap();
-        check(gpu, &down(gpu, &out), &want, (0.0, 0.0), &what("gather_rows"));
+        check(gpu, &down(gpu, &out), &want, tol::EXACT, &what("gather_rows"));
         // f16 bit patterns: random values plus signed zeros, the extreme subnormals and normals
         let special = [0x0000u16, 0x8000, 0x0001, 0x83ff, 0x0400, 0x7bff, 0xfbff, 0x3c00];
         let mut halves: Vec<u16> = table.iter().map(|&v| half::f16::from_f64(4.0 * v).to_bits()).collect();
@@ -782,7 +771,7 @@ fn tensor_forward(gpu: &Gpu) {
         c::gather_rows_f16(&halves, cols, &index, &mut want);
         let mut out = poisoned(gpu, n);
         g::gather_rows_f16(gpu, &gpu.upload(&halves).unwrap(), cols, &up_index(gpu, &index), &mut out).unwrap();
-        check(gpu, &down(gpu, &out), &f64s(&want), (0.0, 0.0), &what("gather_rows_f16"));
+        check(gpu, &down(gpu, &out), &f64s(&want), tol::EXACT, &what("gather_rows_f16"));
 
         // a slice of columns 2..2+w of a, copied into columns 1.. of a wider tensor over random values
         let (width, wide) = (cols.min(3), cols + 4);
@@ -792,7 +781,7 @@ fn tensor_forward(gpu: &Gpu) {
             c::copy_cols(&a, cols, cols - width, &mut want, wide, 1, width, accumulate);
             let mut out = up(gpu, &dst0);
             g::copy_cols(gpu, &ga, cols, cols - width, &mut out, wide, 1, width, accumulate).unwrap();
-            check(gpu, &down(gpu, &out), &want, tol::ELEMENTWISE, &what(&format!("copy_cols (accumulate: {accumulate})")));
+            check(gpu, &down(gpu, &out), &want, tol::F32_ELEMENTWISE, &what(&format!("copy_cols (accumulate: {accumulate})")));
         }
 
         let group = if rows % 3 == 0 { 3 } else { 1 };
@@ -800,13 +789,13 @@ fn tensor_forward(gpu: &Gpu) {
         c::sum_groups_forward(&a, cols, group, &mut want);
         let mut out = poisoned(gpu, n / group);
         g::sum_groups_forward(gpu, &ga, cols, group, &mut out).unwrap();
-        check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what(&format!("sum_groups of {group}")));
+        check(gpu, &down(gpu, &out), &want, tol::F32_REDUCTION, &what(&format!("sum_groups of {group}")));
 
         let mut want = vec![0.0];
         c::sum(&a, &mut want);
         let mut out = poisoned(gpu, 1);
         g::sum(gpu, &ga, &mut out).unwrap();
-        check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what("sum"));
+        check(gpu, &down(gpu, &out), &want, tol::F32_REDUCTION, &what("sum"));
 
         // a floor below the std (divided by the std) and above it (clamped)
         for floor in [1e-3, 10.0] {
@@ -814,8 +803,8 @@ fn tensor_forward(gpu: &Gpu) {
             c::std_scale_forward(&a, floor, &mut want, &mut stats);
             let (mut out, mut gstats) = (poisoned(gpu, n), poisoned(gpu, 3));
             g::std_scale_forward(gpu, &ga, floor, &mut out, &mut gstats).unwrap();
-            check(gpu, &down(gpu, &out), &want, tol::REDUCTION, &what(&format!("std_scale (floor {floor})")));
-            check(gpu, &down(gpu, &gstats), &stats, tol::REDUCTION, &what(&format!("std_scale stats (floor {floor})")));
+            check(gpu, &down(gpu, &out), &want, tol::F32_REDUCTION, &what(&format!("std_scale (floor {floor})")));
+            check(gpu, &down(gpu, &gstats), &stats, tol::F32_REDUCTION, &what(&format!("std_scale stats (floor {floor})")));
         }
     }
 }
@@ -834,14 +823,14 @@ fn tensor_backward(gpu: &Gpu) {
         c::accumulate(&dy, &mut want);
         let mut dx = up(gpu, &dx0);
         g::accumulate(gpu, &gdy, &mut dx).unwrap();
-        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, &what("accumulate"));
+        check(gpu, &down(gpu, &dx), &want, tol::F32_ELEMENTWISE, &what("accumulate"));
 
         let (index, table0) = (gather_index(rows), inputs(&mut rng, TABLE_ROWS * cols, 1.0));
         let mut want = table0.clone();
         c::scatter_add_rows(&dy, cols, &index, &mut want);
         let mut dtable = up(gpu, &table0);
         g::scatter_add_rows(gpu, &gdy, cols, &up_index(gpu, &index), &mut dtable).unwrap();
-        check(gpu, &down(gpu, &dtable), &want, tol::ELEMENTWISE, &what("scatter_add_rows"));
+        check(gpu, &down(gpu, &dtable), &want, tol::F32_ELEMENTWISE, &what("scatter_add_rows"));
 
         let group = if rows % 3 == 0 { 3 } else { 1 };
         let dgroups = inputs(&mut rng, n / group, 1.0);
@@ -849,13 +838,13 @@ fn tensor_backward(gpu: &Gpu) {
         c::sum_groups_backward(&dgroups, cols, group, &mut want);
         let mut dx = up(gpu, &dx0);
         g::sum_groups_backward(gpu, &up(gpu, &dgroups), cols, group, &mut dx).unwrap();
-        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, &what(&format!("sum_groups backward of {group}")));
+        check(gpu, &down(gpu, &dx), &want, tol::F32_ELEMENTWISE, &what(&format!("sum_groups backward of {group}")));
 
         let mut want = dx0.clone();
         c::sum_backward(&[0.625], &mut want);
         let mut dx = up(gpu, &dx0);
         g::sum_backward(gpu, &up(gpu, &[0.625]), &mut dx).unwrap();
-        check(gpu, &down(gpu, &dx), &want, tol::ELEMENTWISE, &what("sum backward"));
+        check(gpu, &down(gpu, &dx), &want, tol::F32_ELEMENTWISE, &what("sum backward"));
 
         for floor in [1e-3, 10.0] {
             let (mut y, mut stats) = (vec![0.0; n], vec![0.0; 3]);
@@ -865,7 +854,7 @@ fn tensor_backward(gpu: &Gpu) {
             c::std_scale_backward(&x, &stats, &dy, &mut want);
             let mut dx = up(gpu, &dx0);
             g::std_scale_backward(gpu, &gx, &up(gpu, &stats), &gdy, &mut dx).unwrap();
-            check(gpu, &down(gpu, &dx), &want, tol::REDUCTION, &what(&format!("std_scale backward (floor {floor})")));
+            check(gpu, &down(gpu, &dx), &want, tol::F32_REDUCTION, &what(&format!("std_scale backward (floor {floor})")));
         }
     }
 }

@@ -2,6 +2,7 @@
 //! source of every expected value is next to it.
 
 mod common;
+use common::tolerance as tol;
 use common::{assert_close, TestRng};
 use ptrag_engine::eval::metrics::*;
 use ptrag_engine::eval::stats::*;
@@ -13,7 +14,7 @@ fn welch_t_test_matches_an_independent_integration() {
     // rule (200,000 intervals) on the Student t density written with lgamma, in plain Python:
     // p = 1 - 2 * integral_0^1.8974 f(t) dt = 0.10753119493063323.
     let p = welch_t_test((3.0, 2.5, 5), (6.0, 10.0, 5));
-    assert_close(&[p], &[0.10753119493063323], 1e-10, 0.0, "Welch p");
+    assert_close(&[p], &[0.10753119493063323], tol::SCIPY_WELCH_P.atol, 0.0, "Welch p");
     assert_eq!(welch_t_test((1.0, 0.0, 3), (1.0, 0.0, 3)), 1.0, "identical constant samples");
     assert_eq!(welch_t_test((1.0, 0.0, 3), (2.0, 0.0, 3)), 0.0, "different constant samples");
 }
@@ -26,7 +27,7 @@ fn mann_whitney_matches_the_scipy_documentation_example() {
     // z = (17 - 10 - 0.5) / sqrt(5 * 4 * 10 / 12) = 1.592, p = erfc(z / sqrt 2).
     let r = mann_whitney_u(&[19.0, 22.0, 16.0, 29.0, 24.0], &[20.0, 11.0, 17.0, 12.0]);
     assert_eq!(r.u, 17.0);
-    assert_close(&[r.p], &[0.11134688653314041], 1e-9, 0.0, "Mann-Whitney p"); // (statrs's erfc is good to ~1e-10)
+    assert_close(&[r.p], &[0.11134688653314041], tol::SCIPY_P_VALUE.atol, 0.0, "Mann-Whitney p");
 }
 
 #[test]
@@ -36,7 +37,7 @@ fn mann_whitney_corrects_for_ties() {
     // z = (8 - 4.5 - 0.5) / sqrt(4.5) = 1.41421, p = erfc(z / sqrt 2) = 0.15729920705028513.
     let r = mann_whitney_u(&[1.0, 2.0, 2.0], &[2.0, 3.0, 3.0]);
     assert_eq!(r.u, 1.0);
-    assert_close(&[r.p], &[0.15729920705028513], 1e-9, 0.0, "tie-corrected p");
+    assert_close(&[r.p], &[0.15729920705028513], tol::SCIPY_P_VALUE.atol, 0.0, "tie-corrected p");
     assert_eq!(mann_whitney_u(&[1.0, 1.0], &[1.0, 1.0]).p, 1.0, "all tied");
 }
 
@@ -65,10 +66,10 @@ fn benjamini_hochberg_matches_the_original_papers_example() {
         0.7590 * 15.0 / 14.0,
         1.0,
     ];
-    assert_close(&q, &hand, 1e-12, 0.0, "BH adjusted p");
+    assert_close(&q, &hand, tol::F64_EXACT.atol, 0.0, "BH adjusted p");
     // Input order is kept.
     let shuffled = benjamini_hochberg(&[p[9], p[0], p[4]]);
-    assert_close(&shuffled, &[0.3240, 0.0003, 0.0201 * 3.0 / 2.0], 1e-12, 0.0, "order");
+    assert_close(&shuffled, &[0.3240, 0.0003, 0.0201 * 3.0 / 2.0], tol::F64_EXACT.atol, 0.0, "order");
     assert_eq!(
         (significance_mark(0.005), significance_mark(0.03), significance_mark(0.07), significance_mark(0.2)),
         ("***", "**", "*", "")
@@ -79,12 +80,18 @@ fn benjamini_hochberg_matches_the_original_papers_example() {
 fn correlations_by_hand() {
     // [1,2,3,4] vs [1,3,2,4]: deviations (-1.5,-.5,.5,1.5) and (-1.5,.5,-.5,1.5), cross sum 4, sums of
     // squares 5 and 5: r = 0.8.
-    assert_close(&[pearson(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0])], &[0.8], 1e-15, 0.0, "pearson");
-    assert_close(&[pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0])], &[-1.0], 1e-15, 0.0, "anti");
+    assert_close(&[pearson(&[1.0, 2.0, 3.0, 4.0], &[1.0, 3.0, 2.0, 4.0])], &[0.8], tol::F64_CLOSED_FORM.atol, 0.0, "pearson");
+    assert_close(&[pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0])], &[-1.0], tol::F64_CLOSED_FORM.atol, 0.0, "anti");
     assert_eq!(pearson(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0]), 0.0, "constant side");
     // Ranks of [1,2,2,3] are (1, 2.5, 2.5, 4): deviations (-1.5,0,0,1.5) vs (-1.5,-.5,.5,1.5) give
     // 4.5 / sqrt(4.5 * 5) = 0.9486832980505138.
-    assert_close(&[spearman(&[1.0, 2.0, 2.0, 3.0], &[10.0, 20.0, 30.0, 40.0])], &[0.9486832980505138], 1e-15, 0.0, "spearman");
+    assert_close(
+        &[spearman(&[1.0, 2.0, 2.0, 3.0], &[10.0, 20.0, 30.0, 40.0])],
+        &[0.9486832980505138],
+        tol::F64_CLOSED_FORM.atol,
+        0.0,
+        "spearman",
+    );
 }
 
 #[test]
@@ -101,19 +108,19 @@ fn degs_follow_the_chosen_rule() {
 #[test]
 fn distances_between_clouds_by_hand() {
     // 1-D: x = {0, 2}, y = {1}: E|X-Y| = 1, E|X-X'| = (0 + 2 + 2 + 0) / 4 = 1, E|Y-Y'| = 0 -> 2 - 1 = 1.
-    assert_close(&[energy_distance(&[0.0, 2.0], &[1.0], 1)], &[1.0], 1e-15, 0.0, "energy");
+    assert_close(&[energy_distance(&[0.0, 2.0], &[1.0], 1)], &[1.0], tol::F64_CLOSED_FORM.atol, 0.0, "energy");
     // x = {0}, y = {1}: one pooled distance, bandwidth 1: MMD^2 = 1 + 1 - 2 exp(-1/2).
-    assert_close(&[mmd_rbf(&[0.0], &[1.0], 1)], &[2.0 - 2.0 * (-0.5f64).exp()], 1e-15, 0.0, "mmd");
-    assert!(mmd_rbf(&[0.0, 1.0, 3.0], &[0.0, 1.0, 3.0], 1).abs() < 1e-15);
+    assert_close(&[mmd_rbf(&[0.0], &[1.0], 1)], &[2.0 - 2.0 * (-0.5f64).exp()], tol::F64_CLOSED_FORM.atol, 0.0, "mmd");
+    assert!(mmd_rbf(&[0.0, 1.0, 3.0], &[0.0, 1.0, 3.0], 1).abs() < tol::F64_CLOSED_FORM.atol);
 
     // 2-D: x = {(0,0), (2,0)}, y listed in the other order {(2,1), (0,1)}: the optimal matching pairs
     // points one unit apart, W1 = W2 = 1.
     let (w1, w2) = wasserstein(&[0.0, 0.0, 2.0, 0.0], &[2.0, 1.0, 0.0, 1.0], 2).unwrap();
-    assert_close(&[w1, w2], &[1.0, 1.0], 1e-15, 0.0, "W on a square");
+    assert_close(&[w1, w2], &[1.0, 1.0], tol::F64_CLOSED_FORM.atol, 0.0, "W on a square");
     // 1-D x = {0, 1}, y = {1, 2}: both matchings cost 2 in W1 (W1 = 1), but W2 prefers (0-1, 1-2):
     // sqrt((1 + 1) / 2) = 1, not sqrt((4 + 0) / 2).
     let (w1, w2) = wasserstein(&[0.0, 1.0], &[1.0, 2.0], 1).unwrap();
-    assert_close(&[w1, w2], &[1.0, 1.0], 1e-15, 0.0, "W1 vs W2");
+    assert_close(&[w1, w2], &[1.0, 1.0], tol::F64_CLOSED_FORM.atol, 0.0, "W1 vs W2");
     assert!(wasserstein(&[0.0, 1.0], &[1.0], 1).unwrap_err().to_string().contains("same size"));
 }
 
@@ -131,7 +138,7 @@ fn assignment_is_optimal_against_brute_force_and_1d_sorting() {
             best1 = best1.min((0..6).map(|i| d(i).sqrt()).sum::<f64>() / 6.0);
             best2 = best2.min((0..6).map(d).sum::<f64>() / 6.0);
         });
-        assert_close(&[w1, w2], &[best1, best2.sqrt()], 1e-12, 0.0, "assignment vs brute force");
+        assert_close(&[w1, w2], &[best1, best2.sqrt()], tol::F64_EXACT.atol, 0.0, "assignment vs brute force");
     }
     // In 1-D the optimal plan matches sorted order (a standard property of 1-D transport).
     let (mut x, mut y) = (rng.vec(40), rng.vec(40));
@@ -140,7 +147,7 @@ fn assignment_is_optimal_against_brute_force_and_1d_sorting() {
     y.sort_by(f64::total_cmp);
     let sorted_w1 = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).sum::<f64>() / 40.0;
     let sorted_w2 = (x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / 40.0).sqrt();
-    assert_close(&[w1, w2], &[sorted_w1, sorted_w2], 1e-12, 0.0, "1-D sorted matching");
+    assert_close(&[w1, w2], &[sorted_w1, sorted_w2], tol::F64_EXACT.atol, 0.0, "1-D sorted matching");
 }
 
 fn permutations(p: &mut Vec<usize>, k: usize, f: &mut impl FnMut(&[usize])) {
@@ -167,11 +174,11 @@ fn pseudobulk_errors_by_hand() {
 fn jacobi_eigen_by_hand() {
     // [[2,1,0],[1,2,0],[0,0,5]]: eigenvalues 5 (0,0,1), 3 ((1,1,0)/sqrt 2), 1 ((1,-1,0)/sqrt 2).
     let (values, vectors) = ptrag_engine::eval::pca::symmetric_eigen(&[2.0, 1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 5.0], 3);
-    assert_close(&values, &[5.0, 3.0, 1.0], 1e-12, 0.0, "eigenvalues");
+    assert_close(&values, &[5.0, 3.0, 1.0], tol::F64_EXACT.atol, 0.0, "eigenvalues");
     let h = 0.5f64.sqrt();
     for (row, want) in vectors.chunks(3).zip([[0.0, 0.0, 1.0], [h, h, 0.0], [h, -h, 0.0]]) {
         let sign = if row.iter().zip(&want).map(|(a, b)| a * b).sum::<f64>() < 0.0 { -1.0 } else { 1.0 };
-        assert_close(&row.iter().map(|v| v * sign).collect::<Vec<_>>(), &want, 1e-12, 0.0, "eigenvector");
+        assert_close(&row.iter().map(|v| v * sign).collect::<Vec<_>>(), &want, tol::F64_EXACT.atol, 0.0, "eigenvector");
     }
 }
 
@@ -199,14 +206,14 @@ fn pca_recovers_planted_directions_and_variances() {
         cells.extend((0..g).map(|k| mean[k] + a * u[k] + b * u[g + k] + c * u[2 * g + k]));
     }
     let pca = ptrag_engine::eval::pca::Pca::fit(&cells, g, 3);
-    assert_close(&pca.variance, &[9.0 * 16.0 / 15.0, 4.0 * 16.0 / 15.0, 16.0 / 15.0], 1e-9, 0.0, "variances");
+    assert_close(&pca.variance, &[9.0 * 16.0 / 15.0, 4.0 * 16.0 / 15.0, 16.0 / 15.0], tol::PCA.atol, 0.0, "variances");
     for i in 0..3 {
         let dot: f64 = (0..g).map(|k| pca.components[i * g + k] * u[i * g + k]).sum();
-        assert_close(&[dot.abs()], &[1.0], 1e-9, 0.0, "component direction");
+        assert_close(&[dot.abs()], &[1.0], tol::PCA.atol, 0.0, "component direction");
     }
     // Projections of the first cell are (3, 2, 1) * signs (-1,-1,-1) up to each component's sign.
     let p = pca.project(&cells[..g]);
-    assert_close(&p.iter().map(|v| v.abs()).collect::<Vec<_>>(), &[3.0, 2.0, 1.0], 1e-9, 0.0, "projection");
+    assert_close(&p.iter().map(|v| v.abs()).collect::<Vec<_>>(), &[3.0, 2.0, 1.0], tol::PCA.atol, 0.0, "projection");
 }
 
 #[test]
@@ -215,7 +222,7 @@ fn per_component_compatibility_mode_by_hand() {
     // Component 1: {0,0} vs {1,1}: W1 = W2 = 1, energy 2 * 1 - 0 - 0 = 2, MMD^2 = 2 - 2 exp(-1/2)
     // (pooled distances 0,0,1,1,1,1: median 1). Means over the two components:
     let d = ptrag_engine::eval::report::per_component_distances(&[0.0, 0.0, 2.0, 0.0], &[0.0, 1.0, 2.0, 1.0], 2).unwrap();
-    assert_close(&d, &[0.5, 0.5, 1.0, 1.0 - (-0.5f64).exp()], 1e-15, 0.0, "per-component W1, W2, energy, MMD");
+    assert_close(&d, &[0.5, 0.5, 1.0, 1.0 - (-0.5f64).exp()], tol::F64_CLOSED_FORM.atol, 0.0, "per-component W1, W2, energy, MMD");
 }
 
 #[test]
@@ -247,7 +254,13 @@ fn retrieval_analysis_by_hand() {
     assert_eq!(names("A"), vec!["P1", "P2"]);
     assert_eq!(names("B"), vec!["P2", "P4"]);
     // {P1, P2} vs {P2, P4}: Jaccard 1 / 3.
-    assert_close(&[a.jaccard[0][1], a.jaccard[1][0], a.jaccard[0][0]], &[1.0 / 3.0, 1.0 / 3.0, 1.0], 1e-15, 0.0, "Jaccard");
+    assert_close(
+        &[a.jaccard[0][1], a.jaccard[1][0], a.jaccard[0][0]],
+        &[1.0 / 3.0, 1.0 / 3.0, 1.0],
+        tol::F64_CLOSED_FORM.atol,
+        0.0,
+        "Jaccard",
+    );
     // Mean selected per cell: A (6 + 1 + 2) / 12 cells = 0.75; B 4 / 4 = 1.
-    assert_close(&[a.mean_selected["A"], a.mean_selected["B"]], &[0.75, 1.0], 1e-15, 0.0, "mean selected");
+    assert_close(&[a.mean_selected["A"], a.mean_selected["B"]], &[0.75, 1.0], tol::F64_CLOSED_FORM.atol, 0.0, "mean selected");
 }

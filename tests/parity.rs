@@ -8,13 +8,12 @@
 //!   cargo test --test parity -- --ignored write_parity_inputs
 //!   .venv/bin/python tools/torch_parity.py tests/fixtures/parity
 //!
-//! Tolerances, relative to the largest value of each tensor. In f64 both sides compute the same
-//! formulas in a different order, so they agree to rounding (measured: within 1e-14); we allow
-//! 1e-12. In f32, our training precision, rounding errors of ~1e-7 per operation grow through the
-//! layers and the energy's square roots (measured: worst 5e-5 to 1e-4, the loss of the one-hot STATE
-//! case); we allow 5e-4. The retrieved candidates and the hard selection must be identical.
+//! Tolerances (`tol::PARITY_F64`, `tol::PARITY_F32`: tests/common/tolerance.rs says why), the
+//! relative part relative to the largest value of each tensor. The retrieved candidates and the
+//! hard selection must be identical.
 
 mod common;
+use common::tolerance as tol;
 use ptrag_engine::cpu::elementwise::DropoutMask;
 use ptrag_engine::cuda::{Gpu, ThreadOrder};
 use ptrag_engine::data::responses::ObservedResponses;
@@ -391,7 +390,8 @@ fn close(what: &str, actual: &[f64], expected: &[f64], atol: f64, rtol: f64) {
     );
 }
 
-fn compare(case: &str, ours: &Ours, expected: &SafeTensors, atol: f64, rtol: f64) {
+fn compare(case: &str, ours: &Ours, expected: &SafeTensors, tol: tol::Tol) {
+    let (atol, rtol) = (tol.atol, tol.rtol);
     close(&format!("{case}: loss"), &[ours.loss], &tensor_f64(expected, "loss"), atol, rtol);
     close(&format!("{case}: predictions"), &ours.pred, &tensor_f64(expected, "pred"), atol, rtol);
     if let Some(c) = &ours.candidates {
@@ -416,8 +416,8 @@ fn matches_pytorch_in_f64_and_f32() {
             let w = tensor_f64(&expected, "selection");
             assert!(w.contains(&0.0) && w.contains(&1.0), "{case}: fixture selects all or none");
         }
-        compare(case, &run_ours::<f64>(&c, &params, Tape::new()), &expected, 1e-14, 1e-12);
-        compare(case, &run_ours::<f32>(&c, &params, Tape::new()), &expected, 1e-7, 5e-4);
+        compare(case, &run_ours::<f64>(&c, &params, Tape::new()), &expected, tol::PARITY_F64);
+        compare(case, &run_ours::<f32>(&c, &params, Tape::new()), &expected, tol::PARITY_F32);
     }
 }
 
@@ -430,7 +430,7 @@ fn step_on_gpu_matches_pytorch(gpu: Gpu) {
         let (c, params) = load_case(case);
         let bytes = read_file(&dir().join(format!("{case}.expected.safetensors")));
         let expected = SafeTensors::deserialize(&bytes).unwrap();
-        compare(&format!("{case} on {}", gpu.name()), &run_ours(&c, &params, Tape::on_gpu(gpu.clone())), &expected, 1e-7, 5e-4);
+        compare(&format!("{case} on {}", gpu.name()), &run_ours(&c, &params, Tape::on_gpu(gpu.clone())), &expected, tol::PARITY_F32);
     }
 }
 

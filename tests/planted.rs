@@ -1,5 +1,8 @@
 //! Planted-truth retrieval metrics against values derived by hand.
 
+mod common;
+use common::tolerance as tol;
+
 use ptrag_engine::eval::planted::{planted_metrics, PlantedTruth, TruthFile};
 use ptrag_engine::train::RetrievalRecord;
 
@@ -45,14 +48,18 @@ fn precision_recall_and_jaccard_match_hand_values() {
     let records = vec![record("X", 4, Some(vec![4.0, 0.0, 2.0])), record("Y", 2, Some(vec![1.0, 1.0, 0.0]))];
     let m = planted_metrics(&records, &t);
     let (x, y) = (&m["X"], &m["Y"]);
-    assert!((x.retrieval_precision - 2.0 / 3.0).abs() < 1e-12 && (y.retrieval_precision - 1.0 / 3.0).abs() < 1e-12);
-    assert!((x.selection_precision.unwrap() - 4.0 / 6.0).abs() < 1e-12, "{x:?}");
-    assert!((x.selection_recall.unwrap() - 4.0 / 8.0).abs() < 1e-12, "{x:?}");
-    assert!((x.mean_selected.unwrap() - 1.5).abs() < 1e-12);
-    assert!((y.selection_precision.unwrap() - 0.5).abs() < 1e-12 && (y.selection_recall.unwrap() - 0.5).abs() < 1e-12);
+    assert!(
+        (x.retrieval_precision - 2.0 / 3.0).abs() < tol::F64_EXACT_ABS && (y.retrieval_precision - 1.0 / 3.0).abs() < tol::F64_EXACT_ABS
+    );
+    assert!((x.selection_precision.unwrap() - 4.0 / 6.0).abs() < tol::F64_EXACT_ABS, "{x:?}");
+    assert!((x.selection_recall.unwrap() - 4.0 / 8.0).abs() < tol::F64_EXACT_ABS, "{x:?}");
+    assert!((x.mean_selected.unwrap() - 1.5).abs() < tol::F64_EXACT_ABS);
+    assert!(
+        (y.selection_precision.unwrap() - 0.5).abs() < tol::F64_EXACT_ABS && (y.selection_recall.unwrap() - 0.5).abs() < tol::F64_EXACT_ABS
+    );
     // ideal sets {A, B} and {B}: Jaccard 1/2. Measured top-10 (positive weights): {A, C} and {A, B}: 1/3.
-    assert!((x.ideal_jaccard.unwrap() - 0.5).abs() < 1e-12 && (y.ideal_jaccard.unwrap() - 0.5).abs() < 1e-12);
-    assert!((x.measured_jaccard.unwrap() - 1.0 / 3.0).abs() < 1e-12, "{x:?}");
+    assert!((x.ideal_jaccard.unwrap() - 0.5).abs() < tol::F64_EXACT_ABS && (y.ideal_jaccard.unwrap() - 0.5).abs() < tol::F64_EXACT_ABS);
+    assert!((x.measured_jaccard.unwrap() - 1.0 / 3.0).abs() < tol::F64_EXACT_ABS, "{x:?}");
 
     // A model that does not select: retrieval precision only; its top 10 retrieved are the same
     // in both cell types.

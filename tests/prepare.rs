@@ -2,6 +2,9 @@
 //! export and prepare byte for byte; every validation error names the file and field and leaves
 //! no store behind.
 
+mod common;
+use common::tolerance as tol;
+
 use ptrag_engine::data::h5ad::{write_h5ad, AnnData};
 use ptrag_engine::data::prepare::{export, prepare, Normalize, PrepareOptions};
 use ptrag_engine::data::store::{ExprDtype, Store};
@@ -275,7 +278,12 @@ fn normalize_and_hvg_equal_scanpy_on_the_raw_count_fixture() {
         store.expression_row(cell, &mut row);
         for (j, &g) in columns.iter().enumerate() {
             let want = s.x_normalised[cell * s.genes.len() + g];
-            assert!((row[j] as f64 - want).abs() <= 1e-6 * want.max(1.0), "cell {cell} gene {}: {} vs scanpy {want}", s.hvg[j], row[j]);
+            assert!(
+                (row[j] as f64 - want).abs() <= tol::F32_STORAGE * want.max(1.0),
+                "cell {cell} gene {}: {} vs scanpy {want}",
+                s.hvg[j],
+                row[j]
+            );
         }
     }
 }
@@ -290,7 +298,7 @@ fn hvg_statistics_equal_scanpy_gene_by_gene() {
         acc.push(&row.iter().map(|&v| v as f32).collect::<Vec<_>>());
     }
     let r = acc.finish(8).unwrap();
-    let close = |a: f64, b: f64| (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+    let close = |a: f64, b: f64| (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol::F32_STORAGE * b.abs().max(1.0);
     for i in 0..g {
         assert!(close(r.means[i], s.means[i]), "{}: mean {} vs {}", s.genes[i], r.means[i], s.means[i]);
         assert!(close(r.dispersions[i], s.dispersions[i]), "{}: dispersion {} vs {}", s.genes[i], r.dispersions[i], s.dispersions[i]);

@@ -2,7 +2,8 @@
 //! cell (the reference's) must give the same predictions, selections and gradients.
 
 mod common;
-use common::{assert_close, small_config, tiny_store, trainer, TestRng};
+use common::tolerance as tol;
+use common::{assert_close, assert_within, small_config, tiny_store, trainer, TestRng};
 use ptrag_engine::cpu::retrieval::{cosine_topk, normalise_rows};
 use ptrag_engine::data::split::SplitFile;
 use ptrag_engine::model::knowledge::Knowledge;
@@ -41,7 +42,13 @@ fn cosine_topk_matches_brute_force_and_honours_database_and_exclusion() {
         let expect: Vec<u32> = brute[..k].iter().map(|&(_, j)| j as u32).collect();
         assert_eq!(&idx[r * k..(r + 1) * k], &expect[..], "query {qi}");
         let got: Vec<f64> = sims[r * k..(r + 1) * k].iter().map(|&s| s as f64).collect();
-        assert_close(&got, &brute[..k].iter().map(|&(s, _)| s).collect::<Vec<_>>(), 1e-6, 1e-6, "similarities");
+        assert_close(
+            &got,
+            &brute[..k].iter().map(|&(s, _)| s).collect::<Vec<_>>(),
+            tol::F32_COSINE.atol,
+            tol::F32_COSINE.rtol,
+            "similarities",
+        );
     }
 }
 
@@ -82,13 +89,13 @@ fn per_set_and_per_cell_retrieval_give_identical_outputs_and_gradients() {
             let s = c / batch.cells;
             assert_eq!(cand_cell[c * 4..(c + 1) * 4], cand_set[s * 4..(s + 1) * 4], "{kind:?}: cell {c} candidates");
         }
-        assert_close(&pred_cell, &pred_set, 1e-12, 1e-10, &format!("{kind:?}: predictions"));
+        assert_within(&pred_cell, &pred_set, tol::F64_PER_SET_PREDICTIONS, &format!("{kind:?}: predictions"));
         assert_eq!(w_cell, w_set, "{kind:?}: selections");
         if let Some(w) = &w_set {
             assert!(w.contains(&1.0) && w.contains(&0.0), "{kind:?}: the test should select some, not all");
         }
         for (a, b) in params_cell.entries.iter().zip(&params_set.entries) {
-            assert_close(&a.grad, &b.grad, 1e-12, 1e-9, &format!("{kind:?}: gradient of {}", a.name));
+            assert_within(&a.grad, &b.grad, tol::F64_PER_SET_GRADIENTS, &format!("{kind:?}: gradient of {}", a.name));
         }
     }
 }
@@ -165,8 +172,7 @@ fn expected_selection_is_the_mean_of_sampled_selections_and_hard_its_rounding() 
         assert!(noise.dropout.is_none(), "no dropout at evaluation");
         mean.iter_mut().zip(weights(Selection::Sampled(&noise))).for_each(|(m, w)| *m += w / draws as f64);
     }
-    // Binomial standard error <= 0.5 / sqrt(4000) = 0.008; 5 standard errors.
-    assert_close(&mean, &expected, 0.04, 0.0, "sampled frequency vs expected weight");
+    assert_close(&mean, &expected, tol::SAMPLED_FREQUENCY, 0.0, "sampled frequency vs expected weight");
     let hard = weights(Selection::Hard);
     let rounded: Vec<f64> = expected.iter().map(|&p| if p > 0.5 { 1.0 } else { 0.0 }).collect();
     assert_eq!(hard, rounded, "hard selection includes exactly the candidates with probability above 1/2");

@@ -1,6 +1,9 @@
 //! The dataset store, the synthetic generator and split files: round trips, determinism, and a
 //! clear error (naming the file and field) for every kind of corruption.
 
+mod common;
+use common::tolerance as tol;
+
 use ptrag_engine::data::split::{Fold, SplitFile};
 use ptrag_engine::data::store::Store;
 use ptrag_engine::data::synth::{self, SynthConfig};
@@ -32,7 +35,7 @@ fn synth_store_opens_with_expected_shape() {
     for p in 0..store.manifest.n_perturbations() {
         let norm: f32 = store.genept_row(p).iter().map(|x| x * x).sum::<f32>().sqrt();
         let want = if p == store.control_index as usize { 0.0 } else { 1.0 };
-        assert!((norm - want).abs() < 1e-4, "perturbation {p}: norm {norm}");
+        assert!((norm - want).abs() < tol::UNIT_NORM_F32 as f32, "perturbation {p}: norm {norm}");
     }
     // log-normalised expression: finite, non-negative, and not all zero
     let mut row = vec![0.0; store.n_genes()];

@@ -2,7 +2,8 @@
 //! gradients, frozen backbone, numerical stops, checkpoint errors, and that training lowers the loss.
 
 mod common;
-use common::{assert_close, small_config, tiny_store, trainer, TestRng};
+use common::tolerance as tol;
+use common::{assert_close, assert_within, small_config, tiny_store, trainer, TestRng};
 use ptrag_engine::data::responses::ObservedResponses;
 use ptrag_engine::data::sampler::Batch;
 use ptrag_engine::data::split::SplitFile;
@@ -137,14 +138,23 @@ fn predictions_do_not_depend_on_cell_order() {
                 expected[(s * batch.cells + dst) * g..][..g].copy_from_slice(&pred[(s * batch.cells + src) * g..][..g]);
             }
         }
-        assert_close(&to64(&pred_perm), &to64(&expected), 1e-5, 1e-4, &format!("{kind:?}: permuted prediction"));
+        assert_close(
+            &to64(&pred_perm),
+            &to64(&expected),
+            tol::F32_MODEL.atol,
+            tol::F32_MODEL.rtol,
+            &format!("{kind:?}: permuted prediction"),
+        );
 
         // and the causal reference mode (with rotary positions) does depend on order, so the check above can fail
         let mut causal_cfg = small_config(&store, kind);
         (causal_cfg.model.causal, causal_cfg.model.rope_theta) = (true, Some(10000.0));
         let tc = trainer(&store, causal_cfg);
         let (a, b) = (tc.predict(&batch).unwrap(), tc.predict(&permute(&batch, &perm)).unwrap());
-        assert!((0..a.len()).any(|i| (b[i] - a[i]).abs() > 1e-3), "{kind:?}: causal attention should make predictions order-dependent");
+        assert!(
+            (0..a.len()).any(|i| (b[i] - a[i]).abs() > tol::CAUSAL_MAKES_A_DIFFERENCE as f32),
+            "{kind:?}: causal attention should make predictions order-dependent"
+        );
     }
 }
 
@@ -214,7 +224,7 @@ fn whole_model_gradients_match_finite_differences() {
                 let numeric = (eval(1e-6) - eval(-1e-6)) / 2e-6;
                 let analytic = params.entries[pi].grad[j];
                 let variant = cfg.model.variant_name();
-                assert_close(&[analytic], &[numeric], 1e-6, 1e-4, &format!("{variant}: d loss / d {name}[{j}]"));
+                assert_within(&[analytic], &[numeric], tol::MODEL_FINITE_DIFFERENCE, &format!("{variant}: d loss / d {name}[{j}]"));
             }
         }
     }
@@ -351,20 +361,26 @@ fn gpu_training_matches_cpu(gpu: ptrag_engine::cuda::Gpu, steps: usize, response
     // gradient's scale) let those differences grow slowly, hence the looser tolerance later on.
     for step in 0..steps {
         let (a, b) = (on_cpu.train_step().unwrap(), on_gpu.train_step().unwrap());
-        let rtol = if step < 4 { 1e-3 } else { 2e-2 };
-        assert_close(&[b.loss, b.grad_norm], &[a.loss, a.grad_norm], 1e-6, rtol, &format!("step {step}: loss and gradient norm"));
+        let tolerance = if step < 4 { tol::TRAINING_FIRST_STEPS } else { tol::TRAINING_LATER_STEPS };
+        assert_within(&[b.loss, b.grad_norm], &[a.loss, a.grad_norm], tolerance, &format!("step {step}: loss and gradient norm"));
     }
     let (batch, _) = on_cpu.batch_for_step(1000);
     let want = to64(&on_cpu.predict(&batch).unwrap());
     let got = to64(&on_gpu.predict(&batch).unwrap());
-    assert_close(&got, &want, 1e-3, 2e-2, "predictions after training");
+    assert_within(&got, &want, tol::TRAINING_PREDICTIONS, "predictions after training");
 
     let ckpt = tmp.path().join("gpu.safetensors");
     on_gpu.save_checkpoint(&ckpt, "{}").unwrap();
     let mut restored = trainer(&store, cfg.clone());
     restored.load_checkpoint(&ckpt).unwrap();
     assert_eq!(restored.step, steps);
-    assert_close(&to64(&restored.predict(&batch).unwrap()), &got, 1e-5, 1e-4, "the GPU's checkpoint predicting on the CPU");
+    assert_close(
+        &to64(&restored.predict(&batch).unwrap()),
+        &got,
+        tol::F32_MODEL.atol,
+        tol::F32_MODEL.rtol,
+        "the GPU's checkpoint predicting on the CPU",
+    );
     on_gpu.sync_to_host().unwrap();
     let host = |t: &ptrag_engine::train::Trainer| t.params.entries.iter().flat_map(|p| p.value.to_vec()).collect::<Vec<f32>>();
     assert_eq!(host(&restored), host(&on_gpu), "sync_to_host and the checkpoint hold the same weights");
@@ -375,7 +391,13 @@ fn gpu_training_matches_cpu(gpu: ptrag_engine::cuda::Gpu, steps: usize, response
     fresh.save_checkpoint(&ckpt, "{}").unwrap();
     on_gpu.load_checkpoint(&ckpt).unwrap();
     let (a, b) = (fresh.train_step().unwrap(), on_gpu.train_step().unwrap());
-    assert_close(&[b.loss, b.grad_norm], &[a.loss, a.grad_norm], 1e-6, 1e-3, "the first step after loading a checkpoint on the GPU");
+    assert_close(
+        &[b.loss, b.grad_norm],
+        &[a.loss, a.grad_norm],
+        tol::TRAINING_FIRST_STEPS.atol,
+        tol::TRAINING_FIRST_STEPS.rtol,
+        "the first step after loading a checkpoint on the GPU",
+    );
 }
 
 /// One batch's gradient of every parameter, left on the GPU by a resident-parameter tape, against
@@ -402,7 +424,7 @@ fn gpu_gradients_match_cpu(t: &ptrag_engine::train::Trainer, gpu: std::sync::Arc
     for (p, g) in want.entries.iter().zip(&got) {
         let g = g.as_ref().map(|g| gpu.download(g).unwrap()).unwrap_or_else(|| vec![0.0; p.grad.len()]);
         let scale = p.grad.iter().fold(1e-3f32, |m, x| m.max(x.abs())) as f64;
-        assert_close(&to64(&g), &to64(&p.grad), 1e-4 * scale, 0.0, &format!("gradient of {}", p.name));
+        assert_close(&to64(&g), &to64(&p.grad), tol::F32_GRADIENT_OF_MAX * scale, 0.0, &format!("gradient of {}", p.name));
     }
 }
 

@@ -1,6 +1,8 @@
 //! Shared test helpers: tolerant comparison with a useful report, and a tiny seeded RNG.
 #![allow(dead_code)]
 
+pub mod tolerance;
+
 /// Fails with the worst index and the first mismatches when `|a - e| > atol + rtol * |e|` anywhere.
 pub fn assert_close(actual: &[f64], expected: &[f64], atol: f64, rtol: f64, what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
@@ -26,6 +28,11 @@ pub fn assert_close(actual: &[f64], expected: &[f64], atol: f64, rtol: f64, what
             first.join(", ")
         );
     }
+}
+
+/// `assert_close` with a named tolerance of `tolerance.rs`.
+pub fn assert_within(actual: &[f64], expected: &[f64], tol: tolerance::Tol, what: &str) {
+    assert_close(actual, expected, tol.atol, tol.rtol, what);
 }
 
 /// SplitMix64: deterministic test inputs without pulling the engine's RNG choices into tests.
