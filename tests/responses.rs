@@ -3,6 +3,7 @@
 //! target cell type's test and validation cells never reach a feature, while its training cells do.
 
 mod common;
+use common::tolerance as tol;
 
 use ptrag_engine::data::store::{Store, StoreWriter};
 use ptrag_engine::model::{CandidateContext, ModelKind};
@@ -126,5 +127,32 @@ fn the_output_anchors_are_refused_together() {
         (cfg.anchor_output, cfg.residual_output, cfg.shift_output) = (anchor, residual, shift);
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("--anchor-output, --residual-output and --shift-output"), "{err}");
+    }
+}
+
+/// `--tau-start`: PT-RAG only, positive; the temperature runs geometrically from it at the first
+/// step to `tau` at the last, and is `tau` throughout without it.
+#[test]
+fn the_temperature_anneals_from_tau_start_to_tau() {
+    use ptrag_engine::model::ModelConfig;
+    let mut cfg = ModelConfig::paper(ModelKind::PtRag, 8, 40, 1, 4);
+    assert_eq!((cfg.tau_at(0, 400), cfg.tau_at(399, 400)), (cfg.tau, cfg.tau), "no annealing by default");
+    cfg.tau_start = Some(2.0);
+    cfg.tau = 0.5;
+    assert!(cfg.validate().is_ok());
+    let (first, middle, last) = (cfg.tau_at(0, 401), cfg.tau_at(200, 401), cfg.tau_at(400, 401));
+    assert!(
+        (first - 2.0).abs() < tol::F64_EXACT_ABS && (middle - 1.0).abs() < tol::F64_EXACT_ABS && (last - 0.5).abs() < tol::F64_EXACT_ABS,
+        "{first} {middle} {last}"
+    );
+    assert!((cfg.tau_at(10_000, 401) - 0.5).abs() < tol::F64_EXACT_ABS, "past the last step it stays at tau");
+    for bad in [0.0, -1.0, f64::NAN] {
+        cfg.tau_start = Some(bad);
+        assert!(cfg.validate().is_err(), "{bad}");
+    }
+    for kind in [ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag] {
+        let mut cfg = ModelConfig::paper(kind, 8, 40, 1, 4);
+        cfg.tau_start = Some(2.0);
+        assert!(cfg.validate().unwrap_err().to_string().contains("tau-start"), "{}", kind.name());
     }
 }

@@ -113,8 +113,12 @@ pub struct ModelConfig {
     pub reference_init: bool,
     /// Candidates retrieved per query (K).
     pub top_k: usize,
-    /// Gumbel-Softmax temperature.
+    /// Gumbel-Softmax temperature (with `tau_start`, the temperature of the last step).
     pub tau: f64,
+    /// Beyond the paper, PT-RAG: the temperature anneals geometrically from this at the first
+    /// training step to `tau` at the last (`tau_at`); `None`: `tau` throughout, as the paper.
+    #[serde(default)]
+    pub tau_start: Option<f64>,
     /// Dropout in PT-RAG's scorer MLP (training only).
     pub scorer_dropout: f64,
     pub self_exclusion: SelfExclusion,
@@ -175,6 +179,7 @@ impl ModelConfig {
             reference_init: false,
             top_k: 32,
             tau: 0.5,
+            tau_start: None,
             scorer_dropout: 0.1,
             self_exclusion: SelfExclusion::Always,
             per_cell_retrieval: false,
@@ -217,7 +222,22 @@ impl ModelConfig {
         if self.shift_output {
             name += "+shift";
         }
+        if self.tau_start.is_some() {
+            name += "+tau-anneal";
+        }
         name
+    }
+
+    /// The Gumbel-Softmax temperature of training step `step` of `steps`: `tau`, or with `tau_start`
+    /// `tau_start * (tau / tau_start)^(step / (steps - 1))`.
+    pub fn tau_at(&self, step: usize, steps: usize) -> f64 {
+        match self.tau_start {
+            None => self.tau,
+            Some(start) => {
+                let progress = if steps > 1 { (step.min(steps - 1)) as f64 / (steps - 1) as f64 } else { 1.0 };
+                start * (self.tau / start).powf(progress)
+            }
+        }
     }
 
     /// Checks sizes and options that are not caught by the type system.
@@ -234,6 +254,14 @@ impl ModelConfig {
         }
         if !(self.tau > 0.0 && self.tau.is_finite()) {
             return Err(Error::invalid("tau", format!("the Gumbel-Softmax temperature must be positive, got {}", self.tau)));
+        }
+        if let Some(t) = self.tau_start {
+            if !(t > 0.0 && t.is_finite()) || self.kind != ModelKind::PtRag {
+                return Err(Error::invalid(
+                    "tau-start",
+                    format!("a positive temperature, for pt-rag only; got {t} for {}", self.kind.name()),
+                ));
+            }
         }
         if self.candidate_context != CandidateContext::Genept && !self.kind.retrieves() {
             return Err(Error::invalid("candidate context", format!("applies to the retrieval models, not {}", self.kind.name())));

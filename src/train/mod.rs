@@ -233,6 +233,7 @@ impl<'s> Trainer<'s> {
     /// `train_step` without waiting for a GPU to finish it (the step counts as taken): the caller
     /// may queue the next one before `finish`ing this one. A run stops at a step that fails.
     pub fn queue_step(&mut self) -> Result<PendingStats> {
+        self.model.cfg.tau = self.cfg.model.tau_at(self.step, self.cfg.steps);
         let (mut batch, mut rng) = self.draw_batch(self.step);
         if self.gpu.as_ref().is_none_or(|state| state.expression.is_none()) {
             batch = batch.load_values(self.store);

@@ -105,6 +105,10 @@ pub struct TrainOptions {
     /// PT-RAG's Gumbel-Softmax temperature [default: 0.5]
     #[arg(long)]
     pub tau: Option<f64>,
+    /// Beyond the paper, PT-RAG: anneal the Gumbel-Softmax temperature geometrically from this at
+    /// the first step to --tau at the last [default: none, --tau throughout]
+    #[arg(long)]
+    pub tau_start: Option<f64>,
     /// PT-RAG's scorer dropout [default: 0.1]
     #[arg(long)]
     pub scorer_dropout: Option<f64>,
@@ -189,6 +193,7 @@ macro_rules! fields {
             top_k,
             sparsity,
             tau,
+            tau_start,
             scorer_dropout,
             candidate_context,
             logit_norm,
@@ -256,6 +261,7 @@ impl TrainOptions {
         only("eval-selection", self.eval_selection.is_some(), pt_rag, "pt-rag")?;
         only("candidate-context", self.candidate_context.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
         only("logit-norm", self.logit_norm.is_some(), pt_rag, "pt-rag")?;
+        only("tau-start", self.tau_start.is_some(), pt_rag, "pt-rag")?;
         only("similarity-features", self.similarity_features.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
 
         macro_rules! set {
@@ -269,6 +275,9 @@ impl TrainOptions {
              c.model.logit_norm => logit_norm, c.model.response_readout => response_readout,
              c.model.anchor_output => anchor_output, c.model.similarity_features => similarity_features,
              c.model.residual_output => residual_output, c.model.shift_output => shift_output);
+        if self.tau_start.is_some() {
+            c.model.tau_start = self.tau_start;
+        }
         let causal = self.causal_rope.unwrap_or(reference);
         c.model.causal = causal;
         c.model.rope_theta = causal.then_some(10000.0);
