@@ -156,3 +156,31 @@ fn the_temperature_anneals_from_tau_start_to_tau() {
         assert!(cfg.validate().unwrap_err().to_string().contains("tau-start"), "{}", kind.name());
     }
 }
+
+/// `--soft-selection-steps`: PT-RAG only; its warm-up steps train on the expected selection. The
+/// first step's energy is the energy of the expected selection's prediction on that step's batch,
+/// and differs from the straight-through step's.
+#[test]
+fn soft_selection_steps_train_on_the_expected_selection() {
+    use ptrag_engine::model::{energy_loss, Cells, ModelConfig, ModelInput, Selection};
+    use ptrag_engine::tape::Tape;
+    for kind in [ModelKind::State, ModelKind::StateGenept, ModelKind::VanillaRag] {
+        let mut cfg = ModelConfig::paper(kind, 8, 40, 1, 4);
+        cfg.soft_selection_steps = 10;
+        assert!(cfg.validate().unwrap_err().to_string().contains("soft-selection-steps"), "{}", kind.name());
+    }
+    let (_dir, store) = common::tiny_store();
+    let mut cfg = common::small_config(&store, ModelKind::PtRag);
+    let sampled = common::trainer(&store, cfg.clone()).train_step().unwrap();
+    cfg.model.soft_selection_steps = 1;
+    let mut t = common::trainer(&store, cfg);
+    let (batch, _) = t.batch_for_step(0);
+    let mut tape = Tape::<f32>::new();
+    let out = t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, true, Selection::Expected));
+    let target = Cells::Values(&batch.target).on_tape(&mut tape, batch.sets * batch.cells, batch.genes);
+    let energy = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
+    let want = tape.value(energy)[0] as f64;
+    let soft = t.train_step().unwrap();
+    assert!((soft.energy - want).abs() <= tol::F32_MODEL.atol + tol::F32_MODEL.rtol * want.abs(), "{} vs {want}", soft.energy);
+    assert_ne!(soft.energy, sampled.energy, "the warm-up step is the sampled step");
+}

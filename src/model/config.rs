@@ -119,6 +119,11 @@ pub struct ModelConfig {
     /// training step to `tau` at the last (`tau_at`); `None`: `tau` throughout, as the paper.
     #[serde(default)]
     pub tau_start: Option<f64>,
+    /// Beyond the paper, PT-RAG: the first this many training steps use the expected selection
+    /// (each candidate weighted by its inclusion probability, a smooth gradient, no Gumbel noise)
+    /// instead of the straight-through sample; 0: the sample from the first step, as the paper.
+    #[serde(default)]
+    pub soft_selection_steps: usize,
     /// Dropout in PT-RAG's scorer MLP (training only).
     pub scorer_dropout: f64,
     pub self_exclusion: SelfExclusion,
@@ -180,6 +185,7 @@ impl ModelConfig {
             top_k: 32,
             tau: 0.5,
             tau_start: None,
+            soft_selection_steps: 0,
             scorer_dropout: 0.1,
             self_exclusion: SelfExclusion::Always,
             per_cell_retrieval: false,
@@ -225,6 +231,9 @@ impl ModelConfig {
         if self.tau_start.is_some() {
             name += "+tau-anneal";
         }
+        if self.soft_selection_steps > 0 {
+            name += "+soft-warmup";
+        }
         name
     }
 
@@ -262,6 +271,9 @@ impl ModelConfig {
                     format!("a positive temperature, for pt-rag only; got {t} for {}", self.kind.name()),
                 ));
             }
+        }
+        if self.soft_selection_steps > 0 && self.kind != ModelKind::PtRag {
+            return Err(Error::invalid("soft-selection-steps", format!("applies to pt-rag, not {}", self.kind.name())));
         }
         if self.candidate_context != CandidateContext::Genept && !self.kind.retrieves() {
             return Err(Error::invalid("candidate context", format!("applies to the retrieval models, not {}", self.kind.name())));

@@ -109,6 +109,10 @@ pub struct TrainOptions {
     /// the first step to --tau at the last [default: none, --tau throughout]
     #[arg(long)]
     pub tau_start: Option<f64>,
+    /// Beyond the paper, PT-RAG: the first N training steps use the expected selection (inclusion
+    /// probabilities as weights) instead of the straight-through Gumbel sample [default: 0]
+    #[arg(long)]
+    pub soft_selection_steps: Option<usize>,
     /// PT-RAG's scorer dropout [default: 0.1]
     #[arg(long)]
     pub scorer_dropout: Option<f64>,
@@ -194,6 +198,7 @@ macro_rules! fields {
             sparsity,
             tau,
             tau_start,
+            soft_selection_steps,
             scorer_dropout,
             candidate_context,
             logit_norm,
@@ -262,6 +267,7 @@ impl TrainOptions {
         only("candidate-context", self.candidate_context.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
         only("logit-norm", self.logit_norm.is_some(), pt_rag, "pt-rag")?;
         only("tau-start", self.tau_start.is_some(), pt_rag, "pt-rag")?;
+        only("soft-selection-steps", self.soft_selection_steps.is_some(), pt_rag, "pt-rag")?;
         only("similarity-features", self.similarity_features.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
 
         macro_rules! set {
@@ -270,7 +276,7 @@ impl TrainOptions {
         set!(c.steps => steps, c.sets_per_batch => sets_per_batch, c.cells_per_set => cells_per_set, c.seed => seed,
              c.val_every => val_every, c.sparsity => sparsity, c.adam.lr => lr, c.adam.weight_decay => weight_decay,
              c.adam.clip_norm => clip_norm, c.model.hidden => hidden, c.model.layers => layers, c.model.heads => heads,
-             c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau,
+             c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau, c.model.soft_selection_steps => soft_selection_steps,
              c.model.scorer_dropout => scorer_dropout, c.model.candidate_context => candidate_context,
              c.model.logit_norm => logit_norm, c.model.response_readout => response_readout,
              c.model.anchor_output => anchor_output, c.model.similarity_features => similarity_features,

@@ -2,6 +2,7 @@
 //! by `train` and `bench`, and its statistics.
 
 use super::*;
+use crate::model::Noise;
 use crate::tape::{Gradients, Var};
 
 pub struct StepStats {
@@ -35,6 +36,16 @@ impl StepBreakdown {
 /// training state (then `params` and `adam` on the host are not updated, see `GpuState::download`,
 /// and the statistics are read by `PendingStats::finish`).
 /// `breakdown` collects where the time went.
+/// The selection of training step `step`: the expected one during `soft_selection_steps`, else the
+/// straight-through sample of `noise` (the noise is drawn either way, so later steps see the same).
+fn training_selection<'a>(model: &Model, step: usize, noise: Option<&'a Noise>) -> Selection<'a> {
+    if step < model.cfg.soft_selection_steps {
+        Selection::Expected
+    } else {
+        Selection::from_noise(noise)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn optimise_step(
     model: &Model,
@@ -63,7 +74,7 @@ pub fn optimise_step(
     let input = ModelInput {
         control: cells(&batch.control, &batch.control_rows),
         genept: gpu.as_deref().and_then(|state| state.genept.as_ref()),
-        ..ModelInput::from_batch(batch, true, Selection::from_noise(noise.as_ref()))
+        ..ModelInput::from_batch(batch, true, training_selection(model, step, noise.as_ref()))
     };
     let out = model.forward(&mut tape, params, &input);
     let target = cells(&batch.target, &batch.target_rows).on_tape(&mut tape, batch.sets * batch.cells, batch.genes);
