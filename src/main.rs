@@ -58,6 +58,11 @@ enum Command {
         /// context specificity).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write the planted means (each condition's expected change and each control pool's
+        /// expected mean: the truth the noise floor and oracles are measured with). Always on for
+        /// tiny and small; opt-in for replogle (some 40 minutes on 2 cores, scaled from small).
+        #[arg(long)]
+        truth: bool,
     },
     /// Train STATE, STATE+GenePT, Vanilla RAG or PT-RAG on a dataset store (default: the built-in
     /// `small` data, generated and cached).
@@ -100,6 +105,10 @@ enum Command {
         /// paper's evaluator computed them (labelled in the report).
         #[arg(long)]
         per_component: bool,
+        /// Draws of paired control cells a model's predicted mean change is averaged over (the
+        /// distributional metrics keep the first draw's cells; baselines and oracles need none).
+        #[arg(long, default_value_t = ptrag_engine::train::DEFAULT_EVAL_DRAWS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10000))]
+        eval_draws: usize,
     },
     /// Draw the `evaluate` reports of one experiment at several run lengths as test metrics against
     /// training steps, the baselines as horizontal lines; prints the table with q-values.
@@ -272,7 +281,9 @@ struct PrepareArgs {
 fn run(cli: Cli) -> ptrag_engine::Result<()> {
     let progress = !cli.quiet;
     match cli.command {
-        Command::Synth { preset, seed, context_specificity, out } => cli::synth_command(&preset, seed, context_specificity, out, progress)?,
+        Command::Synth { preset, seed, context_specificity, out, truth } => {
+            cli::synth_command(&preset, seed, context_specificity, out, truth, progress)?
+        }
         Command::Train(args) => {
             cli::install_ctrl_c()?;
             cli::train_command(args, progress)?;
@@ -281,10 +292,22 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             cli::install_ctrl_c()?;
             cli::reproduce_command(args, progress)?;
         }
-        Command::Evaluate { runs, pred, real, pert_col, celltype_col, control_pert, out, deg_rule, pca_components, per_component } => {
+        Command::Evaluate {
+            runs,
+            pred,
+            real,
+            pert_col,
+            celltype_col,
+            control_pert,
+            out,
+            deg_rule,
+            pca_components,
+            per_component,
+            eval_draws,
+        } => {
             use ptrag_engine::eval::files::{evaluate_files_into, FilesOptions};
             use ptrag_engine::eval::report::{evaluate_into, EvalOptions};
-            let opts = EvalOptions { deg_rule, pca_components, per_component, ..EvalOptions::default() };
+            let opts = EvalOptions { deg_rule, pca_components, per_component, draws: eval_draws, ..EvalOptions::default() };
             match (pred, real) {
                 (Some(pred), Some(real)) => {
                     let name = pred.file_stem().map_or("prediction".into(), |s| s.to_string_lossy().into_owned());

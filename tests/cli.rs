@@ -815,7 +815,8 @@ fn evaluate_pred_real_reproduces_the_runs_evaluate_and_names_bad_input() {
     };
     let o = evaluate(&pred, &real, &tmp.path().join("by-files"));
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = cli().args(["evaluate", "--quiet", "--out"]).arg(tmp.path().join("by-run")).arg(&run).output().unwrap();
+    // One control draw: the files hold one predicted cell per real cell, the first draw's.
+    let o = cli().args(["evaluate", "--quiet", "--eval-draws", "1", "--out"]).arg(tmp.path().join("by-run")).arg(&run).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
 
     // per condition, every metric is the run's own (the PCA ones through real.h5ad's varm/PCs, in
@@ -876,4 +877,90 @@ fn evaluate_pred_real_reproduces_the_runs_evaluate_and_names_bad_input() {
     let victim = p.obs[0].1.iter().find(|l| *l != "non-targeting").unwrap().clone();
     check(&without(&p, &|l| l == victim), &r, "p.h5ad", "obs/gene", &format!("predicted cells of `{victim}`"));
     check(&p, &without(&r, &|l| l == victim), "r.h5ad", "obs/gene", &format!("`{victim}`"));
+}
+
+/// A report's rows by (model, perturbation): the values as written.
+type ReportRows = std::collections::BTreeMap<(String, String), Vec<String>>;
+
+/// Per-condition rows of a report, with the metric names: the values as written.
+fn report_rows(dir: &Path) -> (Vec<String>, ReportRows) {
+    let csv = std::fs::read_to_string(dir.join("per_condition.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    let rows = lines
+        .map(|l| {
+            let f: Vec<String> = l.split(',').map(String::from).collect();
+            ((f[0].clone(), f[2].clone()), f[5..].to_vec())
+        })
+        .collect();
+    (header[5..].to_vec(), rows)
+}
+
+/// On a store with planted means, `train` and `evaluate` give the noise floor, both oracles and every
+/// figure against the truth; a store without them (the same cells) gives none of these. Averaging a
+/// model over more control draws changes its mean-change figures only: its distributional figures,
+/// every baseline's and every oracle's stay as they were, value for value.
+#[test]
+fn truth_floor_and_oracles_are_reported_with_planted_means_and_draws_move_only_a_models_mean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for entry in std::fs::read_dir(&store).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.file_name().unwrap().to_string_lossy().starts_with("synth_") {
+            std::fs::copy(&path, bare.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let (run, run_bare) = (tmp.path().join("state"), tmp.path().join("state-bare"));
+    let out = train(&store, &run, &["--steps", "2", "--val-every", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("noise floor") && printed.contains("oracle-selection") && printed.contains("8 control draws"), "{printed}");
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics["truth"]["floor"].as_f64().unwrap() > 0.0 && metrics["test"]["mse_change_truth"].is_f64(), "{metrics}");
+    let out = train(&bare, &run_bare, &["--steps", "2", "--val-every", "0"]);
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("noise floor"));
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_bare.join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics.get("truth").is_none() && metrics["test"].get("mse_change_truth").is_none(), "{metrics}");
+
+    let evaluate = |runs: &Path, out: &Path, draws: &str| {
+        let o = cli()
+            .args(["evaluate", "--quiet", "--pca-components", "5", "--eval-draws", draws, "--out"])
+            .arg(out)
+            .arg(runs)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read_to_string(out.join("report.md")).unwrap()
+    };
+    let report = evaluate(&run, &tmp.path().join("one"), "1");
+    assert!(report.contains("noise floor and oracles") && report.contains("mse_truth"), "{report}");
+    let bare_report = evaluate(&run_bare, &tmp.path().join("bare-eval"), "1");
+    assert!(!bare_report.contains("oracle") && !bare_report.contains("mse_truth"), "{bare_report}");
+    let (columns, bare_rows) = report_rows(&tmp.path().join("bare-eval"));
+    let truth_column = columns.iter().position(|c| c == "mse_truth").unwrap();
+    assert!(bare_rows.values().all(|v| v[truth_column].is_empty()), "absent, not zero, without planted means");
+
+    evaluate(&run, &tmp.path().join("three"), "3");
+    let (columns, one) = report_rows(&tmp.path().join("one"));
+    let (_, three) = report_rows(&tmp.path().join("three"));
+    assert_eq!(one.keys().collect::<Vec<_>>(), three.keys().collect::<Vec<_>>());
+    for model in ["oracle-truth", "oracle-selection", "control", "linear"] {
+        assert!(one.keys().any(|(m, _)| m == model), "{model} rows missing");
+    }
+    let oracle_truth = columns.iter().position(|c| c == "mse_truth").unwrap();
+    let exact = |v: &str| v.parse::<f64>().unwrap().abs() < tol::SAME_VALUES;
+    assert!(one.iter().filter(|((m, _), _)| m == "oracle-truth").all(|(_, v)| exact(&v[oracle_truth])), "oracle-truth is the truth");
+    let (mse, energy) = (columns.iter().position(|c| c == "mse").unwrap(), columns.iter().position(|c| c == "energy").unwrap());
+    let mut model_mse_moved = false;
+    for (key, values) in &one {
+        if key.0 == "state" {
+            assert_eq!(values[energy], three[key][energy], "{key:?}: the cells are the first draw's");
+            model_mse_moved |= values[mse] != three[key][mse];
+        } else {
+            assert_eq!(values, &three[key], "{key:?} depends on the number of draws");
+        }
+    }
+    assert!(model_mse_moved, "more draws must move the model's mean change");
 }

@@ -104,7 +104,7 @@ fn damaged_split_files_never_panic() {
 fn damaged_store_manifests_never_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("s");
-    ptrag_engine::data::synth::generate(&ptrag_engine::data::synth::SynthConfig::preset("tiny", 3).unwrap(), &dir, false).unwrap();
+    ptrag_engine::data::synth::generate(&ptrag_engine::data::synth::SynthConfig::preset("tiny", 3).unwrap(), &dir, false, false).unwrap();
     let manifest = std::fs::read(dir.join("manifest.json")).unwrap();
     let mut rng = TestRng::new(40);
     for case in 0..cases() {

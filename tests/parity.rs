@@ -94,6 +94,7 @@ fn case_config(case: &str) -> TrainConfig {
         head_bias_from_data: false,
         sparsity: 0.1,
         eval_selection: EvalSelection::Hard,
+        eval_draws: 1,
         retrieval_database: RetrievalDatabase::All,
         adam: AdamConfig::default(),
         model,

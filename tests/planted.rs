@@ -76,7 +76,7 @@ fn context_specificity_plants_cell_type_specific_pathways() {
     let tmp = tempfile::tempdir().unwrap();
     let read = |x: f64, name: &str| -> TruthFile {
         let cfg = SynthConfig::preset("tiny", 3).unwrap().with_context_specificity(x).unwrap();
-        let dir = generate(&cfg, &tmp.path().join(name), false).unwrap().dir;
+        let dir = generate(&cfg, &tmp.path().join(name), true, false).unwrap().dir;
         serde_json::from_str(&std::fs::read_to_string(dir.join("synth_truth.json")).unwrap()).unwrap()
     };
     let silent = |t: &TruthFile| t.activity.iter().flatten().filter(|&&a| a == 0.0).count();

@@ -18,7 +18,7 @@ fn fixture(name: &str) -> PathBuf {
 #[test]
 fn synth_data_round_trips_through_h5ad_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let original = synth::generate(&SynthConfig::preset("tiny", 7).unwrap(), &dir.path().join("synth"), false).unwrap().dir;
+    let original = synth::generate(&SynthConfig::preset("tiny", 7).unwrap(), &dir.path().join("synth"), false, false).unwrap().dir;
     let store = Store::open(&original).unwrap();
     let files = export(&store, &dir.path().join("export")).unwrap();
     let err = export(&store, &dir.path().join("export")).unwrap_err().to_string();
@@ -334,7 +334,7 @@ fn drop_and_min_cells_name_what_is_wrong() {
 #[test]
 fn export_refuses_a_damaged_store_with_nan() {
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = synth::generate(&SynthConfig::preset("tiny", 7).unwrap(), &dir.path().join("synth"), false).unwrap().dir;
+    let store_dir = synth::generate(&SynthConfig::preset("tiny", 7).unwrap(), &dir.path().join("synth"), false, false).unwrap().dir;
     let path = store_dir.join("expression.bin");
     let mut bytes = std::fs::read(&path).unwrap();
     // cell 1, gene 2 of an f16 store: the NaN bit pattern

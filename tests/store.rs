@@ -11,7 +11,7 @@ use std::path::Path;
 
 fn tiny(dir: &Path) -> Store {
     let cfg = SynthConfig::preset("tiny", 7).unwrap();
-    synth::generate(&cfg, dir, false).unwrap();
+    synth::generate(&cfg, dir, false, false).unwrap();
     Store::open(dir).unwrap()
 }
 
@@ -53,10 +53,10 @@ fn synth_store_opens_with_expected_shape() {
 fn synth_is_deterministic_per_seed() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = SynthConfig::preset("tiny", 3).unwrap();
-    synth::generate(&cfg, &tmp.path().join("a"), false).unwrap();
-    synth::generate(&cfg, &tmp.path().join("b"), false).unwrap();
+    synth::generate(&cfg, &tmp.path().join("a"), false, false).unwrap();
+    synth::generate(&cfg, &tmp.path().join("b"), false, false).unwrap();
     let other = SynthConfig { seed: 4, ..cfg };
-    synth::generate(&other, &tmp.path().join("c"), false).unwrap();
+    synth::generate(&other, &tmp.path().join("c"), false, false).unwrap();
     for f in ["expression.bin", "genept.f32", "cell_perturbation.u32", "cell_batch.u32", "split.toml"] {
         let read = |d: &str| std::fs::read(tmp.path().join(d).join(f)).unwrap();
         assert_eq!(read("a"), read("b"), "{f} differs between two runs with the same seed");

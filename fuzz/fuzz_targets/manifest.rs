@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let dir = STORE.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
         let cfg = ptrag_engine::data::synth::SynthConfig::preset("tiny", 3).unwrap();
-        ptrag_engine::data::synth::generate(&cfg, &tmp.path().join("s"), false).unwrap();
+        ptrag_engine::data::synth::generate(&cfg, &tmp.path().join("s"), false, false).unwrap();
         tmp
     });
     let store = dir.path().join("s");

@@ -170,7 +170,7 @@ fn print_summary(s: &run::RunSummary, top_k: usize) {
     );
     println!("  test split ({} conditions):", t.conditions);
     println!("    energy distance (half, as the loss)      {:.4}", t.energy);
-    println!("    MSE of mean expression change, model     {:.5}", t.mse_change);
+    println!("    MSE of mean expression change, model     {:.5}  (mean over {} control draws)", t.mse_change, t.draws);
     println!("    MSE of mean expression change, control   {:.5}  (baseline: predict the control mean)", t.mse_change_control_baseline);
     let strongest = s.baselines_mse_change.iter().min_by(|a, b| a.1.total_cmp(b.1));
     if let Some((name, value)) = strongest {
@@ -178,6 +178,21 @@ fn print_summary(s: &run::RunSummary, top_k: usize) {
     }
     if let Some(k) = t.mean_selected {
         println!("    candidates selected per cell (of {})    {k:.2}", top_k);
+    }
+    if let (Some(truth), Some(model)) = (&s.truth, t.mse_change_truth) {
+        println!("  against the planted truth (synthetic data; MSE of the mean change):");
+        println!(
+            "    noise floor (observed vs planted)        {:.5}  (the planted means' own error: {:.1e})",
+            truth.floor, truth.truth_mc_mse
+        );
+        println!("    {:<40} {:.5}", format!("{} vs planted", s.model), model);
+        for (name, v) in &truth.baselines_mse_truth {
+            println!("    {:<40} {v:.5}", format!("{name} vs planted"));
+        }
+        for (name, (observed, planted)) in &truth.oracles {
+            println!("    {:<40} {observed:.5} vs observed, {planted:.5} vs planted  (not a method)", name);
+        }
+        println!("    oracle-selection fell back to the training mean on {} of {} conditions", truth.selection_fallbacks, truth.conditions);
     }
     println!("  run directory: {}", s.run_dir.display());
 }
@@ -265,19 +280,20 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
     }
     let runs = dirs;
     let out = root.join("report");
-    println!("{}", evaluate_into(&runs, &EvalOptions::default(), &out, progress)?);
+    let eval = EvalOptions { draws: opts.eval_draws.unwrap_or(ptrag_engine::train::DEFAULT_EVAL_DRAWS), ..EvalOptions::default() };
+    println!("{}", evaluate_into(&runs, &eval, &out, progress)?);
     println!("report in {}", out.display());
     Ok(())
 }
 
 /// `synth`: the built-in data set as a store (default `data/synth-<preset>[-cs<X>]`).
-pub fn synth_command(preset: &str, seed: u64, context_specificity: f64, out: Option<PathBuf>, progress: bool) -> Result<()> {
+pub fn synth_command(preset: &str, seed: u64, context_specificity: f64, out: Option<PathBuf>, truth: bool, progress: bool) -> Result<()> {
     let cfg = SynthConfig::preset(preset, seed)?.with_context_specificity(context_specificity)?;
     let out = out.unwrap_or_else(|| match cfg.context_specificity {
         None => PathBuf::from(format!("data/synth-{preset}")),
         Some(x) => PathBuf::from(format!("data/synth-{preset}-cs{x}")),
     });
-    let report = synth::generate(&cfg, &out, progress)?;
+    let report = synth::generate(&cfg, &out, truth || synth::truth_by_default(preset), progress)?;
     println!(
         "wrote {} cells x {} genes to {} ({:.1} MB) in {:.1} s",
         report.cells,

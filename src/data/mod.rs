@@ -11,6 +11,7 @@ pub mod sampler;
 pub mod split;
 pub mod store;
 pub mod synth;
+pub mod truth;
 
 /// Write `bytes` to `path` atomically: a temporary sibling first, then a rename, so a reader never
 /// sees a half-written file and a failed or interrupted write leaves the old file in place (a

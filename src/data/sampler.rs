@@ -55,6 +55,14 @@ impl Batch {
         self.cell_type.push(condition.cell_type);
     }
 
+    /// The same target cells, each paired with a control cell drawn anew from `controls`.
+    pub fn repaired(&self, store: &Store, controls: &[u32], rng: &mut impl Rng) -> Batch {
+        let control_rows: Vec<u32> = self.target_rows.iter().map(|_| controls[rng.gen_range(0..controls.len())]).collect();
+        let mut control = vec![0.0f32; control_rows.len() * self.genes];
+        control.chunks_mut(self.genes.max(1)).zip(&control_rows).for_each(|(out, &cell)| store.expression_row(cell as usize, out));
+        Batch { control_rows, control, ..self.clone() }
+    }
+
     /// Copies the expression of the batch's cells from the store into `control` and `target`.
     pub fn load_values(mut self, store: &Store) -> Batch {
         let g = self.genes;

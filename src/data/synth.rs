@@ -16,8 +16,10 @@
 //!   shared direction (real GenePT vectors are anisotropic); the control has a zero vector.
 //!
 //! A held-out perturbation's response in the target cell type = its pathway's program scaled by
-//! that cell type's activity, which the model can only learn from OTHER perturbations of the same
-//! pathway observed in the target cell type: exactly what embedding-space retrieval finds.
+//! that cell type's activity, plus effects every cell type shares: a linear image of its responses
+//! in the other cell types, whose per-pathway gains any training perturbation observed in the target
+//! reveals (so a ridge learns them; same-pathway retrieval is one way to read them). The planted
+//! means (`truth_means`, `data::truth`) give every figure its noise floor.
 
 use super::split::{SplitFile, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION};
 use super::store::{ExprDtype, Manifest, StoreWriter, FORMAT, VERSION};
@@ -253,6 +255,163 @@ impl Model {
     }
 }
 
+/// Monte Carlo cells per (substate, batch) stratum of each condition in `truth_means`, by preset:
+/// the estimate's own MSE is then about 1% of the noise floor (`synth_means.json` states it).
+pub fn truth_samples(preset: &str) -> usize {
+    match preset {
+        "tiny" => 256,
+        _ => 48,
+    }
+}
+
+/// Per-stratum sums of a per-gene quantity and of its square: its mean and the variance of that mean.
+struct Moments {
+    sum: Vec<f64>,
+    squares: Vec<f64>,
+}
+
+impl Moments {
+    fn new(g: usize) -> Moments {
+        Moments { sum: vec![0.0; g], squares: vec![0.0; g] }
+    }
+    fn add(&mut self, x: &[f64]) {
+        for ((s, q), &v) in self.sum.iter_mut().zip(&mut self.squares).zip(x) {
+            *s += v;
+            *q += v * v;
+        }
+    }
+    /// Per gene, the sample variance over the `n` values added, divided by `n`.
+    fn variance_of_mean(&self, n: usize) -> impl Iterator<Item = f64> + '_ {
+        let n = n as f64;
+        self.sum.iter().zip(&self.squares).map(move |(&s, &q)| ((q - s * s / n) / (n - 1.0)).max(0.0) / n)
+    }
+}
+
+/// The planted means of the generator (`data::truth`): for each cell type and perturbation, the
+/// expectation of a cell's normalised, log1p'd expression with and without the perturbation's effect,
+/// over what `Model::cell` draws. The substate and the batch are enumerated (each stratum weighs
+/// equally, as they are drawn uniformly); within a stratum, `samples` cells by Monte Carlo over the
+/// library size and the negative-binomial counts. The two profiles of a sample share their library
+/// size, gamma multipliers and Poisson uniforms (counts by inversion), so their difference, the
+/// change, is estimated with far less error than either mean. The change is the penetrance times
+/// that difference. The expectation is of the f32 values before the store's f16 rounding.
+pub fn truth_means(cfg: &SynthConfig, samples: usize) -> super::truth::TruthMeans {
+    let start = std::time::Instant::now();
+    let model = Model::new(cfg);
+    let (g, n_ct, np) = (cfg.genes, CELL_TYPES.len(), cfg.perturbations + 1);
+    let samples = samples.max(2);
+    let strata = 3 * cfg.batches_per_cell_type;
+    // Per (cell type, perturbation): the change, its MC MSE, and the moments of the plain profiles
+    // (every condition's draws without the effect are control cells: their mean is the control mean).
+    let results: Vec<(Vec<f32>, f64, Moments)> = (0..n_ct * np)
+        .into_par_iter()
+        .map(|job| {
+            let (ct, p) = (job / np, job % np);
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x7A0E_3EA5);
+            rng.set_stream(job as u64);
+            let effect: Vec<f64> = model.effect(p, ct).iter().map(|&e| e as f64).collect();
+            let (mut change, mut variance) = (vec![0.0f64; g], vec![0.0f64; g]);
+            let mut plain = Moments::new(g);
+            let (mut with, mut without, mut difference) = (vec![0.0; g], vec![0.0; g], vec![0.0; g]);
+            for stratum in 0..strata {
+                let (sub, batch) = (stratum % 3, ct * cfg.batches_per_cell_type + stratum / 3);
+                let logit: Vec<f64> =
+                    (0..g).map(|i| (model.base[ct][i] + model.substates[ct][sub][i] + model.batch_offset[batch][i]) as f64).collect();
+                let shares_without = softmax(&logit);
+                let shares_with = softmax(&logit.iter().zip(&effect).map(|(l, e)| l + e).collect::<Vec<f64>>());
+                let mut moments = Moments::new(g);
+                for _ in 0..samples {
+                    coupled_cells(&model, &shares_without, &shares_with, &mut rng, &mut without, &mut with);
+                    difference.iter_mut().zip(&with).zip(&without).for_each(|((d, a), b)| *d = a - b);
+                    moments.add(&difference);
+                    plain.add(&without);
+                }
+                change.iter_mut().zip(&moments.sum).for_each(|(c, s)| *c += s / (samples * strata) as f64);
+                variance.iter_mut().zip(moments.variance_of_mean(samples)).for_each(|(v, m)| *v += m / (strata * strata) as f64);
+            }
+            let pen = if p == 0 { 0.0 } else { model.penetrance[p] as f64 };
+            let mse = pen * pen * variance.iter().sum::<f64>() / g as f64;
+            (change.iter().map(|&c| (pen * c) as f32).collect(), mse, plain)
+        })
+        .collect();
+    let per_ct_samples = np * strata * samples;
+    let mut control = Vec::with_capacity(n_ct * g);
+    let (mut change_mc_mse, mut control_mc_mse) = (Vec::new(), Vec::new());
+    for ct in 0..n_ct {
+        let rows = &results[ct * np..(ct + 1) * np];
+        let mut all = Moments::new(g);
+        for (_, _, m) in rows {
+            all.sum.iter_mut().zip(&m.sum).for_each(|(a, b)| *a += b);
+            all.squares.iter_mut().zip(&m.squares).for_each(|(a, b)| *a += b);
+        }
+        control.extend(all.sum.iter().map(|s| (s / per_ct_samples as f64) as f32));
+        // Strata pooled: an upper bound on the stratified estimate's variance.
+        control_mc_mse.push(all.variance_of_mean(per_ct_samples).sum::<f64>() / g as f64);
+        change_mc_mse.push(rows[1..].iter().map(|r| r.1).sum::<f64>() / (np - 1).max(1) as f64);
+    }
+    let change = results.into_iter().flat_map(|r| r.0).collect();
+    let meta = super::truth::MeansMeta {
+        genes: g,
+        cell_types: n_ct,
+        perturbations: np,
+        samples_per_stratum: samples,
+        change_mc_mse,
+        control_mc_mse,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    super::truth::TruthMeans { meta, control, change }
+}
+
+fn softmax(logit: &[f64]) -> Vec<f64> {
+    let max = logit.iter().cloned().fold(f64::MIN, f64::max);
+    let e: Vec<f64> = logit.iter().map(|&l| (l - max).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / z).collect()
+}
+
+/// One Monte Carlo cell of `Model::cell`, twice: the normalised log1p profile from `without` and
+/// from `with` (gene shares), sharing the library size, each gene's gamma multiplier and its
+/// Poisson uniform.
+fn coupled_cells(model: &Model, without: &[f64], with: &[f64], rng: &mut impl Rng, out_without: &mut [f64], out_with: &mut [f64]) {
+    let library = model.library_mean as f64 * Normal::<f64>::new(0.0, 0.3).expect("finite sd").sample(rng).exp();
+    let gamma = Gamma::new(5.0, 1.0 / 5.0).expect("valid gamma");
+    let (mut total_without, mut total_with) = (0.0, 0.0);
+    for i in 0..without.len() {
+        let multiplier: f64 = gamma.sample(rng);
+        let u: f64 = rng.gen();
+        out_without[i] = poisson_quantile(library * without[i] * multiplier, u);
+        out_with[i] = poisson_quantile(library * with[i] * multiplier, u);
+        total_without += out_without[i];
+        total_with += out_with[i];
+    }
+    for (out, total) in [(out_without, total_without), (out_with, total_with)] {
+        let scale = if total > 0.0 { 1e4 / total } else { 0.0 };
+        out.iter_mut().for_each(|o| *o = (*o * scale).ln_1p());
+    }
+}
+
+/// The Poisson(`lambda`) quantile at `u`: the smallest k whose CDF reaches u. Summed from 0, or,
+/// for large means (where exp(-lambda) underflows), from 12 standard deviations below the mean,
+/// whose lower tail (below 1e-30) is left out.
+fn poisson_quantile(lambda: f64, u: f64) -> f64 {
+    if lambda <= 0.0 {
+        return 0.0;
+    }
+    let start = if lambda < 500.0 { 0.0 } else { (lambda - 12.0 * lambda.sqrt()).floor() };
+    let mut k = start;
+    let mut pmf = (k * lambda.ln() - lambda - libm::lgamma(k + 1.0)).exp();
+    let mut cdf = pmf;
+    while cdf < u && pmf.is_finite() {
+        k += 1.0;
+        pmf *= lambda / k;
+        cdf += pmf;
+        if k > lambda + 50.0 * lambda.sqrt() + 50.0 {
+            break;
+        }
+    }
+    k
+}
+
 /// Poisson sample: inversion for small means (the common case), rand_distr otherwise.
 fn poisson(lambda: f32, rng: &mut impl Rng) -> f32 {
     if lambda <= 0.0 {
@@ -317,14 +476,18 @@ pub struct SynthReport {
 }
 
 /// Generates the data set and writes it as a store at `dir`, streaming in bounded chunks.
-pub fn generate(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<SynthReport> {
+/// With `truth`, the planted means (`truth_means`) are written beside the store.
+pub fn generate(cfg: &SynthConfig, dir: &Path, truth: bool, progress: bool) -> Result<SynthReport> {
     let start = std::time::Instant::now();
     let model = Model::new(cfg);
     let mut writer = StoreWriter::create(dir, cfg.genes, ExprDtype::F16)?;
     write_cells(cfg, &model, &plan_work(cfg), &mut writer, progress)?;
-    let (manifest, split, truth) = describe(cfg, &model)?;
+    let (manifest, split, planted) = describe(cfg, &model)?;
     let cells = writer.n_cells();
-    let dir = writer.finish(manifest, &embeddings(&model), &split.to_toml(), &[("synth_truth.json", truth)])?;
+    let dir = writer.finish(manifest, &embeddings(&model), &split.to_toml(), &[("synth_truth.json", planted)])?;
+    if truth {
+        write_truth_means(cfg, &dir, progress)?;
+    }
     let bytes = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
     Ok(SynthReport { dir, cells, bytes, seconds: start.elapsed().as_secs_f64() })
 }
@@ -421,16 +584,35 @@ fn describe(cfg: &SynthConfig, model: &Model) -> Result<(Manifest, SplitFile, St
     Ok((manifest, split, serde_json::to_string(&truth).expect("truth serialises")))
 }
 
-/// Opens the cached store for `cfg` at `dir`, generating it first when absent or made differently.
+/// Whether a preset's store gets its planted means without being asked (`replogle`'s would take
+/// some 40 minutes on 2 cores: `synth --truth` asks).
+pub fn truth_by_default(preset: &str) -> bool {
+    preset != "replogle"
+}
+
+/// Computes the planted means of `cfg` and writes them into the store at `dir`.
+pub fn write_truth_means(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<()> {
+    if progress {
+        eprintln!("computing the planted means of `{}` ...", cfg.preset);
+    }
+    truth_means(cfg, truth_samples(&cfg.preset)).write(dir)
+}
+
+/// Opens the cached store for `cfg` at `dir`, generating it first when absent or made differently;
+/// a cached store of a preset with planted means by default gets them added when it lacks them.
 pub fn ensure(cfg: &SynthConfig, dir: &Path, progress: bool) -> Result<super::store::Store> {
+    let truth = truth_by_default(&cfg.preset);
     if let Ok(store) = super::store::Store::open(dir) {
         if store.manifest.source == cfg.source() {
+            if truth && !dir.join(super::truth::MEANS_META).exists() {
+                write_truth_means(cfg, dir, progress)?;
+            }
             return Ok(store);
         }
     }
     if progress {
         eprintln!("generating the built-in `{}` data set into {} ...", cfg.preset, dir.display());
     }
-    generate(cfg, dir, progress)?;
+    generate(cfg, dir, truth, progress)?;
     super::store::Store::open(dir)
 }

@@ -189,12 +189,32 @@ impl Baselines {
     /// Predicted cells: the paired control cells `[n, genes]` centred on the control mean, plus
     /// the baseline's shift (not clamped; see the module doc).
     pub fn predict_cells(&self, baseline: Baseline, perturbation: u32, paired: &[f64]) -> Vec<f64> {
-        let shift = self.shift(baseline, perturbation);
+        self.cells_with_shift(&self.shift(baseline, perturbation), paired)
+    }
+
+    /// The paired control cells `[n, genes]` centred on the control mean, plus `shift`: how every
+    /// baseline (and oracle) turns a predicted mean change into cells.
+    pub fn cells_with_shift(&self, shift: &[f64], paired: &[f64]) -> Vec<f64> {
         let g = shift.len().max(1);
         let paired_mean = mean_rows(paired, g);
         let offset: Vec<f64> =
             shift.iter().zip(&self.observed.control_mean[self.target as usize]).zip(&paired_mean).map(|((s, c), m)| s + c - m).collect();
         paired.chunks(g).flat_map(|r| r.iter().zip(&offset).map(|(x, o)| x + o)).collect()
+    }
+
+    /// A condition's observed mean change (its mean minus its cell type's control mean).
+    pub fn observed_change(&self, store: &Store, c: &Condition) -> Vec<f64> {
+        self.observed.change_of(store, c)
+    }
+
+    /// The target cell type's training perturbations, each with its observed mean change there.
+    pub fn target_training_changes(&self) -> impl Iterator<Item = (u32, &Vec<f64>)> + '_ {
+        self.target_train.iter().filter_map(|&p| self.observed.change(p, self.target).map(|c| (p, c)))
+    }
+
+    /// The mean change of the target cell type's training perturbations (`training-mean`).
+    pub fn training_mean(&self) -> &[f64] {
+        &self.training_mean
     }
 
     /// The query's observed mean change averaged over the other cell types; None if never observed.

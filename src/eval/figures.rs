@@ -291,7 +291,9 @@ pub fn distributions_svg(rows: &[ConditionRow]) -> Result<String> {
     let fail = |e: &dyn std::fmt::Display| plot_error("distributions", e);
     let models = model_order(rows);
     let k = models.len() as f64;
-    let metrics: Vec<usize> = (0..METRICS.len()).filter(|&m| METRICS[m] != "degs").collect();
+    // Metrics without a value (the truth metrics on real data) get no panel.
+    let metrics: Vec<usize> =
+        (0..METRICS.len()).filter(|&m| METRICS[m] != "degs" && rows.iter().any(|r| r.values[m].is_finite())).collect();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1500, 760)).into_drawing_area();

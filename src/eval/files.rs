@@ -15,7 +15,7 @@
 use super::baselines::Baseline;
 use super::metrics::mean_rows;
 use super::pca::Pca;
-use super::report::{condition_metrics, markdown, summarise, write_report, ConditionRow, EvalOptions};
+use super::report::{condition_metrics, markdown, summarise, write_report, ConditionRow, EvalOptions, MeanInputs};
 use crate::data::h5ad::{AnnData, H5ad};
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
@@ -191,7 +191,7 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<(Vec<Co
             cells: real_groups[key].len(),
             values,
         };
-        out.push(row(&opts.name, condition_metrics(&pred_cells, &real_cells, ctrl, g, &pca, eval)?));
+        out.push(row(&opts.name, condition_metrics(&pred_cells, &real_cells, ctrl, g, &pca, eval, MeanInputs::default())?));
         // `control`: as many control cells drawn at random, moved to the control mean.
         let n_ctrl = ctrl.len() / g;
         let ctrl_mean = mean_rows(ctrl, g);
@@ -199,7 +199,7 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<(Vec<Co
         let drawn_mean = mean_rows(&drawn, g);
         let baseline: Vec<f64> =
             drawn.chunks(g).flat_map(|r| r.iter().zip(&ctrl_mean).zip(&drawn_mean).map(|((x, c), m)| x + c - m)).collect();
-        out.push(row(Baseline::Control.name(), condition_metrics(&baseline, &real_cells, ctrl, g, &pca, eval)?));
+        out.push(row(Baseline::Control.name(), condition_metrics(&baseline, &real_cells, ctrl, g, &pca, eval, MeanInputs::default())?));
     }
     Ok((out, fitted_on))
 }

@@ -213,10 +213,13 @@ pub fn wasserstein(x: &[f64], y: &[f64], dims: usize) -> Result<(f64, f64)> {
     Ok((w1, w2))
 }
 
-/// The metrics of a report, in the order of `ConditionRow::values`.
-pub const METRICS: [&str; 11] = ["pearson_deg", "spearman_deg", "mse", "rmse", "mae", "mse_pca", "w1", "w2", "energy", "mmd", "degs"];
+/// The metrics of a report, in the order of `ConditionRow::values`. `mse_truth` and
+/// `pearson_deg_truth` compare the predicted mean change with the planted one (synthetic stores
+/// with `data::truth` means; NaN, shown as absent, elsewhere).
+pub const METRICS: [&str; 13] =
+    ["pearson_deg", "spearman_deg", "mse", "rmse", "mae", "mse_pca", "w1", "w2", "energy", "mmd", "mse_truth", "pearson_deg_truth", "degs"];
 /// Whether a larger value is better, per metric of `METRICS`.
-pub const HIGHER_IS_BETTER: [bool; 11] = [true, true, false, false, false, false, false, false, false, false, false];
+pub const HIGHER_IS_BETTER: [bool; 13] = [true, true, false, false, false, false, false, false, false, false, false, true, false];
 
 /// One model's (or baseline's) metrics on one condition.
 #[derive(Clone, Debug, serde::Serialize)]

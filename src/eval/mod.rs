@@ -6,6 +6,7 @@ pub mod figures;
 pub mod files;
 pub mod learning_curve;
 pub mod metrics;
+pub mod oracles;
 pub mod pca;
 pub mod planted;
 pub mod predict;

@@ -8,6 +8,7 @@ use super::figures::{curves_svg, distributions_svg, jaccard_svg, planted_svg, re
 use super::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
 // The rows of a report, here for the modules that read them (figures, learning curves).
 pub use super::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
+use super::oracles::{Oracle, StoreTruth};
 use super::pca::Pca;
 use super::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
 use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark};
@@ -30,26 +31,55 @@ pub struct EvalOptions {
     pub per_component: bool,
     /// What the PCA is fitted on, as the report says it.
     pub pca_fitted_on: &'static str,
+    /// Draws of paired control cells a model's predicted mean change is averaged over
+    /// (`Trainer::predict_condition_drawn`); baselines and oracles are exact and need none.
+    pub draws: usize,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { deg_rule: DegRule::Paper, pca_components: 50, pca_cells: 4096, per_component: false, pca_fitted_on: "training cells" }
+        EvalOptions {
+            deg_rule: DegRule::Paper,
+            pca_components: 50,
+            pca_cells: 4096,
+            per_component: false,
+            pca_fitted_on: "training cells",
+            draws: crate::train::DEFAULT_EVAL_DRAWS,
+        }
     }
 }
 
 /// The metrics of one condition: predicted and real cells `[n, genes]`, all control cells of the
-/// cell type `[m, genes]`; in the order of `METRICS`.
-pub fn condition_metrics(pred: &[f64], real: &[f64], controls: &[f64], genes: usize, pca: &Pca, opts: &EvalOptions) -> Result<Vec<f64>> {
+/// cell type `[m, genes]`; in the order of `METRICS`. `mean_pred` replaces the predicted cells'
+/// mean where the mean-change metrics read it (a model's mean over several control draws,
+/// `Trainer::predict_condition_drawn`); `truth`, the planted change, gives the truth metrics.
+pub fn condition_metrics(
+    pred: &[f64],
+    real: &[f64],
+    controls: &[f64],
+    genes: usize,
+    pca: &Pca,
+    opts: &EvalOptions,
+    means: MeanInputs,
+) -> Result<Vec<f64>> {
     let rule = opts.deg_rule;
     let degs = deg_mask(real, controls, genes, rule);
-    let (ctrl, p, r) = (mean_rows(controls, genes), mean_rows(pred, genes), mean_rows(real, genes));
+    let p = means.mean_pred.map_or_else(|| mean_rows(pred, genes), <[f64]>::to_vec);
+    let (ctrl, r) = (mean_rows(controls, genes), mean_rows(real, genes));
     let pick = |m: &[f64]| m.iter().zip(&ctrl).zip(&degs).filter(|(_, &d)| d).map(|((x, c), _)| x - c).collect::<Vec<f64>>();
     let (dp, dr) = (pick(&p), pick(&r));
     let (pp, rp) = (pca.project(pred), pca.project(real));
     let k = pca.n_components();
     let [w1, w2, energy, mmd] = if opts.per_component { per_component_distances(&pp, &rp, k)? } else { cloud_distances(&pp, &rp, k)? };
     let m = mse(&p, &r);
+    let predicted_change: Vec<f64> = p.iter().zip(&ctrl).map(|(x, c)| x - c).collect();
+    let (mse_truth, pearson_truth) = match means.truth {
+        Some(t) => {
+            let on_degs = |v: &[f64]| v.iter().zip(&degs).filter(|(_, &d)| d).map(|(x, _)| *x).collect::<Vec<f64>>();
+            (mse(&predicted_change, t), pearson(&on_degs(&predicted_change), &on_degs(t)))
+        }
+        None => (f64::NAN, f64::NAN),
+    };
     Ok(vec![
         pearson(&dp, &dr),
         spearman(&dp, &dr),
@@ -61,8 +91,18 @@ pub fn condition_metrics(pred: &[f64], real: &[f64], controls: &[f64], genes: us
         w2,
         energy,
         mmd,
+        mse_truth,
+        pearson_truth,
         degs.iter().filter(|&&d| d).count() as f64,
     ])
+}
+
+/// What `condition_metrics` reads besides the cells: the predicted mean, when it is not the
+/// predicted cells' own, and the planted change, on synthetic stores that have it.
+#[derive(Clone, Copy, Default)]
+pub struct MeanInputs<'a> {
+    pub mean_pred: Option<&'a [f64]>,
+    pub truth: Option<&'a [f64]>,
 }
 
 /// W1, W2, energy distance and MMD between two clouds `[n, k]`.
@@ -127,10 +167,12 @@ pub fn pt_rag_records(folds: &[PathBuf]) -> Result<Vec<crate::train::RetrievalRe
 }
 
 /// Per-condition metrics of every model and the baselines (`baselines`: once per data, split,
-/// target and seed), over fold directories (`all_folds`).
+/// target and seed), and on stores with planted means the oracles, over fold directories
+/// (`all_folds`).
 pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> Result<Evaluation> {
     let mut rows = Vec::new();
     let mut choices = BTreeMap::new();
+    let mut truth_notes = BTreeMap::new();
     let mut baselines_done: Vec<(PathBuf, PathBuf, String, u64)> = Vec::new();
     for dir in folds {
         let run = TrainedRun::open(dir)?;
@@ -155,10 +197,14 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
         };
         baselines_done.push(key);
 
-        let mut eval_rng = trainer.eval_rng();
+        let truth = StoreTruth::load(store)?;
+        let (mut eval_rng, mut draws_rng) = (trainer.eval_rng(), trainer.draws_rng());
+        let mut fallbacks = 0;
         for cond in &trainer.fold.test {
-            let (pred, real, paired) = trainer.predict_condition(cond, &mut eval_rng)?;
-            let (pred, real, paired) = (to_f64(&pred), to_f64(&real), to_f64(&paired));
+            let drawn = trainer.predict_condition_drawn(cond, opts.draws, &mut eval_rng, &mut draws_rng)?;
+            let (pred, real, paired) = (to_f64(&drawn.pred), to_f64(&drawn.real), to_f64(&drawn.paired));
+            let planted = truth.as_ref().map(|t| t.means.change(cond.perturbation, cond.cell_type));
+            let exact = MeanInputs { mean_pred: None, truth: planted.as_deref() };
             let row = |model: &str, values: Vec<f64>| ConditionRow {
                 model: model.to_string(),
                 target: target.clone(),
@@ -167,16 +213,41 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
                 cells: cond.cells.len(),
                 values,
             };
-            rows.push(row(&model, condition_metrics(&pred, &real, &controls, g, &pca, opts)?));
+            let drawn_mean = MeanInputs { mean_pred: Some(&drawn.mean_pred), ..exact };
+            rows.push(row(&model, condition_metrics(&pred, &real, &controls, g, &pca, opts, drawn_mean)?));
             if let Some(b) = &baselines {
                 for baseline in b.available() {
                     let predicted = b.predict_cells(baseline, cond.perturbation, &paired);
-                    rows.push(row(baseline.name(), condition_metrics(&predicted, &real, &controls, g, &pca, opts)?));
+                    rows.push(row(baseline.name(), condition_metrics(&predicted, &real, &controls, g, &pca, opts, exact)?));
+                }
+                for oracle in truth.as_ref().map(|t| t.oracles()).unwrap_or_default() {
+                    let t = truth.as_ref().expect("oracles come from a truth");
+                    let (shift, fell_back) = t.predict(oracle, store, b, cond.perturbation, cond.cell_type);
+                    fallbacks += fell_back as usize;
+                    let predicted = b.cells_with_shift(&shift, &paired);
+                    rows.push(row(oracle.name(), condition_metrics(&predicted, &real, &controls, g, &pca, opts, exact)?));
                 }
             }
         }
+        if let (Some(t), Some(_)) = (&truth, &baselines) {
+            let mc = t.means.meta.change_mc_mse.get(ct).copied().unwrap_or(f64::NAN);
+            truth_notes.insert(
+                target.clone(),
+                TruthNote { selection_fallbacks: fallbacks, conditions: trainer.fold.test.len(), truth_mc_mse: mc },
+            );
+        }
     }
-    Ok(Evaluation { rows, baseline_choices: choices })
+    Ok(Evaluation { rows, baseline_choices: choices, truth_notes })
+}
+
+/// Per target cell type of a store with planted means: what the oracle table needs beside the rows.
+#[derive(Clone, Debug, Serialize)]
+pub struct TruthNote {
+    /// Test conditions on which `oracle-selection` had no relevant training perturbation.
+    pub selection_fallbacks: usize,
+    pub conditions: usize,
+    /// The planted means' own Monte Carlo MSE in that cell type.
+    pub truth_mc_mse: f64,
 }
 
 /// Per-condition metrics of every model and baseline, and what validation chose for the
@@ -184,6 +255,8 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
 pub struct Evaluation {
     pub rows: Vec<ConditionRow>,
     pub baseline_choices: BTreeMap<String, BaselineChoices>,
+    /// Target cell type -> its truth note; empty without planted means.
+    pub truth_notes: BTreeMap<String, TruthNote>,
 }
 
 /// metric -> (mean, standard deviation, conditions)
@@ -205,6 +278,11 @@ pub struct Summary {
     pub planted: Option<BTreeMap<String, BTreeMap<String, PlantedMetrics>>>,
     /// Model -> training steps of its runs (the largest, if its folds differ).
     pub steps: BTreeMap<String, usize>,
+    /// Target cell type -> its truth note (synthetic stores with planted means; else empty).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub truth_notes: BTreeMap<String, TruthNote>,
+    /// Control draws a model's predicted mean change is averaged over.
+    pub draws: usize,
 }
 
 fn column(rs: &[&ConditionRow], m: usize) -> Vec<f64> {
@@ -238,14 +316,27 @@ pub fn summarise(rows: &[ConditionRow]) -> Summary {
     for (m, metric) in METRICS.iter().enumerate().take(METRICS.len() - 1) {
         for i in 0..names.len() {
             for j in i + 1..names.len() {
-                let r = mann_whitney_u(&column(&by_model[names[i]], m), &column(&by_model[names[j]], m));
+                let (a, b) = (column(&by_model[names[i]], m), column(&by_model[names[j]], m));
+                if a.is_empty() || b.is_empty() {
+                    continue; // a truth metric on a store without truth
+                }
+                let r = mann_whitney_u(&a, &b);
                 tests.push((metric.to_string(), names[i].clone(), names[j].clone(), r.u, r.p, 0.0));
             }
         }
     }
     let q = benjamini_hochberg(&tests.iter().map(|t| t.4).collect::<Vec<_>>());
     tests.iter_mut().zip(q).for_each(|(t, q)| t.5 = q);
-    Summary { models, per_cell_type, tests, baseline_choices: BTreeMap::new(), planted: None, steps: BTreeMap::new() }
+    Summary {
+        models,
+        per_cell_type,
+        tests,
+        baseline_choices: BTreeMap::new(),
+        planted: None,
+        steps: BTreeMap::new(),
+        truth_notes: BTreeMap::new(),
+        draws: 1,
+    }
 }
 
 /// A Markdown table like the paper's Table 1 (mean +- sd per metric and model), then every test.
@@ -263,6 +354,7 @@ pub fn markdown(summary: &Summary, opts: &EvalOptions) -> String {
     );
     s += &metric_table(&summary.models);
     s += &against_baselines(summary);
+    s += &floor_and_oracles(summary);
     if summary.per_cell_type.len() > 1 {
         for (ct, models) in &summary.per_cell_type {
             s += &format!("\n## {ct}\n\n| metric |");
@@ -285,7 +377,7 @@ fn compared(summary: &Summary, metric: &str, a: &str, b: &str) -> Option<(f64, f
 /// Per metric, the baseline with the best mean and every model against it: the difference of means,
 /// the BH q-value of their Mann-Whitney test, and whether the model is better.
 fn against_baselines(summary: &Summary) -> String {
-    let models: Vec<&String> = summary.models.keys().filter(|m| !Baseline::is_baseline(m)).collect();
+    let models: Vec<&String> = summary.models.keys().filter(|m| !Baseline::is_baseline(m) && !Oracle::is_oracle(m)).collect();
     if models.is_empty() || !summary.models.keys().any(|m| Baseline::is_baseline(m)) {
         return String::new();
     }
@@ -325,6 +417,40 @@ fn against_baselines(summary: &Summary) -> String {
     s
 }
 
+/// Per target cell type of a store with planted means: the noise floor, the oracles, the strongest
+/// baseline and each model, by their mean-change MSE against the observed and the planted change.
+fn floor_and_oracles(summary: &Summary) -> String {
+    if summary.truth_notes.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "\n## Against the planted truth: noise floor and oracles\n\nMSE of the mean change per target cell type (test conditions), against the observed change / against the planted one. The floor is `oracle-truth` against the observed: the error of the observed means themselves, below which no method can go but by chance. Oracles read the planted truth: they are bounds, not methods. Models' predicted means are averaged over {} control draws.\n\n| target | floor | oracle-selection | linear | headroom above linear | models (best) | selection fell back | planted means' own MSE |\n|---|---|---|---|---|---|---|---|\n",
+        summary.draws
+    );
+    for (target, note) in &summary.truth_notes {
+        let Some(models) = summary.per_cell_type.get(target) else { continue };
+        let pair = |name: &str| models.get(name).map(|t| (t["mse"].0, t["mse_truth"].0));
+        let show = |v: Option<(f64, f64)>| v.map_or("-".to_string(), |(o, t)| format!("{o:.4} / {t:.4}"));
+        let floor = pair(Oracle::Truth.name()).map(|(o, _)| o).unwrap_or(f64::NAN);
+        let linear = pair(Baseline::Linear.name());
+        let best = models
+            .iter()
+            .filter(|(m, _)| !Baseline::is_baseline(m) && !Oracle::is_oracle(m))
+            .min_by(|a, b| a.1["mse"].0.total_cmp(&b.1["mse"].0))
+            .map_or("-".to_string(), |(m, t)| format!("{m} {:.4} / {:.4}", t["mse"].0, t["mse_truth"].0));
+        s += &format!(
+            "| {target} | {floor:.4} | {} | {} | {} | {best} | {} of {} | {:.1e} |\n",
+            show(pair(Oracle::Selection.name())),
+            show(linear),
+            linear.map_or("-".to_string(), |(o, _)| format!("{:.4}", o - floor)),
+            note.selection_fallbacks,
+            note.conditions,
+            note.truth_mc_mse
+        );
+    }
+    s
+}
+
 /// The rest of a Markdown table after its `| metric |` opening: mean +- sd per metric and model.
 fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
     let names: Vec<&String> = models.keys().collect();
@@ -334,6 +460,9 @@ fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
     names.iter().for_each(|_| s += "---|");
     s += "\n";
     for (m, metric) in METRICS.iter().enumerate() {
+        if models.values().all(|t| t[*metric].2 == 0) {
+            continue; // absent: a truth metric on a store without truth
+        }
         let label = match (*metric, HIGHER_IS_BETTER[m]) {
             ("degs", _) => "degs (count in the real cells)".to_string(),
             (_, true) => format!("{metric} (higher is better)"),
@@ -381,9 +510,9 @@ pub fn planted_by_model(folds: &[PathBuf]) -> Result<Option<BTreeMap<String, BTr
 /// baseline.
 pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progress: bool) -> Result<String> {
     let folds = all_folds(run_dirs)?;
-    let Evaluation { rows, baseline_choices } = evaluate_runs(&folds, opts, progress)?;
+    let Evaluation { rows, baseline_choices, truth_notes } = evaluate_runs(&folds, opts, progress)?;
     let planted = planted_by_model(&folds)?;
-    let summary = Summary { baseline_choices, planted, ..summarise(&rows) };
+    let summary = Summary { baseline_choices, planted, truth_notes, draws: opts.draws, ..summarise(&rows) };
     let records = pt_rag_records(&folds)?;
     let retrieval = (!records.is_empty()).then(|| super::retrieval::analyse(&records));
     let (mut curves, mut steps) = (Vec::new(), BTreeMap::new());
@@ -396,7 +525,7 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
     let summary = Summary { steps, ..summary };
     write_report(&rows, &summary, retrieval.as_ref(), &curves, opts, out)?;
     let table = markdown(&summary, opts).split("\n## ").next().unwrap_or_default().to_string();
-    Ok(table + &against_baselines(&summary))
+    Ok(table + &against_baselines(&summary) + &floor_and_oracles(&summary))
 }
 
 /// Writes `per_condition.csv`, `summary.json` and `summary.csv` (mean, sd per model, cell type and
@@ -414,7 +543,8 @@ pub fn write_report(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut csv = format!("model,target,perturbation,cell_type,cells,{}\n", METRICS.join(","));
     for r in rows {
-        let values: Vec<String> = r.values.iter().map(|v| format!("{v}")).collect();
+        // A metric without a value (a truth metric on real data) is an empty field, not `NaN`.
+        let values: Vec<String> = r.values.iter().map(|v| if v.is_nan() { String::new() } else { format!("{v}") }).collect();
         csv += &format!("{},{},{},{},{},{}\n", r.model, r.target, r.perturbation, r.cell_type, r.cells, values.join(","));
     }
     crate::data::write_atomic(&out.join("per_condition.csv"), csv.as_bytes())?;

@@ -15,6 +15,9 @@ pub struct ConditionResult {
     pub mse_change: f64,
     /// The same for the baseline that predicts the control mean (a change of zero).
     pub mse_change_control_baseline: f64,
+    /// MSE over genes of the predicted vs the planted change (stores with planted means).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mse_change_truth: Option<f64>,
     /// PT-RAG: mean number of candidates selected per cell.
     pub mean_selected: Option<f64>,
 }
@@ -41,6 +44,11 @@ pub struct EvalSummary {
     pub energy: f64,
     pub mse_change: f64,
     pub mse_change_control_baseline: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mse_change_truth: Option<f64>,
+    /// Draws of paired control cells the predicted mean change is averaged over.
+    #[serde(default = "one")]
+    pub draws: usize,
     pub mean_selected: Option<f64>,
     /// PT-RAG: the distribution of the include-exclude logit gap over every (cell, candidate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,11 +83,20 @@ impl GapStats {
 
 impl Trainer<'_> {
     /// Predicts every condition in sets of at most S real cells: energy distance and mean-change MSE
-    /// per condition, and what retrieval returned and selected for every set.
-    pub fn evaluate(&self, conditions: &[Condition]) -> Result<(EvalSummary, Vec<RetrievalRecord>)> {
+    /// per condition, and what retrieval returned and selected for every set. The predicted mean
+    /// change is averaged over `draws` pairings with control cells (`predict_condition_drawn`); the
+    /// energy and the retrieval records are the first draw's. With `truth`, the mean change is also
+    /// compared with the planted one.
+    pub fn evaluate(
+        &self,
+        conditions: &[Condition],
+        draws: usize,
+        truth: Option<&crate::data::truth::TruthMeans>,
+    ) -> Result<(EvalSummary, Vec<RetrievalRecord>)> {
         let g = self.store.n_genes();
         let names = &self.store.manifest.perturbations;
         let mut rng = rng_stream(self.cfg.seed, EVAL_STREAM);
+        let mut draws_rng = self.draws_rng();
         let mut control_means: Vec<Option<Vec<f64>>> = vec![None; self.store.manifest.cell_types.len()];
         let mut per_condition = Vec::with_capacity(conditions.len());
         let mut records = Vec::new();
@@ -100,10 +117,9 @@ impl Trainer<'_> {
                 let shape = crate::cpu::energy::EnergyShape { sets: 1, cells_pred: set.cells, cells_obs: set.cells, genes: g };
                 crate::cpu::energy::energy_forward(pred, &set.target, shape, &mut e);
                 energy += e[0] as f64 * set.cells as f64;
-                for (row_p, row_r) in pred.chunks(g).zip(set.target.chunks(g)) {
-                    pred_sum.iter_mut().zip(row_p).for_each(|(s, &v)| *s += v as f64);
-                    real_sum.iter_mut().zip(row_r).for_each(|(s, &v)| *s += v as f64);
-                }
+                add_rows(&mut pred_sum, pred);
+                add_rows(&mut real_sum, &set.target);
+                add_rows_f64(&mut pred_sum, &self.further_draws(set, draws, &mut draws_rng)?);
                 if let Some(r) = &out.retrieval {
                     // Every query row of a set shares the set's perturbation: the first one is the set's.
                     let k = self.cfg.model.top_k;
@@ -132,8 +148,8 @@ impl Trainer<'_> {
                 }
             }
             let n = cond.cells.len() as f64;
-            let change = |sum: &[f64]| -> Vec<f64> { sum.iter().zip(ctrl.iter()).map(|(s, c)| s / n - c).collect() };
-            let (real_change, pred_change) = (change(&real_sum), change(&pred_sum));
+            let change = |sum: &[f64], n: f64| -> Vec<f64> { sum.iter().zip(ctrl.iter()).map(|(s, c)| s / n - c).collect() };
+            let (real_change, pred_change) = (change(&real_sum, n), change(&pred_sum, n * draws.max(1) as f64));
             per_condition.push(ConditionResult {
                 perturbation: names[cond.perturbation as usize].clone(),
                 cell_type: self.store.manifest.cell_types[ct].clone(),
@@ -141,6 +157,7 @@ impl Trainer<'_> {
                 energy: energy / n,
                 mse_change: metrics::mse(&pred_change, &real_change),
                 mse_change_control_baseline: metrics::mse(&real_change, &vec![0.0; g]),
+                mse_change_truth: truth.map(|t| metrics::mse(&pred_change, &t.change(cond.perturbation, cond.cell_type))),
                 mean_selected: (self.cfg.model.kind == crate::model::ModelKind::PtRag).then_some(selected / n),
             });
         }
@@ -150,6 +167,8 @@ impl Trainer<'_> {
             energy: mean(&|c| c.energy),
             mse_change: mean(&|c| c.mse_change),
             mse_change_control_baseline: mean(&|c| c.mse_change_control_baseline),
+            mse_change_truth: truth.map(|_| mean(&|c| c.mse_change_truth.unwrap_or(f64::NAN))),
+            draws,
             mean_selected: per_condition.first().and_then(|c| c.mean_selected).map(|_| mean(&|c| c.mean_selected.unwrap_or(0.0))),
             logit_gap: GapStats::of(gaps),
             per_condition,

@@ -11,6 +11,7 @@ use crate::data::split::SplitFile;
 use crate::data::store::Store;
 use crate::data::write_atomic;
 use crate::eval::baselines::Baselines;
+use crate::eval::oracles::{StoreTruth, TruthFigures};
 use crate::eval::planted::{planted_metrics, PlantedTruth};
 use crate::{Error, Result};
 use std::fs::File;
@@ -143,7 +144,7 @@ impl<'s> FoldRun<'s> {
     fn validate(&mut self) -> Result<()> {
         let trainer = &self.trainer;
         if !trainer.fold.val.is_empty() {
-            let (summary, records) = trainer.evaluate(&trainer.fold.val)?;
+            let (summary, records) = trainer.evaluate(&trainer.fold.val, 1, None)?;
             let mut line = serde_json::json!({"step": trainer.step, "val_energy": summary.energy, "val_mse_change": summary.mse_change,
                     "val_mse_change_control_baseline": summary.mse_change_control_baseline, "val_mean_selected": summary.mean_selected});
             // On synthetic data, how well retrieval and selection find the planted relevant candidates.
@@ -259,8 +260,11 @@ impl<'s> FoldRun<'s> {
         if self.best.best_val_energy.is_some() {
             trainer.load_checkpoint(&self.best_path)?;
         }
-        let (test, records) = trainer.evaluate(&trainer.fold.test)?;
-        let baselines = Baselines::fit(store, &trainer.fold)?.mean_change_mse(store, &trainer.fold.test);
+        let truth = StoreTruth::load(store)?;
+        let (test, records) = trainer.evaluate(&trainer.fold.test, trainer.cfg.eval_draws, truth.as_ref().map(|t| &t.means))?;
+        let fitted = Baselines::fit(store, &trainer.fold)?;
+        let baselines = fitted.mean_change_mse(store, &trainer.fold.test);
+        let truth = truth.map(|t| TruthFigures::of(&t, store, &fitted, &trainer.fold.test));
         if trainer.cfg.model.kind.retrieves() {
             write_records(&run_dir.join(RETRIEVAL), &records)?;
         }
@@ -276,6 +280,7 @@ impl<'s> FoldRun<'s> {
             trainable_parameters: trainer.params.trainable_count(),
             test,
             baselines_mse_change: baselines.into_iter().map(|(b, v)| (b.name().to_string(), v)).collect(),
+            truth,
         };
         write_atomic(&run_dir.join(METRICS), serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes())?;
         Ok(summary)

@@ -74,6 +74,10 @@ pub struct TrainConfig {
     /// PT-RAG's sparsity weight: the loss adds `sparsity * mean(w)`.
     pub sparsity: f64,
     pub eval_selection: EvalSelection,
+    /// At test: draws of paired control cells over which a model's predicted mean change is
+    /// averaged (`predict_condition_drawn`); validation uses one. Runs recorded before it: 1.
+    #[serde(default = "one")]
+    pub eval_draws: usize,
     pub retrieval_database: RetrievalDatabase,
     pub adam: AdamConfig,
     pub model: ModelConfig,
@@ -87,6 +91,24 @@ fn rng_stream(seed: u64, stream: u64) -> ChaCha8Rng {
 const INIT_STREAM: u64 = 0;
 const EVAL_STREAM: u64 = u64::MAX;
 const DATA_MEAN_STREAM: u64 = u64::MAX - 1;
+const EVAL_DRAWS_STREAM: u64 = u64::MAX - 2;
+
+fn one() -> usize {
+    1
+}
+
+/// The default of `--eval-draws`: the control-draw noise it leaves in a model's mean-change MSE is
+/// under 5% of the noise floor on the built-in data (docs/design.md, "Fair evaluation").
+pub const DEFAULT_EVAL_DRAWS: usize = 8;
+
+/// One condition's prediction: the first draw's predicted, real and paired control cells, each
+/// `[cells, genes]`, and the predicted mean over every draw, `[genes]`.
+pub struct DrawnPrediction {
+    pub pred: Vec<f32>,
+    pub real: Vec<f32>,
+    pub paired: Vec<f32>,
+    pub mean_pred: Vec<f64>,
+}
 
 pub struct Trainer<'s> {
     pub cfg: TrainConfig,
@@ -306,6 +328,51 @@ impl<'s> Trainer<'s> {
         Ok((pred, real, control))
     }
 
+    /// The RNG that further control draws come from (`predict_condition_drawn`): a stream of its
+    /// own, so that the first draw, and every baseline, is the same whatever the number of draws.
+    pub fn draws_rng(&self) -> ChaCha8Rng {
+        rng_stream(self.cfg.seed, EVAL_DRAWS_STREAM)
+    }
+
+    /// `predict_condition` (its first draw, from `rng`), with the predicted mean averaged over
+    /// `draws` pairings of the real cells with control cells: the first, then `draws - 1` more from
+    /// `draws_rng` (`further_draws`). A baseline's mean is exact; a model's, from one pairing,
+    /// carries the sampled control cells' noise, which the average removes.
+    pub fn predict_condition_drawn(
+        &self,
+        cond: &Condition,
+        draws: usize,
+        rng: &mut ChaCha8Rng,
+        draws_rng: &mut ChaCha8Rng,
+    ) -> Result<DrawnPrediction> {
+        let g = self.store.n_genes();
+        let (mut pred, mut real, mut paired) = (Vec::new(), Vec::new(), Vec::new());
+        let mut sum = vec![0.0f64; g];
+        for set in evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, rng) {
+            let (tape, out) = self.eval_forward(&set, rng);
+            let first = tape.fetch(out.pred)?;
+            add_rows(&mut sum, &first);
+            add_rows_f64(&mut sum, &self.further_draws(&set, draws, draws_rng)?);
+            pred.extend_from_slice(&first);
+            real.extend_from_slice(&set.target);
+            paired.extend_from_slice(&set.control);
+        }
+        let n = (cond.cells.len() * draws.max(1)) as f64;
+        Ok(DrawnPrediction { pred, real, paired, mean_pred: sum.iter().map(|s| s / n).collect() })
+    }
+
+    /// The set's predicted cells `[genes]`-summed over `draws - 1` further pairings of its real
+    /// cells with control cells drawn from `draws_rng`.
+    pub fn further_draws(&self, set: &Batch, draws: usize, draws_rng: &mut ChaCha8Rng) -> Result<Vec<f64>> {
+        let mut sum = vec![0.0f64; self.store.n_genes()];
+        for _ in 1..draws {
+            let repaired = set.repaired(self.store, &self.fold.controls[set.cell_type[0] as usize], draws_rng);
+            let (tape, out) = self.eval_forward(&repaired, draws_rng);
+            add_rows(&mut sum, &tape.fetch(out.pred)?);
+        }
+        Ok(sum)
+    }
+
     /// The model's predicted cells for each set, concatenated `[cells, genes]`.
     pub fn predict_sets(&self, sets: &[Batch], rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
         let mut pred = Vec::new();
@@ -352,6 +419,16 @@ impl<'s> Trainer<'s> {
 }
 
 /// Mean expression of up to 4096 training cells drawn at random (training conditions only).
+/// Adds every row of `rows` (`[n, sum.len()]`) into `sum`.
+fn add_rows(sum: &mut [f64], rows: &[f32]) {
+    for row in rows.chunks(sum.len().max(1)) {
+        sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+    }
+}
+fn add_rows_f64(sum: &mut [f64], row: &[f64]) {
+    sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+}
+
 fn training_mean(store: &Store, fold: &Fold, rng: &mut impl rand::Rng) -> Vec<f32> {
     let g = store.n_genes();
     let (mut sum, mut row) = (vec![0.0f64; g], vec![0.0f32; g]);
@@ -378,6 +455,7 @@ impl TrainConfig {
             head_bias_from_data: true,
             sparsity: 0.1,
             eval_selection: EvalSelection::Expected,
+            eval_draws: DEFAULT_EVAL_DRAWS,
             retrieval_database: RetrievalDatabase::All,
             adam: AdamConfig::default(),
             model: ModelConfig::paper(kind, m.n_genes(), m.n_perturbations(), m.n_batches, m.embed_dim),

@@ -158,6 +158,10 @@ pub struct TrainOptions {
     /// include logit is larger) or `sampled` (Gumbel noise, as the reference) [default: expected]
     #[arg(long, value_enum)]
     pub eval_selection: Option<EvalSelection>,
+    /// At test, draws of paired control cells over which a model's predicted mean change is
+    /// averaged (the distributional metrics keep the first draw's cells) [default: 8]
+    #[arg(long)]
+    pub eval_draws: Option<usize>,
     /// Which perturbations retrieval may return [default: all]
     #[arg(long, value_enum)]
     pub retrieval_db: Option<RetrievalDatabase>,
@@ -211,6 +215,7 @@ macro_rules! fields {
             causal_rope,
             frozen_backbone,
             eval_selection,
+            eval_draws,
             retrieval_db,
             self_retrieval_bug,
             reference_init,
@@ -274,7 +279,7 @@ impl TrainOptions {
             ($($dst:expr => $src:ident),*) => { $( if let Some(v) = self.$src.clone() { $dst = v; } )* };
         }
         set!(c.steps => steps, c.sets_per_batch => sets_per_batch, c.cells_per_set => cells_per_set, c.seed => seed,
-             c.val_every => val_every, c.sparsity => sparsity, c.adam.lr => lr, c.adam.weight_decay => weight_decay,
+             c.val_every => val_every, c.eval_draws => eval_draws, c.sparsity => sparsity, c.adam.lr => lr, c.adam.weight_decay => weight_decay,
              c.adam.clip_norm => clip_norm, c.model.hidden => hidden, c.model.layers => layers, c.model.heads => heads,
              c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau, c.model.soft_selection_steps => soft_selection_steps,
              c.model.scorer_dropout => scorer_dropout, c.model.candidate_context => candidate_context,
@@ -295,6 +300,9 @@ impl TrainOptions {
         c.model.self_exclusion =
             if self.self_retrieval_bug.unwrap_or(reference) { SelfExclusion::FirstSetInTraining } else { SelfExclusion::Always };
 
+        if c.eval_draws == 0 {
+            return Err(Error::invalid("--eval-draws", "at least 1 draw of paired control cells"));
+        }
         if !(c.adam.lr > 0.0 && c.adam.lr.is_finite()) {
             return Err(Error::invalid("--lr", format!("must be a positive number, got {}", c.adam.lr)));
         }

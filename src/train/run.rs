@@ -123,6 +123,10 @@ pub struct RunSummary {
     /// beside `test.mse_change`.
     #[serde(default)]
     pub baselines_mse_change: std::collections::BTreeMap<String, f64>,
+    /// On a store with planted means: the noise floor, the baselines and the oracles against the
+    /// truth (the model's own is `test.mse_change_truth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truth: Option<crate::eval::oracles::TruthFigures>,
 }
 
 /// Carried in the checkpoints so that a resumed run keeps it: the best validation so far and the

@@ -67,7 +67,7 @@ use ptrag_engine::train::{TrainConfig, Trainer};
 pub fn tiny_store() -> (tempfile::TempDir, Store) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("s");
-    synth::generate(&SynthConfig::preset("tiny", 11).unwrap(), &dir, false).unwrap();
+    synth::generate(&SynthConfig::preset("tiny", 11).unwrap(), &dir, true, false).unwrap();
     let store = Store::open(&dir).unwrap();
     (tmp, store)
 }
