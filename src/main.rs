@@ -44,16 +44,23 @@ struct Cli {
 enum Command {
     /// Generate the built-in synthetic Perturb-seq benchmark as a dataset store.
     Synth {
-        /// tiny (tests), small (default for `train`), or replogle (Replogle-Nadig sized, ~650k cells).
-        #[arg(long, default_value = "small")]
+        /// tiny (tests), small (the original benchmark), calibrated (its biology calibrated to real
+        /// cross-cell-line statistics), or replogle (Replogle-Nadig sized, ~650k cells).
+        #[arg(long, default_value = ptrag_engine::data::synth::DEFAULT_PRESET)]
         preset: String,
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// How cell-type-specific the planted biology is, in [0, 1): the share of pathways silent
-        /// per cell type; above 0.25 (the default data) more perturbations belong to two pathways
-        /// and act through only one of them, chosen per cell type (docs/design.md, "Context specificity").
-        #[arg(long, default_value_t = 0.25)]
-        context_specificity: f64,
+        /// How cell-type-specific the planted biology is, in [0, 1). On tiny, small and replogle:
+        /// the share of pathways silent per cell type (default 0.25); above 0.25 more perturbations
+        /// belong to two pathways and act through only one of them, chosen per cell type. On
+        /// calibrated: the rewired share of each pathway's program per cell type (its default is
+        /// the calibrated one). docs/design.md, "Context specificity".
+        #[arg(long)]
+        context_specificity: Option<f64>,
+        /// Calibration only: the calibrated preset's mechanism strengths as JSON, every field of
+        /// `Biology` (docs/design.md, "The calibrated preset"); recorded in the store's source.
+        #[arg(long)]
+        biology: Option<String>,
         /// Output directory (default: data/synth-<preset>, or data/synth-<preset>-cs<X> at another
         /// context specificity).
         #[arg(long)]
@@ -65,7 +72,7 @@ enum Command {
         truth: bool,
     },
     /// Train STATE, STATE+GenePT, Vanilla RAG or PT-RAG on a dataset store (default: the built-in
-    /// `small` data, generated and cached).
+    /// `calibrated` data, generated and cached).
     Train(TrainOptions),
     /// The paper's experiment in one command: train STATE, STATE+GenePT, Vanilla RAG and PT-RAG on
     /// one target cell type (the `train` defaults, or the options given), then evaluate them into
@@ -281,8 +288,8 @@ struct PrepareArgs {
 fn run(cli: Cli) -> ptrag_engine::Result<()> {
     let progress = !cli.quiet;
     match cli.command {
-        Command::Synth { preset, seed, context_specificity, out, truth } => {
-            cli::synth_command(&preset, seed, context_specificity, out, truth, progress)?
+        Command::Synth { preset, seed, context_specificity, biology, out, truth } => {
+            cli::synth_command(&preset, seed, context_specificity, biology.as_deref(), out, truth, progress)?
         }
         Command::Train(args) => {
             cli::install_ctrl_c()?;

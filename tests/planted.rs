@@ -100,3 +100,53 @@ fn context_specificity_plants_cell_type_specific_pathways() {
     assert!(SynthConfig::preset("tiny", 3).unwrap().with_context_specificity(1.0).is_err());
     assert_eq!(SynthConfig::preset("tiny", 3).unwrap().with_context_specificity(0.25).unwrap(), SynthConfig::preset("tiny", 3).unwrap());
 }
+
+/// The `calibrated` preset, at the size of `tiny`: a two-pathway gene acts in each cell type through
+/// its more active pathway only; its mechanisms are recorded in the store's source (and the original
+/// presets' sources do not change); `--context-specificity` is its rewiring; and its rewiring moves
+/// how much of a perturbation's response transfers between cell types.
+#[test]
+fn calibrated_preset_uses_the_more_active_pathway_and_rewires_programs() {
+    use ptrag_engine::data::synth::{generate, SynthConfig, CALIBRATED};
+    let tmp = tempfile::tempdir().unwrap();
+    let at_tiny_size = |rewiring: f64| {
+        let mut cfg = SynthConfig::preset("calibrated", 3).unwrap().with_context_specificity(rewiring).unwrap();
+        let tiny = SynthConfig::preset("tiny", 3).unwrap();
+        (cfg.genes, cfg.perturbations, cfg.pathways, cfg.embed_dim) = (tiny.genes, tiny.perturbations, tiny.pathways, tiny.embed_dim);
+        (cfg.cells_per_condition, cfg.controls_per_cell_type, cfg.batches_per_cell_type) = (12, 60, 2);
+        cfg
+    };
+    let cfg = at_tiny_size(CALIBRATED.rewiring);
+    assert!(cfg.source().contains("\"biology\"") && !SynthConfig::preset("small", 42).unwrap().source().contains("biology"));
+    assert_eq!(cfg.context_specificity_of(), (CALIBRATED.rewiring, true));
+    assert_eq!(at_tiny_size(0.2).biology.unwrap().rewiring, 0.2);
+    let dir = generate(&cfg, &tmp.path().join("c"), true, false).unwrap().dir;
+    let truth: TruthFile = serde_json::from_str(&std::fs::read_to_string(dir.join("synth_truth.json")).unwrap()).unwrap();
+    let acting = truth.acting.as_ref().unwrap();
+    let mut two = 0;
+    for (p, pws) in truth.pathways_of.iter().enumerate().filter(|(_, pws)| pws.len() == 2) {
+        two += 1;
+        for (ct, act) in truth.activity.iter().enumerate() {
+            let more_active = if act[pws[1]] > act[pws[0]] { pws[1] } else { pws[0] };
+            let expected: Vec<usize> = [more_active].into_iter().filter(|&pw| act[pw] > 0.0).collect();
+            assert_eq!(acting[ct][p], expected, "perturbation {p} in cell type {ct}");
+        }
+    }
+    assert!(two > 0, "no two-pathway perturbation to check");
+
+    // The planted changes of the same perturbation in two cell types correlate less when the
+    // programs are rewired more.
+    let transfer = |rewiring: f64, name: &str| -> f64 {
+        let dir = generate(&at_tiny_size(rewiring), &tmp.path().join(name), true, false).unwrap().dir;
+        let means = ptrag_engine::data::truth::TruthMeans::load(&ptrag_engine::data::store::Store::open(&dir).unwrap()).unwrap().unwrap();
+        let perts = means.meta.perturbations as u32;
+        let r: Vec<f64> = (1..perts).map(|p| pearson(&means.change(p, 0), &means.change(p, 1))).collect();
+        r.iter().sum::<f64>() / r.len() as f64
+    };
+    let (shared, rewired) = (transfer(0.0, "r0"), transfer(0.9, "r9"));
+    assert!(shared > rewired + 0.1, "cross-cell-type correlation {shared:.3} unrewired vs {rewired:.3} at 0.9");
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    ptrag_engine::eval::metrics::pearson(a, b)
+}

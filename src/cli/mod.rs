@@ -139,7 +139,7 @@ fn run_record(opts: &TrainOptions, progress: bool) -> Result<(RunRecord, PathBuf
             (record, dir.clone(), true)
         }
         None => {
-            let store = open_data(opts.data.as_ref(), opts.preset.as_deref().unwrap_or("small"), progress)?;
+            let store = open_data(opts.data.as_ref(), opts.preset.as_deref().unwrap_or(synth::DEFAULT_PRESET), progress)?;
             let target = opts.target_cell_type.clone().unwrap_or_else(|| store.manifest.cell_types[0].clone());
             let train = opts.resolve(&store, &target)?;
             let data = std::fs::canonicalize(&store.dir).map_err(|e| ptrag_engine::Error::io(&store.dir, e))?;
@@ -221,7 +221,7 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
     if opts.model.is_some() || opts.resume.is_some() {
         return Err(ptrag_engine::Error::invalid("reproduce", "trains all four models itself; --model and --resume do not apply"));
     }
-    let store = open_data(opts.data.as_ref(), opts.preset.as_deref().unwrap_or("small"), progress)?;
+    let store = open_data(opts.data.as_ref(), opts.preset.as_deref().unwrap_or(synth::DEFAULT_PRESET), progress)?;
     let target = opts.target_cell_type.clone().unwrap_or_else(|| store.manifest.cell_types[0].clone());
     let root = opts
         .run_dir
@@ -287,11 +287,30 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
 }
 
 /// `synth`: the built-in data set as a store (default `data/synth-<preset>[-cs<X>]`).
-pub fn synth_command(preset: &str, seed: u64, context_specificity: f64, out: Option<PathBuf>, truth: bool, progress: bool) -> Result<()> {
-    let cfg = SynthConfig::preset(preset, seed)?.with_context_specificity(context_specificity)?;
-    let out = out.unwrap_or_else(|| match cfg.context_specificity {
-        None => PathBuf::from(format!("data/synth-{preset}")),
-        Some(x) => PathBuf::from(format!("data/synth-{preset}-cs{x}")),
+pub fn synth_command(
+    preset: &str,
+    seed: u64,
+    context_specificity: Option<f64>,
+    biology: Option<&str>,
+    out: Option<PathBuf>,
+    truth: bool,
+    progress: bool,
+) -> Result<()> {
+    let mut cfg = SynthConfig::preset(preset, seed)?;
+    if let Some(json) = biology {
+        if cfg.biology.is_none() {
+            return Err(ptrag_engine::Error::invalid("--biology", format!("applies to the calibrated preset, not {preset}")));
+        }
+        cfg.biology = Some(serde_json::from_str(json).map_err(|e| {
+            ptrag_engine::Error::invalid("--biology", format!("every field of the calibrated preset's Biology as JSON ({e})"))
+        })?);
+    }
+    if let Some(x) = context_specificity {
+        cfg = cfg.with_context_specificity(x)?;
+    }
+    let out = out.unwrap_or_else(|| match cfg.context_specificity_of() {
+        (_, true) => PathBuf::from(format!("data/synth-{preset}")),
+        (x, false) => PathBuf::from(format!("data/synth-{preset}-cs{x}")),
     });
     let report = synth::generate(&cfg, &out, truth || synth::truth_by_default(preset), progress)?;
     println!(

@@ -1,4 +1,6 @@
-//! The built-in benchmark: seeded Perturb-seq-like data shaped like Replogle-Nadig.
+//! The built-in benchmark: seeded Perturb-seq-like data shaped like Replogle-Nadig. The
+//! `calibrated` preset (the default) adds the mechanisms of `Biology`, set from real
+//! cross-cell-line statistics; `tiny`, `small` and `replogle` are the original data, byte for byte.
 //!
 //! What is planted (and why retrieval matters on it), in log-expression space per cell:
 //! - 4 cell types, each with its own baseline profile and 3 control sub-states (heterogeneity);
@@ -29,7 +31,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma, Normal, Poisson};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const CELL_TYPES: [&str; 4] = ["K562", "RPE1", "Jurkat", "HepG2"];
@@ -52,7 +54,53 @@ pub struct SynthConfig {
     /// original data (0.25), kept out of `source` so that its cached stores stay valid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_specificity: Option<f64>,
+    /// The mechanisms of the `calibrated` preset (`Biology`); None for the original presets, kept
+    /// out of `source` so that their cached stores stay valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub biology: Option<Biology>,
 }
+
+/// The planted biology of the `calibrated` preset, each mechanism standing for something reported
+/// in real screens, with strengths set from real cross-cell-line statistics (docs/design.md,
+/// "The calibrated preset"). Drawn from RNG streams of their own, after everything the original
+/// presets draw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Biology {
+    /// Share of each pathway's program rewired per cell type: a cell type's program is
+    /// `sqrt(1 - r) shared + sqrt(r) private` (programs partly rewired across lines). This is the
+    /// preset's `--context-specificity`.
+    pub rewiring: f64,
+    /// Share of the perturbations that belong to two pathways; such a gene acts only through the
+    /// one more active in the cell type (context-dependent pathway use).
+    pub two_pathway_share: f64,
+    /// SD of the log of a perturbation's strength, shared by all cell types (knock-downs differ
+    /// widely in impact, and consistently across lines).
+    pub strength_sd: f64,
+    /// SD of the log of a per-cell-type factor on that strength (context-dependent essentiality).
+    pub essentiality_sd: f64,
+    /// Weight of a response program every perturbation triggers in every cell type, in proportion
+    /// to its strength (a common stress response).
+    pub universal: f64,
+    /// Share of a perturbation's idiosyncratic effect that is specific to each cell type.
+    pub private_idiosyncratic: f64,
+    /// A gene's change saturates at this many log units (`c tanh(d / c)`).
+    pub saturation: f64,
+}
+
+/// The calibrated strengths (set on seed 7, never on the benchmark's data: docs/design.md).
+pub const CALIBRATED: Biology = Biology {
+    rewiring: 0.6,
+    two_pathway_share: 0.3,
+    strength_sd: 0.6,
+    essentiality_sd: 0.3,
+    universal: 0.5,
+    private_idiosyncratic: 0.5,
+    saturation: 1.5,
+};
+
+/// The preset `train`, `reproduce` and `synth` use when none is named.
+pub const DEFAULT_PRESET: &str = "calibrated";
 
 /// The context specificity of the original built-in data: a quarter of the pathways silent per
 /// cell type, and no perturbation switching pathway between cell types.
@@ -64,7 +112,8 @@ impl SynthConfig {
             "tiny" => (48, 30, 5, 32, 12, 60, 2),
             "small" => (512, 200, 16, 1536, 48, 1000, 4),
             "replogle" => (2000, 2023, 60, 1536, 75, 10000, 14),
-            _ => return Err(Error::invalid("preset", format!("`{name}`: expected tiny, small or replogle"))),
+            "calibrated" => (512, 200, 16, 1536, 96, 2000, 4),
+            _ => return Err(Error::invalid("preset", format!("`{name}`: expected calibrated, tiny, small or replogle"))),
         };
         Ok(SynthConfig {
             preset: name.into(),
@@ -77,6 +126,7 @@ impl SynthConfig {
             controls_per_cell_type,
             batches_per_cell_type,
             context_specificity: None,
+            biology: (name == "calibrated").then_some(CALIBRATED),
         })
     }
 
@@ -85,12 +135,23 @@ impl SynthConfig {
     /// pathways (10% at 0.25, up to 50%) and acts through only one of them, chosen per cell type, in
     /// a share `m = (x - 0.25) / 0.75` of the cell types. A cell-type-agnostic retrieval then finds
     /// neighbours through the wrong pathway more often. `x = 0.25` gives the original data exactly.
+    /// On `calibrated`, `x` is the rewired share of each pathway's program (`Biology::rewiring`).
     pub fn with_context_specificity(mut self, x: f64) -> Result<SynthConfig> {
         if !(0.0..1.0).contains(&x) {
             return Err(Error::invalid("--context-specificity", format!("a value in [0, 1), got {x}")));
         }
-        self.context_specificity = (x != DEFAULT_CONTEXT_SPECIFICITY).then_some(x);
+        match &mut self.biology {
+            Some(b) => b.rewiring = x,
+            None => self.context_specificity = (x != DEFAULT_CONTEXT_SPECIFICITY).then_some(x),
+        }
         Ok(self)
+    }
+    /// The context specificity of this configuration, and whether it is its preset's default.
+    pub fn context_specificity_of(&self) -> (f64, bool) {
+        match &self.biology {
+            Some(b) => (b.rewiring, b.rewiring == CALIBRATED.rewiring),
+            None => (self.specificity(), self.context_specificity.is_none()),
+        }
     }
     fn specificity(&self) -> f64 {
         self.context_specificity.unwrap_or(DEFAULT_CONTEXT_SPECIFICITY)
@@ -122,6 +183,36 @@ struct Model {
     idiosyncratic: Vec<Vec<(usize, f32)>>,
     target_gene: Vec<Option<usize>>,
     library_mean: f32,
+    /// The `calibrated` preset's mechanisms; None for the original presets.
+    context: Option<Context>,
+}
+
+/// What `Biology` draws: per cell type private programs and idiosyncratic effects, per
+/// perturbation and cell type its strength factor, and the universal program.
+struct Context {
+    biology: Biology,
+    private_programs: Vec<Vec<Vec<f32>>>,               // [ct][pathway][g]
+    private_idiosyncratic: Vec<Vec<Vec<(usize, f32)>>>, // [ct][pert]
+    strength_factor: Vec<Vec<f32>>,                     // [ct][pert]: shared log-normal x per-cell-type essentiality
+    universal: Vec<f32>,                                // [g]
+}
+
+impl Context {
+    fn new(cfg: &SynthConfig, biology: &Biology) -> Context {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xB101_0617);
+        let (g, n_ct, np) = (cfg.genes, CELL_TYPES.len(), cfg.perturbations + 1);
+        let private_programs = (0..n_ct).map(|_| (0..cfg.pathways).map(|_| sparse(&mut rng, g, 0.08, 1.0)).collect()).collect();
+        let private_idiosyncratic = (0..n_ct)
+            .map(|_| (0..np).map(|_| (0..g).filter_map(|i| rng.gen_bool(0.02).then(|| (i, normal(&mut rng, 0.3)))).collect()).collect())
+            .collect();
+        // exp(sd z - sd^2 / 2): a mean of 1, so the typical effect keeps the original presets' scale.
+        let log_normal = |rng: &mut ChaCha8Rng, sd: f64| (sd * normal(rng, 1.0) as f64 - sd * sd / 2.0).exp() as f32;
+        let shared: Vec<f32> = (0..np).map(|_| log_normal(&mut rng, biology.strength_sd)).collect();
+        let strength_factor =
+            (0..n_ct).map(|_| shared.iter().map(|&s| s * log_normal(&mut rng, biology.essentiality_sd)).collect()).collect();
+        let universal = sparse(&mut rng, g, 0.05, 1.0);
+        Context { biology: biology.clone(), private_programs, private_idiosyncratic, strength_factor, universal }
+    }
 }
 
 fn normal(rng: &mut impl Rng, sd: f32) -> f32 {
@@ -146,7 +237,10 @@ impl Model {
             .collect();
         let generic = (0..n_ct).map(|_| sparse(&mut rng, g, 0.05, 0.5)).collect();
         let mut pert_pathways = vec![vec![]];
-        let two_pathways = 0.15 + 0.4 * cfg.switching();
+        let two_pathways = match &cfg.biology {
+            Some(b) => 0.05 + b.two_pathway_share,
+            None => 0.15 + 0.4 * cfg.switching(),
+        };
         for _ in 0..cfg.perturbations {
             let u: f64 = rng.gen();
             let first = rng.gen_range(0..cfg.pathways);
@@ -200,11 +294,15 @@ impl Model {
             idiosyncratic,
             target_gene,
             library_mean: (2 * g) as f32,
+            context: cfg.biology.as_ref().map(|b| Context::new(cfg, b)),
         }
     }
 
     /// Mean log-expression shift of perturbation `p` in cell type `ct` (responding cells).
     fn effect(&self, p: usize, ct: usize) -> Vec<f32> {
+        if let Some(context) = &self.context {
+            return self.context_effect(context, p, ct);
+        }
         let g = self.cfg.genes;
         let mut d = vec![0.0f32; g];
         if p == 0 {
@@ -225,10 +323,52 @@ impl Model {
         d
     }
 
+    /// `effect` on the `calibrated` preset: the acting pathway's program as rewired in the cell
+    /// type, scaled by its activity and the perturbation's strength there; the cell type's generic
+    /// and the universal program; idiosyncratic effects partly private to the cell type; the
+    /// knock-down; every gene's change saturating.
+    fn context_effect(&self, context: &Context, p: usize, ct: usize) -> Vec<f32> {
+        let (g, b) = (self.cfg.genes, &context.biology);
+        let mut d = vec![0.0f32; g];
+        if p == 0 {
+            return d;
+        }
+        let s = self.strength[p] * context.strength_factor[ct][p];
+        let (shared, private) = ((1.0 - b.rewiring).sqrt() as f32, b.rewiring.sqrt() as f32);
+        for pw in self.acting(p, ct) {
+            let a = self.activity[ct][pw] * s;
+            let programs = self.programs[pw].iter().zip(&context.private_programs[ct][pw]);
+            d.iter_mut().zip(programs).for_each(|(d, (&u, &v))| *d += a * (shared * u + private * v));
+        }
+        let universal = b.universal as f32 * s;
+        for ((d, &v), &u) in d.iter_mut().zip(&self.generic[ct]).zip(&context.universal) {
+            *d += 0.5 * s * v + universal * u;
+        }
+        let (shared, private) = ((1.0 - b.private_idiosyncratic).sqrt() as f32, b.private_idiosyncratic.sqrt() as f32);
+        for &(i, v) in &self.idiosyncratic[p] {
+            d[i] += shared * v;
+        }
+        for &(i, v) in &context.private_idiosyncratic[ct][p] {
+            d[i] += private * v;
+        }
+        if let Some(t) = self.target_gene[p] {
+            d[t] += (0.15f32).ln();
+        }
+        let c = b.saturation as f32;
+        d.iter_mut().for_each(|d| *d = c * (*d / c).tanh());
+        d
+    }
+
     /// The pathways through which perturbation `p` acts in cell type `ct`: its pathways, less one
-    /// switched off there (silent pathways included: they act with activity 0).
+    /// switched off there (silent pathways included: they act with activity 0). On `calibrated`, a
+    /// two-pathway gene acts through the one more active in the cell type (the first on a tie).
     fn acting(&self, p: usize, ct: usize) -> Vec<usize> {
-        self.pert_pathways[p].iter().copied().filter(|&pw| self.switched_off[ct][p] != Some(pw)).collect()
+        let pathways = &self.pert_pathways[p];
+        if self.context.is_some() && pathways.len() == 2 {
+            let more_active = if self.activity[ct][pathways[1]] > self.activity[ct][pathways[0]] { pathways[1] } else { pathways[0] };
+            return vec![more_active];
+        }
+        pathways.iter().copied().filter(|&pw| self.switched_off[ct][p] != Some(pw)).collect()
     }
 
     /// One normalised, log1p'd expression profile.

@@ -45,7 +45,7 @@ pub struct TrainOptions {
     /// A dataset store directory; without it the built-in data of `--preset` is used.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Built-in data preset when `--data` is not given [default: small].
+    /// Built-in data preset when `--data` is not given: calibrated, small, tiny or replogle [default: calibrated].
     #[arg(long)]
     pub preset: Option<String>,
     /// cell-load style split TOML [default: the store's split.toml].
