@@ -203,7 +203,11 @@ impl Context {
         let (g, n_ct, np) = (cfg.genes, CELL_TYPES.len(), cfg.perturbations + 1);
         let private_programs = (0..n_ct).map(|_| (0..cfg.pathways).map(|_| sparse(&mut rng, g, 0.08, 1.0)).collect()).collect();
         let private_idiosyncratic = (0..n_ct)
-            .map(|_| (0..np).map(|_| (0..g).filter_map(|i| rng.gen_bool(0.02).then(|| (i, normal(&mut rng, 0.3)))).collect()).collect())
+            .map(|_| {
+                (0..np)
+                    .map(|_| (0..g).filter_map(|i| if rng.gen_bool(0.02) { Some((i, normal(&mut rng, 0.3))) } else { None }).collect())
+                    .collect()
+            })
             .collect();
         // exp(sd z - sd^2 / 2): a mean of 1, so the typical effect keeps the original presets' scale.
         let log_normal = |rng: &mut ChaCha8Rng, sd: f64| (sd * normal(rng, 1.0) as f64 - sd * sd / 2.0).exp() as f32;
