@@ -349,6 +349,30 @@ fn reproduce_trains_the_four_models_and_writes_the_report() {
     assert!(out.status.success() && stderr(&out).contains("finished run kept"), "{}", stderr(&out));
 }
 
+/// PT-RAG's own options beyond the paper (`--tau-start`, `--soft-selection-steps`) train a PT-RAG
+/// variant beside the paper's four, which run without them (they were refused for STATE before).
+#[test]
+fn reproduce_with_pt_rag_only_options_trains_the_variant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let root = tmp.path().join("repro");
+    let args = ["--steps", "2", "--val-every", "0", "--top-k", "4", "--tau-start", "2", "--soft-selection-steps", "1"];
+    let out = train_like(&store, &root, "reproduce", &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for model in ["state", "state-genept", "vanilla-rag", "pt-rag"] {
+        let config = std::fs::read_to_string(root.join(model).join("config.toml")).unwrap();
+        assert!(!config.contains("tau_start") && config.contains("soft_selection_steps = 0"), "{model}: {config}");
+    }
+    let variants: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("pt-rag+"))
+        .collect();
+    assert_eq!(variants.len(), 1, "{variants:?}");
+    let config = std::fs::read_to_string(root.join(&variants[0]).join("config.toml")).unwrap();
+    assert!(config.contains("tau_start = 2") && config.contains("soft_selection_steps = 1"), "{config}");
+}
+
 /// Options beyond the paper train the retrieval models once more beside the paper's four, which
 /// stay as they are.
 #[test]

@@ -210,8 +210,9 @@ pub fn install_ctrl_c() -> Result<()> {
 }
 
 /// The paper's experiment in one command: the four models on one target cell type, then `evaluate`.
-/// With `--candidate-context`, `--response-readout`, `--logit-norm`, `--anchor-output` or
-/// `--similarity-features` (options beyond the paper),
+/// With `--candidate-context`, `--response-readout`, `--logit-norm`, `--anchor-output`,
+/// `--similarity-features`, `--residual-output`, `--shift-output`, `--tau-start` or
+/// `--soft-selection-steps` (options beyond the paper),
 /// the four stay the paper's and the retrieval models are trained once more with those options
 /// (`vanilla-rag+both`, `pt-rag+both+readout`, ...), beside them in the same report.
 pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
@@ -236,6 +237,8 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
         similarity_features: None,
         residual_output: None,
         shift_output: None,
+        tau_start: None,
+        soft_selection_steps: None,
         ..opts.clone()
     };
     let mut runs: Vec<(ModelKind, TrainOptions)> = ModelKind::ALL.iter().map(|&k| (k, paper.clone())).collect();
@@ -247,9 +250,13 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
         opts.similarity_features.is_some(),
         opts.residual_output.is_some(),
         opts.shift_output.is_some(),
+        opts.tau_start.is_some(),
+        opts.soft_selection_steps.is_some(),
     ];
     if beyond.contains(&true) {
-        let vanilla = TrainOptions { response_readout: None, logit_norm: None, ..opts.clone() };
+        // PT-RAG's own options do not apply to Vanilla RAG.
+        let vanilla =
+            TrainOptions { response_readout: None, logit_norm: None, tau_start: None, soft_selection_steps: None, ..opts.clone() };
         if vanilla.candidate_context.is_some() || vanilla.similarity_features.is_some() {
             runs.push((ModelKind::VanillaRag, vanilla));
         }
