@@ -988,3 +988,68 @@ fn truth_floor_and_oracles_are_reported_with_planted_means_and_draws_move_only_a
     }
     assert!(model_mse_moved, "more draws must move the model's mean change");
 }
+
+/// A run directory being trained is locked: a second `train` or `--resume` of it fails at once with
+/// a one-line error naming the directory and the process holding it, and leaves the run intact.
+#[test]
+fn a_run_directory_being_trained_is_locked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let run = tmp.path().join("run");
+    assert!(train(&store, &run, &["--steps", "2", "--val-every", "0"]).status.success());
+    let metrics = std::fs::read(run.join("metrics.json")).unwrap();
+    let held = ptrag_engine::data::lock::DirLock::acquire(&run, "test").unwrap();
+    let out = cli().args(["train", "--quiet", "--steps", "3", "--resume"]).arg(&run).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("process {}", std::process::id())) && err.contains(&*run.to_string_lossy()), "{err}");
+    assert_eq!(std::fs::read(run.join("metrics.json")).unwrap(), metrics, "the run is intact");
+    drop(held);
+    let out = cli().args(["train", "--quiet", "--steps", "3", "--resume"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Cell-type labels are data, never paths (issue 37): an absolute path, `..` and a name with dots as
+/// cell types. `train --target-cell-type all` writes every fold inside `--run-dir` (nothing where
+/// the labels point), each label's own split section is found (a dotted name included), and every
+/// fold is tested on its conditions.
+#[test]
+fn hostile_cell_type_labels_stay_inside_the_run_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let outside = tmp.path().join("outside");
+    let labels = ["K562".to_string(), outside.to_string_lossy().into_owned(), "..".to_string(), "Jurkat.E6-1".to_string()];
+    let manifest_path = store.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["cell_types"] = serde_json::json!(labels);
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    let split = std::fs::read_to_string(store.join("split.toml")).unwrap();
+    let split = ["rpe1", "jurkat", "hepg2"]
+        .iter()
+        .zip(&labels[1..])
+        .fold(split, |s, (old, new)| s.replace(&format!("\"synth.{old}\""), &format!("\"synth.{}\"", new.to_lowercase())));
+    std::fs::write(store.join("split.toml"), split).unwrap();
+
+    let run = tmp.path().join("runs").join("all");
+    let out = train(&store, &run, &["--steps", "1", "--val-every", "0", "--target-cell-type", "all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!outside.exists(), "a fold was written where a label points");
+    let entries: Vec<String> =
+        std::fs::read_dir(tmp.path().join("runs")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(entries.iter().all(|e| e == "all" || e == ".all.lock"), "written beside the run directory: {entries:?}");
+    let folds: Vec<std::path::PathBuf> =
+        std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("metrics.json").exists()).collect();
+    assert_eq!(folds.len(), 4, "{folds:?}");
+    for fold in &folds {
+        let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fold.join("metrics.json")).unwrap()).unwrap();
+        assert!(metrics["test"]["conditions"].as_u64().unwrap() > 0, "{}: {metrics}", fold.display());
+    }
+    let out = cli()
+        .args(["evaluate", "--quiet", "--pca-components", "5", "--eval-draws", "1", "--out"])
+        .arg(tmp.path().join("eval"))
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -347,3 +347,47 @@ fn export_refuses_a_damaged_store_with_nan() {
     assert!(err.contains("expression.bin") && err.contains("cell 1") && err.contains("NaN"), "{err}");
     assert!(!dir.path().join("out/data.h5ad").exists());
 }
+
+/// Exclusive access to a store being written (issue 37): a second writer of the same store fails
+/// at once, naming the holder; a user's `X.partial` directory is never touched; what a killed
+/// writer left (marked as the engine's) is cleaned; a directory that is not a store is never
+/// replaced.
+#[test]
+fn a_store_being_written_is_locked_and_only_the_engines_partial_directories_are_removed() {
+    use ptrag_engine::data::lock::DirLock;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SynthConfig::preset("tiny", 7).unwrap();
+    let out = dir.path().join("store");
+    let user = dir.path().join("store.partial");
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("my_notes.txt"), "mine").unwrap();
+    let stale = dir.path().join("store.partial-4000000");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join(".ptrag-partial"), "").unwrap();
+    let foreign = dir.path().join("store.partial-notes");
+    std::fs::create_dir(&foreign).unwrap();
+
+    let held = DirLock::acquire(&out, "test").unwrap();
+    let err = synth::generate(&cfg, &out, false, false).unwrap_err().to_string();
+    assert!(err.contains(&format!("process {}", std::process::id())) && err.contains("store"), "{err}");
+    assert!(!out.exists());
+    drop(held);
+    synth::generate(&cfg, &out, false, false).unwrap();
+    assert_eq!(std::fs::read_to_string(user.join("my_notes.txt")).unwrap(), "mine");
+    assert!(!stale.exists(), "a killed writer's partial directory is cleaned");
+    assert!(foreign.exists(), "a directory without the engine's mark is never removed");
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("store.partial-") && n != "store.partial-notes")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(!out.join(".ptrag-partial").exists());
+
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("data.txt"), "keep").unwrap();
+    let err = synth::generate(&cfg, &mine, false, false).unwrap_err().to_string();
+    assert!(err.contains("not a store"), "{err}");
+    assert_eq!(std::fs::read_to_string(mine.join("data.txt")).unwrap(), "keep");
+}

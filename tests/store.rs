@@ -223,3 +223,21 @@ fn the_writer_refuses_values_its_dtype_cannot_hold() {
         assert!(!dir.exists() && !tmp.path().join("w.partial").exists());
     }
 }
+
+/// Labels become one safe path component each: no separator, no leading dot, distinct labels stay
+/// distinct, ordinary names keep their lowercase form (the fold directories of existing runs).
+#[test]
+fn labels_become_safe_distinct_path_components() {
+    use ptrag_engine::data::lock::path_component;
+    assert_eq!(path_component("K562").unwrap(), "k562");
+    assert_eq!(path_component("Jurkat.E6-1").unwrap(), "jurkat.e6-1");
+    let hostile = ["/etc/passwd", "..", ".", "a/../b", "a\\b", "line\nbreak", "comma,semi;", "Ünïcode", "%2F", "/"];
+    let names: Vec<String> = hostile.iter().map(|l| path_component(l).unwrap()).collect();
+    for (label, name) in hostile.iter().zip(&names) {
+        assert!(!name.contains('/') && !name.contains('\\') && !name.starts_with('.') && !name.contains('\n'), "{label:?} -> {name}");
+        assert_eq!(std::path::Path::new(name).components().count(), 1, "{label:?} -> {name}");
+    }
+    let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), names.len(), "{names:?}");
+    assert!(path_component("").is_err() && path_component(&"x".repeat(300)).is_err());
+}

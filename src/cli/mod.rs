@@ -94,6 +94,9 @@ pub fn train_command(opts: TrainOptions, progress: bool) -> Result<Vec<run::RunS
     let store = Store::open(&record.data)?;
     let split = SplitFile::read(&record.split)?;
     let gpu = opts.device.unwrap_or(DeviceChoice::Cpu).open(|m| eprintln!("{m}"))?;
+    // A directory another process is training fails here, before the banner, as one line; `execute`
+    // then holds the lock for the whole run.
+    drop(ptrag_engine::data::lock::DirLock::acquire(&run_dir, "run directory")?);
     let t = &record.train;
     eprintln!(
         "{} {} on {} ({} cells, {} genes), target cell type {}, {} steps of {} sets x {} cells -> {}",
@@ -147,7 +150,7 @@ fn run_record(opts: &TrainOptions, progress: bool) -> Result<(RunRecord, PathBuf
                 Some(p) => std::fs::canonicalize(p).map_err(|e| ptrag_engine::Error::io(p, e))?,
                 None => data.join("split.toml"),
             };
-            let run_dir = opts.run_dir(&train);
+            let run_dir = opts.run_dir(&train)?;
             let data_fingerprint = store.manifest.fingerprint.clone();
             (RunRecord { data, split, train, data_fingerprint }, run_dir, false)
         }

@@ -5,6 +5,7 @@ pub mod genept;
 pub mod h5ad;
 pub mod hvg;
 pub mod inspect;
+pub mod lock;
 pub mod prepare;
 pub mod responses;
 pub mod sampler;

@@ -44,9 +44,13 @@ impl SplitFile {
             .and_then(|v| v.as_table())
             .ok_or_else(|| Error::bad_file(path, "fewshot", "a [fewshot] table with \"dataset.cellline\" sections"))?;
         let mut out = SplitFile::default();
+        // A cell line's name may hold dots (`Jurkat.E6-1`): the dataset is a name the [datasets]
+        // table declares, else everything before the first dot.
+        let datasets: Vec<&String> = doc.get("datasets").and_then(|v| v.as_table()).map(|t| t.keys().collect()).unwrap_or_default();
         for (key, section) in fewshot {
-            let (dataset, line) = key
-                .rsplit_once('.')
+            let declared = datasets.iter().find_map(|d| key.strip_prefix(d.as_str())?.strip_prefix('.').map(|line| (d.as_str(), line)));
+            let (dataset, line) = declared
+                .or_else(|| key.split_once('.'))
                 .ok_or_else(|| Error::bad_file(path, format!("fewshot.\"{key}\""), "a section name of the form \"dataset.cellline\""))?;
             out.dataset = dataset.to_string();
             let field_of = |f: &str| format!("fewshot.\"{key}\".{f}");

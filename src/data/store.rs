@@ -280,11 +280,14 @@ impl Store {
     }
 }
 
-/// Streams a store to `<dir>.partial`, renamed to `<dir>` by `finish`. Dropping it unfinished
-/// removes the partial directory.
+/// Streams a store to a partial directory of its own (`<dir>.partial-<pid>`, marked as the
+/// engine's), renamed to `<dir>` by `finish`. Dropping it unfinished removes that directory, and
+/// only it. It holds `<dir>`'s lock (`data::lock`) from creation to drop, so a second writer of
+/// the same store fails at once.
 pub struct StoreWriter {
     final_dir: PathBuf,
     tmp_dir: PathBuf,
+    _lock: super::lock::DirLock,
     expression: BufWriter<File>,
     dtype: ExprDtype,
     n_genes: usize,
@@ -301,16 +304,23 @@ pub struct StoreWriter {
 impl StoreWriter {
     pub fn create(dir: impl AsRef<Path>, n_genes: usize, dtype: ExprDtype) -> Result<Self> {
         let final_dir = dir.as_ref().to_path_buf();
-        let tmp_dir = PathBuf::from(format!("{}.partial", final_dir.display()));
-        if tmp_dir.exists() {
-            std::fs::remove_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        let lock = super::lock::DirLock::acquire(&final_dir, "store")?;
+        if final_dir.exists() && !final_dir.join("manifest.json").exists() {
+            return Err(Error::invalid(
+                "store",
+                format!("{} exists and is not a store; it is never replaced: choose another directory", final_dir.display()),
+            ));
         }
+        remove_stale_partials(&final_dir)?;
+        let tmp_dir = PathBuf::from(format!("{}.partial-{}", final_dir.display(), std::process::id()));
         std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        std::fs::write(tmp_dir.join(PARTIAL_MARK), b"").map_err(|e| Error::io(tmp_dir.join(PARTIAL_MARK), e))?;
         let path = tmp_dir.join("expression.bin");
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         Ok(StoreWriter {
             final_dir,
             tmp_dir,
+            _lock: lock,
             expression: BufWriter::with_capacity(1 << 22, file),
             dtype,
             n_genes,
@@ -385,6 +395,7 @@ impl StoreWriter {
         for (name, text) in extra {
             write(name, text.as_bytes())?;
         }
+        std::fs::remove_file(tmp.join(PARTIAL_MARK)).map_err(|e| Error::io(tmp.join(PARTIAL_MARK), e))?;
         // The manifest goes last: a directory without one is never a store.
         write("manifest.json", serde_json::to_string_pretty(&manifest).expect("manifest serialises").as_bytes())?;
         if self.final_dir.exists() {
@@ -394,6 +405,25 @@ impl StoreWriter {
         self.finished = true;
         Ok(self.final_dir.clone())
     }
+}
+
+/// Marks a partial directory as the engine's: only directories holding it are ever removed.
+const PARTIAL_MARK: &str = ".ptrag-partial";
+
+/// Removes what killed writers of `final_dir` left: `<dir>.partial-*` directories holding the
+/// engine's mark. Called with the store's lock held, so no live writer owns one.
+fn remove_stale_partials(final_dir: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (final_dir.parent(), final_dir.file_name()) else { return Ok(()) };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let prefix = format!("{}.partial-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(&prefix) && path.join(PARTIAL_MARK).is_file() {
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for StoreWriter {

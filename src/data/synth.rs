@@ -612,6 +612,7 @@ struct Work {
     stream: u64,
 }
 
+#[derive(Debug)]
 pub struct SynthReport {
     pub dir: PathBuf,
     pub cells: usize,

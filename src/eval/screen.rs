@@ -191,7 +191,10 @@ pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress
     bar.finish_and_clear();
     rows.sort_by(|a, b| b.effect_norm.total_cmp(&a.effect_norm).then_with(|| a.perturbation.cmp(&b.perturbation)));
 
-    let out = out.map_or_else(|| run_dir.join(format!("screen-{}", cell_type.to_lowercase())), Path::to_path_buf);
+    let out = match out {
+        Some(out) => out.to_path_buf(),
+        None => run_dir.join(format!("screen-{}", crate::data::lock::path_component(&cell_type)?)),
+    };
     let (pred_path, csv_path) = write_outputs(&out, &a, &rows, &cell_type)?;
     Ok(Screen {
         cell_type,

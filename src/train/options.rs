@@ -317,9 +317,13 @@ impl TrainOptions {
     }
 
     /// `runs/<model variant>-<target>-<seed>` unless `--run-dir` was given.
-    pub fn run_dir(&self, cfg: &TrainConfig) -> PathBuf {
-        self.run_dir.clone().unwrap_or_else(|| {
-            Path::new("runs").join(format!("{}-{}-{}", cfg.model.variant_name(), cfg.target_cell_type.to_lowercase(), cfg.seed))
-        })
+    pub fn run_dir(&self, cfg: &TrainConfig) -> Result<PathBuf> {
+        match &self.run_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => {
+                let target = crate::data::lock::path_component(&cfg.target_cell_type)?;
+                Ok(Path::new("runs").join(format!("{}-{}-{}", cfg.model.variant_name(), target, cfg.seed)))
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@
 use super::fold::run_fold;
 use super::{RetrievalRecord, TrainConfig, Trainer};
 use crate::cuda::Gpu;
+use crate::data::lock::path_component;
 use crate::data::split::SplitFile;
 use crate::data::store::Store;
 use crate::data::write_atomic;
@@ -60,7 +61,14 @@ pub fn fold_dirs(run_dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![run_dir.to_path_buf()]);
     }
     let store = Store::open(&record.data)?;
-    Ok(store.manifest.cell_types.iter().map(|c| run_dir.join(c.to_lowercase())).filter(|d| d.join(CONFIG).exists()).collect())
+    let mut dirs = Vec::new();
+    for c in &store.manifest.cell_types {
+        let dir = run_dir.join(path_component(c)?);
+        if dir.join(CONFIG).exists() {
+            dirs.push(dir);
+        }
+    }
+    Ok(dirs)
 }
 
 /// One fold's run directory opened for use after training: its record, data and split.
@@ -153,6 +161,9 @@ pub fn execute(
     resume: bool,
     ctl: &RunControl,
 ) -> Result<Vec<RunSummary>> {
+    // One process at a time trains or resumes a run directory (a second one used to die on a
+    // file the first had just replaced).
+    let _lock = crate::data::lock::DirLock::acquire(run_dir, "run directory")?;
     if !record.train.target_cell_type.eq_ignore_ascii_case(ALL_FOLDS) {
         return Ok(vec![run_fold(record, store, split, run_dir, run_dir, resume, ctl)?]);
     }
@@ -161,7 +172,7 @@ pub fn execute(
     for cell_type in &store.manifest.cell_types {
         let mut fold = record.clone();
         fold.train.target_cell_type = cell_type.clone();
-        let dir = run_dir.join(cell_type.to_lowercase());
+        let dir = run_dir.join(path_component(cell_type)?);
         let done = dir.join(METRICS);
         let summary = if resume && done.exists() && RunRecord::read(&dir)?.train.steps == fold.train.steps {
             let text = std::fs::read_to_string(&done).map_err(|e| Error::io(&done, e))?;
