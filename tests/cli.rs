@@ -1053,3 +1053,36 @@ fn hostile_cell_type_labels_stay_inside_the_run_directory() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A store whose expression was changed in place to a NaN or a negative value is refused by `train`,
+/// naming the file, the first bad cell and gene (before: trained to NaN metrics written as null).
+#[test]
+fn train_refuses_non_finite_or_negative_expression_naming_the_cell_and_gene() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let path = store.join("expression.bin");
+    let original = std::fs::read(&path).unwrap();
+    let genes = 48;
+    for (value, run) in [(f32::NAN, "nan"), (-1.0f32, "negative")] {
+        let mut bytes = original.clone();
+        let at = (7 * genes + 5) * 2; // cell 7, gene 5, f16
+        bytes[at..at + 2].copy_from_slice(&half_bytes(value));
+        std::fs::write(&path, &bytes).unwrap();
+        let out = train(&store, &tmp.path().join(run), &["--steps", "1", "--val-every", "0"]);
+        assert_eq!(out.status.code(), Some(1), "{run}");
+        let err = stderr(&out);
+        assert!(err.contains("expression.bin") && err.contains("cell 7") && err.contains("GENE0005"), "{err}");
+    }
+    std::fs::write(&path, &original).unwrap();
+    assert!(train(&store, &tmp.path().join("clean"), &["--steps", "1", "--val-every", "0"]).status.success());
+}
+
+fn half_bytes(v: f32) -> [u8; 2] {
+    // IEEE half: NaN 0x7E00; -1.0 0xBC00 (the only two values the test writes).
+    if v.is_nan() {
+        0x7E00u16.to_le_bytes()
+    } else {
+        assert_eq!(v, -1.0);
+        0xBC00u16.to_le_bytes()
+    }
+}

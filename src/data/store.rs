@@ -220,6 +220,29 @@ impl Store {
         self.manifest.n_genes()
     }
 
+    /// Every expression value is finite and not negative (the store holds log-normalised values):
+    /// else an error naming `expression.bin`, the first bad cell (with its perturbation and cell
+    /// type) and gene. A value changed in place after the store was written would otherwise train
+    /// to NaN metrics.
+    pub fn check_values(&self) -> Result<()> {
+        let g = self.n_genes();
+        let mut row = vec![0.0f32; g];
+        for cell in 0..self.n_cells() {
+            self.expression_row(cell, &mut row);
+            if let Some(gene) = row.iter().position(|v| !(v.is_finite() && *v >= 0.0)) {
+                let m = &self.manifest;
+                let (p, ct) = (self.cell_perturbation[cell] as usize, self.cell_type[cell] as usize);
+                let label = |names: &[String], i: usize| names.get(i).cloned().unwrap_or_else(|| format!("#{i}"));
+                return Err(Error::bad_file(
+                    self.dir.join("expression.bin"),
+                    format!("cell {cell} ({}, {}), gene {}", label(&m.perturbations, p), label(&m.cell_types, ct), label(&m.genes, gene)),
+                    format!("a finite, non-negative log-normalised value (found {})", row[gene]),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Copies cell `cell`'s expression into `out` (length n_genes), converting to f32.
     pub fn expression_row(&self, cell: usize, out: &mut [f32]) {
         let g = self.n_genes();

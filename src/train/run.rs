@@ -164,6 +164,7 @@ pub fn execute(
     // One process at a time trains or resumes a run directory (a second one used to die on a
     // file the first had just replaced).
     let _lock = crate::data::lock::DirLock::acquire(run_dir, "run directory")?;
+    store.check_values()?;
     if !record.train.target_cell_type.eq_ignore_ascii_case(ALL_FOLDS) {
         return Ok(vec![run_fold(record, store, split, run_dir, run_dir, resume, ctl)?]);
     }
