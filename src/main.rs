@@ -106,7 +106,8 @@ enum Command {
         /// DEG rule: paper (Welch p < 0.05) or reference (p <= 0.1 and |log2 FC| >= 0.05).
         #[arg(long, value_enum, default_value = "paper")]
         deg_rule: ptrag_engine::eval::metrics::DegRule,
-        #[arg(long, default_value_t = 50)]
+        /// Principal components of the distributional metrics.
+        #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10000))]
         pca_components: usize,
         /// Compatibility: W1/W2/energy/MMD as means of 1-D distances per principal component, as the
         /// paper's evaluator computed them (labelled in the report).
@@ -181,7 +182,7 @@ enum Command {
         #[arg(long, value_enum)]
         model: Option<ptrag_engine::model::ModelKind>,
         /// Cells per set (S).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
         cells: usize,
         #[arg(long)]
         json: bool,
@@ -226,9 +227,19 @@ enum Command {
         #[arg(long, default_value_t = 64, requires = "screen")]
         cells: usize,
         /// With --screen: |predicted mean change| above which a gene counts as moved.
-        #[arg(long, default_value_t = 0.1, requires = "screen")]
+        #[arg(long, default_value_t = 0.1, requires = "screen", value_parser = non_negative_finite)]
         threshold: f64,
     },
+}
+
+/// A finite number of at least 0 (a threshold): NaN, infinities and negative values are refused.
+fn non_negative_finite(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("a number: {e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("a finite number of at least 0, got {s}"))
+    }
 }
 
 #[derive(clap::Args)]

@@ -1019,16 +1019,18 @@ fn hostile_cell_type_labels_stay_inside_the_run_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tiny_store(tmp.path());
     let outside = tmp.path().join("outside");
-    let labels = ["K562".to_string(), outside.to_string_lossy().into_owned(), "..".to_string(), "Jurkat.E6-1".to_string()];
+    let csv_breaker = "Bad,\"Line\"\r\nX".to_string();
+    let labels = [csv_breaker.clone(), outside.to_string_lossy().into_owned(), "..".to_string(), "Jurkat.E6-1".to_string()];
     let manifest_path = store.join("manifest.json");
     let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     manifest["cell_types"] = serde_json::json!(labels);
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
     let split = std::fs::read_to_string(store.join("split.toml")).unwrap();
-    let split = ["rpe1", "jurkat", "hepg2"]
+    let toml_escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").replace('\r', "\\r");
+    let split = ["k562", "rpe1", "jurkat", "hepg2"]
         .iter()
-        .zip(&labels[1..])
-        .fold(split, |s, (old, new)| s.replace(&format!("\"synth.{old}\""), &format!("\"synth.{}\"", new.to_lowercase())));
+        .zip(&labels)
+        .fold(split, |s, (old, new)| s.replace(&format!("\"synth.{old}\""), &format!("\"synth.{}\"", toml_escape(&new.to_lowercase()))));
     std::fs::write(store.join("split.toml"), split).unwrap();
 
     let run = tmp.path().join("runs").join("all");
@@ -1052,6 +1054,63 @@ fn hostile_cell_type_labels_stay_inside_the_run_directory() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    // The CSV outputs parse strictly, and the label that would break a row comes back whole.
+    for file in ["per_condition.csv", "summary.csv"] {
+        let rows = strict_csv(&std::fs::read_to_string(tmp.path().join("eval").join(file)).unwrap());
+        assert!(rows.iter().all(|r| r.len() == rows[0].len()), "{file}: rows of different lengths");
+        assert!(rows.iter().any(|r| r.contains(&csv_breaker)), "{file}: the label is not read back whole");
+    }
+}
+
+/// An RFC 4180 reader that refuses anything else (a quote inside an unquoted field, text after a
+/// closing quote, an unclosed quote, a bare carriage return): rows of fields.
+fn strict_csv(text: &str) -> Vec<Vec<String>> {
+    let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => {
+                quoted = false;
+                assert!(matches!(chars.peek(), None | Some(',') | Some('\n')), "text after a closing quote");
+            }
+            (true, c) => field.push(c),
+            (false, '"') => {
+                assert!(field.is_empty(), "a quote inside an unquoted field: {field}");
+                quoted = true;
+            }
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, '\r') => panic!("a bare carriage return outside quotes"),
+            (false, c) => field.push(c),
+        }
+    }
+    assert!(!quoted && field.is_empty() && row.is_empty(), "an unfinished row or quote");
+    rows
+}
+
+/// Numeric options that used to divide by zero or print `inf`, or accepted NaN: a clean error.
+#[test]
+fn absurd_numbers_are_refused_up_front() {
+    for args in [
+        &["evaluate", "--pca-components", "0", "some-run"][..],
+        &["profile", "--cells", "0"],
+        &["predict", "some-run", "--screen", "--threshold", "nan"],
+        &["predict", "some-run", "--screen", "--threshold=-1"],
+        &["predict", "some-run", "--screen", "--threshold", "inf"],
+    ] {
+        let out = cli().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("invalid value") && !err.contains("panicked"), "{args:?}: {err}");
+    }
 }
 
 /// A store whose expression was changed in place to a NaN or a negative value is refused by `train`,

@@ -545,7 +545,8 @@ pub fn write_report(
     for r in rows {
         // A metric without a value (a truth metric on real data) is an empty field, not `NaN`.
         let values: Vec<String> = r.values.iter().map(|v| if v.is_nan() { String::new() } else { format!("{v}") }).collect();
-        csv += &format!("{},{},{},{},{},{}\n", r.model, r.target, r.perturbation, r.cell_type, r.cells, values.join(","));
+        let q = super::csv_field;
+        csv += &format!("{},{},{},{},{},{}\n", q(&r.model), q(&r.target), q(&r.perturbation), q(&r.cell_type), r.cells, values.join(","));
     }
     crate::data::write_atomic(&out.join("per_condition.csv"), csv.as_bytes())?;
     crate::data::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(summary).expect("summary serialises").as_bytes())?;
@@ -554,7 +555,8 @@ pub fn write_report(
     let per_type = summary.per_cell_type.iter().flat_map(|(ct, models)| models.iter().map(move |(m, t)| (ct.as_str(), m, t)));
     for (cell_type, model, table) in tables.chain(per_type) {
         for (metric, (mean, sd, n)) in table {
-            agg += &format!("{model},{cell_type},{metric},{mean},{sd},{n}\n");
+            let q = super::csv_field;
+            agg += &format!("{},{},{metric},{mean},{sd},{n}\n", q(model), q(cell_type));
         }
     }
     crate::data::write_atomic(&out.join("summary.csv"), agg.as_bytes())?;

@@ -302,7 +302,7 @@ fn effect(name: &str, change: &[f64], genes: &[String], opts: &ScreenOptions) ->
 /// genes_moved, top_up and top_down as `GENE:change` separated by `;`.
 pub fn csv(rows: &[ScreenRow], cell_type: &str) -> String {
     let genes = |v: &[(String, f64)]| v.iter().map(|(g, c)| format!("{g}:{c:.4}")).collect::<Vec<_>>().join(";");
-    let quote = |s: &str| if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
+    let quote = super::csv_field;
     let mut s = String::from("rank,perturbation,cell_type,measured_in_target,trained_in_target,effect_norm,genes_moved,top_up,top_down\n");
     for (i, r) in rows.iter().enumerate() {
         s += &format!(
