@@ -1010,8 +1010,8 @@ fn a_run_directory_being_trained_is_locked() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-/// Cell-type labels are data, never paths (issue 37): an absolute path, `..` and a name with dots as
-/// cell types. `train --target-cell-type all` writes every fold inside `--run-dir` (nothing where
+/// Cell-type labels are data, never paths (issue 37): a name that would break a CSV row, an absolute
+/// path, `..` and a name with dots as cell types. `train --target-cell-type all` writes every fold inside `--run-dir` (nothing where
 /// the labels point), each label's own split section is found (a dotted name included), and every
 /// fold is tested on its conditions.
 #[test]
