@@ -228,7 +228,7 @@ fn the_writer_refuses_values_its_dtype_cannot_hold() {
 /// distinct, ordinary names keep their lowercase form (the fold directories of existing runs).
 #[test]
 fn labels_become_safe_distinct_path_components() {
-    use ptrag_engine::data::lock::path_component;
+    use ptrag_engine::data::path_component;
     assert_eq!(path_component("K562").unwrap(), "k562");
     assert_eq!(path_component("Jurkat.E6-1").unwrap(), "jurkat.e6-1");
     let hostile = ["/etc/passwd", "..", ".", "a/../b", "a\\b", "line\nbreak", "comma,semi;", "Ünïcode", "%2F", "/"];

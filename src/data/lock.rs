@@ -54,24 +54,3 @@ impl DirLock {
         Ok(DirLock { _file: file, path })
     }
 }
-
-/// A label (a cell type, a model variant) as one safe path component: ASCII letters lowercased
-/// (as fold directories have always been named), letters, digits, `-`, `_` and inner dots kept,
-/// every other byte of its UTF-8 written `%XX`, so no label can name a path outside the directory
-/// it is joined to (`/`, `..`, a leading dot) and distinct labels (that do not differ only in case,
-/// which `prepare` refuses) get distinct names. Too long a label is refused.
-pub fn path_component(label: &str) -> Result<String> {
-    let mut out = String::with_capacity(label.len());
-    for (i, b) in label.bytes().enumerate() {
-        let c = b.to_ascii_lowercase();
-        match c {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => out.push(c as char),
-            b'.' if i > 0 => out.push('.'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    if out.is_empty() || out.len() > 200 {
-        return Err(Error::invalid("label", format!("`{}` cannot name a directory: 1 to about 200 characters", label.escape_debug())));
-    }
-    Ok(out)
-}

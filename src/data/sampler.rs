@@ -58,22 +58,22 @@ impl Batch {
     /// The same target cells, each paired with a control cell drawn anew from `controls`.
     pub fn repaired(&self, store: &Store, controls: &[u32], rng: &mut impl Rng) -> Batch {
         let control_rows: Vec<u32> = self.target_rows.iter().map(|_| controls[rng.gen_range(0..controls.len())]).collect();
-        let mut control = vec![0.0f32; control_rows.len() * self.genes];
-        control.chunks_mut(self.genes.max(1)).zip(&control_rows).for_each(|(out, &cell)| store.expression_row(cell as usize, out));
+        let control = read_rows(store, &control_rows, self.genes);
         Batch { control_rows, control, ..self.clone() }
     }
 
     /// Copies the expression of the batch's cells from the store into `control` and `target`.
     pub fn load_values(mut self, store: &Store) -> Batch {
-        let g = self.genes;
-        let read = |rows: &[u32]| {
-            let mut values = vec![0.0f32; rows.len() * g];
-            values.chunks_mut(g.max(1)).zip(rows).for_each(|(out, &cell)| store.expression_row(cell as usize, out));
-            values
-        };
-        (self.target, self.control) = (read(&self.target_rows), read(&self.control_rows));
+        (self.target, self.control) = (read_rows(store, &self.target_rows, self.genes), read_rows(store, &self.control_rows, self.genes));
         self
     }
+}
+
+/// The expression of cells `rows`, `[rows.len(), genes]`.
+fn read_rows(store: &Store, rows: &[u32], genes: usize) -> Vec<f32> {
+    let mut values = vec![0.0f32; rows.len() * genes];
+    values.chunks_mut(genes.max(1)).zip(rows).for_each(|(out, &cell)| store.expression_row(cell as usize, out));
+    values
 }
 
 /// S cells of a condition: without replacement when it has enough, with replacement otherwise.

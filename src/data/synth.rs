@@ -190,7 +190,6 @@ struct Model {
 /// What `Biology` draws: per cell type private programs and idiosyncratic effects, per
 /// perturbation and cell type its strength factor, and the universal program.
 struct Context {
-    biology: Biology,
     private_programs: Vec<Vec<Vec<f32>>>,               // [ct][pathway][g]
     private_idiosyncratic: Vec<Vec<Vec<(usize, f32)>>>, // [ct][pert]
     strength_factor: Vec<Vec<f32>>,                     // [ct][pert]: shared log-normal x per-cell-type essentiality
@@ -215,7 +214,7 @@ impl Context {
         let strength_factor =
             (0..n_ct).map(|_| shared.iter().map(|&s| s * log_normal(&mut rng, biology.essentiality_sd)).collect()).collect();
         let universal = sparse(&mut rng, g, 0.05, 1.0);
-        Context { biology: biology.clone(), private_programs, private_idiosyncratic, strength_factor, universal }
+        Context { private_programs, private_idiosyncratic, strength_factor, universal }
     }
 }
 
@@ -332,7 +331,7 @@ impl Model {
     /// and the universal program; idiosyncratic effects partly private to the cell type; the
     /// knock-down; every gene's change saturating.
     fn context_effect(&self, context: &Context, p: usize, ct: usize) -> Vec<f32> {
-        let (g, b) = (self.cfg.genes, &context.biology);
+        let (g, b) = (self.cfg.genes, self.cfg.biology.as_ref().expect("a context comes from the configuration's biology"));
         let mut d = vec![0.0f32; g];
         if p == 0 {
             return d;

@@ -49,6 +49,10 @@ impl TruthMeans {
         let at = (cell_type as usize * np + perturbation as usize) * g;
         self.change[at..at + g].iter().map(|&v| v as f64).collect()
     }
+    /// The estimate's own MSE for the changes of `cell_type` (`MeansMeta::change_mc_mse`).
+    pub fn change_mc_mse(&self, cell_type: usize) -> f64 {
+        self.meta.change_mc_mse.get(cell_type).copied().unwrap_or(f64::NAN)
+    }
     /// The expected control expression of `cell_type`, `[genes]`.
     pub fn control(&self, cell_type: u32) -> Vec<f64> {
         let g = self.meta.genes;

@@ -131,7 +131,7 @@ impl TruthFigures {
             oracles,
             selection_fallbacks,
             conditions: conditions.len(),
-            truth_mc_mse: truth.means.meta.change_mc_mse.get(ct).copied().unwrap_or(f64::NAN),
+            truth_mc_mse: truth.means.change_mc_mse(ct),
         }
     }
 }

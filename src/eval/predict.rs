@@ -102,7 +102,7 @@ pub fn predict_run(run_dir: &Path, out: &Path, opts: &PredictOptions, progress: 
     for dir in &folds {
         let run = TrainedRun::open(dir)?;
         let target = run.record.train.target_cell_type.clone();
-        let fold_out = if folds.len() > 1 { out.join(crate::data::lock::path_component(&target)?) } else { out.to_path_buf() };
+        let fold_out = if folds.len() > 1 { out.join(crate::data::path_component(&target)?) } else { out.to_path_buf() };
         std::fs::create_dir_all(&fold_out).map_err(|e| crate::Error::io(&fold_out, e))?;
         if progress {
             match opts.baseline {

@@ -220,8 +220,7 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
                     let predicted = b.predict_cells(baseline, cond.perturbation, &paired);
                     rows.push(row(baseline.name(), condition_metrics(&predicted, &real, &controls, g, &pca, opts, exact)?));
                 }
-                for oracle in truth.as_ref().map(|t| t.oracles()).unwrap_or_default() {
-                    let t = truth.as_ref().expect("oracles come from a truth");
+                for (t, oracle) in truth.iter().flat_map(|t| t.oracles().into_iter().map(move |o| (t, o))) {
                     let (shift, fell_back) = t.predict(oracle, store, b, cond.perturbation, cond.cell_type);
                     fallbacks += fell_back as usize;
                     let predicted = b.cells_with_shift(&shift, &paired);
@@ -230,7 +229,7 @@ pub fn evaluate_runs(folds: &[PathBuf], opts: &EvalOptions, progress: bool) -> R
             }
         }
         if let (Some(t), Some(_)) = (&truth, &baselines) {
-            let mc = t.means.meta.change_mc_mse.get(ct).copied().unwrap_or(f64::NAN);
+            let mc = t.means.change_mc_mse(ct);
             truth_notes.insert(
                 target.clone(),
                 TruthNote { selection_fallbacks: fallbacks, conditions: trainer.fold.test.len(), truth_mc_mse: mc },
@@ -377,7 +376,7 @@ fn compared(summary: &Summary, metric: &str, a: &str, b: &str) -> Option<(f64, f
 /// Per metric, the baseline with the best mean and every model against it: the difference of means,
 /// the BH q-value of their Mann-Whitney test, and whether the model is better.
 fn against_baselines(summary: &Summary) -> String {
-    let models: Vec<&String> = summary.models.keys().filter(|m| !Baseline::is_baseline(m) && !Oracle::is_oracle(m)).collect();
+    let models: Vec<&String> = summary.models.keys().filter(|m| is_method(m)).collect();
     if models.is_empty() || !summary.models.keys().any(|m| Baseline::is_baseline(m)) {
         return String::new();
     }
@@ -417,6 +416,11 @@ fn against_baselines(summary: &Summary) -> String {
     s
 }
 
+/// Whether a report row is a method: neither a baseline nor an oracle.
+fn is_method(name: &str) -> bool {
+    !Baseline::is_baseline(name) && !Oracle::is_oracle(name)
+}
+
 /// Per target cell type of a store with planted means: the noise floor, the oracles, the strongest
 /// baseline and each model, by their mean-change MSE against the observed and the planted change.
 fn floor_and_oracles(summary: &Summary) -> String {
@@ -435,7 +439,7 @@ fn floor_and_oracles(summary: &Summary) -> String {
         let linear = pair(Baseline::Linear.name());
         let best = models
             .iter()
-            .filter(|(m, _)| !Baseline::is_baseline(m) && !Oracle::is_oracle(m))
+            .filter(|(m, _)| is_method(m))
             .min_by(|a, b| a.1["mse"].0.total_cmp(&b.1["mse"].0))
             .map_or("-".to_string(), |(m, t)| format!("{m} {:.4} / {:.4}", t["mse"].0, t["mse_truth"].0));
         s += &format!(

@@ -193,7 +193,7 @@ pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress
 
     let out = match out {
         Some(out) => out.to_path_buf(),
-        None => run_dir.join(format!("screen-{}", crate::data::lock::path_component(&cell_type)?)),
+        None => run_dir.join(format!("screen-{}", crate::data::path_component(&cell_type)?)),
     };
     let (pred_path, csv_path) = write_outputs(&out, &a, &rows, &cell_type)?;
     Ok(Screen {

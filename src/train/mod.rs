@@ -316,16 +316,10 @@ impl<'s> Trainer<'s> {
     }
 
     /// One condition's real cells, in sets of at most S, with their paired control cells and the
-    /// model's predictions: `(predicted, real, paired controls)`, each `[cells, genes]`.
+    /// model's predictions: `(predicted, real, paired controls)`, each `[cells, genes]` (one draw).
     pub fn predict_condition(&self, cond: &Condition, rng: &mut ChaCha8Rng) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        let (mut pred, mut real, mut control) = (Vec::new(), Vec::new(), Vec::new());
-        for set in evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, rng) {
-            let (tape, out) = self.eval_forward(&set, rng);
-            pred.extend_from_slice(&tape.fetch(out.pred)?);
-            real.extend_from_slice(&set.target);
-            control.extend_from_slice(&set.control);
-        }
-        Ok((pred, real, control))
+        let one = self.predict_condition_drawn(cond, 1, rng, &mut self.draws_rng())?;
+        Ok((one.pred, one.real, one.paired))
     }
 
     /// The RNG that further control draws come from (`predict_condition_drawn`): a stream of its
@@ -418,7 +412,6 @@ impl<'s> Trainer<'s> {
     }
 }
 
-/// Mean expression of up to 4096 training cells drawn at random (training conditions only).
 /// Adds every row of `rows` (`[n, sum.len()]`) into `sum`.
 fn add_rows(sum: &mut [f64], rows: &[f32]) {
     for row in rows.chunks(sum.len().max(1)) {
@@ -429,6 +422,7 @@ fn add_rows_f64(sum: &mut [f64], row: &[f64]) {
     sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
 }
 
+/// Mean expression of up to 4096 training cells drawn at random (training conditions only).
 fn training_mean(store: &Store, fold: &Fold, rng: &mut impl rand::Rng) -> Vec<f32> {
     let g = store.n_genes();
     let (mut sum, mut row) = (vec![0.0f64; g], vec![0.0f32; g]);

@@ -321,7 +321,7 @@ impl TrainOptions {
         match &self.run_dir {
             Some(dir) => Ok(dir.clone()),
             None => {
-                let target = crate::data::lock::path_component(&cfg.target_cell_type)?;
+                let target = crate::data::path_component(&cfg.target_cell_type)?;
                 Ok(Path::new("runs").join(format!("{}-{}-{}", cfg.model.variant_name(), target, cfg.seed)))
             }
         }

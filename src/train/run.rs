@@ -11,7 +11,7 @@
 use super::fold::run_fold;
 use super::{RetrievalRecord, TrainConfig, Trainer};
 use crate::cuda::Gpu;
-use crate::data::lock::path_component;
+use crate::data::path_component;
 use crate::data::split::SplitFile;
 use crate::data::store::Store;
 use crate::data::write_atomic;
