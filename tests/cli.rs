@@ -373,6 +373,42 @@ fn reproduce_with_pt_rag_only_options_trains_the_variant() {
     assert!(config.contains("tau_start = 2") && config.contains("soft_selection_steps = 1"), "{config}");
 }
 
+/// Every registered option beyond the paper, through `reproduce`: the paper's four run without it,
+/// and each model it applies to is trained once more with it (the variant named by its suffix),
+/// the others not. Each is run with its registry entry's example.
+#[test]
+fn reproduce_trains_a_variant_for_every_model_each_registered_option_applies_to() {
+    use ptrag_engine::model::beyond::REGISTRY;
+    use ptrag_engine::model::ModelKind;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    for option in REGISTRY {
+        let example = option.example;
+        assert!(!example.is_empty(), "{}: the registry gives no example", option.flag_name());
+        let needs_responses = example.contains(&"--candidate-context");
+        let root = tmp.path().join(option.field);
+        let mut args = vec!["--steps", "1", "--val-every", "0", "--top-k", "4", "--eval-draws", "1"];
+        args.extend_from_slice(example);
+        let out = train_like(&store, &root, "reproduce", &args);
+        assert!(out.status.success(), "{}: {}", option.flag_name(), stderr(&out));
+        let dirs: Vec<String> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        for kind in ModelKind::ALL {
+            assert!(root.join(kind.name()).join("metrics.json").exists(), "{}: the paper's {}", option.flag_name(), kind.name());
+            let variants: Vec<&String> = dirs.iter().filter(|d| d.starts_with(&format!("{}+", kind.name()))).collect();
+            let applies = option.applies.to(kind) || (needs_responses && kind.retrieves());
+            assert_eq!(variants.len(), applies as usize, "{}: {} variants {variants:?}", option.flag_name(), kind.name());
+            if option.applies.to(kind) {
+                let config = std::fs::read_to_string(root.join(variants[0]).join("config.toml")).unwrap();
+                let run: toml::Table = toml::from_str(&config).unwrap();
+                let model: ptrag_engine::model::ModelConfig = run["train"]["model"].clone().try_into().unwrap();
+                let suffix =
+                    (option.suffix)(&model).unwrap_or_else(|| panic!("{}: {} trained without it", option.flag_name(), variants[0]));
+                assert!(variants[0].split('+').any(|s| s == suffix), "{}: {}", option.flag_name(), variants[0]);
+            }
+        }
+    }
+}
+
 /// Options beyond the paper train the retrieval models once more beside the paper's four, which
 /// stay as they are.
 #[test]

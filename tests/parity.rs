@@ -19,7 +19,7 @@ use ptrag_engine::cuda::{Gpu, ThreadOrder};
 use ptrag_engine::data::responses::ObservedResponses;
 use ptrag_engine::model::knowledge::Knowledge;
 use ptrag_engine::model::{
-    energy_loss, CandidateContext, LogitNorm, Model, ModelConfig, ModelInput, ModelKind, Noise, Selection, SelfExclusion,
+    energy_loss, CandidateContext, LogitNorm, Model, ModelConfig, ModelInput, ModelKind, Noise, OutputAnchor, Selection, SelfExclusion,
 };
 use ptrag_engine::real::Real;
 use ptrag_engine::tape::{Params, Tape};
@@ -31,21 +31,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// `pt-rag-responses`: the options beyond the paper, all at once (observed responses for the
-/// candidates and the query, the response readout, unscaled logits, the anchored output);
-/// `pt-rag-similarity`: those and the candidates' similarity features; `pt-rag-residual`: the
-/// responses case with the residual output in place of the anchored one; `pt-rag-shift`: with
-/// the shifted output.
-const CASES: [&str; 9] = [
-    "state",
-    "state-genept",
-    "vanilla-rag",
-    "pt-rag",
-    "pt-rag-reference",
-    "pt-rag-responses",
-    "pt-rag-similarity",
-    "pt-rag-residual",
-    "pt-rag-shift",
-];
+/// candidates and the query, the response readout, unscaled logits); `pt-rag-similarity`: those
+/// and the candidates' similarity features; `pt-rag-shift`: the responses case with the shifted
+/// output.
+const CASES: [&str; 8] =
+    ["state", "state-genept", "vanilla-rag", "pt-rag", "pt-rag-reference", "pt-rag-responses", "pt-rag-similarity", "pt-rag-shift"];
 /// Cell types of the cases with observed responses (the others have one).
 const CELL_TYPES: usize = 2;
 const SETS: usize = 3;
@@ -76,13 +66,12 @@ fn case_config(case: &str) -> TrainConfig {
     if case == "pt-rag-reference" {
         (model.causal, model.rope_theta, model.self_exclusion) = (true, Some(10000.0), SelfExclusion::FirstSetInTraining);
     }
-    if ["pt-rag-responses", "pt-rag-similarity", "pt-rag-residual", "pt-rag-shift"].contains(&case) {
-        let anchored = case == "pt-rag-responses" || case == "pt-rag-similarity";
-        (model.candidate_context, model.response_readout, model.logit_norm, model.anchor_output) =
-            (CandidateContext::Both, true, LogitNorm::None, anchored);
+    if ["pt-rag-responses", "pt-rag-similarity", "pt-rag-shift"].contains(&case) {
+        (model.candidate_context, model.response_readout, model.logit_norm) = (CandidateContext::Both, true, LogitNorm::None);
     }
-    model.residual_output = case == "pt-rag-residual";
-    model.shift_output = case == "pt-rag-shift";
+    if case == "pt-rag-shift" {
+        model.output_anchor = OutputAnchor::Shift;
+    }
     model.similarity_features = case == "pt-rag-similarity";
     TrainConfig {
         target_cell_type: "parity".into(),
@@ -129,23 +118,18 @@ fn knowledge(c: &Case) -> Option<Knowledge> {
     Some(k.with_responses(ObservedResponses::from_parts(GENES, control_mean, table)))
 }
 
-/// The case's model over `params` (initialised from `rng`), with its output anchor (the control
-/// means, or for the residual output the mean observed changes).
+/// The case's model over `params` (initialised from `rng`), with its output anchor (for the
+/// shifted output, each cell type's mean observed change).
 fn model_of<T: Real>(c: &Case, params: &mut Params<T>, rng: &mut rand_chacha::ChaCha8Rng) -> Model {
     let mut model = Model::new(&c.cfg.model, knowledge(c), params, rng).unwrap();
-    if let Some((control_mean, change, observed)) = &c.responses {
-        let anchor: Vec<Vec<f64>> = if c.cfg.model.residual_output || c.cfg.model.shift_output {
-            // Per cell type, the mean of its observed changes.
-            (0..CELL_TYPES)
-                .map(|ct| {
-                    let rows: Vec<&[f32]> =
-                        (0..PERTS).filter(|p| observed[ct * PERTS + p]).map(|p| &change[(ct * PERTS + p) * GENES..][..GENES]).collect();
-                    (0..GENES).map(|g| rows.iter().map(|r| r[g] as f64).sum::<f64>() / rows.len().max(1) as f64).collect()
-                })
-                .collect()
-        } else {
-            control_mean.chunks(GENES).map(|r| r.iter().map(|&x| x as f64).collect()).collect()
-        };
+    if let (Some((_, change, observed)), OutputAnchor::Shift) = (&c.responses, c.cfg.model.output_anchor) {
+        let anchor: Vec<Vec<f64>> = (0..CELL_TYPES)
+            .map(|ct| {
+                let rows: Vec<&[f32]> =
+                    (0..PERTS).filter(|p| observed[ct * PERTS + p]).map(|p| &change[(ct * PERTS + p) * GENES..][..GENES]).collect();
+                (0..GENES).map(|g| rows.iter().map(|r| r[g] as f64).sum::<f64>() / rows.len().max(1) as f64).collect()
+            })
+            .collect();
         model.set_output_anchor(&anchor);
     }
     model
@@ -271,9 +255,10 @@ fn load_case(case: &str) -> (Case, Params<f32>) {
     let meta = checkpoint::read_meta(&ckpt).unwrap();
     // Only the model and the sparsity weight matter here (other run settings may change over time).
     let run: serde_json::Value = serde_json::from_str(&meta.config_json).unwrap();
+    let sparsity = run["sparsity"].as_f64().unwrap();
     let mut cfg = case_config(case);
-    cfg.model = serde_json::from_value(run["model"].clone()).unwrap();
-    cfg.sparsity = run["sparsity"].as_f64().unwrap();
+    cfg.model = TrainConfig::from_saved(run, &ckpt, "metadata.config").unwrap().model;
+    cfg.sparsity = sparsity;
     let bytes = read_file(&dir().join(format!("{case}.batch.safetensors")));
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let f32s = |name: &str| tensor_f64(&st, name).iter().map(|&v| v as f32).collect::<Vec<f32>>();

@@ -6,7 +6,7 @@ mod common;
 use common::tolerance as tol;
 
 use ptrag_engine::data::store::{Store, StoreWriter};
-use ptrag_engine::model::{CandidateContext, ModelKind};
+use ptrag_engine::model::{CandidateContext, ModelKind, OutputAnchor};
 use ptrag_engine::train::Trainer;
 use std::collections::HashSet;
 use std::path::Path;
@@ -33,12 +33,12 @@ fn trained(store: &Store, kind: ModelKind, similarity: bool, steps: usize) -> Tr
     trained_with(store, kind, (similarity, false), steps)
 }
 
-/// `trained` with the similarity features and the residual output as asked.
-fn trained_with(store: &Store, kind: ModelKind, (similarity, residual): (bool, bool), steps: usize) -> Trainer<'_> {
+/// `trained` with the similarity features and the shifted output as asked.
+fn trained_with(store: &Store, kind: ModelKind, (similarity, shift): (bool, bool), steps: usize) -> Trainer<'_> {
     let mut cfg = common::small_config(store, kind);
     cfg.model.candidate_context = CandidateContext::Both;
     cfg.model.similarity_features = similarity;
-    cfg.model.residual_output = residual;
+    cfg.model.output_anchor = if shift { OutputAnchor::Shift } else { OutputAnchor::None };
     let mut t = common::trainer(store, cfg);
     for _ in 0..steps {
         t.train_step().unwrap();
@@ -54,7 +54,7 @@ fn predictions(t: &Trainer) -> Vec<Vec<f32>> {
 #[test]
 fn a_test_conditions_cells_reach_no_prediction() {
     let (tmp, store) = common::tiny_store();
-    // (the residual and the shifted output read the same mean training change)
+    // (the shifted output reads the mean training change)
     let variants = [(ModelKind::PtRag, (false, false)), (ModelKind::VanillaRag, (false, false)), (ModelKind::PtRag, (true, true))];
     for (kind, options) in variants {
         let t = trained_with(&store, kind, options, 3);
@@ -116,17 +116,30 @@ fn similarity_features_apply_to_the_retrieval_models_only() {
     }
 }
 
-/// The anchored, the residual and the shifted output are different anchors: any two refused together.
+/// Run records and checkpoints written before `output_anchor` name the anchor by booleans: the
+/// shift is read as `output_anchor = "shift"`, the retired anchors are refused by name, and the
+/// booleans at false read as no anchor.
 #[test]
-fn the_output_anchors_are_refused_together() {
-    use ptrag_engine::model::ModelConfig;
-    for (anchor, residual, shift) in [(true, true, false), (true, false, true), (false, true, true)] {
-        let mut cfg = ModelConfig::paper(ModelKind::State, 8, 40, 1, 0);
-        (cfg.anchor_output, cfg.residual_output, cfg.shift_output) = (anchor, residual, false);
-        assert_eq!(cfg.validate().is_ok(), !(anchor && residual));
-        (cfg.anchor_output, cfg.residual_output, cfg.shift_output) = (anchor, residual, shift);
-        let err = cfg.validate().unwrap_err().to_string();
-        assert!(err.contains("--anchor-output, --residual-output and --shift-output"), "{err}");
+fn saved_boolean_anchors_are_upgraded_or_refused() {
+    use ptrag_engine::model::{upgrade_saved_model, ModelConfig};
+    let saved = |field: &str, on: bool| {
+        let mut v = serde_json::to_value(ModelConfig::paper(ModelKind::State, 8, 40, 1, 0)).unwrap();
+        let table = v.as_object_mut().unwrap();
+        table.remove("output_anchor");
+        for old in ["anchor_output", "residual_output", "shift_output"] {
+            table.insert(old.into(), (old == field && on).into());
+        }
+        v
+    };
+    let read = |mut v: serde_json::Value| -> Result<ModelConfig, String> {
+        upgrade_saved_model(&mut v).map_err(|e| e.to_string())?;
+        Ok(serde_json::from_value(v).unwrap())
+    };
+    assert_eq!(read(saved("shift_output", false)).unwrap().output_anchor, OutputAnchor::None);
+    assert_eq!(read(saved("shift_output", true)).unwrap().output_anchor, OutputAnchor::Shift);
+    for retired in ["anchor_output", "residual_output"] {
+        let err = read(saved(retired, true)).unwrap_err();
+        assert!(err.contains(&format!("--{}", retired.replace('_', "-"))) && err.contains("retired"), "{err}");
     }
 }
 

@@ -7,7 +7,7 @@ use common::{assert_close, assert_within, small_config, tiny_store, trainer, Tes
 use ptrag_engine::data::responses::ObservedResponses;
 use ptrag_engine::data::sampler::Batch;
 use ptrag_engine::data::split::SplitFile;
-use ptrag_engine::model::{energy_loss, CandidateContext, LogitNorm, Model, ModelInput, ModelKind, Selection};
+use ptrag_engine::model::{energy_loss, CandidateContext, LogitNorm, Model, ModelInput, ModelKind, OutputAnchor, Selection};
 use ptrag_engine::tape::{Params, Tape};
 use ptrag_engine::train::run::{execute, RunControl, RunRecord};
 use ptrag_engine::train::{knowledge_for, TrainConfig};
@@ -346,13 +346,14 @@ fn frozen_pt_rag_at_the_papers_sizes_trains_the_references_parameter_count() {
 /// follows training on the CPU: the same losses and gradient norms step by step, the same
 /// predictions afterwards; a checkpoint written from the GPU restores on the CPU, and one loaded
 /// into a GPU trainer is uploaded there. `steps` of PT-RAG, the model with every kernel family;
-/// `responses`: with the observed-response context, the readout and the anchored output.
+/// `responses`: with the observed-response context, the readout and the shifted output.
 fn gpu_training_matches_cpu(gpu: ptrag_engine::cuda::Gpu, steps: usize, responses: bool) {
     let gpu = std::sync::Arc::new(gpu);
     let (tmp, store) = tiny_store();
     let mut cfg = TrainConfig { steps, ..small_config(&store, ModelKind::PtRag) };
     if responses {
-        (cfg.model.candidate_context, cfg.model.response_readout, cfg.model.anchor_output) = (CandidateContext::Both, true, true);
+        (cfg.model.candidate_context, cfg.model.response_readout, cfg.model.output_anchor) =
+            (CandidateContext::Both, true, OutputAnchor::Shift);
     }
     let (mut on_cpu, mut on_gpu) = (trainer(&store, cfg.clone()), trainer(&store, cfg.clone()));
     on_gpu.use_gpu(gpu.clone()).unwrap();

@@ -185,17 +185,13 @@ def forward_loss(p, m, sparsity, data, B, S, energy_fn=energy):
         gap = logits[..., 1] - logits[..., 0] + ((1 - cand_seen) * -1e4)[:, None, :]  # [B, S, K]
         weights = torch.softmax(gap, -1)
         out_pre = out_pre + (weights[..., None] * cand_change[:, None]).sum(2) * p["responses.readout_gate"]
-    if m.get("anchor_output", False):
-        out_pre = out_pre + data["control_mean"].to(dt)[data["cell_type"]][:, None, :]
-    if m.get("residual_output", False) or m.get("shift_output", False):
-        # The cell type's mean observed change, and for the residual output the paired control cell.
+    if m.get("output_anchor", "none") == "shift":
+        # The cell type's mean observed change.
         C, P = data["control_mean"].shape[0], m["perturbations"]
         change = data["response_change"].to(dt).view(C, P, G)
         seen = data["response_observed"].to(dt).view(C, P)
         shift = (seen[:, :, None] * change).sum(1) / seen.sum(1, keepdim=True).clamp(min=1)
         out_pre = out_pre + shift[data["cell_type"]][:, None, :]
-        if m.get("residual_output", False):
-            out_pre = out_pre + control
     pred = F.relu(out_pre)
     loss = energy_fn(pred, target)
     if w is not None:

@@ -7,7 +7,7 @@ use ptrag_engine::data::store::Store;
 use ptrag_engine::data::synth::{self, SynthConfig};
 use ptrag_engine::eval::predict::{predict_run, PredictOptions};
 use ptrag_engine::eval::screen::{screen, ScreenOptions};
-use ptrag_engine::model::ModelKind;
+use ptrag_engine::model::{BeyondPaper, ModelKind};
 use ptrag_engine::train::options::TrainOptions;
 use ptrag_engine::train::run::{self, RunControl, RunRecord};
 use ptrag_engine::Result;
@@ -213,14 +213,11 @@ pub fn install_ctrl_c() -> Result<()> {
 }
 
 /// The paper's experiment in one command: the four models on one target cell type, then `evaluate`.
-/// With `--candidate-context`, `--response-readout`, `--logit-norm`, `--anchor-output`,
-/// `--similarity-features`, `--residual-output`, `--shift-output`, `--tau-start` or
-/// `--soft-selection-steps` (options beyond the paper),
-/// the four stay the paper's and the retrieval models are trained once more with those options
+/// With options beyond the paper (`model::beyond::REGISTRY`), the four stay the paper's and every
+/// model that one of them applies to is trained once more with those that apply to it
 /// (`vanilla-rag+both`, `pt-rag+both+readout`, ...), beside them in the same report.
 pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
     use ptrag_engine::eval::report::{evaluate_into, EvalOptions};
-    use ptrag_engine::model::ModelKind;
     let opts = opts.with_config_file()?;
     if opts.model.is_some() || opts.resume.is_some() {
         return Err(ptrag_engine::Error::invalid("reproduce", "trains all four models itself; --model and --resume do not apply"));
@@ -232,38 +229,13 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}-{}", target.to_lowercase(), opts.seed.unwrap_or(42))));
     // The paper's four without the options beyond the paper; then the variants that have them.
-    let paper = TrainOptions {
-        candidate_context: None,
-        response_readout: None,
-        logit_norm: None,
-        anchor_output: None,
-        similarity_features: None,
-        residual_output: None,
-        shift_output: None,
-        tau_start: None,
-        soft_selection_steps: None,
-        ..opts.clone()
-    };
+    let paper = TrainOptions { beyond: BeyondPaper::default(), ..opts.clone() };
     let mut runs: Vec<(ModelKind, TrainOptions)> = ModelKind::ALL.iter().map(|&k| (k, paper.clone())).collect();
-    let beyond = [
-        opts.candidate_context.is_some(),
-        opts.response_readout.is_some(),
-        opts.logit_norm.is_some(),
-        opts.anchor_output.is_some(),
-        opts.similarity_features.is_some(),
-        opts.residual_output.is_some(),
-        opts.shift_output.is_some(),
-        opts.tau_start.is_some(),
-        opts.soft_selection_steps.is_some(),
-    ];
-    if beyond.contains(&true) {
-        // PT-RAG's own options do not apply to Vanilla RAG.
-        let vanilla =
-            TrainOptions { response_readout: None, logit_norm: None, tau_start: None, soft_selection_steps: None, ..opts.clone() };
-        if vanilla.candidate_context.is_some() || vanilla.similarity_features.is_some() {
-            runs.push((ModelKind::VanillaRag, vanilla));
+    for kind in ModelKind::ALL {
+        let beyond = opts.beyond.for_model(kind);
+        if !beyond.set().is_empty() {
+            runs.push((kind, TrainOptions { beyond, ..opts.clone() }));
         }
-        runs.push((ModelKind::PtRag, opts.clone()));
     }
     let mut dirs = Vec::new();
     for (kind, mut o) in runs {

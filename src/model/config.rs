@@ -1,5 +1,6 @@
 //! What a model is: its kind, its options (the paper's and those beyond it) and its sizes.
 
+use super::beyond::{OutputAnchor, REGISTRY};
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -140,20 +141,10 @@ pub struct ModelConfig {
     /// over candidates of their include-exclude logit gap (unobserved candidates weigh nothing).
     #[serde(default)]
     pub response_readout: bool,
-    /// Beyond the paper, any model: the output head predicts the difference from the mean of the
-    /// set's cell type's control cells (`Model::set_output_anchor`), and starts at zero, so an
-    /// untrained model predicts the control mean (plus the readout, if any).
+    /// Beyond the paper, any model: what the output adds to the head, per cell type
+    /// (`Model::set_output_anchor`).
     #[serde(default)]
-    pub anchor_output: bool,
-    /// Beyond the paper, any model: the prediction is the paired control cell plus its cell type's
-    /// mean change over the training perturbations (`Model::set_output_anchor`) plus the output
-    /// head, which starts at zero: an untrained model is the `training-mean` baseline, cell for cell.
-    #[serde(default)]
-    pub residual_output: bool,
-    /// Beyond the paper, any model: the output adds its cell type's mean change over the training
-    /// perturbations (`Model::set_output_anchor`); the head keeps its initialisation.
-    #[serde(default)]
-    pub shift_output: bool,
+    pub output_anchor: OutputAnchor,
     /// Beyond the paper, the retrieval models: every candidate's encoding adds `Linear(F -> H)` of
     /// scalar features standardised over its query's K (`similarity_features`): the GenePT cosine
     /// to the query and, with observed responses, the cosine of the candidate's change in the set's
@@ -192,9 +183,7 @@ impl ModelConfig {
             candidate_context: CandidateContext::Genept,
             logit_norm: LogitNorm::GlobalStd,
             response_readout: false,
-            anchor_output: false,
-            residual_output: false,
-            shift_output: false,
+            output_anchor: OutputAnchor::None,
             similarity_features: false,
             genes,
             perturbations,
@@ -203,36 +192,12 @@ impl ModelConfig {
         }
     }
 
-    /// The model's name in reports: the paper's name, and `+<option>` for each option beyond the
-    /// paper that changes it (`pt-rag+both`, `pt-rag+no-logit-norm`).
+    /// The model's name in reports: the paper's name, and `+<suffix>` for each option beyond the
+    /// paper that changes it, in the registry's order (`pt-rag+both`, `pt-rag+no-logit-norm`).
     pub fn variant_name(&self) -> String {
         let mut name = self.kind.name().to_string();
-        if self.candidate_context != CandidateContext::Genept {
-            name += &format!("+{}", self.candidate_context.name());
-        }
-        if self.kind == ModelKind::PtRag && self.logit_norm == LogitNorm::None {
-            name += "+no-logit-norm";
-        }
-        if self.response_readout {
-            name += "+readout";
-        }
-        if self.anchor_output {
-            name += "+anchored";
-        }
-        if self.similarity_features {
-            name += "+similarity";
-        }
-        if self.residual_output {
-            name += "+residual";
-        }
-        if self.shift_output {
-            name += "+shift";
-        }
-        if self.tau_start.is_some() {
-            name += "+tau-anneal";
-        }
-        if self.soft_selection_steps > 0 {
-            name += "+soft-warmup";
+        for suffix in REGISTRY.iter().filter_map(|o| (o.suffix)(self)) {
+            name += &format!("+{suffix}");
         }
         name
     }
@@ -264,39 +229,35 @@ impl ModelConfig {
         if !(self.tau > 0.0 && self.tau.is_finite()) {
             return Err(Error::invalid("tau", format!("the Gumbel-Softmax temperature must be positive, got {}", self.tau)));
         }
-        if let Some(t) = self.tau_start {
-            if !(t > 0.0 && t.is_finite()) || self.kind != ModelKind::PtRag {
-                return Err(Error::invalid(
-                    "tau-start",
-                    format!("a positive temperature, for pt-rag only; got {t} for {}", self.kind.name()),
-                ));
-            }
-        }
-        if self.soft_selection_steps > 0 && self.kind != ModelKind::PtRag {
-            return Err(Error::invalid("soft-selection-steps", format!("applies to pt-rag, not {}", self.kind.name())));
-        }
-        if self.candidate_context != CandidateContext::Genept && !self.kind.retrieves() {
-            return Err(Error::invalid("candidate context", format!("applies to the retrieval models, not {}", self.kind.name())));
-        }
-        if self.candidate_context != CandidateContext::Genept && self.self_exclusion == SelfExclusion::FirstSetInTraining {
-            // A query retrieving itself would be handed its own observed change: the training label.
-            return Err(Error::invalid("candidate context", "observed responses cannot be combined with the self-retrieval bug"));
-        }
-        if self.response_readout && (self.kind != ModelKind::PtRag || self.candidate_context == CandidateContext::Genept) {
-            return Err(Error::invalid("response readout", "applies to pt-rag with --candidate-context responses or both"));
-        }
-        if [self.anchor_output, self.residual_output, self.shift_output].iter().filter(|&&on| on).count() > 1 {
-            return Err(Error::invalid(
-                "output",
-                "--anchor-output, --residual-output and --shift-output are different anchors; choose one",
-            ));
-        }
-        if self.similarity_features && !self.kind.retrieves() {
-            return Err(Error::invalid("similarity features", format!("apply to the retrieval models, not {}", self.kind.name())));
+        for option in REGISTRY {
+            option.validate(self)?;
         }
         if !(0.0..1.0).contains(&self.scorer_dropout) {
             return Err(Error::invalid("scorer dropout", format!("must be in [0, 1), got {}", self.scorer_dropout)));
         }
         Ok(())
     }
+}
+
+/// Upgrades a model configuration saved by an earlier version (a run record's or a checkpoint's
+/// `model` table, as JSON) to this one, in place. Before `output_anchor` the anchor was three
+/// booleans: `shift_output` is now `output_anchor = "shift"`; `anchor_output` and
+/// `residual_output` were retired (docs/results.md, "Retired options"), and a run that used one is
+/// refused with the last commit that can read it.
+pub fn upgrade_saved_model(model: &mut serde_json::Value) -> Result<()> {
+    let Some(table) = model.as_object_mut() else { return Ok(()) };
+    for retired in ["anchor_output", "residual_output"] {
+        if table.remove(retired).and_then(|v| v.as_bool()) == Some(true) {
+            return Err(Error::invalid(
+                format!("--{}", retired.replace('_', "-")),
+                "was retired (docs/results.md, \"Retired options\"); this run used it: read it with ptrag-engine at commit 156861c",
+            ));
+        }
+    }
+    if let Some(shift) = table.remove("shift_output") {
+        if shift.as_bool() == Some(true) {
+            table.insert("output_anchor".into(), "shift".into());
+        }
+    }
+    Ok(())
 }

@@ -23,7 +23,9 @@ pub mod knowledge;
 pub mod layers;
 mod responses;
 
-pub use config::{CandidateContext, LogitNorm, ModelConfig, ModelKind, SelfExclusion};
+pub mod beyond;
+pub use beyond::{BeyondPaper, OutputAnchor};
+pub use config::{upgrade_saved_model, CandidateContext, LogitNorm, ModelConfig, ModelKind, SelfExclusion};
 pub use input::{Cells, ModelInput, Noise, Selection};
 
 use crate::cpu::elementwise::DropoutMask;
@@ -97,8 +99,7 @@ pub struct Model {
     responses: Option<ResponseEncoders>,
     /// `Linear(F -> H)` of the candidates' similarity features (`similarity_features` only).
     similarity: Option<Linear>,
-    /// `[cell types, G]`: what `anchor_output` or `residual_output` adds to the head (none until
-    /// `set_output_anchor`).
+    /// `[cell types, G]`: what `output_anchor` adds to the head (none until `set_output_anchor`).
     anchor: Vec<f64>,
     knowledge: Option<Knowledge>,
 }
@@ -131,12 +132,6 @@ impl Model {
                 if p.name.starts_with("layers.") || p.name == "final_norm" || p.name.starts_with("head.") {
                     p.trainable = false;
                 }
-            }
-        }
-        if cfg.anchor_output || cfg.residual_output {
-            for id in [Some(head.weight), head.bias].into_iter().flatten() {
-                let n = params.entries[id.0].value.len();
-                params.entries[id.0].value = std::sync::Arc::new(vec![T::zero(); n]);
             }
         }
         Ok(Model {
@@ -174,9 +169,9 @@ impl Model {
         bias.value = std::sync::Arc::new(T::from_f32_slice(mean));
     }
 
-    /// The per-cell-type vectors `[cell types][G]` that the output adds: for `anchor_output` the
-    /// fold's control means, for `residual_output` and `shift_output` the mean change of each cell
-    /// type's training perturbations (both known in the protocol, as to the baselines).
+    /// The per-cell-type vectors `[cell types][G]` that the output adds (`output_anchor`): for
+    /// `shift` the mean change of each cell type's training perturbations (known in the protocol,
+    /// as to the baselines).
     pub fn set_output_anchor(&mut self, means: &[Vec<f64>]) {
         self.anchor = means.concat();
     }
@@ -324,9 +319,6 @@ impl Model {
             let per_cell: Vec<usize> = (0..n).map(|i| input.cell_type[i / input.cells] as usize).collect();
             let anchor = tape.gather(table, &per_cell);
             out = tape.add(out, anchor);
-            if self.cfg.residual_output {
-                out = tape.add(out, control);
-            }
         }
         Forward { pred: tape.relu(out), selection, selection_logits, retrieval }
     }

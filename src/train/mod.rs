@@ -24,7 +24,9 @@ use crate::data::sampler::{evaluation_sets, training_batch, Batch};
 use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
 use crate::model::knowledge::Knowledge;
-use crate::model::{energy_loss, CandidateContext, Cells, Model, ModelConfig, ModelInput, ModelKind, Selection};
+use crate::model::{
+    energy_loss, upgrade_saved_model, CandidateContext, Cells, Model, ModelConfig, ModelInput, ModelKind, OutputAnchor, Selection,
+};
 use crate::tape::{Params, Tape};
 use crate::{Error, Result};
 use device::GpuState;
@@ -81,6 +83,18 @@ pub struct TrainConfig {
     pub retrieval_database: RetrievalDatabase,
     pub adam: AdamConfig,
     pub model: ModelConfig,
+}
+
+impl TrainConfig {
+    /// A configuration saved by this or an earlier version of the engine (a run record's `train`
+    /// table, a checkpoint's config) from its JSON form (`upgrade_saved_model`); `field` names
+    /// where in `source` it was read, for the error.
+    pub fn from_saved(mut saved: serde_json::Value, source: &Path, field: &str) -> Result<TrainConfig> {
+        if let Some(model) = saved.get_mut("model") {
+            upgrade_saved_model(model).map_err(|e| Error::bad_file(source, format!("{field}.model"), e.to_string()))?;
+        }
+        serde_json::from_value(saved).map_err(|e| Error::bad_file(source, field, format!("a ptrag-engine training config ({e})")))
+    }
 }
 
 fn rng_stream(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -190,15 +204,15 @@ impl<'s> Trainer<'s> {
         };
         let mut params = Params::new();
         let mut model = Model::new(&cfg.model, knowledge, &mut params, &mut rng_stream(cfg.seed, INIT_STREAM))?;
-        if cfg.model.anchor_output {
-            let means: Vec<Vec<f64>> = fold.controls.iter().map(|pool| crate::data::responses::mean_of(store, pool)).collect();
-            model.set_output_anchor(&means);
-        } else if cfg.model.residual_output || cfg.model.shift_output {
-            let observed = ObservedResponses::fit(store, &fold);
-            let shifts: Vec<Vec<f64>> = (0..fold.controls.len() as u32).map(|c| observed.mean_change_in(c)).collect();
-            model.set_output_anchor(&shifts);
+        match cfg.model.output_anchor {
+            OutputAnchor::None => {}
+            OutputAnchor::Shift => {
+                let observed = ObservedResponses::fit(store, &fold);
+                let shifts: Vec<Vec<f64>> = (0..fold.controls.len() as u32).map(|c| observed.mean_change_in(c)).collect();
+                model.set_output_anchor(&shifts);
+            }
         }
-        if !(cfg.model.anchor_output || cfg.model.residual_output) && cfg.head_bias_from_data {
+        if cfg.head_bias_from_data {
             model.set_output_bias(&mut params, &training_mean(store, &fold, &mut rng_stream(cfg.seed, DATA_MEAN_STREAM)));
         }
         let adam = Adam::new(cfg.adam.clone(), &params);
@@ -398,8 +412,9 @@ impl<'s> Trainer<'s> {
     /// run state (best validation so far), as saved.
     pub fn load_checkpoint(&mut self, path: &Path) -> Result<String> {
         let meta = checkpoint::read_meta(path)?;
-        let saved: TrainConfig = serde_json::from_str(&meta.config_json)
+        let saved: serde_json::Value = serde_json::from_str(&meta.config_json)
             .map_err(|e| Error::bad_file(path, "metadata.config", format!("a ptrag-engine training config ({e})")))?;
+        let saved = TrainConfig::from_saved(saved, path, "metadata.config")?;
         if saved.model != self.cfg.model {
             return Err(Error::bad_file(path, "metadata.config.model", "the same model architecture as this run"));
         }

@@ -3,7 +3,8 @@
 
 use super::{EvalSelection, RetrievalDatabase, TrainConfig};
 use crate::data::store::Store;
-use crate::model::{CandidateContext, LogitNorm, ModelKind, SelfExclusion};
+use crate::model::beyond::{BeyondPaper, REGISTRY};
+use crate::model::{ModelKind, SelfExclusion};
 use crate::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -20,10 +21,14 @@ pub enum Compat {
     Reference,
 }
 
+/// The help heading of the reference-compatibility switches (docs/design.md, "Reference compatibility").
+const REFERENCE: &str = "Reference compatibility (the paper's code as it ran)";
+
 /// Every flag is optional so that a TOML file can supply it; unset means the default shown.
 /// Boolean switches take an optional value: `--frozen-backbone` is `--frozen-backbone true`.
 #[derive(clap::Args, Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(next_help_heading = "The run and the paper's model")]
 pub struct TrainOptions {
     /// Read options from this TOML file (keys are the flag names, e.g. `top-k = 16`); flags win.
     #[arg(long)]
@@ -105,74 +110,41 @@ pub struct TrainOptions {
     /// PT-RAG's Gumbel-Softmax temperature [default: 0.5]
     #[arg(long)]
     pub tau: Option<f64>,
-    /// Beyond the paper, PT-RAG: anneal the Gumbel-Softmax temperature geometrically from this at
-    /// the first step to --tau at the last [default: none, --tau throughout]
-    #[arg(long)]
-    pub tau_start: Option<f64>,
-    /// Beyond the paper, PT-RAG: the first N training steps use the expected selection (inclusion
-    /// probabilities as weights) instead of the straight-through Gumbel sample [default: 0]
-    #[arg(long)]
-    pub soft_selection_steps: Option<usize>,
     /// PT-RAG's scorer dropout [default: 0.1]
     #[arg(long)]
     pub scorer_dropout: Option<f64>,
-    /// What the retrieval models see of the query and the candidates: `genept` (the paper),
-    /// `responses` (the candidates' observed mean changes in the set's cell type, and the query's
-    /// in the other cell types) or `both` [default: genept]
-    #[arg(long, value_enum)]
-    pub candidate_context: Option<CandidateContext>,
-    /// PT-RAG's logit scaling: `global-std` (the paper's code) or `none` [default: global-std]
-    #[arg(long, value_enum)]
-    pub logit_norm: Option<LogitNorm>,
-    /// PT-RAG with `--candidate-context responses|both`: add to the prediction the candidates'
-    /// observed changes, weighted by the softmax of their include-exclude logit gap [default: false]
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub response_readout: Option<bool>,
-    /// Any model: the output head predicts the difference from the cell type's control mean and
-    /// starts at zero [default: false]
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub anchor_output: Option<bool>,
-    /// The retrieval models: each candidate's encoding adds a learned map of its GenePT cosine to
-    /// the query and (with observed responses) of the cosine of its change to the query's
-    /// cross-cell-type change, standardised over the K [default: false]
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub similarity_features: Option<bool>,
-    /// Any model: the prediction is the paired control cell plus the cell type's mean training
-    /// change plus the output head, which starts at zero [default: false]
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub residual_output: Option<bool>,
-    /// Any model: the output adds the cell type's mean change over its training perturbations,
-    /// the head kept as initialised [default: false]
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub shift_output: Option<bool>,
-    /// Reference-compatibility preset; the finer switches below override it [default: none]
-    #[arg(long, value_enum)]
-    pub compat: Option<Compat>,
-    /// Causal attention with rotary positions (theta 10000) over the set, as the reference.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub causal_rope: Option<bool>,
-    /// Keep the backbone and output head at their initialisation, as the reference.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    pub frozen_backbone: Option<bool>,
-    /// PT-RAG's selection at evaluation: `expected` (inclusion probabilities), `hard` (include iff the
-    /// include logit is larger) or `sampled` (Gumbel noise, as the reference) [default: expected]
-    #[arg(long, value_enum)]
-    pub eval_selection: Option<EvalSelection>,
     /// At test, draws of paired control cells over which a model's predicted mean change is
     /// averaged (the distributional metrics keep the first draw's cells) [default: 8]
     #[arg(long)]
     pub eval_draws: Option<usize>,
-    /// Which perturbations retrieval may return [default: all]
+    /// PT-RAG's selection at evaluation: `expected` (inclusion probabilities), `hard` (include iff the
+    /// include logit is larger) or `sampled` (Gumbel noise, as the reference) [default: expected]
     #[arg(long, value_enum)]
+    pub eval_selection: Option<EvalSelection>,
+    /// The options beyond the paper (`model::beyond`): TOML keys as their flags, read apart.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub beyond: BeyondPaper,
+    /// Reference-compatibility preset; the finer switches below override it [default: none]
+    #[arg(long, value_enum, help_heading = REFERENCE)]
+    pub compat: Option<Compat>,
+    /// Causal attention with rotary positions (theta 10000) over the set, as the reference.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = REFERENCE)]
+    pub causal_rope: Option<bool>,
+    /// Keep the backbone and output head at their initialisation, as the reference.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = REFERENCE)]
+    pub frozen_backbone: Option<bool>,
+    /// Which perturbations retrieval may return [default: all]
+    #[arg(long, value_enum, help_heading = REFERENCE)]
     pub retrieval_db: Option<RetrievalDatabase>,
     /// The reference's training-time indexing bug: only the first set of a batch excludes itself.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = REFERENCE)]
     pub self_retrieval_bug: Option<bool>,
     /// PyTorch's default initialisation of the perturbation encoder and output bias, as the reference.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = REFERENCE)]
     pub reference_init: Option<bool>,
     /// PyTorch's default output-bias initialisation instead of the training mean expression.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = REFERENCE)]
     pub default_head_init: Option<bool>,
 }
 
@@ -201,16 +173,7 @@ macro_rules! fields {
             top_k,
             sparsity,
             tau,
-            tau_start,
-            soft_selection_steps,
             scorer_dropout,
-            candidate_context,
-            logit_norm,
-            response_readout,
-            anchor_output,
-            similarity_features,
-            residual_output,
-            shift_output,
             compat,
             causal_rope,
             frozen_backbone,
@@ -229,9 +192,16 @@ impl TrainOptions {
     pub fn with_config_file(self) -> Result<Self> {
         let Some(path) = self.config.clone() else { return Ok(self) };
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let file: TrainOptions =
-            toml::from_str(&text).map_err(|e| Error::bad_file(&path, "toml", format!("train options ({})", e.message())))?;
+        let bad = |e: String| Error::bad_file(&path, "toml", format!("train options ({e})"));
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+        // The options beyond the paper are `BeyondPaper`'s keys: read apart, each struct refusing
+        // what it does not know.
+        let beyond_keys: Vec<String> = REGISTRY.iter().map(|o| o.key()).collect();
+        let beyond: toml::Table = beyond_keys.iter().filter_map(|k| Some((k.clone(), table.remove(k)?))).collect();
+        let beyond: BeyondPaper = beyond.try_into().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
+        let file: TrainOptions = table.try_into().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
         let mut merged = self;
+        merged.beyond = merged.beyond.or(beyond);
         macro_rules! merge {
             ($($f:ident),*) => { $( if merged.$f.is_none() { merged.$f = file.$f; } )* };
         }
@@ -246,6 +216,7 @@ impl TrainOptions {
             ($($f:ident),*) => { $( if self.$f.is_some() { names.push(format!("--{}", stringify!($f).replace('_', "-"))); } )* };
         }
         fields!(named);
+        names.extend(self.beyond.set().iter().map(|o| o.flag_name()));
         names
     }
 
@@ -269,11 +240,9 @@ impl TrainOptions {
         only("tau", self.tau.is_some(), pt_rag, "pt-rag")?;
         only("scorer-dropout", self.scorer_dropout.is_some(), pt_rag, "pt-rag")?;
         only("eval-selection", self.eval_selection.is_some(), pt_rag, "pt-rag")?;
-        only("candidate-context", self.candidate_context.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
-        only("logit-norm", self.logit_norm.is_some(), pt_rag, "pt-rag")?;
-        only("tau-start", self.tau_start.is_some(), pt_rag, "pt-rag")?;
-        only("soft-selection-steps", self.soft_selection_steps.is_some(), pt_rag, "pt-rag")?;
-        only("similarity-features", self.similarity_features.is_some(), kind.retrieves(), "vanilla-rag and pt-rag")?;
+        for option in self.beyond.set() {
+            only(&option.key(), true, option.applies.to(kind), option.applies.models())?;
+        }
 
         macro_rules! set {
             ($($dst:expr => $src:ident),*) => { $( if let Some(v) = self.$src.clone() { $dst = v; } )* };
@@ -281,14 +250,9 @@ impl TrainOptions {
         set!(c.steps => steps, c.sets_per_batch => sets_per_batch, c.cells_per_set => cells_per_set, c.seed => seed,
              c.val_every => val_every, c.eval_draws => eval_draws, c.sparsity => sparsity, c.adam.lr => lr, c.adam.weight_decay => weight_decay,
              c.adam.clip_norm => clip_norm, c.model.hidden => hidden, c.model.layers => layers, c.model.heads => heads,
-             c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau, c.model.soft_selection_steps => soft_selection_steps,
-             c.model.scorer_dropout => scorer_dropout, c.model.candidate_context => candidate_context,
-             c.model.logit_norm => logit_norm, c.model.response_readout => response_readout,
-             c.model.anchor_output => anchor_output, c.model.similarity_features => similarity_features,
-             c.model.residual_output => residual_output, c.model.shift_output => shift_output);
-        if self.tau_start.is_some() {
-            c.model.tau_start = self.tau_start;
-        }
+             c.model.head_dim => head_dim, c.model.mlp => mlp, c.model.top_k => top_k, c.model.tau => tau,
+             c.model.scorer_dropout => scorer_dropout);
+        self.beyond.apply(&mut c.model);
         let causal = self.causal_rope.unwrap_or(reference);
         c.model.causal = causal;
         c.model.rope_theta = causal.then_some(10000.0);

@@ -15,6 +15,7 @@ use crate::data::path_component;
 use crate::data::split::SplitFile;
 use crate::data::store::Store;
 use crate::data::write_atomic;
+use crate::model::upgrade_saved_model;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -45,7 +46,13 @@ impl RunRecord {
     pub fn read(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(CONFIG);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        toml::from_str(&text).map_err(|e| Error::bad_file(&path, "toml", format!("a ptrag-engine run record ({})", e.message())))
+        let mut record: serde_json::Value =
+            toml::from_str(&text).map_err(|e| Error::bad_file(&path, "toml", format!("a ptrag-engine run record ({})", e.message())))?;
+        // The model configuration may be an earlier version's.
+        if let Some(model) = record.pointer_mut("/train/model") {
+            upgrade_saved_model(model).map_err(|e| Error::bad_file(&path, "train.model", e.to_string()))?;
+        }
+        serde_json::from_value(record).map_err(|e| Error::bad_file(&path, "toml", format!("a ptrag-engine run record ({e})")))
     }
     pub(super) fn write(&self, run_dir: &Path) -> Result<()> {
         let text = toml::to_string_pretty(self).expect("run record serialises");
