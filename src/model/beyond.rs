@@ -205,15 +205,6 @@ beyond_the_paper! {
     suffix |m| (m.soft_selection_steps > 0).then(|| "soft-warmup".to_string()),
     check |_m| Ok(()),
     example ["--soft-selection-steps", "1"];
-
-    /// Throwaway, any model: the head's output times this [default: 1]
-    #[arg(long)]
-    head_scale: f64,
-    applies Applies::AnyModel,
-    set |m, v| m.head_scale = v,
-    suffix |m| (m.head_scale != 1.0).then(|| "head-scale".to_string()),
-    check |m| if m.head_scale > 0.0 && m.head_scale.is_finite() { Ok(()) } else { Err(Error::invalid("head-scale", "a positive number")) },
-    example ["--head-scale", "0.5"];
 }
 
 impl BeyondOption {

@@ -152,9 +152,6 @@ pub struct ModelConfig {
     /// form these dot products itself.
     #[serde(default)]
     pub similarity_features: bool,
-    /// Throwaway: the head's output times this.
-    #[serde(default = "one")]
-    pub head_scale: f64,
     /// From the data: genes, perturbations (control included), batch groups, GenePT width (0 for STATE).
     pub genes: usize,
     pub perturbations: usize,
@@ -188,7 +185,6 @@ impl ModelConfig {
             response_readout: false,
             output_anchor: OutputAnchor::None,
             similarity_features: false,
-            head_scale: 1.0,
             genes,
             perturbations,
             batches,
@@ -241,10 +237,6 @@ impl ModelConfig {
         }
         Ok(())
     }
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 /// Upgrades a model configuration saved by an earlier version (a run record's or a checkpoint's

@@ -309,9 +309,6 @@ impl Model {
         let x = self.backbone.forward(&self.cfg, tape, params, x, input.sets, input.cells);
         let x = tape.add(x, basal);
         let mut out = self.head.apply(tape, params, x);
-        if self.cfg.head_scale != 1.0 {
-            out = tape.scale(out, self.cfg.head_scale);
-        }
         if let Some(readout) = readout {
             out = tape.add(out, readout);
         }
