@@ -33,9 +33,19 @@ use std::path::{Path, PathBuf};
 /// `pt-rag-responses`: the options beyond the paper, all at once (observed responses for the
 /// candidates and the query, the response readout, unscaled logits); `pt-rag-similarity`: those
 /// and the candidates' similarity features; `pt-rag-shift`: the responses case with the shifted
-/// output.
-const CASES: [&str; 8] =
-    ["state", "state-genept", "vanilla-rag", "pt-rag", "pt-rag-reference", "pt-rag-responses", "pt-rag-similarity", "pt-rag-shift"];
+/// output; `pt-rag-linear`: the responses case with the stacked model's output (`--output-anchor
+/// linear`: an anchor row per set, the centred control cells, no ReLU).
+const CASES: [&str; 9] = [
+    "state",
+    "state-genept",
+    "vanilla-rag",
+    "pt-rag",
+    "pt-rag-reference",
+    "pt-rag-responses",
+    "pt-rag-similarity",
+    "pt-rag-shift",
+    "pt-rag-linear",
+];
 /// Cell types of the cases with observed responses (the others have one).
 const CELL_TYPES: usize = 2;
 const SETS: usize = 3;
@@ -66,11 +76,14 @@ fn case_config(case: &str) -> TrainConfig {
     if case == "pt-rag-reference" {
         (model.causal, model.rope_theta, model.self_exclusion) = (true, Some(10000.0), SelfExclusion::FirstSetInTraining);
     }
-    if ["pt-rag-responses", "pt-rag-similarity", "pt-rag-shift"].contains(&case) {
+    if ["pt-rag-responses", "pt-rag-similarity", "pt-rag-shift", "pt-rag-linear"].contains(&case) {
         (model.candidate_context, model.response_readout, model.logit_norm) = (CandidateContext::Both, true, LogitNorm::None);
     }
     if case == "pt-rag-shift" {
         model.output_anchor = OutputAnchor::Shift;
+    }
+    if case == "pt-rag-linear" {
+        model.output_anchor = OutputAnchor::Linear;
     }
     model.similarity_features = case == "pt-rag-similarity";
     TrainConfig {
@@ -105,6 +118,8 @@ struct Case {
     /// `pt-rag-responses` and `pt-rag-similarity`: per cell type the control mean `[CELL_TYPES, GENES]`, and the observed
     /// mean changes `[CELL_TYPES * PERTS, GENES]` (zero where `observed` is 0).
     responses: Option<(Vec<f32>, Vec<f32>, Vec<bool>)>,
+    /// `pt-rag-linear`: the anchor row of each set `[SETS, GENES]` (control mean plus `linear`'s change).
+    anchor: Option<Vec<f32>>,
 }
 
 fn knowledge(c: &Case) -> Option<Knowledge> {
@@ -130,7 +145,13 @@ fn model_of<T: Real>(c: &Case, params: &mut Params<T>, rng: &mut rand_chacha::Ch
                 (0..GENES).map(|g| rows.iter().map(|r| r[g] as f64).sum::<f64>() / rows.len().max(1) as f64).collect()
             })
             .collect();
-        model.set_output_anchor(&anchor);
+        model.set_output_anchor(&anchor, Default::default());
+    }
+    if let Some(anchor) = &c.anchor {
+        // Each set's row, by its (perturbation, cell type); the per-cell-type fallback is not used.
+        let per_condition =
+            (0..SETS).map(|s| ((c.perturbation[s], c.cell_type[s]), anchor[s * GENES..][..GENES].iter().map(|&x| x as f64).collect()));
+        model.set_output_anchor(&vec![vec![0.0; GENES]; CELL_TYPES], per_condition.collect());
     }
     model
 }
@@ -178,6 +199,7 @@ fn write_parity_inputs() {
             noise: Noise { gumbel_key: 0, dropout: None },
             cell_type: cell_type.clone(),
             responses: responses.clone(),
+            anchor: None,
         };
         let model = model_of(&stub, &mut params, &mut rng);
         // Move every parameter away from its initialisation (unit norm scales, zero shifts and
@@ -205,6 +227,10 @@ fn write_parity_inputs() {
             tensors.push(("response_change", Dtype::F32, vec![CELL_TYPES * PERTS, GENES], to_bytes(change)));
             let observed: Vec<i64> = observed.iter().map(|&b| b as i64).collect();
             tensors.push(("response_observed", Dtype::I64, vec![CELL_TYPES * PERTS], to_bytes(&observed)));
+        }
+        if cfg.model.output_anchor == OutputAnchor::Linear {
+            let anchor: Vec<f32> = (0..SETS * GENES).map(|_| rng.gen_range(0.0f32..2.0)).collect();
+            tensors.push(("anchor", Dtype::F32, vec![SETS, GENES], to_bytes(&anchor)));
         }
         if cfg.model.kind == ModelKind::PtRag {
             let rows = n * cfg.model.top_k;
@@ -299,6 +325,7 @@ fn load_case(case: &str) -> (Case, Params<f32>) {
             .iter()
             .any(|n| *n == "response_change")
             .then(|| (f32s("control_mean"), f32s("response_change"), u32s("response_observed").iter().map(|&b| b == 1).collect())),
+        anchor: st.names().iter().any(|n| *n == "anchor").then(|| f32s("anchor")),
         cfg,
     };
     let mut params = Params::<f32>::new();

@@ -1,32 +1,13 @@
 //! The observed-response context (`--candidate-context responses|both`, and with it the response
-//! cosine of `--similarity-features` and the training mean change of `--residual-output`): the
+//! cosine of `--similarity-features` and the training mean change of `--output-anchor shift`): the
 //! target cell type's test and validation cells never reach a feature, while its training cells do.
 
 mod common;
 use common::tolerance as tol;
 
-use ptrag_engine::data::store::{Store, StoreWriter};
+use ptrag_engine::data::store::Store;
 use ptrag_engine::model::{CandidateContext, ModelKind, OutputAnchor};
 use ptrag_engine::train::Trainer;
-use std::collections::HashSet;
-use std::path::Path;
-
-/// A copy of `store` in `dir` whose `cells` have their expression changed (tripled, plus one).
-fn copy_changing(store: &Store, dir: &Path, cells: &[u32]) -> Store {
-    let cells: HashSet<u32> = cells.iter().copied().collect();
-    let g = store.n_genes();
-    let mut w = StoreWriter::create(dir, g, store.manifest.expression_dtype).unwrap();
-    let mut row = vec![0.0f32; g];
-    for c in 0..store.n_cells() {
-        store.expression_row(c, &mut row);
-        if cells.contains(&(c as u32)) {
-            row.iter_mut().for_each(|x| *x = 3.0 * *x + 1.0);
-        }
-        w.push_cell(&row, store.cell_perturbation[c], store.cell_type[c], store.cell_batch[c]).unwrap();
-    }
-    let split = std::fs::read_to_string(&store.split_path).unwrap();
-    Store::open(w.finish(store.manifest.clone(), &store.genept_table(), &split, &[]).unwrap()).unwrap()
-}
 
 /// A trainer of `kind` with the response context (and the similarity features), after `steps` steps.
 fn trained(store: &Store, kind: ModelKind, similarity: bool, steps: usize) -> Trainer<'_> {
@@ -61,7 +42,7 @@ fn a_test_conditions_cells_reach_no_prediction() {
         let name = t.cfg.model.variant_name();
         // One test and one validation condition of the target cell type, changed.
         let changed: Vec<u32> = t.fold.test[0].cells.iter().chain(&t.fold.val[0].cells).copied().collect();
-        let other = copy_changing(&store, &tmp.path().join(format!("changed-{name}")), &changed);
+        let other = common::copy_changing(&store, &tmp.path().join(format!("changed-{name}")), &changed);
         let u = trained_with(&other, kind, options, 3);
         let (a, b) = (predictions(&t), predictions(&u));
         assert_eq!(a.len(), b.len());
@@ -86,7 +67,7 @@ fn a_target_training_conditions_cells_do_reach_predictions() {
         .filter(|c| c.cell_type == target && c.perturbation != store.control_index)
         .flat_map(|c| c.cells.clone())
         .collect();
-    let other = copy_changing(&store, &tmp.path().join("changed"), &changed);
+    let other = common::copy_changing(&store, &tmp.path().join("changed"), &changed);
     let u = trained(&other, ModelKind::PtRag, false, 0);
     assert!(predictions(&t) != predictions(&u), "the candidates' observed responses did not reach any prediction");
 }

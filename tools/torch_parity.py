@@ -192,7 +192,11 @@ def forward_loss(p, m, sparsity, data, B, S, energy_fn=energy):
         seen = data["response_observed"].to(dt).view(C, P)
         shift = (seen[:, :, None] * change).sum(1) / seen.sum(1, keepdim=True).clamp(min=1)
         out_pre = out_pre + shift[data["cell_type"]][:, None, :]
-    pred = F.relu(out_pre)
+    if m.get("output_anchor", "none") == "linear":
+        # The stacked model: each set's anchor row plus its control cells centred on their mean; no ReLU.
+        pred = out_pre + data["anchor"].to(dt)[:, None, :] + control - control.mean(1, keepdim=True)
+    else:
+        pred = F.relu(out_pre)
     loss = energy_fn(pred, target)
     if w is not None:
         loss = loss + sparsity * w.mean()

@@ -19,6 +19,7 @@ use crate::data::split::{Condition, Fold};
 use crate::data::store::Store;
 use crate::Result;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// The baselines, in reading order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -151,12 +152,12 @@ impl Baselines {
         b.design = LinearDesign::fit(&b);
         b.choices.linear_components = b.design.components(dim, g);
         if !val.is_empty() {
-            let fit_at = |l: f64| b.design.ridge(&b, l * n_train as f64);
+            let fit_at = |l: f64| b.design.ridge(&b, &b.target_train, l * n_train as f64);
             b.choices.ridge_val_mse =
                 RIDGE_PENALTIES.iter().map(|&l| (l, val_mse(&|p| fit_at(l).predict(&b.design.features(&b, p))))).collect();
         }
         b.choices.ridge_penalty = best(&b.choices.ridge_val_mse).unwrap_or(DEFAULT_PENALTY);
-        b.ridge = b.design.ridge(&b, b.choices.ridge_penalty * n_train as f64);
+        b.ridge = b.design.ridge(&b, &b.target_train, b.choices.ridge_penalty * n_train as f64);
         Ok(b)
     }
 
@@ -224,7 +225,44 @@ impl Baselines {
 
     /// `linear` refitted at another penalty (times the number of training perturbations).
     pub fn linear_at(&self, p: u32, penalty: f64) -> Vec<f64> {
-        self.design.ridge(self, penalty * self.target_train.len().max(1) as f64).predict(&self.design.features(self, p))
+        self.design.ridge(self, &self.target_train, penalty * self.target_train.len().max(1) as f64).predict(&self.design.features(self, p))
+    }
+
+    /// `linear`'s prediction of each training perturbation of the target cell type by a ridge that
+    /// did not see it: the perturbations in `groups` interleaved groups, each predicted by a fit on
+    /// the others. That fit's penalty is chosen among `RIDGE_PENALTIES` by leave-one-group-out over
+    /// the other groups alone, so a perturbation's own change reaches neither its fit nor its
+    /// penalty. The feature projections stay those of all training perturbations (they read
+    /// features, never the target cell type's changes).
+    pub fn linear_cross_fitted(&self, groups: usize) -> Vec<(u32, Vec<f64>)> {
+        let n = self.target_train.len();
+        let groups = groups.clamp(1, n.max(1));
+        let in_groups = |keep: &dyn Fn(usize) -> bool| -> Vec<u32> {
+            self.target_train.iter().enumerate().filter(|(i, _)| keep(i % groups)).map(|(_, &p)| p).collect()
+        };
+        let change = |p: u32| self.observed.change(p, self.target).expect("a training perturbation");
+        let fit = |perts: &[u32], penalty: f64| self.design.ridge(self, perts, penalty * perts.len().max(1) as f64);
+        let predict = |ridge: &Ridge, p: u32| ridge.predict(&self.design.features(self, p));
+        let mut out = Vec::with_capacity(n);
+        for held in 0..groups {
+            // Leave-one-group-out error over the kept groups (the default penalty with fewer than two).
+            let inner_error = |penalty: f64| -> f64 {
+                (0..groups)
+                    .filter(|&inner| inner != held)
+                    .map(|inner| {
+                        let ridge = fit(&in_groups(&|g| g != held && g != inner), penalty);
+                        in_groups(&|g| g == inner).iter().map(|&p| mse(&predict(&ridge, p), change(p))).sum::<f64>()
+                    })
+                    .sum()
+            };
+            let penalty = match groups > 2 {
+                true => best(&RIDGE_PENALTIES.iter().map(|&l| (l, inner_error(l))).collect::<Vec<_>>()).unwrap_or(DEFAULT_PENALTY),
+                false => DEFAULT_PENALTY,
+            };
+            let ridge = fit(&in_groups(&|g| g != held), penalty);
+            out.extend(in_groups(&|g| g == held).into_iter().map(|p| (p, predict(&ridge, p))));
+        }
+        out
     }
 
     /// The mean target-cell-type change of the k training perturbations nearest to `p` in GenePT
@@ -241,6 +279,44 @@ impl Baselines {
         )
         .unwrap_or_else(|| self.training_mean.clone())
     }
+}
+
+/// The interleaved groups in which `linear_for_every_condition` cross-fits a cell type's training
+/// perturbations.
+pub const CROSS_FIT_GROUPS: usize = 5;
+
+/// `linear`'s predicted mean change for every condition a model of `fold` trains or is evaluated
+/// on, by (perturbation, cell type): what `--output-anchor linear` adds to the prediction. Each
+/// cell type gets its own ridge with the same features as the target's baseline (its GenePT and
+/// cross-cell-type features). A training condition's prediction is cross-fitted
+/// (`Baselines::linear_cross_fitted` over `CROSS_FIT_GROUPS`): a fit that saw it would hand the
+/// model a prediction as good as its own target, better than any it gets at test. The target's
+/// validation and test perturbations get the baseline itself, `linear`; the control, no change.
+/// Reads what the baselines read, so never a test cell.
+pub fn linear_for_every_condition(store: &Store, fold: &Fold) -> Result<BTreeMap<(u32, u32), Vec<f64>>> {
+    let target = Baselines::fit(store, fold)?;
+    let mut out = BTreeMap::new();
+    for cell_type in 0..fold.controls.len() {
+        let own;
+        let b = if cell_type == fold.target {
+            &target
+        } else {
+            let there = Fold { target: cell_type, train: fold.train.clone(), val: vec![], test: vec![], controls: fold.controls.clone() };
+            own = Baselines::fit(store, &there)?;
+            &own
+        };
+        for (p, change) in b.linear_cross_fitted(CROSS_FIT_GROUPS) {
+            out.insert((p, cell_type as u32), change);
+        }
+    }
+    for c in fold.val.iter().chain(&fold.test) {
+        out.insert((c.perturbation, c.cell_type), target.shift(Baseline::Linear, c.perturbation));
+    }
+    // The control sets: no change.
+    for cell_type in 0..fold.controls.len() as u32 {
+        out.insert((store.control_index, cell_type), vec![0.0; store.n_genes()]);
+    }
+    Ok(out)
 }
 
 /// The value (first of a tie) with the smallest finite validation error.
@@ -317,31 +393,28 @@ impl LinearDesign {
             .unwrap_or_else(|| vec![0.0; self.cross.directions.len() / self.cross.dims.max(1)]);
         [e, x].concat()
     }
-    /// Ridge with an intercept: `W = (F^T F + penalty I)^-1 F^T (Y - mean Y)` over centred features.
-    fn ridge(&self, b: &Baselines, penalty: f64) -> Ridge {
+    /// Ridge with an intercept, `W = (F^T F + penalty I)^-1 F^T (Y - mean Y)` over centred
+    /// features, fitted on the target cell type's training perturbations `perts`.
+    fn ridge(&self, b: &Baselines, perts: &[u32], penalty: f64) -> Ridge {
         let g = b.training_mean.len();
-        let rows: Vec<Vec<f64>> = b.target_train.iter().map(|&p| self.features(b, p)).collect();
+        let change = |p: u32| b.observed.change(p, b.target).expect("a training perturbation");
+        let target_mean = mean_of_vectors(perts.iter().map(|&p| change(p)), g).unwrap_or_else(|| b.training_mean.clone());
+        let rows: Vec<Vec<f64>> = perts.iter().map(|&p| self.features(b, p)).collect();
         let f = rows.first().map_or(0, |r| r.len());
         let n = rows.len();
         if n == 0 || f == 0 {
-            return Ridge { feature_mean: vec![0.0; f], target_mean: b.training_mean.clone(), weights: vec![0.0; f * g] };
+            return Ridge { feature_mean: vec![0.0; f], target_mean, weights: vec![0.0; f * g] };
         }
         let feature_mean = mean_rows(&rows.concat(), f);
         let x: Vec<f64> = rows.iter().flat_map(|r| r.iter().zip(&feature_mean).map(|(v, m)| v - m)).collect();
-        let y: Vec<f64> = b
-            .target_train
-            .iter()
-            .flat_map(|&p| {
-                b.observed.change(p, b.target).expect("a training perturbation").iter().zip(&b.training_mean).map(|(v, m)| v - m)
-            })
-            .collect();
+        let y: Vec<f64> = perts.iter().flat_map(|&p| change(p).iter().zip(&target_mean).map(|(v, m)| v - m)).collect();
         let mut a = vec![0.0; f * f];
         crate::cpu::gemm::matmul(&x, &x, &mut a, f, n, f, true, false, false);
         (0..f).for_each(|i| a[i * f + i] += penalty);
         let mut rhs = vec![0.0; f * g];
         crate::cpu::gemm::matmul(&x, &y, &mut rhs, f, n, g, true, false, false);
         let weights = cholesky_solve(&a, f, &rhs, g);
-        Ridge { feature_mean, target_mean: b.training_mean.clone(), weights }
+        Ridge { feature_mean, target_mean, weights }
     }
 }
 

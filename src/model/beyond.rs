@@ -48,6 +48,11 @@ pub enum OutputAnchor {
     /// The cell type's mean change over its training perturbations (known in the protocol, as to
     /// the baselines); the head keeps its initialisation.
     Shift,
+    /// The stacked model: the paired control cells centred on their set's mean, plus the cell
+    /// type's control mean, plus the `linear` baseline's predicted change for the condition (a
+    /// ridge per cell type; cross-fitted for training conditions); the head and the readout start
+    /// at zero and no ReLU follows, so that at step 0 the model's mean change is `linear`'s.
+    Linear,
 }
 
 /// One registered option, as the rest of the engine sees it.
@@ -173,13 +178,19 @@ beyond_the_paper! {
     check |_m| Ok(()),
     example ["--similarity-features"];
 
-    /// Any model: what the output adds to the head, per cell type: `none` (the paper) or `shift`
-    /// (the cell type's mean change over its training perturbations) [default: none]
+    /// Any model: what the output adds to the head: `none` (the paper), `shift` (the cell type's
+    /// mean change over its training perturbations) or `linear` (the stacked model: centred
+    /// control cells plus the `linear` baseline's predicted change, the head a correction starting
+    /// at zero, step 0 a candidate for early stopping) [default: none]
     #[arg(long, value_enum)]
     output_anchor: OutputAnchor,
     applies Applies::AnyModel,
     set |m, v| m.output_anchor = v,
-    suffix |m| (m.output_anchor == OutputAnchor::Shift).then(|| "shift".to_string()),
+    suffix |m| match m.output_anchor {
+        OutputAnchor::None => None,
+        OutputAnchor::Shift => Some("shift".to_string()),
+        OutputAnchor::Linear => Some("linear".to_string()),
+    },
     check |_m| Ok(()),
     example ["--output-anchor", "shift"];
 

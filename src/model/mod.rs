@@ -40,6 +40,7 @@ use layers::{normal, uniform_fan_in, Linear};
 use rand::Rng;
 use responses::{response_rows, similarity_features, ResponseEncoders};
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// Stage one's result for a batch: `rows` queries (one per set, or one per cell) with `K` candidates.
 pub struct Retrieval {
@@ -99,9 +100,27 @@ pub struct Model {
     responses: Option<ResponseEncoders>,
     /// `Linear(F -> H)` of the candidates' similarity features (`similarity_features` only).
     similarity: Option<Linear>,
-    /// `[cell types, G]`: what `output_anchor` adds to the head (none until `set_output_anchor`).
-    anchor: Vec<f64>,
+    /// What `output_anchor` adds to the head (empty until `set_output_anchor`).
+    anchor: OutputAnchorValues,
     knowledge: Option<Knowledge>,
+}
+
+/// A vector `[G]` per condition, by (perturbation, cell type).
+pub type PerCondition = HashMap<(u32, u32), Vec<f64>>;
+
+/// What the output adds to the head (`Model::set_output_anchor`).
+#[derive(Default)]
+struct OutputAnchorValues {
+    /// `[cell types][G]`, for a condition not in `per_condition`.
+    per_cell_type: Vec<Vec<f64>>,
+    /// By (perturbation, cell type).
+    per_condition: PerCondition,
+}
+
+impl OutputAnchorValues {
+    fn of(&self, perturbation: u32, cell_type: u32) -> &[f64] {
+        self.per_condition.get(&(perturbation, cell_type)).unwrap_or(&self.per_cell_type[cell_type as usize])
+    }
 }
 
 impl Model {
@@ -127,6 +146,14 @@ impl Model {
             let features = if responses.is_some() { 2 } else { 1 };
             Linear::new(params, rng, "similarity", features, h, false)
         });
+        if cfg.output_anchor == OutputAnchor::Linear {
+            // The correction starts at exactly zero: at step 0 the model is the anchor.
+            let gate = responses.as_ref().and_then(|r| r.readout_gate);
+            for id in [Some(head.weight), head.bias, gate].into_iter().flatten() {
+                let n = params.entries[id.0].value.len();
+                params.entries[id.0].value = std::sync::Arc::new(vec![T::zero(); n]);
+            }
+        }
         if cfg.frozen_backbone {
             for p in params.entries.iter_mut() {
                 if p.name.starts_with("layers.") || p.name == "final_norm" || p.name.starts_with("head.") {
@@ -144,7 +171,7 @@ impl Model {
             head,
             responses,
             similarity,
-            anchor: Vec::new(),
+            anchor: OutputAnchorValues::default(),
             knowledge,
         })
     }
@@ -169,11 +196,12 @@ impl Model {
         bias.value = std::sync::Arc::new(T::from_f32_slice(mean));
     }
 
-    /// The per-cell-type vectors `[cell types][G]` that the output adds (`output_anchor`): for
-    /// `shift` the mean change of each cell type's training perturbations (known in the protocol,
-    /// as to the baselines).
-    pub fn set_output_anchor(&mut self, means: &[Vec<f64>]) {
-        self.anchor = means.concat();
+    /// What the output adds (`output_anchor`): per (perturbation, cell type) where given, else per
+    /// cell type. For `shift`, each cell type's mean change over its training perturbations; for
+    /// `linear`, the cell type's control mean plus `linear`'s change per condition, and for a
+    /// condition beyond those (a screened perturbation) the control mean plus the mean training change.
+    pub fn set_output_anchor(&mut self, per_cell_type: &[Vec<f64>], per_condition: PerCondition) {
+        self.anchor = OutputAnchorValues { per_cell_type: per_cell_type.to_vec(), per_condition };
     }
 
     /// Draws the keys of PT-RAG's Gumbel noise (and of the scorer's dropout mask when `training`);
@@ -313,14 +341,26 @@ impl Model {
             out = tape.add(out, readout);
         }
         // Set (`set_output_anchor`) only for the options that add one.
-        if !self.anchor.is_empty() {
-            let types = self.anchor.len() / g;
-            let table = tape.constant(&[types, g], self.anchor.iter().map(|&x| T::f(x)).collect());
-            let per_cell: Vec<usize> = (0..n).map(|i| input.cell_type[i / input.cells] as usize).collect();
-            let anchor = tape.gather(table, &per_cell);
+        if !self.anchor.per_cell_type.is_empty() {
+            let rows: Vec<T> =
+                (0..input.sets).flat_map(|s| self.anchor.of(input.perturbation[s], input.cell_type[s]).iter().map(|&x| T::f(x))).collect();
+            let per_set = tape.constant(&[input.sets, g], rows);
+            let anchor = tape.gather(per_set, &set_of_cell);
             out = tape.add(out, anchor);
         }
-        Forward { pred: tape.relu(out), selection, selection_logits, retrieval }
+        let pred = match self.cfg.output_anchor {
+            OutputAnchor::Linear => {
+                // The paired control cells centred on their set's mean: the predicted set's mean is
+                // the anchor's (plus the correction) exactly, and its spread the controls'.
+                let sums = tape.sum_groups(control, input.cells);
+                let means = tape.scale(sums, -1.0 / input.cells as f64);
+                let minus_mean = tape.gather(means, &set_of_cell);
+                let centred = tape.add(control, minus_mean);
+                tape.add(out, centred)
+            }
+            OutputAnchor::None | OutputAnchor::Shift => tape.relu(out),
+        };
+        Forward { pred, selection, selection_logits, retrieval }
     }
 
     /// The response readout `[N, G]` (see `ModelConfig::response_readout`) from the candidates'

@@ -13,6 +13,7 @@ use crate::data::write_atomic;
 use crate::eval::baselines::Baselines;
 use crate::eval::oracles::{StoreTruth, TruthFigures};
 use crate::eval::planted::{planted_metrics, PlantedTruth};
+use crate::model::OutputAnchor;
 use crate::{Error, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -108,6 +109,12 @@ impl<'s> FoldRun<'s> {
         if !resume {
             run.trainer.save_checkpoint(&run.last_path, &run.run_state())?;
             record.write(run_dir)?;
+        }
+        // The stacked model at step 0 is `linear`; training must earn every move away from it, so
+        // its weights are a candidate for the best checkpoint.
+        let mut run = run;
+        if !resume && run.trainer.cfg.model.output_anchor == OutputAnchor::Linear {
+            run.validate()?;
         }
         Ok(run)
     }

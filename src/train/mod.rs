@@ -25,7 +25,8 @@ use crate::data::split::{Condition, Fold, SplitFile};
 use crate::data::store::Store;
 use crate::model::knowledge::Knowledge;
 use crate::model::{
-    energy_loss, upgrade_saved_model, CandidateContext, Cells, Model, ModelConfig, ModelInput, ModelKind, OutputAnchor, Selection,
+    energy_loss, upgrade_saved_model, CandidateContext, Cells, Model, ModelConfig, ModelInput, ModelKind, OutputAnchor, PerCondition,
+    Selection,
 };
 use crate::tape::{Params, Tape};
 use crate::{Error, Result};
@@ -95,6 +96,24 @@ impl TrainConfig {
         }
         serde_json::from_value(saved).map_err(|e| Error::bad_file(source, field, format!("a ptrag-engine training config ({e})")))
     }
+}
+
+/// `--output-anchor linear`'s anchor: per condition of the fold, its cell type's control mean plus
+/// `linear`'s predicted change (`baselines::linear_for_every_condition`: a ridge per cell type,
+/// cross-fitted for training conditions); per cell type, for any other condition, the control mean
+/// plus the mean training change `shifts`.
+fn linear_anchor(store: &Store, fold: &Fold, shifts: &[Vec<f64>]) -> Result<(Vec<Vec<f64>>, PerCondition)> {
+    if store.manifest.embed_dim == 0 {
+        return Err(Error::invalid("--output-anchor linear", "the `linear` baseline needs GenePT vectors, and this store has none"));
+    }
+    let control_means: Vec<Vec<f64>> = fold.controls.iter().map(|pool| crate::data::responses::mean_of(store, pool)).collect();
+    let plus = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
+    let per_cell_type = control_means.iter().zip(shifts).map(|(m, s)| plus(m, s)).collect();
+    let per_condition = crate::eval::baselines::linear_for_every_condition(store, fold)?
+        .into_iter()
+        .map(|((p, ct), change)| ((p, ct), plus(&control_means[ct as usize], &change)))
+        .collect();
+    Ok((per_cell_type, per_condition))
 }
 
 fn rng_stream(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -204,15 +223,20 @@ impl<'s> Trainer<'s> {
         };
         let mut params = Params::new();
         let mut model = Model::new(&cfg.model, knowledge, &mut params, &mut rng_stream(cfg.seed, INIT_STREAM))?;
-        match cfg.model.output_anchor {
-            OutputAnchor::None => {}
-            OutputAnchor::Shift => {
-                let observed = ObservedResponses::fit(store, &fold);
-                let shifts: Vec<Vec<f64>> = (0..fold.controls.len() as u32).map(|c| observed.mean_change_in(c)).collect();
-                model.set_output_anchor(&shifts);
+        if cfg.model.output_anchor != OutputAnchor::None {
+            let observed = ObservedResponses::fit(store, &fold);
+            let shifts: Vec<Vec<f64>> = (0..fold.controls.len() as u32).map(|c| observed.mean_change_in(c)).collect();
+            match cfg.model.output_anchor {
+                OutputAnchor::None => {}
+                OutputAnchor::Shift => model.set_output_anchor(&shifts, Default::default()),
+                OutputAnchor::Linear => {
+                    let (per_cell_type, per_condition) = linear_anchor(store, &fold, &shifts)?;
+                    model.set_output_anchor(&per_cell_type, per_condition);
+                }
             }
         }
-        if cfg.head_bias_from_data {
+        // The stacked model's head starts at zero (`Model::new`).
+        if cfg.head_bias_from_data && cfg.model.output_anchor != OutputAnchor::Linear {
             model.set_output_bias(&mut params, &training_mean(store, &fold, &mut rng_stream(cfg.seed, DATA_MEAN_STREAM)));
         }
         let adam = Adam::new(cfg.adam.clone(), &params);

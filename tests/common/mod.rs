@@ -97,3 +97,20 @@ pub fn cuda_or_skip() -> Option<ptrag_engine::cuda::Gpu> {
         }
     }
 }
+
+/// A copy of `store` in `dir` whose `cells` have their expression changed (tripled, plus one).
+pub fn copy_changing(store: &Store, dir: &std::path::Path, cells: &[u32]) -> Store {
+    let cells: std::collections::HashSet<u32> = cells.iter().copied().collect();
+    let g = store.n_genes();
+    let mut w = ptrag_engine::data::store::StoreWriter::create(dir, g, store.manifest.expression_dtype).unwrap();
+    let mut row = vec![0.0f32; g];
+    for c in 0..store.n_cells() {
+        store.expression_row(c, &mut row);
+        if cells.contains(&(c as u32)) {
+            row.iter_mut().for_each(|x| *x = 3.0 * *x + 1.0);
+        }
+        w.push_cell(&row, store.cell_perturbation[c], store.cell_type[c], store.cell_batch[c]).unwrap();
+    }
+    let split = std::fs::read_to_string(&store.split_path).unwrap();
+    Store::open(w.finish(store.manifest.clone(), &store.genept_table(), &split, &[]).unwrap()).unwrap()
+}
