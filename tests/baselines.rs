@@ -119,3 +119,30 @@ fn no_baseline_reads_a_test_conditions_cells() {
     }
     assert_eq!(format!("{:?}", one.choices), format!("{:?}", other.choices));
 }
+
+/// `linear-pcs` and `linear-neighbours` take the validation argmin of their grids; the blend is
+/// the weighted sum of `linear` and the chosen `neighbours`, and `linear-pcs` is never worse than
+/// `linear` on validation (its grid holds `linear`'s own components and penalty).
+#[test]
+fn the_tuned_baselines_choose_on_validation() {
+    use ptrag_engine::eval::baselines::{BLEND_WEIGHTS, COMPONENT_GRID, LINEAR_COMPONENTS};
+    let tmp = tempfile::tempdir().unwrap();
+    let b = fit(&store(&tmp.path().join("s"), [7.0, 1.0]));
+    let argmin = |scores: &[(f64, f64)]| scores.iter().min_by(|a, c| a.1.total_cmp(&c.1)).unwrap().0;
+    assert_eq!(b.choices.blend_val_mse.len(), BLEND_WEIGHTS.len());
+    assert_eq!(b.choices.blend_weight, argmin(&b.choices.blend_val_mse));
+    let w = b.choices.blend_weight;
+    let (linear, neighbours) = (b.shift(Baseline::Linear, 5), b.shift(Baseline::Neighbours, 5));
+    let want: Vec<f64> = linear.iter().zip(&neighbours).map(|(l, n)| w * l + (1.0 - w) * n).collect();
+    close(&b.shift(Baseline::LinearNeighbours, 5), &want, "the blend at the chosen weight");
+    // Weight 1 is `linear`: its validation error is `linear`'s at the chosen penalty.
+    let at_one = b.choices.blend_val_mse.iter().find(|(w, _)| *w == 1.0).unwrap().1;
+    let linear_val = b.choices.ridge_val_mse.iter().find(|(l, _)| *l == b.choices.ridge_penalty).unwrap().1;
+    assert!((at_one - linear_val).abs() < tol::SAME_VALUES, "{at_one} vs {linear_val}");
+
+    assert_eq!(b.choices.pcs_val_mse.len(), COMPONENT_GRID.len() * RIDGE_PENALTIES.len());
+    let best = b.choices.pcs_val_mse.iter().min_by(|a, c| a.1.total_cmp(&c.1)).unwrap();
+    assert_eq!((b.choices.pcs_components, b.choices.pcs_penalty), best.0);
+    let own = b.choices.pcs_val_mse.iter().find(|((c, l), _)| *c == LINEAR_COMPONENTS && *l == b.choices.ridge_penalty).unwrap().1;
+    assert!((own - linear_val).abs() < tol::SAME_VALUES && best.1 <= own, "{} vs {own}", best.1);
+}

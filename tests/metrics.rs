@@ -264,3 +264,40 @@ fn retrieval_analysis_by_hand() {
     // Mean selected per cell: A (6 + 1 + 2) / 12 cells = 0.75; B 4 / 4 = 1.
     assert_close(&[a.mean_selected["A"], a.mean_selected["B"]], &[0.75, 1.0], tol::F64_CLOSED_FORM.atol, 0.0, "mean selected");
 }
+
+/// Against `scipy.stats.wilcoxon(x, method="approx")` (SciPy 1.17.1): one sample of differences,
+/// and a paired sample with a zero difference (dropped) and tied absolute differences.
+#[test]
+fn wilcoxon_signed_rank_matches_scipy() {
+    let x = [0.5, 1.2, -0.3, 2.2, 0.8, -1.1, 0.4, 1.7, 0.9, -0.2, 1.3, 0.6];
+    let r = wilcoxon_signed_rank(&x, &[0.0; 12]);
+    assert_eq!(r.statistic, 11.0);
+    assert!((r.p - 0.0280561241492436).abs() < tol::SCIPY_P_VALUE.atol, "{r:?}");
+    let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+    let b = [1.5, 1.0, 3.0, 2.0, 5.5, 3.0, 8.5, 4.0];
+    let r = wilcoxon_signed_rank(&a, &b);
+    assert_eq!(r.statistic, 7.0);
+    assert!((r.p - 0.23588521058805278).abs() < tol::SCIPY_P_VALUE.atol, "{r:?}");
+    assert_eq!(wilcoxon_signed_rank(&a, &a).p, 1.0, "no nonzero difference");
+}
+
+/// The paired tests of a report pair two models' rows by condition, whatever their order, drop a
+/// condition only one of them has, count the conditions each is better on by the metric's
+/// direction, and test with the Wilcoxon signed-rank.
+#[test]
+fn paired_tests_pair_rows_by_condition() {
+    use ptrag_engine::eval::report::summarise;
+    let row = |model: &str, pert: &str, mse: f64| {
+        let mut values = vec![1.0; METRICS.len()];
+        values[METRICS.iter().position(|m| *m == "mse").unwrap()] = mse;
+        ConditionRow { model: model.into(), target: "K562".into(), perturbation: pert.into(), cell_type: "K562".into(), cells: 10, values }
+    };
+    let a = [("P1", 0.10), ("P2", 0.20), ("P3", 0.30), ("P4", 0.40), ("P5", 0.55), ("P6", 0.05)];
+    let b = [("P6", 0.07), ("P4", 0.35), ("P3", 0.33), ("P2", 0.21), ("P1", 0.18), ("P9", 9.0)];
+    let rows: Vec<ConditionRow> = a.iter().map(|(p, v)| row("a", p, *v)).chain(b.iter().map(|(p, v)| row("b", p, *v))).collect();
+    let summary = summarise(&rows);
+    let t = summary.paired.iter().find(|t| t.metric == "mse").unwrap();
+    assert_eq!((t.a.as_str(), t.b.as_str(), t.conditions, t.a_better, t.b_better), ("a", "b", 5, 4, 1));
+    let want = wilcoxon_signed_rank(&[0.10, 0.20, 0.30, 0.40, 0.05], &[0.18, 0.21, 0.33, 0.35, 0.07]).p;
+    assert!((t.p - want).abs() < tol::F64_EXACT_ABS, "{} vs {want}", t.p);
+}

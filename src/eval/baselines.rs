@@ -36,11 +36,24 @@ pub enum Baseline {
     /// Ridge regression from [GenePT PCs; cross-cell-type change PCs] to the target-cell-type
     /// change, fitted on the target's training perturbations; penalty chosen on validation.
     Linear,
+    /// `linear` with its number of principal components per block chosen on validation as well
+    /// (`COMPONENT_GRID`, jointly with the penalty); `linear` keeps `LINEAR_COMPONENTS`, so that
+    /// published figures stay comparable.
+    LinearPcs,
+    /// `w * linear + (1 - w) * neighbours`, the weight chosen on validation (`BLEND_WEIGHTS`).
+    LinearNeighbours,
 }
 
 impl Baseline {
-    pub const ALL: [Baseline; 5] =
-        [Baseline::Control, Baseline::TrainingMean, Baseline::CrossCellType, Baseline::Neighbours, Baseline::Linear];
+    pub const ALL: [Baseline; 7] = [
+        Baseline::Control,
+        Baseline::TrainingMean,
+        Baseline::CrossCellType,
+        Baseline::Neighbours,
+        Baseline::Linear,
+        Baseline::LinearPcs,
+        Baseline::LinearNeighbours,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Baseline::Control => "control",
@@ -48,11 +61,13 @@ impl Baseline {
             Baseline::CrossCellType => "cross-cell-type",
             Baseline::Neighbours => "neighbours",
             Baseline::Linear => "linear",
+            Baseline::LinearPcs => "linear-pcs",
+            Baseline::LinearNeighbours => "linear-neighbours",
         }
     }
-    /// `neighbours` and `linear` read GenePT vectors: a store prepared with `--genept none` has neither.
+    /// `neighbours` and the ridges read GenePT vectors: a store prepared with `--genept none` has none of them.
     pub fn needs_genept(self) -> bool {
-        matches!(self, Baseline::Neighbours | Baseline::Linear)
+        matches!(self, Baseline::Neighbours | Baseline::Linear | Baseline::LinearPcs | Baseline::LinearNeighbours)
     }
     pub fn is_baseline(name: &str) -> bool {
         Baseline::ALL.iter().any(|b| b.name() == name)
@@ -68,6 +83,10 @@ const DEFAULT_K: usize = 10;
 const DEFAULT_PENALTY: f64 = 1.0;
 /// Principal components kept of each feature block of `linear` (GenePT, cross-cell-type change).
 pub const LINEAR_COMPONENTS: usize = 32;
+/// `linear-pcs` chooses its components per block among these (at most the training perturbations).
+pub const COMPONENT_GRID: [usize; 5] = [8, 16, 32, 64, 128];
+/// `linear-neighbours` chooses the weight of `linear` among these.
+pub const BLEND_WEIGHTS: [f64; 11] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
 /// What validation chose, with the validation mean-change MSE of every candidate value.
 #[derive(Clone, Debug, Serialize)]
@@ -78,6 +97,14 @@ pub struct BaselineChoices {
     pub ridge_val_mse: Vec<(f64, f64)>,
     /// Components kept per block (GenePT, cross-cell-type change).
     pub linear_components: (usize, usize),
+    /// `linear-pcs`: the components asked per block and the penalty chosen, with the validation
+    /// MSE of every (components, penalty) pair.
+    pub pcs_components: usize,
+    pub pcs_penalty: f64,
+    pub pcs_val_mse: Vec<((usize, f64), f64)>,
+    /// `linear-neighbours`: the weight of `linear`, with the validation MSE of every weight.
+    pub blend_weight: f64,
+    pub blend_val_mse: Vec<(f64, f64)>,
 }
 
 pub struct Baselines {
@@ -92,6 +119,9 @@ pub struct Baselines {
     training_mean: Vec<f64>,
     design: LinearDesign,
     ridge: Ridge,
+    /// `linear-pcs`'s design and fit.
+    pcs_design: LinearDesign,
+    pcs_ridge: Ridge,
     pub choices: BaselineChoices,
 }
 
@@ -125,12 +155,19 @@ impl Baselines {
             training_mean,
             design: LinearDesign::default(),
             ridge: Ridge::default(),
+            pcs_design: LinearDesign::default(),
+            pcs_ridge: Ridge::default(),
             choices: BaselineChoices {
                 neighbours_k: DEFAULT_K,
                 neighbours_val_mse: vec![],
                 ridge_penalty: DEFAULT_PENALTY,
                 ridge_val_mse: vec![],
                 linear_components: (0, 0),
+                pcs_components: LINEAR_COMPONENTS,
+                pcs_penalty: DEFAULT_PENALTY,
+                pcs_val_mse: vec![],
+                blend_weight: 1.0,
+                blend_val_mse: vec![],
             },
         };
         // Validation chooses k and the penalty by the mean-change MSE over its conditions; with no
@@ -149,7 +186,7 @@ impl Baselines {
             b.choices.neighbours_val_mse = ks.iter().map(|&k| (k, val_mse(&|p| b.neighbours(p, k)))).collect();
         }
         b.choices.neighbours_k = best(&b.choices.neighbours_val_mse).unwrap_or(DEFAULT_K.min(n_train));
-        b.design = LinearDesign::fit(&b);
+        b.design = LinearDesign::fit(&b, LINEAR_COMPONENTS);
         b.choices.linear_components = b.design.components(dim, g);
         if !val.is_empty() {
             let fit_at = |l: f64| b.design.ridge(&b, &b.target_train, l * n_train as f64);
@@ -158,6 +195,30 @@ impl Baselines {
         }
         b.choices.ridge_penalty = best(&b.choices.ridge_val_mse).unwrap_or(DEFAULT_PENALTY);
         b.ridge = b.design.ridge(&b, &b.target_train, b.choices.ridge_penalty * n_train as f64);
+        (b.pcs_design, b.pcs_ridge) = (b.design.clone(), b.ridge.clone());
+        (b.choices.pcs_components, b.choices.pcs_penalty) = (LINEAR_COMPONENTS, b.choices.ridge_penalty);
+        if !val.is_empty() {
+            // `linear-pcs`: every (components, penalty) pair on validation.
+            let mut scores = Vec::new();
+            for components in COMPONENT_GRID {
+                let design = LinearDesign::fit(&b, components);
+                for &l in &RIDGE_PENALTIES {
+                    let ridge = design.ridge(&b, &b.target_train, l * n_train as f64);
+                    scores.push(((components, l), val_mse(&|p| ridge.predict(&design.features(&b, p)))));
+                }
+            }
+            b.choices.pcs_val_mse = scores;
+            if let Some((components, l)) = best(&b.choices.pcs_val_mse) {
+                b.pcs_design = LinearDesign::fit(&b, components);
+                b.pcs_ridge = b.pcs_design.ridge(&b, &b.target_train, l * n_train as f64);
+                (b.choices.pcs_components, b.choices.pcs_penalty) = (components, l);
+            }
+            // `linear-neighbours`: the weight of `linear` against the chosen neighbours.
+            let k = b.choices.neighbours_k;
+            b.choices.blend_val_mse =
+                BLEND_WEIGHTS.iter().map(|&w| (w, val_mse(&|p| blend(w, &b.shift(Baseline::Linear, p), &b.neighbours(p, k))))).collect();
+            b.choices.blend_weight = best(&b.choices.blend_val_mse).unwrap_or(1.0);
+        }
         Ok(b)
     }
 
@@ -174,6 +235,12 @@ impl Baselines {
             Baseline::CrossCellType => self.cross_cell_type(perturbation).unwrap_or_else(|| self.training_mean.clone()),
             Baseline::Neighbours => self.neighbours(perturbation, self.choices.neighbours_k),
             Baseline::Linear => self.ridge.predict(&self.design.features(self, perturbation)),
+            Baseline::LinearPcs => self.pcs_ridge.predict(&self.pcs_design.features(self, perturbation)),
+            Baseline::LinearNeighbours => blend(
+                self.choices.blend_weight,
+                &self.shift(Baseline::Linear, perturbation),
+                &self.neighbours(perturbation, self.choices.neighbours_k),
+            ),
         }
     }
 
@@ -319,6 +386,11 @@ pub fn linear_for_every_condition(store: &Store, fold: &Fold) -> Result<BTreeMap
     Ok(out)
 }
 
+/// `w * a + (1 - w) * b`.
+fn blend(w: f64, a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| w * x + (1.0 - w) * y).collect()
+}
+
 /// The value (first of a tie) with the smallest finite validation error.
 fn best<T: Copy>(scores: &[(T, f64)]) -> Option<T> {
     scores.iter().filter(|(_, e)| e.is_finite()).min_by(|a, b| a.1.total_cmp(&b.1)).map(|(v, _)| *v)
@@ -327,7 +399,7 @@ fn best<T: Copy>(scores: &[(T, f64)]) -> Option<T> {
 /// A projection onto leading principal components, fitted through the `n x n` Gram matrix (few
 /// rows of high dimension), scaled so that the block's coordinates have a total variance of 1 over
 /// the training rows: two blocks weigh alike in the ridge, and the penalty is on a fixed scale.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Projection {
     dims: usize,
     mean: Vec<f64>,
@@ -366,19 +438,20 @@ impl Projection {
 }
 
 /// `linear`'s features: [GenePT projection; cross-cell-type change projection].
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct LinearDesign {
     genept: Projection,
     cross: Projection,
 }
 
 impl LinearDesign {
-    fn fit(b: &Baselines) -> LinearDesign {
+    /// The projections onto at most `components` principal components per block.
+    fn fit(b: &Baselines, components: usize) -> LinearDesign {
         let g = b.training_mean.len();
         let genept: Vec<f64> =
             b.target_train.iter().flat_map(|&p| b.genept[p as usize * b.dim..(p as usize + 1) * b.dim].to_vec()).collect();
         let cross: Vec<f64> = b.target_train.iter().flat_map(|&p| b.cross_cell_type(p).unwrap_or_else(|| vec![0.0; g])).collect();
-        LinearDesign { genept: Projection::fit(&genept, b.dim, LINEAR_COMPONENTS), cross: Projection::fit(&cross, g, LINEAR_COMPONENTS) }
+        LinearDesign { genept: Projection::fit(&genept, b.dim, components), cross: Projection::fit(&cross, g, components) }
     }
     fn components(&self, dim: usize, genes: usize) -> (usize, usize) {
         (self.genept.directions.len() / dim.max(1), self.cross.directions.len() / genes.max(1))
@@ -418,7 +491,7 @@ impl LinearDesign {
     }
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Ridge {
     feature_mean: Vec<f64>,
     target_mean: Vec<f64>,

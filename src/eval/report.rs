@@ -11,7 +11,7 @@ pub use super::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
 use super::oracles::{Oracle, StoreTruth};
 use super::pca::Pca;
 use super::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
-use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark};
+use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark, wilcoxon_signed_rank};
 use crate::data::store::Store;
 use crate::train::run::{fold_dirs, RunRecord, TrainedRun};
 use crate::{Error, Result};
@@ -261,6 +261,22 @@ pub struct Evaluation {
 /// metric -> (mean, standard deviation, conditions)
 pub type MetricTable = BTreeMap<String, (f64, f64, usize)>;
 
+/// Two models on one metric, paired by condition (target, perturbation, cell type).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct PairedTest {
+    pub metric: String,
+    pub a: String,
+    pub b: String,
+    /// Conditions both have a finite value on.
+    pub conditions: usize,
+    /// Conditions on which `a` is better than `b`, and `b` than `a` (by the metric's direction).
+    pub a_better: usize,
+    pub b_better: usize,
+    /// Wilcoxon signed-rank, two-sided, and its BH q-value.
+    pub p: f64,
+    pub q: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     /// Over all conditions: model -> metrics.
@@ -269,6 +285,10 @@ pub struct Summary {
     pub per_cell_type: BTreeMap<String, BTreeMap<String, MetricTable>>,
     /// (metric, model a, model b, Mann-Whitney U of a, p, BH q)
     pub tests: Vec<(String, String, String, f64, f64, f64)>,
+    /// The same pairs on the conditions both have, condition by condition (Wilcoxon signed-rank),
+    /// BH-corrected over all paired tests.
+    #[serde(default)]
+    pub paired: Vec<PairedTest>,
     /// Target cell type -> what validation chose for the baselines.
     pub baseline_choices: BTreeMap<String, BaselineChoices>,
     /// Model -> cell type -> retrieval and selection against the planted truth; absent on a store
@@ -326,16 +346,56 @@ pub fn summarise(rows: &[ConditionRow]) -> Summary {
     }
     let q = benjamini_hochberg(&tests.iter().map(|t| t.4).collect::<Vec<_>>());
     tests.iter_mut().zip(q).for_each(|(t, q)| t.5 = q);
+    let paired = paired_tests(&by_model);
     Summary {
         models,
         per_cell_type,
         tests,
+        paired,
         baseline_choices: BTreeMap::new(),
         planted: None,
         steps: BTreeMap::new(),
         truth_notes: BTreeMap::new(),
         draws: 1,
     }
+}
+
+/// Every pair of models on every metric (the DEG count aside), condition by condition.
+fn paired_tests(by_model: &BTreeMap<String, Vec<&ConditionRow>>) -> Vec<PairedTest> {
+    let names: Vec<&String> = by_model.keys().collect();
+    let key = |r: &ConditionRow| (r.target.clone(), r.perturbation.clone(), r.cell_type.clone());
+    let mut out = Vec::new();
+    for (m, metric) in METRICS.iter().enumerate().take(METRICS.len() - 1) {
+        for i in 0..names.len() {
+            let a: BTreeMap<_, f64> = by_model[names[i]].iter().map(|r| (key(r), r.values[m])).filter(|(_, v)| v.is_finite()).collect();
+            for name_b in &names[i + 1..] {
+                let (x, y): (Vec<f64>, Vec<f64>) = by_model[*name_b]
+                    .iter()
+                    .filter(|r| r.values[m].is_finite())
+                    .filter_map(|r| Some((*a.get(&key(r))?, r.values[m])))
+                    .unzip();
+                if x.is_empty() {
+                    continue;
+                }
+                let better = |u: f64, v: f64| if HIGHER_IS_BETTER[m] { u > v } else { u < v };
+                let a_better = x.iter().zip(&y).filter(|(u, v)| better(**u, **v)).count();
+                let b_better = x.iter().zip(&y).filter(|(u, v)| better(**v, **u)).count();
+                let p = wilcoxon_signed_rank(&x, &y).p;
+                let (a, b) = (names[i].clone(), (*name_b).clone());
+                out.push(PairedTest { metric: metric.to_string(), a, b, conditions: x.len(), a_better, b_better, p, q: 0.0 });
+            }
+        }
+    }
+    let q = benjamini_hochberg(&out.iter().map(|t| t.p).collect::<Vec<_>>());
+    out.iter_mut().zip(q).for_each(|(t, q)| t.q = q);
+    out
+}
+
+/// The paired test of `a` against `b` on `metric`, whichever order it was run in: (q, conditions
+/// on which `a` is better, conditions).
+fn paired(summary: &Summary, metric: &str, a: &str, b: &str) -> Option<(f64, usize, usize)> {
+    let t = summary.paired.iter().find(|t| t.metric == metric && ((t.a == a && t.b == b) || (t.a == b && t.b == a)))?;
+    Some((t.q, if t.a == a { t.a_better } else { t.b_better }, t.conditions))
 }
 
 /// A Markdown table like the paper's Table 1 (mean +- sd per metric and model), then every test.
@@ -364,6 +424,21 @@ pub fn markdown(summary: &Summary, opts: &EvalOptions) -> String {
     for (metric, a, b, u, p, q) in &summary.tests {
         s += &format!("| {metric} | {a} | {b} | {u} | {p:.3e} | {q:.3e} | {} |\n", significance_mark(*q));
     }
+    s += "\n## Wilcoxon signed-rank between models, condition by condition (two-sided), Benjamini-Hochberg over all paired tests\n\n| metric | a | b | conditions | a better | b better | p | q | |\n|---|---|---|---|---|---|---|---|---|\n";
+    for t in &summary.paired {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {:.3e} | {:.3e} | {} |\n",
+            t.metric,
+            t.a,
+            t.b,
+            t.conditions,
+            t.a_better,
+            t.b_better,
+            t.p,
+            t.q,
+            significance_mark(t.q)
+        );
+    }
     s
 }
 
@@ -380,7 +455,7 @@ fn against_baselines(summary: &Summary) -> String {
     if models.is_empty() || !summary.models.keys().any(|m| Baseline::is_baseline(m)) {
         return String::new();
     }
-    let mut s = "\n## Each model against the strongest baseline\n\nPer metric, the baseline with the best mean; `+`: the model is better, `-`: worse; q: Benjamini-Hochberg over all tests; marks `***` q < 0.01, `**` < 0.05, `*` < 0.1.\n\n| metric | strongest baseline |".to_string();
+    let mut s = "\n## Each model against the strongest baseline\n\nPer metric, the baseline with the best mean; `+`: the model is better, `-`: worse; q: Mann-Whitney, Benjamini-Hochberg over all tests; then the conditions on which the model is better and the paired test (Wilcoxon signed-rank by condition, Benjamini-Hochberg over all paired tests); marks `***` q < 0.01, `**` < 0.05, `*` < 0.1.\n\n| metric | strongest baseline |".to_string();
     models.iter().for_each(|m| s += &format!(" {m} |"));
     s += "\n|---|---|";
     models.iter().for_each(|_| s += "---|");
@@ -397,20 +472,23 @@ fn against_baselines(summary: &Summary) -> String {
         let Some((base, table)) = strongest else { continue };
         s += &format!("| {metric} | {base} ({:.4}) |", table[*metric].0);
         for model in &models {
-            match compared(summary, metric, model, base) {
-                Some((q, diff)) => {
+            match (compared(summary, metric, model, base), paired(summary, metric, model, base)) {
+                (Some((q, diff)), paired) => {
                     let sign = if better(diff, 0.0) { "+" } else { "-" };
-                    s += &format!(" {sign} {diff:+.4}, q {q:.2e} {} |", significance_mark(q));
+                    let paired = paired.map_or(String::new(), |(pq, wins, n)| {
+                        format!("; better on {wins} of {n}, paired q {pq:.2e} {}", significance_mark(pq))
+                    });
+                    s += &format!(" {sign} {diff:+.4}, q {q:.2e} {}{paired} |", significance_mark(q));
                 }
-                None => s += " |",
+                (None, _) => s += " |",
             }
         }
         s += "\n";
     }
     for (target, c) in &summary.baseline_choices {
         s += &format!(
-            "\nBaselines on {target}, chosen on its validation perturbations: neighbours k = {}, linear ridge penalty {} x n (components {} GenePT + {} cross-cell-type).\n",
-            c.neighbours_k, c.ridge_penalty, c.linear_components.0, c.linear_components.1
+            "\nBaselines on {target}, chosen on its validation perturbations: neighbours k = {}, linear ridge penalty {} x n (components {} GenePT + {} cross-cell-type); linear-pcs {} components per block, penalty {} x n; linear-neighbours weight {} on linear.\n",
+            c.neighbours_k, c.ridge_penalty, c.linear_components.0, c.linear_components.1, c.pcs_components, c.pcs_penalty, c.blend_weight
         );
     }
     s
