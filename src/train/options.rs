@@ -270,13 +270,17 @@ impl TrainOptions {
         if !(c.adam.lr > 0.0 && c.adam.lr.is_finite()) {
             return Err(Error::invalid("--lr", format!("must be a positive number, got {}", c.adam.lr)));
         }
-        if !(c.adam.clip_norm >= 0.0 && c.adam.weight_decay >= 0.0) {
-            return Err(Error::invalid("--clip-norm / --weight-decay", "must be >= 0"));
+        if !(c.adam.clip_norm >= 0.0 && c.adam.clip_norm.is_finite()) {
+            return Err(Error::invalid("--clip-norm", format!("a finite number >= 0 (0 turns clipping off), got {}", c.adam.clip_norm)));
+        }
+        if !(c.adam.weight_decay >= 0.0 && c.adam.weight_decay.is_finite()) {
+            return Err(Error::invalid("--weight-decay", format!("a finite number >= 0, got {}", c.adam.weight_decay)));
         }
         if c.steps == 0 {
             return Err(Error::invalid("--steps", "must be at least 1"));
         }
         c.model.validate()?;
+        check_storable(&c)?;
         Ok(c)
     }
 
@@ -290,4 +294,21 @@ impl TrainOptions {
             }
         }
     }
+}
+
+/// Every integer of the configuration must fit the run record, whose TOML integers are signed 64-bit
+/// (a seed of 2^63 or more would be accepted, then fail when the record is written).
+fn check_storable(c: &TrainConfig) -> Result<()> {
+    fn walk(key: &str, v: &serde_json::Value) -> Result<()> {
+        match v {
+            serde_json::Value::Number(n) if n.as_u64().is_some_and(|u| u > i64::MAX as u64) => Err(Error::invalid(
+                format!("--{}", key.replace('_', "-")),
+                format!("at most {} (a run record holds signed 64-bit integers), got {n}", i64::MAX),
+            )),
+            serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| walk(k, v)),
+            serde_json::Value::Array(items) => items.iter().try_for_each(|v| walk(key, v)),
+            _ => Ok(()),
+        }
+    }
+    walk("config", &serde_json::to_value(c).expect("a configuration serialises"))
 }
