@@ -1247,3 +1247,20 @@ fn train_numeric_options_at_hostile_values_fail_cleanly() {
     }
     assert_eq!(cases, 100);
 }
+
+/// A fold without validation conditions trains with a documented warning (the last weights are
+/// kept, the baselines take their defaults) rather than failing.
+#[test]
+fn a_fold_without_validation_conditions_trains_with_a_warning() {
+    use ptrag_engine::data::split::SplitFile;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let mut split = SplitFile::read(&store.join("split.toml")).unwrap();
+    split.fewshot.get_mut("k562").unwrap().val.clear();
+    let path = tmp.path().join("no-val.toml");
+    std::fs::write(&path, split.to_toml()).unwrap();
+    let out =
+        small_run(&store, &tmp.path().join("run"), "train", &["--steps", "1", "--eval-draws", "1", "--split"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: no validation perturbation measured in K562"), "{}", stderr(&out));
+}

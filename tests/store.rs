@@ -241,3 +241,31 @@ fn labels_become_safe_distinct_path_components() {
     assert_eq!(distinct.len(), names.len(), "{names:?}");
     assert!(path_component("").is_err() && path_component(&"x".repeat(300)).is_err());
 }
+
+/// A test list whose perturbations have no cells in the target cell type holds nothing out: an
+/// error naming the split's field, not a fold that tests nothing.
+#[test]
+fn a_fold_without_test_conditions_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny(&tmp.path().join("s"));
+    let mut split = SplitFile::read(&store.split_path).unwrap();
+    // A perturbation of the store with no K562 cells: write a copy without them.
+    let held = split.fewshot["k562"].test[0].clone();
+    let p = store.perturbation_index(&held).unwrap() as u32;
+    let g = store.n_genes();
+    let mut w = ptrag_engine::data::store::StoreWriter::create(tmp.path().join("t"), g, store.manifest.expression_dtype).unwrap();
+    let mut row = vec![0.0f32; g];
+    for c in 0..store.n_cells() {
+        if store.cell_perturbation[c] == p && store.cell_type[c] == 0 {
+            continue;
+        }
+        store.expression_row(c, &mut row);
+        w.push_cell(&row, store.cell_perturbation[c], store.cell_type[c], store.cell_batch[c]).unwrap();
+    }
+    split.fewshot.get_mut("k562").unwrap().test = vec![held];
+    let text = split.to_toml();
+    let other = Store::open(w.finish(store.manifest.clone(), &store.genept_table(), &text, &[]).unwrap()).unwrap();
+    let Err(e) = Fold::new(&other, &split, &other.split_path, 0) else { panic!("a fold without test conditions") };
+    let e = e.to_string();
+    assert!(e.contains("fewshot.k562.test") && e.contains("none of the 1 listed"), "{e}");
+}

@@ -222,6 +222,14 @@ impl Fold {
                 fold.train.push(c);
             }
         }
+        if fold.test.is_empty() {
+            // Listed perturbations without cells in the target cell type hold nothing out.
+            return Err(Error::bad_file(
+                split_path,
+                format!("fewshot.{}.test", target_name.to_lowercase()),
+                format!("at least one perturbation measured in `{target_name}`; none of the {} listed has cells there", held.test.len()),
+            ));
+        }
         for (ct, pool) in fold.controls.iter().enumerate() {
             if pool.is_empty() {
                 return Err(Error::bad_file(

@@ -69,6 +69,12 @@ impl<'s> FoldRun<'s> {
         ctl: &RunControl,
     ) -> Result<Self> {
         let mut trainer = Trainer::new(record.train.clone(), store, split, &record.split)?;
+        if trainer.fold.val.is_empty() {
+            let name = &store.manifest.cell_types[trainer.fold.target];
+            eprintln!(
+                "warning: no validation perturbation measured in {name}: the run keeps its last weights, and the baselines take their default k and penalty"
+            );
+        }
         let truth = if trainer.cfg.model.kind.retrieves() { PlantedTruth::load(store)? } else { None };
         if let Some(gpu) = &ctl.gpu {
             trainer.use_gpu(gpu.clone())?;
