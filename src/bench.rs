@@ -6,9 +6,10 @@
 //! `breakdown`, where the time went by op family.
 
 use crate::cuda::{tensor::RowTable, Gpu};
+use crate::data::responses::ObservedResponses;
 use crate::data::sampler::Batch;
 use crate::model::knowledge::Knowledge;
-use crate::model::{Model, ModelConfig, ModelKind};
+use crate::model::{BeyondPaper, CandidateContext, Model, ModelConfig, ModelKind, OutputAnchor};
 use crate::profile::{profile, Shapes};
 use crate::tape::params::Params;
 use crate::train::optim::{Adam, AdamConfig};
@@ -31,12 +32,28 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Where the steps run: None for the CPU engine.
     pub gpu: Option<Arc<Gpu>>,
+    /// Options beyond the paper (`model::beyond`), as `train` takes them.
+    pub beyond: BeyondPaper,
 }
+
+/// Cell types of the synthetic inputs: the paper's four, so that observed responses exist in
+/// cell types other than the set's.
+const CELL_TYPES: usize = 4;
 
 impl BenchOptions {
     /// The paper's step: 64 sets of 64 cells at the Replogle-Nadig shapes.
     pub fn paper(kind: ModelKind) -> Self {
-        BenchOptions { kind, sets: 64, cells: 64, steps: 5, warmup: 1, shapes: Shapes::paper(), seed: 42, gpu: None }
+        BenchOptions {
+            kind,
+            sets: 64,
+            cells: 64,
+            steps: 5,
+            warmup: 1,
+            shapes: Shapes::paper(),
+            seed: 42,
+            gpu: None,
+            beyond: BeyondPaper::default(),
+        }
     }
 }
 
@@ -83,25 +100,43 @@ fn synthetic_batch(o: &BenchOptions, rng: &mut ChaCha8Rng) -> Batch {
     }
 }
 
+/// Observed mean changes of every database perturbation in each of `CELL_TYPES` cell types.
+fn synthetic_responses(s: &Shapes, rng: &mut ChaCha8Rng) -> ObservedResponses {
+    let mut vector = |scale: f64| -> Vec<f64> { (0..s.genes).map(|_| rng.gen_range(-scale..scale)).collect() };
+    let control_mean = (0..CELL_TYPES).map(|_| vector(2.0).iter().map(|x| x.abs()).collect()).collect();
+    let change = (1..=s.database as u32).flat_map(|p| (0..CELL_TYPES as u32).map(move |c| (p, c))).map(|key| (key, vector(0.3))).collect();
+    ObservedResponses::from_parts(s.genes, control_mean, change)
+}
+
 pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
     if o.sets == 0 || o.cells == 0 || o.steps == 0 {
         return Err(Error::invalid("bench", "sets, cells and steps must be at least 1"));
     }
     let s = &o.shapes;
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
-    let cfg = ModelConfig::paper(o.kind, s.genes, s.perturbations, s.batches, s.genept_dim);
+    let mut cfg = ModelConfig::paper(o.kind, s.genes, s.perturbations, s.batches, s.genept_dim);
+    o.beyond.apply(&mut cfg);
     let knowledge = if o.kind.uses_genept() {
         // the first `database` perturbations after the control have vectors, the rest none
         let mut vectors = vec![0.0f32; s.perturbations * s.genept_dim];
         for row in vectors.chunks_mut(s.genept_dim).skip(1).take(s.database) {
             row.iter_mut().for_each(|v| *v = rng.gen_range(-1.0..1.0));
         }
-        Some(Knowledge::new(vectors, s.genept_dim, vec![true; s.perturbations])?)
+        let knowledge = Knowledge::new(vectors, s.genept_dim, vec![true; s.perturbations])?;
+        Some(match cfg.candidate_context {
+            CandidateContext::Genept => knowledge,
+            _ => knowledge.with_responses(synthetic_responses(s, &mut rng)),
+        })
     } else {
         None
     };
     let mut params = Params::<f32>::new();
-    let model = Model::new(&cfg, knowledge, &mut params, &mut rng)?;
+    let mut model = Model::new(&cfg, knowledge, &mut params, &mut rng)?;
+    if cfg.output_anchor != OutputAnchor::None {
+        // One vector per cell type: the same work per step as per-condition anchors.
+        let per_cell_type: Vec<Vec<f64>> = (0..CELL_TYPES).map(|_| (0..s.genes).map(|_| rng.gen_range(-0.5..0.5)).collect()).collect();
+        model.set_output_anchor(&per_cell_type, Default::default());
+    }
     let mut adam = Adam::new(AdamConfig::default(), &params);
     let batch = synthetic_batch(o, &mut rng);
     let mut on_gpu = match &o.gpu {
@@ -137,7 +172,8 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
     let achieved_gflops = model_flops_per_step / median / 1e9;
     let peak = peak_gflops(o.gpu.as_deref())?;
     Ok(BenchResult {
-        model: o.kind.label().to_string(),
+        // the paper's label, or the variant's name with options beyond the paper
+        model: if o.beyond.set().is_empty() { o.kind.label().to_string() } else { cfg.variant_name() },
         device: o.gpu.as_ref().map_or_else(|| "cpu".into(), |g| g.name()),
         cpu_path: crate::cpu::cpu_path().to_string(),
         threads: rayon::current_num_threads(),

@@ -172,6 +172,8 @@ enum Command {
         steps: usize,
         #[arg(long)]
         breakdown: bool,
+        #[command(flatten)]
+        beyond: ptrag_engine::model::BeyondPaper,
         #[arg(long)]
         json: bool,
     },
@@ -340,8 +342,8 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             print!("{}", ptrag_engine::eval::learning_curve::learning_curve(&reports, &out)?);
             println!("figure in {}", out.display());
         }
-        Command::Bench { model, device, sets, cells, steps, breakdown, json } => {
-            cli::bench_command(model, device, [sets, cells, steps], breakdown, json)?
+        Command::Bench { model, device, sets, cells, steps, breakdown, beyond, json } => {
+            cli::bench_command(model, device, [sets, cells, steps], beyond, breakdown, json)?
         }
         Command::Profile { model, cells, json } => cli::profile_command(model, cells, json)?,
         Command::Info { json } => cli::print(&ptrag_engine::cuda::engine_info(), json),

@@ -76,3 +76,26 @@ fn bench_runs_the_training_step_and_accounts_for_its_time() {
     assert!(parts <= total * 1.001, "the parts ({parts} s) fit inside the timed steps ({total} s)");
     assert!(bench(&BenchOptions { steps: 0, ..o }, false).is_err());
 }
+
+#[test]
+fn bench_takes_the_options_beyond_the_paper() {
+    use ptrag_engine::bench::{bench, BenchOptions};
+    use ptrag_engine::model::{BeyondPaper, CandidateContext, OutputAnchor};
+    let mut o = BenchOptions::paper(ModelKind::PtRag);
+    (o.sets, o.cells, o.steps, o.warmup) = (2, 4, 1, 0);
+    o.shapes = Shapes { genes: 24, perturbations: 40, batches: 3, genept_dim: 8, database: 39, cells: 4 };
+    // the stacked model: observed responses, readout and the output anchor
+    o.beyond = BeyondPaper {
+        candidate_context: Some(CandidateContext::Both),
+        response_readout: Some(true),
+        output_anchor: Some(OutputAnchor::Linear),
+        ..BeyondPaper::default()
+    };
+    let r = bench(&o, false).unwrap();
+    assert_eq!(r.model, "pt-rag+both+readout+linear");
+    assert_eq!(r.step_seconds.len(), 1);
+    // an option the model does not take is refused, naming it
+    let state = BenchOptions { kind: ModelKind::State, ..o };
+    let e = bench(&state, false).unwrap_err().to_string();
+    assert!(e.contains("--candidate-context"), "{e}");
+}

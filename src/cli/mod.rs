@@ -335,10 +335,17 @@ pub fn print<R: serde::Serialize + std::fmt::Display>(r: &R, json: bool) {
 }
 
 /// `bench`: timed training steps of `model` at `[sets, cells, steps]`.
-pub fn bench_command(model: ModelKind, device: DeviceChoice, [sets, cells, steps]: [usize; 3], breakdown: bool, json: bool) -> Result<()> {
+pub fn bench_command(
+    model: ModelKind,
+    device: DeviceChoice,
+    [sets, cells, steps]: [usize; 3],
+    beyond: BeyondPaper,
+    breakdown: bool,
+    json: bool,
+) -> Result<()> {
     use ptrag_engine::bench::{bench, report, BenchOptions};
     let gpu = device.open(|m| eprintln!("{m}"))?;
-    let r = bench(&BenchOptions { sets, cells, steps, gpu, ..BenchOptions::paper(model) }, breakdown)?;
+    let r = bench(&BenchOptions { sets, cells, steps, gpu, beyond, ..BenchOptions::paper(model) }, breakdown)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r).expect("result serialises"));
     } else {
