@@ -116,6 +116,7 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     let mut cfg = ModelConfig::paper(o.kind, s.genes, s.perturbations, s.batches, s.genept_dim);
     o.beyond.apply(&mut cfg);
+    cfg.check_training_fits(o.sets, o.cells, &format!("--sets {}, --cells {}", o.sets, o.cells))?;
     let knowledge = if o.kind.uses_genept() {
         // the first `database` perturbations after the control have vectors, the rest none
         let mut vectors = vec![0.0f32; s.perturbations * s.genept_dim];

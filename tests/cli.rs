@@ -749,6 +749,10 @@ fn predict_screen_ranks_every_perturbation_from_the_same_control_cells() {
     use ptrag_engine::data::store::Store;
     let tmp = tempfile::tempdir().unwrap();
     let (store_dir, run) = tiny_pt_rag_run(tmp.path());
+    // a screen no machine could hold is refused up front, with the memory it needs
+    let out = cli().args(["predict", "--quiet", "--screen", "--cells", "1000000000000"]).arg(&run).output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.code() == Some(1) && err.contains("--cells 1000000000000") && err.contains("GB of memory"), "{err}");
     let out = cli().args(["predict", "--quiet", "--screen", "--cells", "6"]).arg(&run).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let store = Store::open(&store_dir).unwrap();
@@ -1183,8 +1187,7 @@ fn half_bytes(v: f32) -> [u8; 2] {
 }
 
 /// Every numeric option of `train` (and so of `reproduce`) at 0, -1, NaN, inf and 2^63: a clean
-/// error that names the option, or a run; never a panic or an abort. (Absurd sizes that fit a
-/// record, e.g. `--hidden 2^40`, are not refused up front yet.)
+/// error that names the option, or a run; never a panic or an abort.
 #[test]
 fn train_numeric_options_at_hostile_values_fail_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1246,6 +1249,31 @@ fn train_numeric_options_at_hostile_values_fail_cleanly() {
         }
     }
     assert_eq!(cases, 100);
+
+    // Sizes a run record holds but no machine does (each needs over a petabyte): refused up front with the memory they need,
+    // naming the option, before anything is allocated (an allocation that large aborts).
+    let absurd = [
+        ("--hidden", "1099511627776"),
+        ("--mlp", "10000000000000"),
+        ("--heads", "1000000000000"),
+        ("--head-dim", "1000000000000"),
+        ("--layers", "1000000000000"),
+        ("--cells-per-set", "1000000000000"),
+        ("--sets-per-batch", "1000000000000"),
+    ];
+    for (option, value) in absurd {
+        let mut c = cli();
+        c.args(["train", "--quiet", "--model", "pt-rag", "--data"]).arg(&store);
+        c.arg("--run-dir").arg(tmp.path().join("absurd"));
+        base.iter().filter(|(o, _)| *o != option).for_each(|(o, v)| {
+            c.args([o, v]);
+        });
+        let out = c.args([option, value]).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{option} {value}: {err}");
+        assert!(err.contains(&format!("{option} {value}")) && err.contains("GB of memory"), "{option} {value}: {err}");
+        assert!(!tmp.path().join("absurd").exists(), "{option} {value}: nothing is written");
+    }
 }
 
 /// A fold without validation conditions trains with a documented warning (the last weights are

@@ -99,3 +99,20 @@ fn bench_takes_the_options_beyond_the_paper() {
     let e = bench(&state, false).unwrap_err().to_string();
     assert!(e.contains("--candidate-context"), "{e}");
 }
+
+/// The memory check refuses only what cannot fit: its parameter count is a lower bound of the
+/// real one, for every model at the paper's shapes and at odd small ones.
+#[test]
+fn the_memory_estimate_is_a_lower_bound() {
+    for shapes in [Shapes::paper(), Shapes { genes: 24, perturbations: 40, batches: 3, genept_dim: 8, database: 39, cells: 4 }] {
+        for kind in ModelKind::ALL {
+            let p = profile(kind, &shapes).unwrap();
+            let cfg = ptrag_engine::model::ModelConfig::paper(kind, shapes.genes, shapes.perturbations, shapes.batches, shapes.genept_dim);
+            let bound = cfg.parameters_at_least();
+            assert!(bound <= p.parameters as f64 && bound >= 0.5 * p.parameters as f64, "{kind:?}: {bound} against {}", p.parameters);
+        }
+    }
+    // the paper's step (64 x 64 cells) fits a small machine: under 4 GB by this bound
+    let cfg = ptrag_engine::model::ModelConfig::paper(ModelKind::PtRag, 2000, 2024, 56, 1536);
+    assert!(cfg.training_step_bytes_at_least(64, 64) < 4e9, "{}", cfg.training_step_bytes_at_least(64, 64));
+}

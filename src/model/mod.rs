@@ -21,6 +21,7 @@ pub mod context;
 mod input;
 pub mod knowledge;
 pub mod layers;
+pub mod memory;
 mod responses;
 
 pub mod beyond;

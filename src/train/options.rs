@@ -281,6 +281,8 @@ impl TrainOptions {
         }
         c.model.validate()?;
         check_storable(&c)?;
+        let batch = format!("--sets-per-batch {}, --cells-per-set {}", c.sets_per_batch, c.cells_per_set);
+        c.model.check_training_fits(c.sets_per_batch, c.cells_per_set, &batch)?;
         Ok(c)
     }
 
