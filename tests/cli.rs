@@ -1064,6 +1064,9 @@ fn hostile_cell_type_labels_stay_inside_the_run_directory() {
     let manifest_path = store.join("manifest.json");
     let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     manifest["cell_types"] = serde_json::json!(labels);
+    // edited by hand, so its recorded fingerprint no longer holds: drop it, as in a store from
+    // before fingerprints (which nothing checks)
+    manifest.as_object_mut().unwrap().remove("fingerprint");
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
     let split = std::fs::read_to_string(store.join("split.toml")).unwrap();
     let toml_escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").replace('\r', "\\r");
@@ -1291,4 +1294,38 @@ fn a_fold_without_validation_conditions_trains_with_a_warning() {
         small_run(&store, &tmp.path().join("run"), "train", &["--steps", "1", "--eval-draws", "1", "--split"]).arg(&path).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("warning: no validation perturbation measured in K562"), "{}", stderr(&out));
+}
+
+/// A store rewritten in place after it was written (one expression value changed to another valid
+/// one) is refused by predict, evaluate and --resume, naming the manifest's fingerprint, and
+/// `inspect` says so; restored, it is accepted again.
+#[test]
+fn a_store_changed_in_place_is_refused_by_fingerprint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, run) = tiny_pt_rag_run(tmp.path());
+    let inspect = |store: &Path| String::from_utf8_lossy(&cli().args(["inspect"]).arg(store).output().unwrap().stdout).into_owned();
+    assert!(inspect(&store).contains("every file holds the data it was written with"), "{}", inspect(&store));
+    let path = store.join("expression.bin");
+    let original = std::fs::read(&path).unwrap();
+    let mut changed = original.clone();
+    // the first value of the first cell, as f16: another finite, non-negative value
+    let v = half::f16::from_le_bytes([changed[0], changed[1]]).to_f32();
+    changed[..2].copy_from_slice(&half::f16::from_f32(v + 1.0).to_le_bytes());
+    std::fs::write(&path, &changed).unwrap();
+    let runs = [
+        vec!["predict".to_string(), run.display().to_string(), "--out".into(), tmp.path().join("p").display().to_string()],
+        vec!["evaluate".to_string(), run.display().to_string(), "--out".into(), tmp.path().join("e").display().to_string()],
+        vec!["train".to_string(), "--resume".into(), run.display().to_string(), "--steps".into(), "3".into()],
+    ];
+    for args in &runs {
+        let out = cli().arg("--quiet").args(args).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("manifest.json") && err.contains("fingerprint") && err.contains("changed in place"), "{args:?}: {err}");
+    }
+    assert!(!tmp.path().join("p").exists() && !tmp.path().join("e").exists(), "nothing written from changed data");
+    assert!(inspect(&store).contains("fingerprint: CHANGED"), "{}", inspect(&store));
+    std::fs::write(&path, &original).unwrap();
+    let out = cli().args(["--quiet", "predict"]).arg(&run).arg("--out").arg(tmp.path().join("p")).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -91,6 +91,14 @@ fn inspect_store(path: &Path) -> Result<String> {
     }
     let sampled = starts.len() * rows;
     s += &format!("zeros: {:.1}% of values ({sampled} cells sampled)\n", 100.0 * zeros / sampled as f64);
+    s += &match (&m.fingerprint, store.current_fingerprint()) {
+        (None, _) => "fingerprint: none recorded (a store from before fingerprints), not checked\n".to_string(),
+        (Some(was), now) if *was == now => format!("fingerprint {now}: every file holds the data it was written with\n"),
+        (Some(was), now) => format!(
+            "fingerprint: CHANGED: the manifest records {was}, the files now give {now}; a file was changed in place after \
+             the store was written, and train, predict and evaluate refuse it\n"
+        ),
+    };
     Ok(s)
 }
 

@@ -243,6 +243,43 @@ impl Store {
         Ok(())
     }
 
+    /// The fingerprint of the data as the store's files hold it now, computed as `StoreWriter`
+    /// computed it when it wrote them.
+    pub fn current_fingerprint(&self) -> String {
+        let mut f = Fnv::new();
+        f.update(&self.expression);
+        for codes in [&self.cell_perturbation, &self.cell_type, &self.cell_batch] {
+            codes.iter().for_each(|c| f.update(&c.to_le_bytes()));
+        }
+        if let Some(genept) = &self.genept {
+            f.update(genept);
+        }
+        let m = &self.manifest;
+        f.update(&serde_json::to_vec(&(&m.genes, &m.perturbations, &m.control, &m.cell_types)).expect("names serialise"));
+        f.update(&serde_json::to_vec(&(m.n_batches, m.embed_dim, m.expression_dtype)).expect("sizes serialise"));
+        format!("{:016x}", f.0)
+    }
+
+    /// The store's files still hold the data its manifest's fingerprint was computed from: a file
+    /// rewritten in place after the store was written (a changed value, label or code) is an error
+    /// naming the manifest and both fingerprints. Reads every byte once. Stores written before
+    /// fingerprints existed are not checked.
+    pub fn verify_fingerprint(&self) -> Result<()> {
+        let Some(recorded) = &self.manifest.fingerprint else { return Ok(()) };
+        let now = self.current_fingerprint();
+        if &now != recorded {
+            return Err(Error::bad_file(
+                self.dir.join("manifest.json"),
+                "fingerprint",
+                format!(
+                    "the store's files as written ({recorded}); they now give {now}: a file was changed in place after the store \
+                     was written (prepare or synth it again)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Copies cell `cell`'s expression into `out` (length n_genes), converting to f32.
     pub fn expression_row(&self, cell: usize, out: &mut [f32]) {
         let g = self.n_genes();

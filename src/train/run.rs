@@ -78,6 +78,35 @@ pub fn fold_dirs(run_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// A trained run is used only with the data it was trained on: the store its record names must
+/// hold that data still (the recorded fingerprint, and the files' own, recomputed once per store
+/// and process: `evaluate` opens each store once per fold of every run).
+fn check_same_data(record: &RunRecord, store: &Store, dir: &Path) -> Result<()> {
+    use std::sync::{Mutex, OnceLock};
+    static VERIFIED: OnceLock<Mutex<std::collections::HashSet<(PathBuf, String)>>> = OnceLock::new();
+    if let (Some(was), Some(now)) = (&record.data_fingerprint, &store.manifest.fingerprint) {
+        if was != now {
+            return Err(Error::bad_file(
+                store.dir.join("manifest.json"),
+                "fingerprint",
+                format!(
+                    "the data run {} was trained on (fingerprint {was} in its {CONFIG}); this store holds other data ({now})",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let Some(fingerprint) = &store.manifest.fingerprint else { return Ok(()) };
+    let key = (store.dir.clone(), fingerprint.clone());
+    let verified = VERIFIED.get_or_init(Default::default);
+    if verified.lock().expect("not poisoned").contains(&key) {
+        return Ok(());
+    }
+    store.verify_fingerprint()?;
+    verified.lock().expect("not poisoned").insert(key);
+    Ok(())
+}
+
 /// One fold's run directory opened for use after training: its record, data and split.
 pub struct TrainedRun {
     pub dir: PathBuf,
@@ -90,6 +119,7 @@ impl TrainedRun {
     pub fn open(dir: &Path) -> Result<Self> {
         let record = RunRecord::read(dir)?;
         let store = Store::open(&record.data)?;
+        check_same_data(&record, &store, dir)?;
         let split = SplitFile::read(&record.split)?;
         Ok(TrainedRun { dir: dir.to_path_buf(), record, store, split })
     }
@@ -172,6 +202,7 @@ pub fn execute(
     // file the first had just replaced).
     let _lock = crate::data::lock::DirLock::acquire(run_dir, "run directory")?;
     store.check_values()?;
+    store.verify_fingerprint()?;
     if !record.train.target_cell_type.eq_ignore_ascii_case(ALL_FOLDS) {
         return Ok(vec![run_fold(record, store, split, run_dir, run_dir, resume, ctl)?]);
     }
