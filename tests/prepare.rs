@@ -391,3 +391,40 @@ fn a_store_being_written_is_locked_and_only_the_engines_partial_directories_are_
     assert!(err.contains("not a store"), "{err}");
     assert_eq!(std::fs::read_to_string(mine.join("data.txt")).unwrap(), "keep");
 }
+
+/// Without `--split`, the generated split fits the file: a cell line's val and test lists hold
+/// only perturbations measured there (a file whose cell lines measured different perturbations,
+/// like K562 beside glioblastoma lines in a real one), and each line keeps one for training.
+#[test]
+fn a_generated_split_draws_each_cell_lines_lists_from_what_it_measured() {
+    use ptrag_engine::data::split::SplitFile;
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..30).map(|i| format!("P{i:02}")).collect();
+    let mut a = AnnData { x: Vec::new(), obs_names: Vec::new(), var_names: vec!["G1".into(), "G2".into()], obs: Vec::new() };
+    let (mut genes, mut lines) = (Vec::new(), Vec::new());
+    // K562 measured all 30, A172 the last 9, T98G only 3
+    for (line, from) in [("K562", 0), ("A172", 21), ("T98G", 27)] {
+        for p in std::iter::once("non-targeting").chain(names[from..].iter().map(String::as_str)) {
+            a.obs_names.push(format!("c{}", a.obs_names.len()));
+            a.x.extend([0.5, 1.0]);
+            genes.push(p.to_string());
+            lines.push(line.to_string());
+        }
+    }
+    a.obs = vec![("gene".into(), genes), ("cell_line".into(), lines)];
+    let (h5ad, g) = (dir.path().join("data.h5ad"), dir.path().join("genept.tsv"));
+    write_h5ad(&h5ad, &a).unwrap();
+    std::fs::write(&g, names.iter().enumerate().map(|(i, n)| format!("{n}\t{i}\t1\n")).collect::<String>()).unwrap();
+    let mut opts = PrepareOptions::new(h5ad, g, dir.path().join("store"));
+    opts.batch_col = None;
+    let store = Store::open(prepare(&opts, false).unwrap().store).unwrap();
+    let split = SplitFile::read(&store.split_path).unwrap();
+    for (line, measured) in [("k562", &names[..]), ("a172", &names[21..]), ("t98g", &names[27..])] {
+        let held = &split.fewshot[line];
+        assert!(!held.val.is_empty() && !held.test.is_empty(), "{line}: {held:?}");
+        assert!(held.val.iter().chain(&held.test).all(|p| measured.contains(p)), "{line} lists a perturbation it never measured: {held:?}");
+        assert!(held.val.len() + held.test.len() < measured.len(), "{line} keeps one for training: {held:?}");
+    }
+    // a line that measured everything gets the real files' proportions
+    assert_eq!(split.fewshot["k562"].test.len(), (30.0 * 624.0 / 2024.0f64).round() as usize);
+}

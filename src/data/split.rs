@@ -108,11 +108,15 @@ impl SplitFile {
     }
 
     /// A seeded split with the real files' proportions: one shuffled list of non-control
-    /// perturbations gives the val and test lists, the same for every cell line (as in the real files).
+    /// perturbations, the same order for every cell line (as in the real files); each cell line's
+    /// val and test lists are drawn from it among the perturbations `measured` there, so that a
+    /// file whose cell lines measured different perturbations gets folds that fit. A cell line with
+    /// 3 or more measured perturbations gets at least one of each list and keeps one for training.
     pub fn generate(
         dataset: &str,
         perturbations: &[String],
         cell_types: &[String],
+        measured: impl Fn(&str, &str) -> bool,
         val_fraction: f64,
         test_fraction: f64,
         seed: u64,
@@ -127,10 +131,15 @@ impl SplitFile {
         names.sort();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         names.shuffle(&mut rng);
-        let n_val = (names.len() as f64 * val_fraction).round() as usize;
-        let n_test = (names.len() as f64 * test_fraction).round() as usize;
-        let held = HeldOut { val: names[..n_val].to_vec(), test: names[n_val..n_val + n_test].to_vec() };
-        Ok(SplitFile { dataset: dataset.to_string(), fewshot: cell_types.iter().map(|c| (c.to_lowercase(), held.clone())).collect() })
+        let held_out = |cell_type: &String| {
+            let here: Vec<String> = names.iter().filter(|p| measured(p, cell_type)).cloned().collect();
+            let n = here.len();
+            let at_least = |min: usize, fraction: f64| ((n as f64 * fraction).round() as usize).max(min);
+            let n_val = if n >= 3 { at_least(1, val_fraction) } else { 0 };
+            let n_test = if n >= 2 { at_least(1, test_fraction).min(n - n_val - 1) } else { 0 };
+            HeldOut { val: here[..n_val].to_vec(), test: here[n_val..n_val + n_test].to_vec() }
+        };
+        Ok(SplitFile { dataset: dataset.to_string(), fewshot: cell_types.iter().map(|c| (c.to_lowercase(), held_out(c))).collect() })
     }
 }
 

@@ -704,7 +704,8 @@ fn describe(cfg: &SynthConfig, model: &Model) -> Result<(Manifest, SplitFile, St
         });
     }
     let cell_types: Vec<String> = CELL_TYPES.iter().map(|s| s.to_string()).collect();
-    let split = SplitFile::generate("synth", &perturbations[1..], &cell_types, DEFAULT_VAL_FRACTION, DEFAULT_TEST_FRACTION, cfg.seed)?;
+    let split =
+        SplitFile::generate("synth", &perturbations[1..], &cell_types, |_, _| true, DEFAULT_VAL_FRACTION, DEFAULT_TEST_FRACTION, cfg.seed)?;
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,

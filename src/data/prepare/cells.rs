@@ -6,7 +6,7 @@ use super::PrepareOptions;
 use crate::data::genept::GenePt;
 use crate::data::h5ad::H5ad;
 use crate::{Error, Result};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 /// The obs columns `prepare` reads, one value per cell.
@@ -85,14 +85,14 @@ pub(super) struct Kept {
     pub type_counts: Vec<(usize, usize)>,
     pub batch_labels: Vec<String>,
     pub batch_index: HashMap<String, u32>,
-    /// Conditions below `--min-cells`, left out: perturbation -> its cell types.
-    pub small: HashMap<String, BTreeSet<String>>,
     /// Perturbations without a GenePT vector.
     pub without_genept: BTreeSet<String>,
     /// (with a GenePT vector, all non-control labels not dropped).
     pub coverage: (usize, usize),
     pub dropped_conditions: Vec<(String, String, usize)>,
     pub perturbations_without_cells: Vec<String>,
+    /// The (perturbation, cell type) conditions with kept cells.
+    measured: HashSet<(String, String)>,
 }
 
 impl Kept {
@@ -117,6 +117,9 @@ impl Kept {
         let keep: Vec<bool> =
             obs.perts.iter().zip(&obs.types).map(|(p, t)| pert_index.contains_key(p) && !is_small(&small, p, t)).collect();
         let (cell_types, type_counts) = cell_types_with_controls(obs, &keep, opts, path)?;
+        let measured: HashSet<(&str, &str)> =
+            obs.perts.iter().zip(&obs.types).zip(&keep).filter(|(_, &k)| k).map(|((p, t), _)| (p.as_str(), t.as_str())).collect();
+        let measured = measured.into_iter().map(|(p, t)| (p.to_string(), t.to_string())).collect();
         let batch_labels = sorted_labels(obs.batches.iter().zip(&keep).filter(|(_, &k)| k).map(|(b, _)| b.clone()));
         Ok(Kept {
             type_index: index_of(&cell_types),
@@ -127,17 +130,17 @@ impl Kept {
             cell_types,
             type_counts,
             batch_labels,
-            small,
             without_genept,
             coverage,
             dropped_conditions,
             perturbations_without_cells,
+            measured,
         })
     }
 
     /// Whether a (perturbation, cell type) condition has cells in the store.
     pub fn present(&self, pert: &str, cell_type: &str) -> bool {
-        self.pert_index.contains_key(pert) && !is_small(&self.small, pert, cell_type)
+        self.measured.contains(&(pert.to_string(), cell_type.to_string()))
     }
 }
 

@@ -271,9 +271,17 @@ fn split_for(opts: &PrepareOptions, path: &Path, obs: &Obs, kept: &Kept) -> Resu
         None => {
             let dataset = path.file_stem().and_then(|s| s.to_str()).unwrap_or("data").to_lowercase();
             let perturbations = &kept.perturbations[1..];
-            let split =
-                SplitFile::generate(&dataset, perturbations, &kept.cell_types, DEFAULT_VAL_FRACTION, DEFAULT_TEST_FRACTION, opts.seed)?;
-            Ok((split, format!("generated (seed {}, the real files' proportions)", opts.seed)))
+            let measured = |p: &str, t: &str| kept.present(p, t);
+            let split = SplitFile::generate(
+                &dataset,
+                perturbations,
+                &kept.cell_types,
+                measured,
+                DEFAULT_VAL_FRACTION,
+                DEFAULT_TEST_FRACTION,
+                opts.seed,
+            )?;
+            Ok((split, format!("generated (seed {}, the real files' proportions, from what each cell line measured)", opts.seed)))
         }
     }
 }
