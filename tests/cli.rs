@@ -1329,3 +1329,51 @@ fn a_store_changed_in_place_is_refused_by_fingerprint() {
     let out = cli().args(["--quiet", "predict"]).arg(&run).arg("--out").arg(tmp.path().join("p")).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// `predict`'s pair arrives whole or not at all: a failure after the files were written leaves the
+/// older pair as it was; a killed writer's partial directory is removed by the next writer, a
+/// user's directory of a similar name is not; a second process gets the lock error.
+#[test]
+fn predictions_arrive_whole_under_a_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, run) = tiny_pt_rag_run(tmp.path());
+    let out = tmp.path().join("pred");
+    let predict = |fault: bool| {
+        let mut c = cli();
+        c.args(["--quiet", "predict"]).arg(&run).arg("--out").arg(&out);
+        if fault {
+            c.env("PTRAG_FAULT_BEFORE_COMMIT", "1");
+        }
+        c.output().unwrap()
+    };
+    assert!(predict(false).status.success());
+    for name in ["pred.h5ad", "real.h5ad"] {
+        std::fs::write(out.join(name), b"older").unwrap();
+    }
+    let stale = out.join(".partial-4000000");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join(".ptrag-partial"), b"").unwrap();
+    let users = out.join(".partial-notes");
+    std::fs::create_dir_all(&users).unwrap();
+    std::fs::write(users.join("notes.txt"), b"mine").unwrap();
+
+    let failed = predict(true);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    for name in ["pred.h5ad", "real.h5ad"] {
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), b"older", "{name} kept after the failure");
+    }
+    let entries: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(!stale.exists() && users.join("notes.txt").exists(), "{entries:?}");
+    assert_eq!(entries.len(), 3, "only the older pair and the user's directory: {entries:?}");
+
+    {
+        let _held = ptrag_engine::data::lock::DirLock::acquire(&out, "test").unwrap();
+        let locked = predict(false);
+        let err = stderr(&locked);
+        assert!(locked.status.code() == Some(1) && err.contains("in use by process") && err.trim().lines().count() == 1, "{err}");
+    }
+    assert!(predict(false).status.success());
+    for name in ["pred.h5ad", "real.h5ad"] {
+        assert!(ptrag_engine::data::h5ad::H5ad::open(&out.join(name)).is_ok(), "{name} replaced by the new one");
+    }
+}

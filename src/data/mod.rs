@@ -6,6 +6,7 @@ pub mod h5ad;
 pub mod hvg;
 pub mod inspect;
 pub mod lock;
+pub mod output;
 pub mod prepare;
 pub mod responses;
 pub mod sampler;

@@ -468,7 +468,7 @@ impl StoreWriter {
 }
 
 /// Marks a partial directory as the engine's: only directories holding it are ever removed.
-const PARTIAL_MARK: &str = ".ptrag-partial";
+use super::output::PARTIAL_MARK;
 
 /// Removes what killed writers of `final_dir` left: `<dir>.partial-*` directories holding the
 /// engine's mark. Called with the store's lock held, so no live writer owns one.

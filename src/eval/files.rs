@@ -17,6 +17,7 @@ use super::metrics::mean_rows;
 use super::pca::Pca;
 use super::report::{condition_metrics, markdown, summarise, write_report, ConditionRow, EvalOptions, MeanInputs};
 use crate::data::h5ad::{AnnData, H5ad};
+use crate::data::output::OutputSet;
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -207,10 +208,12 @@ pub fn evaluate_files(opts: &FilesOptions, eval: &EvalOptions) -> Result<(Vec<Co
 /// `evaluate --pred --real` end to end: the report files in `out` (as `evaluate` writes them);
 /// returns the overall table and the prediction against the `control` baseline.
 pub fn evaluate_files_into(opts: &FilesOptions, eval: &EvalOptions, out: &Path) -> Result<String> {
+    let set = OutputSet::begin(out, "report directory")?;
     let (rows, fitted_on) = evaluate_files(opts, eval)?;
     let eval = &EvalOptions { pca_fitted_on: fitted_on, ..eval.clone() };
     let summary = summarise(&rows);
-    write_report(&rows, &summary, None, &[], eval, out)?;
+    write_report(&rows, &summary, None, &[], eval, &set)?;
+    set.commit()?;
     let md = markdown(&summary, eval);
     let mut parts = md.split("\n## ");
     let table = parts.next().unwrap_or_default().to_string();

@@ -9,6 +9,7 @@
 
 use super::baselines::{Baseline, Baselines};
 use crate::data::h5ad::{write_h5ad, write_h5ad_with_varm, AnnData};
+use crate::data::output::OutputSet;
 use crate::data::sampler::evaluation_sets;
 use crate::train::run::{fold_dirs, TrainedRun};
 use crate::train::Trainer;
@@ -103,7 +104,7 @@ pub fn predict_run(run_dir: &Path, out: &Path, opts: &PredictOptions, progress: 
         let run = TrainedRun::open(dir)?;
         let target = run.record.train.target_cell_type.clone();
         let fold_out = if folds.len() > 1 { out.join(crate::data::path_component(&target)?) } else { out.to_path_buf() };
-        std::fs::create_dir_all(&fold_out).map_err(|e| crate::Error::io(&fold_out, e))?;
+        let set = OutputSet::begin(&fold_out, "predictions directory")?;
         if progress {
             match opts.baseline {
                 Some(b) => eprintln!("predicting the {} baseline on {target}", b.name()),
@@ -112,11 +113,11 @@ pub fn predict_run(run_dir: &Path, out: &Path, opts: &PredictOptions, progress: 
         }
         let trainer = run.trainer()?;
         let (pred, real) = fold_predictions(&run, &trainer, opts)?;
-        let paths = (fold_out.join("pred.h5ad"), fold_out.join("real.h5ad"));
         let pca = super::report::fold_pca(&run.store, &trainer.fold, &super::report::EvalOptions::default());
-        write_h5ad(&paths.0, &pred)?;
-        write_h5ad_with_varm(&paths.1, &real, &[("PCs", &pca.loadings())])?;
-        written.push(paths);
+        write_h5ad(&set.path("pred.h5ad"), &pred)?;
+        write_h5ad_with_varm(&set.path("real.h5ad"), &real, &[("PCs", &pca.loadings())])?;
+        written.push((set.final_path("pred.h5ad"), set.final_path("real.h5ad")));
+        set.commit()?;
     }
     Ok(written)
 }

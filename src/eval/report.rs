@@ -12,9 +12,10 @@ use super::oracles::{Oracle, StoreTruth};
 use super::pca::Pca;
 use super::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
 use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark, wilcoxon_signed_rank};
+use crate::data::output::OutputSet;
 use crate::data::store::Store;
 use crate::train::run::{fold_dirs, RunRecord, TrainedRun};
-use crate::{Error, Result};
+use crate::Result;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -591,6 +592,8 @@ pub fn planted_by_model(folds: &[PathBuf]) -> Result<Option<BTreeMap<String, BTr
 /// report files in `out`; returns the overall Markdown table and the models against the strongest
 /// baseline.
 pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progress: bool) -> Result<String> {
+    // locked first: a second evaluate into the same directory fails at once, not after its work
+    let set = OutputSet::begin(out, "report directory")?;
     let folds = all_folds(run_dirs)?;
     let Evaluation { rows, baseline_choices, truth_notes } = evaluate_runs(&folds, opts, progress)?;
     let planted = planted_by_model(&folds)?;
@@ -605,7 +608,8 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
         *s = train.steps.max(*s);
     }
     let summary = Summary { steps, ..summary };
-    write_report(&rows, &summary, retrieval.as_ref(), &curves, opts, out)?;
+    write_report(&rows, &summary, retrieval.as_ref(), &curves, opts, &set)?;
+    set.commit()?;
     let table = markdown(&summary, opts).split("\n## ").next().unwrap_or_default().to_string();
     Ok(table + &against_baselines(&summary) + &floor_and_oracles(&summary))
 }
@@ -613,16 +617,15 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
 /// Writes `per_condition.csv`, `summary.json` and `summary.csv` (mean, sd per model, cell type and
 /// metric), `report.md`, (with PT-RAG records) `retrieval.json`
 /// and the SVG figures (curves, metric distributions, with two or more cell types the Jaccard
-/// heatmap) into `out`.
+/// heatmap) into `out`, which the caller commits.
 pub fn write_report(
     rows: &[ConditionRow],
     summary: &Summary,
     retrieval: Option<&super::retrieval::RetrievalAnalysis>,
     curves: &[Curve],
     opts: &EvalOptions,
-    out: &Path,
+    out: &OutputSet,
 ) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut csv = format!("model,target,perturbation,cell_type,cells,{}\n", METRICS.join(","));
     for r in rows {
         // A metric without a value (a truth metric on real data) is an empty field, not `NaN`.
@@ -630,8 +633,8 @@ pub fn write_report(
         let q = super::csv_field;
         csv += &format!("{},{},{},{},{},{}\n", q(&r.model), q(&r.target), q(&r.perturbation), q(&r.cell_type), r.cells, values.join(","));
     }
-    crate::data::write_atomic(&out.join("per_condition.csv"), csv.as_bytes())?;
-    crate::data::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(summary).expect("summary serialises").as_bytes())?;
+    crate::data::write_atomic(&out.path("per_condition.csv"), csv.as_bytes())?;
+    crate::data::write_atomic(&out.path("summary.json"), serde_json::to_string_pretty(summary).expect("summary serialises").as_bytes())?;
     let mut agg = "model,cell_type,metric,mean,sd,conditions\n".to_string();
     let tables = summary.models.iter().map(|(m, t)| ("all", m, t));
     let per_type = summary.per_cell_type.iter().flat_map(|(ct, models)| models.iter().map(move |(m, t)| (ct.as_str(), m, t)));
@@ -641,23 +644,23 @@ pub fn write_report(
             agg += &format!("{},{},{metric},{mean},{sd},{n}\n", q(model), q(cell_type));
         }
     }
-    crate::data::write_atomic(&out.join("summary.csv"), agg.as_bytes())?;
+    crate::data::write_atomic(&out.path("summary.csv"), agg.as_bytes())?;
     let mut md = markdown(summary, opts);
-    crate::data::write_atomic(&out.join("distributions.svg"), distributions_svg(rows)?.as_bytes())?;
+    crate::data::write_atomic(&out.path("distributions.svg"), distributions_svg(rows)?.as_bytes())?;
     md += "\n## Figures\n\n- `distributions.svg`: every metric's distribution over test conditions, per model\n";
     if !curves.is_empty() {
-        crate::data::write_atomic(&out.join("curves.svg"), curves_svg(curves)?.as_bytes())?;
+        crate::data::write_atomic(&out.path("curves.svg"), curves_svg(curves)?.as_bytes())?;
         md += "- `curves.svg`: training and validation energy distance per step, per run\n";
     }
     if curves.iter().any(|c| !c.val_retrieval_precision.is_empty()) {
-        crate::data::write_atomic(&out.join("planted.svg"), planted_svg(curves)?.as_bytes())?;
+        crate::data::write_atomic(&out.path("planted.svg"), planted_svg(curves)?.as_bytes())?;
         md += "- `planted.svg`: validation retrieval and selection precision against the planted truth per step\n";
     }
     if let Some(a) = retrieval {
-        crate::data::write_atomic(&out.join("retrieval.json"), serde_json::to_string_pretty(a).expect("analysis serialises").as_bytes())?;
+        crate::data::write_atomic(&out.path("retrieval.json"), serde_json::to_string_pretty(a).expect("analysis serialises").as_bytes())?;
         // one cell type's overlap with itself is 1 by definition: a heatmap needs two
         if a.cell_types.len() > 1 {
-            crate::data::write_atomic(&out.join("jaccard.svg"), jaccard_svg(a)?.as_bytes())?;
+            crate::data::write_atomic(&out.path("jaccard.svg"), jaccard_svg(a)?.as_bytes())?;
             md += "- `jaccard.svg`: the retrieval analysis' Jaccard matrix between cell types\n";
         }
         md += &super::retrieval::markdown(a);
@@ -665,5 +668,5 @@ pub fn write_report(
     if let Some(p) = &summary.planted {
         md += &super::planted::markdown(p);
     }
-    crate::data::write_atomic(&out.join("report.md"), md.as_bytes())
+    crate::data::write_atomic(&out.path("report.md"), md.as_bytes())
 }

@@ -233,11 +233,12 @@ fn expression_rows(store: &crate::data::store::Store, cells: &[u32]) -> Vec<f32>
 
 /// Writes `pred.h5ad` and `screen.csv` into `out` (created); returns their paths.
 fn write_outputs(out: &Path, a: &AnnData, rows: &[ScreenRow], cell_type: &str) -> Result<(PathBuf, PathBuf)> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let (pred_path, csv_path) = (out.join("pred.h5ad"), out.join("screen.csv"));
-    write_h5ad(&pred_path, a)?;
-    crate::data::write_atomic(&csv_path, csv(rows, cell_type).as_bytes())?;
-    Ok((pred_path, csv_path))
+    let set = crate::data::output::OutputSet::begin(out, "screen directory")?;
+    write_h5ad(&set.path("pred.h5ad"), a)?;
+    crate::data::write_atomic(&set.path("screen.csv"), csv(rows, cell_type).as_bytes())?;
+    let paths = (set.final_path("pred.h5ad"), set.final_path("screen.csv"));
+    set.commit()?;
+    Ok(paths)
 }
 
 /// Appends to the trainer's model the perturbations of the GenePT file at `path` that the store
