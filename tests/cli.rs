@@ -1377,3 +1377,17 @@ fn predictions_arrive_whole_under_a_lock() {
         assert!(ptrag_engine::data::h5ad::H5ad::open(&out.join(name)).is_ok(), "{name} replaced by the new one");
     }
 }
+
+/// Every float of a run's configuration reads back exactly from its checkpoint: `--tau 1e-30` used
+/// to train to the end, then fail to load its own best checkpoint (and `--resume` too).
+#[test]
+fn odd_floats_read_back_from_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let run = tmp.path().join("run");
+    let args = ["--model", "pt-rag", "--top-k", "4", "--tau", "1e-30", "--lr", "3.0000000000000004e-4", "--val-every", "1"];
+    let out = train(&store, &run, &[&args[..], &["--steps", "2"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli().args(["train", "--quiet", "--steps", "3", "--resume"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
