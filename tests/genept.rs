@@ -138,3 +138,46 @@ fn npz_sizes_are_bounded_before_anything_is_read() {
     let err = read("lying.npz", &zip).unwrap_err();
     assert!(err.contains("lying.npz") && err.contains("AARS") && err.contains("larger than its declared"), "{err}");
 }
+
+/// An array is read as a vector only when it is one: a 2-D pickled array is refused (it used to be
+/// flattened), as is an array whose data disagrees with its declared shape or has bytes left over;
+/// a TSV's byte-order mark is not part of its first symbol.
+#[test]
+fn arrays_must_be_the_vectors_they_declare() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        GenePt::read(&p).map_err(|e| e.to_string())
+    };
+    // the protocol-2 numpy fixture's first array state: version 1, shape (8,) as K 8 TUPLE1
+    let pickle = std::fs::read(fixture("genept_numpy.pickle")).unwrap();
+    let patched = |to: &[u8]| {
+        let from = b"K\x01K\x08\x85";
+        let at = pickle.windows(from.len()).position(|w| w == from).expect("the fixture's first shape");
+        [&pickle[..at], to, &pickle[at + from.len()..]].concat()
+    };
+    assert!(read("ok.pickle", &patched(b"K\x01K\x08\x85")).is_ok());
+    let e = read("2d.pickle", &patched(b"K\x01K\x02K\x04\x86")).unwrap_err();
+    assert!(e.contains("2d.pickle") && e.contains("AARS") && e.contains("1-D vector") && e.contains("[2, 4]"), "{e}");
+    let e = read("nine.pickle", &patched(b"K\x01K\x09\x85")).unwrap_err();
+    assert!(e.contains("nine.pickle") && e.contains("the 9 values its shape declares, found 8"), "{e}");
+
+    // .npy entries of an .npz: a shape that disagrees with the data, and trailing bytes
+    let npy = |shape: usize, data: usize| {
+        let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape},), }}");
+        let mut v = b"\x93NUMPY\x01\x00".to_vec();
+        v.extend((header.len() as u16).to_le_bytes());
+        v.extend(header.as_bytes());
+        v.extend(std::iter::repeat_n(0x3fu8, data));
+        v
+    };
+    assert_eq!(read("ok.npz", &npz_with("AARS.npy", &npy(8, 32), false)).map(|g| g.dim), Ok(8));
+    let e = read("shape.npz", &npz_with("AARS.npy", &npy(8, 36), false)).unwrap_err();
+    assert!(e.contains("shape.npz") && e.contains("AARS") && e.contains("the 8 values its shape declares, found 9"), "{e}");
+    let e = read("trailing.npz", &npz_with("AARS.npy", &npy(8, 34), false)).unwrap_err();
+    assert!(e.contains("trailing.npz") && e.contains("whole 4-byte values, found 34 bytes"), "{e}");
+
+    let g = read("bom.tsv", b"\xef\xbb\xbfAARS\t1\t2\nBRCA1\t3\t4\n").unwrap();
+    assert!(g.get("AARS").is_some() && g.vectors.len() == 2, "{:?}", g.vectors.keys().collect::<Vec<_>>());
+}

@@ -67,6 +67,8 @@ impl GenePt {
 
 fn tsv(path: &Path, bytes: &[u8]) -> Result<Vec<(String, Vec<f32>)>> {
     let text = std::str::from_utf8(bytes).map_err(|_| Error::bad_file(path, "text", "UTF-8 text"))?;
+    // a byte-order mark (as some editors write) is not part of the first symbol
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -148,12 +150,26 @@ fn npy_vector(npy: &[u8]) -> std::result::Result<Vec<f32>, String> {
     if dims.len() != 1 {
         return Err(format!("a 1-D vector, found shape ({})", dims.join(", ")));
     }
-    decode_floats(descr, &npy[start + len..])
+    let n: usize = dims[0].parse().map_err(|_| format!("a .npy shape of whole numbers, found ({})", dims[0]))?;
+    let values = decode_floats(descr, &npy[start + len..])?;
+    if values.len() != n {
+        return Err(format!("the {n} values its shape declares, found {} (its data disagrees with its shape)", values.len()));
+    }
+    Ok(values)
 }
 
-/// Little- or big-endian float32/float64 values as f32 (`descr` as numpy writes it: `<f4`, `>f8`, `f4`).
+/// Little- or big-endian float32/float64 values as f32 (`descr` as numpy writes it: `<f4`, `>f8`,
+/// `f4`); bytes that are not a whole number of values are an error, never dropped.
 fn decode_floats(descr: &str, data: &[u8]) -> std::result::Result<Vec<f32>, String> {
     let big = descr.starts_with('>');
+    let size = match descr.trim_start_matches(['<', '>', '=', '|']) {
+        "f4" => 4,
+        "f8" => 8,
+        _ => 1,
+    };
+    if !data.len().is_multiple_of(size) {
+        return Err(format!("whole {size}-byte values, found {} bytes", data.len()));
+    }
     match descr.trim_start_matches(['<', '>', '=', '|']) {
         "f4" => Ok(data
             .chunks_exact(4)
@@ -495,12 +511,12 @@ mod pickle {
                     if s.len() < 5 {
                         return Err("a numpy array state of 5 fields".into());
                     }
-                    decode_floats(&descr_of(&s[2])?, &bytes_of(&s[4])?)
+                    one_dimensional(&s[1], decode_floats(&descr_of(&s[2])?, &bytes_of(&s[4])?)?)
                 } else if g.ends_with("numeric._frombuffer") {
                     // protocol 5: _frombuffer(buffer, dtype, shape, order)
                     let V::Tuple(a) = &**args else { return Err("numpy _frombuffer arguments".into()) };
-                    match (a.first(), a.get(1)) {
-                        (Some(buf), Some(dtype)) => decode_floats(&descr_of(dtype)?, &bytes_of(buf)?),
+                    match (a.first(), a.get(1), a.get(2)) {
+                        (Some(buf), Some(dtype), Some(shape)) => one_dimensional(shape, decode_floats(&descr_of(dtype)?, &bytes_of(buf)?)?),
                         _ => Err("numpy _frombuffer arguments".into()),
                     }
                 } else {
@@ -508,6 +524,23 @@ mod pickle {
                 }
             }
             _ => Err("a list of numbers or a numpy array".into()),
+        }
+    }
+
+    /// `values` when the pickled `shape` is one dimension of their length: a 2-D array is not a
+    /// vector, and is never flattened into one.
+    fn one_dimensional(shape: &V, values: Vec<f32>) -> R<Vec<f32>> {
+        let dims: Vec<i64> = match shape {
+            V::Tuple(d) | V::List(d) => {
+                d.iter().map(|x| if let V::Int(i) = x { Ok(*i) } else { Err("a numpy shape of integers".to_string()) }).collect::<R<_>>()?
+            }
+            V::Int(i) => vec![*i],
+            _ => return Err("a numpy shape".into()),
+        };
+        match dims[..] {
+            [n] if n as usize == values.len() => Ok(values),
+            [n] => Err(format!("the {n} values its shape declares, found {}", values.len())),
+            _ => Err(format!("a 1-D vector, found shape {dims:?}")),
         }
     }
 
