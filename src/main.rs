@@ -298,6 +298,20 @@ struct PrepareArgs {
     min_cells: usize,
 }
 
+/// Each named obs column (flag, name) is a different one: one column read or written as two
+/// (`--pert-col x --cell-type-col x`) would be nonsense in, and duplicate HDF5 links out.
+fn distinct_columns(columns: &[(&str, &str)]) -> ptrag_engine::Result<()> {
+    for (i, (flag, name)) in columns.iter().enumerate() {
+        if let Some((other, _)) = columns[..i].iter().find(|(_, n)| n == name) {
+            return Err(ptrag_engine::Error::invalid(
+                format!("{other} and {flag}"),
+                format!("two different obs columns; both are `{name}`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> ptrag_engine::Result<()> {
     let progress = !cli.quiet;
     match cli.command {
@@ -330,6 +344,9 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             let opts = EvalOptions { deg_rule, pca_components, per_component, draws: eval_draws, ..EvalOptions::default() };
             match (pred, real) {
                 (Some(pred), Some(real)) => {
+                    if let Some(c) = &celltype_col {
+                        distinct_columns(&[("--pert-col", &pert_col), ("--celltype-col", c)])?;
+                    }
                     let name = pred.file_stem().map_or("prediction".into(), |s| s.to_string_lossy().into_owned());
                     let files = FilesOptions { pred, real, pert_col, cell_type_col: celltype_col, control: control_pert, name };
                     println!("{}", evaluate_files_into(&files, &opts, &out)?);
@@ -347,8 +364,16 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
         }
         Command::Profile { model, cells, json } => cli::profile_command(model, cells, json)?,
         Command::Info { json } => cli::print(&ptrag_engine::cuda::engine_info(), json),
-        Command::Prepare(args) => cli::prepare_command(args, progress)?,
+        Command::Prepare(args) => {
+            let mut columns = vec![("--pert-col", args.pert_col.as_str()), ("--cell-type-col", args.cell_type_col.as_str())];
+            if args.batch_col != "none" {
+                columns.push(("--batch-col", args.batch_col.as_str()));
+            }
+            distinct_columns(&columns)?;
+            cli::prepare_command(args, progress)?
+        }
         Command::Inspect { path, pert_col, cell_type_col, control } => {
+            distinct_columns(&[("--pert-col", &pert_col), ("--cell-type-col", &cell_type_col)])?;
             print!("{}", ptrag_engine::data::inspect::inspect(&path, &pert_col, &cell_type_col, &control)?);
         }
         Command::Export { store, out } => {
@@ -371,6 +396,7 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
             ..
         } => {
             use ptrag_engine::eval::screen::ScreenOptions;
+            distinct_columns(&[("--pert-col", &pert_col), ("--cell-type-col", &cell_type_col)])?;
             let opts = ScreenOptions {
                 perturbations: (perturbations != "all").then(|| PathBuf::from(perturbations)),
                 genept,
@@ -385,6 +411,7 @@ fn run(cli: Cli) -> ptrag_engine::Result<()> {
         }
         Command::Predict { run, out, pert_col, cell_type_col, baseline, unclamped, .. } => {
             use ptrag_engine::eval::predict::PredictOptions;
+            distinct_columns(&[("--pert-col", &pert_col), ("--cell-type-col", &cell_type_col)])?;
             cli::predict_command(&run, out, &PredictOptions { pert_col, cell_type_col, baseline, unclamped }, progress)?
         }
     }

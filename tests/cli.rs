@@ -1391,3 +1391,25 @@ fn odd_floats_read_back_from_the_checkpoint() {
     let out = cli().args(["train", "--quiet", "--steps", "3", "--resume"]).arg(&run).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// One obs column named for two roles is refused before anything is read or written (an output
+/// with equal names used to get duplicate HDF5 links).
+#[test]
+fn one_column_for_two_roles_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing");
+    let cases: [&[&str]; 5] = [
+        &["predict", "RUN", "--pert-col", "x", "--cell-type-col", "x"],
+        &["predict", "RUN", "--screen", "--pert-col", "x", "--cell-type-col", "x"],
+        &["inspect", "RUN", "--pert-col", "cell_line"],
+        &["prepare", "--h5ad", "RUN", "--genept", "none", "--out", "RUN", "--batch-col", "gene"],
+        &["evaluate", "--pred", "RUN", "--real", "RUN", "--pert-col", "c", "--celltype-col", "c"],
+    ];
+    for args in cases {
+        let args: Vec<String> = args.iter().map(|a| if *a == "RUN" { missing.display().to_string() } else { a.to_string() }).collect();
+        let out = cli().arg("--quiet").args(&args).output().unwrap();
+        let err = stderr(&out);
+        assert!(out.status.code() == Some(1) && err.contains("two different obs columns"), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing written");
+}

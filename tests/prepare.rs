@@ -195,6 +195,10 @@ fn every_validation_error_names_file_field_and_expectation() {
     let split = "[fewshot.\"d.k562\"]\nval = [\"A\"]\ntest = [\"B\", \"ZZZ\"]\n";
     let e = failure(&base(), GENEPT, Some(split), ok);
     assert!(e.contains("split.toml") && e.contains("fewshot.\"d.k562\".test") && e.contains("unknown: ZZZ"), "unknown split names: {e}");
+    // the control is every fold's basal population, never a held-out condition
+    let split = "[fewshot.\"d.k562\"]\nval = [\"non-targeting\"]\ntest = [\"B\"]\n";
+    let e = failure(&base(), GENEPT, Some(split), ok);
+    assert!(e.contains("fewshot.\"d.k562\".val") && e.contains("other than the control `non-targeting`"), "control held out: {e}");
     let split = "[fewshot.\"d.hepg2\"]\nval = [\"A\"]\ntest = [\"B\"]\n";
     let e = failure(&base(), GENEPT, Some(split), ok);
     assert!(e.contains("fewshot.\"d.hepg2\"") && e.contains("K562, RPE1"), "unknown cell line: {e}");

@@ -265,7 +265,7 @@ fn choose_normalize(f: &H5ad, path: &Path, matrix: &Matrix, given: Option<Normal
 fn split_for(opts: &PrepareOptions, path: &Path, obs: &Obs, kept: &Kept) -> Result<(SplitFile, String)> {
     match &opts.split {
         Some(s) => {
-            let (split, removed) = checked_split(s, &obs.labels, &|p: &str, t: &str| kept.present(p, t), &kept.cell_types)?;
+            let (split, removed) = checked_split(s, &obs.labels, &|p: &str, t: &str| kept.present(p, t), &kept.cell_types, &opts.control)?;
             Ok((split, format!("{} ({removed} names without cells in the store removed)", s.display())))
         }
         None => {

@@ -68,6 +68,7 @@ pub(super) fn checked_split(
     labels: &BTreeSet<String>,
     present: &dyn Fn(&str, &str) -> bool,
     cell_types: &[String],
+    control: &str,
 ) -> Result<(SplitFile, usize)> {
     let mut split = SplitFile::read(path)?;
     let mut removed = 0;
@@ -77,6 +78,10 @@ pub(super) fn checked_split(
             return Err(Error::bad_file(path, field, format!("a cell line of the data ({})", cell_types.join(", "))));
         };
         for (list, names) in [("val", &mut held.val), ("test", &mut held.test)] {
+            // the control is every fold's basal population, never a held-out condition
+            if names.iter().any(|n| n == control) {
+                return Err(Error::bad_file(path, format!("{field}.{list}"), format!("perturbations other than the control `{control}`")));
+            }
             let unknown: Vec<String> = names.iter().filter(|n| !labels.contains(*n)).cloned().collect();
             if !unknown.is_empty() {
                 return Err(Error::bad_file(
