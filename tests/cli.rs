@@ -124,6 +124,13 @@ fn options_come_from_a_toml_file_with_flags_winning() {
     let out = train(&store, &tmp.path().join("run2"), &["--config", options.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("run.toml") && stderr(&out).contains("modle"), "{}", stderr(&out));
+    // a value of the wrong type is named by its key, among other keys, in both parts of the file
+    for (text, key) in [("lr = 1e-3\nsteps = \"abc\"\n", "field `steps`"), ("candidate-context = \"bogus\"\n", "field `candidate-context`")]
+    {
+        std::fs::write(&options, text).unwrap();
+        let out = train(&store, &tmp.path().join("run2"), &["--config", options.to_str().unwrap()]);
+        assert!(out.status.code() == Some(1) && stderr(&out).contains("run.toml") && stderr(&out).contains(key), "{}", stderr(&out));
+    }
 
     let out = train(&store, &tmp.path().join("run3"), &["--model", "state", "--top-k", "4"]);
     assert_eq!(out.status.code(), Some(1));

@@ -192,14 +192,14 @@ impl TrainOptions {
     pub fn with_config_file(self) -> Result<Self> {
         let Some(path) = self.config.clone() else { return Ok(self) };
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let bad = |e: String| Error::bad_file(&path, "toml", format!("train options ({e})"));
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message().to_string()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::bad_file(&path, "toml", format!("train options ({})", e.message())))?;
         // The options beyond the paper are `BeyondPaper`'s keys: read apart, each struct refusing
         // what it does not know.
         let beyond_keys: Vec<String> = REGISTRY.iter().map(|o| o.key()).collect();
         let beyond: toml::Table = beyond_keys.iter().filter_map(|k| Some((k.clone(), table.remove(k)?))).collect();
-        let beyond: BeyondPaper = beyond.try_into().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
-        let file: TrainOptions = table.try_into().map_err(|e: toml::de::Error| bad(e.message().to_string()))?;
+        let beyond: BeyondPaper = keyed(beyond, &path)?;
+        let file: TrainOptions = keyed(table, &path)?;
         let mut merged = self;
         merged.beyond = merged.beyond.or(beyond);
         macro_rules! merge {
@@ -296,6 +296,20 @@ impl TrainOptions {
             }
         }
     }
+}
+
+/// `table` as options; an error names the key at fault (toml's own error on a whole table does not).
+fn keyed<T: serde::de::DeserializeOwned>(table: toml::Table, path: &Path) -> Result<T> {
+    table.clone().try_into().map_err(|whole: toml::de::Error| {
+        let at_fault = table.into_iter().find_map(|(key, value)| {
+            let one: std::result::Result<T, toml::de::Error> = toml::Table::from_iter([(key.clone(), value)]).try_into();
+            one.err().map(|e| (key, e))
+        });
+        match at_fault {
+            Some((key, e)) => Error::bad_file(path, key, format!("a train option ({})", e.message())),
+            None => Error::bad_file(path, "toml", format!("train options ({})", whole.message())),
+        }
+    })
 }
 
 /// Every integer of the configuration must fit the run record, whose TOML integers are signed 64-bit
