@@ -1420,3 +1420,54 @@ fn one_column_for_two_roles_is_refused() {
     }
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing written");
 }
+
+/// Two `train` processes on one run directory, and two `prepare` processes to one store, started
+/// together: exactly one proceeds, the other fails with a one-line error (the lock's, or the
+/// finished run's or store's if it started late), and what the survivor wrote is whole.
+#[test]
+fn racing_processes_on_one_directory_leave_one_intact_result() {
+    use std::process::Stdio;
+    let piped = Stdio::piped;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tiny_store(tmp.path());
+    let exactly_one = |outs: Vec<Output>, what: &str| {
+        let ok = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(ok, 1, "{what}: {:?}", outs.iter().map(stderr).collect::<Vec<_>>());
+        let failed = outs.iter().find(|o| !o.status.success()).unwrap();
+        let err = stderr(failed);
+        // its error is one line (train may have printed its header line before it)
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert!(failed.status.code() == Some(1) && errors.len() == 1 && err.trim_end().ends_with(errors[0]), "{what}: {err}");
+    };
+    let run = tmp.path().join("run");
+    let children: Vec<_> = (0..2)
+        .map(|_| small_run(&store, &run, "train", &["--steps", "60", "--val-every", "20"]).stdout(piped()).stderr(piped()).spawn().unwrap())
+        .collect();
+    exactly_one(children.into_iter().map(|c| c.wait_with_output().unwrap()).collect(), "train");
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics["test"]["conditions"].as_u64().unwrap() > 0, "{metrics}");
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let train_steps = log.lines().filter(|l| l.contains("\"loss\"")).count();
+    assert_eq!(train_steps, 60, "one writer's log, each step once");
+
+    let exported = tmp.path().join("exported");
+    assert!(cli().args(["export"]).arg(&store).arg("--out").arg(&exported).status().unwrap().success());
+    let prepared = tmp.path().join("prepared");
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = cli();
+            c.args(["--quiet", "prepare", "--h5ad"]).arg(exported.join("data.h5ad"));
+            c.arg("--genept").arg(exported.join("genept.safetensors")).arg("--out").arg(&prepared);
+            c.stdout(piped()).stderr(piped()).spawn().unwrap()
+        })
+        .collect();
+    exactly_one(children.into_iter().map(|c| c.wait_with_output().unwrap()).collect(), "prepare");
+    let store = ptrag_engine::data::store::Store::open(&prepared).unwrap();
+    store.verify_fingerprint().unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -363,8 +363,21 @@ pub struct StoreWriter {
 
 impl StoreWriter {
     pub fn create(dir: impl AsRef<Path>, n_genes: usize, dtype: ExprDtype) -> Result<Self> {
-        let final_dir = dir.as_ref().to_path_buf();
+        Self::create_with(dir.as_ref(), n_genes, dtype, true)
+    }
+
+    /// `create` for a store that must not exist yet (`prepare`): checked under the lock, so that of
+    /// two writers started together the second fails instead of replacing the first one's store.
+    pub fn create_new(dir: impl AsRef<Path>, n_genes: usize, dtype: ExprDtype) -> Result<Self> {
+        Self::create_with(dir.as_ref(), n_genes, dtype, false)
+    }
+
+    fn create_with(dir: &Path, n_genes: usize, dtype: ExprDtype, may_replace: bool) -> Result<Self> {
+        let final_dir = dir.to_path_buf();
         let lock = super::lock::DirLock::acquire(&final_dir, "store")?;
+        if !may_replace && final_dir.exists() {
+            return Err(Error::invalid("--out", format!("{} exists; choose another directory or remove it", final_dir.display())));
+        }
         if final_dir.exists() && !final_dir.join("manifest.json").exists() {
             return Err(Error::invalid(
                 "store",

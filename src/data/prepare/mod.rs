@@ -308,7 +308,7 @@ fn write_cells(
     columns: &[usize],
     genes: &[String],
 ) -> Result<StoreWriter> {
-    let mut writer = StoreWriter::create(&opts.out, genes.len(), opts.dtype)?;
+    let mut writer = StoreWriter::create_new(&opts.out, genes.len(), opts.dtype)?;
     let f16_max = half::f16::MAX.to_f32();
     let mut out_row = vec![0.0f32; genes.len()];
     cells.for_each_kept_cell("cells", &mut |cell, row| {
