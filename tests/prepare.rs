@@ -432,3 +432,34 @@ fn a_generated_split_draws_each_cell_lines_lists_from_what_it_measured() {
     // a line that measured everything gets the real files' proportions
     assert_eq!(split.fewshot["k562"].test.len(), (30.0 * 624.0 / 2024.0f64).round() as usize);
 }
+
+/// `inspect` runs `prepare`'s own checks over the whole file, writing nothing: what prepare would
+/// refuse (here a cell type without controls, duplicate genes, a NaN beyond the first cells) is
+/// said, and an acceptable file is said to be so.
+#[test]
+fn inspect_says_what_prepare_would_refuse() {
+    use ptrag_engine::data::inspect::inspect;
+    let dir = tempfile::tempdir().unwrap();
+    let look = |name: &str, a: &AnnData| {
+        let path = dir.path().join(name);
+        write_h5ad(&path, a).unwrap();
+        inspect(&path, "gene", "cell_line", "non-targeting").unwrap()
+    };
+    let text = look("ok.h5ad", &base());
+    assert!(text.contains("prepare (--genept none, --batch-col gem_group) would accept it: 10 cells x 3 genes"), "{text}");
+    let mut a = base();
+    a.obs[0].1[5] = "A".into();
+    a.obs[0].1[6] = "A".into();
+    let text = look("no-controls.h5ad", &a);
+    assert!(text.contains("prepare would refuse this") && text.contains("`RPE1` has none"), "{text}");
+    let mut a = base();
+    a.var_names[2] = "G1".into();
+    let text = look("duplicate-genes.h5ad", &a);
+    assert!(text.contains("prepare would refuse this") && text.contains("G1"), "{text}");
+    let mut a = base();
+    a.x[9 * 3 + 2] = f32::NAN;
+    let text = look("nan.h5ad", &a);
+    assert!(text.contains("prepare would refuse this") && text.contains("cell `c9`") && text.contains("NaN"), "{text}");
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(entries.len(), 4, "nothing written beside the files: {entries:?}");
+}

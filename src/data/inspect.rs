@@ -6,7 +6,7 @@ use super::h5ad::H5ad;
 use super::store::Store;
 use crate::Result;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Rows sampled for the fraction of zeros: windows of contiguous rows spread evenly over the
 /// file (contiguous so that a compressed chunk is decompressed once, not once per row).
@@ -128,6 +128,28 @@ fn inspect_h5ad(path: &Path, pert_col: &str, cell_type_col: &str, control: &str)
         if !perts.iter().any(|p| p == control) {
             s += &format!("warning: no cell has the control label `{control}` (set it with --control)\n");
         }
+        // Every check of `prepare` itself, over the whole file, writing nothing.
+        let batch_col = columns.iter().any(|c| c == "gem_group").then(|| "gem_group".to_string());
+        let opts = crate::data::prepare::PrepareOptions {
+            genept: None,
+            pert_col: pert_col.to_string(),
+            cell_type_col: cell_type_col.to_string(),
+            batch_col,
+            control: control.to_string(),
+            ..crate::data::prepare::PrepareOptions::new(path.to_path_buf(), PathBuf::new(), PathBuf::new())
+        };
+        s += &match crate::data::prepare::check(&opts) {
+            Ok(r) => format!(
+                "prepare (--genept none{}) would accept it: {} cells x {} genes, {} perturbations, {} cell types ({})\n",
+                if opts.batch_col.is_some() { ", --batch-col gem_group" } else { ", --batch-col none" },
+                r.cells,
+                r.genes,
+                r.perturbations,
+                r.cell_types.len(),
+                r.values_found
+            ),
+            Err(e) => format!("prepare would refuse this: {e}\n"),
+        };
     } else {
         s += &format!("(no `{pert_col}` and `{cell_type_col}` columns: name them with --pert-col and --cell-type-col)\n");
     }

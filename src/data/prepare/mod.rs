@@ -162,9 +162,19 @@ pub(crate) fn looks_like_counts(rows: &[f32]) -> bool {
 }
 
 pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
+    run(opts, progress, true)
+}
+
+/// Every check `prepare` makes, over the whole file in its bounded windows, without writing a
+/// store (`inspect`'s "prepare would refuse this").
+pub fn check(opts: &PrepareOptions) -> Result<PrepareReport> {
+    run(opts, false, false)
+}
+
+fn run(opts: &PrepareOptions, progress: bool, write: bool) -> Result<PrepareReport> {
     let start = std::time::Instant::now();
     let path = opts.h5ad.as_path();
-    if opts.out.exists() {
+    if write && opts.out.exists() {
         return Err(Error::invalid("--out", format!("{} exists; choose another directory or remove it", opts.out.display())));
     }
     let f = H5ad::open(path)?;
@@ -174,6 +184,11 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
         return Err(Error::bad_file(path, matrix.key(), format!("{} rows, one per obs cell, found {}", obs.len(), matrix.rows())));
     }
     let file_genes = gene_names(&f, path, &matrix, opts.var_names.as_deref())?;
+    // a window of dense rows (and its normalised copy) is held at once
+    let window_bytes = 8.0 * opts.window.min(matrix.rows().max(1)) as f64 * file_genes.len() as f64;
+    crate::model::memory::check_fits(window_bytes, || {
+        format!("{} ({} genes, read {} cells at a time)", path.display(), file_genes.len(), opts.window)
+    })?;
     let (normalize, values_found) = choose_normalize(&f, path, &matrix, opts.normalize)?;
     let genept = opts.genept.as_deref().map(GenePt::read).transpose()?;
     let kept = Kept::choose(&obs, genept.as_ref(), opts, path)?;
@@ -191,7 +206,7 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
     };
     let columns = gene_columns(&cells, opts.hvg)?;
     let genes: Vec<String> = columns.iter().map(|&g| file_genes[g].clone()).collect();
-    let writer = write_cells(&cells, opts, &obs, &kept, &columns, &genes)?;
+    let (writer, n_cells) = write_cells(&cells, opts, &obs, &kept, &columns, &genes, write)?;
     let table = genept_table(genept.as_ref(), &kept.perturbations);
 
     let normalization = normalization_note(normalize, opts.hvg, genes.len());
@@ -202,14 +217,14 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
         values_found,
         normalization: normalization.clone(),
         genes_in_file: file_genes.len(),
-        cells: writer.n_cells(),
+        cells: n_cells,
         genes: genes.len(),
         perturbations: kept.perturbations.len(),
         cell_types: kept.cell_types.iter().cloned().zip(kept.type_counts.iter().map(|c| c.0)).collect(),
         batches: kept.batch_labels.len(),
         embed_dim,
         genept_coverage: kept.coverage,
-        dropped_cells: obs.len() - writer.n_cells(),
+        dropped_cells: obs.len() - n_cells,
         dropped_perturbations: kept.without_genept.iter().cloned().collect(),
         dropped_labels: dropped_labels(opts, &obs),
         dropped_conditions: kept.dropped_conditions.clone(),
@@ -234,7 +249,9 @@ pub fn prepare(opts: &PrepareOptions, progress: bool) -> Result<PrepareReport> {
     };
     report.seconds = start.elapsed().as_secs_f64();
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
-    writer.finish(manifest, &table, &split.to_toml(), &[("prepare-report.json", json)])?;
+    if let Some(writer) = writer {
+        writer.finish(manifest, &table, &split.to_toml(), &[("prepare-report.json", json)])?;
+    }
     Ok(report)
 }
 
@@ -307,8 +324,10 @@ fn write_cells(
     kept: &Kept,
     columns: &[usize],
     genes: &[String],
-) -> Result<StoreWriter> {
-    let mut writer = StoreWriter::create_new(&opts.out, genes.len(), opts.dtype)?;
+    write: bool,
+) -> Result<(Option<StoreWriter>, usize)> {
+    let mut writer = if write { Some(StoreWriter::create_new(&opts.out, genes.len(), opts.dtype)?) } else { None };
+    let mut n_cells = 0;
     let f16_max = half::f16::MAX.to_f32();
     let mut out_row = vec![0.0f32; genes.len()];
     cells.for_each_kept_cell("cells", &mut |cell, row| {
@@ -329,10 +348,12 @@ fn write_cells(
                 ));
             }
         }
+        n_cells += 1;
+        let Some(writer) = writer.as_mut() else { return Ok(()) };
         let p = kept.pert_index[obs.perts[cell].as_str()];
         writer.push_cell(&out_row, p, kept.type_index[obs.types[cell].as_str()], kept.batch_index[obs.batches[cell].as_str()])
     })?;
-    Ok(writer)
+    Ok((writer, n_cells))
 }
 
 /// One GenePT row per perturbation of the store (the control's zero; empty without GenePT).
