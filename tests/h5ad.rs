@@ -124,3 +124,23 @@ fn csr_rows_unsorted_are_read_and_with_a_repeated_column_are_refused() {
     let err = f.rows(&m, 0, 3).unwrap_err().to_string();
     assert!(err.contains("csr_duplicate.h5ad") && err.contains("X/indices") && err.contains("twice"), "{err}");
 }
+
+/// Labels that are not UTF-8 are refused by name (they used to become U+FFFD without a word).
+#[test]
+fn labels_that_are_not_utf8_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.h5ad");
+    let a = AnnData {
+        x: vec![1.0, 2.0, 3.0, 4.0],
+        obs_names: vec!["c0".into(), "c1".into()],
+        var_names: vec!["G1".into(), "G2".into()],
+        obs: vec![("gene".into(), vec!["non-targeting".into(), "QZQZQZ".into()]), ("cell_line".into(), vec!["K562".into(), "K562".into()])],
+    };
+    write_h5ad(&path, &a).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"QZQZQZ").expect("the label's bytes");
+    bytes[at..at + 6].copy_from_slice(b"Q\xe9Q\xe9QZ"); // Latin-1, not UTF-8
+    std::fs::write(&path, &bytes).unwrap();
+    let err = H5ad::open(&path).unwrap().read(&["gene", "cell_line"]).unwrap_err().to_string();
+    assert!(err.contains("latin1.h5ad") && err.contains("obs/gene") && err.contains("not valid UTF-8"), "{err}");
+}

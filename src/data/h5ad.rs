@@ -202,7 +202,12 @@ impl H5ad {
 
     fn strings(&self, path: &str) -> Result<Vec<String>> {
         let ds = self.dataset(path, "a string dataset")?;
-        ds.read_string().map_err(|e| self.bad(path, format!("strings ({e})")))
+        let strings = ds.read_string().map_err(|e| self.bad(path, format!("strings ({e})")))?;
+        // bytes that are not UTF-8 come back as U+FFFD: a label silently changed, refused instead
+        if let Some(i) = strings.iter().position(|s| s.contains('\u{FFFD}')) {
+            return Err(self.bad(path, format!("UTF-8 strings; entry {i} (`{}`) is not valid UTF-8", strings[i])));
+        }
+        Ok(strings)
     }
 
     /// Integer codes of any width, as i64.
