@@ -460,6 +460,11 @@ fn inspect_says_what_prepare_would_refuse() {
     a.x[9 * 3 + 2] = f32::NAN;
     let text = look("nan.h5ad", &a);
     assert!(text.contains("prepare would refuse this") && text.contains("cell `c9`") && text.contains("NaN"), "{text}");
+    // accepted, but with a warning: every value zero
+    let mut a = base();
+    a.x.iter_mut().for_each(|v| *v = 0.0);
+    let text = look("zeros.h5ad", &a);
+    assert!(text.contains("would accept it") && text.contains("warning: every expression value of the 10 kept cells is zero"), "{text}");
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(entries.len(), 4, "nothing written beside the files: {entries:?}");
+    assert_eq!(entries.len(), 5, "nothing written beside the files: {entries:?}");
 }

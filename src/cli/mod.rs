@@ -41,6 +41,9 @@ pub fn prepare_command(a: PrepareArgs, progress: bool) -> Result<()> {
     };
     let r = prepare(&opts, progress)?;
     println!("values: {}; normalization: {}", r.values_found, r.normalization);
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
     println!(
         "wrote {}: {} cells x {} genes from {}, {} perturbations ({}), cell types {}, {} batches, in {:.1} s",
         r.store.display(),

@@ -138,18 +138,21 @@ fn inspect_h5ad(path: &Path, pert_col: &str, cell_type_col: &str, control: &str)
             control: control.to_string(),
             ..crate::data::prepare::PrepareOptions::new(path.to_path_buf(), PathBuf::new(), PathBuf::new())
         };
-        s += &match crate::data::prepare::check(&opts) {
-            Ok(r) => format!(
-                "prepare (--genept none{}) would accept it: {} cells x {} genes, {} perturbations, {} cell types ({})\n",
-                if opts.batch_col.is_some() { ", --batch-col gem_group" } else { ", --batch-col none" },
-                r.cells,
-                r.genes,
-                r.perturbations,
-                r.cell_types.len(),
-                r.values_found
-            ),
-            Err(e) => format!("prepare would refuse this: {e}\n"),
-        };
+        match crate::data::prepare::check(&opts) {
+            Ok(r) => {
+                s += &format!(
+                    "prepare (--genept none{}) would accept it: {} cells x {} genes, {} perturbations, {} cell types ({})\n",
+                    if opts.batch_col.is_some() { ", --batch-col gem_group" } else { ", --batch-col none" },
+                    r.cells,
+                    r.genes,
+                    r.perturbations,
+                    r.cell_types.len(),
+                    r.values_found
+                );
+                s += &r.warnings.iter().map(|w| format!("warning: {w}\n")).collect::<String>();
+            }
+            Err(e) => s += &format!("prepare would refuse this: {e}\n"),
+        }
     } else {
         s += &format!("(no `{pert_col}` and `{cell_type_col}` columns: name them with --pert-col and --cell-type-col)\n");
     }

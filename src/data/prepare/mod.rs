@@ -153,6 +153,8 @@ pub struct PrepareReport {
     /// Perturbations left with no cells at all after `--min-cells`, removed from the store.
     pub perturbations_without_cells: Vec<String>,
     pub split: String,
+    /// What the store holds that is probably not what was meant (e.g. every value zero).
+    pub warnings: Vec<String>,
     pub seconds: f64,
 }
 
@@ -206,7 +208,11 @@ fn run(opts: &PrepareOptions, progress: bool, write: bool) -> Result<PrepareRepo
     };
     let columns = gene_columns(&cells, opts.hvg)?;
     let genes: Vec<String> = columns.iter().map(|&g| file_genes[g].clone()).collect();
-    let (writer, n_cells) = write_cells(&cells, opts, &obs, &kept, &columns, &genes, write)?;
+    let (writer, n_cells, nonzero) = write_cells(&cells, opts, &obs, &kept, &columns, &genes, write)?;
+    let mut warnings = Vec::new();
+    if nonzero == 0 {
+        warnings.push(format!("every expression value of the {n_cells} kept cells is zero (an empty {}?)", matrix.key()));
+    }
     let table = genept_table(genept.as_ref(), &kept.perturbations);
 
     let normalization = normalization_note(normalize, opts.hvg, genes.len());
@@ -230,6 +236,7 @@ fn run(opts: &PrepareOptions, progress: bool, write: bool) -> Result<PrepareRepo
         dropped_conditions: kept.dropped_conditions.clone(),
         perturbations_without_cells: kept.perturbations_without_cells.clone(),
         split: split_note,
+        warnings,
         seconds: 0.0,
     };
     let genept_note = opts.genept.as_ref().map_or("none".to_string(), |p| p.display().to_string());
@@ -325,9 +332,9 @@ fn write_cells(
     columns: &[usize],
     genes: &[String],
     write: bool,
-) -> Result<(Option<StoreWriter>, usize)> {
+) -> Result<(Option<StoreWriter>, usize, usize)> {
     let mut writer = if write { Some(StoreWriter::create_new(&opts.out, genes.len(), opts.dtype)?) } else { None };
-    let mut n_cells = 0;
+    let (mut n_cells, mut nonzero) = (0, 0);
     let f16_max = half::f16::MAX.to_f32();
     let mut out_row = vec![0.0f32; genes.len()];
     cells.for_each_kept_cell("cells", &mut |cell, row| {
@@ -349,11 +356,12 @@ fn write_cells(
             }
         }
         n_cells += 1;
+        nonzero += out_row.iter().filter(|v| **v != 0.0).count();
         let Some(writer) = writer.as_mut() else { return Ok(()) };
         let p = kept.pert_index[obs.perts[cell].as_str()];
         writer.push_cell(&out_row, p, kept.type_index[obs.types[cell].as_str()], kept.batch_index[obs.batches[cell].as_str()])
     })?;
-    Ok((writer, n_cells))
+    Ok((writer, n_cells, nonzero))
 }
 
 /// One GenePT row per perturbation of the store (the control's zero; empty without GenePT).
