@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod data;
 pub mod error;
+pub mod machine;
 pub mod progress;
 pub mod real;
 pub mod tape;

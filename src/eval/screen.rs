@@ -150,7 +150,7 @@ pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress
     // the whole screen is held in memory before it is written
     let model = &run.record.train.model;
     let screen_bytes = 4.0 * (perturbations.len() + 1) as f64 * opts.cells as f64 * store.n_genes() as f64;
-    crate::model::memory::check_fits(screen_bytes + model.training_step_bytes_at_least(1, opts.cells), || {
+    crate::machine::check_fits(screen_bytes + model.training_step_bytes_at_least(1, opts.cells), || {
         format!("--cells {} for {} perturbations of {} genes", opts.cells, perturbations.len(), store.n_genes())
     })?;
     let mut rng = trainer.eval_rng();

@@ -188,7 +188,7 @@ fn run(opts: &PrepareOptions, progress: bool, write: bool) -> Result<PrepareRepo
     let file_genes = gene_names(&f, path, &matrix, opts.var_names.as_deref())?;
     // a window of dense rows (and its normalised copy) is held at once
     let window_bytes = 8.0 * opts.window.min(matrix.rows().max(1)) as f64 * file_genes.len() as f64;
-    crate::model::memory::check_fits(window_bytes, || {
+    crate::machine::check_fits(window_bytes, || {
         format!("{} ({} genes, read {} cells at a time)", path.display(), file_genes.len(), opts.window)
     })?;
     let (normalize, values_found) = choose_normalize(&f, path, &matrix, opts.normalize)?;
