@@ -13,6 +13,20 @@ use std::path::{Path, PathBuf};
 /// an output set), so that only such directories are ever removed.
 pub(crate) const PARTIAL_MARK: &str = ".ptrag-partial";
 
+/// Removes the directories in `dir` whose names start with `prefix` and that hold the engine's
+/// mark: what killed writers left. Called under the lock of what they were writing, so no live
+/// writer owns one; nothing unmarked is touched.
+pub(crate) fn remove_marked(dir: &Path, prefix: &str) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(prefix) && path.join(PARTIAL_MARK).is_file() {
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Files being written for `out`; `commit` puts them in place.
 pub struct OutputSet {
     out: PathBuf,
@@ -30,12 +44,7 @@ impl OutputSet {
         let lock = DirLock::acquire(out, what)?;
         let created = !out.exists();
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        for entry in std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.flatten() {
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with(".partial-") && path.join(PARTIAL_MARK).is_file() {
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-            }
-        }
+        remove_marked(out, ".partial-")?;
         let partial = out.join(format!(".partial-{}", std::process::id()));
         std::fs::create_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
         std::fs::write(partial.join(PARTIAL_MARK), b"").map_err(|e| Error::io(partial.join(PARTIAL_MARK), e))?;

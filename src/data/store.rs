@@ -75,6 +75,11 @@ impl Fnv {
             self.0 = (self.0 ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
+    /// The last part of a store's fingerprint: its names and sizes, as the manifest holds them.
+    fn update_names_and_sizes(&mut self, m: &Manifest) {
+        self.update(&serde_json::to_vec(&(&m.genes, &m.perturbations, &m.control, &m.cell_types)).expect("names serialise"));
+        self.update(&serde_json::to_vec(&(m.n_batches, m.embed_dim, m.expression_dtype)).expect("sizes serialise"));
+    }
 }
 
 impl Manifest {
@@ -254,18 +259,24 @@ impl Store {
         if let Some(genept) = &self.genept {
             f.update(genept);
         }
-        let m = &self.manifest;
-        f.update(&serde_json::to_vec(&(&m.genes, &m.perturbations, &m.control, &m.cell_types)).expect("names serialise"));
-        f.update(&serde_json::to_vec(&(m.n_batches, m.embed_dim, m.expression_dtype)).expect("sizes serialise"));
+        f.update_names_and_sizes(&self.manifest);
         format!("{:016x}", f.0)
     }
 
     /// The store's files still hold the data its manifest's fingerprint was computed from: a file
     /// rewritten in place after the store was written (a changed value, label or code) is an error
-    /// naming the manifest and both fingerprints. Reads every byte once. Stores written before
-    /// fingerprints existed are not checked.
+    /// naming the manifest and both fingerprints. Reads every byte, once per store and process
+    /// (`train` then its test evaluation, `evaluate` over every fold of every run, open the same
+    /// store again and again). Stores written before fingerprints existed are not checked.
     pub fn verify_fingerprint(&self) -> Result<()> {
+        use std::sync::{Mutex, OnceLock};
+        static VERIFIED: OnceLock<Mutex<HashSet<(PathBuf, String)>>> = OnceLock::new();
         let Some(recorded) = &self.manifest.fingerprint else { return Ok(()) };
+        let key = (self.dir.clone(), recorded.clone());
+        let verified = VERIFIED.get_or_init(Default::default);
+        if verified.lock().expect("not poisoned").contains(&key) {
+            return Ok(());
+        }
         let now = self.current_fingerprint();
         if &now != recorded {
             return Err(Error::bad_file(
@@ -277,6 +288,7 @@ impl Store {
                 ),
             ));
         }
+        verified.lock().expect("not poisoned").insert(key);
         Ok(())
     }
 
@@ -453,12 +465,10 @@ impl StoreWriter {
         let write = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(|e| Error::io(tmp.join(name), e));
         let arrays = [le(&self.cell_perturbation), le(&self.cell_type), le(&self.cell_batch)];
         let genept = genept.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let names = serde_json::to_vec(&(&manifest.genes, &manifest.perturbations, &manifest.control, &manifest.cell_types))
-            .expect("names serialise");
-        let sizes = serde_json::to_vec(&(manifest.n_batches, manifest.embed_dim, manifest.expression_dtype)).expect("sizes serialise");
-        for bytes in arrays.iter().chain([&genept, &names, &sizes]) {
+        for bytes in arrays.iter().chain([&genept]) {
             self.fingerprint.update(bytes);
         }
+        self.fingerprint.update_names_and_sizes(&manifest);
         manifest.fingerprint = Some(format!("{:016x}", self.fingerprint.0));
         write("cell_perturbation.u32", &arrays[0])?;
         write("cell_type.u32", &arrays[1])?;
@@ -488,15 +498,7 @@ use super::output::PARTIAL_MARK;
 fn remove_stale_partials(final_dir: &Path) -> Result<()> {
     let (Some(parent), Some(name)) = (final_dir.parent(), final_dir.file_name()) else { return Ok(()) };
     let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-    let prefix = format!("{}.partial-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(parent) else { return Ok(()) };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with(&prefix) && path.join(PARTIAL_MARK).is_file() {
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        }
-    }
-    Ok(())
+    super::output::remove_marked(parent, &format!("{}.partial-", name.to_string_lossy()))
 }
 
 impl Drop for StoreWriter {

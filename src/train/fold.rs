@@ -305,17 +305,5 @@ fn check_resumable(saved: &RunRecord, trainer: &Trainer, store: &Store, run_dir:
     if saved.train.model != trainer.cfg.model {
         return Err(Error::bad_file(run_dir.join(CONFIG), "train.model", "the model of the run being resumed"));
     }
-    if let (Some(was), Some(now)) = (&saved.data_fingerprint, &store.manifest.fingerprint) {
-        if was != now {
-            return Err(Error::bad_file(
-                store.dir.join("manifest.json"),
-                "fingerprint",
-                format!(
-                    "the data this run was trained on (fingerprint {was} in {}); this store is another ({now})",
-                    run_dir.join(CONFIG).display()
-                ),
-            ));
-        }
-    }
-    Ok(())
+    super::run::check_recorded_data(saved, store, run_dir)
 }

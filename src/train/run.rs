@@ -78,32 +78,21 @@ pub fn fold_dirs(run_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-/// A trained run is used only with the data it was trained on: the store its record names must
-/// hold that data still (the recorded fingerprint, and the files' own, recomputed once per store
-/// and process: `evaluate` opens each store once per fold of every run).
-fn check_same_data(record: &RunRecord, store: &Store, dir: &Path) -> Result<()> {
-    use std::sync::{Mutex, OnceLock};
-    static VERIFIED: OnceLock<Mutex<std::collections::HashSet<(PathBuf, String)>>> = OnceLock::new();
+/// The store holds the data the run in `run_dir` recorded when it started (where both record a
+/// fingerprint): `--resume`, `predict` and `evaluate` never use a run with other data.
+pub(super) fn check_recorded_data(record: &RunRecord, store: &Store, run_dir: &Path) -> Result<()> {
     if let (Some(was), Some(now)) = (&record.data_fingerprint, &store.manifest.fingerprint) {
         if was != now {
             return Err(Error::bad_file(
                 store.dir.join("manifest.json"),
                 "fingerprint",
                 format!(
-                    "the data run {} was trained on (fingerprint {was} in its {CONFIG}); this store holds other data ({now})",
-                    dir.display()
+                    "the data this run was trained on (fingerprint {was} in {}); this store is another ({now})",
+                    run_dir.join(CONFIG).display()
                 ),
             ));
         }
     }
-    let Some(fingerprint) = &store.manifest.fingerprint else { return Ok(()) };
-    let key = (store.dir.clone(), fingerprint.clone());
-    let verified = VERIFIED.get_or_init(Default::default);
-    if verified.lock().expect("not poisoned").contains(&key) {
-        return Ok(());
-    }
-    store.verify_fingerprint()?;
-    verified.lock().expect("not poisoned").insert(key);
     Ok(())
 }
 
@@ -119,7 +108,8 @@ impl TrainedRun {
     pub fn open(dir: &Path) -> Result<Self> {
         let record = RunRecord::read(dir)?;
         let store = Store::open(&record.data)?;
-        check_same_data(&record, &store, dir)?;
+        check_recorded_data(&record, &store, dir)?;
+        store.verify_fingerprint()?;
         let split = SplitFile::read(&record.split)?;
         Ok(TrainedRun { dir: dir.to_path_buf(), record, store, split })
     }
