@@ -323,7 +323,8 @@ pub fn screen_command(run: &Path, out: Option<&Path>, opts: &ScreenOptions, cell
         s.seconds
     );
     println!("largest predicted effects:");
-    print!("{}", ptrag_engine::eval::screen::csv(&s.rows[..s.rows.len().min(10)], &s.cell_type));
+    let top = ptrag_engine::eval::screen::csv(&s.rows[..s.rows.len().min(10)], &s.cell_type)?;
+    print!("{}", String::from_utf8_lossy(&top));
     println!("wrote {} and {}", s.pred.display(), s.csv.display());
     Ok(())
 }

@@ -15,13 +15,18 @@ pub mod retrieval;
 pub mod screen;
 pub mod stats;
 
-/// One CSV field (RFC 4180): quoted, with its quotes doubled, when it holds a comma, a quote, a line
-/// break or a carriage return, or starts or ends with a space; as it is otherwise. Every CSV the
-/// engine writes goes through it, so a label can never split a row or a field.
-pub fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
-        format!("\"{}\"", s.replace('"', "\"\"")).into()
-    } else {
-        s.into()
+/// Rows as CSV, written by the `csv` crate (RFC 4180: a field holding a comma, a quote or a line
+/// break is quoted, its quotes doubled), so a label can never split a row or a field. Every CSV the
+/// engine writes goes through it; rows of unequal length are refused (a programming error).
+pub fn csv_bytes<R, F>(rows: impl IntoIterator<Item = R>) -> crate::Result<Vec<u8>>
+where
+    R: IntoIterator<Item = F>,
+    F: AsRef<[u8]>,
+{
+    let failed = |e: csv::Error| crate::Error::Shape { op: "csv", why: e.to_string() };
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        writer.write_record(row).map_err(failed)?;
     }
+    writer.into_inner().map_err(|e| failed(e.into_error().into()))
 }

@@ -626,25 +626,24 @@ pub fn write_report(
     opts: &EvalOptions,
     out: &OutputSet,
 ) -> Result<()> {
-    let mut csv = format!("model,target,perturbation,cell_type,cells,{}\n", METRICS.join(","));
-    for r in rows {
+    let header = ["model", "target", "perturbation", "cell_type", "cells"].into_iter().chain(METRICS).map(String::from).collect();
+    let lines = rows.iter().map(|r| {
         // A metric without a value (a truth metric on real data) is an empty field, not `NaN`.
-        let values: Vec<String> = r.values.iter().map(|v| if v.is_nan() { String::new() } else { format!("{v}") }).collect();
-        let q = super::csv_field;
-        csv += &format!("{},{},{},{},{},{}\n", q(&r.model), q(&r.target), q(&r.perturbation), q(&r.cell_type), r.cells, values.join(","));
-    }
-    crate::data::write_atomic(&out.path("per_condition.csv"), csv.as_bytes())?;
+        let values = r.values.iter().map(|v| if v.is_nan() { String::new() } else { format!("{v}") });
+        [r.model.clone(), r.target.clone(), r.perturbation.clone(), r.cell_type.clone(), r.cells.to_string()].into_iter().chain(values).collect()
+    });
+    let csv: Vec<Vec<String>> = std::iter::once(header).chain(lines).collect();
+    crate::data::write_atomic(&out.path("per_condition.csv"), &super::csv_bytes(csv)?)?;
     crate::data::write_atomic(&out.path("summary.json"), serde_json::to_string_pretty(summary).expect("summary serialises").as_bytes())?;
-    let mut agg = "model,cell_type,metric,mean,sd,conditions\n".to_string();
+    let mut agg = vec![["model", "cell_type", "metric", "mean", "sd", "conditions"].map(String::from).to_vec()];
     let tables = summary.models.iter().map(|(m, t)| ("all", m, t));
     let per_type = summary.per_cell_type.iter().flat_map(|(ct, models)| models.iter().map(move |(m, t)| (ct.as_str(), m, t)));
     for (cell_type, model, table) in tables.chain(per_type) {
         for (metric, (mean, sd, n)) in table {
-            let q = super::csv_field;
-            agg += &format!("{},{},{metric},{mean},{sd},{n}\n", q(model), q(cell_type));
+            agg.push(vec![model.clone(), cell_type.to_string(), metric.clone(), mean.to_string(), sd.to_string(), n.to_string()]);
         }
     }
-    crate::data::write_atomic(&out.path("summary.csv"), agg.as_bytes())?;
+    crate::data::write_atomic(&out.path("summary.csv"), &super::csv_bytes(agg)?)?;
     let mut md = markdown(summary, opts);
     crate::data::write_atomic(&out.path("distributions.svg"), distributions_svg(rows)?.as_bytes())?;
     md += "\n## Figures\n\n- `distributions.svg`: every metric's distribution over test conditions, per model\n";

@@ -235,7 +235,7 @@ fn expression_rows(store: &crate::data::store::Store, cells: &[u32]) -> Vec<f32>
 fn write_outputs(out: &Path, a: &AnnData, rows: &[ScreenRow], cell_type: &str) -> Result<(PathBuf, PathBuf)> {
     let set = crate::data::output::OutputSet::begin(out, "screen directory")?;
     write_h5ad(&set.path("pred.h5ad"), a)?;
-    crate::data::write_atomic(&set.path("screen.csv"), csv(rows, cell_type).as_bytes())?;
+    crate::data::write_atomic(&set.path("screen.csv"), &csv(rows, cell_type)?)?;
     let paths = (set.final_path("pred.h5ad"), set.final_path("screen.csv"));
     set.commit()?;
     Ok(paths)
@@ -307,23 +307,22 @@ fn effect(name: &str, change: &[f64], genes: &[String], opts: &ScreenOptions) ->
 
 /// `screen.csv`: rank, perturbation, cell type, measured_in_target, trained_in_target, effect_norm,
 /// genes_moved, top_up and top_down as `GENE:change` separated by `;`.
-pub fn csv(rows: &[ScreenRow], cell_type: &str) -> String {
+pub fn csv(rows: &[ScreenRow], cell_type: &str) -> Result<Vec<u8>> {
     let genes = |v: &[(String, f64)]| v.iter().map(|(g, c)| format!("{g}:{c:.4}")).collect::<Vec<_>>().join(";");
-    let quote = super::csv_field;
-    let mut s = String::from("rank,perturbation,cell_type,measured_in_target,trained_in_target,effect_norm,genes_moved,top_up,top_down\n");
-    for (i, r) in rows.iter().enumerate() {
-        s += &format!(
-            "{},{},{},{},{},{:.6},{},{},{}\n",
-            i + 1,
-            quote(&r.perturbation),
-            quote(cell_type),
-            if r.measured_in_target { "yes" } else { "no" },
-            if r.trained_in_target { "yes" } else { "no" },
-            r.effect_norm,
-            r.genes_moved,
-            quote(&genes(&r.top_up)),
-            quote(&genes(&r.top_down))
-        );
-    }
-    s
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let header = ["rank", "perturbation", "cell_type", "measured_in_target", "trained_in_target", "effect_norm", "genes_moved", "top_up", "top_down"];
+    let lines = rows.iter().enumerate().map(|(i, r)| {
+        vec![
+            (i + 1).to_string(),
+            r.perturbation.clone(),
+            cell_type.to_string(),
+            yes_no(r.measured_in_target),
+            yes_no(r.trained_in_target),
+            format!("{:.6}", r.effect_norm),
+            r.genes_moved.to_string(),
+            genes(&r.top_up),
+            genes(&r.top_down),
+        ]
+    });
+    super::csv_bytes(std::iter::once(header.map(String::from).to_vec()).chain(lines))
 }
