@@ -151,7 +151,7 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
         None => None,
     };
     let mut total = breakdown.then(StepBreakdown::default);
-    let mut step_seconds = Vec::with_capacity(o.steps);
+    let mut step_seconds = Vec::new();
     for step in 0..o.warmup + o.steps {
         let timed = step >= o.warmup;
         let start = std::time::Instant::now();

@@ -115,7 +115,8 @@ enum Command {
         per_component: bool,
         /// Draws of paired control cells a model's predicted mean change is averaged over (the
         /// distributional metrics keep the first draw's cells; baselines and oracles need none).
-        #[arg(long, default_value_t = ptrag_engine::train::DEFAULT_EVAL_DRAWS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10000))]
+        #[arg(long, default_value_t = ptrag_engine::train::DEFAULT_EVAL_DRAWS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=ptrag_engine::train::MAX_EVAL_DRAWS as u64))]
         eval_draws: usize,
     },
     /// Draw the `evaluate` reports of one experiment at several run lengths as test metrics against
@@ -167,8 +168,8 @@ enum Command {
         sets: usize,
         #[arg(long, default_value_t = 64)]
         cells: usize,
-        /// Timed steps, after one untimed warm-up step.
-        #[arg(long, default_value_t = 5)]
+        /// Timed steps, after one untimed warm-up step (at most 10,000: a median needs no more).
+        #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
         steps: usize,
         #[arg(long)]
         breakdown: bool,
@@ -244,6 +245,16 @@ fn non_negative_finite(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A finite number above 0 (a per-cell total): 0, NaN, infinities and negative values are refused.
+fn positive_finite(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("a number: {e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("a finite number above 0, got {s}"))
+    }
+}
+
 #[derive(clap::Args)]
 struct PrepareArgs {
     /// The AnnData file.
@@ -285,7 +296,7 @@ struct PrepareArgs {
     #[arg(long)]
     normalize: Option<String>,
     /// The per-cell total of `--normalize total-log1p`.
-    #[arg(long, default_value_t = ptrag_engine::data::prepare::DEFAULT_TARGET_SUM)]
+    #[arg(long, default_value_t = ptrag_engine::data::prepare::DEFAULT_TARGET_SUM, value_parser = positive_finite)]
     target_sum: f32,
     /// Keep only the N most variable genes (scanpy's highly_variable_genes, flavor "seurat").
     #[arg(long, value_name = "N")]
@@ -430,5 +441,35 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+    use std::any::TypeId;
+
+    include!("../tests/common/numeric_options.rs");
+
+    /// The hostile-value table of `tests/cli.rs` lists exactly the numeric options the parser has.
+    #[test]
+    fn the_hostile_value_table_lists_every_numeric_option() {
+        let numeric = [TypeId::of::<usize>(), TypeId::of::<u64>(), TypeId::of::<u32>(), TypeId::of::<i64>(), TypeId::of::<f64>(), TypeId::of::<f32>()];
+        let mut parsed: Vec<(String, String)> = Vec::new();
+        for command in Cli::command().get_subcommands() {
+            for arg in command.get_arguments() {
+                let parser = arg.get_value_parser();
+                if numeric.iter().any(|t| parser.type_id() == *t) {
+                    let long = arg.get_long().expect("numeric options are long options");
+                    parsed.push((command.get_name().to_string(), format!("--{long}")));
+                }
+            }
+        }
+        let mut table: Vec<(String, String)> = NUMERIC_OPTIONS.iter().map(|(c, o)| (c.to_string(), o.to_string())).collect();
+        parsed.sort();
+        table.sort();
+        assert_eq!(parsed, table);
+        assert_eq!(HOSTILE_VALUES.len(), 6);
     }
 }

@@ -1196,10 +1196,102 @@ fn half_bytes(v: f32) -> [u8; 2] {
     }
 }
 
-/// Every numeric option of `train` (and so of `reproduce`) at 0, -1, NaN, inf and 2^63: a clean
-/// error that names the option, or a run; never a panic or an abort.
+/// Every numeric option of every command (`common::numeric_options`, which the binary's own test
+/// checks against its parser) at every hostile value, 336 cases: a clean error (exit 1 or 2) whose
+/// message names the option, or a run that finishes (exit 0) without a `NaN` or `inf` figure; never a
+/// panic, an abort, or more than 4 GB of address space (`ulimit -v`). Only `--steps` of `train` and
+/// `reproduce` at 10^12 may still be running when stopped after 5 s: a run that long is what was asked.
 #[test]
-fn train_numeric_options_at_hostile_values_fail_cleanly() {
+fn every_numeric_option_of_every_command_at_hostile_values() {
+    use common::numeric_options::{HOSTILE_VALUES, NUMERIC_OPTIONS};
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, run) = tiny_pt_rag_run(tmp.path());
+    let exported = tmp.path().join("exported");
+    assert!(cli().args(["export", "--quiet", "--out"]).arg(&exported).arg(&store).status().unwrap().success());
+    let path = |p: &Path| p.to_string_lossy().into_owned();
+    let arch = "--steps 1 --sets-per-batch 2 --cells-per-set 8 --hidden 16 --layers 1 --heads 2 --head-dim 4 --mlp 16 --top-k 4 --val-every 0 --eval-draws 1";
+    let mut cases = 0;
+    for &(command, option) in NUMERIC_OPTIONS {
+        for &value in HOSTILE_VALUES {
+            let out_dir = path(&tmp.path().join(format!("case{cases}")));
+            // The command's other arguments (small shapes, so a case that runs is quick), then the option under test.
+            let (mut args, options): (Vec<String>, &str) = match command {
+                "synth" => (vec!["--preset".into(), "tiny".into(), "--out".into(), out_dir], ""),
+                "train" => (vec!["--model".into(), "pt-rag".into(), "--data".into(), path(&store), "--run-dir".into(), out_dir], arch),
+                "reproduce" => (vec!["--data".into(), path(&store), "--run-dir".into(), out_dir], arch),
+                "evaluate" => (vec![path(&run), "--out".into(), out_dir], "--pca-components 5 --eval-draws 1"),
+                "prepare" => {
+                    let file = |name: &str| path(&exported.join(name));
+                    let args = ["--h5ad", &file("data.h5ad"), "--genept", &file("genept.safetensors"), "--split", &file("split.toml"), "--out", &out_dir];
+                    (args.map(String::from).to_vec(), "")
+                }
+                "bench" => (vec![], "--sets 2 --cells 8 --steps 1"),
+                "profile" => (vec![], ""),
+                "predict" => (vec![path(&run), "--screen".into(), "--out".into(), out_dir], "--cells 4"),
+                other => panic!("no arguments for `{other}`: add them here"),
+            };
+            let given: Vec<&str> = options.split_whitespace().collect();
+            for pair in given.chunks(2).filter(|pair| pair[0] != option) {
+                args.extend(pair.iter().map(|s| s.to_string()));
+            }
+            args.push(format!("{option}={value}"));
+            let case = format!("{command} {option}={value}");
+            let may_run_on = command != "bench" && option == "--steps" && value == "1000000000000";
+            let (code, stdout, stderr) = bounded_run(command, &args, if may_run_on { 5 } else { 300 });
+            assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+            match code {
+                Some(0) => {
+                    let figures = stdout.split_whitespace().filter(|w| ["NaN", "inf", "-inf"].contains(w)).count();
+                    assert_eq!(figures, 0, "{case}: a NaN or inf figure printed:\n{stdout}");
+                }
+                Some(1 | 2) => {
+                    let said = stderr.to_lowercase().replace(['-', '_'], " ");
+                    assert!(said.contains(&option.trim_start_matches('-').replace('-', " ")), "{case}: the error does not name the option: {stderr}");
+                }
+                None if may_run_on => {}
+                other => panic!("{case}: exit {other:?} (killed by a signal: an abort or over the memory bound)\n{stderr}"),
+            }
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 336);
+}
+
+/// Runs `ptrag-engine --quiet COMMAND ARGS` under a 4 GB address-space limit, stopped after
+/// `seconds`: its exit code (None when a signal ended it, the stop included), stdout and stderr.
+fn bounded_run(command: &str, args: &[String], seconds: u64) -> (Option<i32>, String, String) {
+    let mut child = Command::new("bash")
+        .args(["-c", "ulimit -v 4000000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_ptrag-engine"))
+        .args(["--quiet", command])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let readers = [
+        std::thread::spawn(move || std::io::read_to_string(&mut stdout).unwrap_or_default()),
+        std::thread::spawn(move || std::io::read_to_string(&mut stderr).unwrap_or_default()),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let [out, err] = readers.map(|r| r.join().unwrap());
+    (status.code(), out, err)
+}
+
+/// Model sizes a run record holds but no machine does: refused up front with the memory they need.
+#[test]
+fn absurd_model_sizes_are_refused_with_the_memory_they_need() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tiny_store(tmp.path());
     let base = [
@@ -1215,51 +1307,6 @@ fn train_numeric_options_at_hostile_values_fail_cleanly() {
         ("--val-every", "0"),
         ("--eval-draws", "1"),
     ];
-    let numeric = [
-        "--steps",
-        "--sets-per-batch",
-        "--cells-per-set",
-        "--hidden",
-        "--layers",
-        "--heads",
-        "--head-dim",
-        "--mlp",
-        "--lr",
-        "--weight-decay",
-        "--clip-norm",
-        "--seed",
-        "--val-every",
-        "--top-k",
-        "--sparsity",
-        "--tau",
-        "--scorer-dropout",
-        "--eval-draws",
-        "--tau-start",
-        "--soft-selection-steps",
-    ];
-    let values = ["0", "-1", "NaN", "inf", "9223372036854775808"];
-    let mut cases = 0;
-    for option in numeric {
-        for value in values {
-            let mut c = cli();
-            c.args(["train", "--quiet", "--model", "pt-rag", "--data"]).arg(&store);
-            c.arg("--run-dir").arg(tmp.path().join(format!("run{cases}")));
-            base.iter().filter(|(o, _)| *o != option).for_each(|(o, v)| {
-                c.args([o, v]);
-            });
-            let out = c.arg(format!("{option}={value}")).output().unwrap();
-            let err = stderr(&out);
-            let code = out.status.code();
-            assert!(matches!(code, Some(0..=2)) && !err.contains("panicked"), "{option} {value}: {code:?}\n{err}");
-            if code != Some(0) {
-                let said = err.to_lowercase().replace(['-', '_'], " ");
-                assert!(said.contains(option.trim_start_matches('-').replace('-', " ").as_str()), "{option} {value}: {err}");
-            }
-            cases += 1;
-        }
-    }
-    assert_eq!(cases, 100);
-
     // Sizes a run record holds but no machine does (each needs over a petabyte): refused up front with the memory they need,
     // naming the option, before anything is allocated (an allocation that large aborts).
     let absurd = [

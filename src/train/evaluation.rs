@@ -82,6 +82,15 @@ impl GapStats {
 }
 
 impl Trainer<'_> {
+    /// A model whose weights overflowed (e.g. at an absurd --lr) gives non-finite outputs: an error at
+    /// the current step, never a NaN figure in a report.
+    fn refuse_non_finite(&self, what: &str, values: &[f32]) -> Result<()> {
+        match values.iter().find(|v| !v.is_finite()) {
+            Some(v) => Err(Error::Numerical { step: self.step, why: format!("the model's {what} are not finite ({v}) in evaluation") }),
+            None => Ok(()),
+        }
+    }
+
     /// Predicts every condition in sets of at most S real cells: energy distance and mean-change MSE
     /// per condition, and what retrieval returned and selected for every set. The predicted mean
     /// change is averaged over `draws` pairings with control cells (`predict_condition_drawn`); the
@@ -110,6 +119,7 @@ impl Trainer<'_> {
             for (set_index, set) in sets.iter().enumerate() {
                 let (tape, out) = self.eval_forward(set, &mut rng);
                 let pred = &tape.fetch(out.pred)?;
+                self.refuse_non_finite("predictions", pred)?;
                 if let Some(logits) = out.selection_logits {
                     gaps.extend(tape.fetch(logits)?.chunks(2).map(|l| (l[1] - l[0]) as f64));
                 }
@@ -128,7 +138,9 @@ impl Trainer<'_> {
                     let counts = match out.selection {
                         Some(w) => {
                             let mut counts = vec![0.0f64; k];
-                            for cell in tape.fetch(w)?.chunks(k) {
+                            let weights = tape.fetch(w)?;
+                            self.refuse_non_finite("selection weights", &weights)?;
+                            for cell in weights.chunks(k) {
                                 counts.iter_mut().zip(cell).for_each(|(c, &x)| *c += x as f64);
                             }
                             selected += counts.iter().sum::<f64>();

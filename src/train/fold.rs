@@ -157,7 +157,9 @@ impl<'s> FoldRun<'s> {
     fn validate(&mut self) -> Result<()> {
         let trainer = &self.trainer;
         if !trainer.fold.val.is_empty() {
-            let (summary, records) = trainer.evaluate(&trainer.fold.val, 1, None)?;
+            let evaluated = trainer.evaluate(&trainer.fold.val, 1, None);
+            let (summary, records) = evaluated.map_err(|e| self.step_failed(e))?;
+            let trainer = &self.trainer;
             let mut line = serde_json::json!({"step": trainer.step, "val_energy": summary.energy, "val_mse_change": summary.mse_change,
                     "val_mse_change_control_baseline": summary.mse_change_control_baseline, "val_mean_selected": summary.mean_selected});
             // On synthetic data, how well retrieval and selection find the planted relevant candidates.
@@ -274,7 +276,9 @@ impl<'s> FoldRun<'s> {
             trainer.load_checkpoint(&self.best_path)?;
         }
         let truth = StoreTruth::load(store)?;
-        let (test, records) = trainer.evaluate(&trainer.fold.test, trainer.cfg.eval_draws, truth.as_ref().map(|t| &t.means))?;
+        let evaluated = trainer.evaluate(&trainer.fold.test, trainer.cfg.eval_draws, truth.as_ref().map(|t| &t.means));
+        let (test, records) = evaluated.map_err(|e| self.step_failed(e))?;
+        let trainer = &mut self.trainer;
         let fitted = Baselines::fit(store, &trainer.fold)?;
         let baselines = fitted.mean_change_mse(store, &trainer.fold.test);
         let truth = truth.map(|t| TruthFigures::of(&t, store, &fitted, &trainer.fold.test));

@@ -134,6 +134,11 @@ fn one() -> usize {
 /// under 5% of the noise floor on the built-in data (docs/design.md, "Fair evaluation").
 pub const DEFAULT_EVAL_DRAWS: usize = 8;
 
+/// The most `--eval-draws` `train` and `evaluate` take: each draw predicts every test condition
+/// again, so more would only make a run that never finishes (10,000 draws leave 1/10,000 of one
+/// draw's noise).
+pub const MAX_EVAL_DRAWS: usize = 10_000;
+
 /// One condition's prediction: the first draw's predicted, real and paired control cells, each
 /// `[cells, genes]`, and the predicted mean over every draw, `[genes]`.
 pub struct DrawnPrediction {

@@ -264,8 +264,9 @@ impl TrainOptions {
         c.model.self_exclusion =
             if self.self_retrieval_bug.unwrap_or(reference) { SelfExclusion::FirstSetInTraining } else { SelfExclusion::Always };
 
-        if c.eval_draws == 0 {
-            return Err(Error::invalid("--eval-draws", "at least 1 draw of paired control cells"));
+        if !(1..=super::MAX_EVAL_DRAWS).contains(&c.eval_draws) {
+            let why = format!("from 1 to {} draws of paired control cells, got {}", super::MAX_EVAL_DRAWS, c.eval_draws);
+            return Err(Error::invalid("--eval-draws", why));
         }
         if !(c.adam.lr > 0.0 && c.adam.lr.is_finite()) {
             return Err(Error::invalid("--lr", format!("must be a positive number, got {}", c.adam.lr)));

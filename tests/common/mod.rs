@@ -1,6 +1,7 @@
 //! Shared test helpers: tolerant comparison with a useful report, and a tiny seeded RNG.
 #![allow(dead_code)]
 
+pub mod numeric_options;
 pub mod tolerance;
 
 /// Fails with the worst index and the first mismatches when `|a - e| > atol + rtol * |e|` anywhere.
