@@ -523,6 +523,18 @@ fn prepare_inspect_and_train_on_an_anndata_file() {
     let out = cli().arg("inspect").arg(fixtures.join("csr_huge_shape.h5ad")).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("at most 10000000 columns") && text.contains("obsm/X_hvg: 42 x 4"), "{text}");
+    // A 50 KB CSR X declaring 5 million columns (under the 10 million refused outright): inspected on
+    // fewer sampled rows, within 1 GB of address space (it asked for 840 MB at once before).
+    let declared = std::fs::read(fixtures.join("csr_huge_shape.h5ad")).unwrap();
+    let (huge, wide) = (40_000_000_000i64.to_le_bytes(), 5_000_000i64.to_le_bytes());
+    let at = declared.windows(8).position(|w| w == huge).unwrap();
+    let mut patched = declared.clone();
+    patched[at..at + 8].copy_from_slice(&wide);
+    let wide_file = tmp.path().join("csr_5m_columns.h5ad");
+    std::fs::write(&wide_file, patched).unwrap();
+    let (code, text, err) = bounded_run("inspect", &[wide_file.to_string_lossy().into_owned()], 1_000_000, 300);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(text.contains("X: 42 x 5000000 CSR") && text.contains("prepare would refuse X: 5000000 columns"), "{text}");
     // X narrower than var: what prepare would refuse is said.
     let out = cli().arg("inspect").arg(fixtures.join("csr_narrow.h5ad")).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1237,7 +1249,7 @@ fn every_numeric_option_of_every_command_at_hostile_values() {
             args.push(format!("{option}={value}"));
             let case = format!("{command} {option}={value}");
             let may_run_on = command != "bench" && option == "--steps" && value == "1000000000000";
-            let (code, stdout, stderr) = bounded_run(command, &args, if may_run_on { 5 } else { 300 });
+            let (code, stdout, stderr) = bounded_run(command, &args, 4_000_000, if may_run_on { 5 } else { 300 });
             assert!(!stderr.contains("panicked"), "{case}: {stderr}");
             match code {
                 Some(0) => {
@@ -1257,11 +1269,11 @@ fn every_numeric_option_of_every_command_at_hostile_values() {
     assert_eq!(cases, 336);
 }
 
-/// Runs `ptrag-engine --quiet COMMAND ARGS` under a 4 GB address-space limit, stopped after
-/// `seconds`: its exit code (None when a signal ended it, the stop included), stdout and stderr.
-fn bounded_run(command: &str, args: &[String], seconds: u64) -> (Option<i32>, String, String) {
+/// Runs `ptrag-engine --quiet COMMAND ARGS` under an address-space limit of `kb` kilobytes, stopped
+/// after `seconds`: its exit code (None when a signal ended it, the stop included), stdout and stderr.
+fn bounded_run(command: &str, args: &[String], kb: u64, seconds: u64) -> (Option<i32>, String, String) {
     let mut child = Command::new("bash")
-        .args(["-c", "ulimit -v 4000000 && exec \"$0\" \"$@\""])
+        .args(["-c", &format!("ulimit -v {kb} && exec \"$0\" \"$@\"")])
         .arg(env!("CARGO_BIN_EXE_ptrag-engine"))
         .args(["--quiet", command])
         .args(args)

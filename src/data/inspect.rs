@@ -13,11 +13,17 @@ use std::path::{Path, PathBuf};
 const SAMPLE_WINDOWS: usize = 20;
 const WINDOW_ROWS: usize = 100;
 
-/// The starts of the sampled windows over `n` rows, and the rows per window.
-fn sample_windows(n: usize) -> (Vec<usize>, usize) {
-    let rows = WINDOW_ROWS.min(n);
-    let step = (n / SAMPLE_WINDOWS).max(rows).max(1);
-    ((0..n.saturating_sub(rows) + 1).step_by(step).take(SAMPLE_WINDOWS).collect(), rows)
+/// At most this many values are sampled (64 MB of f32), however wide the matrix: a file declaring
+/// millions of columns is inspected in bounded memory, on fewer rows.
+const SAMPLE_VALUES: usize = 1 << 24;
+
+/// The starts of the sampled windows over `n` rows of `cols` values, and the rows per window.
+fn sample_windows(n: usize, cols: usize) -> (Vec<usize>, usize) {
+    let affordable_rows = (SAMPLE_VALUES / cols.max(1)).max(1);
+    let rows = WINDOW_ROWS.min(n).min(affordable_rows);
+    let windows = SAMPLE_WINDOWS.min(affordable_rows / rows.max(1)).max(1);
+    let step = (n / windows).max(rows).max(1);
+    ((0..n.saturating_sub(rows) + 1).step_by(step).take(windows).collect(), rows)
 }
 
 /// Per cell type: cells, controls, distinct perturbations; then cells per (perturbation, type).
@@ -82,7 +88,7 @@ fn inspect_store(path: &Path) -> Result<String> {
     );
     let (perts, types) = store.cell_labels();
     s += &composition(&perts, &types, &m.control);
-    let (starts, rows) = sample_windows(store.n_cells());
+    let (starts, rows) = sample_windows(store.n_cells(), store.n_genes());
     let mut row = vec![0.0f32; store.n_genes()];
     let mut zeros = 0.0;
     for c in starts.iter().flat_map(|&s| s..s + rows) {
@@ -166,9 +172,11 @@ fn describe_matrix(f: &H5ad, key: &str, n: usize, n_var: usize) -> String {
     match f.matrix(key) {
         Ok(m) => {
             let kind = if matches!(m, super::h5ad::Matrix::Dense { .. }) { "dense" } else { "CSR" };
-            let (starts, rows) = sample_windows(m.rows());
-            let sampled_values: Result<Vec<f32>> =
-                starts.iter().map(|&r| f.rows(&m, r, rows)).collect::<Result<Vec<_>>>().map(|v| v.concat());
+            let (starts, rows) = sample_windows(m.rows(), m.cols());
+            let sampled_values: Result<Vec<f32>> = starts.iter().try_fold(Vec::new(), |mut all, &r| {
+                all.extend(f.rows(&m, r, rows)?);
+                Ok(all)
+            });
             let sampled = starts.len() * rows;
             s += &match &sampled_values {
                 Ok(v) => {
