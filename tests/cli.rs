@@ -1530,3 +1530,59 @@ fn racing_processes_on_one_directory_leave_one_intact_result() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A disk that fills up mid-write (the test-only switch `PTRAG_FAULT_DISK_FULL_AFTER`: writes fail
+/// with ENOSPC after so many bytes): `prepare`, `predict` and `evaluate` exit 1 naming the file and the
+/// full disk, leave no store, no lone `pred.h5ad` or `per_condition.csv` and no partial directory, and
+/// keep the older outputs of the same directory as they were.
+#[test]
+fn a_full_disk_leaves_nothing_half_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, run) = tiny_pt_rag_run(tmp.path());
+    let exported = tmp.path().join("exported");
+    assert!(cli().args(["export", "--quiet", "--out"]).arg(&exported).arg(&store).status().unwrap().success());
+    let full_after = |bytes: u64, args: &[&str], paths: &[&Path]| {
+        let mut c = cli();
+        c.env("PTRAG_FAULT_DISK_FULL_AFTER", bytes.to_string()).arg("--quiet").args(args).args(paths);
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        stderr(&out)
+    };
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+
+    // prepare: the disk fills while the expression matrix is written (157 KB in all)
+    let prepared = tmp.path().join("prepared");
+    let (h5ad, genept) = (exported.join("data.h5ad"), exported.join("genept.safetensors"));
+    let args = ["prepare", "--h5ad", h5ad.to_str().unwrap(), "--genept", genept.to_str().unwrap(), "--out"];
+    let err = full_after(100_000, &args, &[&prepared]);
+    assert!(err.contains("expression.bin") && err.contains("No space left on device"), "{err}");
+    assert!(!prepared.exists() && !names(tmp.path()).iter().any(|n| n.contains("partial")), "{:?}", names(tmp.path()));
+
+    // predict into a directory holding an earlier pair: the disk fills after pred.h5ad, on real.h5ad
+    let pairs = tmp.path().join("pairs");
+    assert!(cli().args(["predict", "--quiet"]).arg(&run).arg("--out").arg(&pairs).status().unwrap().success());
+    let before: Vec<Vec<u8>> = ["pred.h5ad", "real.h5ad"].iter().map(|f| std::fs::read(pairs.join(f)).unwrap()).collect();
+    let pred_size = before[0].len() as u64;
+    let err = full_after(pred_size + 1000, &["predict", "--unclamped", "--out"], &[&pairs, &run]);
+    assert!(err.contains("real.h5ad") && err.contains("No space left on device"), "{err}");
+    assert_eq!(names(&pairs), ["pred.h5ad", "real.h5ad"]);
+    let after: Vec<Vec<u8>> = ["pred.h5ad", "real.h5ad"].iter().map(|f| std::fs::read(pairs.join(f)).unwrap()).collect();
+    assert!(after == before, "the earlier pair was changed");
+    let fresh = tmp.path().join("fresh");
+    full_after(pred_size + 1000, &["predict", "--out"], &[&fresh, &run]);
+    assert!(!fresh.exists(), "a lone pred.h5ad under {}", fresh.display());
+
+    // evaluate: the disk fills after per_condition.csv
+    let report = tmp.path().join("report");
+    let eval_args = ["evaluate", "--eval-draws", "1", "--pca-components", "5", "--out"];
+    assert!(cli().args(eval_args).arg(&report).arg(&run).arg("--quiet").status().unwrap().success());
+    let csv_size = std::fs::metadata(report.join("per_condition.csv")).unwrap().len();
+    std::fs::remove_dir_all(&report).unwrap();
+    let err = full_after(csv_size + 10, &eval_args, &[&report, &run]);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!report.exists(), "a lone per_condition.csv under {}", report.display());
+}

@@ -15,6 +15,23 @@ pub mod store;
 pub mod synth;
 pub mod truth;
 
+/// The stand-in for a full disk that tests use: with `PTRAG_FAULT_DISK_FULL_AFTER=N` in the
+/// environment, every write through the engine's writers (`write_atomic`, a store's files) fails
+/// as a full disk does (ENOSPC, naming the file) once this process has written N bytes. Unset, it
+/// is one atomic add per write.
+pub(crate) fn charge_disk(path: &std::path::Path, bytes: usize) -> crate::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static WRITTEN: AtomicU64 = AtomicU64::new(0);
+    let limit = LIMIT.get_or_init(|| std::env::var("PTRAG_FAULT_DISK_FULL_AFTER").ok().and_then(|v| v.parse().ok()));
+    let written = WRITTEN.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+    match limit {
+        Some(limit) if written > *limit => Err(crate::Error::io(path, std::io::Error::from_raw_os_error(28))), // ENOSPC
+        _ => Ok(()),
+    }
+}
+
 /// Write `bytes` to `path` atomically: a temporary sibling first, then a rename, so a reader never
 /// sees a half-written file and a failed or interrupted write leaves the old file in place (a
 /// failed one also removes its temporary).
@@ -22,7 +39,8 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let mut f = std::fs::File::create(&tmp).map_err(|e| crate::Error::io(&tmp, e))?;
-    let written = f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| crate::Error::io(&tmp, e));
+    let written = charge_disk(&tmp, bytes.len())
+        .and_then(|_| f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| crate::Error::io(&tmp, e)));
     let renamed = written.and_then(|_| std::fs::rename(&tmp, path).map_err(|e| crate::Error::io(path, e)));
     if renamed.is_err() {
         // a full disk, say: leave nothing half-written behind

@@ -442,7 +442,9 @@ impl StoreWriter {
             let cell = self.n_cells();
             return Err(Error::invalid("expression", format!("finite values within the store's dtype; cell {cell}, gene {g} has {v}")));
         }
-        self.expression.write_all(&self.row_bytes).map_err(|e| Error::io(self.tmp_dir.join("expression.bin"), e))?;
+        let expression = self.tmp_dir.join("expression.bin");
+        super::charge_disk(&expression, self.row_bytes.len())?;
+        self.expression.write_all(&self.row_bytes).map_err(|e| Error::io(expression, e))?;
         self.fingerprint.update(&self.row_bytes);
         self.cell_perturbation.push(perturbation);
         self.cell_type.push(cell_type);
@@ -462,7 +464,10 @@ impl StoreWriter {
         let tmp = self.tmp_dir.clone();
         self.expression.flush().map_err(|e| Error::io(tmp.join("expression.bin"), e))?;
         let le = |v: &[u32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let write = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(|e| Error::io(tmp.join(name), e));
+        let write = |name: &str, bytes: &[u8]| {
+            super::charge_disk(&tmp.join(name), bytes.len())?;
+            std::fs::write(tmp.join(name), bytes).map_err(|e| Error::io(tmp.join(name), e))
+        };
         let arrays = [le(&self.cell_perturbation), le(&self.cell_type), le(&self.cell_batch)];
         let genept = genept.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         for bytes in arrays.iter().chain([&genept]) {
