@@ -1069,36 +1069,59 @@ fn a_run_directory_being_trained_is_locked() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-/// Cell-type labels are data, never paths (issue 37): a name that would break a CSV row, an absolute
-/// path, `..` and a name with dots as cell types. `train --target-cell-type all` writes every fold inside `--run-dir` (nothing where
-/// the labels point), each label's own split section is found (a dotted name included), and every
-/// fold is tested on its conditions.
+/// Labels are data, never paths (issue 37): a name that would break a CSV row, an absolute path,
+/// `..` and a name with dots as cell types, and a perturbation named like a relative path with a
+/// quote, a comma and a line break. Taken through `export`, `prepare`, `train --target-cell-type all`,
+/// `predict`, `predict --screen` and `evaluate`: nothing is written outside the directories given,
+/// each cell type's split section is found (the dotted name included) and every fold is tested on its
+/// conditions, and the CSV outputs parse strictly with the labels whole. A label too long to name a
+/// directory is refused by `prepare`, naming the column.
 #[test]
-fn hostile_cell_type_labels_stay_inside_the_run_directory() {
+fn hostile_labels_stay_inside_the_given_directories() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = tiny_store(tmp.path());
+    let edited = tiny_store(tmp.path());
     let outside = tmp.path().join("outside");
     let csv_breaker = "Bad,\"Line\"\r\nX".to_string();
     let labels = [csv_breaker.clone(), outside.to_string_lossy().into_owned(), "..".to_string(), "Jurkat.E6-1".to_string()];
-    let manifest_path = store.join("manifest.json");
+    let manifest_path = edited.join("manifest.json");
     let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
     manifest["cell_types"] = serde_json::json!(labels);
+    let renamed = manifest["perturbations"][3].as_str().unwrap().to_string();
+    let hostile_pert = format!("../p/e,\"vil\"\n{renamed}");
+    manifest["perturbations"][3] = serde_json::json!(hostile_pert);
     // edited by hand, so its recorded fingerprint no longer holds: drop it, as in a store from
     // before fingerprints (which nothing checks)
     manifest.as_object_mut().unwrap().remove("fingerprint");
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
-    let split = std::fs::read_to_string(store.join("split.toml")).unwrap();
+    let split = std::fs::read_to_string(edited.join("split.toml")).unwrap();
     let toml_escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").replace('\r', "\\r");
     let split = ["k562", "rpe1", "jurkat", "hepg2"]
         .iter()
         .zip(&labels)
         .fold(split, |s, (old, new)| s.replace(&format!("\"synth.{old}\""), &format!("\"synth.{}\"", toml_escape(&new.to_lowercase()))));
-    std::fs::write(store.join("split.toml"), split).unwrap();
+    let split = split.replace(&format!("\"{renamed}\""), &format!("\"{}\"", toml_escape(&hostile_pert)));
+    std::fs::write(edited.join("split.toml"), split).unwrap();
+
+    // the labels as a user's files have them, prepared into a store
+    let exported = tmp.path().join("exported");
+    assert!(cli().args(["export", "--quiet", "--out"]).arg(&exported).arg(&edited).status().unwrap().success());
+    let store = tmp.path().join("store");
+    let out = cli()
+        .args(["prepare", "--quiet", "--h5ad"])
+        .arg(exported.join("data.h5ad"))
+        .arg("--genept")
+        .arg(exported.join("genept.safetensors"))
+        .arg("--split")
+        .arg(exported.join("split.toml"))
+        .arg("--out")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 
     let run = tmp.path().join("runs").join("all");
     let out = train(&store, &run, &["--steps", "1", "--val-every", "0", "--target-cell-type", "all"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!outside.exists(), "a fold was written where a label points");
     let entries: Vec<String> =
         std::fs::read_dir(tmp.path().join("runs")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(entries.iter().all(|e| e == "all" || e == ".all.lock"), "written beside the run directory: {entries:?}");
@@ -1109,6 +1132,24 @@ fn hostile_cell_type_labels_stay_inside_the_run_directory() {
         let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fold.join("metrics.json")).unwrap()).unwrap();
         assert!(metrics["test"]["conditions"].as_u64().unwrap() > 0, "{}: {metrics}", fold.display());
     }
+
+    // predictions for every fold, and a screen in each hostile cell type, inside the run directory
+    let out = cli().args(["predict", "--quiet"]).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pairs: Vec<PathBuf> = std::fs::read_dir(run.join("predictions")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(pairs.len(), 4, "{pairs:?}");
+    assert!(pairs.iter().all(|p| p.join("pred.h5ad").is_file() && p.join("real.h5ad").is_file()), "{pairs:?}");
+    for (label, fold) in labels.iter().zip(&folds) {
+        let out = cli().args(["predict", "--quiet", "--screen", "--cells", "4", "--cell-type", label]).arg(fold).output().unwrap();
+        assert!(out.status.success(), "{label:?}: {}", stderr(&out));
+        let screens: Vec<PathBuf> =
+            std::fs::read_dir(fold).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("screen.csv").is_file()).collect();
+        let rows = strict_csv(&std::fs::read_to_string(screens.last().unwrap().join("screen.csv")).unwrap());
+        assert!(rows.iter().all(|r| r.len() == rows[0].len()), "screen.csv: rows of different lengths");
+        assert!(rows.iter().any(|r| r[1] == hostile_pert) && rows.iter().skip(1).all(|r| r[2] == *label), "screen.csv: labels not whole");
+    }
+    assert!(!outside.exists() && !tmp.path().join("p").exists(), "something was written where a label points");
+
     let out = cli()
         .args(["evaluate", "--quiet", "--pca-components", "5", "--eval-draws", "1", "--out"])
         .arg(tmp.path().join("eval"))
@@ -1116,12 +1157,30 @@ fn hostile_cell_type_labels_stay_inside_the_run_directory() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    // The CSV outputs parse strictly, and the label that would break a row comes back whole.
+    // The CSV outputs parse strictly, and the labels that would break a row come back whole.
     for file in ["per_condition.csv", "summary.csv"] {
         let rows = strict_csv(&std::fs::read_to_string(tmp.path().join("eval").join(file)).unwrap());
         assert!(rows.iter().all(|r| r.len() == rows[0].len()), "{file}: rows of different lengths");
         assert!(rows.iter().any(|r| r.contains(&csv_breaker)), "{file}: the label is not read back whole");
     }
+    let mut names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, [".eval.lock", ".s.lock", ".store.lock", "eval", "exported", "runs", "s", "store"]);
+
+    // a cell type too long to name a directory: refused by prepare, naming the column
+    manifest["cell_types"][0] = serde_json::json!("x".repeat(300));
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    let long = tmp.path().join("long");
+    assert!(cli().args(["export", "--quiet", "--out"]).arg(&long).arg(&edited).status().unwrap().success());
+    let out = cli()
+        .args(["prepare", "--quiet", "--h5ad"])
+        .arg(long.join("data.h5ad"))
+        .args(["--genept", "none", "--out"])
+        .arg(tmp.path().join("long-store"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("obs/cell_line") && stderr(&out).contains("one of 300"), "{}", stderr(&out));
 }
 
 /// An RFC 4180 reader that refuses anything else (a quote inside an unquoted field, text after a

@@ -96,13 +96,17 @@ impl SplitFile {
     }
 
     pub fn to_toml(&self) -> String {
-        let list = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        // Every name as a TOML string (quotes, backslashes and control characters escaped), so a label
+        // can never break the file: a key or a list item alike.
+        let quoted = |s: &str| toml_basic_string(s);
+        let list = |v: &[String]| v.iter().map(|s| quoted(s)).collect::<Vec<_>>().join(", ");
+        let dataset = quoted(&self.dataset);
         let mut s = format!(
-            "# cell-load style few-shot split (written by ptrag-engine)\n[datasets]\n{0} = \"{0}\"\n\n[training]\n{0} = \"train\"\n\n[zeroshot]\n\n[fewshot]\n",
-            self.dataset
+            "# cell-load style few-shot split (written by ptrag-engine)\n[datasets]\n{dataset} = {dataset}\n\n[training]\n{dataset} = \"train\"\n\n[zeroshot]\n\n[fewshot]\n"
         );
         for (line, h) in &self.fewshot {
-            s += &format!("\n[fewshot.\"{}.{}\"]\nval = [{}]\ntest = [{}]\n", self.dataset, line, list(&h.val), list(&h.test));
+            let section = quoted(&format!("{}.{line}", self.dataset));
+            s += &format!("\n[fewshot.{section}]\nval = [{}]\ntest = [{}]\n", list(&h.val), list(&h.test));
         }
         s
     }
@@ -252,5 +256,48 @@ impl Fold {
             }
         }
         Ok(fold)
+    }
+}
+
+/// `s` as a TOML basic string (one line, valid as a key too): quotes and backslashes escaped, line
+/// breaks, tabs and other control characters as escapes.
+fn toml_basic_string(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in s.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            '\n' => out += "\\n",
+            '\r' => out += "\\r",
+            '\t' => out += "\\t",
+            c if c.is_control() => out += &format!("\\u{:04X}", c as u32),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names that break a hand-quoted TOML file (quotes, backslashes, line breaks, control
+    /// characters, dots) are written as TOML strings and read back unchanged.
+    #[test]
+    fn hostile_names_survive_writing_and_reading_the_split() {
+        let names = ["bad,\"line\"\r\nx", "/abs/path", "..", "jurkat.e6-1", "tab\there", "bell\u{7}\u{85}", "back\\slash"];
+        let mut fewshot = BTreeMap::new();
+        for (i, name) in names.iter().enumerate() {
+            let held = HeldOut { val: vec![format!("v{i}"), name.to_string()], test: vec![format!("\"t\"\n{name}")] };
+            fewshot.insert(name.to_string(), held);
+        }
+        let split = SplitFile { dataset: "my.data\"set".to_string(), fewshot };
+        let read = SplitFile::parse(Path::new("split.toml"), &split.to_toml()).unwrap();
+        assert_eq!(read.dataset, split.dataset);
+        assert_eq!(read.fewshot.keys().collect::<Vec<_>>(), split.fewshot.keys().collect::<Vec<_>>());
+        for (name, held) in &split.fewshot {
+            assert_eq!((&read.fewshot[name].val, &read.fewshot[name].test), (&held.val, &held.test), "{name:?}");
+        }
     }
 }

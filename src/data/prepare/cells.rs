@@ -56,6 +56,13 @@ impl Obs {
                 return Err(Error::bad_file(path, &pert_field, format!("perturbations unique up to case; `{other}` and `{l}`")));
             }
         }
+        // Each cell type names a fold directory and a screen's: refused here, not after training.
+        let types: BTreeSet<&String> = self.types.iter().collect();
+        if let Some(t) = types.iter().find(|t| crate::data::path_component(t).is_err()) {
+            let field = format!("obs/{}", opts.cell_type_col);
+            let why = format!("cell type labels of 1 to about 200 characters (each names a directory), found one of {}", t.len());
+            return Err(Error::bad_file(path, field, why));
+        }
         for d in &opts.drop {
             if *d == opts.control {
                 return Err(Error::invalid("--drop", format!("labels other than the control `{d}`")));
