@@ -14,4 +14,5 @@ pub use error::{Error, Result};
 pub mod eval;
 pub mod model;
 pub mod profile;
+pub mod score;
 pub mod train;

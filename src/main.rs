@@ -105,7 +105,7 @@ enum Command {
         out: PathBuf,
         /// DEG rule: paper (Welch p < 0.05) or reference (p <= 0.1 and |log2 FC| >= 0.05).
         #[arg(long, value_enum, default_value = "paper")]
-        deg_rule: ptrag_engine::eval::metrics::DegRule,
+        deg_rule: ptrag_engine::score::metrics::DegRule,
         /// Principal components of the distributional metrics.
         #[arg(long, default_value_t = 50, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10000))]
         pca_components: usize,
@@ -208,7 +208,7 @@ enum Command {
         cell_type_col: String,
         /// Write a baseline's predictions instead of the model's [default out: RUN/predictions-BASELINE].
         #[arg(long, value_enum, conflicts_with = "screen")]
-        baseline: Option<ptrag_engine::eval::baselines::Baseline>,
+        baseline: Option<ptrag_engine::score::baselines::Baseline>,
         /// Write predictions as computed, negative values included (default: clamped at 0, as
         /// cell-eval expects); `evaluate --pred/--real` then reproduces the run's `evaluate`.
         #[arg(long, conflicts_with = "screen")]

@@ -6,7 +6,7 @@ use common::tolerance as tol;
 
 use ptrag_engine::data::split::{Fold, HeldOut, SplitFile};
 use ptrag_engine::data::store::{ExprDtype, Manifest, Store, StoreWriter, FORMAT, VERSION};
-use ptrag_engine::eval::baselines::{Baseline, Baselines, RIDGE_PENALTIES};
+use ptrag_engine::score::baselines::{Baseline, Baselines, RIDGE_PENALTIES};
 use std::path::Path;
 
 const PERTS: [&str; 7] = ["non-targeting", "P1", "P2", "P3", "P4", "P5", "P6"];
@@ -125,7 +125,7 @@ fn no_baseline_reads_a_test_conditions_cells() {
 /// `linear` on validation (its grid holds `linear`'s own components and penalty).
 #[test]
 fn the_tuned_baselines_choose_on_validation() {
-    use ptrag_engine::eval::baselines::{BLEND_WEIGHTS, COMPONENT_GRID, LINEAR_COMPONENTS};
+    use ptrag_engine::score::baselines::{BLEND_WEIGHTS, COMPONENT_GRID, LINEAR_COMPONENTS};
     let tmp = tempfile::tempdir().unwrap();
     let b = fit(&store(&tmp.path().join("s"), [7.0, 1.0]));
     let argmin = |scores: &[(f64, f64)]| scores.iter().min_by(|a, c| a.1.total_cmp(&c.1)).unwrap().0;

@@ -3,7 +3,7 @@
 
 use ptrag_engine::eval::figures::*;
 use ptrag_engine::eval::report::ConditionRow;
-use ptrag_engine::eval::retrieval::RetrievalAnalysis;
+use ptrag_engine::score::retrieval::RetrievalAnalysis;
 
 #[test]
 fn box_statistics_follow_tukey() {

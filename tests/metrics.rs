@@ -4,8 +4,8 @@
 mod common;
 use common::tolerance as tol;
 use common::{assert_close, TestRng};
-use ptrag_engine::eval::metrics::*;
-use ptrag_engine::eval::stats::*;
+use ptrag_engine::score::metrics::*;
+use ptrag_engine::score::stats::*;
 
 #[test]
 fn welch_t_test_matches_an_independent_integration() {
@@ -173,7 +173,7 @@ fn pseudobulk_errors_by_hand() {
 #[test]
 fn jacobi_eigen_by_hand() {
     // [[2,1,0],[1,2,0],[0,0,5]]: eigenvalues 5 (0,0,1), 3 ((1,1,0)/sqrt 2), 1 ((1,-1,0)/sqrt 2).
-    let (values, vectors) = ptrag_engine::eval::pca::symmetric_eigen(&[2.0, 1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 5.0], 3);
+    let (values, vectors) = ptrag_engine::score::pca::symmetric_eigen(&[2.0, 1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 0.0, 5.0], 3);
     assert_close(&values, &[5.0, 3.0, 1.0], tol::F64_EXACT.atol, 0.0, "eigenvalues");
     let h = 0.5f64.sqrt();
     for (row, want) in vectors.chunks(3).zip([[0.0, 0.0, 1.0], [h, h, 0.0], [h, -h, 0.0]]) {
@@ -205,7 +205,7 @@ fn pca_recovers_planted_directions_and_variances() {
         let (a, b, c) = (3.0 * s(0), 2.0 * s(1), s(2));
         cells.extend((0..g).map(|k| mean[k] + a * u[k] + b * u[g + k] + c * u[2 * g + k]));
     }
-    let pca = ptrag_engine::eval::pca::Pca::fit(&cells, g, 3);
+    let pca = ptrag_engine::score::pca::Pca::fit(&cells, g, 3);
     assert_close(&pca.variance, &[9.0 * 16.0 / 15.0, 4.0 * 16.0 / 15.0, 16.0 / 15.0], tol::PCA.atol, 0.0, "variances");
     for i in 0..3 {
         let dot: f64 = (0..g).map(|k| pca.components[i * g + k] * u[i * g + k]).sum();
@@ -227,8 +227,8 @@ fn per_component_compatibility_mode_by_hand() {
 
 #[test]
 fn retrieval_analysis_by_hand() {
-    use ptrag_engine::eval::retrieval::analyse;
-    use ptrag_engine::train::RetrievalRecord;
+    use ptrag_engine::score::retrieval::analyse;
+    use ptrag_engine::score::retrieval::RetrievalRecord;
     let rec = |gene: &str, ct: &str, retrieved: &[&str], selected: &[f64]| RetrievalRecord {
         perturbation: gene.into(),
         cell_type: ct.into(),

@@ -3,8 +3,9 @@
 mod common;
 use common::tolerance as tol;
 
-use ptrag_engine::eval::planted::{planted_metrics, PlantedTruth, TruthFile};
-use ptrag_engine::train::RetrievalRecord;
+use ptrag_engine::data::truth::TruthFile;
+use ptrag_engine::score::planted::{planted_metrics, PlantedTruth};
+use ptrag_engine::score::retrieval::RetrievalRecord;
 
 fn names(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -148,5 +149,5 @@ fn calibrated_preset_uses_the_more_active_pathway_and_rewires_programs() {
 }
 
 fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    ptrag_engine::eval::metrics::pearson(a, b)
+    ptrag_engine::score::metrics::pearson(a, b)
 }

@@ -5,7 +5,7 @@ mod common;
 use common::tolerance as tol;
 
 use ptrag_engine::data::responses::mean_of;
-use ptrag_engine::eval::baselines::{linear_for_every_condition, Baseline, Baselines};
+use ptrag_engine::score::baselines::{linear_for_every_condition, Baseline, Baselines};
 use ptrag_engine::model::{CandidateContext, ModelKind, OutputAnchor};
 
 /// At step 0 the predicted mean change of every validation and test condition is `linear`'s, for

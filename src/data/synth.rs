@@ -25,7 +25,7 @@
 
 use super::split::{SplitFile, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION};
 use super::store::{ExprDtype, Manifest, StoreWriter, FORMAT, VERSION};
-use crate::eval::planted::TruthFile;
+use super::truth::TruthFile;
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -12,6 +12,23 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The planted pathways beside a synthetic store: which pathways each perturbation belongs to and
+/// where they act, what retrieval and selection are scored against (`score::planted`).
+pub const TRUTH_FILE: &str = "synth_truth.json";
+
+/// `synth_truth.json` as `data::synth` writes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TruthFile {
+    /// Per perturbation (store order, control first), its pathways.
+    pub pathways_of: Vec<Vec<usize>>,
+    /// `[cell type][pathway]` activity; 0 means silent.
+    pub activity: Vec<Vec<f32>>,
+    /// `[cell type][perturbation]`: the pathways through which it acts there. Absent in stores
+    /// written before context specificity existed: then every active pathway of the perturbation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acting: Option<Vec<Vec<Vec<usize>>>>,
+}
+
 pub const MEANS_META: &str = "synth_means.json";
 pub const MEANS_DATA: &str = "synth_means.f32";
 

@@ -2,8 +2,8 @@
 //! metric per model, and the retrieval Jaccard heatmap. plotters' SVG backend writes text as SVG
 //! text, so no system fonts or font libraries are needed to build or draw.
 
-use super::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
-use super::retrieval::RetrievalAnalysis;
+use crate::score::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
+use crate::score::retrieval::RetrievalAnalysis;
 use crate::{Error, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};

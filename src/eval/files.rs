@@ -12,9 +12,9 @@
 //! or without one a PCA fitted on the real file's cells. On `predict --unclamped` output every
 //! metric then reproduces the run's `evaluate`.
 
-use super::baselines::Baseline;
-use super::metrics::mean_rows;
-use super::pca::Pca;
+use crate::score::baselines::Baseline;
+use crate::score::metrics::mean_rows;
+use crate::score::pca::Pca;
 use super::report::{condition_metrics, markdown, summarise, write_report, ConditionRow, EvalOptions, MeanInputs};
 use crate::data::h5ad::{AnnData, H5ad};
 use crate::data::output::OutputSet;

@@ -2,10 +2,10 @@
 //! as test metric against training steps with the baselines as horizontal lines, and tabulated
 //! with each model's Mann-Whitney/BH q-value against the strongest baseline at each length.
 
-use super::baselines::Baseline;
+use crate::score::baselines::Baseline;
 use super::figures::{learning_curve_svg, CurvePoint};
-use super::metrics::{HIGHER_IS_BETTER, METRICS};
-use super::stats::significance_mark;
+use crate::score::metrics::{HIGHER_IS_BETTER, METRICS};
+use crate::score::stats::significance_mark;
 use crate::{Error, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

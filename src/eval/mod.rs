@@ -1,19 +1,14 @@
-//! Evaluation: the paper's per-condition metrics (`metrics`) and the statistics that compare models
-//! (`stats`).
+//! Evaluation of trained runs and prediction files: the reports (`report`, `figures`), the files
+//! evaluated (`files`), predictions and screens written for other tools (`predict`, `screen`) and
+//! learning curves. What is measured (metrics, statistics, baselines, oracles, the planted truth) is
+//! in `score`, below training.
 
-pub mod baselines;
 pub mod figures;
 pub mod files;
 pub mod learning_curve;
-pub mod metrics;
-pub mod oracles;
-pub mod pca;
-pub mod planted;
 pub mod predict;
 pub mod report;
-pub mod retrieval;
 pub mod screen;
-pub mod stats;
 
 /// Rows as CSV, written by the `csv` crate (RFC 4180: a field holding a comma, a quote or a line
 /// break is quoted, its quotes doubled), so a label can never split a row or a field. Every CSV the

@@ -3,15 +3,15 @@
 //! model with Mann-Whitney U tests between every pair of models and baselines and
 //! Benjamini-Hochberg over all tests.
 
-use super::baselines::{Baseline, BaselineChoices, Baselines};
+use crate::score::baselines::{Baseline, BaselineChoices, Baselines};
 use super::figures::{curves_svg, distributions_svg, jaccard_svg, planted_svg, read_curve, Curve};
-use super::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
+use crate::score::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
 // The rows of a report, here for the modules that read them (figures, learning curves).
-pub use super::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
-use super::oracles::{Oracle, StoreTruth};
-use super::pca::Pca;
-use super::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
-use super::stats::{benjamini_hochberg, mann_whitney_u, significance_mark, wilcoxon_signed_rank};
+pub use crate::score::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
+use crate::score::oracles::{Oracle, StoreTruth};
+use crate::score::pca::Pca;
+use crate::score::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
+use crate::score::stats::{benjamini_hochberg, mann_whitney_u, significance_mark, wilcoxon_signed_rank};
 use crate::data::output::OutputSet;
 use crate::data::store::Store;
 use crate::train::run::{fold_dirs, RunRecord, TrainedRun};
@@ -155,13 +155,13 @@ pub fn all_folds(run_dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// The retrieval records of the PT-RAG runs among `folds` (fold directories, see `all_folds`).
-pub fn pt_rag_records(folds: &[PathBuf]) -> Result<Vec<crate::train::RetrievalRecord>> {
+pub fn pt_rag_records(folds: &[PathBuf]) -> Result<Vec<crate::score::retrieval::RetrievalRecord>> {
     let mut out = Vec::new();
     for dir in folds {
         let path = dir.join("retrieval-test.jsonl");
         // The paper's PT-RAG only: a variant's selection is another model's (its own rows are in the planted-truth table).
         if RunRecord::read(dir)?.train.model.variant_name() == crate::model::ModelKind::PtRag.name() && path.exists() {
-            out.extend(super::retrieval::read_records(&path)?);
+            out.extend(crate::score::retrieval::read_records(&path)?);
         }
     }
     Ok(out)
@@ -315,7 +315,7 @@ fn table(rs: &[&ConditionRow]) -> MetricTable {
         .enumerate()
         .map(|(m, name)| {
             let v = column(rs, m);
-            let (mean, var) = super::stats::mean_var(&v);
+            let (mean, var) = crate::score::stats::mean_var(&v);
             (name.to_string(), (mean, var.sqrt(), v.len()))
         })
         .collect()
@@ -565,7 +565,7 @@ fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
 /// fold against its own store's; a model evaluated on several stores is named with the store);
 /// None when no fold's store has a truth.
 pub fn planted_by_model(folds: &[PathBuf]) -> Result<Option<BTreeMap<String, BTreeMap<String, PlantedMetrics>>>> {
-    let mut records: BTreeMap<(String, PathBuf), Vec<crate::train::RetrievalRecord>> = BTreeMap::new();
+    let mut records: BTreeMap<(String, PathBuf), Vec<crate::score::retrieval::RetrievalRecord>> = BTreeMap::new();
     let mut truths: BTreeMap<PathBuf, PlantedTruth> = BTreeMap::new();
     for dir in folds {
         let path = dir.join("retrieval-test.jsonl");
@@ -576,7 +576,7 @@ pub fn planted_by_model(folds: &[PathBuf]) -> Result<Option<BTreeMap<String, BTr
         let Some(truth) = PlantedTruth::load(&run.store)? else { continue };
         truths.insert(run.record.data.clone(), truth);
         let key = (run.record.train.model.variant_name(), run.record.data.clone());
-        records.entry(key).or_default().extend(super::retrieval::read_records(&path)?);
+        records.entry(key).or_default().extend(crate::score::retrieval::read_records(&path)?);
     }
     if truths.is_empty() {
         return Ok(None);
@@ -599,7 +599,7 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
     let planted = planted_by_model(&folds)?;
     let summary = Summary { baseline_choices, planted, truth_notes, draws: opts.draws, ..summarise(&rows) };
     let records = pt_rag_records(&folds)?;
-    let retrieval = (!records.is_empty()).then(|| super::retrieval::analyse(&records));
+    let retrieval = (!records.is_empty()).then(|| crate::score::retrieval::analyse(&records));
     let (mut curves, mut steps) = (Vec::new(), BTreeMap::new());
     for dir in &folds {
         let train = RunRecord::read(dir)?.train;
@@ -621,7 +621,7 @@ pub fn evaluate_into(run_dirs: &[PathBuf], opts: &EvalOptions, out: &Path, progr
 pub fn write_report(
     rows: &[ConditionRow],
     summary: &Summary,
-    retrieval: Option<&super::retrieval::RetrievalAnalysis>,
+    retrieval: Option<&crate::score::retrieval::RetrievalAnalysis>,
     curves: &[Curve],
     opts: &EvalOptions,
     out: &OutputSet,
@@ -662,10 +662,10 @@ pub fn write_report(
             crate::data::write_atomic(&out.path("jaccard.svg"), jaccard_svg(a)?.as_bytes())?;
             md += "- `jaccard.svg`: the retrieval analysis' Jaccard matrix between cell types\n";
         }
-        md += &super::retrieval::markdown(a);
+        md += &crate::score::retrieval::markdown(a);
     }
     if let Some(p) = &summary.planted {
-        md += &super::planted::markdown(p);
+        md += &crate::score::planted::markdown(p);
     }
     crate::data::write_atomic(&out.path("report.md"), md.as_bytes())
 }

@@ -157,7 +157,7 @@ pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress
     let controls = screen_controls(&trainer.fold.controls[target], opts.cells, &mut rng);
     let g = store.n_genes();
     let basal = expression_rows(store, &controls);
-    let basal_mean = crate::eval::metrics::mean_rows(&basal.iter().map(|&v| v as f64).collect::<Vec<_>>(), g);
+    let basal_mean = crate::score::metrics::mean_rows(&basal.iter().map(|&v| v as f64).collect::<Vec<_>>(), g);
 
     let mut a = AnnData {
         x: Vec::with_capacity((perturbations.len() + 1) * controls.len() * g),
@@ -183,7 +183,7 @@ pub fn screen(run_dir: &Path, out: Option<&Path>, opts: &ScreenOptions, progress
         // clamped at 0 as in the file written (expression is never negative)
         let pred: Vec<f32> = trainer.predict_sets(&sets, &mut rng)?.into_iter().map(|v| v.max(0.0)).collect();
         let name = &names[p as usize];
-        let mean = crate::eval::metrics::mean_rows(&pred.iter().map(|&v| v as f64).collect::<Vec<_>>(), g);
+        let mean = crate::score::metrics::mean_rows(&pred.iter().map(|&v| v as f64).collect::<Vec<_>>(), g);
         let change: Vec<f64> = mean.iter().zip(&basal_mean).map(|(a, b)| a - b).collect();
         let row = ScreenRow {
             measured_in_target: measured[p as usize],

@@ -2,7 +2,8 @@
 //! logit gap, and which candidates each set retrieved.
 
 use super::*;
-use crate::eval::metrics;
+use crate::score::metrics;
+use crate::score::retrieval::RetrievalRecord;
 
 /// Per-condition evaluation results.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -20,22 +21,6 @@ pub struct ConditionResult {
     pub mse_change_truth: Option<f64>,
     /// PT-RAG: mean number of candidates selected per cell.
     pub mean_selected: Option<f64>,
-}
-
-/// Which candidates one evaluated set retrieved and (PT-RAG) how many of its cells selected each.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RetrievalRecord {
-    pub perturbation: String,
-    pub cell_type: String,
-    /// Index of the set within its condition.
-    pub set: usize,
-    pub cells: usize,
-    /// Candidate perturbations, most similar first.
-    pub retrieved: Vec<String>,
-    pub similarity: Vec<f32>,
-    /// PT-RAG: per candidate, the number of the set's cells that selected it (under `expected`
-    /// selection, the expected number).
-    pub selected: Option<Vec<f64>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

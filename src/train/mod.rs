@@ -14,7 +14,7 @@ pub mod options;
 pub mod run;
 mod step;
 
-pub use evaluation::{ConditionResult, EvalSummary, GapStats, RetrievalRecord};
+pub use evaluation::{ConditionResult, EvalSummary, GapStats};
 pub use step::{optimise_step, PendingStats, StepBreakdown, StepStats};
 
 use crate::cpu::optim::Clip;
@@ -109,7 +109,7 @@ fn linear_anchor(store: &Store, fold: &Fold, shifts: &[Vec<f64>]) -> Result<(Vec
     let control_means: Vec<Vec<f64>> = fold.controls.iter().map(|pool| crate::data::responses::mean_of(store, pool)).collect();
     let plus = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x + y).collect() };
     let per_cell_type = control_means.iter().zip(shifts).map(|(m, s)| plus(m, s)).collect();
-    let per_condition = crate::eval::baselines::linear_for_every_condition(store, fold)?
+    let per_condition = crate::score::baselines::linear_for_every_condition(store, fold)?
         .into_iter()
         .map(|((p, ct), change)| ((p, ct), plus(&control_means[ct as usize], &change)))
         .collect();

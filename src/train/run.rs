@@ -9,7 +9,8 @@
 //! selected). A run of every fold keeps one such directory per cell type and a `folds.json`.
 
 use super::fold::run_fold;
-use super::{RetrievalRecord, TrainConfig, Trainer};
+use super::{TrainConfig, Trainer};
+use crate::score::retrieval::RetrievalRecord;
 use crate::cuda::Gpu;
 use crate::data::path_component;
 use crate::data::split::SplitFile;
@@ -154,14 +155,14 @@ pub struct RunSummary {
     pub parameters: usize,
     pub trainable_parameters: usize,
     pub test: super::EvalSummary,
-    /// Each baseline's test mean-change MSE on the same conditions (`eval::baselines`), to read
+    /// Each baseline's test mean-change MSE on the same conditions (`score::baselines`), to read
     /// beside `test.mse_change`.
     #[serde(default)]
     pub baselines_mse_change: std::collections::BTreeMap<String, f64>,
     /// On a store with planted means: the noise floor, the baselines and the oracles against the
     /// truth (the model's own is `test.mse_change_truth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub truth: Option<crate::eval::oracles::TruthFigures>,
+    pub truth: Option<crate::score::oracles::TruthFigures>,
 }
 
 /// Carried in the checkpoints so that a resumed run keeps it: the best validation so far and the

@@ -5,25 +5,11 @@
 
 use super::retrieval::{analyse, jaccard};
 use crate::data::store::Store;
-use crate::train::RetrievalRecord;
+use crate::data::truth::{TruthFile, TRUTH_FILE};
+use crate::score::retrieval::RetrievalRecord;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-pub const TRUTH_FILE: &str = "synth_truth.json";
-
-/// `synth_truth.json` as `data::synth` writes it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TruthFile {
-    /// Per perturbation (store order, control first), its pathways.
-    pub pathways_of: Vec<Vec<usize>>,
-    /// `[cell type][pathway]` activity; 0 means silent.
-    pub activity: Vec<Vec<f32>>,
-    /// `[cell type][perturbation]`: the pathways through which it acts there. Absent in stores
-    /// written before context specificity existed: then every active pathway of the perturbation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub acting: Option<Vec<Vec<Vec<usize>>>>,
-}
 
 pub struct PlantedTruth {
     /// `[cell type][perturbation]` -> acting pathways.

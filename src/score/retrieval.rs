@@ -3,11 +3,26 @@
 //! between cell types (mean pairwise Jaccard of the top-10 sets over genes tested in every cell
 //! type), and the mean number selected per cell.
 
-use crate::train::RetrievalRecord;
 use crate::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+
+/// Which candidates one evaluated set retrieved and (PT-RAG) how many of its cells selected each.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetrievalRecord {
+    pub perturbation: String,
+    pub cell_type: String,
+    /// Index of the set within its condition.
+    pub set: usize,
+    pub cells: usize,
+    /// Candidate perturbations, most similar first.
+    pub retrieved: Vec<String>,
+    pub similarity: Vec<f32>,
+    /// PT-RAG: per candidate, the number of the set's cells that selected it (under `expected`
+    /// selection, the expected number).
+    pub selected: Option<Vec<f64>>,
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RetrievalAnalysis {
