@@ -1645,3 +1645,27 @@ fn a_full_disk_leaves_nothing_half_there() {
     assert!(err.contains("No space left on device"), "{err}");
     assert!(!report.exists(), "a lone per_condition.csv under {}", report.display());
 }
+
+/// Every column of the report comes from the metric table: `per_condition.csv` has one column per
+/// entry of `METRICS` after the condition's own, `summary.csv` one row per model and metric, and
+/// `report.md` a row for each scoring metric, so a metric missing from any output fails here.
+#[test]
+fn every_report_output_has_every_metric_of_the_table() {
+    use ptrag_engine::score::metrics::METRICS;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, run) = tiny_pt_rag_run(tmp.path());
+    let report = tmp.path().join("report");
+    let out = cli().args(["evaluate", "--quiet", "--eval-draws", "1", "--pca-components", "5", "--out"]).arg(&report).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = strict_csv(&std::fs::read_to_string(report.join("per_condition.csv")).unwrap());
+    let expected: Vec<&str> = ["model", "target", "perturbation", "cell_type", "cells"].into_iter().chain(METRICS.iter().map(|m| m.name)).collect();
+    assert_eq!(rows[0], expected);
+    let summary = strict_csv(&std::fs::read_to_string(report.join("summary.csv")).unwrap());
+    let pt_rag: std::collections::BTreeSet<&str> =
+        summary.iter().filter(|r| r[0] == "pt-rag" && r[1] == "all").map(|r| r[2].as_str()).collect();
+    assert_eq!(pt_rag, METRICS.iter().map(|m| m.name).collect());
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    for metric in METRICS.iter().filter(|m| !m.is_count) {
+        assert!(md.contains(&format!("| {} (", metric.name)), "report.md has no row for {}", metric.name);
+    }
+}

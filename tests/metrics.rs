@@ -289,7 +289,7 @@ fn paired_tests_pair_rows_by_condition() {
     use ptrag_engine::eval::report::summarise;
     let row = |model: &str, pert: &str, mse: f64| {
         let mut values = vec![1.0; METRICS.len()];
-        values[METRICS.iter().position(|m| *m == "mse").unwrap()] = mse;
+        values[METRICS.iter().position(|m| m.name == "mse").unwrap()] = mse;
         ConditionRow { model: model.into(), target: "K562".into(), perturbation: pert.into(), cell_type: "K562".into(), cells: 10, values }
     };
     let a = [("P1", 0.10), ("P2", 0.20), ("P3", 0.30), ("P4", 0.40), ("P5", 0.55), ("P6", 0.05)];
@@ -300,4 +300,28 @@ fn paired_tests_pair_rows_by_condition() {
     assert_eq!((t.a.as_str(), t.b.as_str(), t.conditions, t.a_better, t.b_better), ("a", "b", 5, 4, 1));
     let want = wilcoxon_signed_rank(&[0.10, 0.20, 0.30, 0.40, 0.05], &[0.18, 0.21, 0.33, 0.35, 0.07]).p;
     assert!((t.p - want).abs() < tol::F64_EXACT_ABS, "{} vs {want}", t.p);
+}
+
+/// Every metric of the table is computed: on cells with a planted change given, each value of
+/// `condition_metrics` is finite, one per entry of `METRICS` (a metric added to the table without
+/// its computation is an error, which fails here).
+#[test]
+fn condition_metrics_computes_every_metric_of_the_table() {
+    use ptrag_engine::eval::report::{condition_metrics, EvalOptions, MeanInputs};
+    use ptrag_engine::score::metrics::METRICS;
+    let (g, n) = (6, 12);
+    let mut rng = TestRng::new(5);
+    let controls: Vec<f64> = rng.vec(n * g).iter().map(|v| v.abs()).collect();
+    // real cells: genes 0 and 1 moved far, so they are differentially expressed
+    let real: Vec<f64> = controls.iter().enumerate().map(|(i, v)| v + if i % g < 2 { 5.0 + (i / g) as f64 * 0.1 } else { 0.0 }).collect();
+    let pred: Vec<f64> = real.iter().zip(rng.vec(n * g)).map(|(r, e)| r + 0.3 * e.abs()).collect();
+    let truth: Vec<f64> = (0..g).map(|k| if k < 2 { 5.0 + k as f64 } else { 0.1 * k as f64 }).collect();
+    let pca = ptrag_engine::score::pca::Pca::fit(&real, g, 3);
+    let opts = EvalOptions { pca_components: 3, ..EvalOptions::default() };
+    let values = condition_metrics(&pred, &real, &controls, g, &pca, &opts, MeanInputs { mean_pred: None, truth: Some(&truth) }).unwrap();
+    assert_eq!(values.len(), METRICS.len());
+    for (metric, value) in METRICS.iter().zip(&values) {
+        assert!(value.is_finite(), "{}: {value}", metric.name);
+    }
+    assert_eq!(METRICS.iter().filter(|m| m.is_count).map(|m| m.name).collect::<Vec<_>>(), ["degs"]);
 }

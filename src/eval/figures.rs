@@ -2,7 +2,7 @@
 //! metric per model, and the retrieval Jaccard heatmap. plotters' SVG backend writes text as SVG
 //! text, so no system fonts or font libraries are needed to build or draw.
 
-use crate::score::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
+use crate::score::metrics::{ConditionRow, METRICS};
 use crate::score::retrieval::RetrievalAnalysis;
 use crate::{Error, Result};
 use plotters::prelude::*;
@@ -293,7 +293,7 @@ pub fn distributions_svg(rows: &[ConditionRow]) -> Result<String> {
     let k = models.len() as f64;
     // Metrics without a value (the truth metrics on real data) get no panel.
     let metrics: Vec<usize> =
-        (0..METRICS.len()).filter(|&m| METRICS[m] != "degs" && rows.iter().any(|r| r.values[m].is_finite())).collect();
+        (0..METRICS.len()).filter(|&m| !METRICS[m].is_count && rows.iter().any(|r| r.values[m].is_finite())).collect();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (1500, 760)).into_drawing_area();
@@ -301,9 +301,9 @@ pub fn distributions_svg(rows: &[ConditionRow]) -> Result<String> {
         let panels = root.split_evenly((2, metrics.len().div_ceil(2)));
         for (panel, &m) in panels.iter().zip(&metrics) {
             let (lo, hi) = padded_range(rows.iter().map(|r| r.values[m]));
-            let better = if HIGHER_IS_BETTER[m] { "higher is better" } else { "lower is better" };
+            let better = if METRICS[m].higher_is_better { "higher is better" } else { "lower is better" };
             let mut chart = ChartBuilder::on(panel)
-                .caption(format!("{} ({better})", METRICS[m]), ("sans-serif", 15))
+                .caption(format!("{} ({better})", METRICS[m].name), ("sans-serif", 15))
                 .margin(8)
                 .x_label_area_size(80)
                 .y_label_area_size(50)

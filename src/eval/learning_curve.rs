@@ -4,7 +4,7 @@
 
 use crate::score::baselines::Baseline;
 use super::figures::{learning_curve_svg, CurvePoint};
-use crate::score::metrics::{HIGHER_IS_BETTER, METRICS};
+use crate::score::metrics::{metric_index, METRICS};
 use crate::score::stats::significance_mark;
 use crate::{Error, Result};
 use serde_json::Value;
@@ -20,7 +20,7 @@ fn read_summary(report: &Path) -> Result<Value> {
 }
 
 fn higher_is_better(metric: &str) -> bool {
-    METRICS.iter().position(|m| *m == metric).is_some_and(|i| HIGHER_IS_BETTER[i])
+    metric_index(metric).is_some_and(|i| METRICS[i].higher_is_better)
 }
 
 /// Mean of `metric` for `model` in a summary.

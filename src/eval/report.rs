@@ -7,7 +7,7 @@ use crate::score::baselines::{Baseline, BaselineChoices, Baselines};
 use super::figures::{curves_svg, distributions_svg, jaccard_svg, planted_svg, read_curve, Curve};
 use crate::score::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
 // The rows of a report, here for the modules that read them (figures, learning curves).
-pub use crate::score::metrics::{ConditionRow, HIGHER_IS_BETTER, METRICS};
+pub use crate::score::metrics::{metric_index, scores, ConditionRow, Metric, METRICS};
 use crate::score::oracles::{Oracle, StoreTruth};
 use crate::score::pca::Pca;
 use crate::score::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
@@ -81,21 +81,25 @@ pub fn condition_metrics(
         }
         None => (f64::NAN, f64::NAN),
     };
-    Ok(vec![
-        pearson(&dp, &dr),
-        spearman(&dp, &dr),
-        m,
-        m.sqrt(),
-        mae(&p, &r),
-        mse(&mean_rows(&pp, k), &mean_rows(&rp, k)),
-        w1,
-        w2,
-        energy,
-        mmd,
-        mse_truth,
-        pearson_truth,
-        degs.iter().filter(|&&d| d).count() as f64,
-    ])
+    let value = |metric: &Metric| -> Result<f64> {
+        Ok(match metric.name {
+            "pearson_deg" => pearson(&dp, &dr),
+            "spearman_deg" => spearman(&dp, &dr),
+            "mse" => m,
+            "rmse" => m.sqrt(),
+            "mae" => mae(&p, &r),
+            "mse_pca" => mse(&mean_rows(&pp, k), &mean_rows(&rp, k)),
+            "w1" => w1,
+            "w2" => w2,
+            "energy" => energy,
+            "mmd" => mmd,
+            "mse_truth" => mse_truth,
+            "pearson_deg_truth" => pearson_truth,
+            "degs" => degs.iter().filter(|&&d| d).count() as f64,
+            other => return Err(crate::Error::invalid("metric", format!("`{other}` is in METRICS but condition_metrics does not compute it"))),
+        })
+    };
+    METRICS.iter().map(value).collect()
 }
 
 /// What `condition_metrics` reads besides the cells: the predicted mean, when it is not the
@@ -313,10 +317,10 @@ fn table(rs: &[&ConditionRow]) -> MetricTable {
     METRICS
         .iter()
         .enumerate()
-        .map(|(m, name)| {
+        .map(|(m, metric)| {
             let v = column(rs, m);
             let (mean, var) = crate::score::stats::mean_var(&v);
-            (name.to_string(), (mean, var.sqrt(), v.len()))
+            (metric.name.to_string(), (mean, var.sqrt(), v.len()))
         })
         .collect()
 }
@@ -333,7 +337,8 @@ pub fn summarise(rows: &[ConditionRow]) -> Summary {
         by_cell_type.iter().map(|(ct, by)| (ct.clone(), by.iter().map(|(m, rs)| (m.clone(), table(rs))).collect())).collect();
     let names: Vec<&String> = by_model.keys().collect();
     let mut tests = Vec::new();
-    for (m, metric) in METRICS.iter().enumerate().take(METRICS.len() - 1) {
+    for (m, entry) in scores() {
+        let metric = &entry.name;
         for i in 0..names.len() {
             for j in i + 1..names.len() {
                 let (a, b) = (column(&by_model[names[i]], m), column(&by_model[names[j]], m));
@@ -366,7 +371,8 @@ fn paired_tests(by_model: &BTreeMap<String, Vec<&ConditionRow>>) -> Vec<PairedTe
     let names: Vec<&String> = by_model.keys().collect();
     let key = |r: &ConditionRow| (r.target.clone(), r.perturbation.clone(), r.cell_type.clone());
     let mut out = Vec::new();
-    for (m, metric) in METRICS.iter().enumerate().take(METRICS.len() - 1) {
+    for (m, entry) in scores() {
+        let metric = &entry.name;
         for i in 0..names.len() {
             let a: BTreeMap<_, f64> = by_model[names[i]].iter().map(|r| (key(r), r.values[m])).filter(|(_, v)| v.is_finite()).collect();
             for name_b in &names[i + 1..] {
@@ -378,7 +384,7 @@ fn paired_tests(by_model: &BTreeMap<String, Vec<&ConditionRow>>) -> Vec<PairedTe
                 if x.is_empty() {
                     continue;
                 }
-                let better = |u: f64, v: f64| if HIGHER_IS_BETTER[m] { u > v } else { u < v };
+                let better = |u: f64, v: f64| if entry.higher_is_better { u > v } else { u < v };
                 let a_better = x.iter().zip(&y).filter(|(u, v)| better(**u, **v)).count();
                 let b_better = x.iter().zip(&y).filter(|(u, v)| better(**v, **u)).count();
                 let p = wilcoxon_signed_rank(&x, &y).p;
@@ -461,8 +467,9 @@ fn against_baselines(summary: &Summary) -> String {
     s += "\n|---|---|";
     models.iter().for_each(|_| s += "---|");
     s += "\n";
-    for (m, metric) in METRICS.iter().enumerate().take(METRICS.len() - 1) {
-        let better = |a: f64, b: f64| if HIGHER_IS_BETTER[m] { a > b } else { a < b };
+    for (_, entry) in scores() {
+        let metric = &entry.name;
+        let better = |a: f64, b: f64| if entry.higher_is_better { a > b } else { a < b };
         let strongest = summary.models.iter().filter(|(name, t)| Baseline::is_baseline(name) && t[*metric].0.is_finite()).reduce(|a, b| {
             if better(b.1[*metric].0, a.1[*metric].0) {
                 b
@@ -542,18 +549,19 @@ fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
     s += "\n|---|";
     names.iter().for_each(|_| s += "---|");
     s += "\n";
-    for (m, metric) in METRICS.iter().enumerate() {
-        if models.values().all(|t| t[*metric].2 == 0) {
+    for metric in METRICS.iter().map(|m| m.name) {
+        if models.values().all(|t| t[metric].2 == 0) {
             continue; // absent: a truth metric on a store without truth
         }
-        let label = match (*metric, HIGHER_IS_BETTER[m]) {
-            ("degs", _) => "degs (count in the real cells)".to_string(),
-            (_, true) => format!("{metric} (higher is better)"),
-            (_, false) => format!("{metric} (lower is better)"),
+        let m = &METRICS[metric_index(metric).expect("a metric of the table")];
+        let label = match (m.is_count, m.higher_is_better) {
+            (true, _) => format!("{metric} (count in the real cells)"),
+            (false, true) => format!("{metric} (higher is better)"),
+            (false, false) => format!("{metric} (lower is better)"),
         };
         s += &format!("| {label} |");
         for model in &names {
-            let (mean, sd, _) = models[*model][*metric];
+            let (mean, sd, _) = models[*model][metric];
             s += &format!(" {mean:.4} ± {sd:.4} |");
         }
         s += "\n";
@@ -626,7 +634,7 @@ pub fn write_report(
     opts: &EvalOptions,
     out: &OutputSet,
 ) -> Result<()> {
-    let header = ["model", "target", "perturbation", "cell_type", "cells"].into_iter().chain(METRICS).map(String::from).collect();
+    let header = ["model", "target", "perturbation", "cell_type", "cells"].into_iter().chain(METRICS.map(|m| m.name)).map(String::from).collect();
     let lines = rows.iter().map(|r| {
         // A metric without a value (a truth metric on real data) is an empty field, not `NaN`.
         let values = r.values.iter().map(|v| if v.is_nan() { String::new() } else { format!("{v}") });

@@ -213,13 +213,64 @@ pub fn wasserstein(x: &[f64], y: &[f64], dims: usize) -> Result<(f64, f64)> {
     Ok((w1, w2))
 }
 
-/// The metrics of a report, in the order of `ConditionRow::values`. `mse_truth` and
-/// `pearson_deg_truth` compare the predicted mean change with the planted one (synthetic stores
-/// with `data::truth` means; NaN, shown as absent, elsewhere).
-pub const METRICS: [&str; 13] =
-    ["pearson_deg", "spearman_deg", "mse", "rmse", "mae", "mse_pca", "w1", "w2", "energy", "mmd", "mse_truth", "pearson_deg_truth", "degs"];
-/// Whether a larger value is better, per metric of `METRICS`.
-pub const HIGHER_IS_BETTER: [bool; 13] = [true, true, false, false, false, false, false, false, false, false, false, true, false];
+/// What a metric compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// Predicted and real mean change over the real cells' differentially expressed genes.
+    DegChange,
+    /// Predicted and real mean expression over all genes.
+    Genes,
+    /// Predicted and real cells in the principal components of the real cells.
+    Pca,
+    /// The predicted mean change against the planted one (synthetic stores with `data::truth`
+    /// means; NaN, shown as absent, elsewhere).
+    Truth,
+    /// The real cells alone.
+    Real,
+}
+
+/// One metric of a report: its name (a column of `per_condition.csv`), its direction, what it
+/// compares, and whether it is a count that describes the condition rather than scores a model
+/// (counts are reported, never tested between models or drawn as a score).
+#[derive(Clone, Copy, Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub higher_is_better: bool,
+    pub space: Space,
+    pub is_count: bool,
+}
+
+const fn score(name: &'static str, higher_is_better: bool, space: Space) -> Metric {
+    Metric { name, higher_is_better, space, is_count: false }
+}
+
+/// The metrics of a report, in the order of `ConditionRow::values`: reports, statistics and figures
+/// iterate over this table. A new metric is one entry here and one arm in `report::metric_value`.
+pub const METRICS: [Metric; 13] = [
+    score("pearson_deg", true, Space::DegChange),
+    score("spearman_deg", true, Space::DegChange),
+    score("mse", false, Space::Genes),
+    score("rmse", false, Space::Genes),
+    score("mae", false, Space::Genes),
+    score("mse_pca", false, Space::Pca),
+    score("w1", false, Space::Pca),
+    score("w2", false, Space::Pca),
+    score("energy", false, Space::Pca),
+    score("mmd", false, Space::Pca),
+    score("mse_truth", false, Space::Truth),
+    score("pearson_deg_truth", true, Space::Truth),
+    Metric { name: "degs", higher_is_better: false, space: Space::Real, is_count: true },
+];
+
+/// The position of the metric `name` in `METRICS` (and so in `ConditionRow::values`).
+pub fn metric_index(name: &str) -> Option<usize> {
+    METRICS.iter().position(|m| m.name == name)
+}
+
+/// The metrics that score a model, with their positions: every one but the counts.
+pub fn scores() -> impl Iterator<Item = (usize, &'static Metric)> {
+    METRICS.iter().enumerate().filter(|(_, m)| !m.is_count)
+}
 
 /// One model's (or baseline's) metrics on one condition.
 #[derive(Clone, Debug, serde::Serialize)]
