@@ -455,7 +455,14 @@ mod tests {
     /// The hostile-value table of `tests/cli.rs` lists exactly the numeric options the parser has.
     #[test]
     fn the_hostile_value_table_lists_every_numeric_option() {
-        let numeric = [TypeId::of::<usize>(), TypeId::of::<u64>(), TypeId::of::<u32>(), TypeId::of::<i64>(), TypeId::of::<f64>(), TypeId::of::<f32>()];
+        let numeric = [
+            TypeId::of::<usize>(),
+            TypeId::of::<u64>(),
+            TypeId::of::<u32>(),
+            TypeId::of::<i64>(),
+            TypeId::of::<f64>(),
+            TypeId::of::<f32>(),
+        ];
         let mut parsed: Vec<(String, String)> = Vec::new();
         for command in Cli::command().get_subcommands() {
             for arg in command.get_arguments() {

@@ -1136,7 +1136,8 @@ fn hostile_labels_stay_inside_the_given_directories() {
     // predictions for every fold, and a screen in each hostile cell type, inside the run directory
     let out = cli().args(["predict", "--quiet"]).arg(&run).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let pairs: Vec<PathBuf> = std::fs::read_dir(run.join("predictions")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let pairs: Vec<PathBuf> =
+        std::fs::read_dir(run.join("predictions")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     assert_eq!(pairs.len(), 4, "{pairs:?}");
     assert!(pairs.iter().all(|p| p.join("pred.h5ad").is_file() && p.join("real.h5ad").is_file()), "{pairs:?}");
     for (label, fold) in labels.iter().zip(&folds) {
@@ -1293,7 +1294,16 @@ fn every_numeric_option_of_every_command_at_hostile_values() {
                 "evaluate" => (vec![path(&run), "--out".into(), out_dir], "--pca-components 5 --eval-draws 1"),
                 "prepare" => {
                     let file = |name: &str| path(&exported.join(name));
-                    let args = ["--h5ad", &file("data.h5ad"), "--genept", &file("genept.safetensors"), "--split", &file("split.toml"), "--out", &out_dir];
+                    let args = [
+                        "--h5ad",
+                        &file("data.h5ad"),
+                        "--genept",
+                        &file("genept.safetensors"),
+                        "--split",
+                        &file("split.toml"),
+                        "--out",
+                        &out_dir,
+                    ];
                     (args.map(String::from).to_vec(), "")
                 }
                 "bench" => (vec![], "--sets 2 --cells 8 --steps 1"),
@@ -1317,7 +1327,10 @@ fn every_numeric_option_of_every_command_at_hostile_values() {
                 }
                 Some(1 | 2) => {
                     let said = stderr.to_lowercase().replace(['-', '_'], " ");
-                    assert!(said.contains(&option.trim_start_matches('-').replace('-', " ")), "{case}: the error does not name the option: {stderr}");
+                    assert!(
+                        said.contains(&option.trim_start_matches('-').replace('-', " ")),
+                        "{case}: the error does not name the option: {stderr}"
+                    );
                 }
                 None if may_run_on => {}
                 other => panic!("{case}: exit {other:?} (killed by a signal: an abort or over the memory bound)\n{stderr}"),
@@ -1655,10 +1668,12 @@ fn every_report_output_has_every_metric_of_the_table() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, run) = tiny_pt_rag_run(tmp.path());
     let report = tmp.path().join("report");
-    let out = cli().args(["evaluate", "--quiet", "--eval-draws", "1", "--pca-components", "5", "--out"]).arg(&report).arg(&run).output().unwrap();
+    let out =
+        cli().args(["evaluate", "--quiet", "--eval-draws", "1", "--pca-components", "5", "--out"]).arg(&report).arg(&run).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = strict_csv(&std::fs::read_to_string(report.join("per_condition.csv")).unwrap());
-    let expected: Vec<&str> = ["model", "target", "perturbation", "cell_type", "cells"].into_iter().chain(METRICS.iter().map(|m| m.name)).collect();
+    let expected: Vec<&str> =
+        ["model", "target", "perturbation", "cell_type", "cells"].into_iter().chain(METRICS.iter().map(|m| m.name)).collect();
     assert_eq!(rows[0], expected);
     let summary = strict_csv(&std::fs::read_to_string(report.join("summary.csv")).unwrap());
     let pt_rag: std::collections::BTreeSet<&str> =

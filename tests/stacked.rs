@@ -5,8 +5,8 @@ mod common;
 use common::tolerance as tol;
 
 use ptrag_engine::data::responses::mean_of;
-use ptrag_engine::score::baselines::{linear_for_every_condition, Baseline, Baselines};
 use ptrag_engine::model::{CandidateContext, ModelKind, OutputAnchor};
+use ptrag_engine::score::baselines::{linear_for_every_condition, Baseline, Baselines};
 
 /// At step 0 the predicted mean change of every validation and test condition is `linear`'s, for
 /// a backbone without context and for PT-RAG with observed responses and the readout (whose gate

@@ -9,7 +9,8 @@ use ptrag_engine::eval::predict::{predict_run, PredictOptions};
 use ptrag_engine::eval::screen::{screen, ScreenOptions};
 use ptrag_engine::model::{BeyondPaper, ModelKind};
 use ptrag_engine::train::options::TrainOptions;
-use ptrag_engine::train::run::{self, RunControl, RunRecord};
+use ptrag_engine::train::run;
+use ptrag_engine::train::run_dir::{self, RunControl, RunRecord, RunSummary};
 use ptrag_engine::Result;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,7 +92,7 @@ pub fn open_data(data: Option<&PathBuf>, preset: &str, progress: bool) -> Result
 /// Ctrl-C sets `STOP`; training checkpoints after the current step and exits. A second Ctrl-C exits at once.
 static STOP: AtomicBool = AtomicBool::new(false);
 
-pub fn train_command(opts: TrainOptions, progress: bool) -> Result<Vec<run::RunSummary>> {
+pub fn train_command(opts: TrainOptions, progress: bool) -> Result<Vec<RunSummary>> {
     let opts = opts.with_config_file()?;
     let (record, run_dir, resume) = run_record(&opts, progress)?;
     let store = Store::open(&record.data)?;
@@ -133,7 +134,7 @@ fn run_record(opts: &TrainOptions, progress: bool) -> Result<(RunRecord, PathBuf
                     "--resume",
                     format!(
                         "continues the configuration recorded in {}; only --steps may change (got {})",
-                        dir.join(run::CONFIG).display(),
+                        dir.join(run_dir::CONFIG_FILE).display(),
                         extra.join(", ")
                     ),
                 ));
@@ -161,7 +162,7 @@ fn run_record(opts: &TrainOptions, progress: bool) -> Result<(RunRecord, PathBuf
 }
 
 /// What `train` prints of one fold's run.
-fn print_summary(s: &run::RunSummary, top_k: usize) {
+fn print_summary(s: &RunSummary, top_k: usize) {
     let t = &s.test;
     println!(
         "{} on {}: {} steps at {:.0} cells/s; best validation energy {} at step {}; {} of {} parameters trained",
@@ -253,12 +254,12 @@ pub fn reproduce_command(opts: TrainOptions, progress: bool) -> Result<()> {
         let name = o.resolve(&store, &target)?.model.variant_name();
         let dir = root.join(&name);
         dirs.push(dir.clone());
-        if dir.join(run::METRICS).exists() {
+        if dir.join(run_dir::METRICS_FILE).exists() {
             eprintln!("{name}: finished run kept in {}", dir.display());
             continue;
         }
         o.run_dir = Some(dir.clone());
-        if dir.join(run::CONFIG).exists() {
+        if dir.join(run_dir::CONFIG_FILE).exists() {
             o = TrainOptions { resume: Some(dir), steps: opts.steps, ..TrainOptions::default() };
         }
         train_command(o, progress)?;

@@ -39,8 +39,8 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     let mut f = std::fs::File::create(&tmp).map_err(|e| crate::Error::io(&tmp, e))?;
-    let written = charge_disk(&tmp, bytes.len())
-        .and_then(|_| f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| crate::Error::io(&tmp, e)));
+    let written =
+        charge_disk(&tmp, bytes.len()).and_then(|_| f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| crate::Error::io(&tmp, e)));
     let renamed = written.and_then(|_| std::fs::rename(&tmp, path).map_err(|e| crate::Error::io(path, e)));
     if renamed.is_err() {
         // a full disk, say: leave nothing half-written behind

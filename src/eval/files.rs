@@ -12,12 +12,12 @@
 //! or without one a PCA fitted on the real file's cells. On `predict --unclamped` output every
 //! metric then reproduces the run's `evaluate`.
 
-use crate::score::baselines::Baseline;
-use crate::score::metrics::mean_rows;
-use crate::score::pca::Pca;
 use super::report::{condition_metrics, markdown, summarise, write_report, ConditionRow, EvalOptions, MeanInputs};
 use crate::data::h5ad::{AnnData, H5ad};
 use crate::data::output::OutputSet;
+use crate::score::baselines::Baseline;
+use crate::score::metrics::mean_rows;
+use crate::score::pca::Pca;
 use crate::{Error, Result};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;

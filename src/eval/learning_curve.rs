@@ -2,8 +2,8 @@
 //! as test metric against training steps with the baselines as horizontal lines, and tabulated
 //! with each model's Mann-Whitney/BH q-value against the strongest baseline at each length.
 
-use crate::score::baselines::Baseline;
 use super::figures::{learning_curve_svg, CurvePoint};
+use crate::score::baselines::Baseline;
 use crate::score::metrics::{metric_index, METRICS};
 use crate::score::stats::significance_mark;
 use crate::{Error, Result};

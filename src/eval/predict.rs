@@ -7,10 +7,10 @@
 //! PCA of the run's `evaluate` (fitted on training cells) as scanpy keeps one, `varm["PCs"]`, so
 //! that `evaluate --pred/--real` computes the distributional metrics in the same space.
 
-use crate::score::baselines::{Baseline, Baselines};
 use crate::data::h5ad::{write_h5ad, write_h5ad_with_varm, AnnData};
 use crate::data::output::OutputSet;
 use crate::data::sampler::evaluation_sets;
+use crate::score::baselines::{Baseline, Baselines};
 use crate::train::run::{fold_dirs, TrainedRun};
 use crate::train::Trainer;
 use crate::{Error, Result};

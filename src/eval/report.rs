@@ -3,18 +3,19 @@
 //! model with Mann-Whitney U tests between every pair of models and baselines and
 //! Benjamini-Hochberg over all tests.
 
-use crate::score::baselines::{Baseline, BaselineChoices, Baselines};
 use super::figures::{curves_svg, distributions_svg, jaccard_svg, planted_svg, read_curve, Curve};
+use crate::score::baselines::{Baseline, BaselineChoices, Baselines};
 use crate::score::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, mse, pearson, spearman, wasserstein, DegRule};
 // The rows of a report, here for the modules that read them (figures, learning curves).
+use crate::data::output::OutputSet;
+use crate::data::store::Store;
 pub use crate::score::metrics::{metric_index, scores, ConditionRow, Metric, METRICS};
 use crate::score::oracles::{Oracle, StoreTruth};
 use crate::score::pca::Pca;
 use crate::score::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
 use crate::score::stats::{benjamini_hochberg, mann_whitney_u, significance_mark, wilcoxon_signed_rank};
-use crate::data::output::OutputSet;
-use crate::data::store::Store;
-use crate::train::run::{fold_dirs, RunRecord, TrainedRun};
+use crate::train::run::{fold_dirs, TrainedRun};
+use crate::train::run_dir::RunRecord;
 use crate::Result;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -96,7 +97,9 @@ pub fn condition_metrics(
             "mse_truth" => mse_truth,
             "pearson_deg_truth" => pearson_truth,
             "degs" => degs.iter().filter(|&&d| d).count() as f64,
-            other => return Err(crate::Error::invalid("metric", format!("`{other}` is in METRICS but condition_metrics does not compute it"))),
+            other => {
+                return Err(crate::Error::invalid("metric", format!("`{other}` is in METRICS but condition_metrics does not compute it")))
+            }
         })
     };
     METRICS.iter().map(value).collect()
@@ -634,11 +637,15 @@ pub fn write_report(
     opts: &EvalOptions,
     out: &OutputSet,
 ) -> Result<()> {
-    let header = ["model", "target", "perturbation", "cell_type", "cells"].into_iter().chain(METRICS.map(|m| m.name)).map(String::from).collect();
+    let header =
+        ["model", "target", "perturbation", "cell_type", "cells"].into_iter().chain(METRICS.map(|m| m.name)).map(String::from).collect();
     let lines = rows.iter().map(|r| {
         // A metric without a value (a truth metric on real data) is an empty field, not `NaN`.
         let values = r.values.iter().map(|v| if v.is_nan() { String::new() } else { format!("{v}") });
-        [r.model.clone(), r.target.clone(), r.perturbation.clone(), r.cell_type.clone(), r.cells.to_string()].into_iter().chain(values).collect()
+        [r.model.clone(), r.target.clone(), r.perturbation.clone(), r.cell_type.clone(), r.cells.to_string()]
+            .into_iter()
+            .chain(values)
+            .collect()
     });
     let csv: Vec<Vec<String>> = std::iter::once(header).chain(lines).collect();
     crate::data::write_atomic(&out.path("per_condition.csv"), &super::csv_bytes(csv)?)?;

@@ -310,7 +310,17 @@ fn effect(name: &str, change: &[f64], genes: &[String], opts: &ScreenOptions) ->
 pub fn csv(rows: &[ScreenRow], cell_type: &str) -> Result<Vec<u8>> {
     let genes = |v: &[(String, f64)]| v.iter().map(|(g, c)| format!("{g}:{c:.4}")).collect::<Vec<_>>().join(";");
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
-    let header = ["rank", "perturbation", "cell_type", "measured_in_target", "trained_in_target", "effect_norm", "genes_moved", "top_up", "top_down"];
+    let header = [
+        "rank",
+        "perturbation",
+        "cell_type",
+        "measured_in_target",
+        "trained_in_target",
+        "effect_norm",
+        "genes_moved",
+        "top_up",
+        "top_down",
+    ];
     let lines = rows.iter().enumerate().map(|(i, r)| {
         vec![
             (i + 1).to_string(),

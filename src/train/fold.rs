@@ -2,18 +2,18 @@
 //! best-on-validation weights. Every step and validation is logged to `log.jsonl`, so that a run
 //! killed at any instant resumes exactly (`run.rs` has the directory's rules).
 
-use super::run::{
-    append, claim_dir, truncate_log, write_records, RunControl, RunRecord, RunState, RunSummary, BEST, CONFIG, LAST, LOG, METRICS,
-    RETRIEVAL,
+use super::run_dir::{
+    append, claim_dir, truncate_log, write_records, RunControl, RunRecord, RunState, RunSummary, BEST_CHECKPOINT, CONFIG_FILE,
+    LAST_CHECKPOINT, LOG_FILE, METRICS_FILE, RETRIEVAL_FILE,
 };
 use super::{PendingStats, Trainer};
 use crate::data::split::SplitFile;
 use crate::data::store::Store;
 use crate::data::write_atomic;
+use crate::model::OutputAnchor;
 use crate::score::baselines::Baselines;
 use crate::score::oracles::{StoreTruth, TruthFigures};
 use crate::score::planted::{planted_metrics, PlantedTruth};
-use crate::model::OutputAnchor;
 use crate::{Error, Result};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -79,7 +79,7 @@ impl<'s> FoldRun<'s> {
         if let Some(gpu) = &ctl.gpu {
             trainer.use_gpu(gpu.clone())?;
         }
-        let (last_path, best_path, log_path) = (run_dir.join(LAST), run_dir.join(BEST), run_dir.join(LOG));
+        let (last_path, best_path, log_path) = (run_dir.join(LAST_CHECKPOINT), run_dir.join(BEST_CHECKPOINT), run_dir.join(LOG_FILE));
         let mut best = RunState { best_val_energy: None, best_step: 0, train_seconds: 0.0 };
         let mut validated_at_start = false;
         if resume {
@@ -138,7 +138,7 @@ impl<'s> FoldRun<'s> {
                 self.last_saved,
                 self.last_path.display(),
                 self.resume_dir.display(),
-                self.resume_dir.join(CONFIG).display()
+                self.resume_dir.join(CONFIG_FILE).display()
             ),
         }
     }
@@ -283,7 +283,7 @@ impl<'s> FoldRun<'s> {
         let baselines = fitted.mean_change_mse(store, &trainer.fold.test);
         let truth = truth.map(|t| TruthFigures::of(&t, store, &fitted, &trainer.fold.test));
         if trainer.cfg.model.kind.retrieves() {
-            write_records(&run_dir.join(RETRIEVAL), &records)?;
+            write_records(&run_dir.join(RETRIEVAL_FILE), &records)?;
         }
         let summary = RunSummary {
             run_dir: run_dir.to_path_buf(),
@@ -299,7 +299,7 @@ impl<'s> FoldRun<'s> {
             baselines_mse_change: baselines.into_iter().map(|(b, v)| (b.name().to_string(), v)).collect(),
             truth,
         };
-        write_atomic(&run_dir.join(METRICS), serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes())?;
+        write_atomic(&run_dir.join(METRICS_FILE), serde_json::to_string_pretty(&summary).expect("summary serialises").as_bytes())?;
         Ok(summary)
     }
 }
@@ -307,7 +307,7 @@ impl<'s> FoldRun<'s> {
 /// A resumed run must have the model it was trained with and, where both record one, the data.
 fn check_resumable(saved: &RunRecord, trainer: &Trainer, store: &Store, run_dir: &Path) -> Result<()> {
     if saved.train.model != trainer.cfg.model {
-        return Err(Error::bad_file(run_dir.join(CONFIG), "train.model", "the model of the run being resumed"));
+        return Err(Error::bad_file(run_dir.join(CONFIG_FILE), "train.model", "the model of the run being resumed"));
     }
-    super::run::check_recorded_data(saved, store, run_dir)
+    super::run_dir::check_recorded_data(saved, store, run_dir)
 }

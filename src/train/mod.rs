@@ -12,6 +12,7 @@ mod fold;
 pub mod optim;
 pub mod options;
 pub mod run;
+pub mod run_dir;
 mod step;
 
 pub use evaluation::{ConditionResult, EvalSummary, GapStats};
