@@ -488,3 +488,22 @@ fn gpu_training_cuda_matches_cpu_with_observed_responses() {
         gpu_training_matches_cpu(gpu, 30, true);
     }
 }
+
+/// The expression matrix goes to the GPU from the mapped file a chunk of rows at a time: under the
+/// emulator, the upload stages at most one chunk of host memory (here 10 KB of a 157 KB matrix),
+/// and the buffer holds exactly the store's stored values.
+#[test]
+fn the_expression_upload_stages_one_chunk_at_a_time() {
+    use ptrag_engine::cuda::{tensor::RowTable, Gpu, ThreadOrder};
+    let (_tmp, store) = tiny_store();
+    let gpu = Gpu::emulated(ThreadOrder::Forward).expect("the emulated kernels are built");
+    let matrix_bytes = store.n_cells() * store.n_genes() * 2;
+    let chunk = 10_000;
+    let (table, staged) = ptrag_engine::train::device::upload_expression(&gpu, &store, chunk).unwrap();
+    assert!(staged <= chunk && staged * 10 < matrix_bytes, "staged {staged} bytes of a {matrix_bytes}-byte matrix");
+    let RowTable::F16 { bits, cols } = table else { panic!("the tiny store is f16") };
+    assert_eq!(cols, store.n_genes());
+    let uploaded = gpu.download(&bits).unwrap();
+    let ptrag_engine::data::store::StoredExpression::F16(stored) = store.stored_rows(0..store.n_cells()) else { panic!("f16") };
+    assert!(uploaded == stored, "the uploaded matrix differs from the store's");
+}

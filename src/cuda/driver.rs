@@ -117,6 +117,14 @@ impl Driver {
         Ok(DeviceSlice { slice, stream: self.stream.clone() })
     }
 
+    /// Copies `src` into `dst` from element `offset` on, and waits for the copy, so that `src` may be
+    /// reused or freed at once (an upload in chunks stages one chunk at a time).
+    pub fn copy_into<T: Element>(&self, dst: &mut DeviceSlice<T>, offset: usize, src: &[T]) -> Result<()> {
+        let mut view = dst.slice.slice_mut(offset..offset + src.len());
+        self.stream.memcpy_htod(src, &mut view).map_err(|e| driver_error("copy to the GPU", e))?;
+        self.synchronize()
+    }
+
     pub fn zeros<T: Element>(&self, len: usize) -> Result<DeviceSlice<T>> {
         let slice = self.stream.alloc_zeros(len).map_err(|e| driver_error(&format!("allocating {len} elements on the GPU"), e))?;
         Ok(DeviceSlice { slice, stream: self.stream.clone() })

@@ -180,6 +180,23 @@ impl Gpu {
         Ok(Buffer { storage })
     }
 
+    /// Copies `src` into `dst` from element `offset` on: a buffer filled piece by piece, so that the
+    /// host holds one piece at a time.
+    pub fn copy_into<T: Element>(&self, dst: &mut Buffer<T>, offset: usize, src: &[T]) -> Result<()> {
+        let end = offset + src.len();
+        if end > dst.len() {
+            return Err(Error::Shape { op: "copy_into", why: format!("elements {offset}..{end} of a buffer of {}", dst.len()) });
+        }
+        match (self, &mut dst.storage) {
+            (Gpu::Cuda(d), Storage::Device(slice)) => d.copy_into(slice, offset, src),
+            (Gpu::Emulated { .. }, Storage::Host(v)) => {
+                v[offset..end].copy_from_slice(src);
+                Ok(())
+            }
+            _ => Err(Error::Device("copy_into: a buffer of another device".into())),
+        }
+    }
+
     pub fn zeros<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
         let storage = match self {
             Gpu::Cuda(d) => Storage::Device(d.zeros(len)?),

@@ -312,9 +312,11 @@ impl Store {
         }
     }
 
-    /// The whole expression matrix (cells x genes) in its stored precision.
-    pub fn stored_expression(&self) -> StoredExpression {
-        let bytes = &self.expression;
+    /// The expression of the cells `rows` (cells x genes) in its stored precision, read from the
+    /// mapped file: a GPU upload takes the matrix a chunk of rows at a time.
+    pub fn stored_rows(&self, rows: std::ops::Range<usize>) -> StoredExpression {
+        let row_bytes = self.n_genes() * self.manifest.expression_dtype.size();
+        let bytes = &self.expression[rows.start * row_bytes..rows.end * row_bytes];
         match self.manifest.expression_dtype {
             ExprDtype::F16 => StoredExpression::F16(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()),
             ExprDtype::F32 => StoredExpression::F32(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),

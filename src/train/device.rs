@@ -14,6 +14,38 @@ use crate::tape::{DeviceGradients, Params, Tape};
 use crate::{Error, Result};
 use std::sync::Arc;
 
+/// The most host memory the expression upload stages at once: the matrix goes from the mapped file
+/// to the GPU a chunk of rows at a time, never whole (2.6 GB at `replogle` size).
+pub const UPLOAD_CHUNK_BYTES: usize = 64 << 20;
+
+/// The store's expression matrix on `gpu` as it is stored, copied from the mapped file in chunks of
+/// at most `chunk_bytes` (or one row, when a row is larger); with the largest chunk staged, in bytes.
+pub fn upload_expression(gpu: &Gpu, store: &Store, chunk_bytes: usize) -> Result<(RowTable, usize)> {
+    let (cells, cols) = (store.n_cells(), store.n_genes());
+    let rows_per_chunk = (chunk_bytes / (cols * store.manifest.expression_dtype.size()).max(1)).max(1);
+    let mut table = match store.manifest.expression_dtype {
+        crate::data::store::ExprDtype::F16 => RowTable::F16 { bits: gpu.zeros(cells * cols)?, cols },
+        crate::data::store::ExprDtype::F32 => RowTable::F32 { values: gpu.zeros(cells * cols)?, cols },
+    };
+    let mut staged = 0;
+    for start in (0..cells).step_by(rows_per_chunk) {
+        let rows = start..(start + rows_per_chunk).min(cells);
+        let at = start * cols;
+        match (&mut table, store.stored_rows(rows)) {
+            (RowTable::F16 { bits, .. }, StoredExpression::F16(chunk)) => {
+                staged = staged.max(std::mem::size_of_val(chunk.as_slice()));
+                gpu.copy_into(bits, at, &chunk)?;
+            }
+            (RowTable::F32 { values, .. }, StoredExpression::F32(chunk)) => {
+                staged = staged.max(std::mem::size_of_val(chunk.as_slice()));
+                gpu.copy_into(values, at, &chunk)?;
+            }
+            _ => return Err(Error::Shape { op: "upload_expression", why: "the store's rows are not in its dtype".into() }),
+        }
+    }
+    Ok((table, staged))
+}
+
 pub struct GpuState {
     pub gpu: Arc<Gpu>,
     /// The dataset's expression matrix (`upload_expression`), from which batches are gathered on
@@ -49,13 +81,9 @@ impl GpuState {
     }
 
     /// Uploads the store's expression matrix as it is stored (f16 or f32: the values the host path
-    /// reads), once for the whole run.
+    /// reads), once for the whole run, in chunks of `UPLOAD_CHUNK_BYTES`.
     pub fn upload_expression(&mut self, store: &Store) -> Result<()> {
-        let cols = store.n_genes();
-        self.expression = Some(match store.stored_expression() {
-            StoredExpression::F16(bits) => RowTable::F16 { bits: self.gpu.upload(&bits)?, cols },
-            StoredExpression::F32(values) => RowTable::F32 { values: self.gpu.upload(&values)?, cols },
-        });
+        self.expression = Some(upload_expression(&self.gpu, store, UPLOAD_CHUNK_BYTES)?.0);
         Ok(())
     }
 
