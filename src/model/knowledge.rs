@@ -97,8 +97,25 @@ impl Knowledge {
         (idx, sims)
     }
 
+    /// Makes the table of every perturbation's top `k + 1` on `gpu` (the CUDA cosine top-K, the
+    /// twin of the CPU one), so that a GPU run's `retrieve` reads it instead of computing it on the
+    /// host: one launch over all perturbations. Ties go to the lower index on both; similarities
+    /// may differ from the CPU's in the last bits (another summation order).
+    pub fn compute_neighbours_on(&self, gpu: &crate::cuda::Gpu, k: usize) -> Result<()> {
+        let p = self.in_database.len();
+        let table = gpu.upload(&self.normalised)?;
+        let allowed = gpu.upload(&self.in_database.iter().map(|&b| b as u8).collect::<Vec<u8>>())?;
+        let exclude = gpu.upload(&vec![-1i32; p])?;
+        let (mut indices, mut sims) = (gpu.zeros::<u32>(p * (k + 1))?, gpu.zeros::<f32>(p * (k + 1))?);
+        crate::cuda::retrieval::cosine_topk(gpu, &table, &table, self.dim, &allowed, &exclude, k + 1, &mut indices, &mut sims)?;
+        let neighbours = Neighbours { indices: gpu.download(&indices)?, sims: gpu.download(&sims)? };
+        self.neighbours.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(k, std::sync::Arc::new(neighbours));
+        Ok(())
+    }
+
     /// The table of every perturbation's top `k + 1` neighbours (itself included when in the
-    /// database), made at the first call for this `k`.
+    /// database), made at the first call for this `k` (on the host, unless `compute_neighbours_on`
+    /// made it).
     fn neighbours(&self, k: usize) -> std::sync::Arc<Neighbours> {
         let mut tables = self.neighbours.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         tables
@@ -154,6 +171,30 @@ mod tests {
             cosine_topk(&q, &knowledge.normalised, dim, &knowledge.in_database, &exclude, k, &mut want_idx, &mut want_sims);
             assert_eq!(idx, want_idx, "exclude_self {exclude_self}");
             assert_eq!(sims, want_sims, "exclude_self {exclude_self}");
+        }
+    }
+
+    /// A GPU run's neighbour table (the CUDA cosine top-K, here under the emulator) gives the
+    /// answers the host's gives: the same candidates, similarities within float rounding.
+    #[test]
+    fn the_neighbour_table_made_on_a_gpu_answers_as_the_hosts() {
+        let (p, dim, k) = (30, 8, 4);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut vectors: Vec<f32> = (0..p * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        vectors[..dim].fill(0.0); // the control
+        let in_database: Vec<bool> = (0..p).map(|i| i % 7 != 2).collect();
+        let on_host = Knowledge::new(vectors.clone(), dim, in_database.clone()).unwrap();
+        let on_gpu = Knowledge::new(vectors, dim, in_database).unwrap();
+        let gpu = crate::cuda::Gpu::emulated(crate::cuda::ThreadOrder::Reverse).expect("the emulated kernels are built");
+        on_gpu.compute_neighbours_on(&gpu, k).unwrap();
+        let queries: Vec<u32> = (0..p as u32).collect();
+        for exclude_self in [true, false] {
+            let flags = vec![exclude_self; p];
+            let ((idx_h, sims_h), (idx_g, sims_g)) = (on_host.retrieve(&queries, &flags, k), on_gpu.retrieve(&queries, &flags, k));
+            assert_eq!(idx_g, idx_h, "exclude_self {exclude_self}");
+            for (g, h) in sims_g.iter().zip(&sims_h) {
+                assert!((g - h).abs() <= 1e-6 || (g.is_infinite() && g == h), "similarity {g} on the GPU, {h} on the host");
+            }
         }
     }
 }

@@ -263,8 +263,6 @@ impl<'s> Trainer<'s> {
         (batch, rng)
     }
 
-    /// Moves the training state and the dataset's expression onto `gpu`: training steps and
-    /// evaluation run there from now on.
     /// Perturbations known only by their GenePT vectors (`[n, dim]`), appended after the store's
     /// for prediction (an in-silico screen); on the CPU engine.
     pub fn extend_perturbations(&mut self, extra: &[f32]) -> Result<()> {
@@ -274,7 +272,12 @@ impl<'s> Trainer<'s> {
         self.model.extend_knowledge(extra)
     }
 
+    /// Moves the training state and the dataset's expression onto `gpu`: training steps and
+    /// evaluation run there from now on, and retrieval's neighbour table is made there.
     pub fn use_gpu(&mut self, gpu: Arc<Gpu>) -> Result<()> {
+        if let Some(knowledge) = self.model.knowledge() {
+            knowledge.compute_neighbours_on(&gpu, self.cfg.model.top_k)?;
+        }
         let mut state = GpuState::upload(gpu, &self.params, &self.adam)?;
         state.upload_expression(self.store)?;
         state.upload_genept(self.model.knowledge())?;
