@@ -7,7 +7,7 @@ pub mod data;
 pub mod error;
 pub mod machine;
 pub mod progress;
-pub mod real;
+pub mod scalar;
 pub mod tape;
 
 pub use error::{Error, Result};

@@ -9,7 +9,7 @@ use std::path::Path;
 /// The top-level modules from the bottom up; a module may import only those on lower floors.
 const FLOORS: &[&[&str]] = &[
     &["error"],
-    &["real", "progress", "machine"],
+    &["scalar", "progress", "machine"],
     &["cpu"],
     &["cuda"],
     &["tape"],

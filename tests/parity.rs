@@ -21,7 +21,7 @@ use ptrag_engine::model::knowledge::Knowledge;
 use ptrag_engine::model::{
     energy_loss, CandidateContext, LogitNorm, Model, ModelConfig, ModelInput, ModelKind, Noise, OutputAnchor, Selection, SelfExclusion,
 };
-use ptrag_engine::real::Real;
+use ptrag_engine::scalar::Scalar;
 use ptrag_engine::tape::{Params, Tape};
 use ptrag_engine::train::optim::{Adam, AdamConfig};
 use ptrag_engine::train::{checkpoint, EvalSelection, RetrievalDatabase, TrainConfig};
@@ -135,7 +135,7 @@ fn knowledge(c: &Case) -> Option<Knowledge> {
 
 /// The case's model over `params` (initialised from `rng`), with its output anchor (for the
 /// shifted output, each cell type's mean observed change).
-fn model_of<T: Real>(c: &Case, params: &mut Params<T>, rng: &mut rand_chacha::ChaCha8Rng) -> Model {
+fn model_of<T: Scalar>(c: &Case, params: &mut Params<T>, rng: &mut rand_chacha::ChaCha8Rng) -> Model {
     let mut model = Model::new(&c.cfg.model, knowledge(c), params, rng).unwrap();
     if let (Some((_, change, observed)), OutputAnchor::Shift) = (&c.responses, c.cfg.model.output_anchor) {
         let anchor: Vec<Vec<f64>> = (0..CELL_TYPES)
@@ -344,7 +344,7 @@ struct Ours {
 }
 
 /// One training step's forward and backward on `tape` (a host tape, or one on a GPU or the emulator).
-fn run_ours<T: Real>(c: &Case, params32: &Params<f32>, mut tape: Tape<T>) -> Ours {
+fn run_ours<T: Scalar>(c: &Case, params32: &Params<f32>, mut tape: Tape<T>) -> Ours {
     let mut params = Params::<T>::new();
     let model = model_of(c, &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
     for (p, q) in params.entries.iter_mut().zip(&params32.entries) {

@@ -11,7 +11,7 @@
 
 use super::gemm::{matmul_strided, Strided};
 use super::vectorised;
-use crate::real::Real;
+use crate::scalar::Scalar;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +37,7 @@ impl AttentionShape {
     fn head_block(&self, h: usize, rows: usize) -> Strided {
         Strided::block(h * self.head_dim, rows, self.head_dim, self.width())
     }
-    fn scale<T: Real>(&self) -> T {
+    fn scale<T: Scalar>(&self) -> T {
         T::one() / T::f(self.head_dim as f64).sqrt()
     }
     fn check(&self, q: usize, k: usize, v: usize) {
@@ -54,7 +54,7 @@ vectorised!(
     fn probabilities<T>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) => softmax_rows
 );
 #[inline(always)]
-fn softmax_rows<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) {
+fn softmax_rows<T: Scalar>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &mut [T]) {
     for (i, row) in scores.chunks_mut(keys).enumerate() {
         let (live, masked) = row.split_at_mut(if causal { i + 1 } else { keys });
         live.iter_mut().for_each(|s| *s = *s * scale);
@@ -72,7 +72,7 @@ vectorised!(
     fn recompute_probabilities<T>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &[T]) => recompute_rows
 );
 #[inline(always)]
-fn recompute_rows<T: Real>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &[T]) {
+fn recompute_rows<T: Scalar>(scores: &mut [T], keys: usize, scale: T, causal: bool, lse: &[T]) {
     for (i, row) in scores.chunks_mut(keys).enumerate() {
         let (live, masked) = row.split_at_mut(if causal { i + 1 } else { keys });
         live.iter_mut().for_each(|s| *s = (*s * scale - lse[i]).exp_activation());
@@ -84,7 +84,7 @@ const LANES: usize = 16;
 
 /// `x` folded with `op` in `LANES` independent partial results (which vectorise), then those in order.
 #[inline(always)]
-fn lanes<T: Real>(x: &[T], init: T, op: impl Fn(T, T) -> T) -> T {
+fn lanes<T: Scalar>(x: &[T], init: T, op: impl Fn(T, T) -> T) -> T {
     let mut acc = [init; LANES];
     let chunks = x.chunks_exact(LANES);
     let rest = chunks.remainder();
@@ -95,7 +95,7 @@ fn lanes<T: Real>(x: &[T], init: T, op: impl Fn(T, T) -> T) -> T {
     acc.into_iter().fold(init, op)
 }
 
-pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], shape: AttentionShape, out: &mut [T], lse: &mut [T]) {
+pub fn attention_forward<T: Scalar>(q: &[T], k: &[T], v: &[T], shape: AttentionShape, out: &mut [T], lse: &mut [T]) {
     shape.check(q.len(), k.len(), v.len());
     assert!(out.len() == q.len() && lse.len() == shape.sets * shape.heads * shape.cells);
     let (w, cells, keys) = (shape.width(), shape.cells, shape.keys);
@@ -114,7 +114,7 @@ pub fn attention_forward<T: Real>(q: &[T], k: &[T], v: &[T], shape: AttentionSha
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward<T: Real>(
+pub fn attention_backward<T: Scalar>(
     q: &[T],
     k: &[T],
     v: &[T],
@@ -185,7 +185,7 @@ impl Rope {
 
     /// Rotates every row by its position's angles; `inverse` rotates back (the backward pass, as a
     /// rotation's transpose is its inverse). Accumulates into `out` when `accumulate`.
-    fn apply<T: Real>(&self, x: &[T], out: &mut [T], inverse: bool, accumulate: bool) {
+    fn apply<T: Scalar>(&self, x: &[T], out: &mut [T], inverse: bool, accumulate: bool) {
         let (half, width) = (self.head_dim / 2, self.heads * self.head_dim);
         assert!(self.head_dim.is_multiple_of(2), "rotary encoding needs an even head dimension");
         assert!(x.len() == out.len() && x.len().is_multiple_of((width * self.cells).max(1)), "rope: buffer sizes");
@@ -213,11 +213,11 @@ impl Rope {
 }
 
 /// Rotary position encoding of `x` into `y` (overwrites).
-pub fn rope_forward<T: Real>(rope: Rope, x: &[T], y: &mut [T]) {
+pub fn rope_forward<T: Scalar>(rope: Rope, x: &[T], y: &mut [T]) {
     rope.apply(x, y, false, false);
 }
 
 /// Its backward: the inverse rotation of `dy`, added into `dx`.
-pub fn rope_backward<T: Real>(rope: Rope, dy: &[T], dx: &mut [T]) {
+pub fn rope_backward<T: Scalar>(rope: Rope, dy: &[T], dx: &mut [T]) {
     rope.apply(dy, dx, true, true);
 }

@@ -1,7 +1,7 @@
 //! Elementwise activations and the row softmax. Backward kernels accumulate into `dx`.
 
 use super::{counter_draw, mix64, vectorised};
-use crate::real::Real;
+use crate::scalar::Scalar;
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to split a
@@ -9,12 +9,12 @@ use rayon::prelude::*;
 const CHUNK: usize = 1 << 14;
 
 /// `y[i] = f(x[i])`, in parallel, 16 lanes wide where the CPU has AVX-512.
-fn map<T: Real>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
+fn map<T: Scalar>(x: &[T], y: &mut [T], f: impl Fn(T) -> T + Sync) {
     y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| map_chunk(x, y, &f));
 }
 vectorised!(fn map_chunk<T>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) => map_loop);
 #[inline(always)]
-fn map_loop<T: Real>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) {
+fn map_loop<T: Scalar>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) {
     // a `for` loop: `for_each` goes through `fold`, which was not always inlined into the AVX-512 context
     for (y, &x) in y.iter_mut().zip(x) {
         *y = f(x);
@@ -22,21 +22,21 @@ fn map_loop<T: Real>(x: &[T], y: &mut [T], f: &impl Fn(T) -> T) {
 }
 
 /// `dx[i] += f(x[i], dy[i])`, in parallel, 16 lanes wide where the CPU has AVX-512.
-fn accumulate<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T) -> T + Sync) {
+fn accumulate<T: Scalar>(x: &[T], dy: &[T], dx: &mut [T], f: impl Fn(T, T) -> T + Sync) {
     dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dx, (x, dy))| accumulate_chunk(x, dy, dx, &f));
 }
 vectorised!(fn accumulate_chunk<T>(x: &[T], dy: &[T], dx: &mut [T], f: &impl Fn(T, T) -> T) => accumulate_loop);
 #[inline(always)]
-fn accumulate_loop<T: Real>(x: &[T], dy: &[T], dx: &mut [T], f: &impl Fn(T, T) -> T) {
+fn accumulate_loop<T: Scalar>(x: &[T], dy: &[T], dx: &mut [T], f: &impl Fn(T, T) -> T) {
     for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
         *dx = *dx + f(x, dy);
     }
 }
 
-pub fn silu_forward<T: Real>(x: &[T], y: &mut [T]) {
+pub fn silu_forward<T: Scalar>(x: &[T], y: &mut [T]) {
     map(x, y, |x| x / (T::one() + (-x).exp_activation()));
 }
-pub fn silu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
+pub fn silu_backward<T: Scalar>(x: &[T], dy: &[T], dx: &mut [T]) {
     accumulate(x, dy, dx, |x, dy| {
         let s = T::one() / (T::one() + (-x).exp_activation());
         dy * s * (T::one() + x * (T::one() - s))
@@ -44,12 +44,12 @@ pub fn silu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
 }
 
 /// Exact (erf) GELU, PyTorch's `nn.GELU()` default.
-pub fn gelu_forward<T: Real>(x: &[T], y: &mut [T]) {
+pub fn gelu_forward<T: Scalar>(x: &[T], y: &mut [T]) {
     let r = T::f(std::f64::consts::FRAC_1_SQRT_2);
     let half = T::f(0.5);
     map(x, y, |x| half * x * (T::one() + (x * r).erf()));
 }
-pub fn gelu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
+pub fn gelu_backward<T: Scalar>(x: &[T], dy: &[T], dx: &mut [T]) {
     let r = T::f(std::f64::consts::FRAC_1_SQRT_2);
     let pdf_scale = T::f(1.0 / (2.0 * std::f64::consts::PI).sqrt());
     let half = T::f(0.5);
@@ -60,16 +60,16 @@ pub fn gelu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
     });
 }
 
-pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
+pub fn relu_forward<T: Scalar>(x: &[T], y: &mut [T]) {
     map(x, y, |x| if x > T::zero() { x } else { T::zero() });
 }
-pub fn relu_backward<T: Real>(x: &[T], dy: &[T], dx: &mut [T]) {
+pub fn relu_backward<T: Scalar>(x: &[T], dy: &[T], dx: &mut [T]) {
     accumulate(x, dy, dx, |x, dy| if x > T::zero() { dy } else { T::zero() });
 }
 
 /// SwiGLU, the Llama MLP's gating: `y = silu(gate) * up`, fused so that `silu(gate)` is never
 /// stored (it would be a third tensor of the MLP's width, written and read back).
-pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T], y: &mut [T]) {
+pub fn swiglu_forward<T: Scalar>(gate: &[T], up: &[T], y: &mut [T]) {
     assert!(gate.len() == y.len() && up.len() == y.len(), "swiglu: gate, up and y differ in length");
     y.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(y, (gate, up))| {
         swiglu_chunk(gate, up, y);
@@ -77,13 +77,13 @@ pub fn swiglu_forward<T: Real>(gate: &[T], up: &[T], y: &mut [T]) {
 }
 vectorised!(fn swiglu_chunk<T>(gate: &[T], up: &[T], y: &mut [T]) => swiglu_loop);
 #[inline(always)]
-fn swiglu_loop<T: Real>(gate: &[T], up: &[T], y: &mut [T]) {
+fn swiglu_loop<T: Scalar>(gate: &[T], up: &[T], y: &mut [T]) {
     for ((y, &g), &u) in y.iter_mut().zip(gate).zip(up) {
         *y = g / (T::one() + (-g).exp_activation()) * u;
     }
 }
 /// `dgate += dy * up * silu'(gate)`, `dup += dy * silu(gate)`.
-pub fn swiglu_backward<T: Real>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T], dup: &mut [T]) {
+pub fn swiglu_backward<T: Scalar>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T], dup: &mut [T]) {
     let n = dy.len();
     assert!([gate.len(), up.len(), dgate.len(), dup.len()].iter().all(|&l| l == n), "swiglu backward: lengths differ");
     let inputs = gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK));
@@ -92,7 +92,7 @@ pub fn swiglu_backward<T: Real>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T],
 }
 vectorised!(fn swiglu_backward_chunk<T>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T], dup: &mut [T]) => swiglu_backward_loop);
 #[inline(always)]
-fn swiglu_backward_loop<T: Real>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T], dup: &mut [T]) {
+fn swiglu_backward_loop<T: Scalar>(gate: &[T], up: &[T], dy: &[T], dgate: &mut [T], dup: &mut [T]) {
     for ((((&g, &u), &dy), dg), du) in gate.iter().zip(up).zip(dy).zip(dgate.iter_mut()).zip(dup.iter_mut()) {
         let e = (-g).exp_activation();
         let s = T::one() / (T::one() + e);
@@ -132,7 +132,7 @@ impl DropoutMask {
 
 /// `y[i] = keep(i) ? x[i] * scale : 0`. Linear and diagonal, so it is also its own backward pass
 /// (`dx = dropout(dy)`).
-pub fn dropout<T: Real>(x: &[T], y: &mut [T], mask: &DropoutMask) {
+pub fn dropout<T: Scalar>(x: &[T], y: &mut [T], mask: &DropoutMask) {
     assert_eq!(x.len(), y.len(), "dropout: x and y differ in length");
     let scale = T::f(mask.scale);
     y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (y, x))| {
@@ -141,14 +141,14 @@ pub fn dropout<T: Real>(x: &[T], y: &mut [T], mask: &DropoutMask) {
 }
 vectorised!(fn dropout_chunk<T>(x: &[T], y: &mut [T], mask: &DropoutMask, first: u64, scale: T) => dropout_loop);
 #[inline(always)]
-fn dropout_loop<T: Real>(x: &[T], y: &mut [T], mask: &DropoutMask, first: u64, scale: T) {
+fn dropout_loop<T: Scalar>(x: &[T], y: &mut [T], mask: &DropoutMask, first: u64, scale: T) {
     for (j, (y, &x)) in y.iter_mut().zip(x).enumerate() {
         *y = if mask.keeps(first + j as u64) { x * scale } else { T::zero() };
     }
 }
 
 /// Softmax over the last dimension: `x, y: [rows, cols]`.
-pub fn softmax_forward<T: Real>(x: &[T], y: &mut [T], cols: usize) {
+pub fn softmax_forward<T: Scalar>(x: &[T], y: &mut [T], cols: usize) {
     y.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(y, x)| {
         let max = x.iter().fold(T::neg_infinity(), |m, &v| m.max(v));
         let mut sum = T::zero();
@@ -160,7 +160,7 @@ pub fn softmax_forward<T: Real>(x: &[T], y: &mut [T], cols: usize) {
     });
 }
 /// `dx += y * (dy - sum(dy * y))` per row.
-pub fn softmax_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T], cols: usize) {
+pub fn softmax_backward<T: Scalar>(y: &[T], dy: &[T], dx: &mut [T], cols: usize) {
     dx.par_chunks_mut(cols).zip(y.par_chunks(cols).zip(dy.par_chunks(cols))).for_each(|(dx, (y, dy))| {
         let dot: T = y.iter().zip(dy).map(|(&y, &dy)| y * dy).sum();
         for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
@@ -235,7 +235,7 @@ mod tests {
     fn f32_exp_is_accurate_over_its_range() {
         for i in -8700..=8800 {
             let x = i as f32 * 0.01;
-            let (got, want) = (crate::real::exp_f32(x) as f64, (x as f64).exp());
+            let (got, want) = (crate::scalar::exp_f32(x) as f64, (x as f64).exp());
             assert!((got - want).abs() <= 3e-7 * want, "exp({x}) = {got}, want {want}");
         }
     }

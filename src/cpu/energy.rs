@@ -9,7 +9,7 @@
 //! Backward gives the gradient with respect to `pred` only (observations are data) and accumulates.
 
 use super::gemm::matmul;
-use crate::real::Real;
+use crate::scalar::Scalar;
 use rayon::prelude::*;
 
 pub const ENERGY_CLAMP: f64 = 1e-8;
@@ -23,7 +23,7 @@ pub struct EnergyShape {
 }
 
 /// Distances `d[i, j]` between rows of `a: [n, g]` and `b: [m, g]`, and whether each was clamped.
-fn distances<T: Real>(a: &[T], b: &[T], n: usize, m: usize, g: usize) -> Vec<T> {
+fn distances<T: Scalar>(a: &[T], b: &[T], n: usize, m: usize, g: usize) -> Vec<T> {
     let mut dot = vec![T::zero(); n * m];
     matmul(a, b, &mut dot, n, g, m, false, true, false);
     let sq = |x: &[T]| -> Vec<T> { x.chunks(g).map(|r| r.iter().map(|&v| v * v).sum()).collect() };
@@ -38,11 +38,11 @@ fn distances<T: Real>(a: &[T], b: &[T], n: usize, m: usize, g: usize) -> Vec<T> 
     dot
 }
 
-fn mean<T: Real>(x: &[T]) -> T {
+fn mean<T: Scalar>(x: &[T]) -> T {
     x.iter().copied().sum::<T>() / T::f(x.len().max(1) as f64)
 }
 
-pub fn energy_forward<T: Real>(pred: &[T], obs: &[T], shape: EnergyShape, energy: &mut [T]) {
+pub fn energy_forward<T: Scalar>(pred: &[T], obs: &[T], shape: EnergyShape, energy: &mut [T]) {
     let EnergyShape { sets, cells_pred: n, cells_obs: m, genes: g } = shape;
     assert!(pred.len() == sets * n * g && obs.len() == sets * m * g && energy.len() == sets);
     energy.par_iter_mut().enumerate().for_each(|(b, e)| {
@@ -54,7 +54,7 @@ pub fn energy_forward<T: Real>(pred: &[T], obs: &[T], shape: EnergyShape, energy
 }
 
 /// `dpred += d_energy[b] * d energy_b / d pred`.
-pub fn energy_backward<T: Real>(pred: &[T], obs: &[T], shape: EnergyShape, d_energy: &[T], dpred: &mut [T]) {
+pub fn energy_backward<T: Scalar>(pred: &[T], obs: &[T], shape: EnergyShape, d_energy: &[T], dpred: &mut [T]) {
     let EnergyShape { sets, cells_pred: n, cells_obs: m, genes: g } = shape;
     assert!(pred.len() == sets * n * g && obs.len() == sets * m * g && dpred.len() == sets * n * g);
     let clamp = T::f(ENERGY_CLAMP).sqrt();

@@ -21,7 +21,7 @@ pub mod tensor;
 /// A vector of `n` zeros, written by all threads: the tape allocates its largest buffers (activations
 /// and gradients of up to 45 MB) this way, and filling them on one thread while the others waited
 /// took about a tenth of a training step.
-pub fn zeros<T: crate::real::Real>(n: usize) -> Vec<T> {
+pub fn zeros<T: crate::scalar::Scalar>(n: usize) -> Vec<T> {
     use rayon::prelude::*;
     if n < 1 << 16 {
         return vec![T::zero(); n];
@@ -47,7 +47,7 @@ pub fn zeros<T: crate::real::Real>(n: usize) -> Vec<T> {
 macro_rules! vectorised {
     ($(#[$meta:meta])* $vis:vis fn $name:ident<$t:ident>($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$meta])*
-        $vis fn $name<$t: crate::real::Real>($($arg: $ty),*) {
+        $vis fn $name<$t: crate::scalar::Scalar>($($arg: $ty),*) {
             crate::cpu::vectorised!(@on "avx512f", has_avx512, $t, $body, $($arg: $ty),*);
             crate::cpu::vectorised!(@on "avx2,fma", has_avx2_fma, $t, $body, $($arg: $ty),*);
             $body($($arg),*)
@@ -58,7 +58,7 @@ macro_rules! vectorised {
         #[cfg(target_arch = "x86_64")]
         if crate::cpu::$has() {
             #[target_feature(enable = $feature)]
-            fn wide<$t: crate::real::Real>($($arg: $ty),*) {
+            fn wide<$t: crate::scalar::Scalar>($($arg: $ty),*) {
                 $body($($arg),*)
             }
             // SAFETY: `$has()` checked that the CPU has the features `wide` is compiled for.

@@ -1,11 +1,11 @@
 //! RMSNorm and LayerNorm over the last dimension, `x, y: [rows, cols]`, with their backward passes.
 //! Forward saves the per-row statistics the backward pass needs (mean, reciprocal std).
 
-use crate::real::Real;
+use crate::scalar::Scalar;
 use rayon::prelude::*;
 
 /// `y = w * x / sqrt(mean(x^2) + eps)`; saves `rstd[rows]`.
-pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], eps: f64, y: &mut [T], rstd: &mut [T]) {
+pub fn rmsnorm_forward<T: Scalar>(x: &[T], w: &[T], eps: f64, y: &mut [T], rstd: &mut [T]) {
     let cols = w.len();
     let eps = T::f(eps);
     y.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(rstd.par_iter_mut()).for_each(|((y, x), rstd)| {
@@ -19,7 +19,7 @@ pub fn rmsnorm_forward<T: Real>(x: &[T], w: &[T], eps: f64, y: &mut [T], rstd: &
 }
 
 /// `dx += ...`, `dw += sum_rows(dy * x * rstd)`.
-pub fn rmsnorm_backward<T: Real>(x: &[T], w: &[T], rstd: &[T], dy: &[T], dx: &mut [T], dw: &mut [T]) {
+pub fn rmsnorm_backward<T: Scalar>(x: &[T], w: &[T], rstd: &[T], dy: &[T], dx: &mut [T], dw: &mut [T]) {
     let cols = w.len();
     let n = T::f(cols as f64);
     dx.par_chunks_mut(cols).zip(x.par_chunks(cols)).zip(dy.par_chunks(cols)).zip(rstd.par_iter()).for_each(|(((dx, x), dy), &r)| {
@@ -37,7 +37,7 @@ pub fn rmsnorm_backward<T: Real>(x: &[T], w: &[T], rstd: &[T], dy: &[T], dx: &mu
 }
 
 /// `y = (x - mean) * rstd * w + b`; saves `mean[rows]` and `rstd[rows]` (biased variance, as PyTorch).
-pub fn layernorm_forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64, y: &mut [T], mean: &mut [T], rstd: &mut [T]) {
+pub fn layernorm_forward<T: Scalar>(x: &[T], w: &[T], b: &[T], eps: f64, y: &mut [T], mean: &mut [T], rstd: &mut [T]) {
     let cols = w.len();
     let n = T::f(cols as f64);
     let eps = T::f(eps);
@@ -54,7 +54,7 @@ pub fn layernorm_forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64, y: &mut [
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_backward<T: Real>(x: &[T], w: &[T], mean: &[T], rstd: &[T], dy: &[T], dx: &mut [T], dw: &mut [T], db: &mut [T]) {
+pub fn layernorm_backward<T: Scalar>(x: &[T], w: &[T], mean: &[T], rstd: &[T], dy: &[T], dx: &mut [T], dw: &mut [T], db: &mut [T]) {
     let cols = w.len();
     let n = T::f(cols as f64);
     dx.par_chunks_mut(cols).zip(x.par_chunks(cols).zip(dy.par_chunks(cols))).zip(mean.par_iter().zip(rstd)).for_each(

@@ -6,13 +6,13 @@
 //! The noise is an input (standard Gumbel samples), so tests and parity checks can fix it;
 //! `gumbel_noise` draws it from a counter stream, the same on every engine.
 
-use crate::real::Real;
+use crate::scalar::Scalar;
 use rayon::prelude::*;
 
 /// Standard Gumbel samples `out[i] = -ln(-ln(u_i))`, with `u_i` in (0, 1) from the top 53 bits of
 /// `counter_draw(key, i)`, in f64 and rounded once: a pure function of `(key, i)`, so the GPU draws
 /// the same noise where it is used (`gumbel_noise_f32`) instead of the host drawing and uploading it.
-pub fn gumbel_noise<T: Real>(key: u64, out: &mut [T]) {
+pub fn gumbel_noise<T: Scalar>(key: u64, out: &mut [T]) {
     out.par_chunks_mut(1 << 14).enumerate().for_each(|(c, chunk)| {
         for (j, o) in chunk.iter_mut().enumerate() {
             let bits = crate::cpu::counter_draw(key, ((c << 14) + j) as u64) >> 11;
@@ -22,7 +22,7 @@ pub fn gumbel_noise<T: Real>(key: u64, out: &mut [T]) {
     });
 }
 
-pub fn gumbel_st_forward<T: Real>(logits: &[T], noise: &[T], tau: f64, classes: usize, soft: &mut [T], hard: &mut [T]) {
+pub fn gumbel_st_forward<T: Scalar>(logits: &[T], noise: &[T], tau: f64, classes: usize, soft: &mut [T], hard: &mut [T]) {
     assert!(logits.len() == noise.len() && logits.len() == soft.len() && soft.len() == hard.len());
     let inv_tau = T::one() / T::f(tau);
     for (((l, g), s), h) in logits.chunks(classes).zip(noise.chunks(classes)).zip(soft.chunks_mut(classes)).zip(hard.chunks_mut(classes)) {
@@ -39,7 +39,7 @@ pub fn gumbel_st_forward<T: Real>(logits: &[T], noise: &[T], tau: f64, classes: 
     }
 }
 
-pub fn gumbel_st_backward<T: Real>(soft: &[T], dy: &[T], tau: f64, classes: usize, dlogits: &mut [T]) {
+pub fn gumbel_st_backward<T: Scalar>(soft: &[T], dy: &[T], tau: f64, classes: usize, dlogits: &mut [T]) {
     let inv_tau = T::one() / T::f(tau);
     for ((s, dy), dl) in soft.chunks(classes).zip(dy.chunks(classes)).zip(dlogits.chunks_mut(classes)) {
         let dot: T = s.iter().zip(dy).map(|(&s, &d)| s * d).sum();
@@ -86,7 +86,14 @@ impl TripletLayout {
 /// widths together) from per-part row sums and sums of squares, without forming the triplet:
 /// `stats[t] = (mean, 1 / sqrt(var + eps))`, biased variance as PyTorch's LayerNorm.
 /// `sums[p], squares[p]: [part_rows[p]]`, `stats: [triplets, 2]`.
-pub fn triplet_stats_forward<T: Real>(sums: [&[T]; 3], squares: [&[T]; 3], layout: TripletLayout, width: usize, eps: f64, stats: &mut [T]) {
+pub fn triplet_stats_forward<T: Scalar>(
+    sums: [&[T]; 3],
+    squares: [&[T]; 3],
+    layout: TripletLayout,
+    width: usize,
+    eps: f64,
+    stats: &mut [T],
+) {
     layout.check();
     for p in 0..3 {
         assert!(sums[p].len() == layout.part_rows()[p] && squares[p].len() == sums[p].len(), "triplet_stats: part {p} sizes");
@@ -103,7 +110,7 @@ pub fn triplet_stats_forward<T: Real>(sums: [&[T]; 3], squares: [&[T]; 3], layou
 }
 
 /// Accumulates the sums' and squares' gradients from `dstats: [triplets, 2]` (d mean, d rstd).
-pub fn triplet_stats_backward<T: Real>(
+pub fn triplet_stats_backward<T: Scalar>(
     stats: &[T],
     dstats: &[T],
     layout: TripletLayout,
@@ -137,7 +144,7 @@ pub fn triplet_stats_backward<T: Real>(
 /// expanded, where each `a_x` is part `x` times its block of columns of `W diag(gamma)` (transposed),
 /// `v = W gamma` and `c = W beta + b`. `parts[p]: [part_rows[p], h]`, `stats: [triplets, 2]`,
 /// `v, c: [h]`, `out: [triplets, h]`.
-pub fn triplet_assemble_forward<T: Real>(parts: [&[T]; 3], stats: &[T], v: &[T], c: &[T], layout: TripletLayout, out: &mut [T]) {
+pub fn triplet_assemble_forward<T: Scalar>(parts: [&[T]; 3], stats: &[T], v: &[T], c: &[T], layout: TripletLayout, out: &mut [T]) {
     layout.check();
     let h = v.len();
     for (p, (part, rows)) in parts.iter().zip(layout.part_rows()).enumerate() {
@@ -157,7 +164,7 @@ pub fn triplet_assemble_forward<T: Real>(parts: [&[T]; 3], stats: &[T], v: &[T],
 /// Backward of `triplet_assemble_forward`: accumulates into the parts, the stats, `v` and `c`.
 /// Parallel over retrieval rows: the cells and candidates of a row are its own.
 #[allow(clippy::too_many_arguments)]
-pub fn triplet_assemble_backward<T: Real>(
+pub fn triplet_assemble_backward<T: Scalar>(
     parts: [&[T]; 3],
     stats: &[T],
     v: &[T],

@@ -6,14 +6,14 @@
 //! Shapes: `x[rows, cols]` row-major; `rows` follows from the lengths. Forward operations overwrite
 //! `out`; the ones named `*_backward` and `accumulate` add into their output.
 
-use crate::real::Real;
+use crate::scalar::Scalar;
 use rayon::prelude::*;
 
 /// Elements per parallel task (these ran on one thread while the pool waited, before).
 const CHUNK: usize = 1 << 14;
 
 /// `out[i] = f(i)` for every element, in parallel chunks.
-fn fill<T: Real>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
+fn fill<T: Scalar>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
         let start = c * CHUNK;
         for (i, o) in chunk.iter_mut().enumerate() {
@@ -23,7 +23,7 @@ fn fill<T: Real>(out: &mut [T], f: impl Fn(usize) -> T + Sync) {
 }
 
 /// `f(r, row)` on every row `r` of `cols` elements, in parallel chunks of rows.
-fn for_each_row<T: Real>(out: &mut [T], cols: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+fn for_each_row<T: Scalar>(out: &mut [T], cols: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let cols = cols.max(1);
     let rows_per_task = CHUNK.div_ceil(cols);
     out.par_chunks_mut(rows_per_task * cols)
@@ -36,33 +36,33 @@ fn check(op: &str, what: &str, len: usize, expected: usize) {
 }
 
 /// `out = a + b`
-pub fn add<T: Real>(a: &[T], b: &[T], out: &mut [T]) {
+pub fn add<T: Scalar>(a: &[T], b: &[T], out: &mut [T]) {
     check("add", "b", b.len(), a.len());
     check("add", "out", out.len(), a.len());
     fill(out, |i| a[i] + b[i]);
 }
 
 /// `out = a * b` (elementwise)
-pub fn mul<T: Real>(a: &[T], b: &[T], out: &mut [T]) {
+pub fn mul<T: Scalar>(a: &[T], b: &[T], out: &mut [T]) {
     check("mul", "b", b.len(), a.len());
     check("mul", "out", out.len(), a.len());
     fill(out, |i| a[i] * b[i]);
 }
 
 /// `out = x * factor`
-pub fn scale<T: Real>(x: &[T], factor: T, out: &mut [T]) {
+pub fn scale<T: Scalar>(x: &[T], factor: T, out: &mut [T]) {
     check("scale", "out", out.len(), x.len());
     fill(out, |i| x[i] * factor);
 }
 
 /// `dst += src` (a gradient's second and later contributions)
-pub fn accumulate<T: Real>(src: &[T], dst: &mut [T]) {
+pub fn accumulate<T: Scalar>(src: &[T], dst: &mut [T]) {
     check("accumulate", "dst", dst.len(), src.len());
     dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = *d + s));
 }
 
 /// `out[r, c] = x[r, c] + bias[c]`
-pub fn add_bias<T: Real>(x: &[T], bias: &[T], out: &mut [T]) {
+pub fn add_bias<T: Scalar>(x: &[T], bias: &[T], out: &mut [T]) {
     let cols = bias.len();
     check("add_bias", "out", out.len(), x.len());
     assert!(cols > 0 && x.len().is_multiple_of(cols), "add_bias: {} values in rows of {cols}", x.len());
@@ -70,7 +70,7 @@ pub fn add_bias<T: Real>(x: &[T], bias: &[T], out: &mut [T]) {
 }
 
 /// `out[r, c] = x[r, c] * w[r]`
-pub fn scale_rows<T: Real>(x: &[T], w: &[T], out: &mut [T]) {
+pub fn scale_rows<T: Scalar>(x: &[T], w: &[T], out: &mut [T]) {
     check("scale_rows", "out", out.len(), x.len());
     assert!(!w.is_empty() && x.len().is_multiple_of(w.len()), "scale_rows: {} values, {} rows", x.len(), w.len());
     let cols = x.len() / w.len();
@@ -78,7 +78,7 @@ pub fn scale_rows<T: Real>(x: &[T], w: &[T], out: &mut [T]) {
 }
 
 /// `out[r, c] = x[r, c] * v[c]`
-pub fn scale_cols<T: Real>(x: &[T], v: &[T], out: &mut [T]) {
+pub fn scale_cols<T: Scalar>(x: &[T], v: &[T], out: &mut [T]) {
     let cols = v.len();
     check("scale_cols", "out", out.len(), x.len());
     assert!(cols > 0 && x.len().is_multiple_of(cols), "scale_cols: {} values in rows of {cols}", x.len());
@@ -87,7 +87,7 @@ pub fn scale_cols<T: Real>(x: &[T], v: &[T], out: &mut [T]) {
 
 /// `out[c] = sum_r a[r, c] * b[r, c]` (`b` absent: plain column sums; the bias gradient), summed
 /// over the rows in order.
-pub fn column_dots<T: Real>(a: &[T], b: Option<&[T]>, out: &mut [T]) {
+pub fn column_dots<T: Scalar>(a: &[T], b: Option<&[T]>, out: &mut [T]) {
     let cols = out.len();
     assert!(cols > 0 && a.len().is_multiple_of(cols), "column_dots: {} values in rows of {cols}", a.len());
     out.iter_mut().for_each(|o| *o = T::zero());
@@ -103,7 +103,7 @@ pub fn column_dots<T: Real>(a: &[T], b: Option<&[T]>, out: &mut [T]) {
 }
 
 /// `out[r] = sum_c a[r, c] * b[r, c]`
-pub fn row_dots<T: Real>(a: &[T], b: &[T], out: &mut [T]) {
+pub fn row_dots<T: Scalar>(a: &[T], b: &[T], out: &mut [T]) {
     check("row_dots", "b", b.len(), a.len());
     assert!(!out.is_empty() && a.len().is_multiple_of(out.len()), "row_dots: {} values, {} rows", a.len(), out.len());
     let cols = a.len() / out.len();
@@ -111,7 +111,7 @@ pub fn row_dots<T: Real>(a: &[T], b: &[T], out: &mut [T]) {
 }
 
 /// `out[i, :] = table[index[i], :]` with rows of `cols`; every index must be below the table's row count.
-pub fn gather_rows<T: Real>(table: &[T], cols: usize, index: &[usize], out: &mut [T]) {
+pub fn gather_rows<T: Scalar>(table: &[T], cols: usize, index: &[usize], out: &mut [T]) {
     check("gather_rows", "out", out.len(), index.len() * cols);
     for_each_row(out, cols, |r, row| row.copy_from_slice(&table[index[r] * cols..][..cols]));
 }
@@ -126,7 +126,7 @@ pub fn gather_rows_f16(table: &[u16], cols: usize, index: &[usize], out: &mut [f
 }
 
 /// `dtable[index[i], :] += g[i, :]` (the gradient of `gather_rows`; repeated indices add up, in order).
-pub fn scatter_add_rows<T: Real>(g: &[T], cols: usize, index: &[usize], dtable: &mut [T]) {
+pub fn scatter_add_rows<T: Scalar>(g: &[T], cols: usize, index: &[usize], dtable: &mut [T]) {
     check("scatter_add_rows", "g", g.len(), index.len() * cols);
     for (r, &i) in index.iter().enumerate() {
         dtable[i * cols..][..cols].iter_mut().zip(&g[r * cols..][..cols]).for_each(|(d, &v)| *d = *d + v);
@@ -136,7 +136,7 @@ pub fn scatter_add_rows<T: Real>(g: &[T], cols: usize, index: &[usize], dtable: 
 /// Columns `src_start..src_start + width` of `src[rows, src_cols]` into columns `dst_start..` of
 /// `dst[rows, dst_cols]`, added when `accumulate` (concatenation and slicing, both ways).
 #[allow(clippy::too_many_arguments)]
-pub fn copy_cols<T: Real>(
+pub fn copy_cols<T: Scalar>(
     src: &[T],
     src_cols: usize,
     src_start: usize,
@@ -159,7 +159,7 @@ pub fn copy_cols<T: Real>(
 }
 
 /// `out[r, :] = sum_{j < group} x[r * group + j, :]` with rows of `cols`, summed in order.
-pub fn sum_groups_forward<T: Real>(x: &[T], cols: usize, group: usize, out: &mut [T]) {
+pub fn sum_groups_forward<T: Scalar>(x: &[T], cols: usize, group: usize, out: &mut [T]) {
     assert!(
         group > 0 && cols > 0 && x.len().is_multiple_of(group * cols),
         "sum_groups: {} values in groups of {group} rows of {cols}",
@@ -175,26 +175,26 @@ pub fn sum_groups_forward<T: Real>(x: &[T], cols: usize, group: usize, out: &mut
 }
 
 /// `dx[r * group + j, :] += dy[r, :]` for every `j < group`.
-pub fn sum_groups_backward<T: Real>(dy: &[T], cols: usize, group: usize, dx: &mut [T]) {
+pub fn sum_groups_backward<T: Scalar>(dy: &[T], cols: usize, group: usize, dx: &mut [T]) {
     check("sum_groups backward", "dx", dx.len(), dy.len() * group);
     for_each_row(dx, cols, |r, row| row.iter_mut().zip(&dy[r / group * cols..][..cols]).for_each(|(d, &g)| *d = *d + g));
 }
 
 /// `out[0] = sum(x)`, in order.
-pub fn sum<T: Real>(x: &[T], out: &mut [T]) {
+pub fn sum<T: Scalar>(x: &[T], out: &mut [T]) {
     check("sum", "out", out.len(), 1);
     out[0] = x.iter().copied().sum();
 }
 
 /// `dx += dy[0]` (the gradient of `sum`).
-pub fn sum_backward<T: Real>(dy: &[T], dx: &mut [T]) {
+pub fn sum_backward<T: Scalar>(dy: &[T], dx: &mut [T]) {
     check("sum backward", "dy", dy.len(), 1);
     dx.par_chunks_mut(CHUNK).for_each(|d| d.iter_mut().for_each(|d| *d = *d + dy[0]));
 }
 
 /// `out = x / s` with `s = max(std(x), floor)`, the unbiased standard deviation over all elements
 /// (PyTorch's `x / x.std().clamp(min=floor)`); `stats = [mean, s, 1 if clamped else 0]` for the backward.
-pub fn std_scale_forward<T: Real>(x: &[T], floor: f64, out: &mut [T], stats: &mut [T]) {
+pub fn std_scale_forward<T: Scalar>(x: &[T], floor: f64, out: &mut [T], stats: &mut [T]) {
     let n = x.len();
     assert!(n > 1, "std_scale: needs at least two elements");
     check("std_scale", "out", out.len(), n);
@@ -209,7 +209,7 @@ pub fn std_scale_forward<T: Real>(x: &[T], floor: f64, out: &mut [T], stats: &mu
 
 /// `dx += d(x / s)/dx` dy, through the standard deviation unless it was clamped
 /// (`ds/dx_i = (x_i - mean) / ((n - 1) s)`).
-pub fn std_scale_backward<T: Real>(x: &[T], stats: &[T], dy: &[T], dx: &mut [T]) {
+pub fn std_scale_backward<T: Scalar>(x: &[T], stats: &[T], dy: &[T], dx: &mut [T]) {
     check("std_scale backward", "dy", dy.len(), x.len());
     check("std_scale backward", "dx", dx.len(), x.len());
     let (mean, std, clamped) = (stats[0], stats[1], stats[2] != T::zero());

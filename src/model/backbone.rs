@@ -6,7 +6,7 @@
 use super::layers::{norm_scale, Linear};
 use super::ModelConfig;
 use crate::cpu::attention::{AttentionShape, Rope};
-use crate::real::Real;
+use crate::scalar::Scalar;
 use crate::tape::{ParamId, Params, Tape, Var};
 use rand::Rng;
 
@@ -28,7 +28,7 @@ pub struct Backbone {
 }
 
 impl Backbone {
-    pub fn new<T: Real>(cfg: &ModelConfig, params: &mut Params<T>, rng: &mut impl Rng) -> Self {
+    pub fn new<T: Scalar>(cfg: &ModelConfig, params: &mut Params<T>, rng: &mut impl Rng) -> Self {
         let (h, width) = (cfg.hidden, cfg.heads * cfg.head_dim);
         let layers = (0..cfg.layers)
             .map(|l| {
@@ -46,7 +46,7 @@ impl Backbone {
     }
 
     /// `x: [sets * cells, H]` -> `[sets * cells, H]`.
-    pub fn forward<T: Real>(
+    pub fn forward<T: Scalar>(
         &self,
         cfg: &ModelConfig,
         tape: &mut Tape<T>,

@@ -8,7 +8,7 @@ use super::layers::{norm_scale, norm_shift, Linear};
 use super::{LogitNorm, ModelConfig, Noise, Selection};
 use crate::cpu::attention::AttentionShape;
 use crate::cpu::selection::TripletLayout;
-use crate::real::Real;
+use crate::scalar::Scalar;
 use crate::tape::{ParamId, Params, Tape, Var};
 use rand::Rng;
 
@@ -26,13 +26,13 @@ pub struct CrossAttention {
 }
 
 impl CrossAttention {
-    pub fn new<T: Real>(params: &mut Params<T>, rng: &mut impl Rng, hidden: usize) -> Self {
+    pub fn new<T: Scalar>(params: &mut Params<T>, rng: &mut impl Rng, hidden: usize) -> Self {
         let mut lin = |name: &str| Linear::new(params, rng, name, hidden, hidden, false);
         CrossAttention { q: lin("context.q"), k: lin("context.k"), v: lin("context.v") }
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn forward<T: Real>(
+    pub fn forward<T: Scalar>(
         &self,
         tape: &mut Tape<T>,
         params: &Params<T>,
@@ -65,7 +65,7 @@ pub struct Selector {
 
 /// `Linear(LayerNorm(triplet))` for every triplet, from the parts: with `Wg = W diag(gamma)`,
 /// `part_x Wg_x^T` for each part's block of columns, `v = Wg 1` and `c = W beta + b`.
-fn linear_on_triplets<T: Real>(
+fn linear_on_triplets<T: Scalar>(
     tape: &mut Tape<T>,
     params: &Params<T>,
     linear: &Linear,
@@ -102,7 +102,7 @@ const LAYER_NORM_EPS: f64 = 1e-5;
 const STD_FLOOR: f64 = 1e-6;
 
 impl Selector {
-    pub fn new<T: Real>(params: &mut Params<T>, rng: &mut impl Rng, hidden: usize) -> Self {
+    pub fn new<T: Scalar>(params: &mut Params<T>, rng: &mut impl Rng, hidden: usize) -> Self {
         let width = 3 * hidden;
         Selector {
             norm_w: norm_scale(params, "select.norm.weight", width),
@@ -116,7 +116,7 @@ impl Selector {
     /// Returns `(z [N, H], w [N * K, 1], logits [N * K, 2])`, the logits as scaled for the Gumbel-Softmax. Only `Selection::Sampled` applies dropout; hard selection
     /// breaks ties towards exclusion.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward<T: Real>(
+    pub fn forward<T: Scalar>(
         &self,
         cfg: &ModelConfig,
         tape: &mut Tape<T>,

@@ -1,7 +1,7 @@
 //! One batch of model inputs, and the random parts of a forward pass.
 
 use crate::cpu::elementwise::DropoutMask;
-use crate::real::Real;
+use crate::scalar::Scalar;
 use crate::tape::{RowTable, Tape, Var};
 
 /// The random parts of PT-RAG's forward pass, drawn by the caller so that they can be fixed.
@@ -47,7 +47,7 @@ pub enum Cells<'a> {
 
 impl Cells<'_> {
     /// The cells as data on `tape`, `[cells, genes]`.
-    pub fn on_tape<T: Real>(self, tape: &mut Tape<T>, cells: usize, genes: usize) -> Var {
+    pub fn on_tape<T: Scalar>(self, tape: &mut Tape<T>, cells: usize, genes: usize) -> Var {
         match self {
             Cells::Values(v) => {
                 assert_eq!(v.len(), cells * genes, "expected {cells} x {genes} expression values");

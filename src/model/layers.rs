@@ -1,6 +1,6 @@
 //! Parameter helpers shared by the models: `nn.Linear` layout and the initialisations we use.
 
-use crate::real::Real;
+use crate::scalar::Scalar;
 use crate::tape::{ParamId, Params, Tape, Var};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
@@ -25,17 +25,17 @@ pub struct Linear {
 
 impl Linear {
     /// `nn.Linear(inp, out, bias)` with PyTorch's default initialisation.
-    pub fn new<T: Real>(params: &mut Params<T>, rng: &mut impl Rng, name: &str, inp: usize, out: usize, bias: bool) -> Self {
+    pub fn new<T: Scalar>(params: &mut Params<T>, rng: &mut impl Rng, name: &str, inp: usize, out: usize, bias: bool) -> Self {
         let weight = params.add(&format!("{name}.weight"), &[out, inp], T::from_f32_slice(&uniform_fan_in(rng, out * inp, inp)));
         let bias = bias.then(|| params.add(&format!("{name}.bias"), &[out], T::from_f32_slice(&uniform_fan_in(rng, out, inp))));
         Linear { weight, bias }
     }
     /// A bias-free linear map with N(0, sd) weights (Llama's initialisation).
-    pub fn normal<T: Real>(params: &mut Params<T>, rng: &mut impl Rng, name: &str, inp: usize, out: usize, sd: f32) -> Self {
+    pub fn normal<T: Scalar>(params: &mut Params<T>, rng: &mut impl Rng, name: &str, inp: usize, out: usize, sd: f32) -> Self {
         let weight = params.add(&format!("{name}.weight"), &[out, inp], T::from_f32_slice(&normal(rng, out * inp, sd)));
         Linear { weight, bias: None }
     }
-    pub fn apply<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, x: Var) -> Var {
+    pub fn apply<T: Scalar>(&self, tape: &mut Tape<T>, params: &Params<T>, x: Var) -> Var {
         let w = tape.param(params, self.weight);
         let b = self.bias.map(|b| tape.param(params, b));
         tape.linear(x, w, b)
@@ -43,9 +43,9 @@ impl Linear {
 }
 
 /// LayerNorm / RMSNorm scale (and shift) parameters, initialised to 1 (and 0).
-pub fn norm_scale<T: Real>(params: &mut Params<T>, name: &str, width: usize) -> ParamId {
+pub fn norm_scale<T: Scalar>(params: &mut Params<T>, name: &str, width: usize) -> ParamId {
     params.add(name, &[width], vec![T::one(); width])
 }
-pub fn norm_shift<T: Real>(params: &mut Params<T>, name: &str, width: usize) -> ParamId {
+pub fn norm_shift<T: Scalar>(params: &mut Params<T>, name: &str, width: usize) -> ParamId {
     params.add(name, &[width], vec![T::zero(); width])
 }

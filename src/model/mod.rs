@@ -31,7 +31,7 @@ pub use input::{Cells, ModelInput, Noise, Selection};
 
 use crate::cpu::elementwise::DropoutMask;
 use crate::cpu::energy::EnergyShape;
-use crate::real::Real;
+use crate::scalar::Scalar;
 use crate::tape::{ParamId, Params, RowTable, Tape, Var};
 use crate::{Error, Result};
 use backbone::Backbone;
@@ -127,7 +127,7 @@ impl OutputAnchorValues {
 impl Model {
     /// Registers the parameters (initialised from `rng`) and returns the model. GenePT-based models
     /// need `knowledge`; retrieval needs more than `top_k` perturbations in its database.
-    pub fn new<T: Real>(cfg: &ModelConfig, knowledge: Option<Knowledge>, params: &mut Params<T>, rng: &mut impl Rng) -> Result<Self> {
+    pub fn new<T: Scalar>(cfg: &ModelConfig, knowledge: Option<Knowledge>, params: &mut Params<T>, rng: &mut impl Rng) -> Result<Self> {
         cfg.validate()?;
         let (g, h) = (cfg.genes, cfg.hidden);
         let knowledge = checked_knowledge(cfg, knowledge)?;
@@ -191,7 +191,7 @@ impl Model {
 
     /// Sets the output bias to `mean` (typically the training cells' mean expression), so that a
     /// short run starts from the population mean instead of spending its first steps learning it.
-    pub fn set_output_bias<T: Real>(&self, params: &mut Params<T>, mean: &[f32]) {
+    pub fn set_output_bias<T: Scalar>(&self, params: &mut Params<T>, mean: &[f32]) {
         let bias = &mut params.entries[self.head.bias.expect("the head has a bias").0];
         assert_eq!(bias.value.len(), mean.len(), "output bias length");
         bias.value = std::sync::Arc::new(T::from_f32_slice(mean));
@@ -218,7 +218,7 @@ impl Model {
     }
 
     /// GenePT vectors of `perts` through the perturbation encoder: `[perts.len(), H]`.
-    fn encode_genept<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32], resident: Option<&RowTable>) -> Var {
+    fn encode_genept<T: Scalar>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32], resident: Option<&RowTable>) -> Var {
         let (k, PertEncoder::Genept(lin)) = (self.knowledge.as_ref().expect("GenePT model has knowledge"), &self.pert) else {
             unreachable!("encode_genept on a one-hot model")
         };
@@ -233,7 +233,7 @@ impl Model {
     }
 
     /// Encodes every perturbation of `perts` once (the distinct ones) and returns `[perts.len(), H]`.
-    fn encode_distinct<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32], resident: Option<&RowTable>) -> Var {
+    fn encode_distinct<T: Scalar>(&self, tape: &mut Tape<T>, params: &Params<T>, perts: &[u32], resident: Option<&RowTable>) -> Var {
         let mut distinct = perts.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
@@ -243,7 +243,7 @@ impl Model {
     }
 
     /// Stage one for every query row, and the encodings of queries `[rows, H]` and candidates `[rows * K, H]`.
-    fn retrieve<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, input: &ModelInput) -> (Retrieval, Encoded) {
+    fn retrieve<T: Scalar>(&self, tape: &mut Tape<T>, params: &Params<T>, input: &ModelInput) -> (Retrieval, Encoded) {
         let k = self.cfg.top_k;
         let knowledge = self.knowledge.as_ref().expect("retrieval model has knowledge");
         let per_cell = self.cfg.per_cell_retrieval;
@@ -295,7 +295,7 @@ impl Model {
     }
 
     /// Predicted expression (and, for PT-RAG, the selection) for one batch.
-    pub fn forward<T: Real>(&self, tape: &mut Tape<T>, params: &Params<T>, input: &ModelInput) -> Forward {
+    pub fn forward<T: Scalar>(&self, tape: &mut Tape<T>, params: &Params<T>, input: &ModelInput) -> Forward {
         let (n, g) = (input.sets * input.cells, self.cfg.genes);
         assert!(input.perturbation.len() == input.sets && input.batch.len() == n, "model input sizes");
         let control = input.control.on_tape(tape, n, g);
@@ -366,7 +366,7 @@ impl Model {
 
     /// The response readout `[N, G]` (see `ModelConfig::response_readout`) from the candidates'
     /// encoder input `[rows * K, G + 1]`, or none without it.
-    fn response_readout<T: Real>(
+    fn response_readout<T: Scalar>(
         &self,
         tape: &mut Tape<T>,
         params: &Params<T>,
@@ -423,7 +423,7 @@ fn checked_knowledge(cfg: &ModelConfig, knowledge: Option<Knowledge>) -> Result<
 }
 
 /// The perturbation encoder: STATE's one-hot table, or Linear(E -> H) on the GenePT vector.
-fn pert_encoder<T: Real>(cfg: &ModelConfig, knowledge: Option<&Knowledge>, params: &mut Params<T>, rng: &mut impl Rng) -> PertEncoder {
+fn pert_encoder<T: Scalar>(cfg: &ModelConfig, knowledge: Option<&Knowledge>, params: &mut Params<T>, rng: &mut impl Rng) -> PertEncoder {
     let (h, p) = (cfg.hidden, cfg.perturbations);
     match knowledge {
         None => {
@@ -449,7 +449,7 @@ fn pert_encoder<T: Real>(cfg: &ModelConfig, knowledge: Option<&Knowledge>, param
 }
 
 /// Mean over sets of the per-set (half) energy distance between `pred` and `target`, both `[sets * cells, genes]`.
-pub fn energy_loss<T: Real>(tape: &mut Tape<T>, pred: Var, target: Var, sets: usize, cells: usize, genes: usize) -> Var {
+pub fn energy_loss<T: Scalar>(tape: &mut Tape<T>, pred: Var, target: Var, sets: usize, cells: usize, genes: usize) -> Var {
     let shape = EnergyShape { sets, cells_pred: cells, cells_obs: cells, genes };
     let per_set = tape.energy(pred, target, shape);
     tape.mean(per_set)

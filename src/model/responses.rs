@@ -5,7 +5,7 @@ use super::config::{CandidateContext, ModelConfig};
 use super::knowledge::Knowledge;
 use super::layers::{normal, Linear};
 use crate::data::responses::ObservedResponses;
-use crate::real::Real;
+use crate::scalar::Scalar;
 use crate::tape::{ParamId, Params, Tape, Var};
 use crate::{Error, Result};
 use rand::Rng;
@@ -23,7 +23,7 @@ pub(super) struct ResponseEncoders {
 impl ResponseEncoders {
     /// The encoders `cfg.candidate_context` asks for (none for GenePT alone), over the fold's
     /// response table in `knowledge`.
-    pub(super) fn new<T: Real>(
+    pub(super) fn new<T: Scalar>(
         cfg: &ModelConfig,
         knowledge: Option<&Knowledge>,
         params: &mut Params<T>,
@@ -54,7 +54,7 @@ impl ResponseEncoders {
 
 /// Observed changes as an encoder's input `[rows, genes + 1]`: each change and a 1, or zeros for
 /// one never observed.
-pub(super) fn response_rows<'c, T: Real>(
+pub(super) fn response_rows<'c, T: Scalar>(
     tape: &mut Tape<T>,
     changes: impl Iterator<Item = Option<Cow<'c, Vec<f64>>>>,
     genes: usize,

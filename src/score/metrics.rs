@@ -226,7 +226,7 @@ pub enum Space {
     /// means; NaN, shown as absent, elsewhere).
     Truth,
     /// The real cells alone.
-    Real,
+    RealCells,
 }
 
 /// One metric of a report: its name (a column of `per_condition.csv`), its direction, what it
@@ -259,7 +259,7 @@ pub const METRICS: [Metric; 13] = [
     score("mmd", false, Space::Pca),
     score("mse_truth", false, Space::Truth),
     score("pearson_deg_truth", true, Space::Truth),
-    Metric { name: "degs", higher_is_better: false, space: Space::Real, is_count: true },
+    Metric { name: "degs", higher_is_better: false, space: Space::RealCells, is_count: true },
 ];
 
 /// The position of the metric `name` in `METRICS` (and so in `ConditionRow::values`).

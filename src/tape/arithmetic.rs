@@ -54,35 +54,41 @@ impl<T> From<ArithmeticOp> for Op<T> {
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub fn add(&mut self, a: Var, b: Var) -> Var {
         assert_eq!(self.shape(a), self.shape(b), "add: shapes differ");
-        let out =
-            self.compute1(self.numel(a), |o| tensor::add(self.h(a), self.h(b), o), |g, o| cuda::tensor::add(g, self.d(a), self.d(b), o));
+        let out = self.compute_one(
+            self.numel(a),
+            |o| tensor::add(self.host_slice(a), self.host_slice(b), o),
+            |g, o| cuda::tensor::add(g, self.device_buffer(a), self.device_buffer(b), o),
+        );
         let needs = self.needs(&[a, b]);
         self.push(out, self.shape(a).to_vec(), ArithmeticOp::Add { a, b }, needs)
     }
 
     pub fn mul(&mut self, a: Var, b: Var) -> Var {
         assert_eq!(self.shape(a), self.shape(b), "mul: shapes differ");
-        let out =
-            self.compute1(self.numel(a), |o| tensor::mul(self.h(a), self.h(b), o), |g, o| cuda::tensor::mul(g, self.d(a), self.d(b), o));
+        let out = self.compute_one(
+            self.numel(a),
+            |o| tensor::mul(self.host_slice(a), self.host_slice(b), o),
+            |g, o| cuda::tensor::mul(g, self.device_buffer(a), self.device_buffer(b), o),
+        );
         let needs = self.needs(&[a, b]);
         self.push(out, self.shape(a).to_vec(), ArithmeticOp::Mul { a, b }, needs)
     }
 
     pub fn scale(&mut self, x: Var, factor: f64) -> Var {
-        let out = self.compute1(
+        let out = self.compute_one(
             self.numel(x),
-            |o| tensor::scale(self.h(x), T::f(factor), o),
-            |g, o| cuda::tensor::scale(g, self.d(x), factor as f32, o),
+            |o| tensor::scale(self.host_slice(x), T::f(factor), o),
+            |g, o| cuda::tensor::scale(g, self.device_buffer(x), factor as f32, o),
         );
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), ArithmeticOp::Scale { x, factor }, needs)
     }
 
     pub fn sum(&mut self, x: Var) -> Var {
-        let out = self.compute1(1, |o| tensor::sum(self.h(x), o), |g, o| cuda::tensor::sum(g, self.d(x), o));
+        let out = self.compute_one(1, |o| tensor::sum(self.host_slice(x), o), |g, o| cuda::tensor::sum(g, self.device_buffer(x), o));
         let needs = self.needs(&[x]);
         self.push(out, vec![1], ArithmeticOp::Sum { x }, needs)
     }
@@ -97,10 +103,10 @@ impl<T: Real> Tape<T> {
     pub fn scale_rows(&mut self, x: Var, w: Var) -> Var {
         let cols = cols_of(self.shape(x));
         assert_eq!(self.numel(x), self.numel(w) * cols, "scale_rows: one weight per row of {:?}", self.shape(x));
-        let out = self.compute1(
+        let out = self.compute_one(
             self.numel(x),
-            |o| tensor::scale_rows(self.h(x), self.h(w), o),
-            |g, o| cuda::tensor::scale_rows(g, self.d(x), self.d(w), o),
+            |o| tensor::scale_rows(self.host_slice(x), self.host_slice(w), o),
+            |g, o| cuda::tensor::scale_rows(g, self.device_buffer(x), self.device_buffer(w), o),
         );
         let needs = self.needs(&[x, w]);
         self.push(out, self.shape(x).to_vec(), ArithmeticOp::ScaleRows { x, w }, needs)
@@ -109,10 +115,10 @@ impl<T: Real> Tape<T> {
     /// Every column of `x[rows, cols]` times its factor `v[cols]`.
     pub fn scale_cols(&mut self, x: Var, v: Var) -> Var {
         assert_eq!(self.numel(v), cols_of(self.shape(x)), "scale_cols: one factor per column of {:?}", self.shape(x));
-        let out = self.compute1(
+        let out = self.compute_one(
             self.numel(x),
-            |o| tensor::scale_cols(self.h(x), self.h(v), o),
-            |g, o| cuda::tensor::scale_cols(g, self.d(x), self.d(v), o),
+            |o| tensor::scale_cols(self.host_slice(x), self.host_slice(v), o),
+            |g, o| cuda::tensor::scale_cols(g, self.device_buffer(x), self.device_buffer(v), o),
         );
         let needs = self.needs(&[x, v]);
         self.push(out, self.shape(x).to_vec(), ArithmeticOp::ScaleCols { x, v }, needs)
@@ -123,17 +129,17 @@ impl<T: Real> Tape<T> {
         let cols = cols_of(self.shape(x));
         let rows = self.numel(x) / cols;
         assert!(group > 0 && rows.is_multiple_of(group), "sum_groups: {rows} rows in groups of {group}");
-        let out = self.compute1(
+        let out = self.compute_one(
             rows / group * cols,
-            |o| tensor::sum_groups_forward(self.h(x), cols, group, o),
-            |g, o| cuda::tensor::sum_groups_forward(g, self.d(x), cols, group, o),
+            |o| tensor::sum_groups_forward(self.host_slice(x), cols, group, o),
+            |g, o| cuda::tensor::sum_groups_forward(g, self.device_buffer(x), cols, group, o),
         );
         let needs = self.needs(&[x]);
         self.push(out, vec![rows / group, cols], ArithmeticOp::SumGroups { x, group }, needs)
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub(super) fn arithmetic_backward(&self, op: &ArithmeticOp, node: &Node<T>, grad: Memory<T>, grads: &mut [Option<Memory<T>>]) {
         let g = &grad;
         let n = |v: Var| self.numel(v);
@@ -149,18 +155,18 @@ impl<T: Real> Tape<T> {
             }
             ArithmeticOp::Mul { a, b } => {
                 if needs(a) {
-                    let da = self.compute1(
+                    let da = self.compute_one(
                         n(a),
-                        |o| tensor::mul(g.host(), self.h(b), o),
-                        |gpu, o| cuda::tensor::mul(gpu, g.dev(), self.d(b), o),
+                        |o| tensor::mul(g.host(), self.host_slice(b), o),
+                        |gpu, o| cuda::tensor::mul(gpu, g.dev(), self.device_buffer(b), o),
                     );
                     self.add_grad(grads, a, da);
                 }
                 let db = self.scaled_in_place(
                     grad,
                     n(b),
-                    |v| v.iter_mut().zip(self.h(a)).for_each(|(g, &a)| *g = *g * a),
-                    |gpu, g, o| cuda::tensor::mul(gpu, g, self.d(a), o),
+                    |v| v.iter_mut().zip(self.host_slice(a)).for_each(|(g, &a)| *g = *g * a),
+                    |gpu, g, o| cuda::tensor::mul(gpu, g, self.device_buffer(a), o),
                 );
                 self.add_grad(grads, b, db);
             }
@@ -176,29 +182,29 @@ impl<T: Real> Tape<T> {
             }
             ArithmeticOp::Sum { x } => {
                 let dx =
-                    self.accumulate1(n(x), |o| tensor::sum_backward(g.host(), o), |gpu, o| cuda::tensor::sum_backward(gpu, g.dev(), o));
+                    self.accumulate_one(n(x), |o| tensor::sum_backward(g.host(), o), |gpu, o| cuda::tensor::sum_backward(gpu, g.dev(), o));
                 self.add_grad(grads, x, dx);
             }
             ArithmeticOp::ScaleRows { x, w } => {
-                let dw = self.compute1(
+                let dw = self.compute_one(
                     n(w),
-                    |o| tensor::row_dots(g.host(), self.h(x), o),
-                    |gpu, o| cuda::tensor::row_dots(gpu, g.dev(), self.d(x), o),
+                    |o| tensor::row_dots(g.host(), self.host_slice(x), o),
+                    |gpu, o| cuda::tensor::row_dots(gpu, g.dev(), self.device_buffer(x), o),
                 );
                 self.add_grad(grads, w, dw);
                 let cols = cols_of(&node.shape);
                 let dx = self.scaled_in_place(
                     grad,
                     n(x),
-                    |v| v.chunks_mut(cols).zip(self.h(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w)),
-                    |gpu, g, o| cuda::tensor::scale_rows(gpu, g, self.d(w), o),
+                    |v| v.chunks_mut(cols).zip(self.host_slice(w)).for_each(|(r, &w)| r.iter_mut().for_each(|g| *g = *g * w)),
+                    |gpu, g, o| cuda::tensor::scale_rows(gpu, g, self.device_buffer(w), o),
                 );
                 self.add_grad(grads, x, dx);
             }
             ArithmeticOp::ScaleCols { x, v } => self.scale_cols_backward(x, v, g, grads),
             ArithmeticOp::SumGroups { x, group } => {
                 let cols = cols_of(&node.shape);
-                let dx = self.accumulate1(
+                let dx = self.accumulate_one(
                     n(x),
                     |o| tensor::sum_groups_backward(g.host(), cols, group, o),
                     |gpu, o| cuda::tensor::sum_groups_backward(gpu, g.dev(), cols, group, o),
@@ -222,8 +228,8 @@ impl<T: Real> Tape<T> {
                 host(Arc::make_mut(&mut v).as_mut_slice());
                 Memory::Host(v)
             }
-            // (a failed GPU op's gradient is Missing: `compute1` then skips the kernel)
-            dev => self.compute1(n, |_| {}, |g, o| gpu(g, dev.dev(), o)),
+            // (a failed GPU op's gradient is Missing: `compute_one` then skips the kernel)
+            dev => self.compute_one(n, |_| {}, |g, o| gpu(g, dev.dev(), o)),
         }
     }
 
@@ -233,12 +239,12 @@ impl<T: Real> Tape<T> {
         let [dx, dv] = self.compute(
             [n(x), n(v)],
             |[dx, dv]| {
-                tensor::scale_cols(g.host(), self.h(v), dx);
-                tensor::column_dots(g.host(), Some(self.h(x)), dv);
+                tensor::scale_cols(g.host(), self.host_slice(v), dx);
+                tensor::column_dots(g.host(), Some(self.host_slice(x)), dv);
             },
             |gpu, [dx, dv]| {
-                cuda::tensor::scale_cols(gpu, g.dev(), self.d(v), dx)?;
-                cuda::tensor::column_dots(gpu, g.dev(), Some(self.d(x)), dv)
+                cuda::tensor::scale_cols(gpu, g.dev(), self.device_buffer(v), dx)?;
+                cuda::tensor::column_dots(gpu, g.dev(), Some(self.device_buffer(x)), dv)
             },
         );
         self.add_grad(grads, x, dx);

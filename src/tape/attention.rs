@@ -25,13 +25,15 @@ impl<T> From<AttentionOp<T>> for Op<T> {
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     /// Attention within each set; `q, k, v: [sets * cells, heads * head_dim]`.
     pub fn attention(&mut self, q: Var, k: Var, v: Var, shape: AttentionShape) -> Var {
         let [out, lse] = self.compute(
             [self.numel(q), shape.sets * shape.heads * shape.cells],
-            |[o, l]| attention_forward(self.h(q), self.h(k), self.h(v), shape, o, l),
-            |g, [o, l]| cuda::attention::attention_forward(g, self.d(q), self.d(k), self.d(v), shape, o, l),
+            |[o, l]| attention_forward(self.host_slice(q), self.host_slice(k), self.host_slice(v), shape, o, l),
+            |g, [o, l]| {
+                cuda::attention::attention_forward(g, self.device_buffer(q), self.device_buffer(k), self.device_buffer(v), shape, o, l)
+            },
         );
         let needs = self.needs(&[q, k, v]);
         self.push(out, self.shape(q).to_vec(), AttentionOp::Attention { q, k, v, shape, lse }, needs)
@@ -39,14 +41,17 @@ impl<T: Real> Tape<T> {
 
     /// Rotary position encoding of `x: [sets * cells, heads * head_dim]` (see `cpu::attention::Rope`).
     pub fn rope(&mut self, x: Var, rope: Rope) -> Var {
-        let out =
-            self.compute1(self.numel(x), |o| rope_forward(rope, self.h(x), o), |g, o| cuda::attention::rope_forward(g, rope, self.d(x), o));
+        let out = self.compute_one(
+            self.numel(x),
+            |o| rope_forward(rope, self.host_slice(x), o),
+            |g, o| cuda::attention::rope_forward(g, rope, self.device_buffer(x), o),
+        );
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), AttentionOp::Rope { x, rope }, needs)
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub(super) fn attention_backward(&self, op: &AttentionOp<T>, node: &Node<T>, grad: Memory<T>, grads: &mut [Option<Memory<T>>]) {
         let g = &grad;
         let n = |v: Var| self.numel(v);
@@ -56,14 +61,25 @@ impl<T: Real> Tape<T> {
                 let [dq, dk, dv] = self.accumulate(
                     [n(q), n(k), n(v)],
                     |[dq, dk, dv]| {
-                        attention_backward(self.h(q), self.h(k), self.h(v), node.value.host(), lse.host(), g.host(), shape, dq, dk, dv)
+                        attention_backward(
+                            self.host_slice(q),
+                            self.host_slice(k),
+                            self.host_slice(v),
+                            node.value.host(),
+                            lse.host(),
+                            g.host(),
+                            shape,
+                            dq,
+                            dk,
+                            dv,
+                        )
                     },
                     |gpu, [dq, dk, dv]| {
                         cuda::attention::attention_backward(
                             gpu,
-                            self.d(q),
-                            self.d(k),
-                            self.d(v),
+                            self.device_buffer(q),
+                            self.device_buffer(k),
+                            self.device_buffer(v),
                             node.value.dev(),
                             lse.dev(),
                             g.dev(),
@@ -79,7 +95,7 @@ impl<T: Real> Tape<T> {
                 self.add_grad(grads, v, dv);
             }
             &AttentionOp::Rope { x, rope } => {
-                let dx = self.accumulate1(
+                let dx = self.accumulate_one(
                     n(x),
                     |o| rope_backward(rope, g.host(), o),
                     |gpu, o| cuda::attention::rope_backward(gpu, rope, g.dev(), o),

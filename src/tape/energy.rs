@@ -23,29 +23,29 @@ impl<T> From<EnergyOp> for Op<T> {
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     /// Per-set (half) energy distance, `[sets]`; see `cpu::energy`.
     pub fn energy(&mut self, pred: Var, obs: Var, shape: EnergyShape) -> Var {
-        let out = self.compute1(
+        let out = self.compute_one(
             shape.sets,
-            |o| energy_forward(self.h(pred), self.h(obs), shape, o),
-            |g, o| cuda::energy::energy_forward(g, self.d(pred), self.d(obs), shape, o),
+            |o| energy_forward(self.host_slice(pred), self.host_slice(obs), shape, o),
+            |g, o| cuda::energy::energy_forward(g, self.device_buffer(pred), self.device_buffer(obs), shape, o),
         );
         let needs = self.needs(&[pred]);
         self.push(out, vec![shape.sets], EnergyOp::Energy { pred, obs, shape }, needs)
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub(super) fn energy_backward(&self, op: &EnergyOp, grad: Memory<T>, grads: &mut [Option<Memory<T>>]) {
         let g = &grad;
         let n = |v: Var| self.numel(v);
         match op {
             &EnergyOp::Energy { pred, obs, shape } => {
-                let dp = self.accumulate1(
+                let dp = self.accumulate_one(
                     n(pred),
-                    |o| energy_backward(self.h(pred), self.h(obs), shape, g.host(), o),
-                    |gpu, o| cuda::energy::energy_backward(gpu, self.d(pred), self.d(obs), shape, g.dev(), o),
+                    |o| energy_backward(self.host_slice(pred), self.host_slice(obs), shape, g.host(), o),
+                    |gpu, o| cuda::energy::energy_backward(gpu, self.device_buffer(pred), self.device_buffer(obs), shape, g.dev(), o),
                 );
                 self.add_grad(grads, pred, dp);
             }

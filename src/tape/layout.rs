@@ -38,7 +38,7 @@ impl<T> From<LayoutOp> for Op<T> {
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     /// Rows of `table[rows, cols]` picked by `index` (embedding lookup; also broadcasts a per-set
     /// row to every cell of the set). Out-of-range indices are a caller bug and panic.
     pub fn gather(&mut self, table: Var, index: &[usize]) -> Var {
@@ -47,10 +47,10 @@ impl<T: Real> Tape<T> {
         if let Some(i) = index.iter().find(|&&i| i >= rows) {
             panic!("gather: index {i} out of {rows} rows");
         }
-        let out = self.compute1(
+        let out = self.compute_one(
             index.len() * cols,
-            |o| tensor::gather_rows(self.h(table), cols, index, o),
-            |g, o| cuda::tensor::gather_rows(g, self.d(table), cols, &g.upload(&index_i32(index))?, o),
+            |o| tensor::gather_rows(self.host_slice(table), cols, index, o),
+            |g, o| cuda::tensor::gather_rows(g, self.device_buffer(table), cols, &g.upload(&index_i32(index))?, o),
         );
         let needs = self.needs(&[table]);
         self.push(out, vec![index.len(), cols], LayoutOp::Gather { table, index: index.to_vec() }, needs)
@@ -65,16 +65,16 @@ impl<T: Real> Tape<T> {
         }
         let total: usize = widths.iter().sum();
         let starts: Vec<usize> = widths.iter().scan(0, |s, &w| Some(std::mem::replace(s, *s + w))).collect();
-        let out = self.compute1(
+        let out = self.compute_one(
             rows * total,
             |o| {
                 for ((&p, &w), &start) in parts.iter().zip(&widths).zip(&starts) {
-                    tensor::copy_cols(self.h(p), w, 0, o, total, start, w, false);
+                    tensor::copy_cols(self.host_slice(p), w, 0, o, total, start, w, false);
                 }
             },
             |g, o| {
                 for ((&p, &w), &start) in parts.iter().zip(&widths).zip(&starts) {
-                    cuda::tensor::copy_cols(g, self.d(p), w, 0, o, total, start, w, false)?;
+                    cuda::tensor::copy_cols(g, self.device_buffer(p), w, 0, o, total, start, w, false)?;
                 }
                 Ok(())
             },
@@ -89,10 +89,10 @@ impl<T: Real> Tape<T> {
     pub fn slice_cols(&mut self, x: Var, start: usize, width: usize) -> Var {
         let cols = cols_of(self.shape(x));
         assert!(start + width <= cols, "slice_cols: {start}+{width} > {cols}");
-        let out = self.compute1(
+        let out = self.compute_one(
             self.numel(x) / cols * width,
-            |o| tensor::copy_cols(self.h(x), cols, start, o, width, 0, width, false),
-            |g, o| cuda::tensor::copy_cols(g, self.d(x), cols, start, o, width, 0, width, false),
+            |o| tensor::copy_cols(self.host_slice(x), cols, start, o, width, 0, width, false),
+            |g, o| cuda::tensor::copy_cols(g, self.device_buffer(x), cols, start, o, width, 0, width, false),
         );
         let needs = self.needs(&[x]);
         let mut shape = self.shape(x).to_vec();
@@ -120,7 +120,7 @@ impl<T: Real> Tape<T> {
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub(super) fn layout_backward(&self, op: &LayoutOp, node: &Node<T>, grad: Memory<T>, grads: &mut [Option<Memory<T>>]) {
         let g = &grad;
         let n = |v: Var| self.numel(v);
@@ -129,7 +129,7 @@ impl<T: Real> Tape<T> {
         match op {
             LayoutOp::Gather { table, index } => {
                 let (table, cols) = (*table, cols_of(&node.shape));
-                let dt = self.accumulate1(
+                let dt = self.accumulate_one(
                     n(table),
                     |o| tensor::scatter_add_rows(g.host(), cols, index, o),
                     |gpu, o| cuda::tensor::scatter_add_rows(gpu, g.dev(), cols, &gpu.upload(&index_i32(index))?, o),
@@ -140,7 +140,7 @@ impl<T: Real> Tape<T> {
                 let total = cols_of(&node.shape);
                 let mut start = 0;
                 for &(p, w) in parts {
-                    let dp = self.compute1(
+                    let dp = self.compute_one(
                         n(p),
                         |o| tensor::copy_cols(g.host(), total, start, o, w, 0, w, false),
                         |gpu, o| cuda::tensor::copy_cols(gpu, g.dev(), total, start, o, w, 0, w, false),
@@ -151,7 +151,7 @@ impl<T: Real> Tape<T> {
             }
             &LayoutOp::SliceCols { x, start, width } => {
                 let cols = cols_of(self.shape(x));
-                let dx = self.accumulate1(
+                let dx = self.accumulate_one(
                     n(x),
                     |o| tensor::copy_cols(g.host(), width, 0, o, cols, start, width, false),
                     |gpu, o| cuda::tensor::copy_cols(gpu, g.dev(), width, 0, o, cols, start, width, false),

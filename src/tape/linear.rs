@@ -26,7 +26,7 @@ impl<T> From<LinearOp> for Op<T> {
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     /// 2-D matrix product; with `trans_*` the operand is stored transposed.
     pub fn matmul(&mut self, a: Var, b: Var, trans_a: bool, trans_b: bool) -> Var {
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
@@ -56,17 +56,17 @@ impl<T: Real> Tape<T> {
 
     pub fn add_bias(&mut self, x: Var, bias: Var) -> Var {
         assert_eq!(self.numel(bias), cols_of(self.shape(x)), "add_bias: bias length vs last dim of {:?}", self.shape(x));
-        let out = self.compute1(
+        let out = self.compute_one(
             self.numel(x),
-            |o| tensor::add_bias(self.h(x), self.h(bias), o),
-            |g, o| cuda::tensor::add_bias(g, self.d(x), self.d(bias), o),
+            |o| tensor::add_bias(self.host_slice(x), self.host_slice(bias), o),
+            |g, o| cuda::tensor::add_bias(g, self.device_buffer(x), self.device_buffer(bias), o),
         );
         let needs = self.needs(&[x, bias]);
         self.push(out, self.shape(x).to_vec(), LinearOp::AddBias { x, bias }, needs)
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub(super) fn linear_backward(&self, op: &LinearOp, grad: Memory<T>, grads: &mut [Option<Memory<T>>]) {
         let g = &grad;
         let n = |v: Var| self.numel(v);
@@ -96,7 +96,7 @@ impl<T: Real> Tape<T> {
                 }
             }
             LinearOp::AddBias { x, bias } => {
-                let db = self.compute1(
+                let db = self.compute_one(
                     n(bias),
                     |o| tensor::column_dots(g.host(), None, o),
                     |gpu, o| cuda::tensor::column_dots(gpu, g.dev(), None, o),

@@ -24,7 +24,7 @@ use crate::cpu::{gemm::matmul_new, tensor, zeros};
 /// the engines, not through `cuda`.
 pub use crate::cuda::tensor::RowTable;
 use crate::cuda::{self, Buffer, Gpu};
-use crate::real::Real;
+use crate::scalar::Scalar;
 use crate::{Error, Result};
 pub use params::{Param, ParamId, Params};
 use std::cell::RefCell;
@@ -81,7 +81,7 @@ pub enum Memory<T> {
 // A host op reading a GPU tensor (or the reverse) is a bug in the tape, not a user error.
 const WRONG_SIDE: &str = "tape: a tensor read on the wrong side of the host/GPU seam";
 
-impl<T: Real> Memory<T> {
+impl<T: Scalar> Memory<T> {
     fn host(&self) -> &[T] {
         match self {
             Memory::Host(v) => v,
@@ -148,14 +148,14 @@ fn numel(shape: &[usize]) -> usize {
 fn cols_of(shape: &[usize]) -> usize {
     *shape.last().unwrap_or(&1)
 }
-fn f32_of<T: Real>(v: &[T]) -> Vec<f32> {
+fn f32_of<T: Scalar>(v: &[T]) -> Vec<f32> {
     v.iter().map(|x| x.to_f32().unwrap_or(f32::NAN)).collect()
 }
 fn index_i32(index: &[usize]) -> Vec<i32> {
     index.iter().map(|&i| i as i32).collect()
 }
 
-impl<T: Real> Default for Tape<T> {
+impl<T: Scalar> Default for Tape<T> {
     fn default() -> Self {
         Self::new()
     }
@@ -184,7 +184,7 @@ impl Tape<f32> {
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub fn new() -> Self {
         Tape { nodes: Vec::new(), timing: None, gpu: None, resident: Vec::new(), fault: RefCell::new(None) }
     }
@@ -228,7 +228,8 @@ impl<T: Real> Tape<T> {
     ) -> [Memory<T>; K] {
         self.outputs(sizes, Start::Unfilled, cpu, gpu)
     }
-    fn compute1(&self, n: usize, cpu: impl FnOnce(&mut [T]), gpu: impl FnOnce(&Gpu, &mut Buffer<f32>) -> Result<()>) -> Memory<T> {
+    /// `compute` of one tensor.
+    fn compute_one(&self, n: usize, cpu: impl FnOnce(&mut [T]), gpu: impl FnOnce(&Gpu, &mut Buffer<f32>) -> Result<()>) -> Memory<T> {
         let [out] = self.compute([n], |[o]| cpu(o), |g, [o]| gpu(g, o));
         out
     }
@@ -242,7 +243,8 @@ impl<T: Real> Tape<T> {
     ) -> [Memory<T>; K] {
         self.outputs(sizes, Start::Zeros, cpu, gpu)
     }
-    fn accumulate1(&self, n: usize, cpu: impl FnOnce(&mut [T]), gpu: impl FnOnce(&Gpu, &mut Buffer<f32>) -> Result<()>) -> Memory<T> {
+    /// `accumulate` of one tensor.
+    fn accumulate_one(&self, n: usize, cpu: impl FnOnce(&mut [T]), gpu: impl FnOnce(&Gpu, &mut Buffer<f32>) -> Result<()>) -> Memory<T> {
         let [out] = self.accumulate([n], |[o]| cpu(o), |g, [o]| gpu(g, o));
         out
     }
@@ -316,16 +318,18 @@ impl<T: Real> Tape<T> {
     fn numel(&self, v: Var) -> usize {
         numel(&self.nodes[v.0].shape)
     }
-    fn h(&self, v: Var) -> &[T] {
+    /// The value of `v` on a host tape.
+    fn host_slice(&self, v: Var) -> &[T] {
         self.nodes[v.0].value.host()
     }
-    fn d(&self, v: Var) -> &Buffer<f32> {
+    /// The value of `v` on a GPU tape.
+    fn device_buffer(&self, v: Var) -> &Buffer<f32> {
         self.nodes[v.0].value.dev()
     }
 
     /// A value on a host tape (GPU tapes: `fetch`).
     pub fn value(&self, v: Var) -> &[T] {
-        self.h(v)
+        self.host_slice(v)
     }
     /// A value copied to the host, on either kind of tape; the tape's GPU fault, if it has one.
     pub fn fetch(&self, v: Var) -> Result<Vec<T>> {
@@ -336,7 +340,7 @@ impl<T: Real> Tape<T> {
         &self.nodes[v.0].shape
     }
     pub fn scalar(&self, v: Var) -> T {
-        self.h(v)[0]
+        self.host_slice(v)[0]
     }
 
     /// Data that needs no gradient.
@@ -350,7 +354,7 @@ impl<T: Real> Tape<T> {
     pub fn table_rows(&mut self, table: &RowTable, rows: &[u32]) -> Var {
         assert!(self.gpu.is_some(), "{WRONG_SIDE}");
         let n = rows.len() * table.cols();
-        let out = self.compute1(
+        let out = self.compute_one(
             n,
             |_| unreachable!("a GPU tape"),
             |g, o| {
@@ -443,20 +447,20 @@ impl<T: Real> Tape<T> {
     fn host_of<'a>(&'a self, o: Operand<'a, T>) -> &'a [T] {
         match o {
             Operand::Grad(g) => g.host(),
-            Operand::Of(v) => self.h(v),
+            Operand::Of(v) => self.host_slice(v),
         }
     }
     fn dev_of<'a>(&'a self, o: Operand<'a, T>) -> &'a Buffer<f32> {
         match o {
             Operand::Grad(g) => g.dev(),
-            Operand::Of(v) => self.d(v),
+            Operand::Of(v) => self.device_buffer(v),
         }
     }
     /// `op(x)[m, k] op(y)[k, n]` on the tape's device (the CPU GEMM, or cuBLAS).
     fn product(&self, x: Operand<T>, y: Operand<T>, [m, k, n]: [usize; 3], trans_x: bool, trans_y: bool) -> Memory<T> {
         match &self.gpu {
             None => Memory::Host(Arc::new(matmul_new(self.host_of(x), self.host_of(y), m, k, n, trans_x, trans_y))),
-            Some(_) => self.compute1(
+            Some(_) => self.compute_one(
                 m * n,
                 |_| {},
                 |g, o| cuda::gemm::matmul(g, self.dev_of(x), self.dev_of(y), o, m, k, n, trans_x, trans_y, false),
@@ -468,7 +472,7 @@ impl<T: Real> Tape<T> {
     /// copy on the GPU (whose gradients are updated in place through `Arc::get_mut`).
     fn duplicate(&self, g: &Memory<T>) -> Memory<T> {
         match g {
-            Memory::Gpu(b) => self.accumulate1(b.len(), |_| {}, |gpu, o| cuda::tensor::accumulate(gpu, b, o)),
+            Memory::Gpu(b) => self.accumulate_one(b.len(), |_| {}, |gpu, o| cuda::tensor::accumulate(gpu, b, o)),
             shared => shared.clone(),
         }
     }
@@ -497,7 +501,7 @@ pub struct Gradients<T> {
     grads: Vec<Option<Memory<T>>>,
 }
 
-impl<T: Real> Gradients<T> {
+impl<T: Scalar> Gradients<T> {
     /// A gradient of a host tape (GPU tapes: `fetch`).
     pub fn get(&self, v: Var) -> Option<&[T]> {
         self.grads[v.0].as_ref().map(|g| g.host())

@@ -39,15 +39,15 @@ impl<T> From<NormOp<T>> for Op<T> {
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub fn rmsnorm(&mut self, x: Var, w: Var, eps: f64) -> Var {
         let cols = cols_of(self.shape(x));
         assert_eq!(self.numel(w), cols, "rmsnorm: weight length vs last dim");
         let rows = self.numel(x) / cols;
         let [out, rstd] = self.compute(
             [rows * cols, rows],
-            |[o, r]| kernels::rmsnorm_forward(self.h(x), self.h(w), eps, o, r),
-            |g, [o, r]| cuda::norm::rmsnorm_forward(g, self.d(x), self.d(w), eps, o, r),
+            |[o, r]| kernels::rmsnorm_forward(self.host_slice(x), self.host_slice(w), eps, o, r),
+            |g, [o, r]| cuda::norm::rmsnorm_forward(g, self.device_buffer(x), self.device_buffer(w), eps, o, r),
         );
         let needs = self.needs(&[x, w]);
         self.push(out, self.shape(x).to_vec(), NormOp::RmsNorm { x, w, rstd }, needs)
@@ -59,8 +59,10 @@ impl<T: Real> Tape<T> {
         let rows = self.numel(x) / cols;
         let [out, mean, rstd] = self.compute(
             [rows * cols, rows, rows],
-            |[o, m, r]| kernels::layernorm_forward(self.h(x), self.h(w), self.h(b), eps, o, m, r),
-            |g, [o, m, r]| cuda::norm::layernorm_forward(g, self.d(x), self.d(w), self.d(b), eps, o, m, r),
+            |[o, m, r]| kernels::layernorm_forward(self.host_slice(x), self.host_slice(w), self.host_slice(b), eps, o, m, r),
+            |g, [o, m, r]| {
+                cuda::norm::layernorm_forward(g, self.device_buffer(x), self.device_buffer(w), self.device_buffer(b), eps, o, m, r)
+            },
         );
         let needs = self.needs(&[x, w, b]);
         self.push(out, self.shape(x).to_vec(), NormOp::LayerNorm { x, w, b, mean, rstd }, needs)
@@ -73,15 +75,15 @@ impl<T: Real> Tape<T> {
         assert!(n > 1, "scale_by_std: needs at least two elements");
         let [out, stats] = self.compute(
             [n, 3],
-            |[o, s]| tensor::std_scale_forward(self.h(x), floor, o, s),
-            |g, [o, s]| cuda::tensor::std_scale_forward(g, self.d(x), floor, o, s),
+            |[o, s]| tensor::std_scale_forward(self.host_slice(x), floor, o, s),
+            |g, [o, s]| cuda::tensor::std_scale_forward(g, self.device_buffer(x), floor, o, s),
         );
         let needs = self.needs(&[x]);
         self.push(out, self.shape(x).to_vec(), NormOp::StdScale { x, stats }, needs)
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub(super) fn norm_backward(&self, op: &NormOp<T>, grad: Memory<T>, grads: &mut [Option<Memory<T>>]) {
         let g = &grad;
         let n = |v: Var| self.numel(v);
@@ -90,8 +92,10 @@ impl<T: Real> Tape<T> {
                 let (x, w) = (*x, *w);
                 let [dx, dw] = self.accumulate(
                     [n(x), n(w)],
-                    |[dx, dw]| kernels::rmsnorm_backward(self.h(x), self.h(w), rstd.host(), g.host(), dx, dw),
-                    |gpu, [dx, dw]| cuda::norm::rmsnorm_backward(gpu, self.d(x), self.d(w), rstd.dev(), g.dev(), dx, dw),
+                    |[dx, dw]| kernels::rmsnorm_backward(self.host_slice(x), self.host_slice(w), rstd.host(), g.host(), dx, dw),
+                    |gpu, [dx, dw]| {
+                        cuda::norm::rmsnorm_backward(gpu, self.device_buffer(x), self.device_buffer(w), rstd.dev(), g.dev(), dx, dw)
+                    },
                 );
                 self.add_grad(grads, x, dx);
                 self.add_grad(grads, w, dw);
@@ -100,9 +104,21 @@ impl<T: Real> Tape<T> {
                 let (x, w, b) = (*x, *w, *b);
                 let [dx, dw, db] = self.accumulate(
                     [n(x), n(w), n(b)],
-                    |[dx, dw, db]| kernels::layernorm_backward(self.h(x), self.h(w), mean.host(), rstd.host(), g.host(), dx, dw, db),
+                    |[dx, dw, db]| {
+                        kernels::layernorm_backward(self.host_slice(x), self.host_slice(w), mean.host(), rstd.host(), g.host(), dx, dw, db)
+                    },
                     |gpu, [dx, dw, db]| {
-                        cuda::norm::layernorm_backward(gpu, self.d(x), self.d(w), mean.dev(), rstd.dev(), g.dev(), dx, dw, db)
+                        cuda::norm::layernorm_backward(
+                            gpu,
+                            self.device_buffer(x),
+                            self.device_buffer(w),
+                            mean.dev(),
+                            rstd.dev(),
+                            g.dev(),
+                            dx,
+                            dw,
+                            db,
+                        )
                     },
                 );
                 self.add_grad(grads, x, dx);
@@ -111,10 +127,10 @@ impl<T: Real> Tape<T> {
             }
             NormOp::StdScale { x, stats } => {
                 let x = *x;
-                let dx = self.accumulate1(
+                let dx = self.accumulate_one(
                     n(x),
-                    |o| tensor::std_scale_backward(self.h(x), stats.host(), g.host(), o),
-                    |gpu, o| cuda::tensor::std_scale_backward(gpu, self.d(x), stats.dev(), g.dev(), o),
+                    |o| tensor::std_scale_backward(self.host_slice(x), stats.host(), g.host(), o),
+                    |gpu, o| cuda::tensor::std_scale_backward(gpu, self.device_buffer(x), stats.dev(), g.dev(), o),
                 );
                 self.add_grad(grads, x, dx);
             }

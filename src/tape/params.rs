@@ -4,7 +4,7 @@
 //! `Gradients::accumulate_into` adds (`+=`) each parameter's gradient to `grad`; nothing clears it
 //! except `zero_grad`. A training step therefore zeroes, runs forward/backward, clips, then updates.
 
-use crate::real::Real;
+use crate::scalar::Scalar;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,7 +26,7 @@ pub struct Params<T> {
     pub entries: Vec<Param<T>>,
 }
 
-impl<T: Real> Params<T> {
+impl<T: Scalar> Params<T> {
     pub fn new() -> Self {
         Params { entries: Vec::new() }
     }

@@ -46,11 +46,11 @@ impl<T> From<SelectionOp<T>> for Op<T> {
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     /// Standard Gumbel noise of `shape` drawn from the counter stream `key` where the tape runs
     /// (see `cpu::selection::gumbel_noise`): data, no gradient.
     pub fn gumbel_noise(&mut self, shape: &[usize], key: u64) -> Var {
-        let out = self.compute1(numel(shape), |o| gumbel_noise(key, o), |g, o| cuda::selection::gumbel_noise(g, key, o));
+        let out = self.compute_one(numel(shape), |o| gumbel_noise(key, o), |g, o| cuda::selection::gumbel_noise(g, key, o));
         self.push(out, shape.to_vec(), Op::Leaf, false)
     }
 
@@ -62,8 +62,8 @@ impl<T: Real> Tape<T> {
         assert_eq!(self.numel(noise), n, "gumbel_st: noise length");
         let [soft, hard] = self.compute(
             [n, n],
-            |[s, h]| gumbel_st_forward(self.h(logits), self.h(noise), tau, classes, s, h),
-            |g, [s, h]| cuda::selection::gumbel_st_forward(g, self.d(logits), self.d(noise), tau, classes, s, h),
+            |[s, h]| gumbel_st_forward(self.host_slice(logits), self.host_slice(noise), tau, classes, s, h),
+            |g, [s, h]| cuda::selection::gumbel_st_forward(g, self.device_buffer(logits), self.device_buffer(noise), tau, classes, s, h),
         );
         let needs = self.needs(&[logits]);
         self.push(hard, self.shape(logits).to_vec(), SelectionOp::GumbelSt { logits, soft, tau }, needs)
@@ -73,10 +73,20 @@ impl<T: Real> Tape<T> {
     /// parts' row sums and sums of squares (each `[part rows]` or `[part rows, 1]`); see
     /// `cpu::selection::triplet_stats_forward`.
     pub fn triplet_stats(&mut self, sums: [Var; 3], squares: [Var; 3], layout: TripletLayout, width: usize, eps: f64) -> Var {
-        let out = self.compute1(
+        let out = self.compute_one(
             2 * layout.triplets(),
-            |o| triplet_stats_forward(sums.map(|v| self.h(v)), squares.map(|v| self.h(v)), layout, width, eps, o),
-            |g, o| cuda::selection::triplet_stats_forward(g, sums.map(|v| self.d(v)), squares.map(|v| self.d(v)), layout, width, eps, o),
+            |o| triplet_stats_forward(sums.map(|v| self.host_slice(v)), squares.map(|v| self.host_slice(v)), layout, width, eps, o),
+            |g, o| {
+                cuda::selection::triplet_stats_forward(
+                    g,
+                    sums.map(|v| self.device_buffer(v)),
+                    squares.map(|v| self.device_buffer(v)),
+                    layout,
+                    width,
+                    eps,
+                    o,
+                )
+            },
         );
         let needs = self.needs(&sums) || self.needs(&squares);
         self.push(out, vec![layout.triplets(), 2], SelectionOp::TripletStats { sums, squares, layout, width }, needs)
@@ -87,24 +97,43 @@ impl<T: Real> Tape<T> {
     /// `cpu::selection::triplet_assemble_forward`.
     pub fn triplet_assemble(&mut self, parts: [Var; 3], stats: Var, v: Var, c: Var, layout: TripletLayout) -> Var {
         let h = self.numel(v);
-        let out = self.compute1(
+        let out = self.compute_one(
             layout.triplets() * h,
-            |o| triplet_assemble_forward(parts.map(|p| self.h(p)), self.h(stats), self.h(v), self.h(c), layout, o),
-            |g, o| cuda::selection::triplet_assemble_forward(g, parts.map(|p| self.d(p)), self.d(stats), self.d(v), self.d(c), layout, o),
+            |o| {
+                triplet_assemble_forward(
+                    parts.map(|p| self.host_slice(p)),
+                    self.host_slice(stats),
+                    self.host_slice(v),
+                    self.host_slice(c),
+                    layout,
+                    o,
+                )
+            },
+            |g, o| {
+                cuda::selection::triplet_assemble_forward(
+                    g,
+                    parts.map(|p| self.device_buffer(p)),
+                    self.device_buffer(stats),
+                    self.device_buffer(v),
+                    self.device_buffer(c),
+                    layout,
+                    o,
+                )
+            },
         );
         let needs = self.needs(&parts) || self.needs(&[stats, v, c]);
         self.push(out, vec![layout.triplets(), h], SelectionOp::TripletAssemble { parts, stats, v, c, layout }, needs)
     }
 }
 
-impl<T: Real> Tape<T> {
+impl<T: Scalar> Tape<T> {
     pub(super) fn selection_backward(&self, op: &SelectionOp<T>, node: &Node<T>, grad: Memory<T>, grads: &mut [Option<Memory<T>>]) {
         let g = &grad;
         let n = |v: Var| self.numel(v);
         match op {
             SelectionOp::GumbelSt { logits, soft, tau } => {
                 let (logits, tau, classes) = (*logits, *tau, cols_of(&node.shape));
-                let dl = self.accumulate1(
+                let dl = self.accumulate_one(
                     n(logits),
                     |o| gumbel_st_backward(soft.host(), g.host(), tau, classes, o),
                     |gpu, o| cuda::selection::gumbel_st_backward(gpu, soft.dev(), g.dev(), tau, classes, o),
@@ -130,9 +159,9 @@ impl<T: Real> Tape<T> {
                     [n(parts[0]), n(parts[1]), n(parts[2]), n(stats), n(v), n(c)],
                     |[p0, p1, p2, ds, dv, dc]| {
                         triplet_assemble_backward(
-                            parts.map(|p| self.h(p)),
-                            self.h(stats),
-                            self.h(v),
+                            parts.map(|p| self.host_slice(p)),
+                            self.host_slice(stats),
+                            self.host_slice(v),
                             g.host(),
                             layout,
                             [p0, p1, p2],
@@ -142,12 +171,12 @@ impl<T: Real> Tape<T> {
                         )
                     },
                     |gpu, [p0, p1, p2, ds, dv, dc]| {
-                        let parts = parts.map(|p| self.d(p));
+                        let parts = parts.map(|p| self.device_buffer(p));
                         cuda::selection::triplet_assemble_backward(
                             gpu,
                             parts,
-                            self.d(stats),
-                            self.d(v),
+                            self.device_buffer(stats),
+                            self.device_buffer(v),
                             g.dev(),
                             layout,
                             [p0, p1, p2],

@@ -7,15 +7,15 @@
 
 pub mod checkpoint;
 pub mod device;
-mod evaluation;
 mod fold;
+mod held_out;
 pub mod optim;
 pub mod options;
 pub mod run;
 pub mod run_dir;
 mod step;
 
-pub use evaluation::{ConditionResult, EvalSummary, GapStats};
+pub use held_out::{ConditionResult, EvalSummary, GapStats};
 pub use step::{optimise_step, PendingStats, StepBreakdown, StepStats};
 
 use crate::cpu::optim::Clip;

@@ -4,13 +4,13 @@
 //! `matrixmultiply`'s kernel (`fma` below), which reached 1.2-2.0 times the `gemm` crate's rate on
 //! the step's shapes (criterion group `cpu/gemm-candidates`, docs/benchmarks.md).
 
-use crate::real::Real;
+use crate::scalar::Scalar;
 use std::any::TypeId;
 
 /// `c[m, n] = beta * c + op(a) @ op(b)` where `op(a)` is `a[m, k]` or, with `trans_a`, `a[k, m]`
 /// transposed (likewise `b[k, n]` or `b[n, k]` with `trans_b`). `beta` is 0 (overwrite) or 1 (accumulate).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, accumulate: bool) {
+pub fn matmul<T: Scalar>(a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, accumulate: bool) {
     assert_eq!(c.len(), m * n, "matmul: c has {} elements, expected {m}x{n}", c.len());
     // SAFETY: c holds m * n initialised elements and is a distinct &mut borrow (no aliasing).
     unsafe { product_into(a, b, c.as_mut_ptr(), m, k, n, trans_a, trans_b, accumulate) }
@@ -20,7 +20,7 @@ pub fn matmul<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usi
 /// no zero-fill before the product overwrites it (that fill was a full extra pass over the step's
 /// largest tensors).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_new<T: Real>(a: &[T], b: &[T], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) -> Vec<T> {
+pub fn matmul_new<T: Scalar>(a: &[T], b: &[T], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) -> Vec<T> {
     if !on_avx512_path::<T>(m, n, k) && !on_fma_path::<T>(m, n, k) {
         let mut c = vec![T::zero(); m * n];
         matmul(a, b, &mut c, m, k, n, trans_a, trans_b, false);
@@ -37,12 +37,12 @@ pub fn matmul_new<T: Real>(a: &[T], b: &[T], m: usize, k: usize, n: usize, trans
 }
 
 /// Whether an f32 product of this size goes to our AVX-512 kernel.
-fn on_avx512_path<T: Real>(m: usize, n: usize, k: usize) -> bool {
+fn on_avx512_path<T: Scalar>(m: usize, n: usize, k: usize) -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>() && avx512::suits(m, n, k)
 }
 
 /// Whether an f32 product of this size goes to matrixmultiply's AVX2+FMA kernel.
-fn on_fma_path<T: Real>(m: usize, n: usize, k: usize) -> bool {
+fn on_fma_path<T: Scalar>(m: usize, n: usize, k: usize) -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>() && fma::suits(m, n, k)
 }
 
@@ -53,7 +53,17 @@ fn on_fma_path<T: Real>(m: usize, n: usize, k: usize) -> bool {
 /// initialised, except that without `accumulate` on the AVX-512 and FMA paths (`on_avx512_path`,
 /// `on_fma_path`) they may not be: those kernels then write every element before reading any.
 #[allow(clippy::too_many_arguments)]
-unsafe fn product_into<T: Real>(a: &[T], b: &[T], c: *mut T, m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool, accumulate: bool) {
+unsafe fn product_into<T: Scalar>(
+    a: &[T],
+    b: &[T],
+    c: *mut T,
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+    accumulate: bool,
+) {
     assert_eq!(a.len(), m * k, "matmul: a has {} elements, expected {m}x{k}", a.len());
     assert_eq!(b.len(), k * n, "matmul: b has {} elements, expected {k}x{n}", b.len());
     if m == 0 || n == 0 {
@@ -141,7 +151,7 @@ impl Strided {
 
 /// `c_view (+)= a_view @ b_view` on strided views (used per head inside attention); single-threaded,
 /// callers parallelise over independent blocks.
-pub fn matmul_strided<T: Real>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &mut [T], cv: Strided, accumulate: bool) {
+pub fn matmul_strided<T: Scalar>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &mut [T], cv: Strided, accumulate: bool) {
     assert!(av.cols == bv.rows && av.rows == cv.rows && bv.cols == cv.cols, "matmul_strided: shapes do not chain");
     assert!(av.last_index() < a.len() && bv.last_index() < b.len() && cv.last_index() < c.len(), "matmul_strided: view out of bounds");
     if cv.rows == 0 || cv.cols == 0 || av.cols == 0 {
@@ -208,7 +218,7 @@ fn strided_fma(a: &[f32], av: Strided, b: &[f32], bv: Strided, c: &mut [f32], cv
 }
 
 /// `matmul_strided` through the `gemm` crate: f64, and f32 on CPUs without AVX2+FMA.
-fn strided_portable<T: Real>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &mut [T], cv: Strided, accumulate: bool) {
+fn strided_portable<T: Scalar>(a: &[T], av: Strided, b: &[T], bv: Strided, c: &mut [T], cv: Strided, accumulate: bool) {
     // SAFETY: the last element of each view was checked to lie inside its slice (matmul_strided),
     // and views address only offset + r*rs + c*cs with r < rows, c < cols, so every access is in
     // bounds; c is a distinct mutable borrow and cannot alias a or b.

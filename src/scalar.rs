@@ -1,9 +1,9 @@
-//! `Real`: the element type of the CPU reference backend. Training runs in f32; the gradient tests
+//! `Scalar`: the number type of the CPU reference backend. Training runs in f32; the gradient tests
 //! instantiate the same kernels in f64 so that central finite differences are accurate.
 
 use std::fmt::Debug;
 
-pub trait Real: num_traits::Float + num_traits::FromPrimitive + Default + Debug + Send + Sync + std::iter::Sum + 'static {
+pub trait Scalar: num_traits::Float + num_traits::FromPrimitive + Default + Debug + Send + Sync + std::iter::Sum + 'static {
     fn f(x: f64) -> Self {
         <Self as num_traits::FromPrimitive>::from_f64(x).unwrap_or_else(Self::nan)
     }
@@ -16,7 +16,7 @@ pub trait Real: num_traits::Float + num_traits::FromPrimitive + Default + Debug 
     fn from_f32_slice(v: &[f32]) -> Vec<Self>;
 }
 
-impl Real for f32 {
+impl Scalar for f32 {
     #[inline(always)]
     fn erf(self) -> Self {
         // Abramowitz and Stegun 7.1.26 (absolute error 1.5e-7).
@@ -34,7 +34,7 @@ impl Real for f32 {
     }
 }
 
-impl Real for f64 {
+impl Scalar for f64 {
     fn erf(self) -> Self {
         libm::erf(self)
     }

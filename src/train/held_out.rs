@@ -1,5 +1,6 @@
-//! Evaluating a trainer on conditions: per-condition energy and mean-change MSE, the selection's
-//! logit gap, and which candidates each set retrieved.
+//! A trainer on held-out conditions (validation and test): per-condition energy and mean-change
+//! MSE, the selection's logit gap, and which candidates each set retrieved. (`eval/` evaluates
+//! finished runs and prediction files; `score/` holds the measures.)
 
 use super::*;
 use crate::score::metrics;
