@@ -507,3 +507,19 @@ fn the_expression_upload_stages_one_chunk_at_a_time() {
     let ptrag_engine::data::store::StoredExpression::F16(stored) = store.stored_rows(0..store.n_cells()) else { panic!("f16") };
     assert!(uploaded == stored, "the uploaded matrix differs from the store's");
 }
+
+/// Where a step's cells come from is decided in one place (`GpuState::resident_expression`): on the
+/// host the step reads the batch's values, and a batch drawn without them (rows only, as for a GPU
+/// that gathers them) is refused with a clear error, not trained on empty cells.
+#[test]
+fn a_host_step_needs_the_batch_values() {
+    let (_tmp, store) = tiny_store();
+    let mut t = trainer(&store, small_config(&store, ModelKind::State));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let rows_only = ptrag_engine::data::sampler::training_batch(&store, &t.fold, 2, 4, &mut rng);
+    let (model, params, adam) = (&t.model, &mut t.params, &mut t.adam);
+    let err = ptrag_engine::train::optimise_step(model, params, adam, None, 0.0, &rows_only, &mut rng, 0, None).err().expect("refused");
+    assert!(err.to_string().contains("load_values"), "{err}");
+    let with_values = rows_only.load_values(&store);
+    assert!(ptrag_engine::train::optimise_step(model, params, adam, None, 0.0, &with_values, &mut rng, 0, None).is_ok());
+}

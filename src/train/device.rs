@@ -80,6 +80,14 @@ impl GpuState {
         Ok(())
     }
 
+    /// Where a step's cells come from, decided here for the trainer (which reads values on the host
+    /// only when needed) and the step (which builds its inputs from them) alike: gathered by row on
+    /// the GPU from the resident matrix (`Some`), or the values the batch was read with on the host
+    /// (`None`: `Batch::load_values`).
+    pub fn resident_expression(state: Option<&GpuState>) -> Option<&RowTable> {
+        state.and_then(|s| s.expression.as_ref())
+    }
+
     /// Uploads the store's expression matrix as it is stored (f16 or f32: the values the host path
     /// reads), once for the whole run, in chunks of `UPLOAD_CHUNK_BYTES`.
     pub fn upload_expression(&mut self, store: &Store) -> Result<()> {

@@ -304,7 +304,7 @@ impl<'s> Trainer<'s> {
     pub fn queue_step(&mut self) -> Result<PendingStats> {
         self.model.cfg.tau = self.cfg.model.tau_at(self.step, self.cfg.steps);
         let (mut batch, mut rng) = self.draw_batch(self.step);
-        if self.gpu.as_ref().is_none_or(|state| state.expression.is_none()) {
+        if GpuState::resident_expression(self.gpu.as_ref()).is_none() {
             batch = batch.load_values(self.store);
         }
         let stats = optimise_step(

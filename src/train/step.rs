@@ -66,7 +66,15 @@ pub fn optimise_step(
     let prepare = clock.elapsed().as_secs_f64();
     let mut tape = GpuState::tape_for(gpu.as_deref()).timed_if(breakdown.is_some());
     // The cells' expression: gathered on the GPU from the resident dataset, or the batch's values.
-    let table = gpu.as_deref().and_then(|state| state.expression.as_ref());
+    let table = GpuState::resident_expression(gpu.as_deref());
+    if table.is_none()
+        && (batch.control.len(), batch.target.len()) != (batch.control_rows.len() * batch.genes, batch.target_rows.len() * batch.genes)
+    {
+        return Err(Error::Shape {
+            op: "optimise_step",
+            why: "cells read on the host need the batch's values (Batch::load_values)".into(),
+        });
+    }
     let cells = |values, rows| match table {
         Some(table) => Cells::Rows { table, rows },
         None => Cells::Values(values),
