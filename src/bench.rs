@@ -7,7 +7,7 @@
 
 use crate::cuda::{tensor::RowTable, Gpu};
 use crate::data::responses::ObservedResponses;
-use crate::data::sampler::Batch;
+use crate::data::sampler::{Batch, CellValues};
 use crate::model::knowledge::Knowledge;
 use crate::model::{BeyondPaper, CandidateContext, Model, ModelConfig, ModelKind, OutputAnchor};
 use crate::profile::{profile, Shapes};
@@ -89,8 +89,7 @@ fn synthetic_batch(o: &BenchOptions, rng: &mut ChaCha8Rng) -> Batch {
         sets: o.sets,
         cells: o.cells,
         genes: g,
-        control: expression(rng),
-        target: expression(rng),
+        values: Some(CellValues { control: expression(rng), target: expression(rng) }),
         // rows of the table `control ++ target` that a GPU bench keeps resident, as train does the dataset
         control_rows: (0..n as u32).collect(),
         target_rows: (n as u32..2 * n as u32).collect(),
@@ -143,7 +142,8 @@ pub fn bench(o: &BenchOptions, breakdown: bool) -> Result<BenchResult> {
     let mut on_gpu = match &o.gpu {
         Some(gpu) => {
             let mut state = GpuState::upload(gpu.clone(), &params, &adam)?;
-            let values = gpu.upload(&[&batch.control[..], &batch.target[..]].concat())?;
+            let cells = batch.values()?;
+            let values = gpu.upload(&[&cells.control[..], &cells.target[..]].concat())?;
             state.expression = Some(RowTable::F32 { values, cols: batch.genes });
             state.upload_genept(model.knowledge())?;
             Some(state)

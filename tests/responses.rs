@@ -170,8 +170,8 @@ fn soft_selection_steps_train_on_the_expected_selection() {
     let mut t = common::trainer(&store, cfg);
     let (batch, _) = t.batch_for_step(0);
     let mut tape = Tape::<f32>::new();
-    let out = t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, true, Selection::Expected));
-    let target = Cells::Values(&batch.target).on_tape(&mut tape, batch.sets * batch.cells, batch.genes);
+    let out = t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, true, Selection::Expected).unwrap());
+    let target = Cells::Values(&batch.values().unwrap().target).on_tape(&mut tape, batch.sets * batch.cells, batch.genes);
     let energy = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
     let want = tape.value(energy)[0] as f64;
     let soft = t.train_step().unwrap();

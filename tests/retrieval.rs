@@ -68,8 +68,10 @@ fn per_set_and_per_cell_retrieval_give_identical_outputs_and_gradients() {
             let model = Model::new(&mcfg, Some(knowledge), &mut params, &mut rand_chacha::ChaCha8Rng::seed_from_u64(3)).unwrap();
             let noise = model.sample_noise(true, &mut rng.clone());
             let mut tape = Tape::new();
-            let out = model.forward(&mut tape, &params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
-            let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.iter().map(|&x| x as f64).collect());
+            let out =
+                model.forward(&mut tape, &params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())).unwrap());
+            let target =
+                tape.constant(&[batch.sets * batch.cells, batch.genes], batch.values().unwrap().target.iter().map(|&x| x as f64).collect());
             let mut loss = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
             let w = out.selection.map(|w| tape.value(w).to_vec());
             if let Some(sel) = out.selection {
@@ -109,7 +111,11 @@ fn retrieval_excludes_the_query_and_the_reference_bug_is_reachable() {
     let (batch, _) = t.batch_for_step(0);
     let candidates = |t: &Trainer, training: bool| {
         let mut tape = Tape::new();
-        t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, training, Selection::Hard)).retrieval.unwrap().candidates
+        t.model
+            .forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, training, Selection::Hard).unwrap())
+            .retrieval
+            .unwrap()
+            .candidates
     };
     let k = cfg.model.top_k;
     let fixed = candidates(&t, true);
@@ -160,7 +166,7 @@ fn expected_selection_is_the_mean_of_sampled_selections_and_hard_its_rounding() 
     let (batch, mut rng) = t.batch_for_step(0);
     let weights = |selection: Selection| {
         let mut tape = Tape::<f32>::new();
-        let out = t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, false, selection));
+        let out = t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, false, selection).unwrap());
         tape.value(out.selection.unwrap()).iter().map(|&w| w as f64).collect::<Vec<f64>>()
     };
     let expected = weights(Selection::Expected);

@@ -109,8 +109,9 @@ fn permute(batch: &Batch, perm: &[usize]) -> Batch {
     for s in 0..batch.sets {
         for (dst, &src) in perm.iter().enumerate() {
             let (d, r) = ((s * batch.cells + dst) * g, (s * batch.cells + src) * g);
-            out.control[d..d + g].copy_from_slice(&batch.control[r..r + g]);
-            out.target[d..d + g].copy_from_slice(&batch.target[r..r + g]);
+            let (from, to) = (batch.values().unwrap(), out.values.as_mut().unwrap());
+            to.control[d..d + g].copy_from_slice(&from.control[r..r + g]);
+            to.target[d..d + g].copy_from_slice(&from.target[r..r + g]);
             let (d, r) = (s * batch.cells + dst, s * batch.cells + src);
             out.batch[d] = batch.batch[r];
             out.control_rows[d] = batch.control_rows[r];
@@ -192,8 +193,10 @@ fn whole_model_gradients_match_finite_differences() {
         let noise = model.sample_noise(true, &mut rng);
         let loss_of = |params: &Params<f64>| -> (f64, Tape<f64>, ptrag_engine::tape::Var) {
             let mut tape = Tape::new();
-            let out = model.forward(&mut tape, params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
-            let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.iter().map(|&x| x as f64).collect());
+            let out =
+                model.forward(&mut tape, params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())).unwrap());
+            let target =
+                tape.constant(&[batch.sets * batch.cells, batch.genes], batch.values().unwrap().target.iter().map(|&x| x as f64).collect());
             let mut loss = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
             if let Some(w) = out.selection {
                 let m = tape.mean(w);
@@ -409,8 +412,9 @@ fn gpu_gradients_match_cpu(t: &ptrag_engine::train::Trainer, gpu: std::sync::Arc
     let (batch, rng) = t.batch_for_step(0);
     let gradients = |mut tape: Tape<f32>| {
         let noise = t.model.sample_noise(true, &mut rng.clone());
-        let out = t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())));
-        let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.target.clone());
+        let out =
+            t.model.forward(&mut tape, &t.params, &ModelInput::from_batch(&batch, true, Selection::from_noise(noise.as_ref())).unwrap());
+        let target = tape.constant(&[batch.sets * batch.cells, batch.genes], batch.values().unwrap().target.clone());
         let loss = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
         let w = tape.mean(out.selection.unwrap());
         let loss = tape.add(loss, w);
@@ -510,7 +514,7 @@ fn the_expression_upload_stages_one_chunk_at_a_time() {
 
 /// Where a step's cells come from is decided in one place (`GpuState::resident_expression`): on the
 /// host the step reads the batch's values, and a batch drawn without them (rows only, as for a GPU
-/// that gathers them) is refused with a clear error, not trained on empty cells.
+/// that gathers them) is refused with a clear error.
 #[test]
 fn a_host_step_needs_the_batch_values() {
     let (_tmp, store) = tiny_store();
@@ -519,7 +523,7 @@ fn a_host_step_needs_the_batch_values() {
     let rows_only = ptrag_engine::data::sampler::training_batch(&store, &t.fold, 2, 4, &mut rng);
     let (model, params, adam) = (&t.model, &mut t.params, &mut t.adam);
     let err = ptrag_engine::train::optimise_step(model, params, adam, None, 0.0, &rows_only, &mut rng, 0, None).err().expect("refused");
-    assert!(err.to_string().contains("load_values"), "{err}");
-    let with_values = rows_only.load_values(&store);
+    assert!(err.to_string().contains("with_values"), "{err}");
+    let with_values = rows_only.with_values(&store);
     assert!(ptrag_engine::train::optimise_step(model, params, adam, None, 0.0, &with_values, &mut rng, 0, None).is_ok());
 }

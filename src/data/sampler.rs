@@ -7,16 +7,16 @@ use super::split::{Condition, Fold};
 use super::store::Store;
 use rand::Rng;
 
-/// `B` sets of `S` cells each, flattened set-major (`[B, S, genes]`).
+/// `B` sets of `S` cells each, flattened set-major (`[B, S, genes]`): which cells (their rows in
+/// the store) and, once read on the host, their expression.
 #[derive(Clone, Debug)]
 pub struct Batch {
     pub sets: usize,
     pub cells: usize,
     pub genes: usize,
-    /// `[B * S, genes]`: the paired control cells' expression (empty until `load_values`).
-    pub control: Vec<f32>,
-    /// `[B * S, genes]`: the target cells' expression (empty until `load_values`).
-    pub target: Vec<f32>,
+    /// The cells' expression read from the store on the host (`with_values`). None for a batch of
+    /// rows only (`training_batch`), whose cells a GPU gathers from its resident matrix.
+    pub values: Option<CellValues>,
     /// `[B * S]`: the store's cell index of every paired control cell, and of every target cell.
     pub control_rows: Vec<u32>,
     pub target_rows: Vec<u32>,
@@ -28,6 +28,15 @@ pub struct Batch {
     pub batch: Vec<u32>,
 }
 
+/// The expression of a batch's cells.
+#[derive(Clone, Debug)]
+pub struct CellValues {
+    /// `[B * S, genes]`: the paired control cells'.
+    pub control: Vec<f32>,
+    /// `[B * S, genes]`: the target cells'.
+    pub target: Vec<f32>,
+}
+
 impl Batch {
     fn with_capacity(sets: usize, cells: usize, genes: usize) -> Batch {
         let n = sets * cells;
@@ -35,8 +44,7 @@ impl Batch {
             sets,
             cells,
             genes,
-            control: Vec::new(),
-            target: Vec::new(),
+            values: None,
             control_rows: Vec::with_capacity(n),
             target_rows: Vec::with_capacity(n),
             perturbation: Vec::with_capacity(sets),
@@ -59,13 +67,26 @@ impl Batch {
     pub fn repaired(&self, store: &Store, controls: &[u32], rng: &mut impl Rng) -> Batch {
         let control_rows: Vec<u32> = self.target_rows.iter().map(|_| controls[rng.gen_range(0..controls.len())]).collect();
         let control = read_rows(store, &control_rows, self.genes);
-        Batch { control_rows, control, ..self.clone() }
+        let target = match &self.values {
+            Some(v) => v.target.clone(),
+            None => read_rows(store, &self.target_rows, self.genes),
+        };
+        Batch { control_rows, values: Some(CellValues { control, target }), ..self.clone() }
     }
 
-    /// Copies the expression of the batch's cells from the store into `control` and `target`.
-    pub fn load_values(mut self, store: &Store) -> Batch {
-        (self.target, self.control) = (read_rows(store, &self.target_rows, self.genes), read_rows(store, &self.control_rows, self.genes));
+    /// The batch with its cells' expression read from the store.
+    pub fn with_values(mut self, store: &Store) -> Batch {
+        let (target, control) = (read_rows(store, &self.target_rows, self.genes), read_rows(store, &self.control_rows, self.genes));
+        self.values = Some(CellValues { control, target });
         self
+    }
+
+    /// The cells' expression; an error for a batch of rows only (`with_values` reads it).
+    pub fn values(&self) -> crate::Result<&CellValues> {
+        self.values.as_ref().ok_or_else(|| crate::Error::Shape {
+            op: "batch",
+            why: "cells used on the host need the batch's values (Batch::with_values)".into(),
+        })
     }
 }
 
@@ -87,7 +108,7 @@ fn draw_cells(condition: &Condition, s: usize, rng: &mut impl Rng) -> Vec<u32> {
 }
 
 /// A training batch: `sets` conditions drawn uniformly from the fold's training conditions; the
-/// cells are chosen (their rows in the store), not yet read (`Batch::load_values`).
+/// cells are chosen (their rows in the store), not yet read (`Batch::with_values`).
 pub fn training_batch(store: &Store, fold: &Fold, sets: usize, cells: usize, rng: &mut impl Rng) -> Batch {
     let mut batch = Batch::with_capacity(sets, cells, store.n_genes());
     for _ in 0..sets {
@@ -106,7 +127,7 @@ pub fn evaluation_sets(store: &Store, fold: &Fold, condition: &Condition, cells:
         .map(|chunk| {
             let mut batch = Batch::with_capacity(1, chunk.len(), store.n_genes());
             batch.push_set(store, condition, chunk, &fold.controls[condition.cell_type as usize], rng);
-            batch.load_values(store)
+            batch.with_values(store)
         })
         .collect()
 }
@@ -126,7 +147,7 @@ pub fn control_sets(store: &Store, controls: &[u32], perturbation: u32, cell_typ
             }
             batch.perturbation.push(perturbation);
             batch.cell_type.push(cell_type);
-            batch.load_values(store)
+            batch.with_values(store)
         })
         .collect()
 }

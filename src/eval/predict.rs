@@ -76,8 +76,9 @@ pub fn fold_predictions(run: &TrainedRun, trainer: &Trainer, opts: &PredictOptio
             (Some(b), Some(baseline)) => {
                 let (mut real, mut paired) = (Vec::new(), Vec::new());
                 for set in evaluation_sets(store, fold, cond, trainer.cfg.cells_per_set, &mut rng) {
-                    real.extend_from_slice(&set.target);
-                    paired.extend(set.control.iter().map(|&v| v as f64));
+                    let cells = set.values()?;
+                    real.extend_from_slice(&cells.target);
+                    paired.extend(cells.control.iter().map(|&v| v as f64));
                 }
                 let predicted = b.predict_cells(baseline, cond.perturbation, &paired);
                 (predicted.iter().map(|&v| v as f32).collect::<Vec<f32>>(), real)

@@ -83,11 +83,18 @@ pub struct ModelInput<'a> {
 }
 
 impl<'a> ModelInput<'a> {
-    pub fn from_batch(b: &'a crate::data::sampler::Batch, training: bool, selection: Selection<'a>) -> Self {
+    /// The inputs of `b`, its control cells' expression as read on the host (`Batch::with_values`).
+    pub fn from_batch(b: &'a crate::data::sampler::Batch, training: bool, selection: Selection<'a>) -> crate::Result<Self> {
+        Ok(Self::of_batch(b, Cells::Values(&b.values()?.control), training, selection))
+    }
+
+    /// The inputs of `b` with its control cells given as `control`: values read on the host, or
+    /// rows that a GPU gathers from its resident matrix.
+    pub fn of_batch(b: &'a crate::data::sampler::Batch, control: Cells<'a>, training: bool, selection: Selection<'a>) -> Self {
         ModelInput {
             sets: b.sets,
             cells: b.cells,
-            control: Cells::Values(&b.control),
+            control,
             perturbation: &b.perturbation,
             cell_type: &b.cell_type,
             batch: &b.batch,

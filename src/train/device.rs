@@ -83,7 +83,7 @@ impl GpuState {
     /// Where a step's cells come from, decided here for the trainer (which reads values on the host
     /// only when needed) and the step (which builds its inputs from them) alike: gathered by row on
     /// the GPU from the resident matrix (`Some`), or the values the batch was read with on the host
-    /// (`None`: `Batch::load_values`).
+    /// (`None`: `Batch::with_values`).
     pub fn resident_expression(state: Option<&GpuState>) -> Option<&RowTable> {
         state.and_then(|s| s.expression.as_ref())
     }

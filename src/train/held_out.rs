@@ -103,7 +103,7 @@ impl Trainer<'_> {
             let (mut energy, mut selected) = (0.0, 0.0);
             let sets = evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, &mut rng);
             for (set_index, set) in sets.iter().enumerate() {
-                let (tape, out) = self.eval_forward(set, &mut rng);
+                let (tape, out) = self.eval_forward(set, &mut rng)?;
                 let pred = &tape.fetch(out.pred)?;
                 self.refuse_non_finite("predictions", pred)?;
                 if let Some(logits) = out.selection_logits {
@@ -111,10 +111,10 @@ impl Trainer<'_> {
                 }
                 let mut e = [0.0f32];
                 let shape = crate::cpu::energy::EnergyShape { sets: 1, cells_pred: set.cells, cells_obs: set.cells, genes: g };
-                crate::cpu::energy::energy_forward(pred, &set.target, shape, &mut e);
+                crate::cpu::energy::energy_forward(pred, &set.values()?.target, shape, &mut e);
                 energy += e[0] as f64 * set.cells as f64;
                 add_rows(&mut pred_sum, pred);
-                add_rows(&mut real_sum, &set.target);
+                add_rows(&mut real_sum, &set.values()?.target);
                 add_rows_f64(&mut pred_sum, &self.further_draws(set, draws, &mut draws_rng)?);
                 if let Some(r) = &out.retrieval {
                     // Every query row of a set shares the set's perturbation: the first one is the set's.

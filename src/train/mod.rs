@@ -253,7 +253,7 @@ impl<'s> Trainer<'s> {
     /// a pure function of the seed and the step.
     pub fn batch_for_step(&self, step: usize) -> (Batch, ChaCha8Rng) {
         let (batch, rng) = self.draw_batch(step);
-        (batch.load_values(self.store), rng)
+        (batch.with_values(self.store), rng)
     }
 
     /// `batch_for_step` with the cells chosen but not read.
@@ -305,7 +305,7 @@ impl<'s> Trainer<'s> {
         self.model.cfg.tau = self.cfg.model.tau_at(self.step, self.cfg.steps);
         let (mut batch, mut rng) = self.draw_batch(self.step);
         if GpuState::resident_expression(self.gpu.as_ref()).is_none() {
-            batch = batch.load_values(self.store);
+            batch = batch.with_values(self.store);
         }
         let stats = optimise_step(
             &self.model,
@@ -328,20 +328,23 @@ impl<'s> Trainer<'s> {
     }
 
     /// An evaluation pass's input: with the GPU's GenePT table when evaluating there.
-    fn input<'b>(&'b self, batch: &'b Batch, selection: Selection<'b>) -> ModelInput<'b> {
-        ModelInput { genept: self.gpu.as_ref().and_then(|state| state.genept.as_ref()), ..ModelInput::from_batch(batch, false, selection) }
+    fn input<'b>(&'b self, batch: &'b Batch, selection: Selection<'b>) -> Result<ModelInput<'b>> {
+        Ok(ModelInput {
+            genept: self.gpu.as_ref().and_then(|state| state.genept.as_ref()),
+            ..ModelInput::from_batch(batch, false, selection)?
+        })
     }
 
     /// Prediction for a batch in evaluation mode (`eval_selection`, unless sampled: then hard), `[sets * cells, genes]`.
     pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>> {
         let selection = if self.cfg.eval_selection == EvalSelection::Expected { Selection::Expected } else { Selection::Hard };
         let mut tape = self.tape();
-        let out = self.model.forward(&mut tape, &self.params, &self.input(batch, selection));
+        let out = self.model.forward(&mut tape, &self.params, &self.input(batch, selection)?);
         tape.fetch(out.pred)
     }
 
     /// An evaluation forward pass with the configured selection (sampled noise drawn from `rng`).
-    fn eval_forward(&self, set: &Batch, rng: &mut ChaCha8Rng) -> (Tape<f32>, crate::model::Forward) {
+    fn eval_forward(&self, set: &Batch, rng: &mut ChaCha8Rng) -> Result<(Tape<f32>, crate::model::Forward)> {
         let noise = match self.cfg.eval_selection {
             EvalSelection::Sampled => self.model.sample_noise(false, rng),
             EvalSelection::Hard | EvalSelection::Expected => None,
@@ -352,8 +355,8 @@ impl<'s> Trainer<'s> {
             (None, _) => Selection::Hard,
         };
         let mut tape = self.tape();
-        let out = self.model.forward(&mut tape, &self.params, &self.input(set, selection));
-        (tape, out)
+        let out = self.model.forward(&mut tape, &self.params, &self.input(set, selection)?);
+        Ok((tape, out))
     }
 
     /// The RNG evaluation draws from (control pairing, sampled selection): the same for every model
@@ -390,13 +393,14 @@ impl<'s> Trainer<'s> {
         let (mut pred, mut real, mut paired) = (Vec::new(), Vec::new(), Vec::new());
         let mut sum = vec![0.0f64; g];
         for set in evaluation_sets(self.store, &self.fold, cond, self.cfg.cells_per_set, rng) {
-            let (tape, out) = self.eval_forward(&set, rng);
+            let (tape, out) = self.eval_forward(&set, rng)?;
             let first = tape.fetch(out.pred)?;
             add_rows(&mut sum, &first);
             add_rows_f64(&mut sum, &self.further_draws(&set, draws, draws_rng)?);
             pred.extend_from_slice(&first);
-            real.extend_from_slice(&set.target);
-            paired.extend_from_slice(&set.control);
+            let cells = set.values()?;
+            real.extend_from_slice(&cells.target);
+            paired.extend_from_slice(&cells.control);
         }
         let n = (cond.cells.len() * draws.max(1)) as f64;
         Ok(DrawnPrediction { pred, real, paired, mean_pred: sum.iter().map(|s| s / n).collect() })
@@ -408,7 +412,7 @@ impl<'s> Trainer<'s> {
         let mut sum = vec![0.0f64; self.store.n_genes()];
         for _ in 1..draws {
             let repaired = set.repaired(self.store, &self.fold.controls[set.cell_type[0] as usize], draws_rng);
-            let (tape, out) = self.eval_forward(&repaired, draws_rng);
+            let (tape, out) = self.eval_forward(&repaired, draws_rng)?;
             add_rows(&mut sum, &tape.fetch(out.pred)?);
         }
         Ok(sum)
@@ -418,7 +422,7 @@ impl<'s> Trainer<'s> {
     pub fn predict_sets(&self, sets: &[Batch], rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
         let mut pred = Vec::new();
         for set in sets {
-            let (tape, out) = self.eval_forward(set, rng);
+            let (tape, out) = self.eval_forward(set, rng)?;
             pred.extend_from_slice(&tape.fetch(out.pred)?);
         }
         Ok(pred)

@@ -66,26 +66,19 @@ pub fn optimise_step(
     let prepare = clock.elapsed().as_secs_f64();
     let mut tape = GpuState::tape_for(gpu.as_deref()).timed_if(breakdown.is_some());
     // The cells' expression: gathered on the GPU from the resident dataset, or the batch's values.
-    let table = GpuState::resident_expression(gpu.as_deref());
-    if table.is_none()
-        && (batch.control.len(), batch.target.len()) != (batch.control_rows.len() * batch.genes, batch.target_rows.len() * batch.genes)
-    {
-        return Err(Error::Shape {
-            op: "optimise_step",
-            why: "cells read on the host need the batch's values (Batch::load_values)".into(),
-        });
-    }
-    let cells = |values, rows| match table {
-        Some(table) => Cells::Rows { table, rows },
-        None => Cells::Values(values),
+    let (control, target) = match GpuState::resident_expression(gpu.as_deref()) {
+        Some(table) => (Cells::Rows { table, rows: &batch.control_rows }, Cells::Rows { table, rows: &batch.target_rows }),
+        None => {
+            let values = batch.values()?;
+            (Cells::Values(&values.control), Cells::Values(&values.target))
+        }
     };
     let input = ModelInput {
-        control: cells(&batch.control, &batch.control_rows),
         genept: gpu.as_deref().and_then(|state| state.genept.as_ref()),
-        ..ModelInput::from_batch(batch, true, training_selection(model, step, noise.as_ref()))
+        ..ModelInput::of_batch(batch, control, true, training_selection(model, step, noise.as_ref()))
     };
     let out = model.forward(&mut tape, params, &input);
-    let target = cells(&batch.target, &batch.target_rows).on_tape(&mut tape, batch.sets * batch.cells, batch.genes);
+    let target = target.on_tape(&mut tape, batch.sets * batch.cells, batch.genes);
     let energy = energy_loss(&mut tape, out.pred, target, batch.sets, batch.cells, batch.genes);
     let (mut loss, mut mean_w) = (energy, None);
     if let Some(w) = out.selection {
