@@ -52,6 +52,11 @@ fn train(store: &Path, run: &Path, extra: &[&str]) -> Output {
     train_like(store, run, "train", extra)
 }
 
+/// `export` of `store` into `out` (data.h5ad, genept.safetensors, split.toml), which must succeed.
+fn export(store: &Path, out: &Path) {
+    assert!(cli().args(["export", "--quiet", "--out"]).arg(out).arg(store).status().unwrap().success());
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -1104,7 +1109,7 @@ fn hostile_labels_stay_inside_the_given_directories() {
 
     // the labels as a user's files have them, prepared into a store
     let exported = tmp.path().join("exported");
-    assert!(cli().args(["export", "--quiet", "--out"]).arg(&exported).arg(&edited).status().unwrap().success());
+    export(&edited, &exported);
     let store = tmp.path().join("store");
     let out = cli()
         .args(["prepare", "--quiet", "--h5ad"])
@@ -1172,7 +1177,7 @@ fn hostile_labels_stay_inside_the_given_directories() {
     manifest["cell_types"][0] = serde_json::json!("x".repeat(300));
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
     let long = tmp.path().join("long");
-    assert!(cli().args(["export", "--quiet", "--out"]).arg(&long).arg(&edited).status().unwrap().success());
+    export(&edited, &long);
     let out = cli()
         .args(["prepare", "--quiet", "--h5ad"])
         .arg(long.join("data.h5ad"))
@@ -1279,7 +1284,7 @@ fn every_numeric_option_of_every_command_at_hostile_values() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, run) = tiny_pt_rag_run(tmp.path());
     let exported = tmp.path().join("exported");
-    assert!(cli().args(["export", "--quiet", "--out"]).arg(&exported).arg(&store).status().unwrap().success());
+    export(&store, &exported);
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let arch = "--steps 1 --sets-per-batch 2 --cells-per-set 8 --hidden 16 --layers 1 --heads 2 --head-dim 4 --mlp 16 --top-k 4 --val-every 0 --eval-draws 1";
     let mut cases = 0;
@@ -1612,7 +1617,7 @@ fn a_full_disk_leaves_nothing_half_there() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, run) = tiny_pt_rag_run(tmp.path());
     let exported = tmp.path().join("exported");
-    assert!(cli().args(["export", "--quiet", "--out"]).arg(&exported).arg(&store).status().unwrap().success());
+    export(&store, &exported);
     let full_after = |bytes: u64, args: &[&str], paths: &[&Path]| {
         let mut c = cli();
         c.env("PTRAG_FAULT_DISK_FULL_AFTER", bytes.to_string()).arg("--quiet").args(args).args(paths);

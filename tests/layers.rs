@@ -31,10 +31,15 @@ fn floor(module: &str) -> usize {
 fn code_of(text: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
-    while let Some(i) = rest.find(['/', '"']) {
+    while let Some(i) = rest.find(['/', '"', '\'']) {
         out += &rest[..i];
         let tail = &rest[i..];
-        if tail.starts_with("//") {
+        if let Some(literal) = ["'\"'", "'\\\"'"].iter().find(|l| tail.starts_with(**l)) {
+            rest = &tail[literal.len()..]; // a quote as a char literal, not a string's start
+        } else if tail.starts_with('\'') {
+            out.push('\''); // a lifetime or another char literal
+            rest = &tail[1..];
+        } else if tail.starts_with("//") {
             rest = tail.find('\n').map_or("", |n| &tail[n..]);
         } else if tail.starts_with("/*") {
             rest = tail.find("*/").map_or("", |n| &tail[n + 2..]);
@@ -133,8 +138,8 @@ fn every_module_imports_only_modules_below_it() {
 #[test]
 fn imports_are_read_from_paths_and_groups_only() {
     let code = code_of(
-        "use crate::{data::store::Store, model::{a, b}, Error};\n// crate::eval in a comment\nlet s = \"crate::train\";\nx = mycrate::cli::y; crate::tape::f();",
+        "use crate::{data::store::Store, model::{a, b}, Error};\n// crate::eval in a comment\nlet s = \"crate::train\";\nx = mycrate::cli::y; crate::tape::f();\nmatch c { '\"' => crate::cpu::g(), _ => {} }",
     );
     let found: Vec<String> = imports(&code, "crate").into_iter().collect();
-    assert_eq!(found, ["Error", "data", "model", "tape"]);
+    assert_eq!(found, ["Error", "cpu", "data", "model", "tape"]);
 }

@@ -9,7 +9,8 @@ use crate::score::metrics::{deg_mask, energy_distance, mae, mean_rows, mmd_rbf, 
 // The rows of a report, here for the modules that read them (figures, learning curves).
 use crate::data::output::OutputSet;
 use crate::data::store::Store;
-pub use crate::score::metrics::{metric_index, scores, ConditionRow, Metric, METRICS};
+use crate::score::metrics::{scores, Metric};
+pub use crate::score::metrics::{ConditionRow, METRICS};
 use crate::score::oracles::{Oracle, StoreTruth};
 use crate::score::pca::Pca;
 use crate::score::planted::{planted_metrics, PlantedMetrics, PlantedTruth};
@@ -552,11 +553,11 @@ fn metric_table(models: &BTreeMap<String, MetricTable>) -> String {
     s += "\n|---|";
     names.iter().for_each(|_| s += "---|");
     s += "\n";
-    for metric in METRICS.iter().map(|m| m.name) {
+    for m in &METRICS {
+        let metric = m.name;
         if models.values().all(|t| t[metric].2 == 0) {
             continue; // absent: a truth metric on a store without truth
         }
-        let m = &METRICS[metric_index(metric).expect("a metric of the table")];
         let label = match (m.is_count, m.higher_is_better) {
             (true, _) => format!("{metric} (count in the real cells)"),
             (false, true) => format!("{metric} (higher is better)"),
